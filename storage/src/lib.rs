@@ -1,0 +1,66 @@
+//! # replidb storage
+//!
+//! A page-based B+tree key-value engine that works on its own, embedded, like redb or LMDB:
+//! open a directory, commit batches of puts and deletes atomically, read points and ordered
+//! ranges while a commit is being applied. Keys are byte strings up to 8 KiB, values up to
+//! 64 MiB (long ones live in overflow pages). Every page carries a crc32c checksum; a
+//! damaged page is reported as [`Error::Corrupt`] naming it.
+//!
+//! ```
+//! use storage::{Db, Durability, Options, WriteBatch};
+//!
+//! # fn main() -> storage::Result<()> {
+//! let dir = std::env::temp_dir().join(format!("replidb-doc-{}", std::process::id()));
+//! # let _ = std::fs::remove_dir_all(&dir);
+//! let db = Db::open(&dir, Options::default())?;
+//!
+//! let mut batch = WriteBatch::new();
+//! batch.put("apple", "red").put("banana", "yellow").put("cherry", "dark red");
+//! let lsn = db.commit(&batch, Durability::Local)?; // on disk when this returns
+//! assert!(lsn.0 > 0);
+//!
+//! assert_eq!(db.get(b"banana")?.as_deref(), Some(&b"yellow"[..]));
+//! let keys: Vec<Vec<u8>> = db
+//!     .range(&b"b"[..]..)
+//!     .map(|e| e.map(|(k, _)| k))
+//!     .collect::<storage::Result<_>>()?;
+//! assert_eq!(keys, vec![b"banana".to_vec(), b"cherry".to_vec()]);
+//!
+//! // A snapshot sees whole batches only, and iterates backwards too.
+//! let snap = db.read();
+//! let last = snap.range(..)?.next_back().transpose()?.map(|(k, _)| k.into_owned());
+//! assert_eq!(last.as_deref(), Some(&b"cherry"[..]));
+//! drop(snap);
+//!
+//! db.delete(b"apple", Durability::Off)?;
+//! assert_eq!(db.len(), 2);
+//! db.close()?; // writes back what Durability::Off left in memory
+//! # std::fs::remove_dir_all(&dir).ok();
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Layout and invariants: `docs/storage.md` in the repository.
+
+mod btree;
+mod check;
+mod cursor;
+mod db;
+mod error;
+mod freelist;
+mod le;
+mod node;
+mod overflow;
+pub mod page;
+mod pager;
+mod tree_write;
+mod txn;
+pub mod types;
+
+pub use check::IntegrityReport;
+pub use db::{
+    Db, Durability, Entry, Options, Range, ReadTxn, Stats, TxnRange, WriteBatch, PAGE_FILE,
+};
+pub use error::{Error, Result};
+pub use node::{MAX_KEY, MAX_VALUE};
+pub use types::{Lsn, PageId};

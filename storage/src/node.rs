@@ -1,0 +1,378 @@
+//! Slotted branch and leaf pages, and the cells they hold.
+//!
+//! ```text
+//! slotted page
+//! +0   header (40 bytes, see page.rs; count = cells, link = leftmost child on branches)
+//! +40  slot[0] slot[1] ... slot[count-1]      u16 offsets of cells, in key order
+//!      ... free space ...
+//! +content_start  cells, packed towards the end of the page (in any order)
+//! +4096
+//!
+//! key field     short (len <= 384):   len u16 | key bytes
+//!               long  (len  > 384):   len u16 | first 256 bytes | overflow page u64 (the rest)
+//! value field   inline:               len u32 (bit 31 clear) | value bytes
+//!               overflow:             len u32 (bit 31 set)   | overflow page u64 (all bytes)
+//! leaf cell     key field | value field
+//! branch cell   child u64 | key field      (keys >= this key live under child)
+//! ```
+//!
+//! A branch with cells (k1,c1)..(kn,cn) and leftmost child c0 routes a key to the child
+//! after the last separator <= key. Every cell costs its bytes plus a 2-byte slot and no
+//! cell costs more than `MAX_CELL_COST` (an eighth of a page), which is what lets a split or
+//! a rebalance always leave both halves at least `MIN_FILL` full.
+
+use crate::error::{Error, Result};
+use crate::le::{get_u16, get_u32, get_u64, put_u16, put_u64, try_u16, try_u32};
+use crate::page::{self, header, header_mut, PageKind, HEADER_SIZE, PAGE_SIZE, USABLE};
+use crate::types::PageId;
+
+pub const SLOT: usize = 2;
+pub const MAX_CELL_COST: usize = USABLE / 8;
+/// A non-root slotted page holding fewer bytes (cells + slots) than this is underfull.
+pub const MIN_FILL: usize = USABLE / 4;
+/// Keys up to this length are stored whole inside the cell.
+pub const KEY_INLINE_MAX: usize = 384;
+/// A longer key keeps this many leading bytes in the cell and the rest in overflow pages.
+pub const KEY_LOCAL: usize = 256;
+pub const MAX_KEY: usize = 8 * 1024;
+pub const MAX_VALUE: usize = 64 * 1024 * 1024;
+const VAL_OVF_FLAG: u32 = 1 << 31;
+
+const _: () = assert!(MAX_KEY < 1 << 15 && MAX_VALUE < 1 << 31);
+// The largest branch cell and the largest leaf cell with an overflowed value must fit the
+// per-cell budget, or a split could fail to make room.
+const _: () = assert!(8 + 2 + KEY_INLINE_MAX + SLOT <= MAX_CELL_COST);
+const _: () = assert!(2 + KEY_INLINE_MAX + 12 + SLOT <= MAX_CELL_COST);
+const _: () = assert!(KEY_LOCAL < KEY_INLINE_MAX);
+const _: () = assert!(2 * MAX_CELL_COST <= MIN_FILL + MAX_CELL_COST);
+
+/// Size of the key field for a key of `len` bytes.
+#[inline]
+pub fn key_field_size(len: usize) -> usize {
+    if len > KEY_INLINE_MAX {
+        2 + KEY_LOCAL + 8
+    } else {
+        2 + len
+    }
+}
+
+/// A key as stored in a cell: the local bytes and, for long keys, where the rest lives.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyRef<'a> {
+    pub local: &'a [u8],
+    pub len: usize,
+    pub ovf: PageId,
+}
+
+impl KeyRef<'_> {
+    #[inline]
+    pub fn is_long(&self) -> bool {
+        self.len > KEY_INLINE_MAX
+    }
+}
+
+#[inline]
+pub fn key_at(p: &[u8], off: usize) -> KeyRef<'_> {
+    let len = get_u16(p, off) as usize;
+    if len > KEY_INLINE_MAX {
+        KeyRef {
+            local: &p[off + 2..off + 2 + KEY_LOCAL],
+            len,
+            ovf: PageId(get_u64(p, off + 2 + KEY_LOCAL)),
+        }
+    } else {
+        KeyRef {
+            local: &p[off + 2..off + 2 + len],
+            len,
+            ovf: PageId::NONE,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum ValRef<'a> {
+    Inline(&'a [u8]),
+    Overflow { len: usize, first: PageId },
+}
+
+/// Value field at `off`, and the field's size.
+#[inline]
+pub fn val_at(p: &[u8], off: usize) -> (ValRef<'_>, usize) {
+    let raw = get_u32(p, off);
+    if raw & VAL_OVF_FLAG != 0 {
+        let len = (raw & !VAL_OVF_FLAG) as usize;
+        (
+            ValRef::Overflow {
+                len,
+                first: PageId(get_u64(p, off + 4)),
+            },
+            12,
+        )
+    } else {
+        let len = raw as usize;
+        (ValRef::Inline(&p[off + 4..off + 4 + len]), 4 + len)
+    }
+}
+
+/// The leaf cell at slot `i`: its key and value.
+#[inline]
+pub fn leaf_entry(p: &[u8], i: usize) -> (KeyRef<'_>, ValRef<'_>) {
+    let off = slot(p, i);
+    let k = key_at(p, off);
+    let (v, _) = val_at(p, off + key_field_size(k.len));
+    (k, v)
+}
+
+/// The branch cell at slot `i`: its separator key and the child holding keys >= it.
+#[inline]
+pub fn branch_entry(p: &[u8], i: usize) -> (KeyRef<'_>, PageId) {
+    let off = slot(p, i);
+    (key_at(p, off + 8), PageId(get_u64(p, off)))
+}
+
+/// Child `ci` of a branch: 0 is the leftmost child, `i + 1` the child of cell `i`.
+#[inline]
+pub fn child(p: &[u8], ci: usize) -> PageId {
+    if ci == 0 {
+        PageId(header(p).link.get())
+    } else {
+        PageId(get_u64(p, slot(p, ci - 1)))
+    }
+}
+
+#[inline]
+pub fn cell_len(p: &[u8], kind: PageKind, off: usize) -> usize {
+    match kind {
+        PageKind::Branch => 8 + key_field_size(get_u16(p, off + 8) as usize),
+        _ => {
+            let kf = key_field_size(get_u16(p, off) as usize);
+            let (_, vf) = val_at(p, off + kf);
+            kf + vf
+        }
+    }
+}
+
+/// The bytes of the cell at slot `i`.
+pub fn cell(p: &[u8], kind: PageKind, i: usize) -> &[u8] {
+    let off = slot(p, i);
+    &p[off..off + cell_len(p, kind, off)]
+}
+
+#[inline]
+pub fn count(p: &[u8]) -> usize {
+    header(p).count.get() as usize
+}
+
+#[inline]
+pub fn slot(p: &[u8], i: usize) -> usize {
+    get_u16(p, HEADER_SIZE + SLOT * i) as usize
+}
+
+#[inline]
+fn set_slot(p: &mut [u8], i: usize, off: usize) {
+    put_u16(p, HEADER_SIZE + SLOT * i, off as u16);
+}
+
+#[inline]
+fn content_start(p: &[u8]) -> usize {
+    header(p).content_start.get() as usize
+}
+
+/// Contiguous free bytes between the slot array and the cell area.
+#[inline]
+pub fn gap(p: &[u8]) -> usize {
+    content_start(p) - (HEADER_SIZE + SLOT * count(p))
+}
+
+/// Bytes taken by live cells and their slots.
+#[inline]
+pub fn used(p: &[u8]) -> usize {
+    USABLE - gap(p) - header(p).garbage.get() as usize
+}
+
+/// Inserts `cell` at slot `idx`, compacting if needed. Returns false if it does not fit.
+pub fn insert_cell(p: &mut [u8], kind: PageKind, idx: usize, cell: &[u8]) -> bool {
+    let need = cell.len() + SLOT;
+    if gap(p) < need {
+        if USABLE - used(p) < need {
+            return false;
+        }
+        compact(p, kind);
+    }
+    let n = count(p);
+    let start = content_start(p) - cell.len();
+    p[start..start + cell.len()].copy_from_slice(cell);
+    let slots = HEADER_SIZE + SLOT * idx;
+    p.copy_within(slots..HEADER_SIZE + SLOT * n, slots + SLOT);
+    set_slot(p, idx, start);
+    let h = header_mut(p);
+    h.count.set((n + 1) as u16);
+    h.content_start.set(start as u16);
+    true
+}
+
+/// Removes the cell at slot `idx` (its overflow pages are the caller's business).
+pub fn remove_cell(p: &mut [u8], kind: PageKind, idx: usize) {
+    let n = count(p);
+    let off = slot(p, idx);
+    let len = cell_len(p, kind, off);
+    p.copy_within(
+        HEADER_SIZE + SLOT * (idx + 1)..HEADER_SIZE + SLOT * n,
+        HEADER_SIZE + SLOT * idx,
+    );
+    let cs = content_start(p);
+    let h = header_mut(p);
+    h.count.set((n - 1) as u16);
+    if off == cs {
+        h.content_start.set((cs + len) as u16);
+    } else {
+        h.garbage.set(h.garbage.get() + len as u16);
+    }
+}
+
+/// Rewrites the cell area without dead bytes.
+pub fn compact(p: &mut [u8], kind: PageKind) {
+    let n = count(p);
+    let mut tmp = [0u8; PAGE_SIZE];
+    let mut end = PAGE_SIZE;
+    for i in 0..n {
+        let off = slot(p, i);
+        let len = cell_len(p, kind, off);
+        end -= len;
+        tmp[end..end + len].copy_from_slice(&p[off..off + len]);
+        set_slot(p, i, end);
+    }
+    p[end..].copy_from_slice(&tmp[end..]);
+    let h = header_mut(p);
+    h.content_start.set(end as u16);
+    h.garbage.set(0);
+}
+
+/// Turns `p` into a slotted page holding exactly `cells`, in order.
+pub fn rebuild<C: AsRef<[u8]>>(
+    p: &mut [u8],
+    kind: PageKind,
+    id: PageId,
+    link: PageId,
+    cells: &[C],
+) {
+    page::init(p, kind, id);
+    header_mut(p).link.set(link.0);
+    for (i, c) in cells.iter().enumerate() {
+        let ok = insert_cell(p, kind, i, c.as_ref());
+        assert!(ok, "rebuild given more cells than fit a page");
+    }
+}
+
+/// Cost of a set of cells on a page (bytes plus slots).
+pub fn cost<C: AsRef<[u8]>>(cells: &[C]) -> usize {
+    cells.iter().map(|c| c.as_ref().len() + SLOT).sum()
+}
+
+/// Key field of an encoded branch cell.
+pub fn branch_cell_key_field(cell: &[u8]) -> &[u8] {
+    &cell[8..]
+}
+
+pub fn branch_cell_child(cell: &[u8]) -> PageId {
+    PageId(get_u64(cell, 0))
+}
+
+pub fn set_branch_cell_child(cell: &mut [u8], c: PageId) {
+    put_u64(cell, 0, c.0);
+}
+
+/// Key field of an encoded leaf cell.
+pub fn leaf_cell_key_field(cell: &[u8]) -> &[u8] {
+    let len = get_u16(cell, 0) as usize;
+    &cell[..key_field_size(len)]
+}
+
+/// Encodes a key field. `ovf` must be set (the rest of the key written there) for long keys.
+pub fn encode_key_field(key: &[u8], ovf: PageId, out: &mut Vec<u8>) {
+    out.extend_from_slice(&(key.len() as u16).to_le_bytes());
+    if key.len() > KEY_INLINE_MAX {
+        out.extend_from_slice(&key[..KEY_LOCAL]);
+        out.extend_from_slice(&ovf.0.to_le_bytes());
+    } else {
+        out.extend_from_slice(key);
+    }
+}
+
+pub fn encode_inline_value(value: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    out.extend_from_slice(value);
+}
+
+pub fn encode_overflow_value(len: usize, first: PageId, out: &mut Vec<u8>) {
+    out.extend_from_slice(&(len as u32 | VAL_OVF_FLAG).to_le_bytes());
+    out.extend_from_slice(&first.0.to_le_bytes());
+}
+
+/// Whether a value of `vlen` bytes stays inside a leaf cell next to a key of `klen` bytes.
+pub fn value_fits_inline(klen: usize, vlen: usize) -> bool {
+    key_field_size(klen) + 4 + vlen + SLOT <= MAX_CELL_COST
+}
+
+/// Structural check of a slotted page read from disk (after its checksum passed): every slot
+/// and every cell lies inside the page, so accessors can index without bounds surprises.
+pub fn validate(p: &[u8], id: PageId) -> Result<()> {
+    let h = header(p);
+    let kind = match PageKind::from_u8(h.kind) {
+        Some(k @ (PageKind::Branch | PageKind::Leaf)) => k,
+        _ => return Err(Error::corrupt(id, "not a slotted page")),
+    };
+    let n = h.count.get() as usize;
+    let cs = h.content_start.get() as usize;
+    let slots_end = HEADER_SIZE + SLOT * n;
+    if slots_end > cs || cs > PAGE_SIZE {
+        return Err(Error::corrupt(
+            id,
+            format!("{n} slots overlap the cell area at {cs}"),
+        ));
+    }
+    if h.garbage.get() as usize > PAGE_SIZE - cs {
+        return Err(Error::corrupt(
+            id,
+            "garbage count larger than the cell area",
+        ));
+    }
+    for i in 0..n {
+        let off = get_u16(p, HEADER_SIZE + SLOT * i) as usize;
+        let bad = |what: &str| Error::corrupt(id, format!("cell {i} at offset {off}: {what}"));
+        if off < cs || off >= PAGE_SIZE {
+            return Err(bad("offset outside the cell area"));
+        }
+        let kstart = if kind == PageKind::Branch {
+            off + 8
+        } else {
+            off
+        };
+        let klen = try_u16(p, kstart).ok_or_else(|| bad("key length cut off"))? as usize;
+        if klen > MAX_KEY {
+            return Err(bad("key longer than the limit"));
+        }
+        let kend = kstart + key_field_size(klen);
+        if kend > PAGE_SIZE {
+            return Err(bad("key runs past the page end"));
+        }
+        if klen > KEY_INLINE_MAX && get_u64(p, kend - 8) == 0 {
+            return Err(bad("long key without overflow page"));
+        }
+        if kind == PageKind::Leaf {
+            let raw = try_u32(p, kend).ok_or_else(|| bad("value length cut off"))?;
+            let vend = if raw & VAL_OVF_FLAG != 0 {
+                if (raw & !VAL_OVF_FLAG) as usize > MAX_VALUE {
+                    return Err(bad("value longer than the limit"));
+                }
+                kend + 12
+            } else {
+                kend + 4 + raw as usize
+            };
+            if vend > PAGE_SIZE {
+                return Err(bad("value runs past the page end"));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,266 @@
+//! Page geometry, the common page header, checksums and the meta page.
+//!
+//! ```text
+//! every page (4096 bytes)
+//! +0  checksum      u32  crc32c of bytes 4..4096
+//! +4  kind          u8   1 meta, 2 branch, 3 leaf, 4 overflow, 5 free-list trunk
+//! +5  reserved      u8   0
+//! +6  count         u16  cells (branch/leaf), bytes used (overflow), ids (trunk)
+//! +8  page_id       u64  this page's own id (catches misdirected writes)
+//! +16 page_lsn      u64  LSN of the last change applied to this page
+//! +24 link          u64  branch: leftmost child; overflow: next page; trunk: next trunk
+//! +32 content_start u16  slotted pages: start of the cell area
+//! +34 garbage       u16  slotted pages: bytes of dead cells inside the cell area
+//! +36 reserved      u32  0
+//! +40 body
+//! ```
+
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use crate::error::{Error, Result};
+use crate::types::{Lsn, PageId};
+
+pub const PAGE_SIZE: usize = 4096;
+pub const HEADER_SIZE: usize = 40;
+/// Bytes of a page below its header.
+pub const USABLE: usize = PAGE_SIZE - HEADER_SIZE;
+
+const _: () = assert!(PAGE_SIZE % 512 == 0, "pages must be whole sectors");
+const _: () = assert!(PAGE_SIZE <= u16::MAX as usize, "in-page offsets are u16");
+const _: () = assert!(std::mem::size_of::<PageHeader>() == HEADER_SIZE);
+
+pub type PageBuf = [u8; PAGE_SIZE];
+
+/// A zeroed page buffer on the heap.
+pub fn new_page_buf() -> Box<PageBuf> {
+    Box::new([0u8; PAGE_SIZE])
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum PageKind {
+    Meta = 1,
+    Branch = 2,
+    Leaf = 3,
+    Overflow = 4,
+    FreeTrunk = 5,
+}
+
+impl PageKind {
+    pub fn from_u8(v: u8) -> Option<PageKind> {
+        Some(match v {
+            1 => PageKind::Meta,
+            2 => PageKind::Branch,
+            3 => PageKind::Leaf,
+            4 => PageKind::Overflow,
+            5 => PageKind::FreeTrunk,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Debug)]
+#[repr(C)]
+pub struct PageHeader {
+    pub checksum: U32,
+    pub kind: u8,
+    pub reserved: u8,
+    pub count: U16,
+    pub page_id: U64,
+    pub page_lsn: U64,
+    pub link: U64,
+    pub content_start: U16,
+    pub garbage: U16,
+    pub reserved2: U32,
+}
+
+#[inline]
+pub fn header(p: &[u8]) -> &PageHeader {
+    // Page slices are always PAGE_SIZE long (asserted where they are made), so the prefix
+    // cast cannot fail; PageHeader is Unaligned, so alignment cannot fail either.
+    match PageHeader::ref_from_prefix(p) {
+        Ok((h, _)) => h,
+        Err(_) => unreachable!("page buffer shorter than its header"),
+    }
+}
+
+#[inline]
+pub fn header_mut(p: &mut [u8]) -> &mut PageHeader {
+    match PageHeader::mut_from_prefix(p) {
+        Ok((h, _)) => h,
+        Err(_) => unreachable!("page buffer shorter than its header"),
+    }
+}
+
+#[inline]
+pub fn kind(p: &[u8]) -> Option<PageKind> {
+    PageKind::from_u8(header(p).kind)
+}
+
+/// Zeroes a page and writes a fresh header for `kind`.
+pub fn init(p: &mut [u8], kind: PageKind, id: PageId) {
+    p.fill(0);
+    let h = header_mut(p);
+    h.kind = kind as u8;
+    h.page_id = U64::new(id.0);
+    h.content_start = U16::new(PAGE_SIZE as u16);
+}
+
+pub fn checksum_of(p: &[u8]) -> u32 {
+    crc32c::crc32c(&p[4..PAGE_SIZE])
+}
+
+/// Stamps the page LSN and the checksum; the last thing done before a page leaves memory.
+pub fn seal(p: &mut [u8], lsn: Lsn) {
+    assert_eq!(p.len(), PAGE_SIZE);
+    header_mut(p).page_lsn = U64::new(lsn.0);
+    let c = checksum_of(p);
+    header_mut(p).checksum = U32::new(c);
+}
+
+/// Checks a page read from the file: checksum, self-identification, and (for slotted pages)
+/// that every offset and length stays inside the page, so later accessors cannot index out of
+/// bounds. Structure errors are `Corrupt` naming the page.
+pub fn verify(p: &[u8], id: PageId) -> Result<()> {
+    assert_eq!(p.len(), PAGE_SIZE);
+    let h = header(p);
+    let stored = h.checksum.get();
+    let actual = checksum_of(p);
+    if stored != actual {
+        return Err(Error::corrupt(
+            id,
+            format!("checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"),
+        ));
+    }
+    if h.page_id.get() != id.0 {
+        return Err(Error::corrupt(
+            id,
+            format!("page claims to be page {}", h.page_id.get()),
+        ));
+    }
+    match PageKind::from_u8(h.kind) {
+        None => Err(Error::corrupt(id, format!("unknown page kind {}", h.kind))),
+        Some(PageKind::Branch) | Some(PageKind::Leaf) => crate::node::validate(p, id),
+        Some(PageKind::Overflow) => {
+            if h.count.get() as usize > USABLE {
+                return Err(Error::corrupt(
+                    id,
+                    "overflow page claims more bytes than fit",
+                ));
+            }
+            Ok(())
+        }
+        Some(PageKind::FreeTrunk) => {
+            if h.count.get() as usize > crate::freelist::TRUNK_CAPACITY {
+                return Err(Error::corrupt(
+                    id,
+                    "free-list trunk claims more ids than fit",
+                ));
+            }
+            Ok(())
+        }
+        Some(PageKind::Meta) => Ok(()),
+    }
+}
+
+/// Body of page 0.
+///
+/// ```text
+/// +40 magic          [u8; 8]  "REPLIDB\0"
+/// +48 format_version u32      1
+/// +52 page_size      u32      4096
+/// +56 root           u64      root page of the B+tree
+/// +64 page_count     u64      pages 0..page_count are in use or free
+/// +72 freelist_head  u64      first free-list trunk page (0 = none)
+/// +80 free_count     u64      pages on the free list (trunks included)
+/// +88 entries        u64      keys in the tree
+/// +96 last_lsn       u64      LSN of the last commit reflected in the pages
+/// ```
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Debug, Clone, PartialEq, Eq)]
+#[repr(C)]
+pub struct MetaBody {
+    pub magic: [u8; 8],
+    pub format_version: U32,
+    pub page_size: U32,
+    pub root: U64,
+    pub page_count: U64,
+    pub freelist_head: U64,
+    pub free_count: U64,
+    pub entries: U64,
+    pub last_lsn: U64,
+}
+
+pub const MAGIC: [u8; 8] = *b"REPLIDB\0";
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The engine's in-memory view of the meta page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Meta {
+    pub root: PageId,
+    pub page_count: u64,
+    pub freelist_head: PageId,
+    pub free_count: u64,
+    pub entries: u64,
+    pub last_lsn: Lsn,
+}
+
+impl Meta {
+    pub fn read(p: &[u8]) -> std::result::Result<Meta, String> {
+        let body = match MetaBody::ref_from_prefix(&p[HEADER_SIZE..]) {
+            Ok((b, _)) => b,
+            Err(_) => return Err("meta page too short".into()),
+        };
+        if body.magic != MAGIC {
+            return Err("bad magic (not a replidb page file)".into());
+        }
+        if body.format_version.get() != FORMAT_VERSION {
+            return Err(format!(
+                "format version {} (this build reads {})",
+                body.format_version.get(),
+                FORMAT_VERSION
+            ));
+        }
+        if body.page_size.get() as usize != PAGE_SIZE {
+            return Err(format!(
+                "page size {} (this build uses {})",
+                body.page_size.get(),
+                PAGE_SIZE
+            ));
+        }
+        let m = Meta {
+            root: PageId(body.root.get()),
+            page_count: body.page_count.get(),
+            freelist_head: PageId(body.freelist_head.get()),
+            free_count: body.free_count.get(),
+            entries: body.entries.get(),
+            last_lsn: Lsn(body.last_lsn.get()),
+        };
+        if m.page_count < 2 || m.root.0 == 0 || m.root.0 >= m.page_count {
+            return Err(format!(
+                "root {} outside the {} pages",
+                m.root, m.page_count
+            ));
+        }
+        if m.freelist_head.0 >= m.page_count || m.free_count >= m.page_count {
+            return Err("free list outside the file".into());
+        }
+        Ok(m)
+    }
+
+    pub fn write(&self, p: &mut [u8]) {
+        let body = MetaBody {
+            magic: MAGIC,
+            format_version: U32::new(FORMAT_VERSION),
+            page_size: U32::new(PAGE_SIZE as u32),
+            root: U64::new(self.root.0),
+            page_count: U64::new(self.page_count),
+            freelist_head: U64::new(self.freelist_head.0),
+            free_count: U64::new(self.free_count),
+            entries: U64::new(self.entries),
+            last_lsn: U64::new(self.last_lsn.0),
+        };
+        let n = std::mem::size_of::<MetaBody>();
+        p[HEADER_SIZE..HEADER_SIZE + n].copy_from_slice(body.as_bytes());
+    }
+}

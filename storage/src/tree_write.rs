@@ -1,0 +1,449 @@
+//! B+tree changes: insert, overwrite, delete, split, merge and redistribute. All of it runs
+//! on the writer's overlay (`WriteCtx`).
+//!
+//! Splits and rebalances gather a node's cells, decide the new layout, and rebuild the pages:
+//! simple and obviously order-preserving; the common case (a cell that fits) edits in place.
+
+use std::cmp::Ordering;
+
+use crate::btree::{self, load_key, node_kind, MAX_DEPTH};
+use crate::error::{Error, Result};
+use crate::node::{self, ValRef, KEY_INLINE_MAX, KEY_LOCAL, MIN_FILL, SLOT};
+use crate::overflow;
+use crate::page::{self, PageKind, USABLE};
+use crate::pager::PageSource;
+use crate::txn::WriteCtx;
+use crate::types::PageId;
+
+type Cell = Vec<u8>;
+
+/// Inserts or overwrites `key`. Returns true if the key is new.
+pub(crate) fn put(ctx: &mut WriteCtx<'_>, key: &[u8], value: &[u8]) -> Result<bool> {
+    let cell = build_leaf_cell(ctx, key, value)?;
+    let root = ctx.meta.root;
+    let (out, inserted) = put_rec(ctx, root, key, &cell, 0)?;
+    if let Some(up) = out.split {
+        grow_root(ctx, root, up)?;
+    }
+    shrink_root(ctx)?;
+    if inserted {
+        ctx.meta.entries += 1;
+    }
+    Ok(inserted)
+}
+
+/// Deletes `key`. Returns true if it was present.
+pub(crate) fn delete(ctx: &mut WriteCtx<'_>, key: &[u8]) -> Result<bool> {
+    let root = ctx.meta.root;
+    let (out, found) = del_rec(ctx, root, key, 0)?;
+    if let Some(up) = out.split {
+        grow_root(ctx, root, up)?;
+    }
+    shrink_root(ctx)?;
+    if found {
+        ctx.meta.entries -= 1;
+    }
+    Ok(found)
+}
+
+/// A branch root left with a single child hands the root role to that child.
+fn shrink_root(ctx: &mut WriteCtx<'_>) -> Result<()> {
+    loop {
+        let root = ctx.meta.root;
+        let p = ctx.page(root)?;
+        if node_kind(p, root)? != PageKind::Branch || node::count(p) > 0 {
+            return Ok(());
+        }
+        ctx.meta.root = node::child(p, 0);
+        ctx.free(root)?;
+    }
+}
+
+fn grow_root(ctx: &mut WriteCtx<'_>, old_root: PageId, up: Cell) -> Result<()> {
+    let id = ctx.alloc(PageKind::Branch)?;
+    node::rebuild(ctx.page_mut(id)?, PageKind::Branch, id, old_root, &[up]);
+    ctx.meta.root = id;
+    Ok(())
+}
+
+fn put_rec(
+    ctx: &mut WriteCtx<'_>,
+    id: PageId,
+    key: &[u8],
+    cell: &[u8],
+    depth: usize,
+) -> Result<(Outcome, bool)> {
+    if depth > MAX_DEPTH {
+        return Err(Error::corrupt(
+            id,
+            "tree deeper than any valid tree (a cycle?)",
+        ));
+    }
+    let p = ctx.page(id)?;
+    match node_kind(p, id)? {
+        PageKind::Branch => {
+            let ci = btree::search_branch(ctx, p, key)?;
+            let c = node::child(p, ci);
+            let (out, inserted) = put_rec(ctx, c, key, cell, depth + 1)?;
+            Ok((fix_child(ctx, id, ci, out)?, inserted))
+        }
+        _ => match btree::search_leaf(ctx, p, key)? {
+            Ok(i) => {
+                let old = node::cell(p, PageKind::Leaf, i).to_vec();
+                free_leaf_cell_chains(ctx, &old)?;
+                let pm = ctx.page_mut(id)?;
+                let off = node::slot(pm, i);
+                if old.len() == cell.len() {
+                    pm[off..off + cell.len()].copy_from_slice(cell);
+                    return Ok((Outcome::default(), false));
+                }
+                node::remove_cell(pm, PageKind::Leaf, i);
+                if node::insert_cell(pm, PageKind::Leaf, i, cell) {
+                    // A shorter value can leave the leaf underfull.
+                    let underflow = node::used(pm) < MIN_FILL;
+                    return Ok((
+                        Outcome {
+                            split: None,
+                            underflow,
+                        },
+                        false,
+                    ));
+                }
+                let split = split_with(ctx, id, PageKind::Leaf, i, cell.to_vec())?;
+                Ok((
+                    Outcome {
+                        split,
+                        underflow: false,
+                    },
+                    false,
+                ))
+            }
+            Err(i) => {
+                let pm = ctx.page_mut(id)?;
+                if node::insert_cell(pm, PageKind::Leaf, i, cell) {
+                    return Ok((Outcome::default(), true));
+                }
+                let split = split_with(ctx, id, PageKind::Leaf, i, cell.to_vec())?;
+                Ok((
+                    Outcome {
+                        split,
+                        underflow: false,
+                    },
+                    true,
+                ))
+            }
+        },
+    }
+}
+
+/// What a change did to a node: split off a sibling (the cell for the parent), or left the
+/// node underfull. Never both: halves of a split are well above the minimum.
+#[derive(Default)]
+struct Outcome {
+    split: Option<Cell>,
+    underflow: bool,
+}
+
+/// Applies a child's outcome to branch `id` (child `ci`), returning the branch's own outcome.
+fn fix_child(ctx: &mut WriteCtx<'_>, id: PageId, ci: usize, out: Outcome) -> Result<Outcome> {
+    let split = if let Some(up) = out.split {
+        insert_branch_cell(ctx, id, ci, up)?
+    } else if out.underflow {
+        rebalance(ctx, id, ci)?
+    } else {
+        return Ok(Outcome::default());
+    };
+    let underflow = split.is_none() && node::used(ctx.page(id)?) < MIN_FILL;
+    Ok(Outcome { split, underflow })
+}
+
+fn del_rec(
+    ctx: &mut WriteCtx<'_>,
+    id: PageId,
+    key: &[u8],
+    depth: usize,
+) -> Result<(Outcome, bool)> {
+    if depth > MAX_DEPTH {
+        return Err(Error::corrupt(
+            id,
+            "tree deeper than any valid tree (a cycle?)",
+        ));
+    }
+    let p = ctx.page(id)?;
+    match node_kind(p, id)? {
+        PageKind::Branch => {
+            let ci = btree::search_branch(ctx, p, key)?;
+            let c = node::child(p, ci);
+            let (out, found) = del_rec(ctx, c, key, depth + 1)?;
+            Ok((fix_child(ctx, id, ci, out)?, found))
+        }
+        _ => match btree::search_leaf(ctx, p, key)? {
+            Ok(i) => {
+                let old = node::cell(p, PageKind::Leaf, i).to_vec();
+                free_leaf_cell_chains(ctx, &old)?;
+                let pm = ctx.page_mut(id)?;
+                node::remove_cell(pm, PageKind::Leaf, i);
+                let underflow = node::used(pm) < MIN_FILL;
+                Ok((
+                    Outcome {
+                        split: None,
+                        underflow,
+                    },
+                    true,
+                ))
+            }
+            Err(_) => Ok((Outcome::default(), false)),
+        },
+    }
+}
+
+/// Inserts a branch cell at slot `idx` of branch `id`, splitting the branch if it is full.
+fn insert_branch_cell(
+    ctx: &mut WriteCtx<'_>,
+    id: PageId,
+    idx: usize,
+    cell: Cell,
+) -> Result<Option<Cell>> {
+    let pm = ctx.page_mut(id)?;
+    if node::insert_cell(pm, PageKind::Branch, idx, &cell) {
+        return Ok(None);
+    }
+    split_with(ctx, id, PageKind::Branch, idx, cell)
+}
+
+/// Splits page `id` after adding `cell` at slot `idx`; returns the cell for the parent.
+fn split_with(
+    ctx: &mut WriteCtx<'_>,
+    id: PageId,
+    kind: PageKind,
+    idx: usize,
+    cell: Cell,
+) -> Result<Option<Cell>> {
+    let p = ctx.page(id)?;
+    let link = PageId(page::header(p).link.get());
+    let mut cells = cells_of(p, kind);
+    cells.insert(idx, cell);
+    write_node(ctx, id, kind, link, cells)
+}
+
+fn cells_of(p: &[u8], kind: PageKind) -> Vec<Cell> {
+    (0..node::count(p))
+        .map(|i| node::cell(p, kind, i).to_vec())
+        .collect()
+}
+
+/// Makes page `id` hold `cells`; if they do not fit, splits them over `id` and a new right
+/// sibling and returns the branch cell that routes to the sibling.
+fn write_node(
+    ctx: &mut WriteCtx<'_>,
+    id: PageId,
+    kind: PageKind,
+    link: PageId,
+    mut cells: Vec<Cell>,
+) -> Result<Option<Cell>> {
+    if node::cost(&cells) <= USABLE {
+        node::rebuild(ctx.page_mut(id)?, kind, id, link, &cells);
+        return Ok(None);
+    }
+    let right = ctx.alloc(kind)?;
+    match kind {
+        PageKind::Leaf => {
+            let m = leaf_split_point(&cells);
+            let right_cells = cells.split_off(m);
+            let sep = separator(ctx, &cells[m - 1], &right_cells[0])?;
+            node::rebuild(ctx.page_mut(id)?, kind, id, PageId::NONE, &cells);
+            node::rebuild(
+                ctx.page_mut(right)?,
+                kind,
+                right,
+                PageId::NONE,
+                &right_cells,
+            );
+            Ok(Some(make_branch_cell(ctx, right, &sep)?))
+        }
+        _ => {
+            let m = branch_split_point(&cells);
+            let right_cells = cells.split_off(m + 1);
+            let mut up = cells.pop().expect("split point inside the cells");
+            let right_link = node::branch_cell_child(&up);
+            node::set_branch_cell_child(&mut up, right);
+            node::rebuild(ctx.page_mut(id)?, kind, id, link, &cells);
+            node::rebuild(ctx.page_mut(right)?, kind, right, right_link, &right_cells);
+            Ok(Some(up))
+        }
+    }
+}
+
+fn costs(cells: &[Cell]) -> Vec<usize> {
+    cells.iter().map(|c| c.len() + SLOT).collect()
+}
+
+/// The first index of the right half: both halves fit and are as even as possible.
+fn leaf_split_point(cells: &[Cell]) -> usize {
+    let c = costs(cells);
+    let total: usize = c.iter().sum();
+    let (mut best, mut best_diff, mut left) = (1, usize::MAX, 0);
+    for m in 1..c.len() {
+        left += c[m - 1];
+        let right = total - left;
+        if left <= USABLE && right <= USABLE && left.abs_diff(right) < best_diff {
+            best = m;
+            best_diff = left.abs_diff(right);
+        }
+    }
+    assert!(
+        best_diff != usize::MAX,
+        "no split point fits: {total} bytes in {} cells",
+        c.len()
+    );
+    best
+}
+
+/// The index of the cell that moves up: the cells before and after it both fit, evenly.
+fn branch_split_point(cells: &[Cell]) -> usize {
+    let c = costs(cells);
+    let total: usize = c.iter().sum();
+    let (mut best, mut best_diff, mut left) = (1, usize::MAX, 0);
+    for m in 1..c.len().saturating_sub(1) {
+        left += c[m - 1];
+        let right = total - left - c[m];
+        if left <= USABLE && right <= USABLE && left.abs_diff(right) < best_diff {
+            best = m;
+            best_diff = left.abs_diff(right);
+        }
+    }
+    assert!(
+        best_diff != usize::MAX,
+        "no split point fits: {total} bytes in {} cells",
+        c.len()
+    );
+    best
+}
+
+/// Restores the fill of child `ci` of branch `pid` by merging it with a sibling or, when the
+/// two do not fit one page, by sharing their cells evenly.
+fn rebalance(ctx: &mut WriteCtx<'_>, pid: PageId, ci: usize) -> Result<Option<Cell>> {
+    let p = ctx.page(pid)?;
+    if node::count(p) == 0 {
+        return Ok(None);
+    }
+    let li = if ci > 0 { ci - 1 } else { 0 };
+    let (left, right) = (node::child(p, li), node::child(p, li + 1));
+    let sep_cell = node::cell(p, PageKind::Branch, li).to_vec();
+    let lp = ctx.page(left)?;
+    let rp = ctx.page(right)?;
+    let kind = node_kind(lp, left)?;
+    if node_kind(rp, right)? != kind {
+        return Err(Error::corrupt(right, "siblings of different kinds"));
+    }
+    let left_link = PageId(page::header(lp).link.get());
+    let mut cells = cells_of(lp, kind);
+    if kind == PageKind::Branch {
+        let mut down = sep_cell.clone();
+        node::set_branch_cell_child(&mut down, PageId(page::header(rp).link.get()));
+        cells.push(down);
+    }
+    cells.extend(cells_of(rp, kind));
+
+    if node::cost(&cells) <= USABLE {
+        // Merge into the left page; the separator goes away (or moved down, for branches).
+        node::rebuild(ctx.page_mut(left)?, kind, left, left_link, &cells);
+        ctx.free(right)?;
+        if kind == PageKind::Leaf {
+            free_branch_cell_chain(ctx, &sep_cell)?;
+        }
+        node::remove_cell(ctx.page_mut(pid)?, PageKind::Branch, li);
+        return Ok(None);
+    }
+
+    let new_sep = match kind {
+        PageKind::Leaf => {
+            let m = leaf_split_point(&cells);
+            let right_cells = cells.split_off(m);
+            let sep = separator(ctx, &cells[m - 1], &right_cells[0])?;
+            node::rebuild(ctx.page_mut(left)?, kind, left, PageId::NONE, &cells);
+            node::rebuild(
+                ctx.page_mut(right)?,
+                kind,
+                right,
+                PageId::NONE,
+                &right_cells,
+            );
+            free_branch_cell_chain(ctx, &sep_cell)?;
+            make_branch_cell(ctx, right, &sep)?
+        }
+        _ => {
+            let m = branch_split_point(&cells);
+            let right_cells = cells.split_off(m + 1);
+            let mut up = cells.pop().expect("split point inside the cells");
+            let right_link = node::branch_cell_child(&up);
+            node::set_branch_cell_child(&mut up, right);
+            node::rebuild(ctx.page_mut(left)?, kind, left, left_link, &cells);
+            node::rebuild(ctx.page_mut(right)?, kind, right, right_link, &right_cells);
+            up
+        }
+    };
+    node::remove_cell(ctx.page_mut(pid)?, PageKind::Branch, li);
+    insert_branch_cell(ctx, pid, li, new_sep)
+}
+
+/// The shortest key `s` with `left_last < s <= right_first` (suffix truncation), so branch
+/// pages hold short separators however long the keys are.
+fn separator(ctx: &WriteCtx<'_>, left_cell: &[u8], right_cell: &[u8]) -> Result<Vec<u8>> {
+    let lk = load_key(ctx, node::key_at(left_cell, 0))?;
+    let rk = load_key(ctx, node::key_at(right_cell, 0))?;
+    debug_assert_eq!(lk.as_ref().cmp(rk.as_ref()), Ordering::Less);
+    let common = lk.iter().zip(rk.iter()).take_while(|(a, b)| a == b).count();
+    Ok(rk[..(common + 1).min(rk.len())].to_vec())
+}
+
+fn encode_key(ctx: &mut WriteCtx<'_>, key: &[u8], out: &mut Vec<u8>) -> Result<()> {
+    let ovf = if key.len() > KEY_INLINE_MAX {
+        overflow::write_chain(ctx, &key[KEY_LOCAL..])?
+    } else {
+        PageId::NONE
+    };
+    node::encode_key_field(key, ovf, out);
+    Ok(())
+}
+
+fn make_branch_cell(ctx: &mut WriteCtx<'_>, child: PageId, key: &[u8]) -> Result<Cell> {
+    let mut c = Vec::with_capacity(8 + node::key_field_size(key.len()));
+    c.extend_from_slice(&child.0.to_le_bytes());
+    encode_key(ctx, key, &mut c)?;
+    Ok(c)
+}
+
+fn build_leaf_cell(ctx: &mut WriteCtx<'_>, key: &[u8], value: &[u8]) -> Result<Cell> {
+    let mut c = Vec::with_capacity(node::key_field_size(key.len()) + 12 + value.len().min(512));
+    encode_key(ctx, key, &mut c)?;
+    if node::value_fits_inline(key.len(), value.len()) {
+        node::encode_inline_value(value, &mut c);
+    } else {
+        let first = overflow::write_chain(ctx, value)?;
+        node::encode_overflow_value(value.len(), first, &mut c);
+    }
+    Ok(c)
+}
+
+fn free_key_chain(ctx: &mut WriteCtx<'_>, field: &[u8]) -> Result<()> {
+    let k = node::key_at(field, 0);
+    if k.is_long() {
+        overflow::free_chain(ctx, k.ovf, k.len - KEY_LOCAL)?;
+    }
+    Ok(())
+}
+
+fn free_branch_cell_chain(ctx: &mut WriteCtx<'_>, cell: &[u8]) -> Result<()> {
+    free_key_chain(ctx, node::branch_cell_key_field(cell))
+}
+
+fn free_leaf_cell_chains(ctx: &mut WriteCtx<'_>, cell: &[u8]) -> Result<()> {
+    let kf = node::leaf_cell_key_field(cell);
+    let klen = kf.len();
+    free_key_chain(ctx, kf)?;
+    if let (ValRef::Overflow { len, first }, _) = node::val_at(cell, klen) {
+        overflow::free_chain(ctx, first, len)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! The writer's private overlay: pages changed by the batch being applied. Nothing here is
+//! visible to readers until `Db::commit` installs the finished overlay in one step, and a
+//! batch that fails half-way is dropped without trace.
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+
+use crate::error::Result;
+use crate::freelist;
+use crate::page::{self, Meta, PageBuf, PageKind};
+use crate::pager::{PageSource, Published};
+use crate::types::{Lsn, PageId};
+
+pub(crate) struct WriteCtx<'a> {
+    base: &'a Published,
+    dirty: HashMap<PageId, Box<PageBuf>>,
+    pub meta: Meta,
+}
+
+impl PageSource for WriteCtx<'_> {
+    #[inline]
+    fn page(&self, id: PageId) -> Result<&[u8]> {
+        match self.dirty.get(&id) {
+            Some(b) => Ok(&b[..]),
+            None => self.base.page(id),
+        }
+    }
+}
+
+impl<'a> WriteCtx<'a> {
+    pub fn new(base: &'a Published) -> WriteCtx<'a> {
+        WriteCtx {
+            base,
+            dirty: HashMap::new(),
+            meta: base.meta,
+        }
+    }
+
+    /// A writable copy of page `id` in the overlay.
+    pub fn page_mut(&mut self, id: PageId) -> Result<&mut [u8]> {
+        match self.dirty.entry(id) {
+            Entry::Occupied(e) => Ok(&mut e.into_mut()[..]),
+            Entry::Vacant(v) => {
+                let src = self.base.page(id)?;
+                let mut b = page::new_page_buf();
+                b.copy_from_slice(src);
+                Ok(&mut v.insert(b)[..])
+            }
+        }
+    }
+
+    /// A fresh, initialised page `id` in the overlay, whatever it held before.
+    pub fn page_fresh(&mut self, id: PageId, kind: PageKind) -> &mut [u8] {
+        let b = self.dirty.entry(id).or_insert_with(page::new_page_buf);
+        page::init(&mut b[..], kind, id);
+        &mut b[..]
+    }
+
+    /// Forgets any overlay copy of a page that has just been freed.
+    pub fn forget(&mut self, id: PageId) {
+        self.dirty.remove(&id);
+    }
+
+    pub fn alloc(&mut self, kind: PageKind) -> Result<PageId> {
+        freelist::alloc(self, kind)
+    }
+
+    pub fn free(&mut self, id: PageId) -> Result<()> {
+        freelist::free(self, id)
+    }
+
+    /// Writes the meta page and seals every changed page with `lsn`.
+    pub fn finish(mut self, lsn: Lsn) -> Result<(Vec<(PageId, Box<PageBuf>)>, Meta)> {
+        self.meta.last_lsn = lsn;
+        let meta = self.meta;
+        meta.write(self.page_mut(PageId(0))?);
+        let mut pages: Vec<_> = self.dirty.into_iter().collect();
+        for (id, p) in pages.iter_mut() {
+            assert_eq!(
+                page::header(&p[..]).page_id.get(),
+                id.0,
+                "overlay page mislabelled"
+            );
+            assert!(id.0 < meta.page_count, "overlay page beyond page_count");
+            page::seal(&mut p[..], lsn);
+        }
+        Ok((pages, meta))
+    }
+}
