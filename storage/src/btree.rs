@@ -63,10 +63,16 @@ pub fn cmp_key<S: PageSource>(src: &S, k: KeyRef<'_>, probe: &[u8]) -> Result<Or
 /// Leaf search: `Ok(Ok(i))` if slot `i` holds `probe`, `Ok(Err(i))` for the insertion slot.
 pub fn search_leaf<S: PageSource>(src: &S, p: &[u8], probe: &[u8]) -> Result<Result<usize, usize>> {
     let (mut lo, mut hi) = (0, node::count(p));
+    let ph = node::key_head(probe);
     while lo < hi {
         let mid = (lo + hi) / 2;
-        let k = node::key_at(p, node::slot(p, mid));
-        match cmp_key(src, k, probe)? {
+        let h = node::head(p, mid);
+        let ord = if h != ph {
+            h.cmp(&ph)
+        } else {
+            cmp_key(src, node::key_at(p, node::slot(p, mid)), probe)?
+        };
+        match ord {
             Ordering::Less => lo = mid + 1,
             Ordering::Greater => hi = mid,
             Ordering::Equal => return Ok(Ok(mid)),
@@ -79,10 +85,16 @@ pub fn search_leaf<S: PageSource>(src: &S, p: &[u8], probe: &[u8]) -> Result<Res
 /// separators <= probe).
 pub fn search_branch<S: PageSource>(src: &S, p: &[u8], probe: &[u8]) -> Result<usize> {
     let (mut lo, mut hi) = (0, node::count(p));
+    let ph = node::key_head(probe);
     while lo < hi {
         let mid = (lo + hi) / 2;
-        let k = node::key_at(p, node::slot(p, mid) + 8);
-        if cmp_key(src, k, probe)? == Ordering::Greater {
+        let h = node::head(p, mid);
+        let ord = if h != ph {
+            h.cmp(&ph)
+        } else {
+            cmp_key(src, node::key_at(p, node::slot(p, mid) + 8), probe)?
+        };
+        if ord == Ordering::Greater {
             hi = mid;
         } else {
             lo = mid + 1;

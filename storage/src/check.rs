@@ -182,7 +182,7 @@ impl<S: PageSource> Checker<'_, S> {
                         self.chain(k.ovf, k.len - KEY_LOCAL)?;
                     }
                     let above_lo = lo.is_none_or(|l| key.as_slice() > l);
-                    if !above_lo || !hi.is_none_or(|h| key.as_slice() < h) {
+                    if !above_lo || hi.is_some_and(|h| key.as_slice() >= h) {
                         return Err(fail(format!(
                             "branch {id} cell {i}: separator outside its range"
                         )));

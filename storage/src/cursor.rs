@@ -1,6 +1,6 @@
-//! A position in the tree: the path of (page, slot) from the root to a leaf cell. Moving past
-//! the end of a leaf climbs the path and descends into the next subtree, so ordered scans in
-//! both directions need no sibling links.
+//! A position in the tree: the path of branch pages from the root, plus the current leaf
+//! and cell. Moving past the end of a leaf climbs the path and descends into the next
+//! subtree, so ordered scans in both directions need no sibling links.
 
 use std::ops::Bound;
 
@@ -12,95 +12,118 @@ use crate::pager::PageSource;
 use crate::types::PageId;
 
 #[derive(Clone, Debug)]
-pub(crate) struct Cursor {
-    /// Branch levels hold the child index taken; the last element is (leaf, cell index).
-    stack: Vec<(PageId, usize)>,
+pub(crate) struct Cursor<'a> {
+    /// Branch pages from the root down, each with the index of the child taken.
+    path: Vec<(PageId, usize)>,
+    leaf_id: PageId,
+    /// The bytes of the current leaf, so stepping within it does not look the page up again.
+    leaf: &'a [u8],
+    count: usize,
+    idx: usize,
     valid: bool,
 }
 
-impl Cursor {
-    /// The first entry inside `lower` (or the first entry of all when unbounded).
-    pub fn seek_first<S: PageSource>(src: &S, root: PageId, lower: Bound<&[u8]>) -> Result<Cursor> {
-        let mut c = Cursor {
-            stack: Vec::with_capacity(8),
+/// Which end of a subtree a descent lands on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum End {
+    First,
+    Last,
+}
+
+impl<'a> Cursor<'a> {
+    fn empty() -> Cursor<'a> {
+        Cursor {
+            path: Vec::with_capacity(8),
+            leaf_id: PageId::NONE,
+            leaf: &[],
+            count: 0,
+            idx: 0,
             valid: true,
-        };
+        }
+    }
+
+    /// The first entry inside `lower` (or the first entry of all when unbounded).
+    pub fn seek_first<S: PageSource>(
+        src: &'a S,
+        root: PageId,
+        lower: Bound<&[u8]>,
+    ) -> Result<Cursor<'a>> {
+        let mut c = Cursor::empty();
         let mut id = root;
         loop {
             c.check_depth(id)?;
             let p = src.page(id)?;
-            match node_kind(p, id)? {
-                PageKind::Branch => {
-                    let ci = match lower {
-                        Bound::Unbounded => 0,
-                        Bound::Included(k) | Bound::Excluded(k) => btree::search_branch(src, p, k)?,
-                    };
-                    c.stack.push((id, ci));
-                    id = node::child(p, ci);
-                }
-                _ => {
-                    let i = match lower {
-                        Bound::Unbounded => 0,
-                        Bound::Included(k) => btree::search_leaf(src, p, k)?.unwrap_or_else(|i| i),
-                        Bound::Excluded(k) => match btree::search_leaf(src, p, k)? {
-                            Ok(i) => i + 1,
-                            Err(i) => i,
-                        },
-                    };
-                    let n = node::count(p);
-                    c.stack.push((id, i));
-                    if i >= n {
-                        c.next(src)?;
-                    }
-                    return Ok(c);
-                }
+            if node_kind(p, id)? == PageKind::Branch {
+                let ci = match lower {
+                    Bound::Unbounded => 0,
+                    Bound::Included(k) | Bound::Excluded(k) => btree::search_branch(src, p, k)?,
+                };
+                c.path.push((id, ci));
+                id = node::child(p, ci);
+                continue;
             }
+            let i = match lower {
+                Bound::Unbounded => 0,
+                Bound::Included(k) => btree::search_leaf(src, p, k)?.unwrap_or_else(|i| i),
+                Bound::Excluded(k) => match btree::search_leaf(src, p, k)? {
+                    Ok(i) => i + 1,
+                    Err(i) => i,
+                },
+            };
+            c.set_leaf(id, p, i);
+            if i >= c.count {
+                c.next_leaf(src, End::First)?;
+            }
+            return Ok(c);
         }
     }
 
     /// The last entry inside `upper` (or the last entry of all when unbounded).
-    pub fn seek_last<S: PageSource>(src: &S, root: PageId, upper: Bound<&[u8]>) -> Result<Cursor> {
-        let mut c = Cursor {
-            stack: Vec::with_capacity(8),
-            valid: true,
-        };
+    pub fn seek_last<S: PageSource>(
+        src: &'a S,
+        root: PageId,
+        upper: Bound<&[u8]>,
+    ) -> Result<Cursor<'a>> {
+        let mut c = Cursor::empty();
         let mut id = root;
         loop {
             c.check_depth(id)?;
             let p = src.page(id)?;
-            match node_kind(p, id)? {
-                PageKind::Branch => {
-                    let ci = match upper {
-                        Bound::Unbounded => node::count(p),
-                        Bound::Included(k) | Bound::Excluded(k) => btree::search_branch(src, p, k)?,
-                    };
-                    c.stack.push((id, ci));
-                    id = node::child(p, ci);
-                }
-                _ => {
-                    // `end` = number of cells inside the bound; the entry is end - 1.
-                    let end = match upper {
-                        Bound::Unbounded => node::count(p),
-                        Bound::Included(k) => match btree::search_leaf(src, p, k)? {
-                            Ok(i) => i + 1,
-                            Err(i) => i,
-                        },
-                        Bound::Excluded(k) => btree::search_leaf(src, p, k)?.unwrap_or_else(|i| i),
-                    };
-                    if end == 0 {
-                        c.stack.push((id, 0));
-                        c.prev(src)?;
-                    } else {
-                        c.stack.push((id, end - 1));
-                    }
-                    return Ok(c);
-                }
+            if node_kind(p, id)? == PageKind::Branch {
+                let ci = match upper {
+                    Bound::Unbounded => node::count(p),
+                    Bound::Included(k) | Bound::Excluded(k) => btree::search_branch(src, p, k)?,
+                };
+                c.path.push((id, ci));
+                id = node::child(p, ci);
+                continue;
             }
+            // `end` = number of cells inside the bound; the entry is end - 1.
+            let end = match upper {
+                Bound::Unbounded => node::count(p),
+                Bound::Included(k) => match btree::search_leaf(src, p, k)? {
+                    Ok(i) => i + 1,
+                    Err(i) => i,
+                },
+                Bound::Excluded(k) => btree::search_leaf(src, p, k)?.unwrap_or_else(|i| i),
+            };
+            c.set_leaf(id, p, end.saturating_sub(1));
+            if end == 0 {
+                c.next_leaf(src, End::Last)?;
+            }
+            return Ok(c);
         }
     }
 
+    fn set_leaf(&mut self, id: PageId, p: &'a [u8], idx: usize) {
+        self.leaf_id = id;
+        self.leaf = p;
+        self.count = node::count(p);
+        self.idx = idx;
+    }
+
     fn check_depth(&self, id: PageId) -> Result<()> {
-        if self.stack.len() > MAX_DEPTH {
+        if self.path.len() > MAX_DEPTH {
             return Err(Error::corrupt(
                 id,
                 "tree deeper than any valid tree (a cycle?)",
@@ -114,89 +137,83 @@ impl Cursor {
     }
 
     /// (leaf page, cell index) of the current entry.
+    #[inline]
     pub fn position(&self) -> (PageId, usize) {
-        *self.stack.last().expect("cursor has a leaf")
+        (self.leaf_id, self.idx)
     }
 
-    pub fn entry<'a, S: PageSource>(&self, src: &'a S) -> Result<(KeyRef<'a>, ValRef<'a>)> {
-        let (id, i) = self.position();
-        let p = src.page(id)?;
-        Ok(node::leaf_entry(p, i))
+    #[inline]
+    pub fn entry(&self) -> (KeyRef<'a>, ValRef<'a>) {
+        node::leaf_entry(self.leaf, self.idx)
     }
 
     /// Moves to the next entry; the cursor becomes invalid past the last one.
-    pub fn next<S: PageSource>(&mut self, src: &S) -> Result<()> {
-        let (leaf, i) = self.position();
-        if i + 1 < node::count(src.page(leaf)?) {
-            self.stack.last_mut().expect("leaf").1 = i + 1;
+    #[inline]
+    pub fn next<S: PageSource>(&mut self, src: &'a S) -> Result<()> {
+        if self.idx + 1 < self.count {
+            self.idx += 1;
             return Ok(());
         }
-        // Climb to the first ancestor with a child to the right, then take its leftmost path.
-        self.stack.pop();
-        loop {
-            let Some(&mut (bid, ref mut ci)) = self.stack.last_mut() else {
-                self.valid = false;
-                return Ok(());
-            };
-            let p = src.page(bid)?;
-            if *ci < node::count(p) {
-                *ci += 1;
-                let mut id = node::child(p, *ci);
-                loop {
-                    self.check_depth(id)?;
-                    let p = src.page(id)?;
-                    if node_kind(p, id)? == PageKind::Branch {
-                        self.stack.push((id, 0));
-                        id = node::child(p, 0);
-                    } else {
-                        self.stack.push((id, 0));
-                        if node::count(p) == 0 {
-                            // Only an empty root leaf has no cells; keep moving.
-                            return self.next(src);
-                        }
-                        return Ok(());
-                    }
-                }
-            }
-            self.stack.pop();
-        }
+        self.next_leaf(src, End::First)
     }
 
     /// Moves to the previous entry; the cursor becomes invalid before the first one.
-    pub fn prev<S: PageSource>(&mut self, src: &S) -> Result<()> {
-        let (_, i) = self.position();
-        if i > 0 {
-            self.stack.last_mut().expect("leaf").1 = i - 1;
+    #[inline]
+    pub fn prev<S: PageSource>(&mut self, src: &'a S) -> Result<()> {
+        if self.idx > 0 && self.idx <= self.count {
+            self.idx -= 1;
             return Ok(());
         }
-        self.stack.pop();
+        self.next_leaf(src, End::Last)
+    }
+
+    /// Leaves the current leaf for the neighbouring one in direction `to` (First = forward,
+    /// landing on its first entry; Last = backward, landing on its last). Empty leaves (only
+    /// an empty root can be one) are skipped.
+    fn next_leaf<S: PageSource>(&mut self, src: &'a S, to: End) -> Result<()> {
         loop {
-            let Some(&mut (bid, ref mut ci)) = self.stack.last_mut() else {
-                self.valid = false;
-                return Ok(());
-            };
-            if *ci > 0 {
-                *ci -= 1;
+            // Climb to the first ancestor with a child on the wanted side.
+            let (bid, ci) = loop {
+                let Some(&(bid, ci)) = self.path.last() else {
+                    self.valid = false;
+                    return Ok(());
+                };
                 let p = src.page(bid)?;
-                let mut id = node::child(p, *ci);
-                loop {
-                    self.check_depth(id)?;
-                    let p = src.page(id)?;
-                    let n = node::count(p);
-                    if node_kind(p, id)? == PageKind::Branch {
-                        self.stack.push((id, n));
-                        id = node::child(p, n);
-                    } else {
-                        if n == 0 {
-                            self.stack.push((id, 0));
-                            return self.prev(src);
-                        }
-                        self.stack.push((id, n - 1));
-                        return Ok(());
+                let n = node::count(p);
+                match to {
+                    End::First if ci < n => break (bid, ci + 1),
+                    End::Last if ci > 0 => break (bid, ci - 1),
+                    _ => {
+                        self.path.pop();
                     }
                 }
+            };
+            self.path.last_mut().expect("ancestor on the path").1 = ci;
+            let mut id = node::child(src.page(bid)?, ci);
+            loop {
+                self.check_depth(id)?;
+                let p = src.page(id)?;
+                let n = node::count(p);
+                if node_kind(p, id)? == PageKind::Branch {
+                    let ci = if to == End::First { 0 } else { n };
+                    self.path.push((id, ci));
+                    id = node::child(p, ci);
+                } else {
+                    self.set_leaf(
+                        id,
+                        p,
+                        if to == End::First {
+                            0
+                        } else {
+                            n.saturating_sub(1)
+                        },
+                    );
+                    break;
+                }
             }
-            self.stack.pop();
+            if self.count > 0 {
+                return Ok(());
+            }
         }
     }
 }

@@ -4,43 +4,68 @@ use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockUpgradableReadGuard, RwLockWriteGuard};
+use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard, RwLockUpgradableReadGuard};
 
 use crate::btree;
 use crate::check::{self, IntegrityReport};
+use crate::control::Control;
 use crate::cursor::Cursor;
 use crate::error::{Error, Result};
 use crate::node::{MAX_KEY, MAX_VALUE};
-use crate::page::PAGE_SIZE;
-use crate::pager::{PageFile, Published};
+use crate::page;
+use crate::pager::{PageFile, PageSource, Published};
+use crate::recovery;
 use crate::tree_write;
 use crate::txn::WriteCtx;
 use crate::types::Lsn;
+use crate::wal::io::{self as walio, Backend, FaultInjector, WalIo};
+use crate::wal::record;
+use crate::wal::segment::Segments;
+use crate::wal::Wal;
 
 /// Name of the page file inside the database directory.
 pub const PAGE_FILE: &str = "pages.db";
+/// Name of the WAL directory inside the database directory.
+pub const WAL_DIR: &str = "wal";
 
 /// How durable a commit is when `commit` returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
-    /// Visible to readers, on disk later (at the next durable commit, checkpoint or close).
+    /// Acknowledged once the batch is in the WAL buffer (visible to readers, on disk within
+    /// one flush — at most a few milliseconds later). A crash can lose it.
     Off,
-    /// On disk (fsynced) before `commit` returns.
+    /// Acknowledged after the WAL holding it is fsynced. A crash cannot lose it.
     Local,
 }
 
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Changed pages kept in memory before they are written back even without a durable
-    /// commit. Bounds memory under a stream of `Durability::Off` commits.
-    pub dirty_limit_bytes: usize,
+    /// A checkpoint starts once this much WAL has been written since the last one.
+    pub checkpoint_wal_bytes: u64,
+    /// ... or when this much time has passed with changes pending.
+    pub checkpoint_interval: Duration,
+    /// Size of a WAL segment file (fixed when the database is created).
+    pub wal_segment_bytes: u64,
+    /// Which I/O path the WAL and checkpoints use.
+    pub wal_io: WalIo,
+    /// Fault injection for tests of I/O error handling.
+    #[doc(hidden)]
+    pub faults: Option<Arc<FaultInjector>>,
 }
 
 impl Default for Options {
     fn default() -> Options {
         Options {
-            dirty_limit_bytes: 64 << 20,
+            checkpoint_wal_bytes: 64 << 20,
+            checkpoint_interval: Duration::from_secs(60),
+            wal_segment_bytes: 16 << 20,
+            wal_io: WalIo::Auto,
+            faults: None,
         }
     }
 }
@@ -113,92 +138,187 @@ pub struct Stats {
     pub entries: u64,
     pub page_count: u64,
     pub free_pages: u64,
+    /// Pages changed since the last checkpoint (held in memory).
     pub dirty_pages: u64,
     pub file_bytes: u64,
+    /// End LSN of the last commit.
     pub last_lsn: Lsn,
+    /// Everything before this LSN is on disk.
+    pub flush_lsn: Lsn,
+    /// Recovery replays from here (the start of the last checkpoint).
+    pub redo_lsn: Lsn,
+    pub checkpoints: u64,
+    /// WAL write+sync rounds since open; with group commit, fewer than durable commits.
+    pub wal_flushes: u64,
+    /// "io_uring" or "pwrite+fdatasync".
+    pub wal_io: &'static str,
 }
 
+/// State of the one writer.
 struct Writer {
+    /// Pages whose LSN is at or below this get a full image at their next change: it is the
+    /// start of the last (or running) checkpoint, from which recovery would replay.
+    redo_lsn: Lsn,
+    /// WAL end when the last checkpoint started.
+    wal_at_checkpoint: u64,
+    epoch: u32,
+    scratch: Vec<u8>,
+    runs: Vec<u8>,
+}
+
+/// State of checkpoints (one at a time).
+struct Checkpointer {
     file: PageFile,
-    /// Set by the first failed write or fsync; every later write is refused.
+    backend: Box<dyn Backend>,
+    control: Control,
+    segs: Segments,
+    /// A failed page write or sync: checkpoints (and then writes) stop until reopened.
     failed: Option<String>,
+    count: u64,
+}
+
+struct Inner {
+    state: RwLock<Published>,
+    writer: Mutex<Writer>,
+    ckpt: Mutex<Checkpointer>,
+    wal: Wal,
+    /// WAL below this LSN is kept even when checkpoints no longer need it (replication).
+    retain_from: AtomicU64,
+    options: Options,
+    dir: PathBuf,
+    bg: Mutex<BgState>,
+    bg_cv: Condvar,
+}
+
+#[derive(Default)]
+struct BgState {
+    stop: bool,
+    wake: bool,
+}
+
+/// A replidb database: a B+tree in a page file plus a write-ahead log, inside a directory.
+///
+/// Any number of threads may read while one commit at a time is applied; a reader sees each
+/// batch entirely or not at all. Commits of different threads share WAL flushes (group
+/// commit). All methods take `&self`; share a `Db` with `Arc`.
+pub struct Db {
+    inner: Arc<Inner>,
+    checkpointer: Option<JoinHandle<()>>,
     closed: bool,
 }
 
-/// A replidb database: a B+tree in a page file inside a directory.
-///
-/// Any number of threads may read while one commit at a time is applied; a reader sees each
-/// batch entirely or not at all. All methods take `&self`; share a `Db` with `Arc`.
-pub struct Db {
-    state: RwLock<Published>,
-    writer: Mutex<Writer>,
-    options: Options,
-    dir: PathBuf,
-}
-
 impl Db {
-    /// Opens the database in `dir`, creating the directory and an empty database if needed.
+    /// Opens the database in `dir`, creating the directory and an empty database if needed,
+    /// and recovering from the WAL if the last run did not close cleanly.
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Db> {
-        let dir = dir.as_ref();
-        std::fs::create_dir_all(dir)?;
-        let (file, published) = PageFile::open(&dir.join(PAGE_FILE))?;
+        let dir = dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(dir.join(WAL_DIR))?;
+        let mut file = PageFile::open(&dir.join(PAGE_FILE))?;
+        let control = match Control::load(&dir)? {
+            Some(c) => c,
+            None if file.len_pages() <= 2 => {
+                // New (or never finished creating): lay down an empty database. The control
+                // file is written last, so its presence means creation completed.
+                file.create()?;
+                let c = Control {
+                    redo_lsn: Lsn(0),
+                    checkpoint_lsn: Lsn(0),
+                    segment_bytes: options.wal_segment_bytes.max(64 * 1024),
+                    node_id: random_u64(),
+                    epoch: 1,
+                };
+                c.store(&dir)?;
+                c
+            }
+            None => {
+                return Err(Error::Incompatible {
+                    path: dir.join(crate::control::CONTROL_FILE),
+                    reason: "missing, but the page file holds data".into(),
+                })
+            }
+        };
+        let mut segs = Segments::new(
+            &dir.join(WAL_DIR),
+            control.segment_bytes,
+            options.faults.clone(),
+        );
+        let rec = recovery::recover(&file, &mut segs, control.redo_lsn)?;
+        let replayed = !rec.pages.is_empty();
+        let last_lsn = rec.last_commit_end.unwrap_or(rec.end);
+        let published = file.publish(rec.pages.into_iter().collect(), last_lsn)?;
+        let wal = Wal::start(
+            &dir.join(WAL_DIR),
+            control.segment_bytes,
+            rec.end,
+            options.wal_io,
+            options.faults.clone(),
+        )?;
+        let backend = walio::backend(options.wal_io, options.faults.clone())?;
         tracing::debug!(
             dir = %dir.display(),
             pages = published.meta.page_count,
             entries = published.meta.entries,
+            wal_io = wal.backend_name(),
             "opened database"
         );
-        Ok(Db {
+        let inner = Arc::new(Inner {
             state: RwLock::new(published),
             writer: Mutex::new(Writer {
-                file,
-                failed: None,
-                closed: false,
+                redo_lsn: control.redo_lsn,
+                wal_at_checkpoint: control.redo_lsn.0,
+                epoch: control.epoch,
+                scratch: Vec::with_capacity(1 << 16),
+                runs: Vec::with_capacity(PAGE_SIZE_HINT),
             }),
+            ckpt: Mutex::new(Checkpointer {
+                file,
+                backend,
+                control,
+                segs,
+                failed: None,
+                count: 0,
+            }),
+            wal,
+            retain_from: AtomicU64::new(u64::MAX),
             options,
-            dir: dir.to_path_buf(),
+            dir,
+            bg: Mutex::new(BgState::default()),
+            bg_cv: Condvar::new(),
+        });
+        if replayed {
+            // Make the replayed pages durable now, so the next crash does not replay them.
+            inner.checkpoint()?;
+        }
+        let bg = inner.clone();
+        let checkpointer = std::thread::Builder::new()
+            .name("replidb-checkpointer".into())
+            .spawn(move || bg.checkpointer_loop())?;
+        Ok(Db {
+            inner,
+            checkpointer: Some(checkpointer),
+            closed: false,
         })
     }
 
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.inner.dir
     }
 
-    /// Applies `batch` atomically and returns its LSN. With `Durability::Local` the batch is
-    /// on disk when this returns. An empty batch changes nothing and returns the last LSN.
+    /// Applies `batch` atomically and returns its LSN: the end of its commit record in the
+    /// WAL. With `Durability::Local` the batch is on disk when this returns. An empty batch
+    /// changes nothing and returns the last commit's LSN.
     pub fn commit(&self, batch: &WriteBatch, durability: Durability) -> Result<Lsn> {
-        batch.validate()?;
-        let mut w = self.writer.lock();
-        if let Some(why) = &w.failed {
-            return Err(Error::PreviousIo(why.clone()));
+        let end = self.inner.commit(batch)?;
+        if durability == Durability::Local {
+            self.inner.wal.wait_flushed(end)?;
         }
-        let guard = self.state.upgradable_read();
-        if batch.is_empty() {
-            return Ok(guard.meta.last_lsn);
-        }
-        let lsn = Lsn(guard.meta.last_lsn.0 + 1);
-        let (pages, meta) = {
-            let mut ctx = WriteCtx::new(&guard);
-            for op in &batch.ops {
-                match op {
-                    Op::Put(k, v) => {
-                        tree_write::put(&mut ctx, k, v)?;
-                    }
-                    Op::Delete(k) => {
-                        tree_write::delete(&mut ctx, k)?;
-                    }
-                }
-            }
-            ctx.finish(lsn)?
-        };
-        let mut g = RwLockUpgradableReadGuard::upgrade(guard);
-        g.install(pages, meta);
-        let over_limit = g.dirty_pages() * PAGE_SIZE > self.options.dirty_limit_bytes;
-        if durability == Durability::Local || over_limit {
-            let g = RwLockWriteGuard::downgrade_to_upgradable(g);
-            write_back(&mut w, g)?;
-        }
-        Ok(lsn)
+        Ok(end)
+    }
+
+    /// Waits until everything up to `lsn` is on disk (for a caller that committed with
+    /// `Durability::Off` and now wants `Local`).
+    pub fn wait_durable(&self, lsn: Lsn) -> Result<()> {
+        self.inner.wal.wait_flushed(lsn)
     }
 
     /// Convenience: commits one put.
@@ -217,7 +337,7 @@ impl Db {
 
     /// The value stored under `key`.
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let g = self.state.read();
+        let g = self.inner.state.read();
         Ok(btree::get(&*g, g.meta.root, key)?.map(Cow::into_owned))
     }
 
@@ -225,7 +345,7 @@ impl Db {
     /// commits can be prepared but not published, so keep it short.
     pub fn read(&self) -> ReadTxn<'_> {
         ReadTxn {
-            g: self.state.read(),
+            g: self.inner.state.read(),
         }
     }
 
@@ -245,85 +365,290 @@ impl Db {
 
     /// Number of keys.
     pub fn len(&self) -> u64 {
-        self.state.read().meta.entries
+        self.inner.state.read().meta.entries
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// LSN of the last commit.
+    /// End LSN of the last commit.
     pub fn last_lsn(&self) -> Lsn {
-        self.state.read().meta.last_lsn
+        self.inner.state.read().last_lsn
     }
 
-    /// Writes every changed page to the page file and syncs it.
+    /// Everything before this LSN is durable.
+    pub fn flush_lsn(&self) -> Lsn {
+        self.inner.wal.flushed()
+    }
+
+    /// Keeps WAL from `lsn` on even after checkpoints no longer need it (`None`: no hold).
+    /// Replication holds WAL its replicas still have to fetch.
+    pub fn set_wal_retain_from(&self, lsn: Option<Lsn>) {
+        self.inner
+            .retain_from
+            .store(lsn.map_or(u64::MAX, |l| l.0), Ordering::SeqCst);
+    }
+
+    /// Writes every changed page to the page file, syncs it, records a checkpoint and drops
+    /// WAL segments no longer needed.
     pub fn checkpoint(&self) -> Result<()> {
-        let mut w = self.writer.lock();
-        if let Some(why) = &w.failed {
-            return Err(Error::PreviousIo(why.clone()));
-        }
-        let g = self.state.upgradable_read();
-        if g.dirty_pages() == 0 {
-            return Ok(());
-        }
-        write_back(&mut w, g)
+        self.inner.checkpoint()
     }
 
     /// Checks every invariant of the tree, the free list and the page accounting.
     pub fn check_integrity(&self) -> Result<IntegrityReport> {
-        let g = self.state.read();
+        let g = self.inner.state.read();
         check::check(&*g, &g.meta)
     }
 
     pub fn stats(&self) -> Stats {
-        let w = self.writer.lock();
-        let g = self.state.read();
+        let ck = self.inner.ckpt.lock();
+        let redo = self.inner.writer.lock().redo_lsn;
+        let g = self.inner.state.read();
         Stats {
             entries: g.meta.entries,
             page_count: g.meta.page_count,
             free_pages: g.meta.free_count,
             dirty_pages: g.dirty_pages() as u64,
-            file_bytes: w.file.len_bytes(),
-            last_lsn: g.meta.last_lsn,
+            file_bytes: ck.file.len_bytes(),
+            last_lsn: g.last_lsn,
+            flush_lsn: self.inner.wal.flushed(),
+            redo_lsn: redo,
+            checkpoints: ck.count,
+            wal_flushes: self.inner.wal.flushes(),
+            wal_io: self.inner.wal.backend_name(),
         }
     }
 
-    /// Writes back everything and closes. Dropping a `Db` does the same but can only log
-    /// a failure; `close` reports it.
-    pub fn close(self) -> Result<()> {
-        let r = self.checkpoint();
-        self.writer.lock().closed = true;
-        r
+    /// Checkpoints and closes. Dropping a `Db` does the same but can only log a failure;
+    /// `close` reports it.
+    pub fn close(mut self) -> Result<()> {
+        self.shutdown()
+    }
+
+    /// Stops the background threads and the log without a checkpoint, leaving the files as a
+    /// crash right after the last flush would. For recovery tests.
+    #[doc(hidden)]
+    pub fn simulate_crash(mut self) {
+        self.closed = true;
+        self.inner.bg.lock().stop = true;
+        self.inner.bg_cv.notify_all();
+        if let Some(t) = self.checkpointer.take() {
+            let _ = t.join();
+        }
+        let _ = self.inner.wal.shutdown();
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        if self.closed {
+            return Ok(());
+        }
+        self.closed = true;
+        {
+            let mut bg = self.inner.bg.lock();
+            bg.stop = true;
+        }
+        self.inner.bg_cv.notify_all();
+        if let Some(t) = self.checkpointer.take() {
+            let _ = t.join();
+        }
+        let r = if self.inner.wal.failure().is_none() && self.inner.ckpt.lock().failed.is_none() {
+            self.inner.checkpoint()
+        } else {
+            Ok(())
+        };
+        let r2 = self.inner.wal.shutdown();
+        r.and(r2)
     }
 }
 
 impl Drop for Db {
     fn drop(&mut self) {
-        if self.writer.lock().closed {
-            return;
-        }
-        if let Err(e) = self.checkpoint() {
-            tracing::error!(dir = %self.dir.display(), error = %e, "could not write back on close");
+        if let Err(e) = self.shutdown() {
+            tracing::error!(dir = %self.inner.dir.display(), error = %e, "could not checkpoint on close; the WAL has everything");
         }
     }
 }
 
-fn write_back(w: &mut Writer, g: RwLockUpgradableReadGuard<'_, Published>) -> Result<()> {
-    let written = match w.file.write_back(&g) {
-        Ok(v) => v,
-        Err(e) => {
-            tracing::error!(file = %w.file.path().display(), error = %e, "write-back failed; refusing further writes");
-            w.failed = Some(e.to_string());
+/// Size hint for the delta scratch buffer.
+const PAGE_SIZE_HINT: usize = crate::page::PAGE_SIZE;
+
+impl Inner {
+    /// Applies a batch, logs it and publishes it; returns its end LSN (not yet durable).
+    fn commit(&self, batch: &WriteBatch) -> Result<Lsn> {
+        batch.validate()?;
+        let mut w = self.writer.lock();
+        if let Some(why) = self.wal.failure() {
+            return Err(Error::PreviousIo(why));
+        }
+        let guard = self.state.upgradable_read();
+        if batch.is_empty() {
+            return Ok(guard.last_lsn);
+        }
+        let (mut pages, meta) = {
+            let mut ctx = WriteCtx::new(&guard);
+            for op in &batch.ops {
+                match op {
+                    Op::Put(k, v) => {
+                        tree_write::put(&mut ctx, k, v)?;
+                    }
+                    Op::Delete(k) => {
+                        tree_write::delete(&mut ctx, k)?;
+                    }
+                }
+            }
+            ctx.finish()?
+        };
+        // Log every changed page: a full image the first time a page changes after the
+        // checkpoint recovery would start from (it may be torn on disk), a delta after that.
+        let start = self.wal.end();
+        let Writer {
+            redo_lsn,
+            epoch,
+            scratch,
+            runs,
+            ..
+        } = &mut *w;
+        scratch.clear();
+        let mut lsn = start.0;
+        for (id, p) in pages.iter_mut() {
+            {
+                let h = page::header_mut(&mut p[..]);
+                h.page_lsn.set(lsn);
+                h.checksum.set(0);
+            }
+            let base = if id.0 < guard.meta.page_count {
+                guard.page(*id).ok()
+            } else {
+                None
+            };
+            let len = match base {
+                Some(b) if page::header(b).page_lsn.get() > redo_lsn.0 => {
+                    runs.clear();
+                    match record::delta_runs(b, &p[..], runs) {
+                        Some(()) => record::encode_page_delta(scratch, Lsn(lsn), *epoch, *id, runs),
+                        None => record::encode_page_image(scratch, Lsn(lsn), *epoch, *id, &p[..]),
+                    }
+                }
+                _ => record::encode_page_image(scratch, Lsn(lsn), *epoch, *id, &p[..]),
+            };
+            lsn += len as u64;
+        }
+        let len = record::encode_commit(scratch, Lsn(lsn), *epoch, now_us(), pages.len() as u32);
+        lsn += len as u64;
+        let end = self.wal.append(start, scratch)?;
+        debug_assert_eq!(end.0, lsn);
+        let mut g = RwLockUpgradableReadGuard::upgrade(guard);
+        g.install(pages, meta, end);
+        drop(g);
+        let due = end.0 - w.wal_at_checkpoint >= self.options.checkpoint_wal_bytes;
+        drop(w);
+        if due {
+            self.bg.lock().wake = true;
+            self.bg_cv.notify_one();
+        }
+        Ok(end)
+    }
+
+    fn checkpoint(&self) -> Result<()> {
+        let mut ck = self.ckpt.lock();
+        if let Some(why) = &ck.failed {
+            return Err(Error::PreviousIo(why.clone()));
+        }
+        // 1. Fix the redo point and take the frames to write. From here on, a page's next
+        //    change logs a full image again (its LSN is <= redo).
+        let (redo, snapshot, page_count) = {
+            let mut w = self.writer.lock();
+            let redo = self.wal.end();
+            if redo.0 == w.wal_at_checkpoint && self.state.read().dirty_pages() == 0 {
+                return Ok(());
+            }
+            w.redo_lsn = redo;
+            w.wal_at_checkpoint = redo.0;
+            let g = self.state.read();
+            (redo, g.frames_snapshot(), g.meta.page_count)
+        };
+        // 2. The WAL rule: the log up to every page's LSN is durable before the page is written.
+        self.wal.wait_flushed(redo)?;
+        // 3. Pages, then sync.
+        let Checkpointer { file, backend, .. } = &mut *ck;
+        if let Err(e) = file.write_pages(backend.as_mut(), &snapshot, page_count) {
+            tracing::error!(error = %e, "checkpoint write-back failed; refusing further checkpoints (the WAL keeps everything)");
+            ck.failed = Some(e.to_string());
             return Err(e);
         }
-    };
-    let mut g = RwLockUpgradableReadGuard::upgrade(g);
-    if let Err(e) = w.file.finish_write_back(&mut g, &written) {
-        w.failed = Some(e.to_string());
-        return Err(e);
+        // 4. The checkpoint record, then the control file that points recovery at `redo`.
+        let ck_lsn = {
+            let w = self.writer.lock();
+            let start = self.wal.end();
+            let mut buf = Vec::with_capacity(64);
+            record::encode_checkpoint(&mut buf, start, w.epoch, redo);
+            let end = self.wal.append(start, &buf)?;
+            drop(w);
+            self.wal.wait_flushed(end)?;
+            start
+        };
+        ck.control.redo_lsn = redo;
+        ck.control.checkpoint_lsn = ck_lsn;
+        ck.control.store(&self.dir)?;
+        // 5. Frames that did not change meanwhile are now clean: readers use the file again.
+        {
+            let mut g = self.state.write();
+            ck.file.finish_checkpoint(&mut g, &snapshot)?;
+        }
+        // 6. WAL before the redo point (and before what replication holds) is not needed.
+        let keep = redo.0.min(self.retain_from.load(Ordering::SeqCst));
+        let end = self.wal.end().0;
+        let removed = ck.segs.remove_below(keep, end)?;
+        ck.count += 1;
+        tracing::debug!(
+            redo = redo.0,
+            pages = snapshot.len(),
+            removed_segments = removed,
+            "checkpoint"
+        );
+        Ok(())
     }
-    Ok(())
+
+    fn checkpointer_loop(&self) {
+        let mut bg = self.bg.lock();
+        loop {
+            if bg.stop {
+                return;
+            }
+            if !bg.wake {
+                let _ = self
+                    .bg_cv
+                    .wait_for(&mut bg, self.options.checkpoint_interval);
+            }
+            if bg.stop {
+                return;
+            }
+            bg.wake = false;
+            drop(bg);
+            if let Err(e) = self.checkpoint() {
+                tracing::warn!(error = %e, "background checkpoint failed");
+            }
+            bg = self.bg.lock();
+        }
+    }
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+fn random_u64() -> u64 {
+    // Node identities need uniqueness, not secrecy: mix the clock, the pid and an address.
+    let t = now_us();
+    let x = &t as *const u64 as u64;
+    let mut z = t ^ (u64::from(std::process::id()) << 32) ^ x.rotate_left(17);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 fn own_bound(b: Bound<&&[u8]>) -> Bound<Vec<u8>> {
@@ -361,7 +686,7 @@ impl ReadTxn<'_> {
     }
 
     pub fn last_lsn(&self) -> Lsn {
-        self.g.meta.last_lsn
+        self.g.last_lsn
     }
 
     /// Ordered iteration over `range` within this snapshot; entries borrow from the pages
@@ -375,8 +700,8 @@ impl ReadTxn<'_> {
         let back = Cursor::seek_last(src, root, upper)?;
         let mut done = !front.is_valid() || !back.is_valid();
         if !done {
-            let (fk, _) = front.entry(src)?;
-            let (bk, _) = back.entry(src)?;
+            let (fk, _) = front.entry();
+            let (bk, _) = back.entry();
             let fk = btree::load_key(src, fk)?;
             let bk = btree::load_key(src, bk)?;
             done = fk > bk;
@@ -393,8 +718,8 @@ impl ReadTxn<'_> {
 /// Iterator of a `ReadTxn::range`.
 pub struct TxnRange<'t> {
     src: &'t Published,
-    front: Cursor,
-    back: Cursor,
+    front: Cursor<'t>,
+    back: Cursor<'t>,
     done: bool,
 }
 
@@ -403,7 +728,7 @@ pub type Entry<'t> = (Cow<'t, [u8]>, Cow<'t, [u8]>);
 impl<'t> TxnRange<'t> {
     fn take(&mut self, from_front: bool) -> Result<Entry<'t>> {
         let c = if from_front { &self.front } else { &self.back };
-        let (k, v) = c.entry(self.src)?;
+        let (k, v) = c.entry();
         let out = (
             btree::load_key(self.src, k)?,
             btree::load_value(self.src, v)?,

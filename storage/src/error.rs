@@ -32,6 +32,17 @@ pub enum Error {
     #[error("{path} is not a usable replidb page file: {reason}")]
     Incompatible { path: PathBuf, reason: String },
 
+    #[error("corrupt WAL at LSN {lsn}: {reason}")]
+    CorruptWal {
+        lsn: crate::types::Lsn,
+        reason: String,
+    },
+
+    #[error(
+        "disk full: {0}; the commit is not acknowledged, and writes resume once space is freed"
+    )]
+    DiskFull(String),
+
     #[error("integrity check failed: {0}")]
     Invariant(String),
 }

@@ -44,23 +44,29 @@
 
 mod btree;
 mod check;
+mod control;
 mod cursor;
 mod db;
 mod error;
 mod freelist;
+#[doc(hidden)]
+pub mod fuzzing;
 mod le;
 mod node;
 mod overflow;
 pub mod page;
 mod pager;
+mod recovery;
 mod tree_write;
 mod txn;
 pub mod types;
+pub mod wal;
 
 pub use check::IntegrityReport;
 pub use db::{
-    Db, Durability, Entry, Options, Range, ReadTxn, Stats, TxnRange, WriteBatch, PAGE_FILE,
+    Db, Durability, Entry, Options, Range, ReadTxn, Stats, TxnRange, WriteBatch, PAGE_FILE, WAL_DIR,
 };
 pub use error::{Error, Result};
 pub use node::{MAX_KEY, MAX_VALUE};
 pub use types::{Lsn, PageId};
+pub use wal::io::{FaultInjector, WalIo};

@@ -3,7 +3,8 @@
 //! ```text
 //! slotted page
 //! +0   header (40 bytes, see page.rs; count = cells, link = leftmost child on branches)
-//! +40  slot[0] slot[1] ... slot[count-1]      u16 offsets of cells, in key order
+//! +40  slot[0] slot[1] ... slot[count-1]      in key order, 6 bytes each:
+//!                                             cell offset u16 | key head [u8; 4]
 //!      ... free space ...
 //! +content_start  cells, packed towards the end of the page (in any order)
 //! +4096
@@ -16,6 +17,9 @@
 //! branch cell   child u64 | key field      (keys >= this key live under child)
 //! ```
 //!
+//! The key head is the key's first four bytes, zero-padded. Comparing heads as big-endian
+//! numbers orders keys correctly whenever the heads differ; equal heads fall back to the key.
+//!
 //! A branch with cells (k1,c1)..(kn,cn) and leftmost child c0 routes a key to the child
 //! after the last separator <= key. Every cell costs its bytes plus a 2-byte slot and no
 //! cell costs more than `MAX_CELL_COST` (an eighth of a page), which is what lets a split or
@@ -26,7 +30,9 @@ use crate::le::{get_u16, get_u32, get_u64, put_u16, put_u64, try_u16, try_u32};
 use crate::page::{self, header, header_mut, PageKind, HEADER_SIZE, PAGE_SIZE, USABLE};
 use crate::types::PageId;
 
-pub const SLOT: usize = 2;
+/// A slot: the cell's offset (u16 LE) and the first 4 key bytes (zero-padded), so a binary
+/// search mostly compares slots without touching the scattered cells.
+pub const SLOT: usize = 6;
 pub const MAX_CELL_COST: usize = USABLE / 8;
 /// A non-root slotted page holding fewer bytes (cells + slots) than this is underfull.
 pub const MIN_FILL: usize = USABLE / 4;
@@ -173,6 +179,32 @@ fn set_slot(p: &mut [u8], i: usize, off: usize) {
     put_u16(p, HEADER_SIZE + SLOT * i, off as u16);
 }
 
+/// The key head stored in slot `i`.
+#[inline]
+pub fn head(p: &[u8], i: usize) -> u32 {
+    let o = HEADER_SIZE + SLOT * i + 2;
+    u32::from_be_bytes([p[o], p[o + 1], p[o + 2], p[o + 3]])
+}
+
+/// The head of a key: its first four bytes, zero-padded, read big-endian.
+#[inline]
+pub fn key_head(key: &[u8]) -> u32 {
+    let mut h = [0u8; 4];
+    let n = key.len().min(4);
+    h[..n].copy_from_slice(&key[..n]);
+    u32::from_be_bytes(h)
+}
+
+fn cell_head(kind: PageKind, cell: &[u8]) -> u32 {
+    let kf = if kind == PageKind::Branch {
+        &cell[8..]
+    } else {
+        cell
+    };
+    let k = key_at(kf, 0);
+    key_head(k.local)
+}
+
 #[inline]
 fn content_start(p: &[u8]) -> usize {
     header(p).content_start.get() as usize
@@ -205,6 +237,8 @@ pub fn insert_cell(p: &mut [u8], kind: PageKind, idx: usize, cell: &[u8]) -> boo
     let slots = HEADER_SIZE + SLOT * idx;
     p.copy_within(slots..HEADER_SIZE + SLOT * n, slots + SLOT);
     set_slot(p, idx, start);
+    let o = HEADER_SIZE + SLOT * idx + 2;
+    p[o..o + 4].copy_from_slice(&cell_head(kind, cell).to_be_bytes());
     let h = header_mut(p);
     h.count.set((n + 1) as u16);
     h.content_start.set(start as u16);
@@ -358,6 +392,9 @@ pub fn validate(p: &[u8], id: PageId) -> Result<()> {
         }
         if klen > KEY_INLINE_MAX && get_u64(p, kend - 8) == 0 {
             return Err(bad("long key without overflow page"));
+        }
+        if head(p, i) != key_head(key_at(p, kstart).local) {
+            return Err(bad("slot key head does not match the key"));
         }
         if kind == PageKind::Leaf {
             let raw = try_u32(p, kend).ok_or_else(|| bad("value length cut off"))?;

@@ -26,7 +26,7 @@ pub const HEADER_SIZE: usize = 40;
 /// Bytes of a page below its header.
 pub const USABLE: usize = PAGE_SIZE - HEADER_SIZE;
 
-const _: () = assert!(PAGE_SIZE % 512 == 0, "pages must be whole sectors");
+const _: () = assert!(PAGE_SIZE.is_multiple_of(512), "pages must be whole sectors");
 const _: () = assert!(PAGE_SIZE <= u16::MAX as usize, "in-page offsets are u16");
 const _: () = assert!(std::mem::size_of::<PageHeader>() == HEADER_SIZE);
 
@@ -111,10 +111,10 @@ pub fn checksum_of(p: &[u8]) -> u32 {
     crc32c::crc32c(&p[4..PAGE_SIZE])
 }
 
-/// Stamps the page LSN and the checksum; the last thing done before a page leaves memory.
-pub fn seal(p: &mut [u8], lsn: Lsn) {
+/// Fills in the checksum: the last thing done before a page leaves memory. (Pages in memory
+/// keep a zero checksum; the WAL's records carry them that way too.)
+pub fn seal(p: &mut [u8]) {
     assert_eq!(p.len(), PAGE_SIZE);
-    header_mut(p).page_lsn = U64::new(lsn.0);
     let c = checksum_of(p);
     header_mut(p).checksum = U32::new(c);
 }
@@ -175,7 +175,6 @@ pub fn verify(p: &[u8], id: PageId) -> Result<()> {
 /// +72 freelist_head  u64      first free-list trunk page (0 = none)
 /// +80 free_count     u64      pages on the free list (trunks included)
 /// +88 entries        u64      keys in the tree
-/// +96 last_lsn       u64      LSN of the last commit reflected in the pages
 /// ```
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Debug, Clone, PartialEq, Eq)]
 #[repr(C)]
@@ -188,7 +187,6 @@ pub struct MetaBody {
     pub freelist_head: U64,
     pub free_count: U64,
     pub entries: U64,
-    pub last_lsn: U64,
 }
 
 pub const MAGIC: [u8; 8] = *b"REPLIDB\0";
@@ -202,7 +200,6 @@ pub struct Meta {
     pub freelist_head: PageId,
     pub free_count: u64,
     pub entries: u64,
-    pub last_lsn: Lsn,
 }
 
 impl Meta {
@@ -234,7 +231,6 @@ impl Meta {
             freelist_head: PageId(body.freelist_head.get()),
             free_count: body.free_count.get(),
             entries: body.entries.get(),
-            last_lsn: Lsn(body.last_lsn.get()),
         };
         if m.page_count < 2 || m.root.0 == 0 || m.root.0 >= m.page_count {
             return Err(format!(
@@ -258,9 +254,67 @@ impl Meta {
             freelist_head: U64::new(self.freelist_head.0),
             free_count: U64::new(self.free_count),
             entries: U64::new(self.entries),
-            last_lsn: U64::new(self.last_lsn.0),
         };
         let n = std::mem::size_of::<MetaBody>();
         p[HEADER_SIZE..HEADER_SIZE + n].copy_from_slice(body.as_bytes());
     }
+}
+
+/// What [`inspect`] found on a page.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PageSummary {
+    pub kind: PageKind,
+    pub count: usize,
+    pub page_lsn: Lsn,
+    /// Key and value bytes stored on this page (slotted pages).
+    pub local_bytes: usize,
+    /// Cells pointing at overflow chains.
+    pub overflow_refs: usize,
+}
+
+/// Verifies a page image exactly as the engine does for every page it reads from disk, then
+/// decodes every cell on it. For tools and fuzzing: any byte string yields a summary or a
+/// typed error, never a panic.
+pub fn inspect(p: &[u8], id: PageId) -> Result<PageSummary> {
+    if p.len() != PAGE_SIZE {
+        return Err(Error::corrupt(
+            id,
+            format!("a page is {PAGE_SIZE} bytes, got {}", p.len()),
+        ));
+    }
+    verify(p, id)?;
+    let h = header(p);
+    let kind = PageKind::from_u8(h.kind).ok_or_else(|| Error::corrupt(id, "unknown kind"))?;
+    let mut s = PageSummary {
+        kind,
+        count: h.count.get() as usize,
+        page_lsn: Lsn(h.page_lsn.get()),
+        local_bytes: 0,
+        overflow_refs: 0,
+    };
+    match kind {
+        PageKind::Leaf => {
+            for i in 0..s.count {
+                let (k, v) = crate::node::leaf_entry(p, i);
+                s.local_bytes += k.local.len();
+                s.overflow_refs += usize::from(k.is_long());
+                match v {
+                    crate::node::ValRef::Inline(b) => s.local_bytes += b.len(),
+                    crate::node::ValRef::Overflow { .. } => s.overflow_refs += 1,
+                }
+            }
+        }
+        PageKind::Branch => {
+            for i in 0..s.count {
+                let (k, _) = crate::node::branch_entry(p, i);
+                s.local_bytes += k.local.len();
+                s.overflow_refs += usize::from(k.is_long());
+            }
+        }
+        PageKind::Meta => {
+            Meta::read(p).map_err(|reason| Error::corrupt(id, reason))?;
+        }
+        PageKind::Overflow | PageKind::FreeTrunk => {}
+    }
+    Ok(s)
 }

@@ -1,23 +1,26 @@
-//! The page file, its memory map, and the frame table of pages changed since their last
-//! write-back.
+//! The page file, its memory map, and the frame table of pages changed since the last
+//! checkpoint.
 //!
 //! Readers see a `Published` state: a page is read from its frame if one exists, otherwise
 //! straight from the read-only memory map, checksum-verified on first touch. The writer
-//! changes pages in a private overlay (`txn::WriteCtx`) and installs them as frames in one
-//! step under the write lock, so a reader sees all of a batch or none of it. Write-back copies
-//! frames to the file with `pwrite`, syncs, and only then drops the frames: a page is never
-//! read through the map while the file bytes under it are being rewritten.
+//! changes pages in a private overlay (`txn::WriteCtx`), logs them, and installs them as frames
+//! in one step under the write lock, so a reader sees all of a batch or none of it. A
+//! checkpoint writes frames to the file, syncs, and only then drops the frames that did not
+//! change meanwhile: a page is never read through the map while its file bytes are being
+//! rewritten.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
 use crate::page::{self, Meta, PageBuf, PAGE_SIZE};
-use crate::types::PageId;
+use crate::types::{Lsn, PageId};
+use crate::wal::io::{Backend, WriteOp};
 
 /// Anything pages can be read from: the published state (readers) or a writer's overlay.
 pub(crate) trait PageSource {
@@ -28,7 +31,9 @@ pub(crate) trait PageSource {
 /// What readers see: the last installed batch.
 pub(crate) struct Published {
     pub meta: Meta,
-    frames: Vec<Option<Box<PageBuf>>>,
+    /// End LSN of the last commit.
+    pub last_lsn: Lsn,
+    frames: Vec<Option<Arc<PageBuf>>>,
     frame_count: usize,
     map: Option<Mmap>,
     mapped_pages: u64,
@@ -68,19 +73,8 @@ impl PageSource for Published {
 }
 
 impl Published {
-    fn new(meta: Meta) -> Published {
-        Published {
-            meta,
-            frames: Vec::new(),
-            frame_count: 0,
-            map: None,
-            mapped_pages: 0,
-            verified: Vec::new(),
-        }
-    }
-
-    /// Installs a writer's sealed pages and meta: the moment a batch becomes visible.
-    pub fn install(&mut self, pages: Vec<(PageId, Box<PageBuf>)>, meta: Meta) {
+    /// Installs a batch's pages and meta: the moment the batch becomes visible.
+    pub fn install(&mut self, pages: Vec<(PageId, Box<PageBuf>)>, meta: Meta, last_lsn: Lsn) {
         let need = meta.page_count as usize;
         if self.frames.len() < need {
             self.frames.resize_with(need, || None);
@@ -90,22 +84,48 @@ impl Published {
             if slot.is_none() {
                 self.frame_count += 1;
             }
-            *slot = Some(buf);
+            *slot = Some(Arc::from(buf));
         }
         self.meta = meta;
+        self.last_lsn = last_lsn;
     }
 
-    /// Pages held in frames (changed since their last write-back).
+    /// Pages held in frames (changed since the last checkpoint).
     pub fn dirty_pages(&self) -> usize {
         self.frame_count
     }
 
+    /// The frames as they are now, for a checkpoint to write.
+    pub fn frames_snapshot(&self) -> Vec<(PageId, Arc<PageBuf>)> {
+        let mut v = Vec::with_capacity(self.frame_count);
+        for (i, f) in self.frames.iter().enumerate() {
+            if let Some(f) = f {
+                v.push((PageId(i as u64), f.clone()));
+            }
+        }
+        v
+    }
+
+    /// Drops the frames that a checkpoint wrote and that have not changed since.
+    pub fn evict(&mut self, written: &[(PageId, Arc<PageBuf>)]) {
+        for (id, buf) in written {
+            let i = id.0 as usize;
+            if self.frames[i].as_ref().is_some_and(|f| Arc::ptr_eq(f, buf)) {
+                self.frames[i] = None;
+                self.frame_count -= 1;
+                // Written from this very frame, so the file bytes are known good.
+                self.verified[i / 64].fetch_or(1 << (i % 64), Ordering::Relaxed);
+            }
+        }
+    }
+
     fn remap(&mut self, file: &File, file_pages: u64) -> Result<()> {
         // SAFETY: the page file is locked (flock) by this process for as long as it is open,
-        // so no other process changes it. This process only writes pages that are held in
-        // frames, and readers read such pages from the frame, never through the map, until the
-        // write is complete; the file never shrinks. So no byte a reader borrows from the map
-        // changes under it. (Bytes seen through the map are still verified before use.)
+        // so no other process changes it. This process writes only pages held in frames, and
+        // readers read such pages from the frame, never through the map, until the write is
+        // complete and the frame is dropped; the file never shrinks. So no byte a reader
+        // borrows from the map changes under it. (Bytes seen through the map are still
+        // verified before use.)
         let map = unsafe { Mmap::map(file)? };
         self.map = Some(map);
         self.mapped_pages = file_pages;
@@ -115,7 +135,7 @@ impl Published {
     }
 }
 
-/// The page file on disk; owned by the writer.
+/// The page file on disk.
 pub(crate) struct PageFile {
     file: File,
     path: PathBuf,
@@ -124,8 +144,9 @@ pub(crate) struct PageFile {
 }
 
 impl PageFile {
-    /// Opens (creating if needed) and locks the page file, returning the published state.
-    pub fn open(path: &Path) -> Result<(PageFile, Published)> {
+    /// Opens (creating if needed) and locks the page file. Nothing is read or verified yet:
+    /// recovery may have to repair pages first.
+    pub fn open(path: &Path) -> Result<PageFile> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -142,56 +163,40 @@ impl PageFile {
             Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
         }
         let len = file.metadata()?.len();
-        let incompatible = |reason: String| Error::Incompatible {
-            path: path.to_path_buf(),
-            reason,
-        };
         if len % PAGE_SIZE as u64 != 0 {
-            return Err(incompatible(format!(
-                "length {len} is not a multiple of the {PAGE_SIZE}-byte page"
-            )));
+            return Err(Error::Incompatible {
+                path: path.to_path_buf(),
+                reason: format!("length {len} is not a multiple of the {PAGE_SIZE}-byte page"),
+            });
         }
-        let mut pf = PageFile {
+        Ok(PageFile {
             file,
             path: path.to_path_buf(),
             len_pages: len / PAGE_SIZE as u64,
-        };
-        if len == 0 {
-            let published = pf.create()?;
-            return Ok((pf, published));
-        }
-        let mut buf = page::new_page_buf();
-        pf.file.read_exact_at(&mut buf[..], 0)?;
-        page::verify(&buf[..], PageId(0)).map_err(|e| incompatible(format!("meta page: {e}")))?;
-        let meta = Meta::read(&buf[..]).map_err(incompatible)?;
-        if meta.page_count > pf.len_pages {
-            return Err(incompatible(format!(
-                "meta page counts {} pages but the file holds {}",
-                meta.page_count, pf.len_pages
-            )));
-        }
-        let mut published = Published::new(meta);
-        published.remap(&pf.file, pf.len_pages)?;
-        Ok((pf, published))
+        })
+    }
+
+    pub fn len_pages(&self) -> u64 {
+        self.len_pages
     }
 
     /// Writes an empty database: meta page and an empty root leaf.
-    fn create(&mut self) -> Result<Published> {
+    pub fn create(&mut self) -> Result<()> {
         let meta = Meta {
             root: PageId(1),
             page_count: 2,
             freelist_head: PageId::NONE,
             free_count: 0,
             entries: 0,
-            last_lsn: Default::default(),
         };
         let mut p0 = page::new_page_buf();
         page::init(&mut p0[..], page::PageKind::Meta, PageId(0));
         meta.write(&mut p0[..]);
-        page::seal(&mut p0[..], meta.last_lsn);
+        page::seal(&mut p0[..]);
         let mut p1 = page::new_page_buf();
         page::init(&mut p1[..], page::PageKind::Leaf, PageId(1));
-        page::seal(&mut p1[..], meta.last_lsn);
+        page::seal(&mut p1[..]);
+        self.file.set_len(0)?;
         self.file.write_all_at(&p0[..], 0)?;
         self.file.write_all_at(&p1[..], PAGE_SIZE as u64)?;
         self.file.sync_all()?;
@@ -200,67 +205,120 @@ impl PageFile {
             File::open(dir)?.sync_all()?;
         }
         self.len_pages = 2;
-        let mut published = Published::new(meta);
+        Ok(())
+    }
+
+    /// Reads page `id` from the file (zeros if the file does not reach it).
+    pub fn read_page(&self, id: PageId, buf: &mut [u8]) -> Result<()> {
+        if id.0 >= self.len_pages {
+            buf.fill(0);
+            return Ok(());
+        }
+        self.file.read_exact_at(buf, id.0 * PAGE_SIZE as u64)?;
+        Ok(())
+    }
+
+    /// Builds the published state over this file, with `pages` (from recovery) as frames.
+    pub fn publish(&self, pages: Vec<(PageId, Box<PageBuf>)>, last_lsn: Lsn) -> Result<Published> {
+        let meta_page: Vec<u8> = match pages.iter().find(|(id, _)| id.0 == 0) {
+            Some((_, b)) => b.to_vec(),
+            None => {
+                let mut b = vec![0u8; PAGE_SIZE];
+                self.read_page(PageId(0), &mut b)?;
+                page::verify(&b, PageId(0))
+                    .map_err(|e| self.incompatible(format!("meta page: {e}")))?;
+                b
+            }
+        };
+        let meta = Meta::read(&meta_page).map_err(|e| self.incompatible(e))?;
+        let mut published = Published {
+            meta,
+            last_lsn,
+            frames: Vec::new(),
+            frame_count: 0,
+            map: None,
+            mapped_pages: 0,
+            verified: Vec::new(),
+        };
+        for (id, _) in &pages {
+            if id.0 >= meta.page_count {
+                return Err(self.incompatible(format!(
+                    "the log changes page {id} beyond the {} pages",
+                    meta.page_count
+                )));
+            }
+        }
+        published.install(pages, meta, last_lsn);
         published.remap(&self.file, self.len_pages)?;
         Ok(published)
     }
 
-    /// Writes every frame to the file and syncs it. Runs with shared access to the published
-    /// state (readers continue); returns the ids written, to be dropped by `finish`.
-    pub fn write_back(&mut self, published: &Published) -> Result<Vec<PageId>> {
-        let need = published.meta.page_count;
-        if need > self.len_pages {
-            // Grow in large steps so the map is not rebuilt on every commit.
-            let grown = need.max(self.len_pages + (self.len_pages / 4).max(256));
+    fn incompatible(&self, reason: String) -> Error {
+        Error::Incompatible {
+            path: self.path.clone(),
+            reason,
+        }
+    }
+
+    /// Writes the given frames (sealed copies: checksum filled in) and syncs the file: the
+    /// data part of a checkpoint. Adjacent pages go out as one write; all writes and the sync
+    /// are one submission through `backend`.
+    pub fn write_pages(
+        &mut self,
+        backend: &mut dyn Backend,
+        pages: &[(PageId, Arc<PageBuf>)],
+        page_count: u64,
+    ) -> Result<()> {
+        if page_count > self.len_pages {
+            // Grow in large steps so the map is not rebuilt at every checkpoint.
+            let grown = page_count.max(self.len_pages + (self.len_pages / 4).max(256));
             self.file.set_len(grown * PAGE_SIZE as u64)?;
             self.len_pages = grown;
         }
-        let mut written = Vec::with_capacity(published.frame_count);
-        // Coalesce runs of consecutive pages into one write.
-        let mut run: Vec<u8> = Vec::new();
-        let mut run_start = 0u64;
-        let mut run_next = 0u64;
-        for (i, f) in published.frames.iter().enumerate() {
-            let Some(f) = f else { continue };
-            let id = i as u64;
-            if !run.is_empty() && (id != run_next || run.len() >= 1 << 20) {
-                self.file.write_all_at(&run, run_start * PAGE_SIZE as u64)?;
-                run.clear();
+        let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
+        for (id, f) in pages {
+            let start_new = match runs.last() {
+                Some((start, bytes)) => {
+                    start + (bytes.len() / PAGE_SIZE) as u64 != id.0 || bytes.len() >= 1 << 20
+                }
+                None => true,
+            };
+            if start_new {
+                runs.push((id.0, Vec::with_capacity(PAGE_SIZE)));
             }
-            if run.is_empty() {
-                run_start = id;
-            }
-            debug_assert_eq!(page::header(&f[..]).page_id.get(), id);
-            debug_assert!(page::verify(&f[..], PageId(id)).is_ok());
-            run.extend_from_slice(&f[..]);
-            run_next = id + 1;
-            written.push(PageId(id));
+            let bytes = &mut runs.last_mut().expect("a run").1;
+            let at = bytes.len();
+            bytes.extend_from_slice(&f[..]);
+            assert_eq!(
+                page::header(&bytes[at..]).page_id.get(),
+                id.0,
+                "frame holds another page"
+            );
+            page::seal(&mut bytes[at..at + PAGE_SIZE]);
         }
-        if !run.is_empty() {
-            self.file.write_all_at(&run, run_start * PAGE_SIZE as u64)?;
-        }
-        self.file.sync_data()?;
-        Ok(written)
-    }
-
-    /// After a successful write-back: remap if the file grew and drop the written frames.
-    pub fn finish_write_back(&self, published: &mut Published, written: &[PageId]) -> Result<()> {
-        if self.len_pages != published.mapped_pages {
-            published.remap(&self.file, self.len_pages)?;
-        }
-        for id in written {
-            let i = id.0 as usize;
-            if published.frames[i].take().is_some() {
-                published.frame_count -= 1;
-            }
-            // Written from a sealed frame, so the file bytes are known good.
-            published.verified[i / 64].fetch_or(1 << (i % 64), Ordering::Relaxed);
-        }
+        let ops: Vec<WriteOp<'_>> = runs
+            .iter()
+            .map(|(start, bytes)| WriteOp {
+                file: &self.file,
+                offset: start * PAGE_SIZE as u64,
+                bytes,
+            })
+            .collect();
+        backend.write_and_sync(&ops, &[&self.file])?;
         Ok(())
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// After a checkpoint: rebuild the map if the file grew, then drop the written frames.
+    pub fn finish_checkpoint(
+        &self,
+        published: &mut Published,
+        written: &[(PageId, Arc<PageBuf>)],
+    ) -> Result<()> {
+        if self.len_pages != published.mapped_pages {
+            published.remap(&self.file, self.len_pages)?;
+        }
+        published.evict(written);
+        Ok(())
     }
 
     pub fn len_bytes(&self) -> u64 {

@@ -9,7 +9,10 @@ use crate::error::Result;
 use crate::freelist;
 use crate::page::{self, Meta, PageBuf, PageKind};
 use crate::pager::{PageSource, Published};
-use crate::types::{Lsn, PageId};
+use crate::types::PageId;
+
+/// Pages a batch changed, in page order.
+pub(crate) type ChangedPages = Vec<(PageId, Box<PageBuf>)>;
 
 pub(crate) struct WriteCtx<'a> {
     base: &'a Published,
@@ -69,20 +72,22 @@ impl<'a> WriteCtx<'a> {
         freelist::free(self, id)
     }
 
-    /// Writes the meta page and seals every changed page with `lsn`.
-    pub fn finish(mut self, lsn: Lsn) -> Result<(Vec<(PageId, Box<PageBuf>)>, Meta)> {
-        self.meta.last_lsn = lsn;
+    /// Writes the meta page (if anything changed) and returns the changed pages in page
+    /// order with the new meta.
+    pub fn finish(mut self) -> Result<(ChangedPages, Meta)> {
         let meta = self.meta;
-        meta.write(self.page_mut(PageId(0))?);
+        if meta != self.base.meta || !self.dirty.is_empty() {
+            meta.write(self.page_mut(PageId(0))?);
+        }
         let mut pages: Vec<_> = self.dirty.into_iter().collect();
-        for (id, p) in pages.iter_mut() {
+        pages.sort_unstable_by_key(|(id, _)| *id);
+        for (id, p) in &pages {
             assert_eq!(
                 page::header(&p[..]).page_id.get(),
                 id.0,
                 "overlay page mislabelled"
             );
             assert!(id.0 < meta.page_count, "overlay page beyond page_count");
-            page::seal(&mut p[..], lsn);
         }
         Ok((pages, meta))
     }

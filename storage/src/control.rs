@@ -1,0 +1,106 @@
+//! The control file: the small piece of state that must be found without the WAL — where
+//! recovery starts — plus the node's identity. Written whole to a temporary file, synced, and
+//! renamed over the old one, so it is always either the old or the new version.
+//!
+//! ```text
+//! DIR/control (64 bytes)
+//! +0  crc             u32  crc32c of bytes 4..64
+//! +4  format_version  u32  1
+//! +8  magic           [u8; 8] "RDBCTRL\0"
+//! +16 redo_lsn        u64  recovery replays the WAL from here (the last checkpoint's start)
+//! +24 checkpoint_lsn  u64  LSN of that checkpoint's record
+//! +32 segment_bytes   u64  WAL segment size, fixed when the database is created
+//! +40 node_id         u64  random, chosen at creation
+//! +48 epoch           u32  the current epoch (timeline), 1 at creation
+//! +52 reserved        [u8; 12]
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::types::Lsn;
+
+pub const CONTROL_FILE: &str = "control";
+const SIZE: usize = 64;
+const MAGIC: [u8; 8] = *b"RDBCTRL\0";
+const VERSION: u32 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Control {
+    pub redo_lsn: Lsn,
+    pub checkpoint_lsn: Lsn,
+    pub segment_bytes: u64,
+    pub node_id: u64,
+    pub epoch: u32,
+}
+
+impl Control {
+    pub fn encode(&self) -> [u8; SIZE] {
+        let mut b = [0u8; SIZE];
+        b[4..8].copy_from_slice(&VERSION.to_le_bytes());
+        b[8..16].copy_from_slice(&MAGIC);
+        b[16..24].copy_from_slice(&self.redo_lsn.0.to_le_bytes());
+        b[24..32].copy_from_slice(&self.checkpoint_lsn.0.to_le_bytes());
+        b[32..40].copy_from_slice(&self.segment_bytes.to_le_bytes());
+        b[40..48].copy_from_slice(&self.node_id.to_le_bytes());
+        b[48..52].copy_from_slice(&self.epoch.to_le_bytes());
+        let crc = crc32c::crc32c(&b[4..]);
+        b[..4].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8]) -> std::result::Result<Control, String> {
+        if b.len() != SIZE {
+            return Err(format!("{} bytes, expected {SIZE}", b.len()));
+        }
+        let u64_at = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().expect("8 bytes"));
+        let u32_at = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().expect("4 bytes"));
+        if u32_at(0) != crc32c::crc32c(&b[4..]) {
+            return Err("checksum mismatch".into());
+        }
+        if b[8..16] != MAGIC || u32_at(4) != VERSION {
+            return Err("not a replidb control file of this version".into());
+        }
+        let c = Control {
+            redo_lsn: Lsn(u64_at(16)),
+            checkpoint_lsn: Lsn(u64_at(24)),
+            segment_bytes: u64_at(32),
+            node_id: u64_at(40),
+            epoch: u32_at(48),
+        };
+        if c.segment_bytes < 64 * 1024 || c.segment_bytes > 1 << 40 {
+            return Err(format!("implausible segment size {}", c.segment_bytes));
+        }
+        Ok(c)
+    }
+
+    /// Reads `DIR/control`; `Ok(None)` if there is none.
+    pub fn load(dir: &Path) -> Result<Option<Control>> {
+        let path = dir.join(CONTROL_FILE);
+        match fs::read(&path) {
+            Ok(b) => Control::decode(&b)
+                .map(Some)
+                .map_err(|reason| Error::Incompatible { path, reason }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Replaces `DIR/control` atomically and durably.
+    pub fn store(&self, dir: &Path) -> Result<()> {
+        let tmp = dir.join("control.tmp");
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        f.write_all(&self.encode())?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, dir.join(CONTROL_FILE))?;
+        File::open(dir)?.sync_all()?;
+        Ok(())
+    }
+}

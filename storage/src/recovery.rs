@@ -1,0 +1,166 @@
+//! Crash recovery: redo from the last checkpoint's redo LSN to the end of the valid log.
+//!
+//! Records are replayed a batch at a time: a batch's page records are held until its commit
+//! record is read, so a batch cut short by the crash is never half applied. Replay stops at
+//! the first record that is cut short or fails its checksum (or at zeroed, never-written
+//! log); the log is truncated there — zeroed to the end of its segment, later segments
+//! deleted — so nothing after that point can ever be read as a record again.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::page::{self, PageBuf};
+use crate::pager::PageFile;
+use crate::types::{Lsn, PageId};
+use crate::wal::record::{self, Body, DecodeError};
+use crate::wal::segment::Segments;
+
+pub(crate) struct Recovered {
+    /// Pages changed by replay, in their replayed state (checksum field zero).
+    pub pages: HashMap<PageId, Box<PageBuf>>,
+    /// End of the last complete record (a commit, checkpoint or epoch change): the log
+    /// continues from here.
+    pub end: Lsn,
+    /// End of the last replayed commit, if any.
+    pub last_commit_end: Option<Lsn>,
+}
+
+pub(crate) fn recover(file: &PageFile, segs: &mut Segments, redo: Lsn) -> Result<Recovered> {
+    let t0 = Instant::now();
+    let mut out = Recovered {
+        pages: HashMap::new(),
+        end: redo,
+        last_commit_end: None,
+    };
+    let present = segs.list()?;
+    let mut pos = redo.0;
+    let mut buf: Vec<u8> = Vec::new();
+    let mut buf_start = pos;
+    let mut pending: Vec<(u64, Vec<u8>)> = Vec::new();
+    let (mut records, mut commits) = (0u64, 0u64);
+    let mut seg = segs.start_of(pos);
+    let mut tail_is_clean = false;
+    let reason = loop {
+        if !present.contains(&seg) {
+            tail_is_clean = buf.len() as u64 == pos - buf_start;
+            break if pos == buf_start + buf.len() as u64 {
+                format!("end of the log (no segment for LSN {seg})")
+            } else {
+                format!("record at LSN {pos} cut short at the end of the log")
+            };
+        }
+        let from = (buf_start + buf.len() as u64).max(seg);
+        let n = (seg + segs.segment_bytes - from) as usize;
+        let old = buf.len();
+        buf.resize(old + n, 0);
+        segs.read_at(seg, from, &mut buf[old..])?;
+        let stop = loop {
+            let at = (pos - buf_start) as usize;
+            match record::decode(&buf[at..], Lsn(pos)) {
+                Ok((rec, len)) => {
+                    records += 1;
+                    match rec.body {
+                        Body::PageImage { .. } | Body::PageDelta { .. } => {
+                            pending.push((pos, buf[at..at + len].to_vec()))
+                        }
+                        Body::Commit { page_records, .. } => {
+                            if page_records as usize != pending.len() {
+                                break Some(format!(
+                                    "commit at LSN {pos} counts {page_records} page records, the log holds {}",
+                                    pending.len()
+                                ));
+                            }
+                            for (lsn, raw) in pending.drain(..) {
+                                apply(file, &mut out.pages, lsn, &raw)?;
+                            }
+                            commits += 1;
+                            out.end = Lsn(pos + len as u64);
+                            out.last_commit_end = Some(out.end);
+                        }
+                        Body::Checkpoint { .. } | Body::EpochChange { .. } => {
+                            if !pending.is_empty() {
+                                break Some(format!(
+                                    "{:?} record inside a batch at LSN {pos}",
+                                    rec.body
+                                ));
+                            }
+                            out.end = Lsn(pos + len as u64);
+                        }
+                    }
+                    pos += len as u64;
+                }
+                Err(DecodeError::Incomplete { .. }) => break None,
+                Err(DecodeError::Invalid(why)) => {
+                    tail_is_clean = why.starts_with("zeroed") && buf[at..].iter().all(|&b| b == 0);
+                    break Some(format!("at LSN {pos}: {why}"));
+                }
+            }
+        };
+        if let Some(reason) = stop {
+            break reason;
+        }
+        let consumed = (pos - buf_start) as usize;
+        buf.drain(..consumed);
+        buf_start = pos;
+        seg += segs.segment_bytes;
+    };
+    let later_segments = present.iter().any(|&s| s > segs.start_of(out.end.0));
+    if !tail_is_clean || out.end.0 != pos || later_segments {
+        segs.truncate_after(out.end.0)?;
+    }
+    let quiet = commits == 0 && pending.is_empty() && tail_is_clean;
+    macro_rules! report {
+        ($lvl:ident) => {
+            tracing::$lvl!(
+                redo_from = redo.0,
+                end = out.end.0,
+                records,
+                commits,
+                discarded_records = pending.len(),
+                pages = out.pages.len(),
+                elapsed_ms = t0.elapsed().as_millis() as u64,
+                stop = %reason,
+                "recovery done"
+            )
+        };
+    }
+    if quiet {
+        report!(debug);
+    } else {
+        report!(info);
+    }
+    Ok(out)
+}
+
+/// Applies one page record from the log to the page it names, loading the page from the
+/// file the first time.
+fn apply(
+    file: &PageFile,
+    pages: &mut HashMap<PageId, Box<PageBuf>>,
+    lsn: u64,
+    raw: &[u8],
+) -> Result<()> {
+    let (rec, _) = record::decode(raw, Lsn(lsn)).map_err(|e| Error::CorruptWal {
+        lsn: Lsn(lsn),
+        reason: format!("{e:?}"),
+    })?;
+    let id = rec.page().expect("page record");
+    let p = match pages.entry(id) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(v) => {
+            let mut b = page::new_page_buf();
+            if let Body::PageDelta { .. } = rec.body {
+                // A delta needs the page as the checkpoint left it; an image does not.
+                file.read_page(id, &mut b[..])?;
+                page::verify(&b[..], id).map_err(|e| Error::Corrupt {
+                    page: id,
+                    reason: format!("needed by the WAL record at LSN {lsn}, but damaged and the log holds no image of it: {e}"),
+                })?;
+            }
+            v.insert(b)
+        }
+    };
+    record::redo(&mut p[..], &rec);
+    Ok(())
+}

@@ -1,0 +1,413 @@
+//! WAL records: the byte format, the encoder, and a total decoder.
+//!
+//! ```text
+//! record
+//! +0  crc      u32  crc32c of bytes 4..len (so it covers the LSN: a stale record left in a
+//!                   recycled segment cannot pass for a new one)
+//! +4  len      u32  whole record, header included (32 ..= MAX_RECORD)
+//! +8  lsn      u64  byte position of this record in the WAL stream
+//! +16 page_id  u64  the page a page record changes (0 otherwise)
+//! +24 epoch    u32  the timeline the record was written in
+//! +28 kind     u8   1 page image, 2 page delta, 3 commit, 4 checkpoint, 5 epoch change
+//! +29 flags    u8   0
+//! +30 reserved u16  0
+//! +32 payload
+//!
+//! page image    the page's 4096 bytes (checksum and page_lsn fields zero)
+//! page delta    runs: offset u16 | len u16 | bytes   (until the payload ends)
+//! commit        timestamp_us u64 | page_records u32
+//! checkpoint    redo_lsn u64
+//! epoch change  epoch u32 | reserved u32
+//! ```
+//!
+//! A page record replaces (image) or patches (delta) one page and sets its page_lsn to the
+//! record's LSN. Redo applies a delta only when the page's LSN is lower, so replay is
+//! idempotent; an image is always applied (it restores a possibly torn page).
+//! Deltas are exact byte differences between the page before and after, so replaying the
+//! records rebuilds the same bytes on every node.
+
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+use crate::page::{self, PAGE_SIZE};
+use crate::types::{Lsn, PageId};
+
+pub const RECORD_HEADER: usize = 32;
+/// The largest record: a page image (a delta larger than a page is logged as an image).
+pub const MAX_RECORD: usize = RECORD_HEADER + PAGE_SIZE;
+const DELTA_RUN_HEADER: usize = 4;
+/// Runs separated by fewer unchanged bytes than this are merged (a run header costs 4).
+const DELTA_MERGE_GAP: usize = 8;
+
+const _: () = assert!(std::mem::size_of::<RecordHeader>() == RECORD_HEADER);
+const _: () = assert!(MAX_RECORD <= u32::MAX as usize);
+
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Debug)]
+#[repr(C)]
+pub struct RecordHeader {
+    pub crc: U32,
+    pub len: U32,
+    pub lsn: U64,
+    pub page_id: U64,
+    pub epoch: U32,
+    pub kind: u8,
+    pub flags: u8,
+    pub reserved: U16,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum RecordKind {
+    PageImage = 1,
+    PageDelta = 2,
+    Commit = 3,
+    Checkpoint = 4,
+    EpochChange = 5,
+}
+
+impl RecordKind {
+    fn from_u8(v: u8) -> Option<RecordKind> {
+        Some(match v {
+            1 => RecordKind::PageImage,
+            2 => RecordKind::PageDelta,
+            3 => RecordKind::Commit,
+            4 => RecordKind::Checkpoint,
+            5 => RecordKind::EpochChange,
+            _ => return None,
+        })
+    }
+}
+
+/// A decoded record, borrowing its payload from the buffer it was decoded from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record<'a> {
+    pub lsn: Lsn,
+    pub epoch: u32,
+    pub body: Body<'a>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Body<'a> {
+    PageImage {
+        page: PageId,
+        image: &'a [u8],
+    },
+    PageDelta {
+        page: PageId,
+        runs: &'a [u8],
+    },
+    Commit {
+        timestamp_us: u64,
+        page_records: u32,
+    },
+    Checkpoint {
+        redo_lsn: Lsn,
+    },
+    EpochChange {
+        epoch: u32,
+    },
+}
+
+impl Record<'_> {
+    /// The page this record changes, if it is a page record.
+    pub fn page(&self) -> Option<PageId> {
+        match self.body {
+            Body::PageImage { page, .. } | Body::PageDelta { page, .. } => Some(page),
+            _ => None,
+        }
+    }
+}
+
+/// Why bytes are not a record. Recovery stops at the first one, and a replica rejects them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Fewer bytes than the header or the record's length claims: more may arrive (stream),
+    /// or the tail was torn (file).
+    Incomplete { need: usize },
+    /// The bytes can never be a record here.
+    Invalid(String),
+}
+
+/// Decodes the record at the start of `buf`, which must sit at stream position `lsn`.
+/// Returns the record and its length. Total: any input gives a record or an error, reading
+/// nothing outside `buf` and allocating nothing.
+pub fn decode(buf: &[u8], lsn: Lsn) -> Result<(Record<'_>, usize), DecodeError> {
+    let Ok((h, _)) = RecordHeader::ref_from_prefix(buf) else {
+        return Err(DecodeError::Incomplete {
+            need: RECORD_HEADER,
+        });
+    };
+    let len = h.len.get() as usize;
+    if len == 0 && h.crc.get() == 0 {
+        return Err(DecodeError::Invalid(
+            "zeroed bytes (end of the written log)".into(),
+        ));
+    }
+    if !(RECORD_HEADER..=MAX_RECORD).contains(&len) {
+        return Err(DecodeError::Invalid(format!(
+            "record length {len} outside {RECORD_HEADER}..={MAX_RECORD}"
+        )));
+    }
+    if buf.len() < len {
+        return Err(DecodeError::Incomplete { need: len });
+    }
+    let crc = crc32c::crc32c(&buf[4..len]);
+    if crc != h.crc.get() {
+        return Err(DecodeError::Invalid(format!(
+            "checksum mismatch (stored {:#010x}, computed {crc:#010x})",
+            h.crc.get()
+        )));
+    }
+    if h.lsn.get() != lsn.0 {
+        return Err(DecodeError::Invalid(format!(
+            "record claims LSN {}, found at {lsn}",
+            h.lsn.get()
+        )));
+    }
+    let payload = &buf[RECORD_HEADER..len];
+    let page = PageId(h.page_id.get());
+    let kind = RecordKind::from_u8(h.kind)
+        .ok_or_else(|| DecodeError::Invalid(format!("unknown record kind {}", h.kind)))?;
+    let bad = |what: &str| DecodeError::Invalid(format!("{kind:?} record: {what}"));
+    let body = match kind {
+        RecordKind::PageImage => {
+            if payload.len() != PAGE_SIZE {
+                return Err(bad("image is not one page"));
+            }
+            if page::header(payload).page_id.get() != page.0 {
+                return Err(bad("image of another page"));
+            }
+            Body::PageImage {
+                page,
+                image: payload,
+            }
+        }
+        RecordKind::PageDelta => {
+            validate_runs(payload).map_err(|e| bad(&e))?;
+            Body::PageDelta {
+                page,
+                runs: payload,
+            }
+        }
+        RecordKind::Commit => {
+            if payload.len() != 12 {
+                return Err(bad("payload is not 12 bytes"));
+            }
+            Body::Commit {
+                timestamp_us: u64::from_le_bytes(payload[..8].try_into().expect("8 bytes")),
+                page_records: u32::from_le_bytes(payload[8..12].try_into().expect("4 bytes")),
+            }
+        }
+        RecordKind::Checkpoint => {
+            if payload.len() != 8 {
+                return Err(bad("payload is not 8 bytes"));
+            }
+            Body::Checkpoint {
+                redo_lsn: Lsn(u64::from_le_bytes(payload.try_into().expect("8 bytes"))),
+            }
+        }
+        RecordKind::EpochChange => {
+            if payload.len() != 8 {
+                return Err(bad("payload is not 8 bytes"));
+            }
+            Body::EpochChange {
+                epoch: u32::from_le_bytes(payload[..4].try_into().expect("4 bytes")),
+            }
+        }
+    };
+    if page.0 != 0 && !matches!(kind, RecordKind::PageImage | RecordKind::PageDelta) {
+        return Err(bad("names a page"));
+    }
+    Ok((
+        Record {
+            lsn,
+            epoch: h.epoch.get(),
+            body,
+        },
+        len,
+    ))
+}
+
+fn validate_runs(mut runs: &[u8]) -> Result<(), String> {
+    if runs.is_empty() {
+        return Err("no runs".into());
+    }
+    while !runs.is_empty() {
+        if runs.len() < DELTA_RUN_HEADER {
+            return Err("run header cut short".into());
+        }
+        let off = u16::from_le_bytes([runs[0], runs[1]]) as usize;
+        let len = u16::from_le_bytes([runs[2], runs[3]]) as usize;
+        if len == 0 || off + len > PAGE_SIZE {
+            return Err(format!("run {off}+{len} outside the page"));
+        }
+        if runs.len() < DELTA_RUN_HEADER + len {
+            return Err("run bytes cut short".into());
+        }
+        runs = &runs[DELTA_RUN_HEADER + len..];
+    }
+    Ok(())
+}
+
+/// Appends one encoded record to `out`; returns its length.
+fn encode(
+    out: &mut Vec<u8>,
+    lsn: Lsn,
+    epoch: u32,
+    kind: RecordKind,
+    page: PageId,
+    payload: &[&[u8]],
+) -> usize {
+    let start = out.len();
+    let len = RECORD_HEADER + payload.iter().map(|p| p.len()).sum::<usize>();
+    assert!(len <= MAX_RECORD, "record of {len} bytes");
+    let h = RecordHeader {
+        crc: U32::new(0),
+        len: U32::new(len as u32),
+        lsn: U64::new(lsn.0),
+        page_id: U64::new(page.0),
+        epoch: U32::new(epoch),
+        kind: kind as u8,
+        flags: 0,
+        reserved: U16::new(0),
+    };
+    out.extend_from_slice(h.as_bytes());
+    for p in payload {
+        out.extend_from_slice(p);
+    }
+    let crc = crc32c::crc32c(&out[start + 4..start + len]);
+    out[start..start + 4].copy_from_slice(&crc.to_le_bytes());
+    len
+}
+
+pub fn encode_page_image(
+    out: &mut Vec<u8>,
+    lsn: Lsn,
+    epoch: u32,
+    page: PageId,
+    image: &[u8],
+) -> usize {
+    debug_assert_eq!(image.len(), PAGE_SIZE);
+    encode(out, lsn, epoch, RecordKind::PageImage, page, &[image])
+}
+
+pub fn encode_commit(
+    out: &mut Vec<u8>,
+    lsn: Lsn,
+    epoch: u32,
+    timestamp_us: u64,
+    page_records: u32,
+) -> usize {
+    let mut p = [0u8; 12];
+    p[..8].copy_from_slice(&timestamp_us.to_le_bytes());
+    p[8..].copy_from_slice(&page_records.to_le_bytes());
+    encode(out, lsn, epoch, RecordKind::Commit, PageId::NONE, &[&p])
+}
+
+pub fn encode_checkpoint(out: &mut Vec<u8>, lsn: Lsn, epoch: u32, redo_lsn: Lsn) -> usize {
+    encode(
+        out,
+        lsn,
+        epoch,
+        RecordKind::Checkpoint,
+        PageId::NONE,
+        &[&redo_lsn.0.to_le_bytes()],
+    )
+}
+
+pub fn encode_epoch_change(out: &mut Vec<u8>, lsn: Lsn, epoch: u32, new_epoch: u32) -> usize {
+    let mut p = [0u8; 8];
+    p[..4].copy_from_slice(&new_epoch.to_le_bytes());
+    encode(
+        out,
+        lsn,
+        epoch,
+        RecordKind::EpochChange,
+        PageId::NONE,
+        &[&p],
+    )
+}
+
+/// The byte ranges in which `new` differs from `old`, as delta runs. `None` if the delta
+/// would not be smaller than a page image.
+pub fn delta_runs(old: &[u8], new: &[u8], out: &mut Vec<u8>) -> Option<()> {
+    debug_assert_eq!(old.len(), PAGE_SIZE);
+    debug_assert_eq!(new.len(), PAGE_SIZE);
+    let start = out.len();
+    let mut i = 0;
+    while i < PAGE_SIZE {
+        // Skip equal bytes 8 at a time.
+        while i + 8 <= PAGE_SIZE && old[i..i + 8] == new[i..i + 8] {
+            i += 8;
+        }
+        while i < PAGE_SIZE && old[i] == new[i] {
+            i += 1;
+        }
+        if i == PAGE_SIZE {
+            break;
+        }
+        let run_start = i;
+        let mut run_end = i + 1;
+        let mut j = i + 1;
+        // Extend through differences, absorbing short equal gaps.
+        while j < PAGE_SIZE {
+            if old[j] != new[j] {
+                run_end = j + 1;
+                j += 1;
+            } else if j - run_end >= DELTA_MERGE_GAP {
+                break;
+            } else {
+                j += 1;
+            }
+        }
+        let len = run_end - run_start;
+        out.extend_from_slice(&(run_start as u16).to_le_bytes());
+        out.extend_from_slice(&(len as u16).to_le_bytes());
+        out.extend_from_slice(&new[run_start..run_end]);
+        if out.len() - start >= PAGE_SIZE {
+            out.truncate(start);
+            return None;
+        }
+        i = run_end;
+    }
+    Some(())
+}
+
+pub fn encode_page_delta(
+    out: &mut Vec<u8>,
+    lsn: Lsn,
+    epoch: u32,
+    page: PageId,
+    runs: &[u8],
+) -> usize {
+    encode(out, lsn, epoch, RecordKind::PageDelta, page, &[runs])
+}
+
+/// Applies a page record to `p` if the page has not seen it yet (`page_lsn < lsn`), and sets
+/// the page LSN. The one redo function: crash recovery and replicas both use it.
+/// Returns whether the record was applied.
+pub fn redo(p: &mut [u8], rec: &Record<'_>) -> bool {
+    assert_eq!(p.len(), PAGE_SIZE);
+    match rec.body {
+        // An image is always applied: it is the first change to the page after a checkpoint,
+        // the page on disk may be torn (its LSN field garbage), and every later record of
+        // the page follows it in the log.
+        Body::PageImage { image, .. } => p.copy_from_slice(image),
+        Body::PageDelta { mut runs, .. } => {
+            if page::header(p).page_lsn.get() >= rec.lsn.0 {
+                return false;
+            }
+            while !runs.is_empty() {
+                let off = u16::from_le_bytes([runs[0], runs[1]]) as usize;
+                let len = u16::from_le_bytes([runs[2], runs[3]]) as usize;
+                p[off..off + len].copy_from_slice(&runs[DELTA_RUN_HEADER..DELTA_RUN_HEADER + len]);
+                runs = &runs[DELTA_RUN_HEADER + len..];
+            }
+        }
+        _ => return false,
+    }
+    let h = page::header_mut(p);
+    h.page_lsn.set(rec.lsn.0);
+    h.checksum.set(0);
+    true
+}

@@ -1,0 +1,263 @@
+//! WAL segment files: fixed-size files named by the LSN of their first byte, preallocated by
+//! writing zeros (so `fdatasync` does not also have to commit file-size changes), recycled
+//! once a checkpoint makes them unnecessary.
+//!
+//! ```text
+//! segment file  DIR/wal/<start LSN, 16 hex digits>.wal
+//! +0    crc            u32   crc32c of bytes 4..64
+//! +4    format_version u32   1
+//! +8    magic          [u8; 8] "RDBWAL\0\0"
+//! +16   start_lsn      u64   LSN of the first stream byte in this file
+//! +24   segment_bytes  u64   stream bytes the file holds
+//! +32   reserved       [u8; 32]
+//! +512  stream bytes start_lsn .. start_lsn + segment_bytes
+//! ```
+//! The stream runs on across segments: a record may begin in one file and end in the next.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::io::FaultInjector;
+
+pub const SEGMENT_HEADER: u64 = 512;
+const MAGIC: [u8; 8] = *b"RDBWAL\0\0";
+const VERSION: u32 = 1;
+/// How many obsolete segments are kept (renamed) for reuse instead of deleted.
+const SPARES: usize = 2;
+
+pub(crate) fn segment_name(start: u64) -> String {
+    format!("{start:016x}.wal")
+}
+
+fn header_bytes(start: u64, segment_bytes: u64) -> [u8; SEGMENT_HEADER as usize] {
+    let mut h = [0u8; SEGMENT_HEADER as usize];
+    h[4..8].copy_from_slice(&VERSION.to_le_bytes());
+    h[8..16].copy_from_slice(&MAGIC);
+    h[16..24].copy_from_slice(&start.to_le_bytes());
+    h[24..32].copy_from_slice(&segment_bytes.to_le_bytes());
+    let crc = crc32c::crc32c(&h[4..64]);
+    h[..4].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Checks a segment's header against where it should sit in the stream.
+fn check_header(h: &[u8], start: u64, segment_bytes: u64) -> Result<(), String> {
+    if h.len() < 64 {
+        return Err("header cut short".into());
+    }
+    let crc = u32::from_le_bytes(h[..4].try_into().expect("4 bytes"));
+    if crc != crc32c::crc32c(&h[4..64]) {
+        return Err("header checksum mismatch".into());
+    }
+    if h[8..16] != MAGIC || u32::from_le_bytes(h[4..8].try_into().expect("4 bytes")) != VERSION {
+        return Err("not a replidb WAL segment of this version".into());
+    }
+    let s = u64::from_le_bytes(h[16..24].try_into().expect("8 bytes"));
+    let n = u64::from_le_bytes(h[24..32].try_into().expect("8 bytes"));
+    if s != start || n != segment_bytes {
+        return Err(format!(
+            "header says start {s} size {n}, expected start {start} size {segment_bytes}"
+        ));
+    }
+    Ok(())
+}
+
+/// The segment files of one WAL directory.
+pub(crate) struct Segments {
+    dir: PathBuf,
+    pub segment_bytes: u64,
+    open: BTreeMap<u64, File>,
+    faults: Option<Arc<FaultInjector>>,
+}
+
+impl Segments {
+    pub fn new(dir: &Path, segment_bytes: u64, faults: Option<Arc<FaultInjector>>) -> Segments {
+        Segments {
+            dir: dir.to_path_buf(),
+            segment_bytes,
+            open: BTreeMap::new(),
+            faults,
+        }
+    }
+
+    pub fn start_of(&self, lsn: u64) -> u64 {
+        lsn - lsn % self.segment_bytes
+    }
+
+    pub fn path(&self, start: u64) -> PathBuf {
+        self.dir.join(segment_name(start))
+    }
+
+    /// Start LSNs of the segment files present, ascending.
+    pub fn list(&self) -> io::Result<Vec<u64>> {
+        let mut v = Vec::new();
+        for e in fs::read_dir(&self.dir)? {
+            let name = e?.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(hex) = name.strip_suffix(".wal") {
+                if hex.len() == 16 {
+                    if let Ok(s) = u64::from_str_radix(hex, 16) {
+                        v.push(s);
+                    }
+                }
+            }
+        }
+        v.sort_unstable();
+        Ok(v)
+    }
+
+    /// Opens segment `start` for reading and writing, creating (preallocating) it if missing.
+    pub fn ensure(&mut self, start: u64) -> io::Result<&File> {
+        if !self.open.contains_key(&start) {
+            let path = self.path(start);
+            let f = match OpenOptions::new().read(true).write(true).open(&path) {
+                Ok(f) => {
+                    let mut h = [0u8; 64];
+                    f.read_exact_at(&mut h, 0)?;
+                    check_header(&h, start, self.segment_bytes).map_err(|e| {
+                        io::Error::new(
+                            io::ErrorKind::InvalidData,
+                            format!("{}: {e}", path.display()),
+                        )
+                    })?;
+                    f
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound => self.create(start)?,
+                Err(e) => return Err(e),
+            };
+            self.open.insert(start, f);
+        }
+        Ok(self.open.get(&start).expect("just inserted"))
+    }
+
+    /// Closes the files of segments before the one holding `lsn` (the writer moves forward).
+    pub fn close_before(&mut self, lsn: u64) {
+        let keep = self.start_of(lsn);
+        self.open.retain(|&s, _| s >= keep);
+    }
+
+    /// An open segment file (after `ensure`).
+    pub fn get(&self, start: u64) -> Option<&File> {
+        self.open.get(&start)
+    }
+
+    /// Creates segment `start` full of zeros under a temporary name, syncs it, and renames it
+    /// into place, so a segment file either does not exist or is fully allocated.
+    fn create(&mut self, start: u64) -> io::Result<File> {
+        if let Some(f) = &self.faults {
+            f.check_segment()?;
+        }
+        let tmp = self.dir.join(format!("{}.tmp", segment_name(start)));
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
+        let r = (|| {
+            f.write_all_at(&header_bytes(start, self.segment_bytes), 0)?;
+            let zeros = vec![0u8; 1 << 20];
+            let mut off = 0;
+            while off < self.segment_bytes {
+                let n = (self.segment_bytes - off).min(zeros.len() as u64) as usize;
+                f.write_all_at(&zeros[..n], SEGMENT_HEADER + off)?;
+                off += n as u64;
+            }
+            f.sync_all()?;
+            fs::rename(&tmp, self.path(start))?;
+            File::open(&self.dir)?.sync_all()
+        })();
+        if let Err(e) = r {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        tracing::debug!(segment = %segment_name(start), "created WAL segment");
+        Ok(f)
+    }
+
+    /// Reads stream bytes [from, from + buf.len()) of segment `start` (which must hold them).
+    pub fn read_at(&mut self, start: u64, from: u64, buf: &mut [u8]) -> io::Result<()> {
+        let f = match self.open.get(&start) {
+            Some(f) => f,
+            None => {
+                // Read-write: the same handle may be used to truncate after recovery.
+                let f = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(self.path(start))?;
+                let mut h = [0u8; 64];
+                f.read_exact_at(&mut h, 0)?;
+                check_header(&h, start, self.segment_bytes)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                self.open.insert(start, f);
+                self.open.get(&start).expect("just inserted")
+            }
+        };
+        f.read_exact_at(buf, SEGMENT_HEADER + (from - start))
+    }
+
+    /// Writes zeros over the stream from `lsn` to the end of its segment and deletes every
+    /// later segment: after recovery, nothing past the last good record can ever be read as
+    /// a record again.
+    pub fn truncate_after(&mut self, lsn: u64) -> io::Result<()> {
+        let start = self.start_of(lsn);
+        for s in self.list()? {
+            if s > start {
+                self.open.remove(&s);
+                fs::remove_file(self.path(s))?;
+            }
+        }
+        if self.path(start).exists() {
+            let end = self.segment_bytes;
+            let f = self.ensure(start)?;
+            let zeros = vec![0u8; 1 << 20];
+            let mut off = lsn - start;
+            while off < end {
+                let n = (end - off).min(zeros.len() as u64) as usize;
+                f.write_all_at(&zeros[..n], SEGMENT_HEADER + off)?;
+                off += n as u64;
+            }
+            f.sync_data()?;
+        }
+        File::open(&self.dir)?.sync_all()
+    }
+
+    /// Removes segments wholly below `lsn`, keeping a few as renamed spares ahead of `end`.
+    /// Returns how many were removed or recycled.
+    pub fn remove_below(&mut self, lsn: u64, end: u64) -> io::Result<usize> {
+        let keep_from = self.start_of(lsn);
+        let all = self.list()?;
+        let mut next_future =
+            all.last().copied().unwrap_or(0).max(self.start_of(end)) + self.segment_bytes;
+        let mut n = 0;
+        for s in all.into_iter().filter(|&s| s < keep_from) {
+            self.open.remove(&s);
+            let future = self
+                .list()?
+                .into_iter()
+                .filter(|&x| x > self.start_of(end))
+                .count();
+            if future < SPARES {
+                // Recycle: the blocks are allocated already, which makes the future fdatasyncs
+                // cheap; the stale records in it carry other LSNs and can never be read back.
+                let to = self.path(next_future);
+                fs::rename(self.path(s), &to)?;
+                let f = OpenOptions::new().write(true).open(&to)?;
+                f.write_all_at(&header_bytes(next_future, self.segment_bytes), 0)?;
+                f.sync_data()?;
+                next_future += self.segment_bytes;
+            } else {
+                fs::remove_file(self.path(s))?;
+            }
+            n += 1;
+        }
+        if n > 0 {
+            File::open(&self.dir)?.sync_all()?;
+        }
+        Ok(n)
+    }
+}
