@@ -1,26 +1,26 @@
-//! `replidb`: the server binary. For now it carries the commands that work on the embedded
-//! engine (a demo, an offline integrity check, statistics); `serve` and the replicated
-//! cluster demo arrive with the server and replication work.
+//! `replidb`: run a node (`serve`), a ready-to-use local instance (`demo`), or check a data
+//! directory offline (`check`, `stats`).
 
 use std::path::PathBuf;
-use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use rand::{Rng, SeedableRng};
-use storage::{Db, Durability, Options, WriteBatch};
+use replidb_server::config::{Config, ServeArgs};
+use replidb_server::server::Server;
+use storage::{Db, Options};
 
 #[derive(Parser)]
 #[command(
     name = "replidb",
     version,
-    about = "replidb: a B+tree storage engine with built-in physical replication",
-    long_about = "replidb: a B+tree storage engine with built-in physical replication.\n\n\
-                  This build carries the embedded storage engine; the network server \
-                  (`serve`) and replication arrive next."
+    about = "replidb: a B+tree storage engine with built-in physical replication, spoken to over RESP",
+    long_about = "replidb: a key-value storage engine with built-in physical replication. \
+                  Every change goes to a write-ahead log first; clients speak RESP, so redis-cli \
+                  and any Redis client library work.\n\n\
+                  Start with `replidb demo`, then `redis-cli -p 6380`."
 )]
 struct Cli {
-    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    /// Log level (error, warn, info, debug, trace) or a tracing filter; RUST_LOG overrides it.
     #[arg(long, global = true, default_value = "info")]
     log_level: String,
 
@@ -30,25 +30,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Show the embedded engine at work: load keys, read them back, scan, reopen, verify.
+    /// Run a node: a primary serving RESP clients on --bind:--port with its data in --dir.
+    Serve(ServeArgs),
+    /// Run a ready-to-use local instance on 127.0.0.1:6380 (data in ./replidb-demo unless
+    /// --dir says otherwise) and print how to connect. Ctrl-C stops it cleanly.
     Demo {
-        /// Database directory (default: a fresh directory under the system temp dir).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Number of keys to load.
-        #[arg(long, default_value_t = 200_000)]
-        keys: u64,
+        /// Data directory for the demo.
+        #[arg(long, default_value = "replidb-demo")]
+        dir: PathBuf,
+        /// Port for the demo.
+        #[arg(long, default_value_t = 6380)]
+        port: u16,
     },
-    /// Check every invariant of a database directory (offline; the database must not be
-    /// open elsewhere). Exits non-zero and names the damaged page if anything is wrong.
+    /// Check every page and invariant of a stopped node's data directory. Exits non-zero
+    /// and names the damaged page if anything is wrong.
     Check {
-        /// Database directory.
+        /// Data directory.
         #[arg(long)]
         dir: PathBuf,
     },
-    /// Print counters of a database directory (offline).
+    /// Print counters of a stopped node's data directory.
     Stats {
-        /// Database directory.
+        /// Data directory.
         #[arg(long)]
         dir: PathBuf,
     },
@@ -65,16 +68,59 @@ fn main() -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match cli.command {
-        Command::Demo { dir, keys } => demo(dir, keys),
+        Command::Serve(args) => serve(Config::resolve(args)?, None),
+        Command::Demo { dir, port } => {
+            let config = Config::resolve(ServeArgs {
+                dir: Some(dir),
+                port: Some(port),
+                ..Default::default()
+            })?;
+            let banner = format!(
+                "\nreplidb demo: a primary on 127.0.0.1:{port}, data in {}\n\n  redis-cli -p {port}\n  127.0.0.1:{port}> SET greeting hello\n  127.0.0.1:{port}> GET greeting\n  127.0.0.1:{port}> INFO persistence\n\nCtrl-C (or SHUTDOWN) stops it; the data stays for next time.\n",
+                config.dir.display()
+            );
+            serve(config, Some(banner))
+        }
         Command::Check { dir } => check(dir),
         Command::Stats { dir } => stats(dir),
     }
 }
 
+fn serve(config: Config, banner: Option<String>) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async move {
+        let server = Server::start(config).await?;
+        if let Some(b) = banner {
+            println!("{b}");
+        }
+        let stop = server.shutdown_handle();
+        tokio::spawn(async move {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot watch SIGTERM");
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+                _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            }
+            let _ = stop.send(true);
+        });
+        server.run().await
+    })
+}
+
 fn open_existing(dir: &PathBuf) -> Result<Db> {
     if !dir.join(storage::PAGE_FILE).exists() {
         bail!(
-            "{} holds no replidb database ({} is missing)",
+            "{} holds no replidb data ({} is missing)",
             dir.display(),
             storage::PAGE_FILE
         );
@@ -106,88 +152,6 @@ fn stats(dir: PathBuf) -> Result<()> {
     println!("free_pages:{}", s.free_pages);
     println!("file_bytes:{}", s.file_bytes);
     println!("last_lsn:{}", s.last_lsn);
-    Ok(())
-}
-
-fn demo(dir: Option<PathBuf>, keys: u64) -> Result<()> {
-    let dir = dir.unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("replidb-demo-{}", std::process::id()))
-    });
-    println!("replidb embedded demo in {}", dir.display());
-    let db = Db::open(&dir, Options::default())?;
-    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-    let key = |i: u64| {
-        format!(
-            "user:{:010}",
-            i.wrapping_mul(2_654_435_761) % 10_000_000_000
-        )
-    };
-
-    let t = Instant::now();
-    for chunk in (0..keys).collect::<Vec<_>>().chunks(1000) {
-        let mut b = WriteBatch::new();
-        for &i in chunk {
-            let v: Vec<u8> = (0..rng.gen_range(20..200))
-                .map(|_| rng.gen_range(b'a'..=b'z'))
-                .collect();
-            b.put(key(i), v);
-        }
-        db.commit(&b, Durability::Local)?;
-    }
-    let el = t.elapsed();
-    println!(
-        "loaded {keys} keys in durable batches of 1000: {:.0} keys/s",
-        keys as f64 / el.as_secs_f64()
-    );
-
-    let t = Instant::now();
-    let snap = db.read();
-    let mut hits = 0u64;
-    for i in 0..keys {
-        hits += u64::from(snap.get(key(i).as_bytes())?.is_some());
-    }
-    drop(snap);
-    println!(
-        "read them back: {hits} found, {:.0} gets/s",
-        keys as f64 / t.elapsed().as_secs_f64()
-    );
-    if hits != keys {
-        bail!("{} keys missing", keys - hits);
-    }
-
-    let t = Instant::now();
-    let first: Vec<_> = db
-        .range(&b"user:5"[..]..)
-        .take(3)
-        .collect::<storage::Result<_>>()?;
-    for (k, v) in &first {
-        println!(
-            "  {} = {}",
-            String::from_utf8_lossy(k),
-            String::from_utf8_lossy(&v[..v.len().min(24)])
-        );
-    }
-    let n = db.read().range(..)?.count();
-    println!("full ordered scan: {n} entries in {:?}", t.elapsed());
-
-    let mut b = WriteBatch::new();
-    for i in (0..keys).step_by(2) {
-        b.delete(key(i));
-    }
-    db.commit(&b, Durability::Local)?;
-    println!("deleted every other key: {} left", db.len());
-    db.close()?;
-
-    let db = Db::open(&dir, Options::default())?;
-    let r = db.check_integrity()?;
-    println!(
-        "reopened: {} entries, tree depth {}, {} pages ({} free for reuse); integrity ok",
-        r.entries, r.depth, r.page_count, r.free_pages
-    );
-    println!(
-        "try: replidb check --dir {}   |   replidb stats --dir {}",
-        dir.display(),
-        dir.display()
-    );
+    println!("redo_lsn:{}", s.redo_lsn);
     Ok(())
 }

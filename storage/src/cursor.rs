@@ -120,6 +120,18 @@ impl<'a> Cursor<'a> {
         self.leaf = p;
         self.count = node::count(p);
         self.idx = idx;
+        for i in 1..PREFETCH_DISTANCE {
+            self.prefetch_cell(idx + i);
+            self.prefetch_cell(idx.wrapping_sub(i));
+        }
+    }
+
+    /// Starts loading cell `i` of the current leaf, if there is one.
+    #[inline]
+    fn prefetch_cell(&self, i: usize) {
+        if i < self.count {
+            prefetch(&self.leaf[node::slot(self.leaf, i)..]);
+        }
     }
 
     fn check_depth(&self, id: PageId) -> Result<()> {
@@ -152,6 +164,7 @@ impl<'a> Cursor<'a> {
     pub fn next<S: PageSource>(&mut self, src: &'a S) -> Result<()> {
         if self.idx + 1 < self.count {
             self.idx += 1;
+            self.prefetch_cell(self.idx + PREFETCH_DISTANCE);
             return Ok(());
         }
         self.next_leaf(src, End::First)
@@ -162,6 +175,7 @@ impl<'a> Cursor<'a> {
     pub fn prev<S: PageSource>(&mut self, src: &'a S) -> Result<()> {
         if self.idx > 0 && self.idx <= self.count {
             self.idx -= 1;
+            self.prefetch_cell(self.idx.wrapping_sub(PREFETCH_DISTANCE));
             return Ok(());
         }
         self.next_leaf(src, End::Last)
@@ -216,4 +230,23 @@ impl<'a> Cursor<'a> {
             }
         }
     }
+}
+
+/// How many cells ahead a scan asks for. Cells sit in a leaf in insertion order, not key
+/// order, so the hardware prefetcher cannot follow a scan; asking a few cells ahead overlaps
+/// their cache misses instead of taking them one at a time.
+const PREFETCH_DISTANCE: usize = 8;
+
+/// A hint to start loading the cache line at the start of `b`.
+#[inline]
+fn prefetch(b: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: the pointer comes from a live slice; a prefetch is only a hint: it never
+        // faults and changes no memory, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().cast()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = b;
 }

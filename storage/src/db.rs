@@ -28,6 +28,77 @@ use crate::wal::record;
 use crate::wal::segment::Segments;
 use crate::wal::Wal;
 
+/// A write transaction inside [`Db::update`]: reads see its own writes.
+pub struct WriteTxn<'a> {
+    ctx: WriteCtx<'a>,
+}
+
+impl WriteTxn<'_> {
+    /// The value under `key`, including this transaction's own changes.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(btree::get(&self.ctx, self.ctx.meta.root, key)?.map(Cow::into_owned))
+    }
+
+    /// Inserts or overwrites; returns true if the key is new.
+    pub fn put(&mut self, key: &[u8], value: &[u8]) -> Result<bool> {
+        check_sizes(key, Some(value))?;
+        tree_write::put(&mut self.ctx, key, value)
+    }
+
+    /// Deletes; returns true if the key was present.
+    pub fn delete(&mut self, key: &[u8]) -> Result<bool> {
+        check_sizes(key, None)?;
+        tree_write::delete(&mut self.ctx, key)
+    }
+
+    /// Number of keys, including this transaction's own changes.
+    pub fn len(&self) -> u64 {
+        self.ctx.meta.entries
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn check_sizes(k: &[u8], v: Option<&[u8]>) -> Result<()> {
+    if k.len() > MAX_KEY {
+        return Err(Error::KeyTooLarge {
+            len: k.len(),
+            max: MAX_KEY,
+        });
+    }
+    if let Some(v) = v.filter(|v| v.len() > MAX_VALUE) {
+        return Err(Error::ValueTooLarge {
+            len: v.len(),
+            max: MAX_VALUE,
+        });
+    }
+    Ok(())
+}
+
+/// The future of [`Db::durable`].
+pub struct Durable<'a> {
+    db: &'a Db,
+    lsn: Lsn,
+    attempt: Option<u64>,
+}
+
+impl std::future::Future for Durable<'_> {
+    type Output = Result<()>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<()>> {
+        let this = &mut *self;
+        this.db
+            .inner
+            .wal
+            .poll_flushed(this.lsn, &mut this.attempt, cx)
+    }
+}
+
 /// Name of the page file inside the database directory.
 pub const PAGE_FILE: &str = "pages.db";
 /// Name of the WAL directory inside the database directory.
@@ -111,21 +182,9 @@ impl WriteBatch {
 
     fn validate(&self) -> Result<()> {
         for op in &self.ops {
-            let (k, v) = match op {
-                Op::Put(k, v) => (k, Some(v)),
-                Op::Delete(k) => (k, None),
-            };
-            if k.len() > MAX_KEY {
-                return Err(Error::KeyTooLarge {
-                    len: k.len(),
-                    max: MAX_KEY,
-                });
-            }
-            if let Some(v) = v.filter(|v| v.len() > MAX_VALUE) {
-                return Err(Error::ValueTooLarge {
-                    len: v.len(),
-                    max: MAX_VALUE,
-                });
+            match op {
+                Op::Put(k, v) => check_sizes(k, Some(v))?,
+                Op::Delete(k) => check_sizes(k, None)?,
             }
         }
         Ok(())
@@ -308,7 +367,7 @@ impl Db {
     /// WAL. With `Durability::Local` the batch is on disk when this returns. An empty batch
     /// changes nothing and returns the last commit's LSN.
     pub fn commit(&self, batch: &WriteBatch, durability: Durability) -> Result<Lsn> {
-        let end = self.inner.commit(batch)?;
+        let end = self.inner.commit(batch, durability)?;
         if durability == Durability::Local {
             self.inner.wal.wait_flushed(end)?;
         }
@@ -319,6 +378,34 @@ impl Db {
     /// `Durability::Off` and now wants `Local`).
     pub fn wait_durable(&self, lsn: Lsn) -> Result<()> {
         self.inner.wal.wait_flushed(lsn)
+    }
+
+    /// Runs `f` as one atomic read-modify-write transaction: its reads see its own writes and
+    /// no other writer runs meanwhile (so `INCR`-style updates never lose one). Returns `f`'s
+    /// result and the commit's LSN, durable as `durability` asks. If `f` fails nothing is
+    /// changed; if it changes nothing, nothing is logged and the LSN is the last commit's.
+    pub fn update<T>(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&mut WriteTxn<'_>) -> Result<T>,
+    ) -> Result<(T, Lsn)> {
+        let (out, lsn) = self.inner.update(durability, f)?;
+        if durability == Durability::Local {
+            self.inner.wal.wait_flushed(lsn)?;
+        }
+        Ok((out, lsn))
+    }
+
+    /// A future that resolves once everything up to `lsn` is durable. For async callers: apply
+    /// with `Durability::Off`, then await this instead of blocking. If no flush is running,
+    /// polling it performs the flush on the polling thread (no hand-off to another thread);
+    /// otherwise it waits for the running flush to wake it.
+    pub fn durable(&self, lsn: Lsn) -> Durable<'_> {
+        Durable {
+            db: self,
+            lsn,
+            attempt: None,
+        }
     }
 
     /// Convenience: commits one put.
@@ -476,30 +563,48 @@ const PAGE_SIZE_HINT: usize = crate::page::PAGE_SIZE;
 
 impl Inner {
     /// Applies a batch, logs it and publishes it; returns its end LSN (not yet durable).
-    fn commit(&self, batch: &WriteBatch) -> Result<Lsn> {
+    fn commit(&self, batch: &WriteBatch, durability: Durability) -> Result<Lsn> {
         batch.validate()?;
+        let ((), lsn) = self.update(durability, |tx| {
+            for op in &batch.ops {
+                match op {
+                    Op::Put(k, v) => {
+                        tree_write::put(&mut tx.ctx, k, v)?;
+                    }
+                    Op::Delete(k) => {
+                        tree_write::delete(&mut tx.ctx, k)?;
+                    }
+                }
+            }
+            Ok(())
+        })?;
+        Ok(lsn)
+    }
+
+    /// Runs `f` as one write transaction under the writer lock, then logs and publishes what
+    /// it changed; returns `f`'s result and the commit's end LSN (not yet durable). If `f`
+    /// fails, nothing is changed; if it changes nothing, nothing is logged.
+    fn update<T>(
+        &self,
+        durability: Durability,
+        f: impl FnOnce(&mut WriteTxn<'_>) -> Result<T>,
+    ) -> Result<(T, Lsn)> {
         let mut w = self.writer.lock();
         if let Some(why) = self.wal.failure() {
             return Err(Error::PreviousIo(why));
         }
         let guard = self.state.upgradable_read();
-        if batch.is_empty() {
-            return Ok(guard.last_lsn);
-        }
-        let (mut pages, meta) = {
-            let mut ctx = WriteCtx::new(&guard);
-            for op in &batch.ops {
-                match op {
-                    Op::Put(k, v) => {
-                        tree_write::put(&mut ctx, k, v)?;
-                    }
-                    Op::Delete(k) => {
-                        tree_write::delete(&mut ctx, k)?;
-                    }
-                }
-            }
-            ctx.finish()?
+        let (out, mut pages, meta) = {
+            let mut tx = WriteTxn {
+                ctx: WriteCtx::new(&guard),
+            };
+            let out = f(&mut tx)?;
+            let (pages, meta) = tx.ctx.finish()?;
+            (out, pages, meta)
         };
+        if pages.is_empty() {
+            return Ok((out, guard.last_lsn));
+        }
         // Log every changed page: a full image the first time a page changes after the
         // checkpoint recovery would start from (it may be torn on disk), a delta after that.
         let start = self.wal.end();
@@ -537,7 +642,11 @@ impl Inner {
         }
         let len = record::encode_commit(scratch, Lsn(lsn), *epoch, now_us(), pages.len() as u32);
         lsn += len as u64;
-        let end = self.wal.append(start, scratch)?;
+        // A `Local` committer flushes (or joins a flush) itself; `Off` leaves it to the
+        // background flusher.
+        let end = self
+            .wal
+            .append(start, scratch, durability == Durability::Off)?;
         debug_assert_eq!(end.0, lsn);
         let mut g = RwLockUpgradableReadGuard::upgrade(guard);
         g.install(pages, meta, end);
@@ -548,7 +657,7 @@ impl Inner {
             self.bg.lock().wake = true;
             self.bg_cv.notify_one();
         }
-        Ok(end)
+        Ok((out, end))
     }
 
     fn checkpoint(&self) -> Result<()> {
@@ -584,7 +693,7 @@ impl Inner {
             let start = self.wal.end();
             let mut buf = Vec::with_capacity(64);
             record::encode_checkpoint(&mut buf, start, w.epoch, redo);
-            let end = self.wal.append(start, &buf)?;
+            let end = self.wal.append(start, &buf, false)?;
             drop(w);
             self.wal.wait_flushed(end)?;
             start

@@ -120,8 +120,8 @@ impl Published {
     }
 
     fn remap(&mut self, file: &File, file_pages: u64) -> Result<()> {
-        // SAFETY: the page file is locked (flock) by this process for as long as it is open,
-        // so no other process changes it. This process writes only pages held in frames, and
+        // SAFETY: the database directory is locked (flock on its lock file) by this process
+        // for as long as the page file is open, so no other replidb process changes it. This process writes only pages held in frames, and
         // readers read such pages from the frame, never through the map, until the write is
         // complete and the frame is dropped; the file never shrinks. So no byte a reader
         // borrows from the map changes under it. (Bytes seen through the map are still
@@ -135,9 +135,14 @@ impl Published {
     }
 }
 
+/// The lock file inside a database directory.
+pub const LOCK_FILE: &str = "lock";
+
 /// The page file on disk.
 pub(crate) struct PageFile {
     file: File,
+    /// Holds the directory's lock (flock on `DIR/lock`) for as long as the page file is open.
+    _lock: File,
     path: PathBuf,
     /// Current file length in pages (grown ahead of use, never shrunk).
     len_pages: u64,
@@ -147,21 +152,31 @@ impl PageFile {
     /// Opens (creating if needed) and locks the page file. Nothing is read or verified yet:
     /// recovery may have to repair pages first.
     pub fn open(path: &Path) -> Result<PageFile> {
+        // The lock lives on a file of its own that no I/O ring ever touches: a ring's pending
+        // references to the page file outlive a killed process for a moment, and would keep
+        // a lock on the page file itself held after the process is gone.
+        let lock_path = path.with_file_name(LOCK_FILE);
+        let lock = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(Error::Locked {
+                    path: path.parent().unwrap_or(path).to_path_buf(),
+                })
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(path)?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(Error::Locked {
-                    path: path.to_path_buf(),
-                })
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
-        }
         let len = file.metadata()?.len();
         if len % PAGE_SIZE as u64 != 0 {
             return Err(Error::Incompatible {
@@ -171,6 +186,7 @@ impl PageFile {
         }
         Ok(PageFile {
             file,
+            _lock: lock,
             path: path.to_path_buf(),
             len_pages: len / PAGE_SIZE as u64,
         })

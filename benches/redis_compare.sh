@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# replidb vs redis-server (appendonly yes, appendfsync always: Redis's durable setting) under
+# redis-benchmark, alternating the two servers round by round on the same machine.
+#
+#   benches/redis_compare.sh [rounds] [requests]
+#
+# Needs redis-server and redis-benchmark (apt-get install redis-server redis-tools) and a
+# release build of replidb (cargo build --release). Prints one line per run and a summary of
+# medians; the numbers go to docs/benchmarks.md with the date and machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-3}
+n=${2:-200000}
+bin=target/release/replidb
+[ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 1; }
+work=$(mktemp -d -p "$PWD/target" cmp.XXXX)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+
+start_replidb() {
+    rm -rf "$work/r"; "$bin" serve --dir "$work/r" --port 6390 --log-level warn & echo $! > "$work/r.pid"
+    for _ in $(seq 100); do redis-cli -p 6390 PING >/dev/null 2>&1 && return; sleep 0.1; done
+    echo "replidb did not start" >&2; exit 1
+}
+start_redis() {
+    rm -rf "$work/d"; mkdir -p "$work/d"
+    redis-server --port 6391 --dir "$work/d" --appendonly yes --appendfsync always --save '' \
+        --daemonize no --logfile "$work/redis.log" & echo $! > "$work/d.pid"
+    for _ in $(seq 100); do redis-cli -p 6391 PING >/dev/null 2>&1 && return; sleep 0.1; done
+    echo "redis-server did not start" >&2; exit 1
+}
+stop() { kill "$(cat "$1")"; wait "$(cat "$1")" 2>/dev/null || true; }
+
+# One redis-benchmark run; prints "rps p50_ms" for the test named $2.
+run() { # port test clients pipeline
+    redis-benchmark -p "$1" -t "$2" -n "$n" -c "$3" -P "$4" -r 100000 -d 100 --csv 2>/dev/null |
+        awk -F'","' -v t="$(echo "$2" | tr a-z A-Z)" 'index($1, "\""t"\"")==1 { gsub(/"/, "", $2); gsub(/"/, "", $4); print $2, $4 }'
+}
+
+printf '%-8s %-6s %-4s %-3s %12s %9s\n' system test c P rps p50_ms
+: > "$work/results"
+for round in $(seq "$rounds"); do
+    for sys in replidb redis; do
+        if [ $sys = replidb ]; then start_replidb; port=6390; pid="$work/r.pid"; else start_redis; port=6391; pid="$work/d.pid"; fi
+        for spec in "set 50 1" "get 50 1" "get 50 16" "set 1 1"; do
+            set -- $spec
+            r=$(run $port "$1" "$2" "$3")
+            printf '%-8s %-6s %-4s %-3s %12s %9s\n' $sys "$1" "$2" "$3" $r
+            echo "$sys $1 $2 $3 $r" >> "$work/results"
+        done
+        stop "$pid"
+    done
+done
+echo
+echo "medians over $rounds rounds (requests: $n, values: 100 bytes, keyspace 100k)"
+for spec in "set 50 1" "get 50 1" "get 50 16" "set 1 1"; do
+    set -- $spec
+    for sys in replidb redis; do
+        awk -v s=$sys -v t=$1 -v c=$2 -v p=$3 '$1==s && $2==t && $3==c && $4==p {print $5, $6}' "$work/results" |
+            sort -n | awk -v s=$sys -v t=$1 -v c=$2 -v p=$3 '{r[NR]=$1; l[NR]=$2} END {m=int((NR+1)/2); asort(l); printf "%-8s %-4s c=%-3s P=%-3s rps %10.0f  p50 %s ms\n", s, t, c, p, r[m], l[m]}'
+    done
+done

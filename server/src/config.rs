@@ -1,0 +1,163 @@
+//! Node configuration: command-line flags, optionally a TOML file with the same keys
+//! (flags win), and defaults.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::Deserialize;
+
+/// Flags of `replidb serve`. Every field is optional so a config file can supply it.
+#[derive(Args, Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServeArgs {
+    /// Data directory (created if missing).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+
+    /// Address to listen on. [default: 127.0.0.1]
+    #[arg(long)]
+    pub bind: Option<String>,
+
+    /// Client port (RESP). [default: 6380]
+    #[arg(long)]
+    pub port: Option<u16>,
+
+    /// Require clients to AUTH with this password.
+    #[arg(long)]
+    pub requirepass: Option<String>,
+
+    /// Default durability of a commit: off (acknowledged before the WAL is fsynced) or local
+    /// (after). remote_write, remote_flush and remote_apply need replicas and are accepted
+    /// for forward compatibility; without replicas they act as local. [default: local]
+    #[arg(long, value_name = "LEVEL")]
+    pub sync_commit: Option<String>,
+
+    /// A TOML file with any of these settings (same names, e.g. `port = 6390`); flags win.
+    #[arg(long, value_name = "FILE")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+}
+
+/// Durability levels a client or the server default can ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Off,
+    Local,
+    RemoteWrite,
+    RemoteFlush,
+    RemoteApply,
+}
+
+impl Level {
+    pub fn parse(s: &str) -> Option<Level> {
+        Some(match s.to_ascii_lowercase().as_str() {
+            "off" => Level::Off,
+            "local" => Level::Local,
+            "remote_write" => Level::RemoteWrite,
+            "remote_flush" => Level::RemoteFlush,
+            "remote_apply" => Level::RemoteApply,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Off => "off",
+            Level::Local => "local",
+            Level::RemoteWrite => "remote_write",
+            Level::RemoteFlush => "remote_flush",
+            Level::RemoteApply => "remote_apply",
+        }
+    }
+}
+
+/// The resolved configuration of a node.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub dir: PathBuf,
+    pub bind: String,
+    pub port: u16,
+    pub requirepass: Option<String>,
+    pub sync_commit: Level,
+}
+
+impl Config {
+    /// Merges flags over the config file (if any) over defaults, and checks the result.
+    pub fn resolve(flags: ServeArgs) -> Result<Config> {
+        let file = match &flags.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str::<ServeArgs>(&text)
+                    .with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => ServeArgs::default(),
+        };
+        let dir = flags
+            .dir
+            .or(file.dir)
+            .context("--dir is required (or `dir = \"...\"` in the config file)")?;
+        let sync_commit = match flags.sync_commit.or(file.sync_commit) {
+            None => Level::Local,
+            Some(s) => match Level::parse(&s) {
+                Some(l) => l,
+                None => bail!("--sync-commit {s:?}: expected off, local, remote_write, remote_flush or remote_apply"),
+            },
+        };
+        let requirepass = flags
+            .requirepass
+            .or(file.requirepass)
+            .filter(|p| !p.is_empty());
+        Ok(Config {
+            dir,
+            bind: flags
+                .bind
+                .or(file.bind)
+                .unwrap_or_else(|| "127.0.0.1".into()),
+            port: flags.port.or(file.port).unwrap_or(6380),
+            requirepass,
+            sync_commit,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("node.toml");
+        std::fs::write(
+            &f,
+            "dir = \"/data/a\"\nport = 7000\nsync-commit = \"off\"\n",
+        )
+        .unwrap();
+        let c = Config::resolve(ServeArgs {
+            port: Some(7001),
+            config: Some(f.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            (c.dir, c.port, c.sync_commit, c.bind.as_str()),
+            (PathBuf::from("/data/a"), 7001, Level::Off, "127.0.0.1")
+        );
+        std::fs::write(&f, "prot = 1\n").unwrap();
+        let err = Config::resolve(ServeArgs {
+            config: Some(f),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+        let err = Config::resolve(ServeArgs {
+            dir: Some("/x".into()),
+            sync_commit: Some("sometimes".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("expected off, local"), "{err}");
+    }
+}

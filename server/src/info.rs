@@ -1,0 +1,180 @@
+//! INFO sections and CONFIG GET/SET.
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+
+use crate::config::Level;
+use crate::glob;
+use crate::session::{upper, Out, Session, Shared};
+
+const SECTIONS: &[&str] = &[
+    "server",
+    "clients",
+    "persistence",
+    "stats",
+    "replication",
+    "keyspace",
+];
+
+/// The INFO text for `section` (all sections for none, `all`, `default` or `everything`).
+pub fn render(sh: &Shared, section: Option<&str>) -> String {
+    let wanted: Vec<&str> = match section {
+        None | Some("all") | Some("default") | Some("everything") => SECTIONS.to_vec(),
+        Some(s) => SECTIONS.iter().copied().filter(|x| *x == s).collect(),
+    };
+    let mut o = String::new();
+    let db = &sh.db;
+    for s in wanted {
+        if !o.is_empty() {
+            o.push_str("\r\n");
+        }
+        match s {
+            "server" => {
+                let _ = write!(
+                    o,
+                    "# Server\r\nreplidb_version:{}\r\nredis_version:7.0.0\r\nprocess_id:{}\r\ntcp_port:{}\r\nbind:{}\r\nuptime_in_seconds:{}\r\ndir:{}\r\n",
+                    env!("CARGO_PKG_VERSION"),
+                    std::process::id(),
+                    sh.config.port,
+                    sh.config.bind,
+                    sh.started.elapsed().as_secs(),
+                    sh.config.dir.display()
+                );
+            }
+            "clients" => {
+                let _ = write!(
+                    o,
+                    "# Clients\r\nconnected_clients:{}\r\n",
+                    sh.stats.connections_now.load(Ordering::Relaxed)
+                );
+            }
+            "persistence" => {
+                let st = db.stats();
+                let _ = write!(
+                    o,
+                    "# Persistence\r\nwal_io:{}\r\nlast_lsn:{}\r\nflush_lsn:{}\r\nredo_lsn:{}\r\ncheckpoints:{}\r\nwal_flushes:{}\r\ndirty_pages:{}\r\npage_count:{}\r\nfree_pages:{}\r\npage_file_bytes:{}\r\n",
+                    st.wal_io, st.last_lsn, st.flush_lsn, st.redo_lsn, st.checkpoints, st.wal_flushes, st.dirty_pages, st.page_count, st.free_pages, st.file_bytes
+                );
+            }
+            "stats" => {
+                let h = sh.stats.commit_latency.lock();
+                let q = |x: f64| {
+                    if h.is_empty() {
+                        0
+                    } else {
+                        h.value_at_quantile(x)
+                    }
+                };
+                let _ = write!(
+                    o,
+                    "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\ntotal_commits:{}\r\ncommit_latency_p50_us:{}\r\ncommit_latency_p99_us:{}\r\ncommit_latency_p999_us:{}\r\ncommit_latency_max_us:{}\r\n",
+                    sh.stats.connections_total.load(Ordering::Relaxed),
+                    sh.stats.commands.load(Ordering::Relaxed),
+                    sh.stats.commits.load(Ordering::Relaxed),
+                    q(0.5),
+                    q(0.99),
+                    q(0.999),
+                    if h.is_empty() { 0 } else { h.max() }
+                );
+            }
+            "replication" => {
+                let st = db.stats();
+                let set = sh.settings.read();
+                let _ = write!(
+                    o,
+                    "# Replication\r\nrole:primary\r\nepoch:1\r\nnode_name:\r\nwrite_lsn:{}\r\nflush_lsn:{}\r\napply_lsn:{}\r\nsync_standbys:\r\nsync_commit:{}\r\nconnected_replicas:0\r\n",
+                    st.last_lsn,
+                    st.flush_lsn,
+                    st.last_lsn,
+                    set.sync_commit.name()
+                );
+            }
+            "keyspace" => {
+                let _ = write!(o, "# Keyspace\r\ndb0:keys={}\r\n", db.len());
+            }
+            _ => {}
+        }
+    }
+    o
+}
+
+/// Parameters CONFIG GET can show; the settable ones are marked.
+fn params(sh: &Shared) -> Vec<(&'static str, String, bool)> {
+    let set = sh.settings.read();
+    vec![
+        ("dir", sh.config.dir.display().to_string(), false),
+        ("bind", sh.config.bind.clone(), false),
+        ("port", sh.config.port.to_string(), false),
+        (
+            "requirepass",
+            set.requirepass.clone().unwrap_or_default(),
+            true,
+        ),
+        ("sync-commit", set.sync_commit.name().to_string(), true),
+        // Asked by redis-benchmark and other tools; replidb always logs and fsyncs.
+        ("appendonly", "yes".to_string(), false),
+        ("save", String::new(), false),
+        ("databases", "1".to_string(), false),
+    ]
+}
+
+pub fn config(s: &mut Session, args: &[Bytes], out: &mut Out) {
+    let sub = args.get(1).map(|a| upper(a)).unwrap_or_default();
+    let enc = s.enc;
+    match (sub.as_str(), args.len()) {
+        ("GET", n) if n >= 3 => {
+            let all = params(&s.shared);
+            let mut hits: Vec<(&str, String)> = Vec::new();
+            for pat in &args[2..] {
+                let pat = pat.to_ascii_lowercase();
+                for (name, value, _) in &all {
+                    if glob::matches(&pat, name.as_bytes()) && !hits.iter().any(|(n, _)| n == name) {
+                        hits.push((name, value.clone()));
+                    }
+                }
+            }
+            enc.map(&mut out.buf, hits.len());
+            for (n, v) in hits {
+                enc.bulk(&mut out.buf, n.as_bytes());
+                enc.bulk(&mut out.buf, v.as_bytes());
+            }
+        }
+        ("SET", n) if n >= 4 && n % 2 == 0 => {
+            for pair in args[2..].chunks(2) {
+                let name = String::from_utf8_lossy(&pair[0]).to_ascii_lowercase();
+                let value = String::from_utf8_lossy(&pair[1]).to_string();
+                match name.as_str() {
+                    "requirepass" => {
+                        s.shared.settings.write().requirepass = Some(value).filter(|v| !v.is_empty());
+                        s.set_requirepass();
+                    }
+                    "sync-commit" | "sync_commit" => match Level::parse(&value) {
+                        Some(l) => s.shared.settings.write().sync_commit = l,
+                        None => {
+                            enc.error(&mut out.buf, "ERR sync-commit must be off, local, remote_write, remote_flush or remote_apply");
+                            return;
+                        }
+                    },
+                    other => {
+                        let known = params(&s.shared).iter().any(|(n, _, _)| *n == other);
+                        let msg = if known {
+                            format!("ERR CONFIG SET {other}: not changeable while running (restart with the new value)")
+                        } else {
+                            format!("ERR Unknown option or number of arguments for CONFIG SET - '{other}'")
+                        };
+                        enc.error(&mut out.buf, &msg);
+                        return;
+                    }
+                }
+            }
+            enc.simple(&mut out.buf, "OK");
+        }
+        ("RESETSTAT", 2) => {
+            s.shared.stats.commit_latency.lock().reset();
+            enc.simple(&mut out.buf, "OK");
+        }
+        _ => enc.error(&mut out.buf, "ERR unknown subcommand or wrong number of arguments for 'config'. Try CONFIG GET, SET, RESETSTAT."),
+    }
+}

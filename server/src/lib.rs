@@ -1,0 +1,11 @@
+//! The replidb server: configuration, the RESP protocol, client sessions, and the network
+//! loop. The binary (`main.rs`) is a thin CLI over this library, which tests and fuzz
+//! targets use directly.
+
+pub mod config;
+pub mod glob;
+pub mod info;
+pub mod reply;
+pub mod resp;
+pub mod server;
+pub mod session;

@@ -1,0 +1,918 @@
+//! One client connection's state and its commands.
+
+use std::ops::Bound;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::{Mutex, RwLock};
+use storage::{Db, Durability, Lsn, WriteTxn, MAX_KEY, MAX_VALUE};
+
+use crate::config::{Config, Level};
+use crate::glob;
+use crate::reply::{storage_error, Reply};
+use crate::resp::Encoder;
+
+/// Settings that `CONFIG SET` can change while running.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub requirepass: Option<String>,
+    pub sync_commit: Level,
+}
+
+/// Counters for INFO.
+pub struct Stats {
+    pub commands: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub connections_now: AtomicU64,
+    pub commits: AtomicU64,
+    /// Commit latency in µs: from the command's execution to its durability being met.
+    pub commit_latency: Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+impl Stats {
+    pub fn new() -> Stats {
+        Stats {
+            commands: AtomicU64::new(0),
+            connections_total: AtomicU64::new(0),
+            connections_now: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
+            commit_latency: Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
+                    .expect("valid histogram bounds"),
+            ),
+        }
+    }
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats::new()
+    }
+}
+
+/// What all connections share.
+pub struct Shared {
+    pub db: Arc<Db>,
+    pub config: Config,
+    pub settings: RwLock<Settings>,
+    pub stats: Stats,
+    pub started: Instant,
+    pub next_client_id: AtomicU64,
+    pub shutdown: tokio::sync::watch::Sender<bool>,
+}
+
+/// Replies of one batch of pipelined requests, some of which wait for durability.
+#[derive(Default)]
+pub struct Out {
+    pub buf: BytesMut,
+    /// Byte ranges of `buf` holding success replies that are only true once `lsn` is durable.
+    pub pending: Vec<Pending>,
+}
+
+pub struct Pending {
+    pub start: usize,
+    pub end: usize,
+    pub lsn: Lsn,
+    pub since: Instant,
+}
+
+/// What the connection does after a command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum After {
+    Continue,
+    /// Send the replies, then close (QUIT, or a protocol error).
+    Close,
+}
+
+pub struct Session {
+    pub shared: Arc<Shared>,
+    pub enc: Encoder,
+    pub id: u64,
+    name: Option<Bytes>,
+    authed: bool,
+    level: Option<Level>,
+    last_lsn: Lsn,
+    multi: Option<Vec<Vec<Bytes>>>,
+    multi_error: bool,
+}
+
+/// Commands allowed inside MULTI (they run against the transaction at EXEC).
+const TX_COMMANDS: &[&str] = &[
+    "GET", "SET", "DEL", "EXISTS", "MGET", "MSET", "INCR", "INCRBY", "DECR", "DECRBY", "DBSIZE",
+    "PING", "ECHO",
+];
+
+impl Session {
+    pub fn new(shared: Arc<Shared>) -> Session {
+        let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let authed = shared.settings.read().requirepass.is_none();
+        Session {
+            shared,
+            enc: Encoder::default(),
+            id,
+            name: None,
+            authed,
+            level: None,
+            last_lsn: Lsn(0),
+            multi: None,
+            multi_error: false,
+        }
+    }
+
+    fn level(&self) -> Level {
+        self.level
+            .unwrap_or_else(|| self.shared.settings.read().sync_commit)
+    }
+
+    fn db(&self) -> &Db {
+        &self.shared.db
+    }
+
+    fn err(&self, out: &mut Out, msg: &str) {
+        self.enc.error(&mut out.buf, msg);
+    }
+
+    /// Runs one request. Replies go to `out`; durable-write replies are marked pending.
+    pub fn execute(&mut self, args: Vec<Bytes>, out: &mut Out) -> After {
+        if args.is_empty() {
+            return After::Continue;
+        }
+        self.shared.stats.commands.fetch_add(1, Ordering::Relaxed);
+        let name = upper(&args[0]);
+        let argc = args.len();
+        if !self.authed && !matches!(name.as_str(), "AUTH" | "HELLO" | "QUIT") {
+            self.err(out, "NOAUTH Authentication required.");
+            return After::Continue;
+        }
+        if self.multi.is_some() && !matches!(name.as_str(), "EXEC" | "DISCARD" | "MULTI" | "QUIT") {
+            return self.queue(name, args, out);
+        }
+        match name.as_str() {
+            "GET" | "MGET" | "EXISTS" | "DBSIZE" => {
+                if let Some(msg) = arity_error(&name, argc).or_else(|| size_error(&args)) {
+                    self.err(out, &msg);
+                } else {
+                    self.read_command(&name, &args, out);
+                }
+            }
+            "SET" | "DEL" | "MSET" | "INCR" | "INCRBY" | "DECR" | "DECRBY" => {
+                if let Some(msg) = arity_error(&name, argc) {
+                    self.err(out, &msg);
+                } else {
+                    self.write_commands(vec![args], out, false);
+                }
+            }
+            "SCAN" => self.scan(&args, out),
+            "RANGE" => self.range(&args, out),
+            "MULTI" => {
+                if self.multi.is_some() {
+                    self.err(out, "ERR MULTI calls can not be nested");
+                } else {
+                    self.multi = Some(Vec::new());
+                    self.multi_error = false;
+                    self.enc.simple(&mut out.buf, "OK");
+                }
+            }
+            "EXEC" => self.exec(out),
+            "DISCARD" => {
+                if self.multi.take().is_some() {
+                    self.enc.simple(&mut out.buf, "OK");
+                } else {
+                    self.err(out, "ERR DISCARD without MULTI");
+                }
+            }
+            "PING" => match argc {
+                1 => self.enc.simple(&mut out.buf, "PONG"),
+                2 => self.enc.bulk(&mut out.buf, &args[1]),
+                _ => self.err(out, &wrong_arity("ping")),
+            },
+            "ECHO" => {
+                if argc == 2 {
+                    self.enc.bulk(&mut out.buf, &args[1]);
+                } else {
+                    self.err(out, &wrong_arity("echo"));
+                }
+            }
+            "QUIT" => {
+                self.enc.simple(&mut out.buf, "OK");
+                return After::Close;
+            }
+            "AUTH" => self.auth(&args[1..], out),
+            "HELLO" => self.hello(&args, out),
+            "SELECT" => match args.get(1).map(|a| &a[..]) {
+                Some(b"0") if argc == 2 => self.enc.simple(&mut out.buf, "OK"),
+                Some(_) if argc == 2 => self.err(out, "ERR DB index is out of range (replidb has one database, 0)"),
+                _ => self.err(out, &wrong_arity("select")),
+            },
+            "CLIENT" => self.client(&args, out),
+            "COMMAND" => self.command(&args, out),
+            "INFO" => {
+                let section = args.get(1).map(|s| String::from_utf8_lossy(s).to_ascii_lowercase());
+                let text = crate::info::render(&self.shared, section.as_deref());
+                self.enc.bulk(&mut out.buf, text.as_bytes());
+            }
+            "CONFIG" => crate::info::config(self, &args, out),
+            "CHECKPOINT" => {
+                let db = self.shared.db.clone();
+                match tokio::task::block_in_place(move || db.checkpoint()) {
+                    Ok(()) => self.enc.simple(&mut out.buf, "OK"),
+                    Err(e) => self.err(out, &storage_error(&e)),
+                }
+            }
+            "DURABILITY" => match argc {
+                1 => self.enc.bulk(&mut out.buf, self.level().name().as_bytes()),
+                2 => match Level::parse(&String::from_utf8_lossy(&args[1])) {
+                    Some(l) => {
+                        self.level = Some(l);
+                        self.enc.simple(&mut out.buf, "OK");
+                    }
+                    None => self.err(out, "ERR durability level must be off, local, remote_write, remote_flush or remote_apply"),
+                },
+                _ => self.err(out, &wrong_arity("durability")),
+            },
+            "LSN" => self.enc.int(&mut out.buf, self.last_lsn.0 as i64),
+            "ROLE" => {
+                self.enc.array(&mut out.buf, 3);
+                self.enc.bulk(&mut out.buf, b"master");
+                self.enc.int(&mut out.buf, self.db().last_lsn().0 as i64);
+                self.enc.array(&mut out.buf, 0);
+            }
+            "SHUTDOWN" => {
+                tracing::info!(client = self.id, "SHUTDOWN requested by a client");
+                let _ = self.shared.shutdown.send(true);
+                return After::Close;
+            }
+            _ => {
+                let shown: String = String::from_utf8_lossy(&args[0]).chars().take(64).collect();
+                self.err(out, &format!("ERR unknown command '{shown}', with args beginning with: {}", preview(&args[1..])));
+            }
+        }
+        After::Continue
+    }
+
+    fn queue(&mut self, name: String, args: Vec<Bytes>, out: &mut Out) -> After {
+        if !TX_COMMANDS.contains(&name.as_str()) {
+            self.multi_error = true;
+            self.err(
+                out,
+                &format!(
+                    "ERR command '{}' is not allowed inside MULTI",
+                    name.to_ascii_lowercase()
+                ),
+            );
+        } else if let Some(msg) = arity_error(&name, args.len()) {
+            self.multi_error = true;
+            self.err(out, &msg);
+        } else {
+            self.multi.as_mut().expect("in MULTI").push(args);
+            self.enc.simple(&mut out.buf, "QUEUED");
+        }
+        After::Continue
+    }
+
+    fn exec(&mut self, out: &mut Out) {
+        let Some(cmds) = self.multi.take() else {
+            self.err(out, "ERR EXEC without MULTI");
+            return;
+        };
+        if self.multi_error {
+            self.err(
+                out,
+                "EXECABORT Transaction discarded because of previous errors.",
+            );
+            return;
+        }
+        self.write_commands(cmds, out, true);
+    }
+
+    /// Runs data commands as one atomic transaction (one commit), marking the reply pending
+    /// until the connection's durability level is met. `as_array`: reply with an array of
+    /// every command's reply (EXEC).
+    fn write_commands(&mut self, cmds: Vec<Vec<Bytes>>, out: &mut Out, as_array: bool) {
+        // Limits are checked before the transaction so the error names the command's input.
+        for c in &cmds {
+            if let Some(msg) = size_error(c) {
+                if as_array {
+                    self.err(out, &format!("EXECABORT {msg}"));
+                } else {
+                    self.err(out, &msg);
+                }
+                return;
+            }
+        }
+        let since = Instant::now();
+        let r = self.shared.db.update(Durability::Off, |tx| {
+            let mut replies = Vec::with_capacity(cmds.len());
+            for c in &cmds {
+                replies.push(run_in_tx(tx, c)?);
+            }
+            Ok(replies)
+        });
+        match r {
+            Ok((replies, lsn)) => {
+                let start = out.buf.len();
+                if as_array {
+                    Reply::Array(replies).encode(&self.enc, &mut out.buf);
+                } else {
+                    for r in &replies {
+                        r.encode(&self.enc, &mut out.buf);
+                    }
+                }
+                self.last_lsn = lsn;
+                self.shared.stats.commits.fetch_add(1, Ordering::Relaxed);
+                if self.level() != Level::Off {
+                    out.pending.push(Pending {
+                        start,
+                        end: out.buf.len(),
+                        lsn,
+                        since,
+                    });
+                }
+            }
+            Err(e) => self.err(out, &storage_error(&e)),
+        }
+    }
+
+    fn read_command(&mut self, name: &str, args: &[Bytes], out: &mut Out) {
+        let db = self.db();
+        match name {
+            "GET" => {
+                let snap = db.read();
+                match snap.get(&args[1]) {
+                    Ok(v) => self.enc.opt_bulk(&mut out.buf, v.as_deref()),
+                    Err(e) => self.enc.error(&mut out.buf, &storage_error(&e)),
+                }
+            }
+            "MGET" => {
+                let snap = db.read();
+                let mut tmp = BytesMut::new();
+                for k in &args[1..] {
+                    match snap.get(k) {
+                        Ok(v) => self.enc.opt_bulk(&mut tmp, v.as_deref()),
+                        Err(e) => {
+                            drop(snap);
+                            self.enc.error(&mut out.buf, &storage_error(&e));
+                            return;
+                        }
+                    }
+                }
+                self.enc.array(&mut out.buf, args.len() - 1);
+                out.buf.extend_from_slice(&tmp);
+            }
+            "EXISTS" => {
+                let snap = db.read();
+                let mut n = 0;
+                for k in &args[1..] {
+                    match snap.get(k) {
+                        Ok(v) => n += i64::from(v.is_some()),
+                        Err(e) => {
+                            drop(snap);
+                            self.enc.error(&mut out.buf, &storage_error(&e));
+                            return;
+                        }
+                    }
+                }
+                self.enc.int(&mut out.buf, n);
+            }
+            _ => self.enc.int(&mut out.buf, db.len() as i64),
+        }
+    }
+
+    fn scan(&mut self, args: &[Bytes], out: &mut Out) {
+        if args.len() < 2 || !args.len().is_multiple_of(2) {
+            self.err(out, &wrong_arity("scan"));
+            return;
+        }
+        let after = match &args[1][..] {
+            b"0" => None,
+            c => match c.strip_prefix(b"k").and_then(unhex) {
+                Some(k) => Some(k),
+                None => {
+                    self.err(out, "ERR invalid cursor");
+                    return;
+                }
+            },
+        };
+        let mut pattern: Option<&[u8]> = None;
+        let mut count = 10usize;
+        for opt in args[2..].chunks(2) {
+            match upper(&opt[0]).as_str() {
+                "MATCH" => pattern = Some(&opt[1]),
+                "COUNT" => match parse_i64(&opt[1]) {
+                    Some(n) if n >= 1 => count = (n as usize).min(100_000),
+                    _ => {
+                        self.err(out, "ERR value is not an integer or out of range");
+                        return;
+                    }
+                },
+                "TYPE" => {}
+                _ => {
+                    self.err(out, "ERR syntax error");
+                    return;
+                }
+            }
+        }
+        let lower = match &after {
+            Some(k) => Bound::Excluded(k.as_slice()),
+            None => Bound::Unbounded,
+        };
+        let snap = self.db().read();
+        let it = match snap.range::<(Bound<&[u8]>, Bound<&[u8]>)>((lower, Bound::Unbounded)) {
+            Ok(it) => it,
+            Err(e) => {
+                drop(snap);
+                self.err(out, &storage_error(&e));
+                return;
+            }
+        };
+        let mut keys = Vec::new();
+        let mut last: Option<Vec<u8>> = None;
+        let mut done = true;
+        for (examined, e) in it.enumerate() {
+            if examined == count {
+                done = false;
+                break;
+            }
+            let (k, _) = match e {
+                Ok(e) => e,
+                Err(e) => {
+                    self.enc.error(&mut out.buf, &storage_error(&e));
+                    return;
+                }
+            };
+            if pattern.is_none_or(|p| glob::matches(p, &k)) {
+                keys.push(k.to_vec());
+            }
+            last = Some(k.into_owned());
+        }
+        drop(snap);
+        let cursor = match (done, last) {
+            (false, Some(k)) => format!("k{}", hex(&k)),
+            _ => "0".to_string(),
+        };
+        self.enc.array(&mut out.buf, 2);
+        self.enc.bulk(&mut out.buf, cursor.as_bytes());
+        self.enc.array(&mut out.buf, keys.len());
+        for k in &keys {
+            self.enc.bulk(&mut out.buf, k);
+        }
+    }
+
+    fn range(&mut self, args: &[Bytes], out: &mut Out) {
+        if args.len() != 3 && args.len() != 5 {
+            self.err(out, &wrong_arity("range"));
+            return;
+        }
+        let mut limit = usize::MAX;
+        if args.len() == 5 {
+            if upper(&args[3]) != "LIMIT" {
+                self.err(out, "ERR syntax error");
+                return;
+            }
+            match parse_i64(&args[4]) {
+                Some(n) if n >= 0 => limit = n as usize,
+                _ => {
+                    self.err(out, "ERR value is not an integer or out of range");
+                    return;
+                }
+            }
+        }
+        let lo: Bound<&[u8]> = if &args[1][..] == b"-" {
+            Bound::Unbounded
+        } else {
+            Bound::Included(&args[1])
+        };
+        let hi: Bound<&[u8]> = if &args[2][..] == b"+" {
+            Bound::Unbounded
+        } else {
+            Bound::Excluded(&args[2])
+        };
+        if let (Bound::Included(a), Bound::Excluded(b)) = (lo, hi) {
+            if a >= b {
+                self.enc.array(&mut out.buf, 0);
+                return;
+            }
+        }
+        let mut tmp = BytesMut::new();
+        let mut n = 0;
+        for e in self.db().range((lo, hi)).take(limit) {
+            match e {
+                Ok((k, v)) => {
+                    self.enc.bulk(&mut tmp, &k);
+                    self.enc.bulk(&mut tmp, &v);
+                    n += 2;
+                }
+                Err(e) => {
+                    self.err(out, &storage_error(&e));
+                    return;
+                }
+            }
+        }
+        self.enc.array(&mut out.buf, n);
+        out.buf.extend_from_slice(&tmp);
+    }
+
+    fn auth(&mut self, args: &[Bytes], out: &mut Out) {
+        let pass = match args.len() {
+            1 => &args[0],
+            2 if &args[0][..] == b"default" => &args[1],
+            2 => {
+                self.err(
+                    out,
+                    "WRONGPASS invalid username-password pair or user is disabled.",
+                );
+                return;
+            }
+            _ => {
+                self.err(out, &wrong_arity("auth"));
+                return;
+            }
+        };
+        match &self.shared.settings.read().requirepass {
+            None => self.err(out, "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"),
+            Some(p) if p.as_bytes() == &pass[..] => {
+                self.authed = true;
+                self.enc.simple(&mut out.buf, "OK");
+            }
+            Some(_) => self.err(out, "WRONGPASS invalid username-password pair or user is disabled."),
+        }
+    }
+
+    fn hello(&mut self, args: &[Bytes], out: &mut Out) {
+        let mut proto = if self.enc.resp3 { 3 } else { 2 };
+        let mut i = 1;
+        if let Some(v) = args.get(1) {
+            match parse_i64(v) {
+                Some(2) => proto = 2,
+                Some(3) => proto = 3,
+                _ => {
+                    self.err(out, "NOPROTO unsupported protocol version");
+                    return;
+                }
+            }
+            i = 2;
+        }
+        while i < args.len() {
+            match upper(&args[i]).as_str() {
+                "AUTH" if i + 2 < args.len() => {
+                    let mut tmp = Out::default();
+                    self.auth(&args[i + 1..i + 3], &mut tmp);
+                    if !self.authed {
+                        out.buf.extend_from_slice(&tmp.buf);
+                        return;
+                    }
+                    i += 3;
+                }
+                "SETNAME" if i + 1 < args.len() => {
+                    self.name = Some(args[i + 1].clone());
+                    i += 2;
+                }
+                _ => {
+                    self.err(out, "ERR syntax error in HELLO");
+                    return;
+                }
+            }
+        }
+        if !self.authed {
+            self.err(out, "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+            return;
+        }
+        self.enc.resp3 = proto == 3;
+        let enc = self.enc;
+        let b = &mut out.buf;
+        enc.map(b, 7);
+        enc.bulk(b, b"server");
+        enc.bulk(b, b"replidb");
+        enc.bulk(b, b"version");
+        enc.bulk(b, env!("CARGO_PKG_VERSION").as_bytes());
+        enc.bulk(b, b"proto");
+        enc.int(b, proto);
+        enc.bulk(b, b"id");
+        enc.int(b, self.id as i64);
+        enc.bulk(b, b"mode");
+        enc.bulk(b, b"standalone");
+        enc.bulk(b, b"role");
+        enc.bulk(b, b"master");
+        enc.bulk(b, b"modules");
+        enc.array(b, 0);
+    }
+
+    fn client(&mut self, args: &[Bytes], out: &mut Out) {
+        let sub = args.get(1).map(|s| upper(s)).unwrap_or_default();
+        match (sub.as_str(), args.len()) {
+            ("SETNAME", 3) => {
+                if args[2].iter().any(|&c| c == b' ' || c == b'\n') {
+                    self.err(out, "ERR Client names cannot contain spaces, newlines or special characters.");
+                } else {
+                    self.name = Some(args[2].clone());
+                    self.enc.simple(&mut out.buf, "OK");
+                }
+            }
+            ("GETNAME", 2) => {
+                let n = self.name.clone();
+                self.enc.opt_bulk(&mut out.buf, n.as_deref());
+            }
+            ("ID", 2) => self.enc.int(&mut out.buf, self.id as i64),
+            // Client libraries announce themselves (redis-py, go-redis); nothing to do.
+            ("SETINFO", 4) => self.enc.simple(&mut out.buf, "OK"),
+            _ => self.err(out, "ERR unknown subcommand or wrong number of arguments for 'client'. Try CLIENT SETNAME, GETNAME, ID, SETINFO."),
+        }
+    }
+
+    fn command(&mut self, args: &[Bytes], out: &mut Out) {
+        match args.get(1).map(|s| upper(s)).as_deref() {
+            Some("COUNT") => self.enc.int(&mut out.buf, COMMANDS.len() as i64),
+            Some("DOCS") => self.enc.map(&mut out.buf, 0),
+            None => {
+                // Name, arity, flags, first key, last key, step: enough for clients that look.
+                self.enc.array(&mut out.buf, COMMANDS.len());
+                for (name, arity) in COMMANDS {
+                    self.enc.array(&mut out.buf, 6);
+                    self.enc
+                        .bulk(&mut out.buf, name.to_ascii_lowercase().as_bytes());
+                    self.enc.int(&mut out.buf, *arity);
+                    self.enc.array(&mut out.buf, 0);
+                    self.enc.int(&mut out.buf, 0);
+                    self.enc.int(&mut out.buf, 0);
+                    self.enc.int(&mut out.buf, 0);
+                }
+            }
+            Some(_) => self.enc.array(&mut out.buf, 0),
+        }
+    }
+
+    pub fn set_requirepass(&mut self) {
+        // The connection that changed the password stays authenticated.
+        self.authed = true;
+    }
+}
+
+/// Command names and Redis-style arity (negative: at least that many).
+pub const COMMANDS: &[(&str, i64)] = &[
+    ("GET", 2),
+    ("SET", -3),
+    ("DEL", -2),
+    ("EXISTS", -2),
+    ("MGET", -2),
+    ("MSET", -3),
+    ("INCR", 2),
+    ("INCRBY", 3),
+    ("DECR", 2),
+    ("DECRBY", 3),
+    ("DBSIZE", 1),
+    ("SCAN", -2),
+    ("RANGE", -3),
+    ("MULTI", 1),
+    ("EXEC", 1),
+    ("DISCARD", 1),
+    ("PING", -1),
+    ("ECHO", 2),
+    ("HELLO", -1),
+    ("AUTH", -2),
+    ("CLIENT", -2),
+    ("SELECT", 2),
+    ("COMMAND", -1),
+    ("INFO", -1),
+    ("CONFIG", -2),
+    ("CHECKPOINT", 1),
+    ("DURABILITY", -1),
+    ("LSN", 1),
+    ("ROLE", 1),
+    ("QUIT", 1),
+    ("SHUTDOWN", -1),
+];
+
+fn arity_error(name: &str, argc: usize) -> Option<String> {
+    let (_, arity) = COMMANDS.iter().find(|(n, _)| *n == name)?;
+    let ok = if *arity >= 0 {
+        argc as i64 == *arity
+    } else {
+        argc as i64 >= -arity
+    };
+    let extra = match name {
+        "MSET" => argc.is_multiple_of(2),
+        _ => false,
+    };
+    if !ok || extra {
+        Some(wrong_arity(&name.to_ascii_lowercase()))
+    } else {
+        None
+    }
+}
+
+fn wrong_arity(name: &str) -> String {
+    format!("ERR wrong number of arguments for '{name}' command")
+}
+
+/// Key and value limits of a data command, checked before anything runs.
+fn size_error(args: &[Bytes]) -> Option<String> {
+    let name = upper(&args[0]);
+    let (keys, values): (Vec<&Bytes>, Vec<&Bytes>) = match name.as_str() {
+        "SET" => (vec![&args[1]], vec![&args[2]]),
+        "MSET" => (
+            args[1..].iter().step_by(2).collect(),
+            args[2..].iter().step_by(2).collect(),
+        ),
+        _ => (args[1..].iter().collect(), Vec::new()),
+    };
+    if let Some(k) = keys.iter().find(|k| k.len() > MAX_KEY) {
+        return Some(format!(
+            "ERR key too large ({} bytes; the limit is {MAX_KEY})",
+            k.len()
+        ));
+    }
+    if let Some(v) = values.iter().find(|v| v.len() > MAX_VALUE) {
+        return Some(format!(
+            "ERR value too large ({} bytes; the limit is {MAX_VALUE})",
+            v.len()
+        ));
+    }
+    None
+}
+
+/// One data command against a write transaction. Command errors are replies (the rest of an
+/// EXEC still runs, as in Redis); only engine errors abort the transaction.
+fn run_in_tx(tx: &mut WriteTxn<'_>, args: &[Bytes]) -> storage::Result<Reply> {
+    let name = upper(&args[0]);
+    Ok(match name.as_str() {
+        "GET" => tx.get(&args[1])?.map_or(Reply::Null, Reply::Bulk),
+        "MGET" => {
+            let mut v = Vec::with_capacity(args.len() - 1);
+            for k in &args[1..] {
+                v.push(tx.get(k)?.map_or(Reply::Null, Reply::Bulk));
+            }
+            Reply::Array(v)
+        }
+        "EXISTS" => {
+            let mut n = 0;
+            for k in &args[1..] {
+                n += i64::from(tx.get(k)?.is_some());
+            }
+            Reply::Int(n)
+        }
+        "DBSIZE" => Reply::Int(tx.len() as i64),
+        "PING" => match args.get(1) {
+            Some(m) => Reply::Bulk(m.to_vec()),
+            None => Reply::Bulk(b"PONG".to_vec()),
+        },
+        "ECHO" => Reply::Bulk(args[1].to_vec()),
+        "SET" => {
+            let (mut nx, mut xx) = (false, false);
+            for opt in &args[3..] {
+                match upper(opt).as_str() {
+                    "NX" => nx = true,
+                    "XX" => xx = true,
+                    "EX" | "PX" | "EXAT" | "PXAT" | "KEEPTTL" | "GET" => {
+                        return Ok(Reply::Error(format!(
+                            "ERR SET option {} is not supported by replidb (no expiry)",
+                            upper(opt)
+                        )))
+                    }
+                    _ => return Ok(Reply::Error("ERR syntax error".into())),
+                }
+            }
+            if nx && xx {
+                return Ok(Reply::Error("ERR syntax error".into()));
+            }
+            if nx || xx {
+                let exists = tx.get(&args[1])?.is_some();
+                if (nx && exists) || (xx && !exists) {
+                    return Ok(Reply::Null);
+                }
+            }
+            tx.put(&args[1], &args[2])?;
+            Reply::Ok
+        }
+        "MSET" => {
+            for kv in args[1..].chunks(2) {
+                tx.put(&kv[0], &kv[1])?;
+            }
+            Reply::Ok
+        }
+        "DEL" => {
+            let mut n = 0;
+            for k in &args[1..] {
+                n += i64::from(tx.delete(k)?);
+            }
+            Reply::Int(n)
+        }
+        "INCR" | "DECR" | "INCRBY" | "DECRBY" => {
+            let by = match name.as_str() {
+                "INCR" => 1,
+                "DECR" => -1,
+                _ => match parse_i64(&args[2]) {
+                    Some(n) if name == "INCRBY" => n,
+                    Some(n) => match n.checked_neg() {
+                        Some(n) => n,
+                        None => return Ok(Reply::Error("ERR decrement would overflow".into())),
+                    },
+                    None => {
+                        return Ok(Reply::Error(
+                            "ERR value is not an integer or out of range".into(),
+                        ))
+                    }
+                },
+            };
+            let cur = match tx.get(&args[1])? {
+                None => 0,
+                Some(v) => match parse_i64(&v) {
+                    Some(n) => n,
+                    None => {
+                        return Ok(Reply::Error(
+                            "ERR value is not an integer or out of range".into(),
+                        ))
+                    }
+                },
+            };
+            match cur.checked_add(by) {
+                Some(n) => {
+                    tx.put(&args[1], n.to_string().as_bytes())?;
+                    Reply::Int(n)
+                }
+                None => Reply::Error("ERR increment or decrement would overflow".into()),
+            }
+        }
+        other => Reply::Error(format!(
+            "ERR command '{}' cannot run here",
+            other.to_ascii_lowercase()
+        )),
+    })
+}
+
+/// ASCII upper-case of a command word (lossy for non-UTF-8, which matches nothing anyway).
+pub fn upper(b: &[u8]) -> String {
+    let mut s = String::with_capacity(b.len());
+    for &c in b.iter().take(64) {
+        s.push(char::from(c.to_ascii_uppercase()));
+    }
+    s
+}
+
+/// Strict decimal i64, as Redis parses numbers: no spaces, no plus sign, no leading zeros.
+pub fn parse_i64(b: &[u8]) -> Option<i64> {
+    if b.is_empty()
+        || b.len() > 20
+        || b[0] == b'+'
+        || (b.len() > 1 && b[0] == b'0')
+        || b.starts_with(b"-0")
+    {
+        return None;
+    }
+    std::str::from_utf8(b).ok()?.parse().ok()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn unhex(s: &[u8]) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) || s.len() > 2 * MAX_KEY {
+        return None;
+    }
+    s.chunks(2)
+        .map(|p| u8::from_str_radix(std::str::from_utf8(p).ok()?, 16).ok())
+        .collect()
+}
+
+fn preview(args: &[Bytes]) -> String {
+    args.iter()
+        .take(3)
+        .map(|a| format!("'{}'", String::from_utf8_lossy(&a[..a.len().min(32)])))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_parse_like_redis() {
+        assert_eq!(parse_i64(b"42"), Some(42));
+        assert_eq!(parse_i64(b"-7"), Some(-7));
+        assert_eq!(parse_i64(b"0"), Some(0));
+        for bad in [
+            &b""[..],
+            b"+1",
+            b"01",
+            b"-0",
+            b" 1",
+            b"1.5",
+            b"99999999999999999999",
+            b"abc",
+        ] {
+            assert_eq!(parse_i64(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn scan_cursors_round_trip() {
+        for k in [&b""[..], b"a", b"\x00\xff"] {
+            assert_eq!(unhex(hex(k).as_bytes()).as_deref(), Some(k));
+        }
+        assert_eq!(unhex(b"zz"), None);
+        assert_eq!(unhex(b"abc"), None);
+    }
+}

@@ -1,0 +1,118 @@
+//! Starting real `replidb` processes for tests, and talking to them.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A `replidb serve` child process on a free port.
+pub struct Node {
+    pub child: Child,
+    pub port: u16,
+    pub dir: PathBuf,
+    log: mpsc::Receiver<String>,
+}
+
+impl Node {
+    /// Starts `replidb serve --dir DIR --port 0 EXTRA...` and waits until it listens.
+    pub fn start(dir: &Path, extra: &[&str]) -> Node {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_replidb"))
+            .args(["serve", "--dir"])
+            .arg(dir)
+            .args(["--port", "0"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn replidb");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // The server logs its bound address once it accepts connections.
+        let port = loop {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(line) => {
+                    if let Some(i) = line.find("addr=") {
+                        let addr: String = line[i + 5..]
+                            .chars()
+                            .take_while(|c| !c.is_whitespace())
+                            .collect();
+                        if line.contains("ready to accept connections") {
+                            break addr
+                                .rsplit(':')
+                                .next()
+                                .and_then(|p| p.parse().ok())
+                                .expect("port in the log");
+                        }
+                    }
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    panic!("replidb did not become ready: {e}");
+                }
+            }
+        };
+        Node {
+            child,
+            port,
+            dir: dir.to_path_buf(),
+            log: rx,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn client(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    /// Log lines printed so far (drains them).
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log.try_iter().collect()
+    }
+
+    /// Waits for the process to exit on its own (after SHUTDOWN or a signal).
+    pub fn wait_exit(mut self) -> ExitStatus {
+        for _ in 0..600 {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        panic!("replidb did not exit within 30 s");
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

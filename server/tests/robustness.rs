@@ -1,0 +1,191 @@
+//! Garbage on the socket, absurd frames, restarts, clean shutdown, and the Redis tools.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use common::Node;
+use rand::{Rng, SeedableRng};
+use redis::cmd;
+
+fn raw(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// Reads until the server closes the connection or the reply contains `want`.
+fn read_reply(s: &mut TcpStream, want: &str) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                if String::from_utf8_lossy(&got).contains(want) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
+
+#[test]
+fn garbage_and_absurd_frames_do_not_hurt_other_clients() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let mut good = node.client();
+    let _: () = cmd("SET").arg("keep").arg("me").query(&mut good).unwrap();
+
+    for frame in [
+        &b"*99999999999\r\n"[..],
+        b"*2\r\n$99999999999\r\nxx\r\n",
+        b"*1\r\n$-7\r\n",
+        b"*1\r\n:12\r\n",
+        b"*abc\r\n",
+        b"*1\r\n$3\r\nGETXX\r\n",
+    ] {
+        let mut s = raw(node.port);
+        s.write_all(frame).unwrap();
+        let reply = read_reply(&mut s, "\r\n");
+        assert!(
+            reply.starts_with("-ERR Protocol error"),
+            "{:?} -> {reply:?}",
+            String::from_utf8_lossy(frame)
+        );
+    }
+    // Random bytes from many connections.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+    for _ in 0..50 {
+        let mut s = raw(node.port);
+        let n = rng.gen_range(1..4096);
+        let bytes: Vec<u8> = (0..n).map(|_| rng.gen()).collect();
+        let _ = s.write_all(&bytes);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let _ = read_reply(&mut s, "\u{0}never");
+    }
+    // A huge inline line without newline.
+    let mut s = raw(node.port);
+    let _ = s.write_all(&vec![b'A'; 70 * 1024]);
+    assert!(read_reply(&mut s, "\r\n").contains("too big inline request"));
+    // Pipelining still works and the other client never noticed.
+    let mut s = raw(node.port);
+    s.write_all(b"*1\r\n$4\r\nPING\r\nPING\r\n*2\r\n$3\r\nGET\r\n$4\r\nkeep\r\n")
+        .unwrap();
+    let r = read_reply(&mut s, "me\r\n");
+    assert_eq!(r, "+PONG\r\n+PONG\r\n$2\r\nme\r\n");
+    assert_eq!(
+        cmd("GET").arg("keep").query::<String>(&mut good).unwrap(),
+        "me"
+    );
+}
+
+#[test]
+fn restart_keeps_data_and_shutdown_is_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let mut c = node.client();
+    for i in 0..1000 {
+        let _: () = cmd("SET")
+            .arg(format!("k{i}"))
+            .arg(format!("v{i}"))
+            .query(&mut c)
+            .unwrap();
+    }
+    // SHUTDOWN: the connection closes without a reply, the process exits 0.
+    let _ = cmd("SHUTDOWN").query::<redis::Value>(&mut c);
+    let status = node.wait_exit();
+    assert!(status.success(), "{status:?}");
+    let node = Node::start(dir.path(), &[]);
+    let mut c = node.client();
+    assert_eq!(cmd("DBSIZE").query::<i64>(&mut c).unwrap(), 1000);
+    assert_eq!(
+        cmd("GET").arg("k999").query::<String>(&mut c).unwrap(),
+        "v999"
+    );
+    // SIGTERM is a clean shutdown too; SIGKILL loses nothing acknowledged.
+    let _: () = cmd("SET")
+        .arg("after")
+        .arg("restart")
+        .query(&mut c)
+        .unwrap();
+    node.signal("TERM");
+    assert!(node.wait_exit().success());
+    let node = Node::start(dir.path(), &[]);
+    let mut c = node.client();
+    let _: () = cmd("SET").arg("before").arg("kill").query(&mut c).unwrap();
+    node.kill();
+    let node = Node::start(dir.path(), &[]);
+    let mut c = node.client();
+    assert_eq!(
+        cmd("GET").arg("after").query::<String>(&mut c).unwrap(),
+        "restart"
+    );
+    assert_eq!(
+        cmd("GET").arg("before").query::<String>(&mut c).unwrap(),
+        "kill"
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_replidb"))
+        .args(["check", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "check refuses a directory in use");
+}
+
+/// redis-cli and redis-benchmark (Debian's redis-tools; CI installs it) against the server.
+#[test]
+fn redis_cli_and_redis_benchmark_work() {
+    for tool in ["redis-cli", "redis-benchmark"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .unwrap();
+        assert!(
+            found.status.success(),
+            "{tool} is not installed (apt-get install redis-tools)"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let port = node.port.to_string();
+    let cli = |args: &[&str]| {
+        let out = Command::new("redis-cli")
+            .args(["-p", &port])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "redis-cli {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(cli(&["PING"]), "PONG");
+    assert_eq!(cli(&["SET", "tool", "works"]), "OK");
+    assert_eq!(cli(&["GET", "tool"]), "works");
+    assert_eq!(cli(&["INCR", "c"]), "1");
+    assert!(cli(&["INFO", "keyspace"]).contains("db0:keys=2"));
+    assert!(cli(&["NOPE"]).contains("unknown command"));
+    let out = Command::new("redis-benchmark")
+        .args([
+            "-p", &port, "-t", "set,get", "-n", "50000", "-c", "50", "-q",
+        ])
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "redis-benchmark failed: {text}");
+    assert!(text.contains("SET:") && text.contains("GET:"), "{text}");
+    assert!(!text.to_lowercase().contains("error"), "{text}");
+    let mut c = node.client();
+    let n: i64 = cmd("DBSIZE").query(&mut c).unwrap();
+    assert!(n >= 3, "redis-benchmark wrote its keys ({n})");
+}
