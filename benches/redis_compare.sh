@@ -31,9 +31,10 @@ start_redis() {
 stop() { kill "$(cat "$1")"; wait "$(cat "$1")" 2>/dev/null || true; }
 
 # One redis-benchmark run; prints "rps p50_ms" for the test named $2.
+# CSV columns: "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms",...
 run() { # port test clients pipeline
     redis-benchmark -p "$1" -t "$2" -n "$n" -c "$3" -P "$4" -r 100000 -d 100 --csv 2>/dev/null |
-        awk -F'","' -v t="$(echo "$2" | tr a-z A-Z)" 'index($1, "\""t"\"")==1 { gsub(/"/, "", $2); gsub(/"/, "", $4); print $2, $4 }'
+        tr -d '"' | awk -F, -v t="$(echo "$2" | tr a-z A-Z)" '$1 == t { print $2, $5 }'
 }
 
 printf '%-8s %-6s %-4s %-3s %12s %9s\n' system test c P rps p50_ms
@@ -52,10 +53,17 @@ for round in $(seq "$rounds"); do
 done
 echo
 echo "medians over $rounds rounds (requests: $n, values: 100 bytes, keyspace 100k)"
-for spec in "set 50 1" "get 50 1" "get 50 16" "set 1 1"; do
-    set -- $spec
-    for sys in replidb redis; do
-        awk -v s=$sys -v t=$1 -v c=$2 -v p=$3 '$1==s && $2==t && $3==c && $4==p {print $5, $6}' "$work/results" |
-            sort -n | awk -v s=$sys -v t=$1 -v c=$2 -v p=$3 '{r[NR]=$1; l[NR]=$2} END {m=int((NR+1)/2); asort(l); printf "%-8s %-4s c=%-3s P=%-3s rps %10.0f  p50 %s ms\n", s, t, c, p, r[m], l[m]}'
-    done
-done
+python3 - "$work/results" <<'PY'
+import sys, statistics
+rows = [l.split() for l in open(sys.argv[1]) if len(l.split()) == 6]
+specs = [("set", "50", "1"), ("get", "50", "1"), ("get", "50", "16"), ("set", "1", "1")]
+for t, c, p in specs:
+    med = {}
+    for sysname in ("replidb", "redis"):
+        rs = [(float(r[4]), float(r[5])) for r in rows if r[0] == sysname and r[1:4] == [t, c, p]]
+        if rs:
+            med[sysname] = (statistics.median(x for x, _ in rs), statistics.median(y for _, y in rs))
+    if len(med) == 2:
+        (ra, la), (rb, lb) = med["replidb"], med["redis"]
+        print(f"{t.upper():<4} -c {c:<3} -P {p:<3}  replidb {ra:>9.0f} rps p50 {la:.3f} ms | redis {rb:>9.0f} rps p50 {lb:.3f} ms | rps ratio {ra/rb:.2f}x, p50 ratio {la/lb:.2f}x")
+PY

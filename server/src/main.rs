@@ -87,8 +87,7 @@ fn main() -> Result<()> {
 }
 
 fn serve(config: Config, banner: Option<String>) -> Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let rt = runtime_builder()
         .enable_all()
         .build()
         .context("starting the runtime")?;
@@ -115,6 +114,22 @@ fn serve(config: Config, banner: Option<String>) -> Result<()> {
         });
         server.run().await
     })
+}
+
+/// The runtime: two worker threads (one per core here), or `REPLIDB_THREADS=N`. (One
+/// event-loop thread, Redis's model, measured far slower for concurrent durable writes:
+/// 6.3k against 39k SET/s with 50 clients.)
+fn runtime_builder() -> tokio::runtime::Builder {
+    let n = std::env::var("REPLIDB_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(2);
+    if n <= 1 {
+        return tokio::runtime::Builder::new_current_thread();
+    }
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    b.worker_threads(n);
+    b
 }
 
 fn open_existing(dir: &PathBuf) -> Result<Db> {

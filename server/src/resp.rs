@@ -189,14 +189,14 @@ impl Encoder {
 
     pub fn int(&self, out: &mut BytesMut, n: i64) {
         out.put_u8(b':');
-        out.put_slice(itoa(n).as_bytes());
+        out.put_slice(itoa::Buffer::new().format(n).as_bytes());
         out.put_slice(b"\r\n");
     }
 
     pub fn bulk(&self, out: &mut BytesMut, b: &[u8]) {
         out.reserve(b.len() + 16);
         out.put_u8(b'$');
-        out.put_slice(itoa(b.len() as i64).as_bytes());
+        out.put_slice(itoa::Buffer::new().format(b.len()).as_bytes());
         out.put_slice(b"\r\n");
         out.put_slice(b);
         out.put_slice(b"\r\n");
@@ -212,7 +212,7 @@ impl Encoder {
 
     pub fn array(&self, out: &mut BytesMut, n: usize) {
         out.put_u8(b'*');
-        out.put_slice(itoa(n as i64).as_bytes());
+        out.put_slice(itoa::Buffer::new().format(n).as_bytes());
         out.put_slice(b"\r\n");
     }
 
@@ -220,7 +220,7 @@ impl Encoder {
     pub fn map(&self, out: &mut BytesMut, n: usize) {
         if self.resp3 {
             out.put_u8(b'%');
-            out.put_slice(itoa(n as i64).as_bytes());
+            out.put_slice(itoa::Buffer::new().format(n).as_bytes());
             out.put_slice(b"\r\n");
         } else {
             self.array(out, 2 * n);
@@ -233,10 +233,6 @@ impl Encoder {
             None => self.null(out),
         }
     }
-}
-
-fn itoa(n: i64) -> String {
-    n.to_string()
 }
 
 /// Fuzz entry point (`resp_decode`, and the corpus replay test): parses requests one after

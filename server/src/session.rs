@@ -140,25 +140,25 @@ impl Session {
             return After::Continue;
         }
         self.shared.stats.commands.fetch_add(1, Ordering::Relaxed);
-        let name = upper(&args[0]);
+        let name = command_name(&args[0]).unwrap_or("");
         let argc = args.len();
-        if !self.authed && !matches!(name.as_str(), "AUTH" | "HELLO" | "QUIT") {
+        if !self.authed && !matches!(name, "AUTH" | "HELLO" | "QUIT") {
             self.err(out, "NOAUTH Authentication required.");
             return After::Continue;
         }
-        if self.multi.is_some() && !matches!(name.as_str(), "EXEC" | "DISCARD" | "MULTI" | "QUIT") {
+        if self.multi.is_some() && !matches!(name, "EXEC" | "DISCARD" | "MULTI" | "QUIT") {
             return self.queue(name, args, out);
         }
-        match name.as_str() {
+        match name {
             "GET" | "MGET" | "EXISTS" | "DBSIZE" => {
-                if let Some(msg) = arity_error(&name, argc).or_else(|| size_error(&args)) {
+                if let Some(msg) = arity_error(name, argc).or_else(|| size_error(name, &args)) {
                     self.err(out, &msg);
                 } else {
-                    self.read_command(&name, &args, out);
+                    self.read_command(name, &args, out);
                 }
             }
             "SET" | "DEL" | "MSET" | "INCR" | "INCRBY" | "DECR" | "DECRBY" => {
-                if let Some(msg) = arity_error(&name, argc) {
+                if let Some(msg) = arity_error(name, argc) {
                     self.err(out, &msg);
                 } else {
                     self.write_commands(vec![args], out, false);
@@ -215,8 +215,9 @@ impl Session {
             }
             "CONFIG" => crate::info::config(self, &args, out),
             "CHECKPOINT" => {
-                let db = self.shared.db.clone();
-                match tokio::task::block_in_place(move || db.checkpoint()) {
+                // Runs inline, like Redis's SAVE: an operator's command, rare, and bounded by
+                // the checkpoint distance.
+                match self.shared.db.checkpoint() {
                     Ok(()) => self.enc.simple(&mut out.buf, "OK"),
                     Err(e) => self.err(out, &storage_error(&e)),
                 }
@@ -252,17 +253,19 @@ impl Session {
         After::Continue
     }
 
-    fn queue(&mut self, name: String, args: Vec<Bytes>, out: &mut Out) -> After {
-        if !TX_COMMANDS.contains(&name.as_str()) {
+    fn queue(&mut self, name: &str, args: Vec<Bytes>, out: &mut Out) -> After {
+        if !TX_COMMANDS.contains(&name) {
             self.multi_error = true;
+            let shown = if name.is_empty() {
+                String::from_utf8_lossy(&args[0]).chars().take(64).collect()
+            } else {
+                name.to_ascii_lowercase()
+            };
             self.err(
                 out,
-                &format!(
-                    "ERR command '{}' is not allowed inside MULTI",
-                    name.to_ascii_lowercase()
-                ),
+                &format!("ERR command '{shown}' is not allowed inside MULTI"),
             );
-        } else if let Some(msg) = arity_error(&name, args.len()) {
+        } else if let Some(msg) = arity_error(name, args.len()) {
             self.multi_error = true;
             self.err(out, &msg);
         } else {
@@ -293,7 +296,7 @@ impl Session {
     fn write_commands(&mut self, cmds: Vec<Vec<Bytes>>, out: &mut Out, as_array: bool) {
         // Limits are checked before the transaction so the error names the command's input.
         for c in &cmds {
-            if let Some(msg) = size_error(c) {
+            if let Some(msg) = size_error(command_name(&c[0]).unwrap_or(""), c) {
                 if as_array {
                     self.err(out, &format!("EXECABORT {msg}"));
                 } else {
@@ -303,13 +306,21 @@ impl Session {
             }
         }
         let since = Instant::now();
-        let r = self.shared.db.update(Durability::Off, |tx| {
+        let level = self.level();
+        let f = |tx: &mut WriteTxn<'_>| {
             let mut replies = Vec::with_capacity(cmds.len());
             for c in &cmds {
                 replies.push(run_in_tx(tx, c)?);
             }
             Ok(replies)
-        });
+        };
+        // At `off` the background flusher writes the commit; otherwise this connection waits
+        // for it (after its whole pipeline ran) and may lead the flush itself.
+        let r = if level == Level::Off {
+            self.shared.db.update(Durability::Off, f)
+        } else {
+            self.shared.db.update_deferred(f)
+        };
         match r {
             Ok((replies, lsn)) => {
                 let start = out.buf.len();
@@ -322,7 +333,7 @@ impl Session {
                 }
                 self.last_lsn = lsn;
                 self.shared.stats.commits.fetch_add(1, Ordering::Relaxed);
-                if self.level() != Level::Off {
+                if level != Level::Off {
                     out.pending.push(Pending {
                         start,
                         end: out.buf.len(),
@@ -707,36 +718,45 @@ fn wrong_arity(name: &str) -> String {
 }
 
 /// Key and value limits of a data command, checked before anything runs.
-fn size_error(args: &[Bytes]) -> Option<String> {
-    let name = upper(&args[0]);
-    let (keys, values): (Vec<&Bytes>, Vec<&Bytes>) = match name.as_str() {
-        "SET" => (vec![&args[1]], vec![&args[2]]),
-        "MSET" => (
-            args[1..].iter().step_by(2).collect(),
-            args[2..].iter().step_by(2).collect(),
-        ),
-        _ => (args[1..].iter().collect(), Vec::new()),
-    };
-    if let Some(k) = keys.iter().find(|k| k.len() > MAX_KEY) {
-        return Some(format!(
-            "ERR key too large ({} bytes; the limit is {MAX_KEY})",
-            k.len()
-        ));
-    }
-    if let Some(v) = values.iter().find(|v| v.len() > MAX_VALUE) {
-        return Some(format!(
-            "ERR value too large ({} bytes; the limit is {MAX_VALUE})",
-            v.len()
-        ));
+fn size_error(name: &str, args: &[Bytes]) -> Option<String> {
+    // Which arguments are keys and which values: SET k v [opts], MSET k v k v ..., INCRBY k n;
+    // everything else takes only keys.
+    for (i, a) in args.iter().enumerate().skip(1) {
+        let is_value = match name {
+            "SET" | "INCRBY" | "DECRBY" => i >= 2,
+            "MSET" => i % 2 == 0,
+            "PING" | "ECHO" => true,
+            _ => false,
+        };
+        if !is_value && a.len() > MAX_KEY {
+            return Some(format!(
+                "ERR key too large ({} bytes; the limit is {MAX_KEY})",
+                a.len()
+            ));
+        }
+        if is_value && a.len() > MAX_VALUE {
+            return Some(format!(
+                "ERR value too large ({} bytes; the limit is {MAX_VALUE})",
+                a.len()
+            ));
+        }
     }
     None
+}
+
+/// The canonical name of a known command (case-insensitive), without allocating.
+pub fn command_name(b: &[u8]) -> Option<&'static str> {
+    COMMANDS
+        .iter()
+        .map(|(n, _)| *n)
+        .find(|n| n.len() == b.len() && n.as_bytes().eq_ignore_ascii_case(b))
 }
 
 /// One data command against a write transaction. Command errors are replies (the rest of an
 /// EXEC still runs, as in Redis); only engine errors abort the transaction.
 fn run_in_tx(tx: &mut WriteTxn<'_>, args: &[Bytes]) -> storage::Result<Reply> {
-    let name = upper(&args[0]);
-    Ok(match name.as_str() {
+    let name = command_name(&args[0]).unwrap_or("");
+    Ok(match name {
         "GET" => tx.get(&args[1])?.map_or(Reply::Null, Reply::Bulk),
         "MGET" => {
             let mut v = Vec::with_capacity(args.len() - 1);
@@ -799,7 +819,7 @@ fn run_in_tx(tx: &mut WriteTxn<'_>, args: &[Bytes]) -> storage::Result<Reply> {
             Reply::Int(n)
         }
         "INCR" | "DECR" | "INCRBY" | "DECRBY" => {
-            let by = match name.as_str() {
+            let by = match name {
                 "INCR" => 1,
                 "DECR" => -1,
                 _ => match parse_i64(&args[2]) {

@@ -209,8 +209,10 @@ pub struct Stats {
     pub checkpoints: u64,
     /// WAL write+sync rounds since open; with group commit, fewer than durable commits.
     pub wal_flushes: u64,
-    /// "io_uring" or "pwrite+fdatasync".
+    /// The log's I/O path: "io_uring" or "pwrite+fdatasync".
     pub wal_io: &'static str,
+    /// The checkpoints' I/O path.
+    pub checkpoint_io: &'static str,
 }
 
 /// State of the one writer.
@@ -312,7 +314,7 @@ impl Db {
             options.wal_io,
             options.faults.clone(),
         )?;
-        let backend = walio::backend(options.wal_io, options.faults.clone())?;
+        let backend = walio::checkpoint_backend(options.wal_io, options.faults.clone())?;
         tracing::debug!(
             dir = %dir.display(),
             pages = published.meta.page_count,
@@ -394,6 +396,16 @@ impl Db {
             self.inner.wal.wait_flushed(lsn)?;
         }
         Ok((out, lsn))
+    }
+
+    /// `update` for a caller that will wait for durability itself, later, with
+    /// [`Db::durable`] or [`Db::wait_durable`] (an async server does this to wait without
+    /// blocking). Until someone waits or another flush runs, the commit is only in memory.
+    pub fn update_deferred<T>(
+        &self,
+        f: impl FnOnce(&mut WriteTxn<'_>) -> Result<T>,
+    ) -> Result<(T, Lsn)> {
+        self.inner.update_with(false, f)
     }
 
     /// A future that resolves once everything up to `lsn` is durable. For async callers: apply
@@ -505,6 +517,7 @@ impl Db {
             checkpoints: ck.count,
             wal_flushes: self.inner.wal.flushes(),
             wal_io: self.inner.wal.backend_name(),
+            checkpoint_io: ck.backend.name(),
         }
     }
 
@@ -589,6 +602,16 @@ impl Inner {
         durability: Durability,
         f: impl FnOnce(&mut WriteTxn<'_>) -> Result<T>,
     ) -> Result<(T, Lsn)> {
+        self.update_with(durability == Durability::Off, f)
+    }
+
+    /// `update`, where `background` says whether the background flusher should write the
+    /// commit (nobody will wait for it) or the caller will wait and lead the flush itself.
+    fn update_with<T>(
+        &self,
+        background: bool,
+        f: impl FnOnce(&mut WriteTxn<'_>) -> Result<T>,
+    ) -> Result<(T, Lsn)> {
         let mut w = self.writer.lock();
         if let Some(why) = self.wal.failure() {
             return Err(Error::PreviousIo(why));
@@ -644,9 +667,7 @@ impl Inner {
         lsn += len as u64;
         // A `Local` committer flushes (or joins a flush) itself; `Off` leaves it to the
         // background flusher.
-        let end = self
-            .wal
-            .append(start, scratch, durability == Durability::Off)?;
+        let end = self.wal.append(start, scratch, background)?;
         debug_assert_eq!(end.0, lsn);
         let mut g = RwLockUpgradableReadGuard::upgrade(guard);
         g.install(pages, meta, end);

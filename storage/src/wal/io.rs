@@ -15,11 +15,15 @@ use io_uring::{opcode, squeue, types, IoUring};
 /// Which I/O path the WAL flusher (and checkpoint write-back) uses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum WalIo {
-    /// io_uring if the kernel allows it, else `pwrite` + `fdatasync`. `REPLIDB_WAL_IO=sync`
-    /// or `=uring` in the environment overrides it.
+    /// io_uring if the kernel allows it (else `pwrite` + `fdatasync`), except for a log flush
+    /// round that carries a single commit, which is written with `pwrite` + `fdatasync` on
+    /// the committer's own thread (the ring's kernel worker hand-off costs a lone commit a
+    /// wake-up). `REPLIDB_WAL_IO=sync` or `=uring` in the environment overrides it.
     #[default]
     Auto,
+    /// io_uring for everything (fails to open if the ring cannot be set up).
     Uring,
+    /// `pwrite` + `fdatasync` for everything.
     Sync,
 }
 
@@ -280,29 +284,50 @@ fn finish_writes(writes: &[WriteOp<'_>], res: &[i32]) -> io::Result<bool> {
     Ok(short)
 }
 
-/// Sets up the backend `mode` asks for, logging which one runs and why.
-pub(crate) fn backend(
-    mode: WalIo,
-    faults: Option<Arc<FaultInjector>>,
-) -> io::Result<Box<dyn Backend>> {
-    let mode = match std::env::var("REPLIDB_WAL_IO").as_deref() {
+/// The mode after the `REPLIDB_WAL_IO` override.
+pub(crate) fn effective_mode(mode: WalIo) -> WalIo {
+    match std::env::var("REPLIDB_WAL_IO").as_deref() {
         Ok("sync") => WalIo::Sync,
         Ok("uring") => WalIo::Uring,
         _ => mode,
-    };
-    match mode {
+    }
+}
+
+/// The ring the log's flusher uses, if any: none for `Sync`; for `Auto`, none (with a warning)
+/// if the kernel refuses one; `Uring` fails without one.
+pub(crate) fn ring_for_log(
+    mode: WalIo,
+    faults: Option<Arc<FaultInjector>>,
+) -> io::Result<Option<Box<dyn Backend>>> {
+    match effective_mode(mode) {
         WalIo::Sync => {
             tracing::info!("WAL I/O: pwrite+fdatasync (forced)");
-            Ok(Box::new(SyncBackend { faults }))
+            Ok(None)
         }
-        WalIo::Uring => Ok(Box::new(UringBackend::new(faults)?)),
-        WalIo::Auto => match UringBackend::new(faults.clone()) {
-            Ok(b) => {
-                tracing::debug!("WAL I/O: io_uring");
-                Ok(Box::new(b))
-            }
+        WalIo::Uring => Ok(Some(Box::new(UringBackend::new(faults)?))),
+        WalIo::Auto => match UringBackend::new(faults) {
+            Ok(r) => Ok(Some(Box::new(r))),
             Err(e) => {
                 tracing::warn!(error = %e, "io_uring unavailable; WAL I/O falls back to pwrite+fdatasync");
+                Ok(None)
+            }
+        },
+    }
+}
+
+/// The backend for checkpoint write-back (the log's flusher picks per round; see
+/// `ring_for_log` and `wal::Io`).
+pub(crate) fn checkpoint_backend(
+    mode: WalIo,
+    faults: Option<Arc<FaultInjector>>,
+) -> io::Result<Box<dyn Backend>> {
+    match effective_mode(mode) {
+        WalIo::Sync => Ok(Box::new(SyncBackend { faults })),
+        WalIo::Uring => Ok(Box::new(UringBackend::new(faults)?)),
+        WalIo::Auto => match UringBackend::new(faults.clone()) {
+            Ok(b) => Ok(Box::new(b)),
+            Err(e) => {
+                tracing::warn!(error = %e, "io_uring unavailable; checkpoints fall back to pwrite+fdatasync");
                 Ok(Box::new(SyncBackend { faults }))
             }
         },
