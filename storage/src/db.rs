@@ -249,6 +249,38 @@ struct Inner {
     dir: PathBuf,
     bg: Mutex<BgState>,
     bg_cv: Condvar,
+    /// Batches waiting for the committer that applies them (see `Inner::commit`).
+    queue: Mutex<CommitQueue>,
+}
+
+#[derive(Default)]
+struct CommitQueue {
+    waiting: Vec<(Arc<Slot>, WriteBatch, Durability)>,
+    /// A thread is applying a group right now.
+    combining: bool,
+}
+
+/// Where a queued commit learns its fate.
+#[derive(Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+enum SlotState {
+    #[default]
+    Waiting,
+    /// The owner is to apply the next group.
+    Lead,
+    Done(Result<Lsn>),
+}
+
+impl Slot {
+    fn set(&self, s: SlotState) {
+        *self.state.lock() = s;
+        self.cv.notify_one();
+    }
 }
 
 #[derive(Default)]
@@ -345,6 +377,7 @@ impl Db {
             dir,
             bg: Mutex::new(BgState::default()),
             bg_cv: Condvar::new(),
+            queue: Mutex::new(CommitQueue::default()),
         });
         if replayed {
             // Make the replayed pages durable now, so the next crash does not replay them.
@@ -369,11 +402,11 @@ impl Db {
     /// WAL. With `Durability::Local` the batch is on disk when this returns. An empty batch
     /// changes nothing and returns the last commit's LSN.
     pub fn commit(&self, batch: &WriteBatch, durability: Durability) -> Result<Lsn> {
-        let end = self.inner.commit(batch, durability)?;
-        if durability == Durability::Local {
-            self.inner.wal.wait_flushed(end)?;
+        batch.validate()?;
+        if batch.is_empty() {
+            return Ok(self.last_lsn());
         }
-        Ok(end)
+        self.inner.commit_grouped(batch, durability)
     }
 
     /// Waits until everything up to `lsn` is on disk (for a caller that committed with
@@ -576,22 +609,102 @@ const PAGE_SIZE_HINT: usize = crate::page::PAGE_SIZE;
 
 impl Inner {
     /// Applies a batch, logs it and publishes it; returns its end LSN (not yet durable).
-    fn commit(&self, batch: &WriteBatch, durability: Durability) -> Result<Lsn> {
-        batch.validate()?;
-        let ((), lsn) = self.update(durability, |tx| {
-            for op in &batch.ops {
-                match op {
-                    Op::Put(k, v) => {
-                        tree_write::put(&mut tx.ctx, k, v)?;
-                    }
-                    Op::Delete(k) => {
-                        tree_write::delete(&mut tx.ctx, k)?;
+    /// Commits a batch together with whatever other threads queued meanwhile (flat
+    /// combining): the first committer to find nobody applying becomes the combiner — it
+    /// applies every queued batch in one write transaction, logs and publishes them as one
+    /// group, hands the combiner role on, waits for the flush, and tells each owner. A waiting
+    /// committer thus blocks once and is woken once, instead of queueing on the writer lock
+    /// and then again on the flush. Each batch stays atomic (the group is).
+    fn commit_grouped(&self, batch: &WriteBatch, durability: Durability) -> Result<Lsn> {
+        let slot = Arc::new(Slot::default());
+        let lead = {
+            let mut q = self.queue.lock();
+            q.waiting.push((slot.clone(), batch.clone(), durability));
+            !std::mem::replace(&mut q.combining, true)
+        };
+        if !lead {
+            let mut st = slot.state.lock();
+            loop {
+                match std::mem::take(&mut *st) {
+                    SlotState::Waiting => slot.cv.wait(&mut st),
+                    SlotState::Done(r) => return r,
+                    SlotState::Lead => break,
+                }
+            }
+        }
+        // The combiner: take the group, apply it.
+        let group = std::mem::take(&mut self.queue.lock().waiting);
+        let applied = self.update_with(false, |tx| {
+            for (_, b, _) in &group {
+                for op in &b.ops {
+                    match op {
+                        Op::Put(k, v) => {
+                            tree_write::put(&mut tx.ctx, k, v)?;
+                        }
+                        Op::Delete(k) => {
+                            tree_write::delete(&mut tx.ctx, k)?;
+                        }
                     }
                 }
             }
             Ok(())
-        })?;
-        Ok(lsn)
+        });
+        // Hand the role on before waiting for the flush, so the next group is applied while
+        // this one syncs.
+        {
+            let mut q = self.queue.lock();
+            match q.waiting.first() {
+                Some((next, _, _)) => next.set(SlotState::Lead),
+                None => q.combining = false,
+            }
+        }
+        let results: Vec<Result<Lsn>> = match applied {
+            Ok(((), end)) => {
+                let mut flushed = None;
+                group
+                    .iter()
+                    .map(|(_, _, d)| {
+                        if *d == Durability::Off {
+                            return Ok(end);
+                        }
+                        let r = flushed.get_or_insert_with(|| self.wal.wait_flushed(end).map_err(|e| e.to_string()));
+                        r.clone().map(|()| end).map_err(|why| match self.wal.failure() {
+                            Some(f) => Error::PreviousIo(f),
+                            None => Error::DiskFull(why),
+                        })
+                    })
+                    .collect()
+            }
+            // Something in the group failed (a damaged page, say): nothing of it was applied.
+            // Commit the batches one by one, so each gets its own result.
+            Err(_) => group
+                .iter()
+                .map(|(_, b, d)| {
+                    let (_, end) = self.update(*d, |tx| {
+                        for op in &b.ops {
+                            match op {
+                                Op::Put(k, v) => tree_write::put(&mut tx.ctx, k, v).map(drop)?,
+                                Op::Delete(k) => tree_write::delete(&mut tx.ctx, k).map(drop)?,
+                            }
+                        }
+                        Ok(())
+                    })?;
+                    if *d == Durability::Local {
+                        self.wal.wait_flushed(end)?;
+                    }
+                    Ok(end)
+                })
+                .collect(),
+        };
+        let mut mine = None;
+        for ((s, _, _), r) in group.iter().zip(results) {
+            if Arc::ptr_eq(s, &slot) {
+                mine = Some(r);
+            } else {
+                s.set(SlotState::Done(r));
+            }
+        }
+        mine.expect("the combiner's own batch is in its group")
     }
 
     /// Runs `f` as one write transaction under the writer lock, then logs and publishes what
