@@ -121,7 +121,10 @@ fn replidb_group(threads: usize, per_thread: usize) -> (Histogram<u64>, Duration
 fn replidb_async(tasks: usize, per_task: usize) -> (Histogram<u64>, Duration, u64) {
     let dir = tempfile::tempdir_in(bench_dir()).unwrap();
     let db = Arc::new(storage::Db::open(dir.path(), storage::Options::default()).unwrap());
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .unwrap();
     let next = Arc::new(AtomicU64::new(0));
     let t0 = Instant::now();
     let hs: Vec<Histogram<u64>> = rt.block_on(async {
@@ -134,7 +137,9 @@ fn replidb_async(tasks: usize, per_task: usize) -> (Histogram<u64>, Duration, u6
                     for _ in 0..per_task {
                         let k = next.fetch_add(1, Ordering::Relaxed);
                         let t = Instant::now();
-                        let ((), lsn) = db.update_deferred(|tx| tx.put(&k.to_be_bytes(), &v).map(drop)).unwrap();
+                        let ((), lsn) = db
+                            .update_deferred(|tx| tx.put(&k.to_be_bytes(), &v).map(drop))
+                            .unwrap();
                         tokio::task::yield_now().await;
                         db.durable(lsn).await.unwrap();
                         h.record(t.elapsed().as_micros().max(1) as u64).unwrap();

@@ -51,6 +51,17 @@ impl WriteTxn<'_> {
         tree_write::delete(&mut self.ctx, key)
     }
 
+    /// Applies a batch's operations in order.
+    fn apply(&mut self, batch: &WriteBatch) -> Result<()> {
+        for op in &batch.ops {
+            match op {
+                Op::Put(k, v) => tree_write::put(&mut self.ctx, k, v).map(drop)?,
+                Op::Delete(k) => tree_write::delete(&mut self.ctx, k).map(drop)?,
+            }
+        }
+        Ok(())
+    }
+
     /// Number of keys, including this transaction's own changes.
     pub fn len(&self) -> u64 {
         self.ctx.meta.entries
@@ -636,16 +647,7 @@ impl Inner {
         let group = std::mem::take(&mut self.queue.lock().waiting);
         let applied = self.update_with(false, |tx| {
             for (_, b, _) in &group {
-                for op in &b.ops {
-                    match op {
-                        Op::Put(k, v) => {
-                            tree_write::put(&mut tx.ctx, k, v)?;
-                        }
-                        Op::Delete(k) => {
-                            tree_write::delete(&mut tx.ctx, k)?;
-                        }
-                    }
-                }
+                tx.apply(b)?;
             }
             Ok(())
         });
@@ -667,11 +669,15 @@ impl Inner {
                         if *d == Durability::Off {
                             return Ok(end);
                         }
-                        let r = flushed.get_or_insert_with(|| self.wal.wait_flushed(end).map_err(|e| e.to_string()));
-                        r.clone().map(|()| end).map_err(|why| match self.wal.failure() {
-                            Some(f) => Error::PreviousIo(f),
-                            None => Error::DiskFull(why),
-                        })
+                        let r = flushed.get_or_insert_with(|| {
+                            self.wal.wait_flushed(end).map_err(|e| e.to_string())
+                        });
+                        r.clone()
+                            .map(|()| end)
+                            .map_err(|why| match self.wal.failure() {
+                                Some(f) => Error::PreviousIo(f),
+                                None => Error::DiskFull(why),
+                            })
                     })
                     .collect()
             }
@@ -680,15 +686,7 @@ impl Inner {
             Err(_) => group
                 .iter()
                 .map(|(_, b, d)| {
-                    let (_, end) = self.update(*d, |tx| {
-                        for op in &b.ops {
-                            match op {
-                                Op::Put(k, v) => tree_write::put(&mut tx.ctx, k, v).map(drop)?,
-                                Op::Delete(k) => tree_write::delete(&mut tx.ctx, k).map(drop)?,
-                            }
-                        }
-                        Ok(())
-                    })?;
+                    let (_, end) = self.update(*d, |tx| tx.apply(b))?;
                     if *d == Durability::Local {
                         self.wal.wait_flushed(end)?;
                     }

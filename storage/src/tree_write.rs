@@ -59,6 +59,16 @@ fn shrink_root(ctx: &mut WriteCtx<'_>) -> Result<()> {
     }
 }
 
+fn check_depth(id: PageId, depth: usize) -> Result<()> {
+    if depth > MAX_DEPTH {
+        return Err(Error::corrupt(
+            id,
+            "tree deeper than any valid tree (a cycle?)",
+        ));
+    }
+    Ok(())
+}
+
 fn grow_root(ctx: &mut WriteCtx<'_>, old_root: PageId, up: Cell) -> Result<()> {
     let id = ctx.alloc(PageKind::Branch)?;
     node::rebuild(ctx.page_mut(id)?, PageKind::Branch, id, old_root, &[up]);
@@ -73,12 +83,7 @@ fn put_rec(
     cell: &[u8],
     depth: usize,
 ) -> Result<(Outcome, bool)> {
-    if depth > MAX_DEPTH {
-        return Err(Error::corrupt(
-            id,
-            "tree deeper than any valid tree (a cycle?)",
-        ));
-    }
+    check_depth(id, depth)?;
     let p = ctx.page(id)?;
     match node_kind(p, id)? {
         PageKind::Branch => {
@@ -163,12 +168,7 @@ fn del_rec(
     key: &[u8],
     depth: usize,
 ) -> Result<(Outcome, bool)> {
-    if depth > MAX_DEPTH {
-        return Err(Error::corrupt(
-            id,
-            "tree deeper than any valid tree (a cycle?)",
-        ));
-    }
+    check_depth(id, depth)?;
     let p = ctx.page(id)?;
     match node_kind(p, id)? {
         PageKind::Branch => {
