@@ -16,8 +16,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::Config;
+use crate::reply::Reply;
 use crate::resp::{self, Parsed};
-use crate::session::{After, Out, Session, Settings, Shared, Stats};
+use crate::session::{After, Out, Part, Session, Settings, Shared, Stats, WriteResult};
 
 /// How long shutdown waits for connections to finish their current batch.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -50,6 +51,7 @@ impl Server {
             started: Instant::now(),
             next_client_id: AtomicU64::new(0),
             shutdown: tx,
+            queue: parking_lot::Mutex::new(Vec::new()),
         });
         Ok(Server { shared, listener })
     }
@@ -153,10 +155,9 @@ async fn connection(sh: Arc<Shared>, mut sock: TcpStream) -> Result<()> {
                 }
             }
         }
-        finish_batch(&sh, &mut out).await;
-        if !out.buf.is_empty() {
-            sock.write_all(&out.buf).await?;
-            out.buf.clear();
+        let reply = finish_batch(&sh, &mut session, &mut out).await;
+        if !reply.is_empty() {
+            sock.write_all(&reply).await?;
         }
         if after == After::Close || *stop.borrow() {
             return Ok(());
@@ -175,40 +176,76 @@ async fn connection(sh: Arc<Shared>, mut sock: TcpStream) -> Result<()> {
     }
 }
 
-/// Waits until the batch's writes are as durable as their connection asked; replaces the
-/// success replies of writes that did not get there with the error.
-async fn finish_batch(sh: &Shared, out: &mut Out) {
-    let Some(max) = out.pending.iter().map(|p| p.lsn).max() else {
-        return;
+/// Completes a batch of replies: applies the connection's queued writes (with every other
+/// connection's), waits until they are durable, and encodes their replies — or, for writes
+/// that did not become durable, the error. Returns the bytes to send.
+async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut Out) -> BytesMut {
+    if !out.has_writes() {
+        out.parts.clear();
+        return out.buf.split();
+    }
+    // Let the other ready connections run their pipelines first, so one apply and one flush
+    // carry all their writes (what Redis gets by fsyncing once per event-loop turn). Alone,
+    // this costs one extra poll.
+    tokio::task::yield_now().await;
+    session.apply_own();
+    let results: Vec<Option<WriteResult>> = out
+        .parts
+        .iter()
+        .map(|p| match p {
+            Part::Write(d) => d.slot.lock().take(),
+            Part::Bytes(_) => None,
+        })
+        .collect();
+    let max = results
+        .iter()
+        .flatten()
+        .filter_map(|r| r.as_ref().ok())
+        .map(|(_, lsn)| *lsn)
+        .max();
+    let durable = match max {
+        Some(lsn) => sh
+            .db
+            .durable(lsn)
+            .await
+            .map_err(|e| crate::reply::storage_error(&e)),
+        None => Ok(()),
     };
-    let r = sh.db.durable(max).await;
+    let flushed = sh.db.flush_lsn();
     let now = Instant::now();
-    match r {
-        Ok(()) => {
-            let mut h = sh.stats.commit_latency.lock();
-            for p in &out.pending {
-                let _ = h.record((now - p.since).as_micros().max(1) as u64);
-            }
-        }
-        Err(e) => {
-            let flushed = sh.db.flush_lsn();
-            let msg = crate::reply::storage_error(&e);
-            let mut fixed = BytesMut::with_capacity(out.buf.len());
-            let mut at = 0;
-            for p in &out.pending {
-                fixed.extend_from_slice(&out.buf[at..p.start]);
-                if p.lsn <= flushed {
-                    fixed.extend_from_slice(&out.buf[p.start..p.end]);
-                } else {
-                    fixed.extend_from_slice(b"-");
-                    fixed.extend_from_slice(msg.replace(['\r', '\n'], " ").as_bytes());
-                    fixed.extend_from_slice(b"\r\n");
+    let mut reply = BytesMut::new();
+    for (p, r) in out.parts.drain(..).zip(results) {
+        match p {
+            Part::Bytes(b) => reply.extend_from_slice(&b),
+            Part::Write(d) => match r {
+                Some(Ok((replies, lsn))) if durable.is_ok() || lsn <= flushed => {
+                    if d.as_array {
+                        Reply::Array(replies).encode(&session.enc, &mut reply);
+                    } else {
+                        for r in &replies {
+                            r.encode(&session.enc, &mut reply);
+                        }
+                    }
+                    let _ = sh
+                        .stats
+                        .commit_latency
+                        .lock()
+                        .record((now - d.since).as_micros().max(1) as u64);
                 }
-                at = p.end;
-            }
-            fixed.extend_from_slice(&out.buf[at..]);
-            out.buf = fixed;
+                Some(Ok(_)) => session.enc.error(
+                    &mut reply,
+                    durable
+                        .as_ref()
+                        .err()
+                        .map_or("ERR not durable", |e| e.as_str()),
+                ),
+                Some(Err(msg)) => session.enc.error(&mut reply, &msg),
+                None => session
+                    .enc
+                    .error(&mut reply, "ERR internal: write result missing"),
+            },
         }
     }
-    out.pending.clear();
+    reply.extend_from_slice(&out.buf.split());
+    reply
 }

@@ -61,21 +61,98 @@ pub struct Shared {
     pub started: Instant,
     pub next_client_id: AtomicU64,
     pub shutdown: tokio::sync::watch::Sender<bool>,
+    /// Durable writes of all connections waiting to be applied together.
+    pub queue: Mutex<Vec<Queued>>,
+}
+
+/// What a queued write's owner learns: its replies and the LSN to wait for, or an error line.
+pub type WriteResult = Result<(Vec<Reply>, Lsn), String>;
+
+/// A write waiting in `Shared::queue`.
+pub struct Queued {
+    cmds: Vec<Vec<Bytes>>,
+    slot: Arc<Mutex<Option<WriteResult>>>,
+}
+
+impl Shared {
+    /// Applies every queued write as one engine transaction — one commit, one set of page
+    /// records, one publish — and hands each owner its replies. Durable writes of concurrent
+    /// connections are gathered this way (after each connection has run its pipeline), so a
+    /// leaf or the meta page touched by twenty SETs is copied and logged once, not twenty
+    /// times. Each connection's write stays atomic: the group is.
+    pub fn apply_queued(&self) {
+        let reqs = std::mem::take(&mut *self.queue.lock());
+        if reqs.is_empty() {
+            return;
+        }
+        let run = |tx: &mut WriteTxn<'_>, q: &Queued| -> storage::Result<Vec<Reply>> {
+            let mut v = Vec::with_capacity(q.cmds.len());
+            for c in &q.cmds {
+                v.push(run_in_tx(tx, c)?);
+            }
+            Ok(v)
+        };
+        let all = self.db.update_deferred(|tx| {
+            let mut all = Vec::with_capacity(reqs.len());
+            for q in &reqs {
+                all.push(run(tx, q)?);
+            }
+            Ok(all)
+        });
+        match all {
+            Ok((all, lsn)) => {
+                for (q, replies) in reqs.iter().zip(all) {
+                    *q.slot.lock() = Some(Ok((replies, lsn)));
+                }
+            }
+            // An engine error (a damaged page, say) failed the group and changed nothing:
+            // apply the writes one by one so only the affected ones fail.
+            Err(_) => {
+                for q in &reqs {
+                    let r = self
+                        .db
+                        .update_deferred(|tx| run(tx, q))
+                        .map_err(|e| storage_error(&e));
+                    *q.slot.lock() = Some(r);
+                }
+            }
+        }
+        self.stats
+            .commits
+            .fetch_add(reqs.len() as u64, Ordering::Relaxed);
+    }
 }
 
 /// Replies of one batch of pipelined requests, some of which wait for durability.
 #[derive(Default)]
 pub struct Out {
+    /// Replies since the last deferred write.
     pub buf: BytesMut,
-    /// Byte ranges of `buf` holding success replies that are only true once `lsn` is durable.
-    pub pending: Vec<Pending>,
+    /// Replies before it, in order: bytes, and durable writes whose replies are known only
+    /// once they are applied and durable.
+    pub parts: Vec<Part>,
 }
 
-pub struct Pending {
-    pub start: usize,
-    pub end: usize,
-    pub lsn: Lsn,
+pub enum Part {
+    Bytes(Bytes),
+    Write(Deferred),
+}
+
+pub struct Deferred {
+    pub slot: Arc<Mutex<Option<WriteResult>>>,
+    /// EXEC: the replies form one array.
+    pub as_array: bool,
     pub since: Instant,
+}
+
+impl Out {
+    pub fn has_writes(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, Part::Write(_)))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty() && self.parts.is_empty()
+    }
 }
 
 /// What the connection does after a command.
@@ -96,6 +173,8 @@ pub struct Session {
     last_lsn: Lsn,
     multi: Option<Vec<Vec<Bytes>>>,
     multi_error: bool,
+    /// This connection has queued writes that are not applied yet.
+    unapplied: Option<Arc<Mutex<Option<WriteResult>>>>,
 }
 
 /// Commands allowed inside MULTI (they run against the transaction at EXEC).
@@ -118,6 +197,23 @@ impl Session {
             last_lsn: Lsn(0),
             multi: None,
             multi_error: false,
+            unapplied: None,
+        }
+    }
+
+    /// Makes this connection's queued writes visible before anything else runs, so a
+    /// pipeline reads its own writes.
+    pub fn apply_own(&mut self) {
+        if let Some(slot) = self.unapplied.take() {
+            self.shared.apply_queued();
+            // Another connection may have taken the queue a moment earlier and still be
+            // applying it on the other thread; it finishes within microseconds.
+            while slot.lock().is_none() {
+                std::thread::yield_now();
+            }
+            if let Some(Ok((_, lsn))) = &*slot.lock() {
+                self.last_lsn = *lsn;
+            }
         }
     }
 
@@ -142,6 +238,14 @@ impl Session {
         self.shared.stats.commands.fetch_add(1, Ordering::Relaxed);
         let name = command_name(&args[0]).unwrap_or("");
         let argc = args.len();
+        let queues_write = self.multi.is_none()
+            && matches!(
+                name,
+                "SET" | "DEL" | "MSET" | "INCR" | "INCRBY" | "DECR" | "DECRBY" | "EXEC"
+            );
+        if !queues_write {
+            self.apply_own();
+        }
         if !self.authed && !matches!(name, "AUTH" | "HELLO" | "QUIT") {
             self.err(out, "NOAUTH Authentication required.");
             return After::Continue;
@@ -307,23 +411,33 @@ impl Session {
         }
         let since = Instant::now();
         let level = self.level();
-        let f = |tx: &mut WriteTxn<'_>| {
+        if level != Level::Off {
+            // Queued: applied together with the other connections' writes once every ready
+            // connection has run its pipeline (`connection` in server.rs).
+            let slot = Arc::new(Mutex::new(None));
+            self.shared.queue.lock().push(Queued {
+                cmds,
+                slot: slot.clone(),
+            });
+            out.parts.push(Part::Bytes(out.buf.split().freeze()));
+            out.parts.push(Part::Write(Deferred {
+                slot: slot.clone(),
+                as_array,
+                since,
+            }));
+            self.unapplied = Some(slot);
+            return;
+        }
+        // At `off` nobody waits: apply now; the background flusher writes it.
+        let r = self.shared.db.update(Durability::Off, |tx| {
             let mut replies = Vec::with_capacity(cmds.len());
             for c in &cmds {
                 replies.push(run_in_tx(tx, c)?);
             }
             Ok(replies)
-        };
-        // At `off` the background flusher writes the commit; otherwise this connection waits
-        // for it (after its whole pipeline ran) and may lead the flush itself.
-        let r = if level == Level::Off {
-            self.shared.db.update(Durability::Off, f)
-        } else {
-            self.shared.db.update_deferred(f)
-        };
+        });
         match r {
             Ok((replies, lsn)) => {
-                let start = out.buf.len();
                 if as_array {
                     Reply::Array(replies).encode(&self.enc, &mut out.buf);
                 } else {
@@ -333,14 +447,6 @@ impl Session {
                 }
                 self.last_lsn = lsn;
                 self.shared.stats.commits.fetch_add(1, Ordering::Relaxed);
-                if level != Level::Off {
-                    out.pending.push(Pending {
-                        start,
-                        end: out.buf.len(),
-                        lsn,
-                        since,
-                    });
-                }
             }
             Err(e) => self.err(out, &storage_error(&e)),
         }
