@@ -111,6 +111,12 @@ impl Wal {
             (Some(r), false) => r.name(),
             (None, _) => direct.name(),
         };
+        // Lay down the segment the next record goes to now, not in the first commit's flush
+        // (a new segment is 16 MiB of zeros: tens of milliseconds).
+        let mut segs = Segments::new(dir, segment_bytes, faults);
+        if let Err(e) = segs.ensure(segs.start_of(end.0)) {
+            tracing::warn!(error = %e, "could not prepare the current WAL segment; the first flush will retry");
+        }
         let shared = Arc::new(Shared {
             st: Mutex::new(State {
                 buf: Vec::with_capacity(1 << 20),
@@ -126,7 +132,7 @@ impl Wal {
                 appends: 0,
             }),
             io: Mutex::new(Io {
-                segs: Segments::new(dir, segment_bytes, faults),
+                segs,
                 ring,
                 direct,
                 adaptive,
