@@ -22,7 +22,8 @@ fn main() -> storage::Result<()> {
             s.spawn(move || {
                 for _ in 0..per {
                     let k = next.fetch_add(1, Ordering::Relaxed);
-                    db.put(&k.to_be_bytes(), &[7u8; 100], Durability::Local).expect("commit");
+                    db.put(&k.to_be_bytes(), &[7u8; 100], Durability::Local)
+                        .expect("commit");
                 }
             });
         }

@@ -246,7 +246,6 @@ struct Checkpointer {
     segs: Segments,
     /// A failed page write or sync: checkpoints (and then writes) stop until reopened.
     failed: Option<String>,
-    count: u64,
 }
 
 struct Inner {
@@ -260,8 +259,14 @@ struct Inner {
     dir: PathBuf,
     bg: Mutex<BgState>,
     bg_cv: Condvar,
-    /// Batches waiting for the committer that applies them (see `Inner::commit`).
+    /// Batches waiting for the committer that applies them (see `Inner::commit_grouped`).
     queue: Mutex<CommitQueue>,
+    /// Reads WAL segments for `read_wal` (its own open files).
+    wal_reader: Mutex<Segments>,
+    /// Counters for `stats` that must not wait for a running checkpoint.
+    checkpoints: AtomicU64,
+    file_bytes: AtomicU64,
+    checkpoint_io: &'static str,
 }
 
 #[derive(Default)]
@@ -365,6 +370,9 @@ impl Db {
             wal_io = wal.backend_name(),
             "opened database"
         );
+        let file_bytes = file.len_bytes();
+        let checkpoint_io = backend.name();
+        let wal_reader = Segments::new(&dir.join(WAL_DIR), control.segment_bytes, None);
         let inner = Arc::new(Inner {
             state: RwLock::new(published),
             writer: Mutex::new(Writer {
@@ -380,7 +388,6 @@ impl Db {
                 control,
                 segs,
                 failed: None,
-                count: 0,
             }),
             wal,
             retain_from: AtomicU64::new(u64::MAX),
@@ -389,6 +396,10 @@ impl Db {
             bg: Mutex::new(BgState::default()),
             bg_cv: Condvar::new(),
             queue: Mutex::new(CommitQueue::default()),
+            wal_reader: Mutex::new(wal_reader),
+            checkpoints: AtomicU64::new(0),
+            file_bytes: AtomicU64::new(file_bytes),
+            checkpoint_io,
         });
         if replayed {
             // Make the replayed pages durable now, so the next crash does not replay them.
@@ -525,6 +536,51 @@ impl Db {
         self.inner.wal.flushed()
     }
 
+    /// Copies durable WAL bytes from `from` on (at most `max` of them) to `out`, as they lie in
+    /// the segment files: what a primary streams to a replica that is catching up. Returns the
+    /// LSN after the last byte copied — `from` itself when nothing newer is durable yet.
+    /// `Error::WalUnavailable` if `from` lies beyond the durable log, or before the oldest
+    /// segment still kept (hold WAL with [`Db::set_wal_retain_from`]).
+    pub fn read_wal(&self, from: Lsn, max: usize, out: &mut Vec<u8>) -> Result<Lsn> {
+        let flushed = self.inner.wal.flushed();
+        if from > flushed {
+            return Err(Error::WalUnavailable {
+                lsn: from,
+                reason: format!("beyond the durable end of the log ({flushed})"),
+            });
+        }
+        let mut segs = self.inner.wal_reader.lock();
+        // Segments are renamed when recycled: never trust a file handle from an earlier call.
+        segs.close_before(u64::MAX);
+        let oldest = segs.list()?.first().copied().unwrap_or(flushed.0);
+        if segs.start_of(from.0) < oldest {
+            return Err(Error::WalUnavailable {
+                lsn: from,
+                reason: format!("already removed (the oldest segment starts at {oldest})"),
+            });
+        }
+        let end = flushed.0.min(from.0.saturating_add(max as u64));
+        let mut pos = from.0;
+        while pos < end {
+            let seg = segs.start_of(pos);
+            let n = (seg + segs.segment_bytes).min(end) - pos;
+            let at = out.len();
+            out.resize(at + n as usize, 0);
+            if let Err(e) = segs.read_at(seg, pos, &mut out[at..]) {
+                out.truncate(at);
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    return Err(Error::WalUnavailable {
+                        lsn: Lsn(pos),
+                        reason: "its segment was removed meanwhile".into(),
+                    });
+                }
+                return Err(e.into());
+            }
+            pos += n;
+        }
+        Ok(Lsn(pos))
+    }
+
     /// Keeps WAL from `lsn` on even after checkpoints no longer need it (`None`: no hold).
     /// Replication holds WAL its replicas still have to fetch.
     pub fn set_wal_retain_from(&self, lsn: Option<Lsn>) {
@@ -546,7 +602,6 @@ impl Db {
     }
 
     pub fn stats(&self) -> Stats {
-        let ck = self.inner.ckpt.lock();
         let redo = self.inner.writer.lock().redo_lsn;
         let g = self.inner.state.read();
         Stats {
@@ -554,14 +609,14 @@ impl Db {
             page_count: g.meta.page_count,
             free_pages: g.meta.free_count,
             dirty_pages: g.dirty_pages() as u64,
-            file_bytes: ck.file.len_bytes(),
+            file_bytes: self.inner.file_bytes.load(Ordering::Relaxed),
             last_lsn: g.last_lsn,
             flush_lsn: self.inner.wal.flushed(),
             redo_lsn: redo,
-            checkpoints: ck.count,
+            checkpoints: self.inner.checkpoints.load(Ordering::Relaxed),
             wal_flushes: self.inner.wal.flushes(),
             wal_io: self.inner.wal.backend_name(),
-            checkpoint_io: ck.backend.name(),
+            checkpoint_io: self.inner.checkpoint_io,
         }
     }
 
@@ -842,7 +897,9 @@ impl Inner {
         let keep = redo.0.min(self.retain_from.load(Ordering::SeqCst));
         let end = self.wal.end().0;
         let removed = ck.segs.remove_below(keep, end)?;
-        ck.count += 1;
+        self.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.file_bytes
+            .store(ck.file.len_bytes(), Ordering::Relaxed);
         tracing::debug!(
             redo = redo.0,
             pages = snapshot.len(),

@@ -43,6 +43,12 @@ pub enum Error {
     )]
     DiskFull(String),
 
+    #[error("WAL at LSN {lsn} is not available: {reason}")]
+    WalUnavailable {
+        lsn: crate::types::Lsn,
+        reason: String,
+    },
+
     #[error("integrity check failed: {0}")]
     Invariant(String),
 }
