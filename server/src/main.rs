@@ -117,8 +117,8 @@ fn serve(config: Config, banner: Option<String>) -> Result<()> {
 }
 
 /// The runtime: two worker threads (one per core here), or `REPLIDB_THREADS=N`. (One
-/// event-loop thread, Redis's model, measured far slower for concurrent durable writes:
-/// 6.3k against 39k SET/s with 50 clients.)
+/// event-loop thread, Redis's model, measured 45–51k against 42k SET/s with 50 clients, but
+/// 415–470k against 530–580k pipelined GET/s; docs/benchmarks.md.)
 fn runtime_builder() -> tokio::runtime::Builder {
     let n = std::env::var("REPLIDB_THREADS")
         .ok()
