@@ -22,9 +22,9 @@ use crate::pager::{PageFile, PageSource, Published};
 use crate::recovery;
 use crate::tree_write;
 use crate::txn::WriteCtx;
-use crate::types::Lsn;
+use crate::types::{Lsn, PageId};
 use crate::wal::io::{self as walio, Backend, FaultInjector, WalIo};
-use crate::wal::record;
+use crate::wal::record::{self, Body};
 use crate::wal::segment::Segments;
 use crate::wal::Wal;
 
@@ -135,6 +135,9 @@ pub struct Options {
     pub wal_segment_bytes: u64,
     /// Which I/O path the WAL and checkpoints use.
     pub wal_io: WalIo,
+    /// Open as a replica: no local writes; the log grows only by [`Db::apply_wal`] with the
+    /// primary's bytes, and checkpoints restart from the primary's checkpoint records.
+    pub replica: bool,
     /// Fault injection for tests of I/O error handling.
     #[doc(hidden)]
     pub faults: Option<Arc<FaultInjector>>,
@@ -147,6 +150,7 @@ impl Default for Options {
             checkpoint_interval: Duration::from_secs(60),
             wal_segment_bytes: 16 << 20,
             wal_io: WalIo::Auto,
+            replica: false,
             faults: None,
         }
     }
@@ -263,10 +267,34 @@ struct Inner {
     queue: Mutex<CommitQueue>,
     /// Reads WAL segments for `read_wal` (its own open files).
     wal_reader: Mutex<Segments>,
+    /// Set on a replica.
+    replica: Option<Mutex<ReplicaState>>,
     /// Counters for `stats` that must not wait for a running checkpoint.
     checkpoints: AtomicU64,
     file_bytes: AtomicU64,
     checkpoint_io: &'static str,
+}
+
+/// A replica's position in the stream it receives.
+struct ReplicaState {
+    /// Received bytes not yet appended: the start of a record not complete yet.
+    carry: Vec<u8>,
+    /// Page records appended but not applied: a batch whose commit has not arrived.
+    pending: Vec<(u64, Vec<u8>)>,
+    /// The redo LSN of the last primary checkpoint record applied: where this replica's own
+    /// checkpoints may restart recovery from.
+    restart_redo: Lsn,
+}
+
+/// Where a replica stands after [`Db::apply_wal`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReplicaProgress {
+    /// Received from the primary (bytes handed to `apply_wal`).
+    pub write_lsn: Lsn,
+    /// Durable in this node's WAL.
+    pub flush_lsn: Lsn,
+    /// Replayed into the pages (visible to readers).
+    pub apply_lsn: Lsn,
 }
 
 #[derive(Default)]
@@ -372,6 +400,16 @@ impl Db {
         );
         let file_bytes = file.len_bytes();
         let checkpoint_io = backend.name();
+        let replica = options.replica.then(|| {
+            Mutex::new(ReplicaState {
+                carry: Vec::new(),
+                pending: Vec::new(),
+                restart_redo: rec
+                    .last_checkpoint_redo
+                    .unwrap_or(control.redo_lsn)
+                    .max(control.redo_lsn),
+            })
+        });
         let wal_reader = Segments::new(&dir.join(WAL_DIR), control.segment_bytes, None);
         let inner = Arc::new(Inner {
             state: RwLock::new(published),
@@ -397,6 +435,7 @@ impl Db {
             bg_cv: Condvar::new(),
             queue: Mutex::new(CommitQueue::default()),
             wal_reader: Mutex::new(wal_reader),
+            replica,
             checkpoints: AtomicU64::new(0),
             file_bytes: AtomicU64::new(file_bytes),
             checkpoint_io,
@@ -579,6 +618,103 @@ impl Db {
             pos += n;
         }
         Ok(Lsn(pos))
+    }
+
+    /// Replica side of physical replication: takes WAL bytes from the primary that continue
+    /// this node's log at `start`, appends every complete record to the local WAL at the same
+    /// LSNs (so the two logs are byte-identical), makes it durable, and replays each complete
+    /// batch into the pages with the same redo as crash recovery — readers see whole batches
+    /// only. A record cut at the end of `bytes` waits for the next call. Bytes that cannot be
+    /// records are refused (`CorruptWal`) and nothing of them is kept: continue from
+    /// `flush_lsn`.
+    pub fn apply_wal(&self, start: Lsn, bytes: &[u8]) -> Result<ReplicaProgress> {
+        let inner = &self.inner;
+        let rs_lock = inner.replica.as_ref().ok_or(Error::NotReplica)?;
+        let mut rs = rs_lock.lock();
+        let base = inner.wal.end().0;
+        let expected = base + rs.carry.len() as u64;
+        if start.0 != expected {
+            return Err(Error::WalUnavailable {
+                lsn: start,
+                reason: format!("this replica continues at LSN {expected}"),
+            });
+        }
+        rs.carry.extend_from_slice(bytes);
+        enum Event {
+            Batch(Vec<(u64, Vec<u8>)>, Lsn),
+            Checkpoint(Lsn),
+        }
+        let mut events = Vec::new();
+        let mut at = 0usize;
+        let mut invalid = None;
+        let mut pending = std::mem::take(&mut rs.pending);
+        loop {
+            match record::decode(&rs.carry[at..], Lsn(base + at as u64)) {
+                Ok((rec, len)) => {
+                    let lsn = base + at as u64;
+                    match rec.body {
+                        Body::PageImage { .. } | Body::PageDelta { .. } => {
+                            pending.push((lsn, rs.carry[at..at + len].to_vec()))
+                        }
+                        Body::Commit { .. } => events.push(Event::Batch(
+                            std::mem::take(&mut pending),
+                            Lsn(lsn + len as u64),
+                        )),
+                        Body::Checkpoint { redo_lsn } => events.push(Event::Checkpoint(redo_lsn)),
+                        Body::EpochChange { .. } => {}
+                    }
+                    at += len;
+                }
+                Err(record::DecodeError::Incomplete { .. }) => break,
+                Err(record::DecodeError::Invalid(why)) => {
+                    // Keep what was good; drop the rest (the primary resends from flush_lsn).
+                    rs.carry.truncate(at);
+                    tracing::warn!(lsn = base + at as u64, reason = %why, "refusing WAL from the primary");
+                    invalid = Some(Error::CorruptWal {
+                        lsn: Lsn(base + at as u64),
+                        reason: why,
+                    });
+                    break;
+                }
+            }
+        }
+        if at > 0 {
+            let end = inner.wal.append(Lsn(base), &rs.carry[..at], false)?;
+            inner.wal.wait_flushed(end)?;
+            rs.carry.drain(..at);
+        }
+        rs.pending = pending;
+        for e in events {
+            match e {
+                Event::Batch(records, end) => inner.apply_batch(records, end)?,
+                Event::Checkpoint(redo) => rs.restart_redo = rs.restart_redo.max(redo),
+            }
+        }
+        if let Some(e) = invalid {
+            return Err(e);
+        }
+        let progress = ReplicaProgress {
+            write_lsn: Lsn(inner.wal.end().0 + rs.carry.len() as u64),
+            flush_lsn: inner.wal.flushed(),
+            apply_lsn: inner.state.read().last_lsn,
+        };
+        drop(rs);
+        let due = {
+            let w = inner.writer.lock();
+            progress.flush_lsn.0.saturating_sub(w.wal_at_checkpoint)
+                >= inner.options.checkpoint_wal_bytes
+        };
+        if due {
+            inner.writer.lock().wal_at_checkpoint = progress.flush_lsn.0;
+            inner.bg.lock().wake = true;
+            inner.bg_cv.notify_one();
+        }
+        Ok(progress)
+    }
+
+    /// Whether this database was opened as a replica.
+    pub fn is_replica(&self) -> bool {
+        self.inner.replica.is_some()
     }
 
     /// Keeps WAL from `lsn` on even after checkpoints no longer need it (`None`: no hold).
@@ -778,6 +914,9 @@ impl Inner {
         background: bool,
         f: impl FnOnce(&mut WriteTxn<'_>) -> Result<T>,
     ) -> Result<(T, Lsn)> {
+        if self.replica.is_some() {
+            return Err(Error::ReadOnly);
+        }
         let mut w = self.writer.lock();
         if let Some(why) = self.wal.failure() {
             return Err(Error::PreviousIo(why));
@@ -854,6 +993,9 @@ impl Inner {
         }
         // 1. Fix the redo point and take the frames to write. From here on, a page's next
         //    change logs a full image again (its LSN is <= redo).
+        if let Some(rs) = &self.replica {
+            return self.replica_checkpoint(&mut ck, rs);
+        }
         let (redo, snapshot, page_count) = {
             let mut w = self.writer.lock();
             let redo = self.wal.end();
@@ -906,6 +1048,88 @@ impl Inner {
             removed_segments = removed,
             "checkpoint"
         );
+        Ok(())
+    }
+
+    /// A replica's checkpoint (PostgreSQL's restartpoint): write every changed page, then
+    /// point recovery at the redo LSN of the last primary checkpoint record applied. Pages the
+    /// write may tear were all changed after that point, so the primary's full-page images
+    /// for them are in the log that recovery replays. Nothing is appended: the replica's log
+    /// stays the primary's, byte for byte.
+    fn replica_checkpoint(&self, ck: &mut Checkpointer, rs: &Mutex<ReplicaState>) -> Result<()> {
+        let redo = rs.lock().restart_redo;
+        let (snapshot, page_count) = {
+            let g = self.state.read();
+            (g.frames_snapshot(), g.meta.page_count)
+        };
+        if snapshot.is_empty() && redo == ck.control.redo_lsn {
+            return Ok(());
+        }
+        let Checkpointer { file, backend, .. } = ck;
+        if let Err(e) = file.write_pages(backend.as_mut(), &snapshot, page_count) {
+            tracing::error!(error = %e, "replica checkpoint write-back failed; refusing further checkpoints");
+            ck.failed = Some(e.to_string());
+            return Err(e);
+        }
+        if redo > ck.control.redo_lsn {
+            ck.control.redo_lsn = redo;
+            ck.control.store(&self.dir)?;
+        }
+        {
+            let mut g = self.state.write();
+            ck.file.finish_checkpoint(&mut g, &snapshot)?;
+        }
+        let keep = redo.0.min(self.retain_from.load(Ordering::SeqCst));
+        ck.segs.remove_below(keep, self.wal.end().0)?;
+        self.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.file_bytes
+            .store(ck.file.len_bytes(), Ordering::Relaxed);
+        self.writer.lock().redo_lsn = redo;
+        Ok(())
+    }
+
+    /// Replays one complete batch received by a replica: its page records onto copies of the
+    /// published pages, then one publish.
+    fn apply_batch(&self, records: Vec<(u64, Vec<u8>)>, end: Lsn) -> Result<()> {
+        let guard = self.state.upgradable_read();
+        let mut pages: std::collections::HashMap<PageId, Box<page::PageBuf>> =
+            std::collections::HashMap::new();
+        for (lsn, raw) in &records {
+            let (rec, _) = record::decode(raw, Lsn(*lsn)).map_err(|e| Error::CorruptWal {
+                lsn: Lsn(*lsn),
+                reason: format!("{e:?}"),
+            })?;
+            let id = rec.page().expect("page record");
+            let p = match pages.entry(id) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    let mut b = page::new_page_buf();
+                    if id.0 < guard.meta.page_count {
+                        match guard.page(id) {
+                            Ok(src) => b.copy_from_slice(src),
+                            Err(e) if matches!(rec.body, Body::PageDelta { .. }) => return Err(e),
+                            Err(_) => {}
+                        }
+                    } else if matches!(rec.body, Body::PageDelta { .. }) {
+                        return Err(Error::CorruptWal {
+                            lsn: Lsn(*lsn),
+                            reason: format!("delta for page {id}, which does not exist yet"),
+                        });
+                    }
+                    v.insert(b)
+                }
+            };
+            record::redo(&mut p[..], &rec);
+        }
+        let meta = match pages.get(&PageId(0)) {
+            Some(p0) => page::Meta::read(&p0[..])
+                .map_err(|reason| Error::CorruptWal { lsn: end, reason })?,
+            None => guard.meta,
+        };
+        let mut pages: Vec<_> = pages.into_iter().collect();
+        pages.sort_unstable_by_key(|(id, _)| *id);
+        let mut g = RwLockUpgradableReadGuard::upgrade(guard);
+        g.install(pages, meta, end);
         Ok(())
     }
 

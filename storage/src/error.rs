@@ -43,6 +43,12 @@ pub enum Error {
     )]
     DiskFull(String),
 
+    #[error("this database is a replica: writes come only from its primary's WAL")]
+    ReadOnly,
+
+    #[error("this database is not a replica (open it with Options::replica)")]
+    NotReplica,
+
     #[error("WAL at LSN {lsn} is not available: {reason}")]
     WalUnavailable {
         lsn: crate::types::Lsn,

@@ -64,8 +64,8 @@ pub mod wal;
 
 pub use check::IntegrityReport;
 pub use db::{
-    Db, Durability, Durable, Entry, Options, Range, ReadTxn, Stats, TxnRange, WriteBatch, WriteTxn,
-    PAGE_FILE, WAL_DIR,
+    Db, Durability, Durable, Entry, Options, Range, ReadTxn, ReplicaProgress, Stats, TxnRange,
+    WriteBatch, WriteTxn, PAGE_FILE, WAL_DIR,
 };
 pub use error::{Error, Result};
 pub use node::{MAX_KEY, MAX_VALUE};

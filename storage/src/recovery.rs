@@ -24,6 +24,9 @@ pub(crate) struct Recovered {
     pub end: Lsn,
     /// End of the last replayed commit, if any.
     pub last_commit_end: Option<Lsn>,
+    /// The redo LSN named by the last checkpoint record replayed (a replica restarts its own
+    /// checkpoints from the primary's).
+    pub last_checkpoint_redo: Option<Lsn>,
 }
 
 pub(crate) fn recover(file: &PageFile, segs: &mut Segments, redo: Lsn) -> Result<Recovered> {
@@ -32,6 +35,7 @@ pub(crate) fn recover(file: &PageFile, segs: &mut Segments, redo: Lsn) -> Result
         pages: HashMap::new(),
         end: redo,
         last_commit_end: None,
+        last_checkpoint_redo: None,
     };
     let present = segs.list()?;
     let mut pos = redo.0;
@@ -79,6 +83,9 @@ pub(crate) fn recover(file: &PageFile, segs: &mut Segments, redo: Lsn) -> Result
                             out.last_commit_end = Some(out.end);
                         }
                         Body::Checkpoint { .. } | Body::EpochChange { .. } => {
+                            if let Body::Checkpoint { redo_lsn } = rec.body {
+                                out.last_checkpoint_redo = Some(redo_lsn);
+                            }
                             if !pending.is_empty() {
                                 break Some(format!(
                                     "{:?} record inside a batch at LSN {pos}",
