@@ -3,7 +3,26 @@
 //! Physical replication for replidb: WAL streaming from a primary to replicas, replica apply
 //! through the storage crate's redo code, quorum tracking for synchronous commit, and
 //! failover with epochs. The arrows point one way: this crate uses `storage` and knows
-//! nothing of the client protocol.
+//! nothing of the client protocol; it does no I/O itself (the server moves the bytes), so
+//! its state machines can be driven by tests deterministically.
 //!
-//! This crate is a placeholder in the final workspace layout; its contents arrive with the
-//! replication work, after the storage engine's WAL.
+//! Today: the wire format ([`frame`]). The storage side is in `storage` (`Db::read_wal`,
+//! `Db::apply_wal`); streaming, quorum and failover follow (docs/replication.md).
+
+pub mod frame;
+
+#[doc(hidden)]
+pub mod fuzzing {
+    /// `repl_frame_decode`: frames decoded one after another until an error or the end.
+    pub fn frame_decode(mut data: &[u8]) {
+        loop {
+            match crate::frame::decode(data) {
+                Ok(Some((_, len))) => {
+                    assert!(len >= crate::frame::HEADER && len <= data.len());
+                    data = &data[len..];
+                }
+                Ok(None) | Err(_) => return,
+            }
+        }
+    }
+}
