@@ -6,10 +6,11 @@
 //! nothing of the client protocol; it does no I/O itself (the server moves the bytes), so
 //! its state machines can be driven by tests deterministically.
 //!
-//! Today: the wire format ([`frame`]). The storage side is in `storage` (`Db::read_wal`,
+//! Today: the wire format ([`frame`]) and the quorum rule ([`quorum`]). The storage side is in `storage` (`Db::read_wal`,
 //! `Db::apply_wal`); streaming, quorum and failover follow (docs/replication.md).
 
 pub mod frame;
+pub mod quorum;
 
 #[doc(hidden)]
 pub mod fuzzing {
