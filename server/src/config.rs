@@ -33,6 +33,15 @@ pub struct ServeArgs {
     #[arg(long, value_name = "LEVEL")]
     pub sync_commit: Option<String>,
 
+    /// Run as a replica of the primary whose client port is HOST:PORT (replication runs over
+    /// that same port). The data directory must be new or a replica of that primary.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub replicaof: Option<String>,
+
+    /// This node's name, as the primary's INFO and sync-standbys lists call it.
+    #[arg(long)]
+    pub name: Option<String>,
+
     /// A TOML file with any of these settings (same names, e.g. `port = 6390`); flags win.
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
@@ -80,6 +89,9 @@ pub struct Config {
     pub port: u16,
     pub requirepass: Option<String>,
     pub sync_commit: Level,
+    /// Set on a replica: the primary's HOST:PORT.
+    pub replicaof: Option<String>,
+    pub name: String,
 }
 
 impl Config {
@@ -109,7 +121,33 @@ impl Config {
             .requirepass
             .or(file.requirepass)
             .filter(|p| !p.is_empty());
+        let replicaof = flags.replicaof.or(file.replicaof).filter(|r| !r.is_empty());
+        if let Some(r) = &replicaof {
+            let ok = r
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
+            if !ok {
+                bail!("--replicaof {r:?}: expected HOST:PORT");
+            }
+        }
+        let name = flags.name.or(file.name).unwrap_or_else(|| {
+            if replicaof.is_some() {
+                "replica".into()
+            } else {
+                "primary".into()
+            }
+        });
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        {
+            bail!("--name {name:?}: 1 to 64 letters, digits, '_', '-' or '.'");
+        }
         Ok(Config {
+            replicaof,
+            name,
             dir,
             bind: flags
                 .bind

@@ -84,12 +84,49 @@ pub fn render(sh: &Shared, section: Option<&str>) -> String {
                 let set = sh.settings.read();
                 let _ = write!(
                     o,
-                    "# Replication\r\nrole:primary\r\nepoch:1\r\nnode_name:\r\nwrite_lsn:{}\r\nflush_lsn:{}\r\napply_lsn:{}\r\nsync_standbys:\r\nsync_commit:{}\r\nconnected_replicas:0\r\n",
-                    st.last_lsn,
+                    "# Replication\r\nrole:{}\r\nepoch:1\r\nnode_name:{}\r\nwrite_lsn:{}\r\nflush_lsn:{}\r\napply_lsn:{}\r\nsync_standbys:\r\nsync_commit:{}\r\n",
+                    if db.is_replica() { "replica" } else { "primary" },
+                    sh.config.name,
+                    if db.is_replica() { st.flush_lsn } else { st.last_lsn },
                     st.flush_lsn,
                     st.last_lsn,
                     set.sync_commit.name()
                 );
+                if let Some(p) = &sh.config.replicaof {
+                    let primary_flush = sh.primary_flush.load(Ordering::Relaxed);
+                    let lag = primary_flush.saturating_sub(st.last_lsn.0);
+                    let _ =
+                        write!(
+                        o,
+                        "primary_addr:{p}\r\nprimary_link:{}\r\nlag_bytes:{lag}\r\nlag_ms:{}\r\n",
+                        if sh.link_up.load(Ordering::Relaxed) { "up" } else { "down" },
+                        sh.lag_ms(lag)
+                    );
+                } else {
+                    let reps = sh.replicas.lock().list.clone();
+                    let _ = write!(
+                        o,
+                        "connected_replicas:{}\r\n",
+                        reps.iter().filter(|r| r.connected).count()
+                    );
+                    for (i, r) in reps.iter().enumerate() {
+                        let state = match (r.connected, r.streaming) {
+                            (false, _) => "disconnected",
+                            (true, true) => "streaming",
+                            (true, false) => "catchup",
+                        };
+                        let _ = write!(
+                            o,
+                            "replica{i}:name={},addr={},state={state},sync_state=async,write_lsn={},flush_lsn={},apply_lsn={},lag_bytes={},lag_ms=0\r\n",
+                            r.name,
+                            r.addr,
+                            r.write_lsn,
+                            r.flush_lsn,
+                            r.apply_lsn,
+                            st.flush_lsn.0.saturating_sub(r.apply_lsn.0)
+                        );
+                    }
+                }
             }
             "keyspace" => {
                 let _ = write!(o, "# Keyspace\r\ndb0:keys={}\r\n", db.len());

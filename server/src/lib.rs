@@ -5,6 +5,7 @@
 pub mod config;
 pub mod glob;
 pub mod info;
+pub mod repl;
 pub mod reply;
 pub mod resp;
 pub mod server;

@@ -33,9 +33,18 @@ impl Server {
     /// Opens the database and binds the port.
     pub async fn start(config: Config) -> Result<Server> {
         let dir = config.dir.clone();
-        let db = tokio::task::spawn_blocking(move || Db::open(&dir, Options::default()))
-            .await?
-            .with_context(|| format!("opening the database in {}", config.dir.display()))?;
+        let replica = config.replicaof.is_some();
+        let db = tokio::task::spawn_blocking(move || {
+            Db::open(
+                &dir,
+                Options {
+                    replica,
+                    ..Options::default()
+                },
+            )
+        })
+        .await?
+        .with_context(|| format!("opening the database in {}", config.dir.display()))?;
         let listener = TcpListener::bind((config.bind.as_str(), config.port))
             .await
             .with_context(|| format!("binding {}:{}", config.bind, config.port))?;
@@ -52,7 +61,14 @@ impl Server {
             next_client_id: AtomicU64::new(0),
             shutdown: tx,
             queue: parking_lot::Mutex::new(Vec::new()),
+            replicas: parking_lot::Mutex::new(crate::session::Replicas::default()),
+            link_up: std::sync::atomic::AtomicBool::new(false),
+            primary_flush: AtomicU64::new(0),
+            behind_since_us: AtomicU64::new(0),
         });
+        if let Some(primary) = shared.config.replicaof.clone() {
+            tokio::spawn(crate::repl::run_replica(shared.clone(), primary));
+        }
         Ok(Server { shared, listener })
     }
 
@@ -158,6 +174,9 @@ async fn connection(sh: Arc<Shared>, mut sock: TcpStream) -> Result<()> {
         let reply = finish_batch(&sh, &mut session, &mut out).await;
         if !reply.is_empty() {
             sock.write_all(&reply).await?;
+        }
+        if after == After::Replicate {
+            return crate::repl::serve_replica(sh.clone(), sock, inbuf).await;
         }
         if after == After::Close || *stop.borrow() {
             return Ok(());

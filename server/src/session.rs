@@ -63,6 +63,103 @@ pub struct Shared {
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// Durable writes of all connections waiting to be applied together.
     pub queue: Mutex<Vec<Queued>>,
+    /// Primary: the replicas it knows.
+    pub replicas: Mutex<Replicas>,
+    /// Replica: whether the link to the primary is up, and the primary's flush LSN last heard.
+    pub link_up: std::sync::atomic::AtomicBool,
+    pub primary_flush: AtomicU64,
+    /// Replica: when (µs since the epoch) it last noticed it was behind, 0 if caught up.
+    pub behind_since_us: AtomicU64,
+}
+
+impl Shared {
+    /// Replica: how long it has been behind the primary (0 when `lag_bytes` is 0).
+    pub fn lag_ms(&self, lag_bytes: u64) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        if lag_bytes == 0 {
+            self.behind_since_us.store(0, Ordering::Relaxed);
+            return 0;
+        }
+        let since = match self.behind_since_us.compare_exchange(
+            0,
+            now,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => now,
+            Err(s) => s,
+        };
+        now.saturating_sub(since) / 1000
+    }
+}
+
+/// One replica as the primary sees it.
+#[derive(Clone, Debug)]
+pub struct ReplicaInfo {
+    pub name: String,
+    pub addr: String,
+    pub connected: bool,
+    pub streaming: bool,
+    pub write_lsn: Lsn,
+    pub flush_lsn: Lsn,
+    pub apply_lsn: Lsn,
+}
+
+/// The primary's replicas, by slot.
+#[derive(Default)]
+pub struct Replicas {
+    pub list: Vec<ReplicaInfo>,
+}
+
+impl Replicas {
+    /// A replica (re)connects; returns its slot.
+    pub fn register(&mut self, name: &str, addr: &str, flush: Lsn) -> usize {
+        let info = ReplicaInfo {
+            name: name.to_string(),
+            addr: addr.to_string(),
+            connected: true,
+            streaming: false,
+            write_lsn: flush,
+            flush_lsn: flush,
+            apply_lsn: flush,
+        };
+        match self.list.iter().position(|r| r.name == name) {
+            Some(i) => {
+                self.list[i] = info;
+                i
+            }
+            None => {
+                self.list.push(info);
+                self.list.len() - 1
+            }
+        }
+    }
+
+    pub fn update(&mut self, slot: usize, w: Lsn, f: Lsn, a: Lsn) {
+        if let Some(r) = self.list.get_mut(slot) {
+            (r.write_lsn, r.flush_lsn, r.apply_lsn) = (w, f, a);
+        }
+    }
+
+    pub fn set_streaming(&mut self, slot: usize, caught_up: bool) {
+        if let Some(r) = self.list.get_mut(slot) {
+            r.streaming = caught_up;
+        }
+    }
+
+    pub fn disconnect(&mut self, slot: usize) {
+        if let Some(r) = self.list.get_mut(slot) {
+            r.connected = false;
+            r.streaming = false;
+        }
+    }
+
+    /// The lowest flush LSN of the replicas known (connected or not): WAL they still need.
+    pub fn min_flush(&self) -> Option<Lsn> {
+        self.list.iter().map(|r| r.flush_lsn).min()
+    }
 }
 
 /// What a queued write's owner learns: its replies and the LSN to wait for, or an error line.
@@ -161,6 +258,8 @@ pub enum After {
     Continue,
     /// Send the replies, then close (QUIT, or a protocol error).
     Close,
+    /// The connection becomes a replication stream (a replica sent REPLSTREAM).
+    Replicate,
 }
 
 pub struct Session {
@@ -248,6 +347,15 @@ impl Session {
         }
         if !self.authed && !matches!(name, "AUTH" | "HELLO" | "QUIT") {
             self.err(out, "NOAUTH Authentication required.");
+            return After::Continue;
+        }
+        if self.shared.db.is_replica()
+            && matches!(
+                name,
+                "SET" | "DEL" | "MSET" | "INCR" | "INCRBY" | "DECR" | "DECRBY" | "EXEC" | "MULTI"
+            )
+        {
+            self.err(out, "READONLY You can't write against a read only replica.");
             return After::Continue;
         }
         if self.multi.is_some() && !matches!(name, "EXEC" | "DISCARD" | "MULTI" | "QUIT") {
@@ -339,11 +447,32 @@ impl Session {
             },
             "LSN" => self.enc.int(&mut out.buf, self.last_lsn.0 as i64),
             "ROLE" => {
-                self.enc.array(&mut out.buf, 3);
-                self.enc.bulk(&mut out.buf, b"master");
-                self.enc.int(&mut out.buf, self.db().last_lsn().0 as i64);
-                self.enc.array(&mut out.buf, 0);
+                if let Some(p) = &self.shared.config.replicaof {
+                    let (host, port) = p.rsplit_once(':').unwrap_or((p.as_str(), "0"));
+                    let state = if self.shared.link_up.load(Ordering::Relaxed) { "connected" } else { "connect" };
+                    self.enc.array(&mut out.buf, 5);
+                    self.enc.bulk(&mut out.buf, b"slave");
+                    self.enc.bulk(&mut out.buf, host.as_bytes());
+                    self.enc.int(&mut out.buf, port.parse().unwrap_or(0));
+                    self.enc.bulk(&mut out.buf, state.as_bytes());
+                    self.enc.int(&mut out.buf, self.db().last_lsn().0 as i64);
+                } else {
+                    let reps = self.shared.replicas.lock().list.clone();
+                    self.enc.array(&mut out.buf, 3);
+                    self.enc.bulk(&mut out.buf, b"master");
+                    self.enc.int(&mut out.buf, self.db().last_lsn().0 as i64);
+                    let live: Vec<_> = reps.iter().filter(|r| r.connected).collect();
+                    self.enc.array(&mut out.buf, live.len());
+                    for r in live {
+                        let (host, port) = r.addr.rsplit_once(':').unwrap_or((r.addr.as_str(), "0"));
+                        self.enc.array(&mut out.buf, 3);
+                        self.enc.bulk(&mut out.buf, host.as_bytes());
+                        self.enc.bulk(&mut out.buf, port.as_bytes());
+                        self.enc.bulk(&mut out.buf, r.apply_lsn.0.to_string().as_bytes());
+                    }
+                }
             }
+            "REPLSTREAM" => return After::Replicate,
             "SHUTDOWN" => {
                 tracing::info!(client = self.id, "SHUTDOWN requested by a client");
                 let _ = self.shared.shutdown.send(true);
@@ -799,6 +928,7 @@ pub const COMMANDS: &[(&str, i64)] = &[
     ("ROLE", 1),
     ("QUIT", 1),
     ("SHUTDOWN", -1),
+    ("REPLSTREAM", 1),
 ];
 
 fn arity_error(name: &str, argc: usize) -> Option<String> {

@@ -1,0 +1,164 @@
+//! Streaming replication between real processes on 127.0.0.1, driven by a Redis client.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use common::Node;
+use redis::cmd;
+
+fn info(c: &mut redis::Connection) -> HashMap<String, String> {
+    let text: String = cmd("INFO").arg("replication").query(c).unwrap();
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// Polls `cond` until it holds (or fails the test after `secs`).
+fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn everything(c: &mut redis::Connection) -> Vec<Vec<u8>> {
+    cmd("RANGE").arg("-").arg("+").query(c).unwrap()
+}
+
+fn caught_up(primary: &mut redis::Connection, replica: &mut redis::Connection) -> bool {
+    let p = info(primary);
+    let r = info(replica);
+    r["apply_lsn"] == p["flush_lsn"] && r["flush_lsn"] == p["flush_lsn"]
+}
+
+#[test]
+fn replicas_stream_the_wal_and_converge() {
+    let (pd, d1, d2) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let primary = Node::start(pd.path(), &["--name", "p"]);
+    let addr = format!("127.0.0.1:{}", primary.port);
+    let r1 = Node::start(d1.path(), &["--replicaof", &addr, "--name", "r1"]);
+    let r2 = Node::start(d2.path(), &["--replicaof", &addr, "--name", "r2"]);
+    let mut p = primary.client();
+    let (mut c1, mut c2) = (r1.client(), r2.client());
+    wait_for(20, "links up", || {
+        info(&mut c1)["primary_link"] == "up" && info(&mut c2)["primary_link"] == "up"
+    });
+    for i in 0..2000 {
+        let _: () = cmd("SET")
+            .arg(format!("key:{i:05}"))
+            .arg(format!("value-{i}").repeat(1 + i % 7))
+            .query(&mut p)
+            .unwrap();
+        if i % 10 == 0 {
+            let _: i64 = cmd("DEL")
+                .arg(format!("key:{:05}", i / 2))
+                .query(&mut p)
+                .unwrap();
+            let _: i64 = cmd("INCR").arg("counter").query(&mut p).unwrap();
+        }
+    }
+    wait_for(30, "replicas caught up", || {
+        caught_up(&mut p, &mut c1) && caught_up(&mut p, &mut c2)
+    });
+    let want = everything(&mut p);
+    assert!(!want.is_empty());
+    assert_eq!(everything(&mut c1), want, "r1 content");
+    assert_eq!(everything(&mut c2), want, "r2 content");
+    // Replicas refuse writes and say what they are.
+    let err = cmd("SET")
+        .arg("x")
+        .arg("y")
+        .query::<()>(&mut c1)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("READONLY") || err.code() == Some("READONLY"),
+        "{err}"
+    );
+    let ri = info(&mut c1);
+    assert_eq!(
+        (
+            ri["role"].as_str(),
+            ri["node_name"].as_str(),
+            ri["lag_bytes"].as_str()
+        ),
+        ("replica", "r1", "0")
+    );
+    let pi = info(&mut p);
+    assert_eq!(pi["role"], "primary");
+    assert_eq!(pi["connected_replicas"], "2");
+    let lines: Vec<&String> = pi
+        .iter()
+        .filter(|(k, _)| k.starts_with("replica"))
+        .map(|(_, v)| v)
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("name=r1,") && l.contains("state=streaming")),
+        "{pi:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&format!("flush_lsn={}", pi["flush_lsn"]))),
+        "{pi:?}"
+    );
+}
+
+#[test]
+fn a_killed_replica_catches_up_after_restart() {
+    let (pd, d1) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let primary = Node::start(pd.path(), &[]);
+    let addr = format!("127.0.0.1:{}", primary.port);
+    let r1 = Node::start(d1.path(), &["--replicaof", &addr, "--name", "r1"]);
+    let mut p = primary.client();
+    let mut c1 = r1.client();
+    wait_for(20, "link up", || info(&mut c1)["primary_link"] == "up");
+    for i in 0..500 {
+        let _: () = cmd("SET")
+            .arg(format!("a{i}"))
+            .arg(i)
+            .query(&mut p)
+            .unwrap();
+    }
+    // Kill it in the middle of the stream; the primary keeps writing.
+    r1.kill();
+    for i in 0..1500 {
+        let _: () = cmd("SET")
+            .arg(format!("b{i}"))
+            .arg(i)
+            .query(&mut p)
+            .unwrap();
+    }
+    wait_for(10, "the primary to notice", || {
+        info(&mut p)["connected_replicas"] == "0"
+    });
+    let r1 = Node::start(d1.path(), &["--replicaof", &addr, "--name", "r1"]);
+    let mut c1 = r1.client();
+    wait_for(30, "r1 caught up after restart", || {
+        caught_up(&mut p, &mut c1)
+    });
+    assert_eq!(everything(&mut c1), everything(&mut p));
+    // A paused primary (SIGSTOP, SIGCONT): the stream resumes and carries new writes.
+    drop(c1);
+    primary.signal("STOP");
+    primary.signal("CONT");
+    let _: () = cmd("SET").arg("after").arg("pause").query(&mut p).unwrap();
+    let mut c1 = r1.client();
+    wait_for(30, "r1 caught up again", || caught_up(&mut p, &mut c1));
+    assert_eq!(
+        cmd("GET").arg("after").query::<String>(&mut c1).unwrap(),
+        "pause"
+    );
+}
