@@ -32,13 +32,14 @@ struct Cli {
 enum Command {
     /// Run a node: a primary serving RESP clients on --bind:--port with its data in --dir.
     Serve(ServeArgs),
-    /// Run a ready-to-use local instance on 127.0.0.1:6380 (data in ./replidb-demo unless
-    /// --dir says otherwise) and print how to connect. Ctrl-C stops it cleanly.
+    /// Run a ready-to-use local cluster: a primary on 127.0.0.1:6380 and two replicas (r1,
+    /// r2) on 6381 and 6382, data under ./replidb-demo unless --dir says otherwise; prints how
+    /// to connect. Ctrl-C stops them cleanly.
     Demo {
         /// Data directory for the demo.
         #[arg(long, default_value = "replidb-demo")]
         dir: PathBuf,
-        /// Port for the demo.
+        /// The primary's port (the replicas take the next two).
         #[arg(long, default_value_t = 6380)]
         port: u16,
     },
@@ -69,21 +70,54 @@ fn main() -> Result<()> {
         .init();
     match cli.command {
         Command::Serve(args) => serve(Config::resolve(args)?, None),
-        Command::Demo { dir, port } => {
-            let config = Config::resolve(ServeArgs {
-                dir: Some(dir),
-                port: Some(port),
-                ..Default::default()
-            })?;
-            let banner = format!(
-                "\nreplidb demo: a primary on 127.0.0.1:{port}, data in {}\n\n  redis-cli -p {port}\n  127.0.0.1:{port}> SET greeting hello\n  127.0.0.1:{port}> GET greeting\n  127.0.0.1:{port}> INFO persistence\n\nCtrl-C (or SHUTDOWN) stops it; the data stays for next time.\n",
-                config.dir.display()
-            );
-            serve(config, Some(banner))
-        }
+        Command::Demo { dir, port } => demo(dir, port),
         Command::Check { dir } => check(dir),
         Command::Stats { dir } => stats(dir),
     }
+}
+
+/// A primary and two replicas (r1, r2) in one process, on PORT, PORT+1, PORT+2.
+fn demo(dir: PathBuf, port: u16) -> Result<()> {
+    let node = |sub: &str, p: u16, replicaof: Option<String>, name: &str| {
+        Config::resolve(ServeArgs {
+            dir: Some(dir.join(sub)),
+            port: Some(p),
+            replicaof,
+            name: Some(name.into()),
+            ..Default::default()
+        })
+    };
+    let primary = node("primary", port, None, "primary")?;
+    let r1 = node("r1", port + 1, Some(format!("127.0.0.1:{port}")), "r1")?;
+    let r2 = node("r2", port + 2, Some(format!("127.0.0.1:{port}")), "r2")?;
+    let rt = runtime_builder()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(async move {
+        let p = Server::start(primary).await?;
+        let a = Server::start(r1).await?;
+        let b = Server::start(r2).await?;
+        println!(
+            "\nreplidb demo: a primary and two replicas, data under {}\n\n  primary  127.0.0.1:{port}   redis-cli -p {port}\n  r1       127.0.0.1:{}   redis-cli -p {}   (read-only)\n  r2       127.0.0.1:{}   redis-cli -p {}   (read-only)\n\n  redis-cli -p {port} SET greeting hello\n  redis-cli -p {} GET greeting\n  redis-cli -p {port} INFO replication\n\nCtrl-C stops all three; the data stays for next time.\n",
+            dir.display(),
+            port + 1,
+            port + 1,
+            port + 2,
+            port + 2,
+            port + 1
+        );
+        let stops = [p.shutdown_handle(), a.shutdown_handle(), b.shutdown_handle()];
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("SIGINT: shutting down the demo");
+            for s in &stops {
+                let _ = s.send(true);
+            }
+        });
+        let (x, y, z) = tokio::join!(p.run(), a.run(), b.run());
+        x.and(y).and(z)
+    })
 }
 
 fn serve(config: Config, banner: Option<String>) -> Result<()> {
