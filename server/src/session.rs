@@ -446,6 +446,10 @@ impl Session {
                 _ => self.err(out, &wrong_arity("durability")),
             },
             "LSN" => self.enc.int(&mut out.buf, self.last_lsn.0 as i64),
+            "DIGEST" => {
+                let (lsn, d) = self.db().read().digest();
+                self.enc.bulk(&mut out.buf, format!("{lsn} {d:016x}").as_bytes());
+            }
             "ROLE" => {
                 if let Some(p) = &self.shared.config.replicaof {
                     let (host, port) = p.rsplit_once(':').unwrap_or((p.as_str(), "0"));
@@ -929,6 +933,7 @@ pub const COMMANDS: &[(&str, i64)] = &[
     ("QUIT", 1),
     ("SHUTDOWN", -1),
     ("REPLSTREAM", 1),
+    ("DIGEST", 1),
 ];
 
 fn arity_error(name: &str, argc: usize) -> Option<String> {

@@ -32,6 +32,10 @@ fn everything(c: &mut redis::Connection) -> Vec<Vec<u8>> {
     cmd("RANGE").arg("-").arg("+").query(c).unwrap()
 }
 
+fn pi_flush(c: &mut redis::Connection) -> String {
+    info(c)["apply_lsn"].clone()
+}
+
 fn caught_up(primary: &mut redis::Connection, replica: &mut redis::Connection) -> bool {
     let p = info(primary);
     let r = info(replica);
@@ -75,6 +79,16 @@ fn replicas_stream_the_wal_and_converge() {
     assert!(!want.is_empty());
     assert_eq!(everything(&mut c1), want, "r1 content");
     assert_eq!(everything(&mut c2), want, "r2 content");
+    // The pages are the primary's: the three DIGEST lines agree.
+    let digest = |c: &mut redis::Connection| cmd("DIGEST").query::<String>(c).unwrap();
+    let d = digest(&mut p);
+    assert_eq!(
+        d.split(' ').next(),
+        Some(pi_flush(&mut p).as_str()),
+        "DIGEST names the last commit's LSN"
+    );
+    assert_eq!(digest(&mut c1), d);
+    assert_eq!(digest(&mut c2), d);
     // Replicas refuse writes and say what they are.
     let err = cmd("SET")
         .arg("x")

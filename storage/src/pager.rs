@@ -90,6 +90,21 @@ impl Published {
         self.last_lsn = last_lsn;
     }
 
+    /// The bytes of page `id` as they stand, unverified: its frame, else the file's bytes
+    /// (zeros past the end of the file). For digests, which must cover every page, including
+    /// free pages that were never written.
+    pub fn page_raw(&self, id: PageId) -> &[u8] {
+        const ZERO: [u8; PAGE_SIZE] = [0; PAGE_SIZE];
+        let i = id.0 as usize;
+        if let Some(Some(f)) = self.frames.get(i) {
+            return &f[..];
+        }
+        match &self.map {
+            Some(m) if id.0 < self.mapped_pages => &m[i * PAGE_SIZE..(i + 1) * PAGE_SIZE],
+            _ => &ZERO,
+        }
+    }
+
     /// Pages held in frames (changed since the last checkpoint).
     pub fn dirty_pages(&self) -> usize {
         self.frame_count

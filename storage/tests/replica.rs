@@ -95,6 +95,14 @@ fn a_replica_fed_the_wal_matches_the_primary_byte_for_byte() {
         );
         replica.check_integrity().unwrap();
     }
+    // The digest covers every page: one changed byte of data changes it.
+    let before = primary.read().digest();
+    primary
+        .put(b"k00001", b"changed", Durability::Local)
+        .unwrap();
+    assert_ne!(primary.read().digest().1, before.1);
+    catch_up(&primary, &replica, &mut rng);
+    assert_eq!(replica.read().digest(), primary.read().digest());
     // Writes on a replica are refused.
     assert!(matches!(
         replica.put(b"x", b"y", Durability::Local),
