@@ -102,7 +102,9 @@ pub fn render(sh: &Shared, section: Option<&str>) -> String {
                         if sh.link_up.load(Ordering::Relaxed) { "up" } else { "down" },
                         sh.lag_ms(lag)
                     );
-                } else {
+                }
+                // Replicas served by this node (a replica serves cascaded ones).
+                {
                     let reps = sh.replicas.lock().list.clone();
                     let _ = write!(
                         o,

@@ -176,3 +176,50 @@ fn a_killed_replica_catches_up_after_restart() {
         "pause"
     );
 }
+
+#[test]
+fn a_cascading_chain_converges() {
+    let (pd, d1, d2) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let primary = Node::start(pd.path(), &[]);
+    let r1 = Node::start(
+        d1.path(),
+        &[
+            "--replicaof",
+            &format!("127.0.0.1:{}", primary.port),
+            "--name",
+            "r1",
+        ],
+    );
+    // r2 follows r1, not the primary: r1 forwards the WAL it has flushed.
+    let r2 = Node::start(
+        d2.path(),
+        &[
+            "--replicaof",
+            &format!("127.0.0.1:{}", r1.port),
+            "--name",
+            "r2",
+        ],
+    );
+    let (mut p, mut c1, mut c2) = (primary.client(), r1.client(), r2.client());
+    wait_for(20, "links up", || {
+        info(&mut c1)["primary_link"] == "up" && info(&mut c2)["primary_link"] == "up"
+    });
+    for i in 0..1000 {
+        let _: () = cmd("SET")
+            .arg(format!("c{i}"))
+            .arg(i)
+            .query(&mut p)
+            .unwrap();
+    }
+    wait_for(30, "chain caught up", || {
+        caught_up(&mut p, &mut c1) && caught_up(&mut p, &mut c2)
+    });
+    let d = cmd("DIGEST").query::<String>(&mut p).unwrap();
+    assert_eq!(cmd("DIGEST").query::<String>(&mut c1).unwrap(), d);
+    assert_eq!(cmd("DIGEST").query::<String>(&mut c2).unwrap(), d);
+    assert_eq!(info(&mut c1)["connected_replicas"], "1", "r1 serves r2");
+}
