@@ -42,6 +42,10 @@ pub struct ServeArgs {
     #[arg(long)]
     pub name: Option<String>,
 
+    /// The password a replica sends to its primary (the primary's --requirepass).
+    #[arg(long)]
+    pub primary_password: Option<String>,
+
     /// A TOML file with any of these settings (same names, e.g. `port = 6390`); flags win.
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
@@ -92,6 +96,7 @@ pub struct Config {
     /// Set on a replica: the primary's HOST:PORT.
     pub replicaof: Option<String>,
     pub name: String,
+    pub primary_password: Option<String>,
 }
 
 impl Config {
@@ -148,6 +153,10 @@ impl Config {
         Ok(Config {
             replicaof,
             name,
+            primary_password: flags
+                .primary_password
+                .or(file.primary_password)
+                .filter(|p| !p.is_empty()),
             dir,
             bind: flags
                 .bind

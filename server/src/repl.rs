@@ -223,6 +223,29 @@ async fn stream_from(sh: &Arc<Shared>, primary: &str) -> Result<()> {
         .with_context(|| format!("connecting to {primary}"))?;
     let _ = sock.set_nodelay(true);
     let (mut rd, mut wr) = sock.into_split();
+    let mut buf = BytesMut::with_capacity(1 << 20);
+    if let Some(pw) = &sh.config.primary_password {
+        let mut auth = Vec::new();
+        auth.extend_from_slice(format!("*2\r\n$4\r\nAUTH\r\n${}\r\n", pw.len()).as_bytes());
+        auth.extend_from_slice(pw.as_bytes());
+        auth.extend_from_slice(b"\r\n");
+        wr.write_all(&auth).await?;
+        // The primary's RESP reply to AUTH: one line.
+        let line = loop {
+            if let Some(i) = buf.iter().position(|&b| b == b'\n') {
+                break buf.split_to(i + 1);
+            }
+            if buf.len() > 4096 || rd.read_buf(&mut buf).await? == 0 {
+                bail!("the primary closed the connection during AUTH");
+            }
+        };
+        if !line.starts_with(b"+OK") {
+            bail!(
+                "the primary refused the password: {}",
+                String::from_utf8_lossy(&line).trim()
+            );
+        }
+    }
     wr.write_all(b"*1\r\n$10\r\nREPLSTREAM\r\n").await?;
     let db = sh.db.clone();
     let hello = Frame::Hello {
@@ -233,7 +256,6 @@ async fn stream_from(sh: &Arc<Shared>, primary: &str) -> Result<()> {
         name: sh.config.name.clone(),
     };
     write_frame(&mut wr, &hello).await?;
-    let mut buf = BytesMut::with_capacity(1 << 20);
     match read_frame(&mut rd, &mut buf).await? {
         Frame::Welcome {
             primary_flush_lsn, ..

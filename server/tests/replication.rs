@@ -223,3 +223,67 @@ fn a_cascading_chain_converges() {
     assert_eq!(cmd("DIGEST").query::<String>(&mut c2).unwrap(), d);
     assert_eq!(info(&mut c1)["connected_replicas"], "1", "r1 serves r2");
 }
+
+#[test]
+fn replicas_authenticate_to_a_primary_with_a_password() {
+    let (pd, d1, d2) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let primary = Node::start(pd.path(), &["--requirepass", "s3cret"]);
+    let addr = format!("127.0.0.1:{}", primary.port);
+    let good = Node::start(
+        d1.path(),
+        &[
+            "--replicaof",
+            &addr,
+            "--name",
+            "r1",
+            "--primary-password",
+            "s3cret",
+        ],
+    );
+    let bad = Node::start(
+        d2.path(),
+        &[
+            "--replicaof",
+            &addr,
+            "--name",
+            "r2",
+            "--primary-password",
+            "wrong",
+        ],
+    );
+    let mut p = redis::Client::open(format!("redis://:s3cret@127.0.0.1:{}/", primary.port))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let (mut c1, mut c2) = (good.client(), bad.client());
+    let _: () = cmd("SET").arg("k").arg("v").query(&mut p).unwrap();
+    wait_for(20, "the authenticated replica", || {
+        caught_up(&mut p, &mut c1)
+    });
+    assert_eq!(
+        cmd("GET")
+            .arg("k")
+            .query::<Option<String>>(&mut c1)
+            .unwrap()
+            .as_deref(),
+        Some("v")
+    );
+    // The other one stays out, says so in its log, and has nothing.
+    wait_for(20, "a refusal in the log", || {
+        bad.log_lines()
+            .iter()
+            .any(|l| l.contains("refused the password"))
+    });
+    assert_eq!(info(&mut c2)["primary_link"], "down");
+    assert_eq!(
+        cmd("GET")
+            .arg("k")
+            .query::<Option<String>>(&mut c2)
+            .unwrap(),
+        None
+    );
+}
