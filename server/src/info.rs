@@ -119,13 +119,14 @@ pub fn render(sh: &Shared, section: Option<&str>) -> String {
                         };
                         let _ = write!(
                             o,
-                            "replica{i}:name={},addr={},state={state},sync_state=async,write_lsn={},flush_lsn={},apply_lsn={},lag_bytes={},lag_ms=0\r\n",
+                            "replica{i}:name={},addr={},state={state},sync_state=async,write_lsn={},flush_lsn={},apply_lsn={},lag_bytes={},lag_ms={}\r\n",
                             r.name,
                             r.addr,
                             r.write_lsn,
                             r.flush_lsn,
                             r.apply_lsn,
-                            st.flush_lsn.0.saturating_sub(r.apply_lsn.0)
+                            st.flush_lsn.0.saturating_sub(r.apply_lsn.0),
+                            if r.apply_lsn >= st.flush_lsn { 0 } else { sh.lag_ms_since(r.apply_lsn) }
                         );
                     }
                 }

@@ -187,6 +187,28 @@ pub async fn serve_replica(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut) 
     r
 }
 
+/// Samples when the flush LSN advances (for `lag_ms`), every millisecond while anything
+/// changes, for as long as the server runs.
+pub async fn track_flush_times(sh: Arc<Shared>) {
+    let mut stop = sh.shutdown.subscribe();
+    let mut last = Lsn(0);
+    loop {
+        let now = sh.db.flush_lsn();
+        if now > last {
+            let mut ft = sh.flush_times.lock();
+            if ft.len() >= crate::session::FLUSH_TIMES_MAX {
+                ft.pop_front();
+            }
+            ft.push_back((now, Instant::now()));
+            last = now;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
 /// WAL that a connected replica still needs stays on disk.
 fn update_retention(sh: &Shared) {
     let min = sh.replicas.lock().min_flush();

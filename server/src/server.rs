@@ -65,7 +65,9 @@ impl Server {
             link_up: std::sync::atomic::AtomicBool::new(false),
             primary_flush: AtomicU64::new(0),
             behind_since_us: AtomicU64::new(0),
+            flush_times: parking_lot::Mutex::new(std::collections::VecDeque::new()),
         });
+        tokio::spawn(crate::repl::track_flush_times(shared.clone()));
         if let Some(primary) = shared.config.replicaof.clone() {
             tokio::spawn(crate::repl::run_replica(shared.clone(), primary));
         }

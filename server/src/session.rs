@@ -70,9 +70,23 @@ pub struct Shared {
     pub primary_flush: AtomicU64,
     /// Replica: when (µs since the epoch) it last noticed it was behind, 0 if caught up.
     pub behind_since_us: AtomicU64,
+    /// When the log's flush LSN reached each value (sampled every millisecond, bounded):
+    /// how `lag_ms` learns when a replica's first unapplied record was written.
+    pub flush_times: Mutex<std::collections::VecDeque<(Lsn, Instant)>>,
 }
 
+/// Samples kept in `Shared::flush_times` (a minute and more at one per millisecond).
+pub const FLUSH_TIMES_MAX: usize = 100_000;
+
 impl Shared {
+    /// Time since this node's log held the oldest record past `applied` (0 if none is).
+    pub fn lag_ms_since(&self, applied: Lsn) -> u64 {
+        let ft = self.flush_times.lock();
+        // The first sample past `applied`: the record after it was durable by then.
+        let i = ft.partition_point(|(l, _)| *l <= applied);
+        ft.get(i).map_or(0, |(_, t)| t.elapsed().as_millis() as u64)
+    }
+
     /// Replica: how long it has been behind the primary (0 when `lag_bytes` is 0).
     pub fn lag_ms(&self, lag_bytes: u64) -> u64 {
         let now = std::time::SystemTime::now()

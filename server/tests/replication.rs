@@ -287,3 +287,52 @@ fn replicas_authenticate_to_a_primary_with_a_password() {
         None
     );
 }
+
+/// Lag is visible: a paused replica shows growing lag_bytes and lag_ms on the primary, and
+/// both fall back to 0 once it resumes and catches up.
+#[test]
+fn lag_is_visible_on_the_primary() {
+    let (pd, d1) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let primary = Node::start(pd.path(), &[]);
+    let r1 = Node::start(
+        d1.path(),
+        &[
+            "--replicaof",
+            &format!("127.0.0.1:{}", primary.port),
+            "--name",
+            "r1",
+        ],
+    );
+    let mut p = primary.client();
+    let mut c1 = r1.client();
+    wait_for(20, "link up", || info(&mut c1)["primary_link"] == "up");
+    let field = |c: &mut redis::Connection, f: &str| -> u64 {
+        let line = info(c)["replica0"].clone();
+        line.split(',')
+            .find_map(|kv| kv.strip_prefix(&format!("{f}=")))
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    r1.signal("STOP");
+    let t0 = Instant::now();
+    for i in 0..200 {
+        let _: () = cmd("SET")
+            .arg(format!("lag{i}"))
+            .arg("x".repeat(500))
+            .query(&mut p)
+            .unwrap();
+    }
+    // Let the paused replica fall measurably behind in time, not only in bytes.
+    wait_for(10, "lag_ms to grow", || field(&mut p, "lag_ms") >= 100);
+    assert!(field(&mut p, "lag_bytes") > 0);
+    assert!(
+        field(&mut p, "lag_ms") <= t0.elapsed().as_millis() as u64 + 50,
+        "lag_ms is bounded by the pause"
+    );
+    r1.signal("CONT");
+    wait_for(20, "caught up again", || caught_up(&mut p, &mut c1));
+    wait_for(5, "lag back to 0", || {
+        field(&mut p, "lag_ms") == 0 && field(&mut p, "lag_bytes") == 0
+    });
+}
