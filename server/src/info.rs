@@ -89,12 +89,12 @@ pub fn render(sh: &Shared, section: Option<&str>) -> String {
                     sh.config.name,
                     if db.is_replica() { st.flush_lsn } else { st.last_lsn },
                     st.flush_lsn,
-                    st.last_lsn,
+                    db.apply_lsn(),
                     set.sync_commit.name()
                 );
                 if let Some(p) = &sh.config.replicaof {
                     let primary_flush = sh.primary_flush.load(Ordering::Relaxed);
-                    let lag = primary_flush.saturating_sub(st.last_lsn.0);
+                    let lag = primary_flush.saturating_sub(db.apply_lsn().0);
                     let _ =
                         write!(
                         o,

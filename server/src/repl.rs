@@ -317,7 +317,7 @@ async fn stream_from(sh: &Arc<Shared>, primary: &str) -> Result<()> {
                 let fb = Frame::Feedback {
                     write_lsn: l,
                     flush_lsn: l,
-                    apply_lsn: db.last_lsn().max(Lsn(0)),
+                    apply_lsn: db.apply_lsn(),
                     time_us: now_us(),
                 };
                 write_frame(&mut wr, &fb).await?;

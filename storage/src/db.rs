@@ -284,6 +284,9 @@ struct ReplicaState {
     /// The redo LSN of the last primary checkpoint record applied: where this replica's own
     /// checkpoints may restart recovery from.
     restart_redo: Lsn,
+    /// Everything before this LSN is applied: the end of the last complete record replayed
+    /// (a commit, or a checkpoint record with no batch open).
+    applied: Lsn,
 }
 
 /// Where a replica stands after [`Db::apply_wal`].
@@ -408,6 +411,7 @@ impl Db {
                     .last_checkpoint_redo
                     .unwrap_or(control.redo_lsn)
                     .max(control.redo_lsn),
+                applied: rec.end,
             })
         });
         let wal_reader = Segments::new(&dir.join(WAL_DIR), control.segment_bytes, None);
@@ -683,20 +687,27 @@ impl Db {
             inner.wal.wait_flushed(end)?;
             rs.carry.drain(..at);
         }
-        rs.pending = pending;
         for e in events {
             match e {
-                Event::Batch(records, end) => inner.apply_batch(records, end)?,
+                Event::Batch(records, end) => {
+                    inner.apply_batch(records, end)?;
+                    rs.applied = end;
+                }
                 Event::Checkpoint(redo) => rs.restart_redo = rs.restart_redo.max(redo),
             }
         }
+        if pending.is_empty() {
+            // No batch is open: every record appended so far is applied.
+            rs.applied = inner.wal.end();
+        }
+        rs.pending = pending;
         if let Some(e) = invalid {
             return Err(e);
         }
         let progress = ReplicaProgress {
             write_lsn: Lsn(inner.wal.end().0 + rs.carry.len() as u64),
             flush_lsn: inner.wal.flushed(),
-            apply_lsn: inner.state.read().last_lsn,
+            apply_lsn: rs.applied,
         };
         drop(rs);
         let due = {
@@ -710,6 +721,15 @@ impl Db {
             inner.bg_cv.notify_one();
         }
         Ok(progress)
+    }
+
+    /// Everything before this LSN is applied and visible: on a replica, the end of the last
+    /// record replayed; on a primary, the end of the last commit.
+    pub fn apply_lsn(&self) -> Lsn {
+        match &self.inner.replica {
+            Some(rs) => rs.lock().applied,
+            None => self.last_lsn(),
+        }
     }
 
     /// Whether this database was opened as a replica.

@@ -47,7 +47,16 @@ fn catch_up(primary: &Db, replica: &Db, rng: &mut impl Rng) {
         primary.flush_lsn(),
         "the replica has the whole log"
     );
-    assert_eq!(p.apply_lsn, primary.last_lsn(), "and has applied it");
+    assert_eq!(
+        p.apply_lsn,
+        primary.flush_lsn(),
+        "and has applied all of it"
+    );
+    assert_eq!(
+        replica.last_lsn(),
+        primary.last_lsn(),
+        "up to the same last commit"
+    );
 }
 
 fn content(db: &Db) -> BTreeMap<Vec<u8>, Vec<u8>> {
