@@ -374,3 +374,96 @@ fn lag_is_visible_on_the_primary() {
         field(&mut p, "lag_ms") == 0 && field(&mut p, "lag_bytes") == 0
     });
 }
+
+/// A relay between replica and primary that corrupts one byte of the primary's stream once.
+fn corrupting_proxy(
+    primary_port: u16,
+    flip_at: usize,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let flipped = Arc::new(AtomicBool::new(false));
+    let f2 = flipped.clone();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let Ok(server) = TcpStream::connect(("127.0.0.1", primary_port)) else {
+                return;
+            };
+            let (mut c_rd, mut s_wr) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = c_rd.read(&mut buf) {
+                    if n == 0 || s_wr.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = s_wr.shutdown(std::net::Shutdown::Both);
+            });
+            let (mut s_rd, mut c_wr) = (server, client);
+            let flipped = f2.clone();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                let mut seen = 0usize;
+                while let Ok(n) = s_rd.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if seen <= flip_at
+                        && flip_at < seen + n
+                        && !flipped.swap(true, Ordering::SeqCst)
+                    {
+                        buf[flip_at - seen] ^= 0x40;
+                    }
+                    seen += n;
+                    if c_wr.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = c_wr.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    (port, flipped)
+}
+
+#[test]
+fn a_corrupted_frame_is_rejected_and_the_replica_reconnects() {
+    let (pd, d1) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let primary = Node::start(pd.path(), &[]);
+    let (proxy, flipped) = corrupting_proxy(primary.port, 20_000);
+    let r1 = Node::start(
+        d1.path(),
+        &["--replicaof", &format!("127.0.0.1:{proxy}"), "--name", "r1"],
+    );
+    let mut p = primary.client();
+    for i in 0..500 {
+        let _: () = cmd("SET")
+            .arg(format!("p{i}"))
+            .arg("v".repeat(200))
+            .query(&mut p)
+            .unwrap();
+    }
+    let mut c1 = r1.client();
+    wait_for(30, "the replica caught up through the proxy", || {
+        caught_up(&mut p, &mut c1)
+    });
+    assert!(
+        flipped.load(std::sync::atomic::Ordering::SeqCst),
+        "the proxy corrupted a byte"
+    );
+    let log = r1.log_lines().join("\n");
+    assert!(
+        log.contains("bad frame") && log.contains("checksum"),
+        "the replica saw the bad frame: {log}"
+    );
+    // Nothing bad was applied: the pages are the primary's.
+    assert_eq!(
+        cmd("DIGEST").query::<String>(&mut c1).unwrap(),
+        cmd("DIGEST").query::<String>(&mut p).unwrap()
+    );
+}
