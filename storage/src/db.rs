@@ -382,6 +382,7 @@ impl Db {
             control.segment_bytes,
             options.faults.clone(),
         );
+        segs.remove_leftovers()?;
         let rec = recovery::recover(&file, &mut segs, control.redo_lsn)?;
         let replayed = !rec.pages.is_empty();
         let last_lsn = rec.last_commit_end.unwrap_or(rec.end);

@@ -89,7 +89,9 @@ fn run_and_kill(dir: &std::path::Path, first: u32, acks: usize) -> BTreeMap<u32,
         .env("REPLIDB_CRASH_DIR", dir)
         .env("REPLIDB_CRASH_FIRST", first.to_string())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.with_extension("stderr")).unwrap(),
+        ))
         .spawn()
         .unwrap();
     let out = BufReader::new(child.stdout.take().unwrap());
@@ -106,7 +108,10 @@ fn run_and_kill(dir: &std::path::Path, first: u32, acks: usize) -> BTreeMap<u32,
                     n += 1;
                 }
             }
-            _ => panic!("child ended before {acks} acknowledgements ({n} seen)"),
+            _ => {
+                let err = std::fs::read_to_string(dir.with_extension("stderr")).unwrap_or_default();
+                panic!("child ended before {acks} acknowledgements ({n} seen); its stderr:\n{err}")
+            }
         }
     }
     child.kill().unwrap(); // SIGKILL

@@ -67,11 +67,36 @@ fn check_header(h: &[u8], start: u64, segment_bytes: u64) -> Result<(), String> 
 }
 
 /// The segment files of one WAL directory.
+///
+/// Several `Segments` can work on one directory (the flusher creates segments, checkpoints
+/// recycle old ones into future names, replication reads): a lock per directory, shared by
+/// all of them in this process, makes "create a segment" and "recycle into a name" exclusive,
+/// and a recycled segment gets its new header before it takes its new name, so a file found
+/// under a segment name is always complete.
 pub(crate) struct Segments {
     dir: PathBuf,
     pub segment_bytes: u64,
     open: BTreeMap<u64, File>,
     faults: Option<Arc<FaultInjector>>,
+    names: Arc<parking_lot::Mutex<()>>,
+}
+
+/// The per-directory naming locks of this process.
+fn names_lock(dir: &Path) -> Arc<parking_lot::Mutex<()>> {
+    static LOCKS: std::sync::OnceLock<
+        parking_lot::Mutex<
+            std::collections::HashMap<PathBuf, std::sync::Weak<parking_lot::Mutex<()>>>,
+        >,
+    > = std::sync::OnceLock::new();
+    let key = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let mut map = LOCKS.get_or_init(Default::default).lock();
+    map.retain(|_, w| w.strong_count() > 0);
+    if let Some(l) = map.get(&key).and_then(|w| w.upgrade()) {
+        return l;
+    }
+    let l = Arc::new(parking_lot::Mutex::new(()));
+    map.insert(key, Arc::downgrade(&l));
+    l
 }
 
 impl Segments {
@@ -81,6 +106,7 @@ impl Segments {
             segment_bytes,
             open: BTreeMap::new(),
             faults,
+            names: names_lock(dir),
         }
     }
 
@@ -90,6 +116,21 @@ impl Segments {
 
     pub fn path(&self, start: u64) -> PathBuf {
         self.dir.join(segment_name(start))
+    }
+
+    /// Removes leftovers of a segment creation or recycling that a crash interrupted
+    /// (`*.wal.tmp`, `*.recycle`). Called at open, before anything else uses the directory.
+    pub fn remove_leftovers(&self) -> io::Result<()> {
+        for e in fs::read_dir(&self.dir)? {
+            let e = e?;
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".wal.tmp") || name.ends_with(".recycle") {
+                tracing::info!(file = %name, "removing an unfinished WAL segment left by a crash");
+                fs::remove_file(e.path())?;
+            }
+        }
+        Ok(())
     }
 
     /// Start LSNs of the segment files present, ascending.
@@ -114,6 +155,8 @@ impl Segments {
     pub fn ensure(&mut self, start: u64) -> io::Result<&File> {
         if !self.open.contains_key(&start) {
             let path = self.path(start);
+            let names = self.names.clone();
+            let _naming = names.lock();
             let f = match OpenOptions::new().read(true).write(true).open(&path) {
                 Ok(f) => {
                     let mut h = [0u8; 64];
@@ -241,14 +284,22 @@ impl Segments {
                 .into_iter()
                 .filter(|&x| x > self.start_of(end))
                 .count();
-            if future < SPARES {
+            let names = self.names.clone();
+            let _naming = names.lock();
+            let to = self.path(next_future);
+            if future < SPARES && !to.exists() {
                 // Recycle: the blocks are allocated already, which makes the future fdatasyncs
                 // cheap; the stale records in it carry other LSNs and can never be read back.
-                let to = self.path(next_future);
-                fs::rename(self.path(s), &to)?;
-                let f = OpenOptions::new().write(true).open(&to)?;
+                // The new header goes in before the new name, so no one ever opens a segment
+                // whose header does not match its name.
+                let tmp = self
+                    .dir
+                    .join(format!("{}.recycle", segment_name(next_future)));
+                fs::rename(self.path(s), &tmp)?;
+                let f = OpenOptions::new().write(true).open(&tmp)?;
                 f.write_all_at(&header_bytes(next_future, self.segment_bytes), 0)?;
                 f.sync_data()?;
+                fs::rename(&tmp, &to)?;
                 next_future += self.segment_bytes;
             } else {
                 fs::remove_file(self.path(s))?;
