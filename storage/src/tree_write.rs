@@ -239,19 +239,33 @@ fn write_node(
     id: PageId,
     kind: PageKind,
     link: PageId,
-    mut cells: Vec<Cell>,
+    cells: Vec<Cell>,
 ) -> Result<Option<Cell>> {
     if node::cost(&cells) <= USABLE {
         node::rebuild(ctx.page_mut(id)?, kind, id, link, &cells);
         return Ok(None);
     }
     let right = ctx.alloc(kind)?;
+    Ok(Some(share(ctx, kind, id, link, right, cells)?))
+}
+
+/// Spreads `cells` (too many for one page) evenly over pages `left` and `right`, and returns
+/// the branch cell that routes to `right`: for leaves a new, suffix-truncated separator; for
+/// branches the middle cell, moved up (its child becomes `right`'s leftmost child).
+fn share(
+    ctx: &mut WriteCtx<'_>,
+    kind: PageKind,
+    left: PageId,
+    left_link: PageId,
+    right: PageId,
+    mut cells: Vec<Cell>,
+) -> Result<Cell> {
     match kind {
         PageKind::Leaf => {
             let m = leaf_split_point(&cells);
             let right_cells = cells.split_off(m);
             let sep = separator(ctx, &cells[m - 1], &right_cells[0])?;
-            node::rebuild(ctx.page_mut(id)?, kind, id, PageId::NONE, &cells);
+            node::rebuild(ctx.page_mut(left)?, kind, left, PageId::NONE, &cells);
             node::rebuild(
                 ctx.page_mut(right)?,
                 kind,
@@ -259,7 +273,7 @@ fn write_node(
                 PageId::NONE,
                 &right_cells,
             );
-            Ok(Some(make_branch_cell(ctx, right, &sep)?))
+            make_branch_cell(ctx, right, &sep)
         }
         _ => {
             let m = branch_split_point(&cells);
@@ -267,9 +281,9 @@ fn write_node(
             let mut up = cells.pop().expect("split point inside the cells");
             let right_link = node::branch_cell_child(&up);
             node::set_branch_cell_child(&mut up, right);
-            node::rebuild(ctx.page_mut(id)?, kind, id, link, &cells);
+            node::rebuild(ctx.page_mut(left)?, kind, left, left_link, &cells);
             node::rebuild(ctx.page_mut(right)?, kind, right, right_link, &right_cells);
-            Ok(Some(up))
+            Ok(up)
         }
     }
 }
@@ -356,33 +370,12 @@ fn rebalance(ctx: &mut WriteCtx<'_>, pid: PageId, ci: usize) -> Result<Option<Ce
         return Ok(None);
     }
 
-    let new_sep = match kind {
-        PageKind::Leaf => {
-            let m = leaf_split_point(&cells);
-            let right_cells = cells.split_off(m);
-            let sep = separator(ctx, &cells[m - 1], &right_cells[0])?;
-            node::rebuild(ctx.page_mut(left)?, kind, left, PageId::NONE, &cells);
-            node::rebuild(
-                ctx.page_mut(right)?,
-                kind,
-                right,
-                PageId::NONE,
-                &right_cells,
-            );
-            free_branch_cell_chain(ctx, &sep_cell)?;
-            make_branch_cell(ctx, right, &sep)?
-        }
-        _ => {
-            let m = branch_split_point(&cells);
-            let right_cells = cells.split_off(m + 1);
-            let mut up = cells.pop().expect("split point inside the cells");
-            let right_link = node::branch_cell_child(&up);
-            node::set_branch_cell_child(&mut up, right);
-            node::rebuild(ctx.page_mut(left)?, kind, left, left_link, &cells);
-            node::rebuild(ctx.page_mut(right)?, kind, right, right_link, &right_cells);
-            up
-        }
-    };
+    // Share the cells evenly. A leaf separator is recomputed (the old one's overflow pages, if
+    // any, are freed); a branch separator moved down into `cells`, and one of them moves up.
+    let new_sep = share(ctx, kind, left, left_link, right, cells)?;
+    if kind == PageKind::Leaf {
+        free_branch_cell_chain(ctx, &sep_cell)?;
+    }
     node::remove_cell(ctx.page_mut(pid)?, PageKind::Branch, li);
     insert_branch_cell(ctx, pid, li, new_sep)
 }
