@@ -733,6 +733,36 @@ impl Db {
         }
     }
 
+    /// Starts a base backup for seeding a replica: checkpoints, and returns the checkpoint's
+    /// redo LSN — the replica replays the WAL from there — and the page count. The page file
+    /// may then be copied (`read_page_file`) while writes go on: every page that changes after
+    /// the redo LSN, or that the copy catches half-written, is logged as a full image after it,
+    /// so replaying from the redo LSN repairs the copy (PostgreSQL's base backup argument). The
+    /// caller must keep the WAL from the redo LSN (`set_wal_retain_from`) until the replica has
+    /// it.
+    pub fn begin_base_backup(&self) -> Result<(Lsn, u64)> {
+        self.checkpoint()?;
+        let redo = self.inner.ckpt.lock().control.redo_lsn;
+        Ok((redo, self.len_pages()))
+    }
+
+    /// Pages in the database (meta `page_count`).
+    pub fn len_pages(&self) -> u64 {
+        self.inner.state.read().meta.page_count
+    }
+
+    /// Appends the page file's raw bytes for pages `first .. first + count` to `out` (zeros
+    /// past the end of the file). For base backups.
+    pub fn read_page_file(&self, first: u64, count: u64, out: &mut Vec<u8>) -> Result<()> {
+        let ck = self.inner.ckpt.lock();
+        let mut page = page::new_page_buf();
+        for id in first..first + count {
+            ck.file.read_page(PageId(id), &mut page[..])?;
+            out.extend_from_slice(&page[..]);
+        }
+        Ok(())
+    }
+
     /// Whether this database was opened as a replica.
     pub fn is_replica(&self) -> bool {
         self.inner.replica.is_some()
@@ -1182,6 +1212,10 @@ fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
+}
+
+pub(crate) fn random_node_id() -> u64 {
+    random_u64()
 }
 
 fn random_u64() -> u64 {

@@ -57,6 +57,7 @@ mod overflow;
 pub mod page;
 mod pager;
 mod recovery;
+mod seed;
 mod tree_write;
 mod txn;
 pub mod types;
@@ -69,5 +70,6 @@ pub use db::{
 };
 pub use error::{Error, Result};
 pub use node::{MAX_KEY, MAX_VALUE};
+pub use seed::Seeder;
 pub use types::{Lsn, PageId};
 pub use wal::io::{FaultInjector, WalIo};

@@ -173,3 +173,50 @@ fn a_replica_recovers_from_a_crash_and_resumes() {
         Err(Error::NotReplica)
     ));
 }
+
+/// A replica seeded from a base backup — the page file copied while writes go on — and the
+/// WAL from the backup's redo LSN ends with the primary's content and pages, even when the
+/// primary's log no longer reaches back to its start.
+#[test]
+fn a_replica_seeded_from_a_base_backup_converges() {
+    let (pdir, rdir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let primary = Db::open(pdir.path(), opts(false)).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+    write_load(&primary, &mut rng, 400);
+    primary.checkpoint().unwrap();
+    write_load(&primary, &mut rng, 50);
+    primary.checkpoint().unwrap();
+    assert!(
+        primary.read_wal(Lsn(0), 10, &mut Vec::new()).is_err(),
+        "the log's start is gone"
+    );
+    let (redo, pages) = primary.begin_base_backup().unwrap();
+    primary.set_wal_retain_from(Some(redo));
+    let mut seeder = storage::Seeder::create(rdir.path(), redo, &opts(true)).unwrap();
+    // Copy in chunks while the primary keeps changing pages (and checkpointing).
+    let mut first = 0;
+    while first < pages {
+        let n = 37.min(pages - first);
+        let mut buf = Vec::new();
+        primary.read_page_file(first, n, &mut buf).unwrap();
+        seeder.write_pages(first, &buf).unwrap();
+        write_load(&primary, &mut rng, 3);
+        if first % 111 == 0 {
+            primary.checkpoint().unwrap();
+        }
+        first += n;
+    }
+    seeder.finish().unwrap();
+    let replica = Db::open(rdir.path(), opts(true)).unwrap();
+    assert_eq!(
+        replica.flush_lsn(),
+        redo,
+        "the replica's log starts at the backup's redo LSN"
+    );
+    catch_up(&primary, &replica, &mut rng);
+    assert!(content(&replica) == content(&primary));
+    assert_eq!(replica.read().digest(), primary.read().digest());
+    replica.check_integrity().unwrap();
+    // Seeding refuses a directory that already holds a database.
+    assert!(storage::Seeder::create(rdir.path(), redo, &opts(true)).is_err());
+}
