@@ -56,7 +56,7 @@ impl Seeder {
 
     /// Writes backup pages starting at page `first` (`bytes` is whole pages).
     pub fn write_pages(&mut self, first: u64, bytes: &[u8]) -> Result<()> {
-        if bytes.len() % PAGE_SIZE != 0 {
+        if !bytes.len().is_multiple_of(PAGE_SIZE) {
             return Err(Error::Incompatible {
                 path: self.dir.clone(),
                 reason: format!("a backup chunk of {} bytes is not whole pages", bytes.len()),
