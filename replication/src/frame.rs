@@ -6,7 +6,8 @@
 //! frame
 //! +0  len      u32  payload bytes (at most MAX_PAYLOAD)
 //! +4  crc      u32  crc32c of bytes 8..12+len (kind, reserved and payload)
-//! +8  kind     u8   1 hello, 2 welcome, 3 wal, 4 feedback, 5 keepalive, 6 error
+//! +8  kind     u8   1 hello, 2 welcome, 3 wal, 4 feedback, 5 keepalive, 6 error,
+//!                   7 snapshot_begin, 8 snapshot_pages, 9 snapshot_end
 //! +9  reserved [u8; 3]  0
 //! +12 payload
 //!
@@ -19,6 +20,9 @@
 //! feedback  (replica -> primary)  write_lsn u64 | flush_lsn u64 | apply_lsn u64 | time_us u64
 //! keepalive (primary -> replica)  primary_flush_lsn u64 | time_us u64
 //! error     (either way)          code u16 | message (UTF-8, at most 1024 bytes)
+//! snapshot_begin (primary -> new replica)  redo_lsn u64 | page_count u64
+//! snapshot_pages (primary -> new replica)  first_page u64 | whole pages (at most 1 MiB)
+//! snapshot_end   (primary -> new replica)  (empty)
 //! ```
 //! All integers little-endian.
 
@@ -66,6 +70,15 @@ pub enum Frame {
         code: u16,
         message: String,
     },
+    SnapshotBegin {
+        redo_lsn: Lsn,
+        page_count: u64,
+    },
+    SnapshotPages {
+        first_page: u64,
+        bytes: Vec<u8>,
+    },
+    SnapshotEnd,
 }
 
 /// Why bytes are not a frame. After one, the connection is closed and re-established.
@@ -100,6 +113,9 @@ impl Frame {
             Frame::Feedback { .. } => 4,
             Frame::Keepalive { .. } => 5,
             Frame::Error { .. } => 6,
+            Frame::SnapshotBegin { .. } => 7,
+            Frame::SnapshotPages { .. } => 8,
+            Frame::SnapshotEnd => 9,
         }
     }
 
@@ -164,6 +180,19 @@ impl Frame {
                 out.extend_from_slice(&code.to_le_bytes());
                 out.extend_from_slice(m.as_bytes());
             }
+            Frame::SnapshotBegin {
+                redo_lsn,
+                page_count,
+            } => {
+                out.extend_from_slice(&redo_lsn.0.to_le_bytes());
+                out.extend_from_slice(&page_count.to_le_bytes());
+            }
+            Frame::SnapshotPages { first_page, bytes } => {
+                assert!(bytes.len() <= MAX_WAL_CHUNK, "snapshot chunk too long");
+                out.extend_from_slice(&first_page.to_le_bytes());
+                out.extend_from_slice(bytes);
+            }
+            Frame::SnapshotEnd => {}
         }
         let len = out.len() - start - HEADER;
         out[start..start + 4].copy_from_slice(&(len as u32).to_le_bytes());
@@ -266,6 +295,26 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
                 code: u16_at(p, 0),
                 message: String::from_utf8_lossy(&p[2..]).into_owned(),
             }
+        }
+        7 => {
+            exact("snapshot_begin", 16)?;
+            Frame::SnapshotBegin {
+                redo_lsn: Lsn(u64_at(p, 0)),
+                page_count: u64_at(p, 8),
+            }
+        }
+        8 => {
+            if p.len() < 8 || !(p.len() - 8).is_multiple_of(storage::page::PAGE_SIZE) {
+                return Err(bad("snapshot_pages", "not whole pages"));
+            }
+            Frame::SnapshotPages {
+                first_page: u64_at(p, 0),
+                bytes: p[8..].to_vec(),
+            }
+        }
+        9 => {
+            exact("snapshot_end", 0)?;
+            Frame::SnapshotEnd
         }
         k => return Err(FrameError::Kind(k)),
     };

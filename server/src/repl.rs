@@ -51,6 +51,195 @@ async fn write_frame<W: AsyncWriteExt + Unpin>(wr: &mut W, f: &Frame) -> Result<
     Ok(())
 }
 
+/// Pages per snapshot frame (1 MiB).
+const SNAPSHOT_CHUNK_PAGES: u64 = (frame::MAX_WAL_CHUNK / storage::page::PAGE_SIZE) as u64;
+
+/// Primary side: sends a base backup to a new replica on a connection that sent
+/// `REPLSNAPSHOT`: a checkpoint's redo LSN and page count, the page file in 1 MiB frames, the
+/// end. The WAL from the redo LSN stays on disk for the replica (it is registered under its
+/// name at that position) until it streams.
+pub async fn serve_snapshot(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut) -> Result<()> {
+    let peer = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let (mut rd, mut wr) = sock.into_split();
+    let Frame::Hello { name, .. } = read_frame(&mut rd, &mut buf).await? else {
+        bail!("expected a hello frame");
+    };
+    let db = sh.db.clone();
+    let (redo, pages) = tokio::task::spawn_blocking({
+        let db = db.clone();
+        move || db.begin_base_backup()
+    })
+    .await??;
+    let slot = sh.replicas.lock().register(&name, &peer, redo);
+    sh.replicas.lock().disconnect(slot);
+    update_retention(&sh);
+    tracing::info!(replica = %name, %peer, redo = redo.0, pages, "sending a base backup");
+    write_frame(
+        &mut wr,
+        &Frame::SnapshotBegin {
+            redo_lsn: redo,
+            page_count: pages,
+        },
+    )
+    .await?;
+    let mut first = 0;
+    while first < pages {
+        let n = SNAPSHOT_CHUNK_PAGES.min(pages - first);
+        let db2 = db.clone();
+        let bytes = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::with_capacity(n as usize * storage::page::PAGE_SIZE);
+            db2.read_page_file(first, n, &mut out).map(|()| out)
+        })
+        .await??;
+        write_frame(
+            &mut wr,
+            &Frame::SnapshotPages {
+                first_page: first,
+                bytes,
+            },
+        )
+        .await?;
+        first += n;
+    }
+    write_frame(&mut wr, &Frame::SnapshotEnd).await?;
+    wr.shutdown().await?;
+    Ok(())
+}
+
+/// Replica side, before the database opens: when the data directory is new, fetch a base
+/// backup from the primary and lay it down (retrying until it succeeds or the node stops).
+pub async fn seed_if_new(
+    config: &crate::config::Config,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
+    let Some(primary) = &config.replicaof else {
+        return Ok(());
+    };
+    if config.dir.join("control").exists() {
+        return Ok(());
+    }
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match seed_once(config, primary).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(primary = %primary, error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "seeding from the primary failed")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => bail!("stopped while seeding"),
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn seed_once(config: &crate::config::Config, primary: &str) -> Result<()> {
+    let (mut rd, mut wr, mut buf) =
+        connect_as_replica(config, primary, b"*1\r\n$12\r\nREPLSNAPSHOT\r\n").await?;
+    let hello = Frame::Hello {
+        version: frame::VERSION,
+        epoch: 1,
+        node_id: 0,
+        flush_lsn: Lsn(0),
+        name: config.name.clone(),
+    };
+    write_frame(&mut wr, &hello).await?;
+    let (redo, pages) = match read_frame(&mut rd, &mut buf).await? {
+        Frame::SnapshotBegin {
+            redo_lsn,
+            page_count,
+        } => (redo_lsn, page_count),
+        Frame::Error { message, .. } => bail!("the primary refused: {message}"),
+        other => bail!("expected snapshot_begin, got {other:?}"),
+    };
+    let dir = config.dir.clone();
+    let mut seeder = tokio::task::spawn_blocking(move || {
+        storage::Seeder::create(&dir, redo, &storage::Options::default())
+    })
+    .await??;
+    let total = pages * storage::page::PAGE_SIZE as u64;
+    let t0 = Instant::now();
+    let mut last_log = Instant::now();
+    tracing::info!(primary = %primary, redo = redo.0, bytes = total, "seeding from a base backup");
+    loop {
+        match read_frame(&mut rd, &mut buf).await? {
+            Frame::SnapshotPages { first_page, bytes } => {
+                seeder = tokio::task::spawn_blocking(move || {
+                    seeder.write_pages(first_page, &bytes).map(|()| seeder)
+                })
+                .await??;
+                if last_log.elapsed() >= Duration::from_secs(1) {
+                    let done = seeder.written();
+                    let rate = done as f64 / t0.elapsed().as_secs_f64() / 1e6;
+                    tracing::info!(
+                        bytes = done,
+                        percent = done * 100 / total.max(1),
+                        rate_mb_s = format!("{rate:.0}"),
+                        "seeding"
+                    );
+                    last_log = Instant::now();
+                }
+            }
+            Frame::SnapshotEnd => break,
+            Frame::Error { message, .. } => bail!("the primary says: {message}"),
+            other => bail!("unexpected frame {other:?}"),
+        }
+    }
+    let done = seeder.written();
+    tokio::task::spawn_blocking(move || seeder.finish()).await??;
+    let secs = t0.elapsed().as_secs_f64();
+    tracing::info!(
+        bytes = done,
+        secs = format!("{secs:.2}"),
+        rate_mb_s = format!("{:.0}", done as f64 / secs.max(1e-6) / 1e6),
+        "seeded; streaming the WAL from the backup's redo LSN"
+    );
+    Ok(())
+}
+
+/// Connects to the primary as a replica: AUTH if a password is set, then `command`.
+async fn connect_as_replica(
+    config: &crate::config::Config,
+    primary: &str,
+    command: &[u8],
+) -> Result<(
+    tokio::net::tcp::OwnedReadHalf,
+    tokio::net::tcp::OwnedWriteHalf,
+    BytesMut,
+)> {
+    let sock = TcpStream::connect(primary)
+        .await
+        .with_context(|| format!("connecting to {primary}"))?;
+    let _ = sock.set_nodelay(true);
+    let (mut rd, mut wr) = sock.into_split();
+    let mut buf = BytesMut::with_capacity(1 << 20);
+    if let Some(pw) = &config.primary_password {
+        let mut auth = Vec::new();
+        auth.extend_from_slice(format!("*2\r\n$4\r\nAUTH\r\n${}\r\n", pw.len()).as_bytes());
+        auth.extend_from_slice(pw.as_bytes());
+        auth.extend_from_slice(b"\r\n");
+        wr.write_all(&auth).await?;
+        // The primary's RESP reply to AUTH: one line.
+        let line = loop {
+            if let Some(i) = buf.iter().position(|&b| b == b'\n') {
+                break buf.split_to(i + 1);
+            }
+            if buf.len() > 4096 || rd.read_buf(&mut buf).await? == 0 {
+                bail!("the primary closed the connection during AUTH");
+            }
+        };
+        if !line.starts_with(b"+OK") {
+            bail!(
+                "the primary refused the password: {}",
+                String::from_utf8_lossy(&line).trim()
+            );
+        }
+    }
+    wr.write_all(command).await?;
+    Ok((rd, wr, buf))
+}
+
 /// Primary side: serves one replica on a connection that sent `REPLSTREAM`.
 pub async fn serve_replica(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut) -> Result<()> {
     let peer = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
@@ -240,35 +429,8 @@ pub async fn run_replica(sh: Arc<Shared>, primary: String) {
 }
 
 async fn stream_from(sh: &Arc<Shared>, primary: &str) -> Result<()> {
-    let sock = TcpStream::connect(primary)
-        .await
-        .with_context(|| format!("connecting to {primary}"))?;
-    let _ = sock.set_nodelay(true);
-    let (mut rd, mut wr) = sock.into_split();
-    let mut buf = BytesMut::with_capacity(1 << 20);
-    if let Some(pw) = &sh.config.primary_password {
-        let mut auth = Vec::new();
-        auth.extend_from_slice(format!("*2\r\n$4\r\nAUTH\r\n${}\r\n", pw.len()).as_bytes());
-        auth.extend_from_slice(pw.as_bytes());
-        auth.extend_from_slice(b"\r\n");
-        wr.write_all(&auth).await?;
-        // The primary's RESP reply to AUTH: one line.
-        let line = loop {
-            if let Some(i) = buf.iter().position(|&b| b == b'\n') {
-                break buf.split_to(i + 1);
-            }
-            if buf.len() > 4096 || rd.read_buf(&mut buf).await? == 0 {
-                bail!("the primary closed the connection during AUTH");
-            }
-        };
-        if !line.starts_with(b"+OK") {
-            bail!(
-                "the primary refused the password: {}",
-                String::from_utf8_lossy(&line).trim()
-            );
-        }
-    }
-    wr.write_all(b"*1\r\n$10\r\nREPLSTREAM\r\n").await?;
+    let (mut rd, mut wr, mut buf) =
+        connect_as_replica(&sh.config, primary, b"*1\r\n$10\r\nREPLSTREAM\r\n").await?;
     let db = sh.db.clone();
     let hello = Frame::Hello {
         version: frame::VERSION,

@@ -32,6 +32,9 @@ pub struct Server {
 impl Server {
     /// Opens the database and binds the port.
     pub async fn start(config: Config) -> Result<Server> {
+        let (tx, mut stop_rx) = watch::channel(false);
+        // A new replica first lays down a base backup from its primary.
+        crate::repl::seed_if_new(&config, &mut stop_rx).await?;
         let dir = config.dir.clone();
         let replica = config.replicaof.is_some();
         let db = tokio::task::spawn_blocking(move || {
@@ -48,7 +51,6 @@ impl Server {
         let listener = TcpListener::bind((config.bind.as_str(), config.port))
             .await
             .with_context(|| format!("binding {}:{}", config.bind, config.port))?;
-        let (tx, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             db: Arc::new(db),
             settings: RwLock::new(Settings {
@@ -179,6 +181,9 @@ async fn connection(sh: Arc<Shared>, mut sock: TcpStream) -> Result<()> {
         }
         if after == After::Replicate {
             return crate::repl::serve_replica(sh.clone(), sock, inbuf).await;
+        }
+        if after == After::Snapshot {
+            return crate::repl::serve_snapshot(sh.clone(), sock, inbuf).await;
         }
         if after == After::Close || *stop.borrow() {
             return Ok(());

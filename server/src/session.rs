@@ -274,6 +274,8 @@ pub enum After {
     Close,
     /// The connection becomes a replication stream (a replica sent REPLSTREAM).
     Replicate,
+    /// The connection carries a base backup to a new replica (REPLSNAPSHOT).
+    Snapshot,
 }
 
 pub struct Session {
@@ -491,6 +493,7 @@ impl Session {
                 }
             }
             "REPLSTREAM" => return After::Replicate,
+            "REPLSNAPSHOT" => return After::Snapshot,
             "SHUTDOWN" => {
                 tracing::info!(client = self.id, "SHUTDOWN requested by a client");
                 let _ = self.shared.shutdown.send(true);
@@ -947,6 +950,7 @@ pub const COMMANDS: &[(&str, i64)] = &[
     ("QUIT", 1),
     ("SHUTDOWN", -1),
     ("REPLSTREAM", 1),
+    ("REPLSNAPSHOT", 1),
     ("DIGEST", 1),
 ];
 

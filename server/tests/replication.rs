@@ -282,22 +282,11 @@ fn replicas_authenticate_to_a_primary_with_a_password() {
             "s3cret",
         ],
     );
-    let bad = Node::start(
-        d2.path(),
-        &[
-            "--replicaof",
-            &addr,
-            "--name",
-            "r2",
-            "--primary-password",
-            "wrong",
-        ],
-    );
     let mut p = redis::Client::open(format!("redis://:s3cret@127.0.0.1:{}/", primary.port))
         .unwrap()
         .get_connection()
         .unwrap();
-    let (mut c1, mut c2) = (good.client(), bad.client());
+    let mut c1 = good.client();
     let _: () = cmd("SET").arg("k").arg("v").query(&mut p).unwrap();
     wait_for(20, "the authenticated replica", || {
         caught_up(&mut p, &mut c1)
@@ -310,20 +299,37 @@ fn replicas_authenticate_to_a_primary_with_a_password() {
             .as_deref(),
         Some("v")
     );
-    // The other one stays out, says so in its log, and has nothing.
-    wait_for(20, "a refusal in the log", || {
-        bad.log_lines()
-            .iter()
-            .any(|l| l.contains("refused the password"))
-    });
-    assert_eq!(info(&mut c2)["primary_link"], "down");
-    assert_eq!(
-        cmd("GET")
-            .arg("k")
-            .query::<Option<String>>(&mut c2)
-            .unwrap(),
-        None
+    // A replica with the wrong password never gets the data (a new one cannot even seed), and
+    // says why in its log.
+    let (mut bad, log) = Node::spawn_raw(
+        d2.path(),
+        &[
+            "--replicaof",
+            &addr,
+            "--name",
+            "r2",
+            "--primary-password",
+            "wrong",
+        ],
     );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut refused = false;
+    while Instant::now() < deadline {
+        if let Ok(line) = log.recv_timeout(Duration::from_millis(200)) {
+            assert!(
+                !line.contains("ready to accept"),
+                "a refused replica must not start serving"
+            );
+            if line.contains("refused the password") {
+                refused = true;
+                break;
+            }
+        }
+    }
+    let _ = bad.kill();
+    let _ = bad.wait();
+    assert!(refused, "the replica logged the refusal");
+    assert!(!d2.path().join("control").exists(), "nothing was seeded");
 }
 
 /// Lag is visible: a paused replica shows growing lag_bytes and lag_ms on the primary, and
@@ -462,6 +468,48 @@ fn a_corrupted_frame_is_rejected_and_the_replica_reconnects() {
         "the replica saw the bad frame: {log}"
     );
     // Nothing bad was applied: the pages are the primary's.
+    assert_eq!(
+        cmd("DIGEST").query::<String>(&mut c1).unwrap(),
+        cmd("DIGEST").query::<String>(&mut p).unwrap()
+    );
+}
+
+/// A replica with a new directory joins a primary that already holds data: it seeds itself
+/// from a base backup (logging progress), then streams, and ends with the primary's pages.
+#[test]
+fn an_empty_replica_seeds_itself_from_a_primary_holding_data() {
+    let (pd, d1) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let primary = Node::start(pd.path(), &[]);
+    let mut p = primary.client();
+    for i in 0..3000 {
+        let _: () = cmd("SET")
+            .arg(format!("old{i:05}"))
+            .arg("z".repeat(300))
+            .query(&mut p)
+            .unwrap();
+    }
+    let _: () = cmd("CHECKPOINT").query(&mut p).unwrap();
+    let r1 = Node::start(
+        d1.path(),
+        &[
+            "--replicaof",
+            &format!("127.0.0.1:{}", primary.port),
+            "--name",
+            "r1",
+        ],
+    );
+    let mut c1 = r1.client();
+    for i in 0..100 {
+        let _: () = cmd("SET")
+            .arg(format!("new{i}"))
+            .arg(i)
+            .query(&mut p)
+            .unwrap();
+    }
+    wait_for(30, "the seeded replica caught up", || {
+        caught_up(&mut p, &mut c1)
+    });
+    assert_eq!(cmd("DBSIZE").query::<i64>(&mut c1).unwrap(), 3100);
     assert_eq!(
         cmd("DIGEST").query::<String>(&mut c1).unwrap(),
         cmd("DIGEST").query::<String>(&mut p).unwrap()

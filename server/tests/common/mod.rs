@@ -37,8 +37,9 @@ impl Node {
             }
         });
         // The server logs its bound address once it accepts connections.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let port = loop {
-            match rx.recv_timeout(Duration::from_secs(30)) {
+            match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
                 Ok(line) => {
                     if let Some(i) = line.find("addr=") {
                         let addr: String = line[i + 5..]
@@ -66,6 +67,30 @@ impl Node {
             dir: dir.to_path_buf(),
             log: rx,
         }
+    }
+
+    /// Starts `replidb serve` without waiting for it to listen (for nodes that must not get
+    /// that far); returns the child and its log lines.
+    pub fn spawn_raw(dir: &Path, extra: &[&str]) -> (Child, mpsc::Receiver<String>) {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_replidb"))
+            .args(["serve", "--dir"])
+            .arg(dir)
+            .args(["--port", "0"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn replidb");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        (child, rx)
     }
 
     pub fn url(&self) -> String {
