@@ -385,7 +385,8 @@ impl Db {
         segs.remove_leftovers()?;
         let rec = recovery::recover(&file, &mut segs, control.redo_lsn)?;
         let replayed = !rec.pages.is_empty();
-        let last_lsn = rec.last_commit_end.unwrap_or(rec.end);
+        // The pages reflect the log through its last complete record.
+        let last_lsn = rec.end;
         let published = file.publish(rec.pages.into_iter().collect(), last_lsn)?;
         let wal = Wal::start(
             &dir.join(WAL_DIR),
@@ -570,7 +571,9 @@ impl Db {
         self.len() == 0
     }
 
-    /// End LSN of the last commit.
+    /// End LSN of the last record the pages reflect: the last commit, or a checkpoint record
+    /// after it (which changes no page). A replica that has applied everything names the same
+    /// LSN as its primary.
     pub fn last_lsn(&self) -> Lsn {
         self.inner.state.read().last_lsn
     }
@@ -647,7 +650,7 @@ impl Db {
         rs.carry.extend_from_slice(bytes);
         enum Event {
             Batch(Vec<(u64, Vec<u8>)>, Lsn),
-            Checkpoint(Lsn),
+            Checkpoint(Lsn, Lsn),
         }
         let mut events = Vec::new();
         let mut at = 0usize;
@@ -665,7 +668,9 @@ impl Db {
                             std::mem::take(&mut pending),
                             Lsn(lsn + len as u64),
                         )),
-                        Body::Checkpoint { redo_lsn } => events.push(Event::Checkpoint(redo_lsn)),
+                        Body::Checkpoint { redo_lsn } => {
+                            events.push(Event::Checkpoint(redo_lsn, Lsn(lsn + len as u64)))
+                        }
                         Body::EpochChange { .. } => {}
                     }
                     at += len;
@@ -694,7 +699,11 @@ impl Db {
                     inner.apply_batch(records, end)?;
                     rs.applied = end;
                 }
-                Event::Checkpoint(redo) => rs.restart_redo = rs.restart_redo.max(redo),
+                Event::Checkpoint(redo, end) => {
+                    rs.restart_redo = rs.restart_redo.max(redo);
+                    let mut g = inner.state.write();
+                    g.last_lsn = g.last_lsn.max(end);
+                }
             }
         }
         if pending.is_empty() {
@@ -1074,6 +1083,12 @@ impl Inner {
             let mut buf = Vec::with_capacity(64);
             record::encode_checkpoint(&mut buf, start, w.epoch, redo);
             let end = self.wal.append(start, &buf, false)?;
+            // The pages reflect the log through this record too (it changes none of them), so
+            // a replica that applied it and this primary name the same position.
+            {
+                let mut g = self.state.write();
+                g.last_lsn = g.last_lsn.max(end);
+            }
             drop(w);
             self.wal.wait_flushed(end)?;
             start
