@@ -18,24 +18,7 @@ pub struct Node {
 impl Node {
     /// Starts `replidb serve --dir DIR --port 0 EXTRA...` and waits until it listens.
     pub fn start(dir: &Path, extra: &[&str]) -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_replidb"))
-            .args(["serve", "--dir"])
-            .arg(dir)
-            .args(["--port", "0"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn replidb");
-        let stderr = child.stderr.take().expect("stderr");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let (mut child, rx) = Node::spawn_raw(dir, extra);
         // The server logs its bound address once it accepts connections.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let port = loop {
