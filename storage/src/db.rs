@@ -1161,31 +1161,16 @@ impl Inner {
         let mut pages: std::collections::HashMap<PageId, Box<page::PageBuf>> =
             std::collections::HashMap::new();
         for (lsn, raw) in &records {
-            let (rec, _) = record::decode(raw, Lsn(*lsn)).map_err(|e| Error::CorruptWal {
-                lsn: Lsn(*lsn),
-                reason: format!("{e:?}"),
-            })?;
-            let id = rec.page().expect("page record");
-            let p = match pages.entry(id) {
-                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    let mut b = page::new_page_buf();
-                    if id.0 < guard.meta.page_count {
-                        match guard.page(id) {
-                            Ok(src) => b.copy_from_slice(src),
-                            Err(e) if matches!(rec.body, Body::PageDelta { .. }) => return Err(e),
-                            Err(_) => {}
-                        }
-                    } else if matches!(rec.body, Body::PageDelta { .. }) {
-                        return Err(Error::CorruptWal {
-                            lsn: Lsn(*lsn),
-                            reason: format!("delta for page {id}, which does not exist yet"),
-                        });
-                    }
-                    v.insert(b)
+            recovery::redo_record(&mut pages, *lsn, raw, |id, b| {
+                if id.0 >= guard.meta.page_count {
+                    return Err(Error::CorruptWal {
+                        lsn: Lsn(*lsn),
+                        reason: format!("delta for page {id}, which does not exist yet"),
+                    });
                 }
-            };
-            record::redo(&mut p[..], &rec);
+                b.copy_from_slice(guard.page(id)?);
+                Ok(())
+            })?;
         }
         let meta = match pages.get(&PageId(0)) {
             Some(p0) => page::Meta::read(&p0[..])

@@ -148,6 +148,25 @@ fn apply(
     lsn: u64,
     raw: &[u8],
 ) -> Result<()> {
+    redo_record(pages, lsn, raw, |id, b| {
+        file.read_page(id, b)?;
+        page::verify(b, id).map_err(|e| Error::Corrupt {
+            page: id,
+            reason: format!("needed by the WAL record at LSN {lsn}, but damaged and the log holds no image of it: {e}"),
+        })
+    })
+}
+
+/// Applies one encoded page record to its page in `pages` — the redo shared by crash
+/// recovery and replicas. The first record of a page that is a delta needs the page as it
+/// stood before: `load` fetches it (recovery: from the file; a replica: from its published
+/// state). An image needs no base.
+pub(crate) fn redo_record(
+    pages: &mut HashMap<PageId, Box<PageBuf>>,
+    lsn: u64,
+    raw: &[u8],
+    load: impl FnOnce(PageId, &mut [u8]) -> Result<()>,
+) -> Result<()> {
     let (rec, _) = record::decode(raw, Lsn(lsn)).map_err(|e| Error::CorruptWal {
         lsn: Lsn(lsn),
         reason: format!("{e:?}"),
@@ -158,12 +177,7 @@ fn apply(
         std::collections::hash_map::Entry::Vacant(v) => {
             let mut b = page::new_page_buf();
             if let Body::PageDelta { .. } = rec.body {
-                // A delta needs the page as the checkpoint left it; an image does not.
-                file.read_page(id, &mut b[..])?;
-                page::verify(&b[..], id).map_err(|e| Error::Corrupt {
-                    page: id,
-                    reason: format!("needed by the WAL record at LSN {lsn}, but damaged and the log holds no image of it: {e}"),
-                })?;
+                load(id, &mut b[..])?;
             }
             v.insert(b)
         }
