@@ -6,11 +6,14 @@
 //! nothing of the client protocol; it does no I/O itself (the server moves the bytes), so
 //! its state machines can be driven by tests deterministically.
 //!
-//! Today: the wire format ([`frame`]) and the quorum rule ([`quorum`]). The storage side is in `storage` (`Db::read_wal`,
-//! `Db::apply_wal`); streaming, quorum and failover follow (docs/replication.md).
+//! The wire format ([`frame`]), the quorum rule ([`quorum`]) and the tracker that commit
+//! waiters wait on ([`tracker`], model-checked with loom). The storage side is in `storage`
+//! (`Db::read_wal`, `Db::apply_wal`); the server moves the bytes (docs/replication.md).
 
 pub mod frame;
 pub mod quorum;
+mod sync;
+pub mod tracker;
 
 #[doc(hidden)]
 pub mod fuzzing {

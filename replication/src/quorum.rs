@@ -10,7 +10,7 @@
 //! '*' in a list           any name
 //! ```
 //! Sans-IO: the tracker takes reports and answers questions; the server moves the bytes and
-//! holds the lock (the concurrent wrapper, modelled with loom, comes with quorum commit).
+//! holds the lock (the concurrent wrapper is `tracker`, modelled with loom).
 
 use std::fmt;
 

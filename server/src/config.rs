@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use replication::quorum::SyncStandbys;
 use serde::Deserialize;
 
 /// Flags of `replidb serve`. Every field is optional so a config file can supply it.
@@ -27,11 +28,25 @@ pub struct ServeArgs {
     #[arg(long)]
     pub requirepass: Option<String>,
 
-    /// Default durability of a commit: off (acknowledged before the WAL is fsynced) or local
-    /// (after). remote_write, remote_flush and remote_apply need replicas and are accepted
-    /// for forward compatibility; without replicas they act as local. [default: local]
+    /// The synchronous quorum, in PostgreSQL's synchronous_standby_names syntax:
+    /// 'ANY 1 (r1, r2)' (any one of them), 'FIRST 2 (r1, r2, r3)' (the first two connected, in
+    /// list order), '*' in a list for any name, '' for asynchronous replication. Changeable
+    /// at run time with CONFIG SET sync-standbys. On a replica it takes effect on promotion.
+    #[arg(long, value_name = "QUORUM")]
+    pub sync_standbys: Option<String>,
+
+    /// Default durability of a commit (a connection may choose its own with DURABILITY):
+    /// off (acknowledged before the local fsync), local (after it), remote_write /
+    /// remote_flush / remote_apply (also after the sync-standbys quorum has received /
+    /// fsynced / applied it). [default: local, or remote_flush when --sync-standbys is set]
     #[arg(long, value_name = "LEVEL")]
     pub sync_commit: Option<String>,
+
+    /// How long a commit waits for its quorum, in milliseconds; 0 waits forever. A commit
+    /// that times out gets -NOQUORUM naming its LSN: it is committed locally but not
+    /// acknowledged by the quorum. [default: 0]
+    #[arg(long, value_name = "MS")]
+    pub sync_timeout_ms: Option<u64>,
 
     /// Run as a replica of the primary whose client port is HOST:PORT (replication runs over
     /// that same port). The data directory must be new or a replica of that primary.
@@ -74,6 +89,16 @@ impl Level {
         })
     }
 
+    /// The replica position a remote level waits for.
+    pub fn remote(self) -> Option<replication::quorum::Level> {
+        match self {
+            Level::Off | Level::Local => None,
+            Level::RemoteWrite => Some(replication::quorum::Level::Write),
+            Level::RemoteFlush => Some(replication::quorum::Level::Flush),
+            Level::RemoteApply => Some(replication::quorum::Level::Apply),
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Level::Off => "off",
@@ -93,6 +118,8 @@ pub struct Config {
     pub port: u16,
     pub requirepass: Option<String>,
     pub sync_commit: Level,
+    pub sync_standbys: Option<SyncStandbys>,
+    pub sync_timeout_ms: u64,
     /// Set on a replica: the primary's HOST:PORT.
     pub replicaof: Option<String>,
     pub name: String,
@@ -115,7 +142,14 @@ impl Config {
             .dir
             .or(file.dir)
             .context("--dir is required (or `dir = \"...\"` in the config file)")?;
+        let sync_standbys = match flags.sync_standbys.or(file.sync_standbys) {
+            None => None,
+            Some(s) => {
+                SyncStandbys::parse(&s).map_err(|e| anyhow::anyhow!("--sync-standbys: {e}"))?
+            }
+        };
         let sync_commit = match flags.sync_commit.or(file.sync_commit) {
+            None if sync_standbys.is_some() => Level::RemoteFlush,
             None => Level::Local,
             Some(s) => match Level::parse(&s) {
                 Some(l) => l,
@@ -165,6 +199,8 @@ impl Config {
             port: flags.port.or(file.port).unwrap_or(6380),
             requirepass,
             sync_commit,
+            sync_standbys,
+            sync_timeout_ms: flags.sync_timeout_ms.or(file.sync_timeout_ms).unwrap_or(0),
         })
     }
 }
@@ -206,5 +242,23 @@ mod tests {
         })
         .unwrap_err();
         assert!(err.to_string().contains("expected off, local"), "{err}");
+        let c = Config::resolve(ServeArgs {
+            dir: Some("/x".into()),
+            sync_standbys: Some("ANY 1 (r1, r2)".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            c.sync_commit,
+            Level::RemoteFlush,
+            "standbys make remote_flush the default"
+        );
+        let err = Config::resolve(ServeArgs {
+            dir: Some("/x".into()),
+            sync_standbys: Some("ANY 3 (r1, r2)".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("only 2 named"), "{err}");
     }
 }

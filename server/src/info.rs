@@ -82,15 +82,22 @@ pub fn render(sh: &Shared, section: Option<&str>) -> String {
             "replication" => {
                 let st = db.stats();
                 let set = sh.settings.read();
+                let cfg = sh
+                    .tracker
+                    .config()
+                    .map_or_else(String::new, |c| c.to_string());
+                let (waiting, oldest) = sh.tracker.waiting();
                 let _ = write!(
                     o,
-                    "# Replication\r\nrole:{}\r\nepoch:1\r\nnode_name:{}\r\nwrite_lsn:{}\r\nflush_lsn:{}\r\napply_lsn:{}\r\nsync_standbys:\r\nsync_commit:{}\r\n",
+                    "# Replication\r\nrole:{}\r\nepoch:1\r\nnode_name:{}\r\nwrite_lsn:{}\r\nflush_lsn:{}\r\napply_lsn:{}\r\nsync_standbys:{cfg}\r\nsync_commit:{}\r\nsync_timeout_ms:{}\r\nsync_waiting_commits:{waiting}\r\nsync_waiting_oldest_lsn:{}\r\n",
                     if db.is_replica() { "replica" } else { "primary" },
                     sh.config.name,
-                    if db.is_replica() { st.flush_lsn } else { st.last_lsn },
+                    if db.is_replica() { st.flush_lsn } else { db.written_lsn() },
                     st.flush_lsn,
                     db.apply_lsn(),
-                    set.sync_commit.name()
+                    set.sync_commit.name(),
+                    set.sync_timeout_ms,
+                    oldest.map_or(0, |l| l.0),
                 );
                 if let Some(p) = &sh.config.replicaof {
                     let primary_flush = sh.primary_flush.load(Ordering::Relaxed);
@@ -104,31 +111,32 @@ pub fn render(sh: &Shared, section: Option<&str>) -> String {
                     );
                 }
                 // Replicas served by this node (a replica serves cascaded ones).
-                {
-                    let reps = sh.replicas.lock().list.clone();
+                let reps = sh.tracker.snapshot();
+                let _ = write!(
+                    o,
+                    "connected_replicas:{}\r\n",
+                    reps.iter().filter(|(r, _)| r.pos.connected).count()
+                );
+                for (i, (r, sync)) in reps.iter().enumerate() {
+                    let state = match (r.seeding, r.pos.connected, r.streaming) {
+                        (true, _, _) => "seeding",
+                        (false, false, _) => "disconnected",
+                        (false, true, true) => "streaming",
+                        (false, true, false) => "catchup",
+                    };
+                    let p = &r.pos;
                     let _ = write!(
                         o,
-                        "connected_replicas:{}\r\n",
-                        reps.iter().filter(|r| r.connected).count()
+                        "replica{i}:name={},addr={},state={state},sync_state={},write_lsn={},flush_lsn={},apply_lsn={},lag_bytes={},lag_ms={}\r\n",
+                        p.name,
+                        r.addr,
+                        sync.name(),
+                        p.write_lsn,
+                        p.flush_lsn,
+                        p.apply_lsn,
+                        st.flush_lsn.0.saturating_sub(p.apply_lsn.0),
+                        if p.apply_lsn >= st.flush_lsn { 0 } else { sh.lag_ms_since(p.apply_lsn) }
                     );
-                    for (i, r) in reps.iter().enumerate() {
-                        let state = match (r.connected, r.streaming) {
-                            (false, _) => "disconnected",
-                            (true, true) => "streaming",
-                            (true, false) => "catchup",
-                        };
-                        let _ = write!(
-                            o,
-                            "replica{i}:name={},addr={},state={state},sync_state=async,write_lsn={},flush_lsn={},apply_lsn={},lag_bytes={},lag_ms={}\r\n",
-                            r.name,
-                            r.addr,
-                            r.write_lsn,
-                            r.flush_lsn,
-                            r.apply_lsn,
-                            st.flush_lsn.0.saturating_sub(r.apply_lsn.0),
-                            if r.apply_lsn >= st.flush_lsn { 0 } else { sh.lag_ms_since(r.apply_lsn) }
-                        );
-                    }
                 }
             }
             "keyspace" => {
@@ -153,6 +161,14 @@ fn params(sh: &Shared) -> Vec<(&'static str, String, bool)> {
             true,
         ),
         ("sync-commit", set.sync_commit.name().to_string(), true),
+        (
+            "sync-standbys",
+            sh.tracker
+                .config()
+                .map_or_else(String::new, |c| c.to_string()),
+            true,
+        ),
+        ("sync-timeout-ms", set.sync_timeout_ms.to_string(), true),
         // Asked by redis-benchmark and other tools; replidb always logs and fsyncs.
         ("appendonly", "yes".to_string(), false),
         ("save", String::new(), false),
@@ -190,6 +206,25 @@ pub fn config(s: &mut Session, args: &[Bytes], out: &mut Out) {
                         s.shared.settings.write().requirepass = Some(value).filter(|v| !v.is_empty());
                         s.set_requirepass();
                     }
+                    "sync-standbys" | "sync_standbys" => {
+                        match replication::quorum::SyncStandbys::parse(&value) {
+                            Ok(cfg) => {
+                                tracing::info!(sync_standbys = %value, "sync-standbys changed");
+                                s.shared.tracker.set_config(cfg);
+                            }
+                            Err(e) => {
+                                enc.error(&mut out.buf, &format!("ERR {e}"));
+                                return;
+                            }
+                        }
+                    }
+                    "sync-timeout-ms" | "sync_timeout_ms" => match value.parse::<u64>() {
+                        Ok(ms) => s.shared.settings.write().sync_timeout_ms = ms,
+                        Err(_) => {
+                            enc.error(&mut out.buf, "ERR sync-timeout-ms must be a number of milliseconds (0: wait forever)");
+                            return;
+                        }
+                    },
                     "sync-commit" | "sync_commit" => match Level::parse(&value) {
                         Some(l) => s.shared.settings.write().sync_commit = l,
                         None => {

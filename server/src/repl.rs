@@ -70,8 +70,7 @@ pub async fn serve_snapshot(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut)
         move || db.begin_base_backup()
     })
     .await??;
-    let slot = sh.replicas.lock().register(&name, &peer, redo);
-    sh.replicas.lock().disconnect(slot);
+    let slot = sh.tracker.connect(&name, &peer, redo, true);
     update_retention(&sh);
     tracing::info!(replica = %name, %peer, redo = redo.0, pages, "sending a base backup");
     write_frame(
@@ -103,6 +102,8 @@ pub async fn serve_snapshot(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut)
     }
     write_frame(&mut wr, &Frame::SnapshotEnd).await?;
     wr.shutdown().await?;
+    // The replica streams from the redo LSN next; until it does, its WAL stays held.
+    sh.tracker.disconnect(slot);
     Ok(())
 }
 
@@ -280,7 +281,7 @@ pub async fn serve_replica(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut) 
         .await?;
         bail!("{name}: {msg}");
     }
-    let slot = sh.replicas.lock().register(&name, &peer, flush_lsn);
+    let slot = sh.tracker.connect(&name, &peer, flush_lsn, false);
     update_retention(&sh);
     tracing::info!(replica = %name, %peer, from = flush_lsn.0, "replica connected");
     write_frame(
@@ -293,87 +294,169 @@ pub async fn serve_replica(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut) 
         },
     )
     .await?;
-    // Feedback arrives on the read half.
-    let sh2 = sh.clone();
-    let name2 = name.clone();
-    let mut feedback = tokio::spawn(async move {
-        loop {
-            match read_frame(&mut rd, &mut buf).await {
-                Ok(Frame::Feedback {
-                    write_lsn,
-                    flush_lsn,
-                    apply_lsn,
-                    ..
-                }) => {
-                    sh2.replicas
-                        .lock()
-                        .update(slot, write_lsn, flush_lsn, apply_lsn);
-                    update_retention(&sh2);
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::info!(replica = %name2, error = %e, "replica link closed");
-                    return;
-                }
-            }
-        }
+    // From here the link runs on two threads of its own: a sender woken directly by the WAL
+    // flusher the moment new WAL is written (so a replica receives a commit while the
+    // primary is still syncing it), and a reader of the replica's feedback, which wakes the
+    // commits waiting for the quorum. Neither waits for a runtime worker to be free.
+    let sock = rd
+        .reunite(wr)
+        .map_err(|_| anyhow!("socket halves do not match"))?
+        .into_std()?;
+    sock.set_nonblocking(false)?;
+    let link = Arc::new(Link {
+        dead: std::sync::atomic::AtomicBool::new(false),
     });
-    let mut pos = flush_lsn;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let reader = sock.try_clone()?;
+    {
+        let (sh, link, name) = (sh.clone(), link.clone(), name.clone());
+        std::thread::Builder::new()
+            .name(format!("replidb-feedback-{name}"))
+            .spawn(move || {
+                let why = feedback_loop(&sh, reader, buf, slot);
+                tracing::info!(replica = %name, reason = %why, "replica link closed");
+                link.dead.store(true, Ordering::SeqCst);
+                sh.wal_signal.notify();
+            })?;
+    }
+    {
+        let (sh, link, mut sock) = (sh.clone(), link.clone(), sock.try_clone()?);
+        std::thread::Builder::new()
+            .name(format!("replidb-send-{name}"))
+            .spawn(move || {
+                let r = send_loop(&sh, &link, &mut sock, slot, flush_lsn);
+                let _ = sock.shutdown(std::net::Shutdown::Both);
+                let _ = done_tx.send(r);
+            })?;
+    }
+    let mut stop = sh.shutdown.subscribe();
+    let r = tokio::select! {
+        r = done_rx => r.unwrap_or_else(|_| Err(anyhow!("the sender thread ended"))),
+        _ = stop.changed() => Ok(()),
+    };
+    link.dead.store(true, Ordering::SeqCst);
+    sh.wal_signal.notify();
+    let _ = sock.shutdown(std::net::Shutdown::Both);
+    sh.tracker.disconnect(slot);
+    r
+}
+
+/// One replica link's shared state.
+struct Link {
+    /// Set when either side of the link ends.
+    dead: std::sync::atomic::AtomicBool,
+}
+
+/// Sends WAL from `pos` on as it is written, and keepalives when there is none.
+fn send_loop(
+    sh: &Shared,
+    link: &Link,
+    sock: &mut std::net::TcpStream,
+    slot: usize,
+    mut pos: Lsn,
+) -> Result<()> {
+    use std::io::Write;
+    let db = &sh.db;
     let mut last_sent = Instant::now();
-    let r: Result<()> = async {
-        loop {
-            let mut chunk = Vec::new();
-            let end = match db.read_wal(pos, frame::MAX_WAL_CHUNK, &mut chunk) {
-                Ok(end) => end,
-                Err(e) => {
-                    let _ = write_frame(
-                        &mut wr,
-                        &Frame::Error {
-                            code: 3,
-                            message: e.to_string(),
-                        },
-                    )
-                    .await;
-                    return Err(e.into());
+    let mut out = Vec::with_capacity(frame::MAX_WAL_CHUNK + 64);
+    let mut chunk = Vec::with_capacity(frame::MAX_WAL_CHUNK);
+    loop {
+        if link.dead.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        chunk.clear();
+        let end = match db.read_wal(pos, frame::MAX_WAL_CHUNK, &mut chunk) {
+            Ok(end) => end,
+            Err(e) => {
+                out.clear();
+                Frame::Error {
+                    code: 3,
+                    message: e.to_string(),
                 }
+                .encode(&mut out);
+                let _ = sock.write_all(&out);
+                return Err(e.into());
+            }
+        };
+        if end > pos {
+            out.clear();
+            let f = Frame::Wal {
+                start_lsn: pos,
+                bytes: std::mem::take(&mut chunk),
             };
-            if end > pos {
-                write_frame(
-                    &mut wr,
-                    &Frame::Wal {
-                        start_lsn: pos,
-                        bytes: chunk,
-                    },
-                )
-                .await?;
-                pos = end;
-                last_sent = Instant::now();
-                sh.replicas
-                    .lock()
-                    .set_streaming(slot, pos >= db.flush_lsn());
-                continue;
+            f.encode(&mut out);
+            sock.write_all(&out)?;
+            if let Frame::Wal { bytes, .. } = f {
+                chunk = bytes; // keep the buffer for the next round
             }
-            if last_sent.elapsed() >= KEEPALIVE {
-                write_frame(
-                    &mut wr,
-                    &Frame::Keepalive {
-                        primary_flush_lsn: db.flush_lsn(),
-                        time_us: now_us(),
-                    },
-                )
-                .await?;
-                last_sent = Instant::now();
+            pos = end;
+            last_sent = Instant::now();
+            sh.tracker.set_streaming(slot, pos >= db.flush_lsn());
+            continue;
+        }
+        if last_sent.elapsed() >= KEEPALIVE {
+            out.clear();
+            Frame::Keepalive {
+                primary_flush_lsn: db.flush_lsn(),
+                time_us: now_us(),
             }
-            tokio::select! {
-                _ = tokio::time::sleep(POLL) => {}
-                _ = &mut feedback => bail!("replica went away"),
+            .encode(&mut out);
+            sock.write_all(&out)?;
+            last_sent = Instant::now();
+        }
+        sh.wal_signal.wait_until(KEEPALIVE, || {
+            db.written_lsn() > pos || link.dead.load(Ordering::SeqCst)
+        });
+    }
+}
+
+/// Reads the replica's feedback until the link ends; returns why it ended.
+fn feedback_loop(
+    sh: &Shared,
+    mut sock: std::net::TcpStream,
+    mut buf: BytesMut,
+    slot: usize,
+) -> String {
+    loop {
+        match read_frame_blocking(&mut sock, &mut buf) {
+            Ok(Frame::Feedback {
+                write_lsn,
+                flush_lsn,
+                apply_lsn,
+                ..
+            }) => {
+                sh.tracker.update(slot, write_lsn, flush_lsn, apply_lsn);
+                update_retention(sh);
+            }
+            Ok(_) => {}
+            Err(e) => return format!("{e:#}"),
+        }
+    }
+}
+
+/// Reads one frame from a blocking socket, keeping leftovers in `buf`. A read timeout on the
+/// socket surfaces as an error of kind `WouldBlock`/`TimedOut`; `buf` then keeps what came.
+fn read_frame_blocking(sock: &mut std::net::TcpStream, buf: &mut BytesMut) -> Result<Frame> {
+    use std::io::Read;
+    loop {
+        if let Some((f, len)) = frame::decode(buf).map_err(|e| anyhow!("bad frame: {e}"))? {
+            let _ = buf.split_to(len);
+            return Ok(f);
+        }
+        let at = buf.len();
+        buf.resize(at + 64 * 1024, 0);
+        match sock.read(&mut buf[at..]) {
+            Ok(0) => {
+                buf.truncate(at);
+                bail!("connection closed");
+            }
+            Ok(n) => buf.truncate(at + n),
+            Err(e) => {
+                buf.truncate(at);
+                return Err(e.into());
             }
         }
     }
-    .await;
-    feedback.abort();
-    sh.replicas.lock().disconnect(slot);
-    r
 }
 
 /// Samples when the flush LSN advances (for `lag_ms`), every millisecond while anything
@@ -400,7 +483,7 @@ pub async fn track_flush_times(sh: Arc<Shared>) {
 
 /// WAL that a connected replica still needs stays on disk.
 fn update_retention(sh: &Shared) {
-    let min = sh.replicas.lock().min_flush();
+    let min = sh.tracker.min_flush();
     sh.db.set_wal_retain_from(min);
 }
 
@@ -451,24 +534,91 @@ async fn stream_from(sh: &Arc<Shared>, primary: &str) -> Result<()> {
     }
     sh.link_up.store(true, Ordering::Relaxed);
     tracing::info!(primary = %primary, from = db.flush_lsn().0, "replication link up");
+    // The stream itself runs on a thread of its own with blocking I/O: a frame is written,
+    // synced, acknowledged and applied without waiting for a runtime worker.
+    let sock = rd
+        .reunite(wr)
+        .map_err(|_| anyhow!("socket halves do not match"))?
+        .into_std()?;
+    sock.set_nonblocking(false)?;
+    sock.set_read_timeout(Some(STOP_CHECK))?;
+    let sh = sh.clone();
+    tokio::task::spawn_blocking(move || receive_loop(&sh, sock, buf)).await?
+}
+
+/// How often a blocked replica stream looks at the stop flag.
+const STOP_CHECK: Duration = Duration::from_millis(100);
+/// A primary silent for this long (it sends keepalives every `KEEPALIVE`) is taken as gone.
+const SILENCE: Duration = Duration::from_secs(5);
+
+/// Replica side: receives WAL frames, appends and syncs them, acknowledges, applies them, and
+/// acknowledges again; answers keepalives. Consecutive WAL frames already received go into
+/// one `apply_wal` call (one sync).
+fn receive_loop(sh: &Shared, mut sock: std::net::TcpStream, mut buf: BytesMut) -> Result<()> {
+    use std::io::Write;
+    let db = &sh.db;
+    let mut out = Vec::with_capacity(64);
+    let mut heard = Instant::now();
+    let mut feedback = |sock: &mut std::net::TcpStream, w: Lsn, f: Lsn, a: Lsn| {
+        out.clear();
+        Frame::Feedback {
+            write_lsn: w,
+            flush_lsn: f,
+            apply_lsn: a,
+            time_us: now_us(),
+        }
+        .encode(&mut out);
+        sock.write_all(&out)
+    };
     loop {
-        match read_frame(&mut rd, &mut buf).await? {
-            Frame::Wal { start_lsn, bytes } => {
-                let db2 = db.clone();
-                let p =
-                    tokio::task::spawn_blocking(move || db2.apply_wal(start_lsn, &bytes)).await??;
+        if *sh.shutdown.borrow() {
+            return Ok(());
+        }
+        let f = match read_frame_blocking(&mut sock, &mut buf) {
+            Ok(f) => f,
+            Err(e)
+                if e.downcast_ref::<std::io::Error>().is_some_and(|e| {
+                    matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    )
+                }) =>
+            {
+                if heard.elapsed() > SILENCE {
+                    bail!("the primary has been silent for {SILENCE:?}");
+                }
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        heard = Instant::now();
+        match f {
+            Frame::Wal {
+                start_lsn,
+                mut bytes,
+            } => {
+                // Take along every further WAL frame that is already here.
+                while let Ok(Some((
+                    Frame::Wal {
+                        start_lsn: s2,
+                        bytes: b2,
+                    },
+                    len,
+                ))) = frame::decode(&buf)
+                {
+                    if s2.0 != start_lsn.0 + bytes.len() as u64 {
+                        break;
+                    }
+                    bytes.extend_from_slice(&b2);
+                    let _ = buf.split_to(len);
+                }
+                let p = db.apply_wal(start_lsn, &bytes)?;
+                feedback(&mut sock, p.write_lsn, p.flush_lsn, p.apply_lsn)?;
                 let primary_flush = sh
                     .primary_flush
                     .fetch_max(p.write_lsn.0, Ordering::Relaxed)
                     .max(p.write_lsn.0);
                 sh.lag_ms(primary_flush.saturating_sub(p.apply_lsn.0));
-                let fb = Frame::Feedback {
-                    write_lsn: p.write_lsn,
-                    flush_lsn: p.flush_lsn,
-                    apply_lsn: p.apply_lsn,
-                    time_us: now_us(),
-                };
-                write_frame(&mut wr, &fb).await?;
             }
             Frame::Keepalive {
                 primary_flush_lsn, ..
@@ -476,13 +626,7 @@ async fn stream_from(sh: &Arc<Shared>, primary: &str) -> Result<()> {
                 sh.primary_flush
                     .store(primary_flush_lsn.0, Ordering::Relaxed);
                 let l = db.flush_lsn();
-                let fb = Frame::Feedback {
-                    write_lsn: l,
-                    flush_lsn: l,
-                    apply_lsn: db.apply_lsn(),
-                    time_us: now_us(),
-                };
-                write_frame(&mut wr, &fb).await?;
+                feedback(&mut sock, l, l, db.apply_lsn())?;
             }
             Frame::Error { message, .. } => bail!("the primary says: {message}"),
             other => bail!("unexpected frame {other:?}"),

@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::reply::Reply;
 use crate::resp::{self, Parsed};
 use crate::session::{After, Out, Part, Session, Settings, Shared, Stats, WriteResult};
+use replication::tracker::Target;
 
 /// How long shutdown waits for connections to finish their current batch.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -56,19 +57,25 @@ impl Server {
             settings: RwLock::new(Settings {
                 requirepass: config.requirepass.clone(),
                 sync_commit: config.sync_commit,
+                sync_timeout_ms: config.sync_timeout_ms,
             }),
+            tracker: replication::tracker::Tracker::new(config.sync_standbys.clone()),
+            wal_signal: Arc::new(crate::session::WalSignal::default()),
             config,
             stats: Stats::new(),
             started: Instant::now(),
             next_client_id: AtomicU64::new(0),
             shutdown: tx,
             queue: parking_lot::Mutex::new(Vec::new()),
-            replicas: parking_lot::Mutex::new(crate::session::Replicas::default()),
             link_up: std::sync::atomic::AtomicBool::new(false),
             primary_flush: AtomicU64::new(0),
             behind_since_us: AtomicU64::new(0),
             flush_times: parking_lot::Mutex::new(std::collections::VecDeque::new()),
         });
+        let signal = shared.wal_signal.clone();
+        shared
+            .db
+            .set_wal_listener(Some(Arc::new(move |_| signal.notify())));
         tokio::spawn(crate::repl::track_flush_times(shared.clone()));
         if let Some(primary) = shared.config.replicaof.clone() {
             tokio::spawn(crate::repl::run_replica(shared.clone(), primary));
@@ -203,24 +210,27 @@ async fn connection(sh: Arc<Shared>, mut sock: TcpStream) -> Result<()> {
 }
 
 /// Completes a batch of replies: applies the connection's queued writes (with every other
-/// connection's), waits until they are durable, and encodes their replies — or, for writes
-/// that did not become durable, the error. Returns the bytes to send.
+/// connection's), waits until they are durable at their level — locally, then at the
+/// sync-standbys quorum for the remote levels — and encodes their replies, or for writes that
+/// did not reach their level the error. Answers `WAIT`s. Returns the bytes to send.
 async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut Out) -> BytesMut {
-    if !out.has_writes() {
-        out.parts.clear();
+    if !out.has_pending() {
         return out.buf.split();
     }
-    // Let the other ready connections run their pipelines first, so one apply and one flush
-    // carry all their writes (what Redis gets by fsyncing once per event-loop turn). Alone,
-    // this costs one extra poll.
-    tokio::task::yield_now().await;
-    session.apply_own();
+    let has_writes = out.parts.iter().any(|p| matches!(p, Part::Write(_)));
+    if has_writes {
+        // Let the other ready connections run their pipelines first, so one apply and one
+        // flush carry all their writes (what Redis gets by fsyncing once per event-loop
+        // turn). Alone, this costs one extra poll.
+        tokio::task::yield_now().await;
+        session.apply_own();
+    }
     let results: Vec<Option<WriteResult>> = out
         .parts
         .iter()
         .map(|p| match p {
             Part::Write(d) => d.slot.lock().take(),
-            Part::Bytes(_) => None,
+            _ => None,
         })
         .collect();
     let max = results
@@ -238,12 +248,35 @@ async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut Out) -> Byte
         None => Ok(()),
     };
     let flushed = sh.db.flush_lsn();
+    // The strongest remote level asked for: one wait covers every write of the batch.
+    let remote = out
+        .parts
+        .iter()
+        .filter_map(|p| match p {
+            Part::Write(d) => d.level.remote().map(|r| (r, d.level)),
+            _ => None,
+        })
+        .max_by_key(|(r, _)| *r as u8);
+    let mut quorum: Result<(), String> = Ok(());
+    if let (Some((remote, level)), Some(lsn), Ok(())) = (remote, max, &durable) {
+        quorum = wait_quorum(sh, remote, level, lsn).await;
+    }
     let now = Instant::now();
     let mut reply = BytesMut::new();
     for (p, r) in out.parts.drain(..).zip(results) {
         match p {
             Part::Bytes(b) => reply.extend_from_slice(&b),
+            Part::Wait {
+                replicas,
+                timeout_ms,
+            } => {
+                let n = wait_replicas(sh, session.last_lsn, replicas, timeout_ms).await;
+                session.enc.int(&mut reply, n as i64);
+            }
             Part::Write(d) => match r {
+                Some(Ok(_)) if d.level.remote().is_some() && quorum.is_err() => session
+                    .enc
+                    .error(&mut reply, quorum.as_ref().err().map_or("", |e| e.as_str())),
                 Some(Ok((replies, lsn))) if durable.is_ok() || lsn <= flushed => {
                     if d.as_array {
                         Reply::Array(replies).encode(&session.enc, &mut reply);
@@ -274,4 +307,62 @@ async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut Out) -> Byte
     }
     reply.extend_from_slice(&out.buf.split());
     reply
+}
+
+/// Waits until the sync-standbys quorum has reached `lsn` at `remote` (at once if no quorum is
+/// configured), within the configured timeout. The error is the reply for the writes.
+async fn wait_quorum(
+    sh: &Shared,
+    remote: replication::quorum::Level,
+    level: crate::config::Level,
+    lsn: storage::Lsn,
+) -> Result<(), String> {
+    let timeout_ms = sh.settings.read().sync_timeout_ms;
+    let wait = sh.tracker.wait(Target::Quorum(remote, lsn));
+    let mut stop = sh.shutdown.subscribe();
+    let outcome = tokio::select! {
+        r = async {
+            if timeout_ms == 0 {
+                wait.await;
+                true
+            } else {
+                tokio::time::timeout(Duration::from_millis(timeout_ms), wait).await.is_ok()
+            }
+        } => if r { None } else { Some("timed out") },
+        _ = stop.changed() => Some("the server is shutting down"),
+    };
+    match outcome {
+        None => Ok(()),
+        Some(why) => {
+            let acks = sh.tracker.acks(remote, lsn);
+            let cfg = sh
+                .tracker
+                .config()
+                .map_or_else(String::new, |c| c.to_string());
+            Err(format!(
+                "NOQUORUM committed locally at LSN {lsn}, acknowledged by {} of {} ({why} waiting for sync-standbys '{cfg}' at {})",
+                acks.acked,
+                acks.needed,
+                level.name()
+            ))
+        }
+    }
+}
+
+/// `WAIT`: until `n` replicas have flushed `lsn` or the timeout (0: none) passes; returns
+/// how many have.
+async fn wait_replicas(sh: &Shared, lsn: storage::Lsn, n: usize, timeout_ms: u64) -> usize {
+    let wait = sh.tracker.wait(Target::Count(lsn, n));
+    let mut stop = sh.shutdown.subscribe();
+    tokio::select! {
+        _ = async {
+            if timeout_ms == 0 {
+                wait.await;
+            } else {
+                let _ = tokio::time::timeout(Duration::from_millis(timeout_ms), wait).await;
+            }
+        } => {}
+        _ = stop.changed() => {}
+    }
+    sh.tracker.count_flushed(lsn)
 }

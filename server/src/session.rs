@@ -19,6 +19,8 @@ use crate::resp::Encoder;
 pub struct Settings {
     pub requirepass: Option<String>,
     pub sync_commit: Level,
+    /// How long a commit waits for its quorum (0: forever).
+    pub sync_timeout_ms: u64,
 }
 
 /// Counters for INFO.
@@ -63,8 +65,11 @@ pub struct Shared {
     pub shutdown: tokio::sync::watch::Sender<bool>,
     /// Durable writes of all connections waiting to be applied together.
     pub queue: Mutex<Vec<Queued>>,
-    /// Primary: the replicas it knows.
-    pub replicas: Mutex<Replicas>,
+    /// The replicas this node serves (a primary's, or a replica's cascaded ones), their
+    /// positions, the sync-standbys quorum, and the commits waiting for it.
+    pub tracker: replication::tracker::Tracker,
+    /// Signalled whenever WAL reaches the files: wakes the replica senders.
+    pub wal_signal: Arc<WalSignal>,
     /// Replica: whether the link to the primary is up, and the primary's flush LSN last heard.
     pub link_up: std::sync::atomic::AtomicBool,
     pub primary_flush: AtomicU64,
@@ -109,70 +114,30 @@ impl Shared {
     }
 }
 
-/// One replica as the primary sees it.
-#[derive(Clone, Debug)]
-pub struct ReplicaInfo {
-    pub name: String,
-    pub addr: String,
-    pub connected: bool,
-    pub streaming: bool,
-    pub write_lsn: Lsn,
-    pub flush_lsn: Lsn,
-    pub apply_lsn: Lsn,
-}
-
-/// The primary's replicas, by slot.
+/// Wakes the threads that send WAL to replicas when new WAL is written (set as the
+/// database's WAL listener) or when their link should stop.
 #[derive(Default)]
-pub struct Replicas {
-    pub list: Vec<ReplicaInfo>,
+pub struct WalSignal {
+    seq: parking_lot::Mutex<u64>,
+    cv: parking_lot::Condvar,
 }
 
-impl Replicas {
-    /// A replica (re)connects; returns its slot.
-    pub fn register(&mut self, name: &str, addr: &str, flush: Lsn) -> usize {
-        let info = ReplicaInfo {
-            name: name.to_string(),
-            addr: addr.to_string(),
-            connected: true,
-            streaming: false,
-            write_lsn: flush,
-            flush_lsn: flush,
-            apply_lsn: flush,
-        };
-        match self.list.iter().position(|r| r.name == name) {
-            Some(i) => {
-                self.list[i] = info;
-                i
-            }
-            None => {
-                self.list.push(info);
-                self.list.len() - 1
+impl WalSignal {
+    pub fn notify(&self) {
+        *self.seq.lock() += 1;
+        self.cv.notify_all();
+    }
+
+    /// Waits until `ready()` holds (checked under the signal's lock, so a notify cannot slip
+    /// between the check and the wait) or `timeout` passes.
+    pub fn wait_until(&self, timeout: std::time::Duration, ready: impl Fn() -> bool) {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.seq.lock();
+        while !ready() {
+            if self.cv.wait_until(&mut g, deadline).timed_out() {
+                return;
             }
         }
-    }
-
-    pub fn update(&mut self, slot: usize, w: Lsn, f: Lsn, a: Lsn) {
-        if let Some(r) = self.list.get_mut(slot) {
-            (r.write_lsn, r.flush_lsn, r.apply_lsn) = (w, f, a);
-        }
-    }
-
-    pub fn set_streaming(&mut self, slot: usize, caught_up: bool) {
-        if let Some(r) = self.list.get_mut(slot) {
-            r.streaming = caught_up;
-        }
-    }
-
-    pub fn disconnect(&mut self, slot: usize) {
-        if let Some(r) = self.list.get_mut(slot) {
-            r.connected = false;
-            r.streaming = false;
-        }
-    }
-
-    /// The lowest flush LSN of the replicas known (connected or not): WAL they still need.
-    pub fn min_flush(&self) -> Option<Lsn> {
-        self.list.iter().map(|r| r.flush_lsn).min()
     }
 }
 
@@ -247,18 +212,26 @@ pub struct Out {
 pub enum Part {
     Bytes(Bytes),
     Write(Deferred),
+    /// `WAIT numreplicas timeout_ms`, answered once the writes before it are settled.
+    Wait {
+        replicas: usize,
+        timeout_ms: u64,
+    },
 }
 
 pub struct Deferred {
     pub slot: Arc<Mutex<Option<WriteResult>>>,
+    /// The durability the write asked for.
+    pub level: Level,
     /// EXEC: the replies form one array.
     pub as_array: bool,
     pub since: Instant,
 }
 
 impl Out {
-    pub fn has_writes(&self) -> bool {
-        self.parts.iter().any(|p| matches!(p, Part::Write(_)))
+    /// Some reply waits for a write or for replicas.
+    pub fn has_pending(&self) -> bool {
+        !self.parts.is_empty()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -285,7 +258,7 @@ pub struct Session {
     name: Option<Bytes>,
     authed: bool,
     level: Option<Level>,
-    last_lsn: Lsn,
+    pub last_lsn: Lsn,
     multi: Option<Vec<Vec<Bytes>>>,
     multi_error: bool,
     /// This connection has queued writes that are not applied yet.
@@ -462,6 +435,23 @@ impl Session {
                 _ => self.err(out, &wrong_arity("durability")),
             },
             "LSN" => self.enc.int(&mut out.buf, self.last_lsn.0 as i64),
+            "WAIT" => {
+                let (Some(n), Some(ms)) = (parse_i64(&args[1]), parse_i64(&args[2])) else {
+                    self.err(out, "ERR value is not an integer or out of range");
+                    return After::Continue;
+                };
+                if n < 0 || ms < 0 {
+                    self.err(out, "ERR numreplicas and timeout must not be negative");
+                } else if self.shared.config.replicaof.is_some() {
+                    self.err(out, "ERR WAIT cannot be used with replica instances");
+                } else {
+                    out.parts.push(Part::Bytes(out.buf.split().freeze()));
+                    out.parts.push(Part::Wait {
+                        replicas: n as usize,
+                        timeout_ms: ms as u64,
+                    });
+                }
+            }
             "DIGEST" => {
                 let (lsn, d) = self.db().read().digest();
                 self.enc.bulk(&mut out.buf, format!("{lsn} {d:016x}").as_bytes());
@@ -477,18 +467,18 @@ impl Session {
                     self.enc.bulk(&mut out.buf, state.as_bytes());
                     self.enc.int(&mut out.buf, self.db().last_lsn().0 as i64);
                 } else {
-                    let reps = self.shared.replicas.lock().list.clone();
+                    let reps = self.shared.tracker.snapshot();
                     self.enc.array(&mut out.buf, 3);
                     self.enc.bulk(&mut out.buf, b"master");
                     self.enc.int(&mut out.buf, self.db().last_lsn().0 as i64);
-                    let live: Vec<_> = reps.iter().filter(|r| r.connected).collect();
+                    let live: Vec<_> = reps.iter().map(|(r, _)| r).filter(|r| r.pos.connected).collect();
                     self.enc.array(&mut out.buf, live.len());
                     for r in live {
                         let (host, port) = r.addr.rsplit_once(':').unwrap_or((r.addr.as_str(), "0"));
                         self.enc.array(&mut out.buf, 3);
                         self.enc.bulk(&mut out.buf, host.as_bytes());
                         self.enc.bulk(&mut out.buf, port.as_bytes());
-                        self.enc.bulk(&mut out.buf, r.apply_lsn.0.to_string().as_bytes());
+                        self.enc.bulk(&mut out.buf, r.pos.apply_lsn.0.to_string().as_bytes());
                     }
                 }
             }
@@ -572,6 +562,7 @@ impl Session {
             out.parts.push(Part::Bytes(out.buf.split().freeze()));
             out.parts.push(Part::Write(Deferred {
                 slot: slot.clone(),
+                level,
                 as_array,
                 since,
             }));
@@ -946,6 +937,7 @@ pub const COMMANDS: &[(&str, i64)] = &[
     ("CHECKPOINT", 1),
     ("DURABILITY", -1),
     ("LSN", 1),
+    ("WAIT", 3),
     ("ROLE", 1),
     ("QUIT", 1),
     ("SHUTDOWN", -1),

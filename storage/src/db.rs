@@ -583,17 +583,31 @@ impl Db {
         self.inner.wal.flushed()
     }
 
-    /// Copies durable WAL bytes from `from` on (at most `max` of them) to `out`, as they lie in
-    /// the segment files: what a primary streams to a replica that is catching up. Returns the
-    /// LSN after the last byte copied — `from` itself when nothing newer is durable yet.
-    /// `Error::WalUnavailable` if `from` lies beyond the durable log, or before the oldest
-    /// segment still kept (hold WAL with [`Db::set_wal_retain_from`]).
+    /// Everything before this LSN is written to the WAL files — safe from a crash of this
+    /// process, not yet from one of the machine until `flush_lsn` passes it. A primary ships
+    /// WAL up to here, so replicas receive and sync a commit while the primary syncs it.
+    pub fn written_lsn(&self) -> Lsn {
+        self.inner.wal.written()
+    }
+
+    /// Sets (or clears) a function called with the new written LSN each time WAL bytes reach
+    /// the files. It runs on the commit path: it must only signal, never block.
+    pub fn set_wal_listener(&self, f: Option<crate::wal::WalListener>) {
+        self.inner.wal.set_listener(f);
+    }
+
+    /// Copies written WAL bytes from `from` on (at most `max` of them) to `out`, as they lie in
+    /// the segment files: what a primary streams to its replicas. Returns the LSN after the
+    /// last byte copied — `from` itself when nothing newer is written yet. The bytes may still
+    /// be syncing ([`Db::written_lsn`]). `Error::WalUnavailable` if `from` lies beyond the
+    /// written log, or before the oldest segment still kept (hold WAL with
+    /// [`Db::set_wal_retain_from`]).
     pub fn read_wal(&self, from: Lsn, max: usize, out: &mut Vec<u8>) -> Result<Lsn> {
-        let flushed = self.inner.wal.flushed();
+        let flushed = self.inner.wal.written();
         if from > flushed {
             return Err(Error::WalUnavailable {
                 lsn: from,
-                reason: format!("beyond the durable end of the log ({flushed})"),
+                reason: format!("beyond the written end of the log ({flushed})"),
             });
         }
         let mut segs = self.inner.wal_reader.lock();

@@ -36,7 +36,18 @@ pub(crate) struct WriteOp<'a> {
 
 pub(crate) trait Backend: Send {
     /// Performs every write, then makes the files durable. Returns only when both are done.
-    fn write_and_sync(&mut self, writes: &[WriteOp<'_>], sync: &[&File]) -> io::Result<()>;
+    fn write_and_sync(&mut self, writes: &[WriteOp<'_>], sync: &[&File]) -> io::Result<()> {
+        self.write_then_sync(writes, sync, &mut || {})
+    }
+    /// The same, calling `written` once every write has reached the kernel (so a crash of
+    /// this process can no longer lose them) and before the sync is known to be done: the
+    /// moment replication may ship the bytes while the sync runs.
+    fn write_then_sync(
+        &mut self,
+        writes: &[WriteOp<'_>],
+        sync: &[&File],
+        written: &mut dyn FnMut(),
+    ) -> io::Result<()>;
     fn name(&self) -> &'static str;
 }
 
@@ -113,13 +124,19 @@ pub(crate) struct SyncBackend {
 }
 
 impl Backend for SyncBackend {
-    fn write_and_sync(&mut self, writes: &[WriteOp<'_>], sync: &[&File]) -> io::Result<()> {
+    fn write_then_sync(
+        &mut self,
+        writes: &[WriteOp<'_>],
+        sync: &[&File],
+        written: &mut dyn FnMut(),
+    ) -> io::Result<()> {
         for w in writes {
             if let Some(f) = &self.faults {
                 f.check_write()?;
             }
             w.file.write_all_at(w.bytes, w.offset)?;
         }
+        written();
         for f in sync {
             if let Some(fi) = &self.faults {
                 fi.check_sync()?;
@@ -150,8 +167,14 @@ impl UringBackend {
     }
 
     /// Submits `entries` (already linked as the caller wants) and waits for all of them;
-    /// returns each one's result in order.
-    fn run(&mut self, entries: &[squeue::Entry]) -> io::Result<Vec<i32>> {
+    /// returns each one's result in order. `written`, if given, is called as soon as the
+    /// first `lens.len()` entries (writes of those lengths) have all completed in full.
+    fn run(
+        &mut self,
+        entries: &[squeue::Entry],
+        lens: &[usize],
+        mut written: Option<&mut dyn FnMut()>,
+    ) -> io::Result<Vec<i32>> {
         for e in entries {
             // SAFETY: every entry points at buffers (`WriteOp::bytes`) and file descriptors
             // borrowed by the caller for the whole of `write_and_sync`, which does not return
@@ -166,16 +189,29 @@ impl UringBackend {
         }
         self.ring.submit_and_wait(entries.len())?;
         let mut res = vec![0i32; entries.len()];
+        let mut done = vec![false; entries.len()];
         let mut seen = 0;
         while seen < entries.len() {
             let mut got = false;
             for cqe in self.ring.completion() {
                 let i = cqe.user_data() as usize;
-                if i < res.len() {
+                if i < res.len() && !done[i] {
                     res[i] = cqe.result();
+                    done[i] = true;
                     seen += 1;
                 }
                 got = true;
+            }
+            if written.is_some()
+                && done[..lens.len()].iter().all(|d| *d)
+                && res
+                    .iter()
+                    .zip(lens)
+                    .all(|(r, l)| *r >= 0 && *r as usize == *l)
+            {
+                if let Some(f) = written.take() {
+                    f();
+                }
             }
             if !got && seen < entries.len() {
                 self.ring.submit_and_wait(entries.len() - seen)?;
@@ -186,7 +222,12 @@ impl UringBackend {
 }
 
 impl Backend for UringBackend {
-    fn write_and_sync(&mut self, writes: &[WriteOp<'_>], sync: &[&File]) -> io::Result<()> {
+    fn write_then_sync(
+        &mut self,
+        writes: &[WriteOp<'_>],
+        sync: &[&File],
+        written: &mut dyn FnMut(),
+    ) -> io::Result<()> {
         if let Some(f) = &self.faults {
             for _ in writes {
                 f.check_write()?;
@@ -212,7 +253,7 @@ impl Backend for UringBackend {
                     .user_data(i as u64)
                 })
                 .collect();
-            let res = self.run(&entries)?;
+            let res = self.run(&entries, &[], None)?;
             finish_writes(chunk, &res)?;
         }
         let mut entries = Vec::with_capacity(last.len() + sync.len());
@@ -239,10 +280,22 @@ impl Backend for UringBackend {
             }
             entries.push(e);
         }
-        let res = self.run(&entries)?;
+        let lens: Vec<usize> = last.iter().map(|w| w.bytes.len()).collect();
+        let mut told = false;
+        let res = self.run(
+            &entries,
+            &lens,
+            Some(&mut || {
+                told = true;
+                written()
+            }),
+        )?;
         let (wres, sres) = res.split_at(last.len());
         // A short write cancels the rest of the chain: finish it by hand, then sync by hand.
         let short = finish_writes(last, wres)?;
+        if !told {
+            written();
+        }
         for (j, f) in sync.iter().enumerate() {
             if let Some(fi) = &self.faults {
                 fi.check_sync()?;

@@ -23,6 +23,9 @@ use crate::types::Lsn;
 use io::{Backend, FaultInjector, WalIo, WriteOp};
 use segment::{Segments, SEGMENT_HEADER};
 
+/// Called by the flusher with the new written LSN; must be quick (it runs on the flush path).
+pub type WalListener = Arc<dyn Fn(Lsn) + Send + Sync>;
+
 /// Bytes the append buffer may hold before appenders wait for a flush.
 const BUFFER_LIMIT: usize = 64 << 20;
 /// How often the background flusher retries after running out of disk space.
@@ -74,6 +77,11 @@ struct Shared {
     /// Committers wait here for the flush LSN (or an error).
     done: Condvar,
     flushed: AtomicU64,
+    /// Everything before this LSN has reached the kernel (a crash of this process cannot lose
+    /// it; the OS may until the sync): what replication ships while the sync runs.
+    written: AtomicU64,
+    /// Called with the new written LSN after every write (replication's wake-up).
+    listener: parking_lot::RwLock<Option<WalListener>>,
     /// Completed write+sync rounds (each may carry many commits).
     flushes: AtomicU64,
 }
@@ -140,6 +148,8 @@ impl Wal {
             work: Condvar::new(),
             done: Condvar::new(),
             flushed: AtomicU64::new(end.0),
+            written: AtomicU64::new(end.0),
+            listener: parking_lot::RwLock::new(None),
             flushes: AtomicU64::new(0),
         });
         let s2 = shared.clone();
@@ -169,6 +179,15 @@ impl Wal {
 
     pub fn flushed(&self) -> Lsn {
         Lsn(self.shared.flushed.load(Ordering::Acquire))
+    }
+
+    /// Everything before this LSN is written to the segment files (maybe not yet synced).
+    pub fn written(&self) -> Lsn {
+        Lsn(self.shared.written.load(Ordering::Acquire))
+    }
+
+    pub fn set_listener(&self, f: Option<WalListener>) {
+        *self.shared.listener.write() = f;
     }
 
     /// Appends records encoded to start at `start` (which must be `end()`); returns the new
@@ -313,7 +332,13 @@ fn lead<'a>(shared: &'a Shared, mut st: MutexGuard<'a, State>) -> MutexGuard<'a,
             Some(r) if !*adaptive || appends > 1 => r.as_mut(),
             _ => direct.as_mut(),
         };
-        let r = write_range(segs, backend, start, &data);
+        let end = start + data.len() as u64;
+        let r = write_range(segs, backend, start, &data, &mut || {
+            shared.written.fetch_max(end, Ordering::AcqRel);
+            if let Some(f) = &*shared.listener.read() {
+                f(Lsn(end));
+            }
+        });
         if r.is_ok() {
             segs.close_before(start + data.len() as u64);
         }
@@ -384,12 +409,14 @@ fn background_flusher(shared: &Shared) {
     }
 }
 
-/// Writes stream bytes [start, start + data.len()) into their segments and syncs them.
+/// Writes stream bytes [start, start + data.len()) into their segments and syncs them,
+/// calling `written` between the two.
 fn write_range(
     segs: &mut Segments,
     backend: &mut dyn Backend,
     start: u64,
     data: &[u8],
+    written: &mut dyn FnMut(),
 ) -> std::io::Result<()> {
     let mut pieces = Vec::with_capacity(2);
     let mut pos = start;
@@ -419,5 +446,5 @@ fn write_range(
             bytes: &data[(pos - start) as usize..(pos - start + n) as usize],
         })
         .collect();
-    backend.write_and_sync(&ops, &files)
+    backend.write_then_sync(&ops, &files, written)
 }
