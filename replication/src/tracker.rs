@@ -254,7 +254,8 @@ impl Tracker {
         )
     }
 
-    /// Replicas counting towards the quorum that have reached `lsn` at `level`.
+    /// Replicas counting towards the quorum now (`sync` or `quorum`, not `potential`) that
+    /// have reached `lsn` at `level`.
     pub fn acks(&self, level: Level, lsn: Lsn) -> Acks {
         let g = self.lock();
         let needed = g.cfg.as_ref().map_or(0, |c| c.num);
@@ -263,7 +264,7 @@ impl Tracker {
             .replicas
             .iter()
             .zip(states)
-            .filter(|(_, s)| *s != SyncState::Async)
+            .filter(|(_, s)| matches!(s, SyncState::Sync | SyncState::Quorum))
             .filter(|(r, _)| count_at(std::slice::from_ref(&r.pos), level, lsn) == 1)
             .count();
         Acks { acked, needed }

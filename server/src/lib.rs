@@ -2,6 +2,7 @@
 //! loop. The binary (`main.rs`) is a thin CLI over this library, which tests and fuzz
 //! targets use directly.
 
+pub mod bench;
 pub mod config;
 pub mod glob;
 pub mod info;

@@ -394,6 +394,8 @@ fn send_loop(
             sh.tracker.set_streaming(slot, pos >= db.flush_lsn());
             continue;
         }
+        // Everything written is sent: the replica streams live.
+        sh.tracker.set_streaming(slot, true);
         if last_sent.elapsed() >= KEEPALIVE {
             out.clear();
             Frame::Keepalive {
@@ -612,7 +614,13 @@ fn receive_loop(sh: &Shared, mut sock: std::net::TcpStream, mut buf: BytesMut) -
                     bytes.extend_from_slice(&b2);
                     let _ = buf.split_to(len);
                 }
-                let p = db.apply_wal(start_lsn, &bytes)?;
+                // Acknowledge the flush before replaying (remote_flush need not wait for
+                // replay), then the apply.
+                let mut sent = Ok(());
+                let p = db.apply_wal_with(start_lsn, &bytes, &mut |p| {
+                    sent = feedback(&mut sock, p.write_lsn, p.flush_lsn, p.apply_lsn);
+                })?;
+                sent?;
                 feedback(&mut sock, p.write_lsn, p.flush_lsn, p.apply_lsn)?;
                 let primary_flush = sh
                     .primary_flush

@@ -2,31 +2,10 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use common::Node;
+use common::{info, wait_for, Node};
 use redis::cmd;
-
-fn info(c: &mut redis::Connection) -> HashMap<String, String> {
-    let text: String = cmd("INFO").arg("replication").query(c).unwrap();
-    text.lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
-        .collect()
-}
-
-/// Polls `cond` until it holds (or fails the test after `secs`).
-fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !cond() {
-        assert!(
-            t.elapsed() < Duration::from_secs(secs),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 fn everything(c: &mut redis::Connection) -> Vec<Vec<u8>> {
     cmd("RANGE").arg("-").arg("+").query(c).unwrap()

@@ -650,6 +650,18 @@ impl Db {
     /// records are refused (`CorruptWal`) and nothing of them is kept: continue from
     /// `flush_lsn`.
     pub fn apply_wal(&self, start: Lsn, bytes: &[u8]) -> Result<ReplicaProgress> {
+        self.apply_wal_with(start, bytes, &mut |_| {})
+    }
+
+    /// [`Db::apply_wal`], calling `flushed` once the received records are durable and before
+    /// they are replayed: a replica acknowledges its flush position without waiting for
+    /// replay (the progress passed names the old apply LSN).
+    pub fn apply_wal_with(
+        &self,
+        start: Lsn,
+        bytes: &[u8],
+        flushed: &mut dyn FnMut(ReplicaProgress),
+    ) -> Result<ReplicaProgress> {
         let inner = &self.inner;
         let rs_lock = inner.replica.as_ref().ok_or(Error::NotReplica)?;
         let mut rs = rs_lock.lock();
@@ -706,6 +718,11 @@ impl Db {
             let end = inner.wal.append(Lsn(base), &rs.carry[..at], false)?;
             inner.wal.wait_flushed(end)?;
             rs.carry.drain(..at);
+            flushed(ReplicaProgress {
+                write_lsn: Lsn(end.0 + rs.carry.len() as u64),
+                flush_lsn: inner.wal.flushed(),
+                apply_lsn: rs.applied,
+            });
         }
         for e in events {
             match e {

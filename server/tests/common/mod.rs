@@ -124,3 +124,24 @@ impl Drop for Node {
         let _ = self.child.wait();
     }
 }
+
+/// `INFO replication` as a map.
+pub fn info(c: &mut redis::Connection) -> std::collections::HashMap<String, String> {
+    let text: String = redis::cmd("INFO").arg("replication").query(c).unwrap();
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+/// Polls `cond` until it holds (or fails the test after `secs`).
+pub fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
