@@ -275,6 +275,12 @@ impl Tracker {
         count_at(&self.lock().positions(), Level::Flush, lsn)
     }
 
+    /// Whether `target` holds now.
+    pub fn holds(&self, target: Target) -> bool {
+        let g = self.lock();
+        g.holds(target, &g.positions())
+    }
+
     /// Waits until `target` holds. Dropping the future withdraws the wait.
     pub fn wait(&self, target: Target) -> Wait {
         Wait {

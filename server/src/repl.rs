@@ -7,7 +7,7 @@
 //! the replica's flush LSN on, with feedback (write/flush/apply LSNs) going back after every
 //! applied chunk and on keepalives.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -294,18 +294,17 @@ pub async fn serve_replica(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut) 
         },
     )
     .await?;
-    // From here the link runs on two threads of its own: a sender woken directly by the WAL
-    // flusher the moment new WAL is written (so a replica receives a commit while the
-    // primary is still syncing it), and a reader of the replica's feedback, which wakes the
-    // commits waiting for the quorum. Neither waits for a runtime worker to be free.
+    // From here the link runs on threads of its own, never waiting for a runtime worker: the
+    // WAL flusher itself sends new WAL to a caught-up link the moment it is written (so a
+    // replica receives a commit while the primary is still syncing it); a sender thread
+    // catches up, finishes what the flusher could not, and sends keepalives; a reader of the
+    // replica's feedback wakes the commits waiting for the quorum.
     let sock = rd
         .reunite(wr)
         .map_err(|_| anyhow!("socket halves do not match"))?
         .into_std()?;
     sock.set_nonblocking(false)?;
-    let link = Arc::new(Link {
-        dead: std::sync::atomic::AtomicBool::new(false),
-    });
+    let link = Arc::new(LiveLink::new(sock.try_clone()?, flush_lsn));
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
     let reader = sock.try_clone()?;
     {
@@ -320,12 +319,14 @@ pub async fn serve_replica(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut) 
             })?;
     }
     {
-        let (sh, link, mut sock) = (sh.clone(), link.clone(), sock.try_clone()?);
+        let (sh, link) = (sh.clone(), link.clone());
         std::thread::Builder::new()
             .name(format!("replidb-send-{name}"))
             .spawn(move || {
-                let r = send_loop(&sh, &link, &mut sock, slot, flush_lsn);
-                let _ = sock.shutdown(std::net::Shutdown::Both);
+                sh.links.add(link.clone());
+                let r = send_loop(&sh, &link, &link.sock, slot);
+                sh.links.remove(&link);
+                let _ = link.sock.shutdown(std::net::Shutdown::Both);
                 let _ = done_tx.send(r);
             })?;
     }
@@ -341,73 +342,178 @@ pub async fn serve_replica(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut) 
     r
 }
 
-/// One replica link's shared state.
-struct Link {
+/// One replica link's sending side, shared by its sender thread and the WAL flusher.
+pub struct LiveLink {
+    /// A clone of the link's (blocking) socket.
+    sock: std::net::TcpStream,
+    st: parking_lot::Mutex<LinkState>,
+    /// `LinkState::sent`, readable without the lock.
+    sent: AtomicU64,
     /// Set when either side of the link ends.
     dead: std::sync::atomic::AtomicBool,
 }
 
-/// Sends WAL from `pos` on as it is written, and keepalives when there is none.
+struct LinkState {
+    /// Everything before this LSN is on the socket or in `pending`.
+    sent: Lsn,
+    /// The unsent rest of a frame the flusher could only partly send.
+    pending: Vec<u8>,
+    /// Frame buffer of the flusher's sends.
+    frame: Vec<u8>,
+}
+
+impl LiveLink {
+    fn new(sock: std::net::TcpStream, from: Lsn) -> LiveLink {
+        LiveLink {
+            sock,
+            st: parking_lot::Mutex::new(LinkState {
+                sent: from,
+                pending: Vec::new(),
+                frame: Vec::new(),
+            }),
+            sent: AtomicU64::new(from.0),
+            dead: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Called by the WAL flusher between write and sync: if this link has sent everything up
+    /// to `start` and its socket has room, the bytes go out now — no thread to wake, the
+    /// replica receives them while this node syncs. Otherwise (busy, behind, or a full socket)
+    /// the sender thread does it.
+    fn push(&self, start: Lsn, bytes: &[u8]) {
+        if bytes.len() > frame::MAX_WAL_CHUNK || self.dead.load(Ordering::Relaxed) {
+            return;
+        }
+        let Some(mut st) = self.st.try_lock() else {
+            return;
+        };
+        if st.sent != start || !st.pending.is_empty() {
+            return;
+        }
+        let st = &mut *st;
+        st.frame.clear();
+        frame::encode_wal(start, bytes, &mut st.frame);
+        let n = match send_nowait(&self.sock, &st.frame) {
+            Ok(n) => n,
+            // Full socket or a broken link: the sender thread will see.
+            Err(_) => return,
+        };
+        if n < st.frame.len() {
+            st.pending.extend_from_slice(&st.frame[n..]);
+        }
+        st.sent = Lsn(start.0 + bytes.len() as u64);
+        self.sent.store(st.sent.0, Ordering::Release);
+    }
+}
+
+/// Sends what the socket takes without blocking; returns how much it took.
+fn send_nowait(sock: &std::net::TcpStream, buf: &[u8]) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `send` reads at most `buf.len()` bytes from `buf`, which is a live slice for the
+    // whole call, and writes nothing to our memory; the descriptor belongs to `sock`, which
+    // is borrowed (so open) for the call. MSG_DONTWAIT makes this one call non-blocking
+    // without changing the socket's mode for the sender thread's blocking writes;
+    // MSG_NOSIGNAL turns a closed peer into EPIPE instead of SIGPIPE.
+    let r = unsafe {
+        libc::send(
+            sock.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// The links the WAL flusher pushes to.
+#[derive(Clone, Default)]
+pub struct Links(Arc<parking_lot::RwLock<Vec<Arc<LiveLink>>>>);
+
+impl Links {
+    pub fn push(&self, start: Lsn, bytes: &[u8]) {
+        for l in self.0.read().iter() {
+            l.push(start, bytes);
+        }
+    }
+
+    fn add(&self, l: Arc<LiveLink>) {
+        self.0.write().push(l);
+    }
+
+    fn remove(&self, l: &Arc<LiveLink>) {
+        self.0.write().retain(|x| !Arc::ptr_eq(x, l));
+    }
+}
+
+/// Sends WAL from the link's position on as it is written (unless the flusher already did),
+/// and keepalives when there is none.
 fn send_loop(
     sh: &Shared,
-    link: &Link,
-    sock: &mut std::net::TcpStream,
+    link: &LiveLink,
+    mut sock: &std::net::TcpStream,
     slot: usize,
-    mut pos: Lsn,
 ) -> Result<()> {
     use std::io::Write;
     let db = &sh.db;
     let mut last_sent = Instant::now();
-    let mut out = Vec::with_capacity(frame::MAX_WAL_CHUNK + 64);
     let mut chunk = Vec::with_capacity(frame::MAX_WAL_CHUNK);
     loop {
         if link.dead.load(Ordering::SeqCst) {
             return Ok(());
         }
-        chunk.clear();
-        let end = match db.read_wal(pos, frame::MAX_WAL_CHUNK, &mut chunk) {
-            Ok(end) => end,
-            Err(e) => {
-                out.clear();
-                Frame::Error {
-                    code: 3,
-                    message: e.to_string(),
+        {
+            // Writes happen under the lock, so the flusher's frames and ours never interleave.
+            let mut st = link.st.lock();
+            if !st.pending.is_empty() {
+                sock.write_all(&st.pending)?;
+                st.pending.clear();
+            }
+            let pos = st.sent;
+            chunk.clear();
+            let end = match db.read_wal(pos, frame::MAX_WAL_CHUNK, &mut chunk) {
+                Ok(end) => end,
+                Err(e) => {
+                    let mut out = Vec::new();
+                    Frame::Error {
+                        code: 3,
+                        message: e.to_string(),
+                    }
+                    .encode(&mut out);
+                    let _ = sock.write_all(&out);
+                    return Err(e.into());
                 }
-                .encode(&mut out);
-                let _ = sock.write_all(&out);
-                return Err(e.into());
-            }
-        };
-        if end > pos {
-            out.clear();
-            let f = Frame::Wal {
-                start_lsn: pos,
-                bytes: std::mem::take(&mut chunk),
             };
-            f.encode(&mut out);
-            sock.write_all(&out)?;
-            if let Frame::Wal { bytes, .. } = f {
-                chunk = bytes; // keep the buffer for the next round
+            if end > pos {
+                st.frame.clear();
+                frame::encode_wal(pos, &chunk, &mut st.frame);
+                sock.write_all(&st.frame)?;
+                st.sent = end;
+                link.sent.store(end.0, Ordering::Release);
+                last_sent = Instant::now();
+                drop(st);
+                sh.tracker.set_streaming(slot, end >= db.flush_lsn());
+                continue;
             }
-            pos = end;
-            last_sent = Instant::now();
-            sh.tracker.set_streaming(slot, pos >= db.flush_lsn());
-            continue;
+            if last_sent.elapsed() >= KEEPALIVE {
+                st.frame.clear();
+                Frame::Keepalive {
+                    primary_flush_lsn: db.flush_lsn(),
+                    time_us: now_us(),
+                }
+                .encode(&mut st.frame);
+                sock.write_all(&st.frame)?;
+                last_sent = Instant::now();
+            }
         }
         // Everything written is sent: the replica streams live.
         sh.tracker.set_streaming(slot, true);
-        if last_sent.elapsed() >= KEEPALIVE {
-            out.clear();
-            Frame::Keepalive {
-                primary_flush_lsn: db.flush_lsn(),
-                time_us: now_us(),
-            }
-            .encode(&mut out);
-            sock.write_all(&out)?;
-            last_sent = Instant::now();
-        }
         sh.wal_signal.wait_until(KEEPALIVE, || {
-            db.written_lsn() > pos || link.dead.load(Ordering::SeqCst)
+            db.written_lsn().0 > link.sent.load(Ordering::Acquire)
+                || link.dead.load(Ordering::SeqCst)
         });
     }
 }

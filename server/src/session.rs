@@ -70,6 +70,8 @@ pub struct Shared {
     pub tracker: replication::tracker::Tracker,
     /// Signalled whenever WAL reaches the files: wakes the replica senders.
     pub wal_signal: Arc<WalSignal>,
+    /// Replica links that are caught up: the WAL flusher sends them new WAL itself.
+    pub links: crate::repl::Links,
     /// Replica: whether the link to the primary is up, and the primary's flush LSN last heard.
     pub link_up: std::sync::atomic::AtomicBool,
     pub primary_flush: AtomicU64,

@@ -590,8 +590,9 @@ impl Db {
         self.inner.wal.written()
     }
 
-    /// Sets (or clears) a function called with the new written LSN each time WAL bytes reach
-    /// the files. It runs on the commit path: it must only signal, never block.
+    /// Sets (or clears) a function called with each run of WAL bytes (and its start LSN) as it
+    /// reaches the files, before it is synced. It runs on the commit path: it must never
+    /// block.
     pub fn set_wal_listener(&self, f: Option<crate::wal::WalListener>) {
         self.inner.wal.set_listener(f);
     }

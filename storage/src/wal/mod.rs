@@ -23,8 +23,10 @@ use crate::types::Lsn;
 use io::{Backend, FaultInjector, WalIo, WriteOp};
 use segment::{Segments, SEGMENT_HEADER};
 
-/// Called by the flusher with the new written LSN; must be quick (it runs on the flush path).
-pub type WalListener = Arc<dyn Fn(Lsn) + Send + Sync>;
+/// Called by the flusher each time bytes reach the files, with their start LSN and the bytes
+/// (between the write and the sync); must be quick and never block (it runs on the commit
+/// path).
+pub type WalListener = Arc<dyn Fn(Lsn, &[u8]) + Send + Sync>;
 
 /// Bytes the append buffer may hold before appenders wait for a flush.
 const BUFFER_LIMIT: usize = 64 << 20;
@@ -80,7 +82,7 @@ struct Shared {
     /// Everything before this LSN has reached the kernel (a crash of this process cannot lose
     /// it; the OS may until the sync): what replication ships while the sync runs.
     written: AtomicU64,
-    /// Called with the new written LSN after every write (replication's wake-up).
+    /// Called after every write, before the sync (replication ships the bytes meanwhile).
     listener: parking_lot::RwLock<Option<WalListener>>,
     /// Completed write+sync rounds (each may carry many commits).
     flushes: AtomicU64,
@@ -336,7 +338,7 @@ fn lead<'a>(shared: &'a Shared, mut st: MutexGuard<'a, State>) -> MutexGuard<'a,
         let r = write_range(segs, backend, start, &data, &mut || {
             shared.written.fetch_max(end, Ordering::AcqRel);
             if let Some(f) = &*shared.listener.read() {
-                f(Lsn(end));
+                f(Lsn(start), &data);
             }
         });
         if r.is_ok() {
