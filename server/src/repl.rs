@@ -431,21 +431,51 @@ fn send_nowait(sock: &std::net::TcpStream, buf: &[u8]) -> std::io::Result<usize>
 
 /// The links the WAL flusher pushes to.
 #[derive(Clone, Default)]
-pub struct Links(Arc<parking_lot::RwLock<Vec<Arc<LiveLink>>>>);
+pub struct Links(Arc<LinksInner>);
+
+#[derive(Default)]
+struct LinksInner {
+    links: parking_lot::RwLock<Vec<Arc<LiveLink>>>,
+    /// Batches of writes at a remote level in flight (between queueing and their quorum).
+    sync_commits: std::sync::atomic::AtomicUsize,
+}
+
+/// Marks a batch with writes at a remote level as in flight while it lives.
+pub struct SyncCommit(Links);
+
+impl Drop for SyncCommit {
+    fn drop(&mut self) {
+        self.0 .0.sync_commits.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 impl Links {
+    /// The WAL flusher's hook, between write and sync: while a synchronous commit waits, new
+    /// WAL goes to the caught-up links from here (no wake-up between a commit and its
+    /// replicas); otherwise the sender threads, woken by the signal, send it and this node's
+    /// sync is not delayed by the sends.
     pub fn push(&self, start: Lsn, bytes: &[u8]) {
-        for l in self.0.read().iter() {
+        if self.0.sync_commits.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        for l in self.0.links.read().iter() {
             l.push(start, bytes);
         }
     }
 
+    /// Call before a batch with writes at a remote level is applied; hold until its quorum
+    /// answered.
+    pub fn sync_commit(&self) -> SyncCommit {
+        self.0.sync_commits.fetch_add(1, Ordering::SeqCst);
+        SyncCommit(self.clone())
+    }
+
     fn add(&self, l: Arc<LiveLink>) {
-        self.0.write().push(l);
+        self.0.links.write().push(l);
     }
 
     fn remove(&self, l: &Arc<LiveLink>) {
-        self.0.write().retain(|x| !Arc::ptr_eq(x, l));
+        self.0.links.write().retain(|x| !Arc::ptr_eq(x, l));
     }
 }
 
