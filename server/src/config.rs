@@ -61,6 +61,17 @@ pub struct ServeArgs {
     #[arg(long)]
     pub primary_password: Option<String>,
 
+    /// The most WAL a primary keeps for replicas that are behind or away, e.g. 1GiB, 512MiB;
+    /// a replica further behind is reseeded from a base backup when it returns, so a
+    /// vanished replica never fills the disk. [default: 1GiB]
+    #[arg(long, value_name = "SIZE")]
+    pub max_retained_wal: Option<String>,
+
+    /// Size of each WAL segment file for a new data directory, e.g. 16MiB (an existing
+    /// directory keeps its own). [default: 16MiB]
+    #[arg(long, value_name = "SIZE")]
+    pub wal_segment_size: Option<String>,
+
     /// A TOML file with any of these settings (same names, e.g. `port = 6390`); flags win.
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
@@ -120,6 +131,8 @@ pub struct Config {
     pub sync_commit: Level,
     pub sync_standbys: Option<SyncStandbys>,
     pub sync_timeout_ms: u64,
+    pub max_retained_wal: u64,
+    pub wal_segment_bytes: u64,
     /// Set on a replica: the primary's HOST:PORT.
     pub replicaof: Option<String>,
     pub name: String,
@@ -201,13 +214,56 @@ impl Config {
             sync_commit,
             sync_standbys,
             sync_timeout_ms: flags.sync_timeout_ms.or(file.sync_timeout_ms).unwrap_or(0),
+            max_retained_wal: match flags.max_retained_wal.or(file.max_retained_wal) {
+                None => 1 << 30,
+                Some(s) => parse_size(&s).with_context(|| format!("--max-retained-wal {s:?}"))?,
+            },
+            wal_segment_bytes: match flags.wal_segment_size.or(file.wal_segment_size) {
+                None => storage::Options::default().wal_segment_bytes,
+                Some(s) => {
+                    let n = parse_size(&s).with_context(|| format!("--wal-segment-size {s:?}"))?;
+                    if !(64 << 10..=1 << 30).contains(&n) {
+                        bail!("--wal-segment-size {s:?}: between 64KiB and 1GiB");
+                    }
+                    n
+                }
+            },
         })
     }
+}
+
+/// `1GiB`, `512MiB`, `64KiB`, `1048576`, `2G`, `10mb`: a byte count (binary units).
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| anyhow::anyhow!("expected a size such as 1GiB, 512MiB or 1048576"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        u => bail!("unknown unit {u:?}: expected B, KiB, MiB, GiB or TiB"),
+    };
+    n.checked_mul(mult).context("size too large")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("512MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("64k").unwrap(), 64 << 10);
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+    }
 
     #[test]
     fn flags_override_the_file_which_overrides_defaults() {

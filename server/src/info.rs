@@ -25,7 +25,7 @@ pub fn render(sh: &Shared, section: Option<&str>) -> String {
         Some(s) => SECTIONS.iter().copied().filter(|x| *x == s).collect(),
     };
     let mut o = String::new();
-    let db = &sh.db;
+    let db = sh.db();
     for s in wanted {
         if !o.is_empty() {
             o.push_str("\r\n");
@@ -105,9 +105,10 @@ pub fn render(sh: &Shared, section: Option<&str>) -> String {
                     let _ =
                         write!(
                         o,
-                        "primary_addr:{p}\r\nprimary_link:{}\r\nlag_bytes:{lag}\r\nlag_ms:{}\r\n",
+                        "primary_addr:{p}\r\nprimary_link:{}\r\nlag_bytes:{lag}\r\nlag_ms:{}\r\nreseeds:{}\r\n",
                         if sh.link_up.load(Ordering::Relaxed) { "up" } else { "down" },
-                        sh.lag_ms(lag)
+                        sh.lag_ms(lag),
+                        sh.reseeds.load(Ordering::Relaxed)
                     );
                 }
                 // Replicas served by this node (a replica serves cascaded ones).

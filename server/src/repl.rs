@@ -18,18 +18,13 @@ use storage::Lsn;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::session::Shared;
+use crate::session::{now_us, Shared};
 
-const KEEPALIVE: Duration = Duration::from_millis(500);
-/// How often a caught-up sender looks for new WAL.
+/// A primary sends a keepalive after this long without WAL.
+pub const KEEPALIVE: Duration = Duration::from_millis(500);
+/// How often the flush-time sampler looks at the flush LSN.
 const POLL: Duration = Duration::from_millis(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
-
-fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
 
 /// Reads one frame, keeping leftovers in `buf`.
 async fn read_frame<R: AsyncReadExt + Unpin>(rd: &mut R, buf: &mut BytesMut) -> Result<Frame> {
@@ -64,7 +59,7 @@ pub async fn serve_snapshot(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut)
     let Frame::Hello { name, .. } = read_frame(&mut rd, &mut buf).await? else {
         bail!("expected a hello frame");
     };
-    let db = sh.db.clone();
+    let db = sh.db();
     let (redo, pages) = tokio::task::spawn_blocking({
         let db = db.clone();
         move || db.begin_base_backup()
@@ -121,7 +116,7 @@ pub async fn seed_if_new(
     }
     let mut backoff = Duration::from_millis(50);
     loop {
-        match seed_once(config, primary).await {
+        match seed_once(config, primary, &config.dir).await {
             Ok(()) => return Ok(()),
             Err(e) => {
                 tracing::warn!(primary = %primary, error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "seeding from the primary failed")
@@ -135,7 +130,11 @@ pub async fn seed_if_new(
     }
 }
 
-async fn seed_once(config: &crate::config::Config, primary: &str) -> Result<()> {
+async fn seed_once(
+    config: &crate::config::Config,
+    primary: &str,
+    dir: &std::path::Path,
+) -> Result<()> {
     let (mut rd, mut wr, mut buf) =
         connect_as_replica(config, primary, b"*1\r\n$12\r\nREPLSNAPSHOT\r\n").await?;
     let hello = Frame::Hello {
@@ -154,7 +153,7 @@ async fn seed_once(config: &crate::config::Config, primary: &str) -> Result<()> 
         Frame::Error { message, .. } => bail!("the primary refused: {message}"),
         other => bail!("expected snapshot_begin, got {other:?}"),
     };
-    let dir = config.dir.clone();
+    let dir = dir.to_path_buf();
     let mut seeder = tokio::task::spawn_blocking(move || {
         storage::Seeder::create(&dir, redo, &storage::Options::default())
     })
@@ -265,7 +264,7 @@ pub async fn serve_replica(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut) 
         .await?;
         bail!("replica {name} speaks protocol version {version}");
     }
-    let db = sh.db.clone();
+    let db = sh.db();
     if flush_lsn > db.flush_lsn() {
         let msg = format!(
             "replica is ahead of the primary ({flush_lsn} > {})",
@@ -488,7 +487,7 @@ fn send_loop(
     slot: usize,
 ) -> Result<()> {
     use std::io::Write;
-    let db = &sh.db;
+    let db = &sh.db();
     let mut last_sent = Instant::now();
     let mut chunk = Vec::with_capacity(frame::MAX_WAL_CHUNK);
     loop {
@@ -508,8 +507,12 @@ fn send_loop(
                 Ok(end) => end,
                 Err(e) => {
                     let mut out = Vec::new();
+                    let gone = matches!(e, storage::Error::WalUnavailable { lsn, .. } if lsn < db.written_lsn());
+                    if gone {
+                        tracing::warn!(replica_from = pos.0, error = %e, "a replica needs WAL this node no longer retains: it will reseed");
+                    }
                     Frame::Error {
-                        code: 3,
+                        code: if gone { WAL_GONE } else { 3 },
                         message: e.to_string(),
                     }
                     .encode(&mut out);
@@ -602,8 +605,13 @@ fn read_frame_blocking(sock: &mut std::net::TcpStream, buf: &mut BytesMut) -> Re
 pub async fn track_flush_times(sh: Arc<Shared>) {
     let mut stop = sh.shutdown.subscribe();
     let mut last = Lsn(0);
+    let mut ticks = 0u64;
     loop {
-        let now = sh.db.flush_lsn();
+        let now = sh.db().flush_lsn();
+        ticks += 1;
+        if ticks % 100 == 0 {
+            update_retention(&sh);
+        }
         if now > last {
             let mut ft = sh.flush_times.lock();
             if ft.len() >= crate::session::FLUSH_TIMES_MAX {
@@ -619,10 +627,26 @@ pub async fn track_flush_times(sh: Arc<Shared>) {
     }
 }
 
-/// WAL that a connected replica still needs stays on disk.
-fn update_retention(sh: &Shared) {
+/// WAL that a known replica still needs stays on disk — but never more than
+/// `--max-retained-wal` of it: a replica further behind is reseeded when it returns.
+pub fn update_retention(sh: &Shared) {
+    let db = sh.db();
+    let floor = Lsn(db.flush_lsn().0.saturating_sub(sh.config.max_retained_wal));
     let min = sh.tracker.min_flush();
-    sh.db.set_wal_retain_from(min);
+    if let Some(m) = min {
+        if m < floor {
+            let mut warned = sh.retention_warned.lock();
+            if *warned < m {
+                tracing::warn!(
+                    behind_from = m.0,
+                    max_retained_wal = sh.config.max_retained_wal,
+                    "a replica is further behind than --max-retained-wal: its WAL is released and it will be reseeded when it returns"
+                );
+                *warned = floor;
+            }
+        }
+    }
+    db.set_wal_retain_from(min.map(|m| m.max(floor)));
 }
 
 /// Replica side: keeps a stream from the primary going, reconnecting with backoff.
@@ -637,6 +661,22 @@ pub async fn run_replica(sh: Arc<Shared>, primary: String) {
         sh.link_up.store(false, Ordering::Relaxed);
         match r {
             Ok(()) => backoff = Duration::from_millis(50),
+            Err(e) if e.downcast_ref::<WalGone>().is_some() => {
+                let why = e.downcast_ref::<WalGone>().expect("checked");
+                let r = tokio::select! {
+                    r = reseed(&sh, &primary, why) => r,
+                    _ = stop.changed() => return,
+                };
+                match r {
+                    Ok(()) => {
+                        backoff = Duration::from_millis(50);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(primary = %primary, error = %format!("{e:#}"), "reseeding failed; will retry")
+                    }
+                }
+            }
             Err(e) => {
                 tracing::warn!(primary = %primary, error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "replication link down")
             }
@@ -652,7 +692,7 @@ pub async fn run_replica(sh: Arc<Shared>, primary: String) {
 async fn stream_from(sh: &Arc<Shared>, primary: &str) -> Result<()> {
     let (mut rd, mut wr, mut buf) =
         connect_as_replica(&sh.config, primary, b"*1\r\n$10\r\nREPLSTREAM\r\n").await?;
-    let db = sh.db.clone();
+    let db = sh.db();
     let hello = Frame::Hello {
         version: frame::VERSION,
         epoch: 1,
@@ -694,7 +734,7 @@ const SILENCE: Duration = Duration::from_secs(5);
 /// one `apply_wal` call (one sync).
 fn receive_loop(sh: &Shared, mut sock: std::net::TcpStream, mut buf: BytesMut) -> Result<()> {
     use std::io::Write;
-    let db = &sh.db;
+    let db = &sh.db();
     let mut out = Vec::with_capacity(64);
     let mut heard = Instant::now();
     let mut feedback = |sock: &mut std::net::TcpStream, w: Lsn, f: Lsn, a: Lsn| {
@@ -730,6 +770,7 @@ fn receive_loop(sh: &Shared, mut sock: std::net::TcpStream, mut buf: BytesMut) -
             Err(e) => return Err(e),
         };
         heard = Instant::now();
+        sh.last_heard_us.store(now_us(), Ordering::Relaxed);
         match f {
             Frame::Wal {
                 start_lsn,
@@ -758,6 +799,7 @@ fn receive_loop(sh: &Shared, mut sock: std::net::TcpStream, mut buf: BytesMut) -
                 })?;
                 sent?;
                 feedback(&mut sock, p.write_lsn, p.flush_lsn, p.apply_lsn)?;
+                sh.applied.send_replace(p.apply_lsn.0);
                 let primary_flush = sh
                     .primary_flush
                     .fetch_max(p.write_lsn.0, Ordering::Relaxed)
@@ -772,8 +814,94 @@ fn receive_loop(sh: &Shared, mut sock: std::net::TcpStream, mut buf: BytesMut) -
                 let l = db.flush_lsn();
                 feedback(&mut sock, l, l, db.apply_lsn())?;
             }
+            Frame::Error { code, message } if code == WAL_GONE => {
+                return Err(WalGone(message).into())
+            }
             Frame::Error { message, .. } => bail!("the primary says: {message}"),
             other => bail!("unexpected frame {other:?}"),
         }
     }
+}
+
+/// Error code of a primary that no longer holds the WAL a replica asks for.
+const WAL_GONE: u16 = 4;
+
+/// The primary no longer retains the WAL this replica needs: it must be reseeded.
+#[derive(Debug, thiserror::Error)]
+#[error("the primary no longer retains the WAL this replica needs ({0})")]
+pub struct WalGone(String);
+
+/// Prefix of the directories a running replica reseeds into (inside its data directory).
+const RESEED_PREFIX: &str = "reseed-";
+
+/// Replica side: replaces this node's database by a fresh base backup from the primary,
+/// while the old one keeps serving reads. The backup goes to `DIR/reseed-<ms>/`, is opened
+/// there and swapped in; the next start moves it into `DIR` (`finish_reseed`).
+async fn reseed(sh: &Arc<Shared>, primary: &str, why: &WalGone) -> Result<()> {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let side = sh.config.dir.join(format!("{RESEED_PREFIX}{ms}"));
+    tracing::warn!(primary = %primary, reason = %why, dir = %side.display(), "this replica fell behind the WAL its primary retains: reseeding from a base backup");
+    sh.reseeds.fetch_add(1, Ordering::Relaxed);
+    seed_once(&sh.config, primary, &side).await?;
+    let dir = side.clone();
+    let db = tokio::task::spawn_blocking(move || {
+        storage::Db::open(
+            &dir,
+            storage::Options {
+                replica: true,
+                ..storage::Options::default()
+            },
+        )
+    })
+    .await??;
+    sh.attach(&db);
+    let old = std::mem::replace(&mut *sh.db_slot.write(), Arc::new(db));
+    // The old database closes when its last user lets go (a request in flight, say).
+    tokio::task::spawn_blocking(move || drop(old));
+    tracing::info!(dir = %side.display(), "reseeded; streaming from the backup's redo LSN");
+    Ok(())
+}
+
+/// Before a replica opens its database: if a reseed completed in a previous run, its backup
+/// (`DIR/reseed-<ms>/`, the newest complete one) replaces the data in `DIR`; incomplete ones
+/// are removed. The control file goes first and comes back last, so a crash in between
+/// leaves a directory that seeds itself anew.
+pub fn finish_reseed(dir: &std::path::Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    let mut sides: Vec<std::path::PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(RESEED_PREFIX))
+        })
+        .collect();
+    sides.sort();
+    let newest = sides
+        .iter()
+        .rev()
+        .find(|p| p.join(storage::CONTROL_FILE).exists())
+        .cloned();
+    if let Some(side) = &newest {
+        tracing::info!(from = %side.display(), "finishing a reseed: the backup replaces the old data");
+        let _ = std::fs::remove_file(dir.join(storage::CONTROL_FILE));
+        let _ = std::fs::remove_file(dir.join(storage::PAGE_FILE));
+        let _ = std::fs::remove_dir_all(dir.join(storage::WAL_DIR));
+        std::fs::rename(side.join(storage::PAGE_FILE), dir.join(storage::PAGE_FILE))?;
+        std::fs::rename(side.join(storage::WAL_DIR), dir.join(storage::WAL_DIR))?;
+        std::fs::rename(
+            side.join(storage::CONTROL_FILE),
+            dir.join(storage::CONTROL_FILE),
+        )?;
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    for side in sides {
+        std::fs::remove_dir_all(&side)?;
+    }
+    Ok(())
 }

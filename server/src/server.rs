@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use bytes::{Bytes, BytesMut};
 use parking_lot::RwLock;
-use storage::{Db, Options};
+use storage::{Db, Lsn, Options};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -37,15 +37,21 @@ impl Server {
     /// Opens the database and binds the port.
     pub async fn start(config: Config) -> Result<Server> {
         let (tx, mut stop_rx) = watch::channel(false);
-        // A new replica first lays down a base backup from its primary.
+        // A replica first finishes a reseed of a previous run, or, new, lays down a base
+        // backup from its primary.
+        if config.replicaof.is_some() {
+            crate::repl::finish_reseed(&config.dir)?;
+        }
         crate::repl::seed_if_new(&config, &mut stop_rx).await?;
         let dir = config.dir.clone();
         let replica = config.replicaof.is_some();
+        let wal_segment_bytes = config.wal_segment_bytes;
         let db = tokio::task::spawn_blocking(move || {
             Db::open(
                 &dir,
                 Options {
                     replica,
+                    wal_segment_bytes,
                     ..Options::default()
                 },
             )
@@ -56,7 +62,7 @@ impl Server {
             .await
             .with_context(|| format!("binding {}:{}", config.bind, config.port))?;
         let shared = Arc::new(Shared {
-            db: Arc::new(db),
+            db_slot: RwLock::new(Arc::new(db)),
             settings: RwLock::new(Settings {
                 requirepass: config.requirepass.clone(),
                 sync_commit: config.sync_commit,
@@ -65,6 +71,10 @@ impl Server {
             tracker: replication::tracker::Tracker::new(config.sync_standbys.clone()),
             wal_signal: Arc::new(crate::session::WalSignal::default()),
             links: crate::repl::Links::default(),
+            reseeds: AtomicU64::new(0),
+            last_heard_us: AtomicU64::new(0),
+            applied: watch::channel(0).0,
+            retention_warned: parking_lot::Mutex::new(Lsn(0)),
             config,
             stats: Stats::new(),
             started: Instant::now(),
@@ -76,13 +86,7 @@ impl Server {
             behind_since_us: AtomicU64::new(0),
             flush_times: parking_lot::Mutex::new(std::collections::VecDeque::new()),
         });
-        let (signal, links) = (shared.wal_signal.clone(), shared.links.clone());
-        shared
-            .db
-            .set_wal_listener(Some(Arc::new(move |start, bytes| {
-                links.push(start, bytes);
-                signal.notify();
-            })));
+        shared.attach(&shared.db());
         tokio::spawn(crate::repl::track_flush_times(shared.clone()));
         if let Some(primary) = shared.config.replicaof.clone() {
             tokio::spawn(crate::repl::run_replica(shared.clone(), primary));
@@ -107,7 +111,7 @@ impl Server {
         tracing::info!(
             addr = %listener.local_addr()?,
             dir = %shared.config.dir.display(),
-            wal_io = shared.db.stats().wal_io,
+            wal_io = shared.db().stats().wal_io,
             "replidb ready to accept connections"
         );
         loop {
@@ -148,7 +152,7 @@ impl Server {
             tracing::warn!("connections still busy after {DRAIN_TIMEOUT:?}; closing them");
             conns.abort_all();
         }
-        let db = shared.db.clone();
+        let db = shared.db();
         drop(shared);
         let closed = tokio::task::spawn_blocking(move || match Arc::try_unwrap(db) {
             Ok(db) => db.close(),
@@ -253,13 +257,13 @@ async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut Out) -> Byte
         .max();
     let durable = match max {
         Some(lsn) => sh
-            .db
+            .db()
             .durable(lsn)
             .await
             .map_err(|e| crate::reply::storage_error(&e)),
         None => Ok(()),
     };
-    let flushed = sh.db.flush_lsn();
+    let flushed = sh.db().flush_lsn();
     // The strongest remote level asked for: one wait covers every write of the batch.
     let remote = out
         .parts
@@ -278,6 +282,13 @@ async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut Out) -> Byte
     for (p, r) in out.parts.drain(..).zip(results) {
         match p {
             Part::Bytes(b) => reply.extend_from_slice(&b),
+            Part::WaitLsn { lsn, timeout_ms } => match wait_applied(sh, lsn, timeout_ms).await {
+                Ok(at) => session.enc.int(&mut reply, at.0 as i64),
+                Err(at) => session.enc.error(
+                    &mut reply,
+                    &format!("TIMEOUT this node has applied up to LSN {at}, not yet {lsn}"),
+                ),
+            },
             Part::Wait {
                 replicas,
                 timeout_ms,
@@ -371,6 +382,35 @@ async fn wait_quorum(
                 acks.needed,
                 level.name()
             ))
+        }
+    }
+}
+
+/// `WAITLSN`: until this node has applied `lsn` (its apply LSN then) or the timeout (0:
+/// none) passes (`Err` with the apply LSN reached).
+async fn wait_applied(
+    sh: &Shared,
+    lsn: storage::Lsn,
+    timeout_ms: u64,
+) -> Result<storage::Lsn, storage::Lsn> {
+    let mut rx = sh.applied.subscribe();
+    let mut stop = sh.shutdown.subscribe();
+    let deadline =
+        (timeout_ms > 0).then(|| tokio::time::Instant::now() + Duration::from_millis(timeout_ms));
+    loop {
+        let at = sh.db().apply_lsn();
+        if at >= lsn {
+            return Ok(at);
+        }
+        let changed = async {
+            match deadline {
+                Some(d) => tokio::time::timeout_at(d, rx.changed()).await.is_ok(),
+                None => rx.changed().await.is_ok(),
+            }
+        };
+        tokio::select! {
+            more = changed => if !more { return Err(sh.db().apply_lsn()) },
+            _ = stop.changed() => return Err(sh.db().apply_lsn()),
         }
     }
 }

@@ -56,7 +56,8 @@ impl Default for Stats {
 
 /// What all connections share.
 pub struct Shared {
-    pub db: Arc<Db>,
+    /// The open database; replaced when a replica is reseeded or promoted (`Shared::db`).
+    pub db_slot: RwLock<Arc<Db>>,
     pub config: Config,
     pub settings: RwLock<Settings>,
     pub stats: Stats,
@@ -72,6 +73,14 @@ pub struct Shared {
     pub wal_signal: Arc<WalSignal>,
     /// Replica links that are caught up: the WAL flusher sends them new WAL itself.
     pub links: crate::repl::Links,
+    /// Replica: when (µs since the epoch) it last received a frame from its primary.
+    pub last_heard_us: AtomicU64,
+    /// This node's apply LSN, published for `WAITLSN` waiters.
+    pub applied: tokio::sync::watch::Sender<u64>,
+    /// Replica: reseeds from a base backup since start.
+    pub reseeds: AtomicU64,
+    /// Primary: the retention floor last warned about.
+    pub retention_warned: Mutex<Lsn>,
     /// Replica: whether the link to the primary is up, and the primary's flush LSN last heard.
     pub link_up: std::sync::atomic::AtomicBool,
     pub primary_flush: AtomicU64,
@@ -82,16 +91,72 @@ pub struct Shared {
     pub flush_times: Mutex<std::collections::VecDeque<(Lsn, Instant)>>,
 }
 
+/// Microseconds since the Unix epoch.
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 /// Samples kept in `Shared::flush_times` (a minute and more at one per millisecond).
 pub const FLUSH_TIMES_MAX: usize = 100_000;
 
 impl Shared {
+    /// The database now. Hold the handle only for the request at hand: a reseed or a
+    /// promotion waits for every handle to the old database to be dropped.
+    pub fn db(&self) -> Arc<Db> {
+        self.db_slot.read().clone()
+    }
+
+    /// Connects the WAL flusher of `db` to the replica links and their signal (and, on a
+    /// primary, whose commits are visible before they are written, to `WAITLSN` waiters).
+    pub fn attach(&self, db: &Db) {
+        let (signal, links) = (self.wal_signal.clone(), self.links.clone());
+        let applied = (!db.is_replica()).then(|| self.applied.clone());
+        db.set_wal_listener(Some(Arc::new(move |start, bytes| {
+            links.push(start, bytes);
+            signal.notify();
+            if let Some(a) = &applied {
+                let end = start.0 + bytes.len() as u64;
+                a.send_if_modified(|v| {
+                    let up = end > *v;
+                    *v = (*v).max(end);
+                    up
+                });
+            }
+        })));
+    }
+
     /// Time since this node's log held the oldest record past `applied` (0 if none is).
     pub fn lag_ms_since(&self, applied: Lsn) -> u64 {
         let ft = self.flush_times.lock();
         // The first sample past `applied`: the record after it was durable by then.
         let i = ft.partition_point(|(l, _)| *l <= applied);
         ft.get(i).map_or(0, |(_, t)| t.elapsed().as_millis() as u64)
+    }
+
+    /// How stale this node's data may be, in ms: 0 on a primary; on a replica, how long it
+    /// has been behind what it last heard of the primary — or, when it has heard nothing for
+    /// longer than two keepalive intervals (link down, primary stopped), at least the time
+    /// since it last heard (it cannot know what it missed).
+    pub fn replica_lag_ms(&self) -> u64 {
+        if self.config.replicaof.is_none() {
+            return 0;
+        }
+        let db = self.db();
+        let lag_bytes = self
+            .primary_flush
+            .load(Ordering::Relaxed)
+            .saturating_sub(db.apply_lsn().0);
+        let behind = self.lag_ms(lag_bytes);
+        let now = now_us();
+        let heard = self.last_heard_us.load(Ordering::Relaxed);
+        let silent_ms = now.saturating_sub(heard) / 1000;
+        if heard == 0 || silent_ms > 2 * crate::repl::KEEPALIVE.as_millis() as u64 {
+            behind.max(silent_ms.min(now / 1000))
+        } else {
+            behind
+        }
     }
 
     /// Replica: how long it has been behind the primary (0 when `lag_bytes` is 0).
@@ -170,7 +235,8 @@ impl Shared {
             }
             Ok(v)
         };
-        let all = self.db.update_deferred(|tx| {
+        let db = self.db();
+        let all = db.update_deferred(|tx| {
             let mut all = Vec::with_capacity(reqs.len());
             for q in &reqs {
                 all.push(run(tx, q)?);
@@ -187,8 +253,7 @@ impl Shared {
             // apply the writes one by one so only the affected ones fail.
             Err(_) => {
                 for q in &reqs {
-                    let r = self
-                        .db
+                    let r = db
                         .update_deferred(|tx| run(tx, q))
                         .map_err(|e| storage_error(&e));
                     *q.slot.lock() = Some(r);
@@ -217,6 +282,11 @@ pub enum Part {
     /// `WAIT numreplicas timeout_ms`, answered once the writes before it are settled.
     Wait {
         replicas: usize,
+        timeout_ms: u64,
+    },
+    /// `WAITLSN lsn timeout_ms`.
+    WaitLsn {
+        lsn: Lsn,
         timeout_ms: u64,
     },
 }
@@ -261,6 +331,8 @@ pub struct Session {
     authed: bool,
     level: Option<Level>,
     pub last_lsn: Lsn,
+    /// `MAXLAG`: reads fail with -STALE while the replay lag exceeds this.
+    max_lag_ms: Option<u64>,
     multi: Option<Vec<Vec<Bytes>>>,
     multi_error: bool,
     /// This connection has queued writes that are not applied yet.
@@ -285,6 +357,7 @@ impl Session {
             authed,
             level: None,
             last_lsn: Lsn(0),
+            max_lag_ms: None,
             multi: None,
             multi_error: false,
             unapplied: None,
@@ -312,8 +385,8 @@ impl Session {
             .unwrap_or_else(|| self.shared.settings.read().sync_commit)
     }
 
-    fn db(&self) -> &Db {
-        &self.shared.db
+    fn db(&self) -> Arc<Db> {
+        self.shared.db()
     }
 
     fn err(&self, out: &mut Out, msg: &str) {
@@ -340,7 +413,7 @@ impl Session {
             self.err(out, "NOAUTH Authentication required.");
             return After::Continue;
         }
-        if self.shared.db.is_replica()
+        if self.shared.db().is_replica()
             && matches!(
                 name,
                 "SET" | "DEL" | "MSET" | "INCR" | "INCRBY" | "DECR" | "DECRBY" | "EXEC" | "MULTI"
@@ -351,6 +424,18 @@ impl Session {
         }
         if self.multi.is_some() && !matches!(name, "EXEC" | "DISCARD" | "MULTI" | "QUIT") {
             return self.queue(name, args, out);
+        }
+        if let Some(max) = self.max_lag_ms {
+            if matches!(
+                name,
+                "GET" | "MGET" | "EXISTS" | "DBSIZE" | "SCAN" | "RANGE"
+            ) {
+                let lag = self.shared.replica_lag_ms();
+                if lag > max {
+                    self.err(out, &format!("STALE this replica's replay lag is {lag} ms, more than MAXLAG {max} ms"));
+                    return After::Continue;
+                }
+            }
         }
         match name {
             "GET" | "MGET" | "EXISTS" | "DBSIZE" => {
@@ -420,7 +505,7 @@ impl Session {
             "CHECKPOINT" => {
                 // Runs inline, like Redis's SAVE: an operator's command, rare, and bounded by
                 // the checkpoint distance.
-                match self.shared.db.checkpoint() {
+                match self.shared.db().checkpoint() {
                     Ok(()) => self.enc.simple(&mut out.buf, "OK"),
                     Err(e) => self.err(out, &storage_error(&e)),
                 }
@@ -437,6 +522,33 @@ impl Session {
                 _ => self.err(out, &wrong_arity("durability")),
             },
             "LSN" => self.enc.int(&mut out.buf, self.last_lsn.0 as i64),
+            "WAITLSN" => match (parse_i64(&args[1]), parse_i64(&args[2])) {
+                (Some(lsn), Some(ms)) if lsn >= 0 && ms >= 0 => {
+                    out.parts.push(Part::Bytes(out.buf.split().freeze()));
+                    out.parts.push(Part::WaitLsn {
+                        lsn: Lsn(lsn as u64),
+                        timeout_ms: ms as u64,
+                    });
+                }
+                _ => self.err(out, "ERR WAITLSN lsn timeout_ms: two non-negative integers"),
+            },
+            "MAXLAG" => match args.get(1) {
+                None => match self.max_lag_ms {
+                    Some(ms) => self.enc.int(&mut out.buf, ms as i64),
+                    None => self.enc.bulk(&mut out.buf, b"off"),
+                },
+                Some(a) if a.eq_ignore_ascii_case(b"off") => {
+                    self.max_lag_ms = None;
+                    self.enc.simple(&mut out.buf, "OK");
+                }
+                Some(a) => match parse_i64(a) {
+                    Some(ms) if ms >= 0 => {
+                        self.max_lag_ms = Some(ms as u64);
+                        self.enc.simple(&mut out.buf, "OK");
+                    }
+                    _ => self.err(out, "ERR MAXLAG ms: a non-negative integer, or off"),
+                },
+            },
             "WAIT" => {
                 let (Some(n), Some(ms)) = (parse_i64(&args[1]), parse_i64(&args[2])) else {
                     self.err(out, "ERR value is not an integer or out of range");
@@ -572,7 +684,7 @@ impl Session {
             return;
         }
         // At `off` nobody waits: apply now; the background flusher writes it.
-        let r = self.shared.db.update(Durability::Off, |tx| {
+        let r = self.shared.db().update(Durability::Off, |tx| {
             let mut replies = Vec::with_capacity(cmds.len());
             for c in &cmds {
                 replies.push(run_in_tx(tx, c)?);
@@ -678,7 +790,8 @@ impl Session {
             Some(k) => Bound::Excluded(k.as_slice()),
             None => Bound::Unbounded,
         };
-        let snap = self.db().read();
+        let db = self.db();
+        let snap = db.read();
         let it = match snap.range::<(Bound<&[u8]>, Bound<&[u8]>)>((lower, Bound::Unbounded)) {
             Ok(it) => it,
             Err(e) => {
@@ -940,6 +1053,8 @@ pub const COMMANDS: &[(&str, i64)] = &[
     ("DURABILITY", -1),
     ("LSN", 1),
     ("WAIT", 3),
+    ("WAITLSN", 3),
+    ("MAXLAG", -1),
     ("ROLE", 1),
     ("QUIT", 1),
     ("SHUTDOWN", -1),

@@ -494,3 +494,151 @@ fn an_empty_replica_seeds_itself_from_a_primary_holding_data() {
         cmd("DIGEST").query::<String>(&mut p).unwrap()
     );
 }
+
+fn wal_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir.join("wal"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+#[test]
+fn a_replica_beyond_the_retention_cap_is_reseeded_and_the_primary_wal_stays_bounded() {
+    let (pd, d1) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let primary = Node::start(
+        pd.path(),
+        &[
+            "--name",
+            "p",
+            "--max-retained-wal",
+            "4MiB",
+            "--wal-segment-size",
+            "1MiB",
+        ],
+    );
+    let addr = format!("127.0.0.1:{}", primary.port);
+    let r1 = Node::start(d1.path(), &["--replicaof", &addr, "--name", "r1"]);
+    let mut p = primary.client();
+    wait_for(20, "r1 connected", || {
+        info(&mut p)["connected_replicas"] == "1"
+    });
+    let _: () = cmd("SET").arg("before").arg("1").query(&mut p).unwrap();
+    r1.kill();
+    // ~24 MB of WAL while r1 is away: far more than the 4 MiB cap.
+    let big = "v".repeat(8000);
+    for i in 0..3000 {
+        let _: () = cmd("SET")
+            .arg(format!("k{i:05}"))
+            .arg(&big)
+            .query(&mut p)
+            .unwrap();
+    }
+    // Checkpoints release segments; the retention floor follows the cap.
+    wait_for(20, "the primary's WAL to shrink under the cap", || {
+        let _: () = cmd("CHECKPOINT").query(&mut p).unwrap();
+        wal_bytes(pd.path()) <= (4 + 4) << 20
+    });
+    // r1 returns: the WAL it needs is gone, so it reseeds and converges.
+    let r1 = Node::start(d1.path(), &["--replicaof", &addr, "--name", "r1"]);
+    let mut c1 = r1.client();
+    wait_for(60, "r1 reseeded and caught up", || {
+        info(&mut c1).get("reseeds").is_some_and(|n| n == "1") && caught_up(&mut p, &mut c1)
+    });
+    let d: String = cmd("DIGEST").query(&mut p).unwrap();
+    wait_for(20, "equal digests", || {
+        cmd("DIGEST").query::<String>(&mut c1).unwrap() == d
+    });
+    assert!(
+        r1.log_lines()
+            .iter()
+            .any(|l| l.contains("reseeding from a base backup")),
+        "the replica's log says it reseeded"
+    );
+    // Restarted, the replica moves the backup into its directory and keeps the data.
+    r1.signal("TERM");
+    r1.wait_exit();
+    let r1 = Node::start(d1.path(), &["--replicaof", &addr, "--name", "r1"]);
+    let mut c1 = r1.client();
+    wait_for(20, "r1 back after restart", || caught_up(&mut p, &mut c1));
+    assert_eq!(cmd("DIGEST").query::<String>(&mut c1).unwrap(), d);
+    let leftovers: Vec<_> = std::fs::read_dir(d1.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("reseed-"))
+        .collect();
+    assert!(leftovers.is_empty(), "reseed directories left behind");
+}
+
+#[test]
+fn waitlsn_and_maxlag_with_the_upstream_replica_paused() {
+    // primary -> r1 -> r2: stopping r1 cuts r2 off while both stay up.
+    let (pd, d1, d2) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let primary = Node::start(pd.path(), &["--name", "p"]);
+    let a = format!("127.0.0.1:{}", primary.port);
+    let r1 = Node::start(d1.path(), &["--replicaof", &a, "--name", "r1"]);
+    let a1 = format!("127.0.0.1:{}", r1.port);
+    let r2 = Node::start(d2.path(), &["--replicaof", &a1, "--name", "r2"]);
+    let (mut p, mut c2) = (primary.client(), r2.client());
+    let _: () = cmd("SET").arg("k").arg("1").query(&mut p).unwrap();
+    let lsn: i64 = cmd("LSN").query(&mut p).unwrap();
+    assert!(lsn > 0);
+    // Read-your-writes on a replica: wait until it has applied the write's LSN.
+    let at: i64 = cmd("WAITLSN").arg(lsn).arg(10_000).query(&mut c2).unwrap();
+    assert!(at >= lsn);
+    assert_eq!(
+        cmd("GET")
+            .arg("k")
+            .query::<Option<String>>(&mut c2)
+            .unwrap(),
+        Some("1".into())
+    );
+    let _: () = cmd("MAXLAG").arg(1500).query(&mut c2).unwrap();
+    let _: Option<String> = cmd("GET").arg("k").query(&mut c2).unwrap();
+
+    r1.signal("STOP");
+    let _: () = cmd("SET").arg("k").arg("2").query(&mut p).unwrap();
+    let lsn2: i64 = cmd("LSN").query(&mut p).unwrap();
+    let t = Instant::now();
+    let e = cmd("WAITLSN")
+        .arg(lsn2)
+        .arg(300)
+        .query::<i64>(&mut c2)
+        .unwrap_err();
+    assert_eq!(e.code(), Some("TIMEOUT"), "{e}");
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    // r2 hears nothing: once the silence passes MAXLAG its reads are refused.
+    wait_for(20, "-STALE on r2", || {
+        matches!(cmd("GET").arg("k").query::<Option<String>>(&mut c2),
+            Err(e) if e.code() == Some("STALE"))
+    });
+    let mut other = r2.client();
+    assert!(
+        cmd("GET")
+            .arg("k")
+            .query::<Option<String>>(&mut other)
+            .is_ok(),
+        "MAXLAG is per connection"
+    );
+    // A WAITLSN that starts now is answered when r1 resumes.
+    let waiter = {
+        let mut c = r2.client();
+        std::thread::spawn(move || cmd("WAITLSN").arg(lsn2).arg(0).query::<i64>(&mut c))
+    };
+    r1.signal("CONT");
+    let at = waiter
+        .join()
+        .unwrap()
+        .expect("WAITLSN without timeout returns once applied");
+    assert!(at >= lsn2);
+    wait_for(20, "fresh reads again", || {
+        cmd("GET").arg("k").query::<Option<String>>(&mut c2).ok() == Some(Some("2".into()))
+    });
+    let e = cmd("MAXLAG").arg("soon").query::<()>(&mut c2).unwrap_err();
+    assert!(format!("{e}").contains("MAXLAG"), "{e}");
+}
