@@ -609,7 +609,7 @@ pub async fn track_flush_times(sh: Arc<Shared>) {
     loop {
         let now = sh.db().flush_lsn();
         ticks += 1;
-        if ticks % 100 == 0 {
+        if ticks.is_multiple_of(100) {
             update_retention(&sh);
         }
         if now > last {
