@@ -35,7 +35,9 @@ pub const MAX_WAL_CHUNK: usize = 1 << 20;
 pub const MAX_PAYLOAD: usize = 8 + MAX_WAL_CHUNK;
 pub const MAX_NAME: usize = 64;
 pub const MAX_MESSAGE: usize = 1024;
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+/// Entries of an epoch history a frame may carry.
+pub const MAX_EPOCHS: usize = 1024;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
@@ -45,6 +47,8 @@ pub enum Frame {
         node_id: u64,
         flush_lsn: Lsn,
         name: String,
+        /// The replica's epoch history: (epoch, start LSN) for every epoch after the first.
+        epochs: Vec<(u32, Lsn)>,
     },
     Welcome {
         epoch: u32,
@@ -73,6 +77,8 @@ pub enum Frame {
     SnapshotBegin {
         redo_lsn: Lsn,
         page_count: u64,
+        /// The primary's epoch history, for the new replica's epochs file.
+        epochs: Vec<(u32, Lsn)>,
     },
     SnapshotPages {
         first_page: u64,
@@ -131,6 +137,7 @@ impl Frame {
                 node_id,
                 flush_lsn,
                 name,
+                epochs,
             } => {
                 assert!(name.len() <= MAX_NAME, "replica name too long");
                 out.extend_from_slice(&version.to_le_bytes());
@@ -139,6 +146,7 @@ impl Frame {
                 out.extend_from_slice(&flush_lsn.0.to_le_bytes());
                 out.extend_from_slice(&(name.len() as u16).to_le_bytes());
                 out.extend_from_slice(name.as_bytes());
+                put_epochs(out, epochs);
             }
             Frame::Welcome {
                 epoch,
@@ -182,9 +190,11 @@ impl Frame {
             Frame::SnapshotBegin {
                 redo_lsn,
                 page_count,
+                epochs,
             } => {
                 out.extend_from_slice(&redo_lsn.0.to_le_bytes());
                 out.extend_from_slice(&page_count.to_le_bytes());
+                put_epochs(out, epochs);
             }
             Frame::SnapshotPages { first_page, bytes } => {
                 assert!(bytes.len() <= MAX_WAL_CHUNK, "snapshot chunk too long");
@@ -206,6 +216,34 @@ pub fn encode_wal(start: Lsn, bytes: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(&start.0.to_le_bytes());
     out.extend_from_slice(bytes);
     seal(out, at, 3);
+}
+
+/// Appends an epoch history: count u16, then (epoch u32, start LSN u64) per entry.
+fn put_epochs(out: &mut Vec<u8>, epochs: &[(u32, Lsn)]) {
+    assert!(epochs.len() <= MAX_EPOCHS, "epoch history too long");
+    out.extend_from_slice(&(epochs.len() as u16).to_le_bytes());
+    for (e, l) in epochs {
+        out.extend_from_slice(&e.to_le_bytes());
+        out.extend_from_slice(&l.0.to_le_bytes());
+    }
+}
+
+/// Reads the epoch history that makes up all of `p`.
+fn get_epochs(p: &[u8], kind: &'static str) -> Result<Vec<(u32, Lsn)>, FrameError> {
+    let bad = |reason: &str| FrameError::Malformed {
+        kind,
+        reason: reason.into(),
+    };
+    if p.len() < 2 {
+        return Err(bad("epoch history cut short"));
+    }
+    let n = u16_at(p, 0) as usize;
+    if n > MAX_EPOCHS || p.len() != 2 + 12 * n {
+        return Err(bad("bad epoch history length"));
+    }
+    Ok((0..n)
+        .map(|i| (u32_at(p, 2 + 12 * i), Lsn(u64_at(p, 6 + 12 * i))))
+        .collect())
 }
 
 /// Fills in the header of the frame that starts at `out[start]`: length, kind, checksum.
@@ -255,17 +293,18 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
                 return Err(bad("hello", "payload cut short"));
             }
             let n = u16_at(p, 24) as usize;
-            if n > MAX_NAME || p.len() != 26 + n {
+            if n > MAX_NAME || p.len() < 26 + n {
                 return Err(bad("hello", "bad name length"));
             }
-            let name =
-                std::str::from_utf8(&p[26..]).map_err(|_| bad("hello", "name is not UTF-8"))?;
+            let name = std::str::from_utf8(&p[26..26 + n])
+                .map_err(|_| bad("hello", "name is not UTF-8"))?;
             Frame::Hello {
                 version: u32_at(p, 0),
                 epoch: u32_at(p, 4),
                 node_id: u64_at(p, 8),
                 flush_lsn: Lsn(u64_at(p, 16)),
                 name: name.to_string(),
+                epochs: get_epochs(&p[26 + n..], "hello")?,
             }
         }
         2 => {
@@ -312,10 +351,13 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
             }
         }
         7 => {
-            exact("snapshot_begin", 16)?;
+            if p.len() < 16 {
+                return Err(bad("snapshot_begin", "payload cut short"));
+            }
             Frame::SnapshotBegin {
                 redo_lsn: Lsn(u64_at(p, 0)),
                 page_count: u64_at(p, 8),
+                epochs: get_epochs(&p[16..], "snapshot_begin")?,
             }
         }
         8 => {
@@ -348,14 +390,16 @@ mod tests {
                 any::<u32>(),
                 any::<u64>(),
                 any::<u64>(),
-                "[a-z0-9_-]{0,64}"
+                "[a-z0-9_-]{0,64}",
+                prop::collection::vec((any::<u32>(), any::<u64>()), 0..4),
             )
-                .prop_map(|(version, epoch, node_id, f, name)| Frame::Hello {
+                .prop_map(|(version, epoch, node_id, f, name, e)| Frame::Hello {
                     version,
                     epoch,
                     node_id,
                     flush_lsn: Lsn(f),
-                    name
+                    name,
+                    epochs: e.into_iter().map(|(e, l)| (e, Lsn(l))).collect(),
                 }),
             (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
                 |(epoch, node_id, s, f)| Frame::Welcome {

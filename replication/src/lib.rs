@@ -10,6 +10,7 @@
 //! waiters wait on ([`tracker`], model-checked with loom). The storage side is in `storage`
 //! (`Db::read_wal`, `Db::apply_wal`); the server moves the bytes (docs/replication.md).
 
+pub mod epochs;
 pub mod frame;
 pub mod quorum;
 mod sync;

@@ -41,6 +41,8 @@ pub struct ReplicaEntry {
     pub streaming: bool,
     /// It is being seeded from a base backup.
     pub seeding: bool,
+    /// When its last report arrived (ms on the caller's clock; 0: none yet).
+    pub heard_ms: u64,
 }
 
 struct Waiter {
@@ -169,6 +171,7 @@ impl Tracker {
                 addr: addr.to_string(),
                 streaming: false,
                 seeding,
+                heard_ms: 0,
             };
             match g.replicas.iter().position(|r| r.pos.name == name) {
                 Some(i) => {
@@ -192,6 +195,23 @@ impl Tracker {
                 r.pos.apply_lsn = r.pos.apply_lsn.max(apply);
             }
         })
+    }
+
+    /// A report arrived from the replica at `now_ms`.
+    pub fn heard(&self, slot: usize, now_ms: u64) {
+        if let Some(r) = self.lock().replicas.get_mut(slot) {
+            r.heard_ms = now_ms;
+        }
+    }
+
+    /// Connected replicas whose last report is at most `max_lag_ms` old at `now_ms`
+    /// (`--min-replicas-to-write`).
+    pub fn fresh(&self, now_ms: u64, max_lag_ms: u64) -> usize {
+        self.lock()
+            .replicas
+            .iter()
+            .filter(|r| r.pos.connected && now_ms.saturating_sub(r.heard_ms) <= max_lag_ms)
+            .count()
     }
 
     pub fn set_streaming(&self, slot: usize, streaming: bool) {

@@ -11,6 +11,7 @@ fn seed_frames() -> Vec<Frame> {
             node_id: 7,
             flush_lsn: Lsn(123),
             name: "r1".into(),
+            epochs: vec![(2, Lsn(100)), (3, Lsn(150))],
         },
         Frame::Welcome {
             epoch: 1,

@@ -72,6 +72,16 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SIZE")]
     pub wal_segment_size: Option<String>,
 
+    /// Refuse writes (-NOREPLICAS) while fewer than N replicas are connected and have
+    /// reported within --min-replicas-max-lag-ms, as Redis does: it bounds what an isolated
+    /// primary can accept in asynchronous mode. [default: 0, off]
+    #[arg(long, value_name = "N")]
+    pub min_replicas_to_write: Option<usize>,
+
+    /// See --min-replicas-to-write. Replicas report at least every 500 ms. [default: 2000]
+    #[arg(long, value_name = "MS")]
+    pub min_replicas_max_lag_ms: Option<u64>,
+
     /// A TOML file with any of these settings (same names, e.g. `port = 6390`); flags win.
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
@@ -132,6 +142,8 @@ pub struct Config {
     pub sync_standbys: Option<SyncStandbys>,
     pub sync_timeout_ms: u64,
     pub max_retained_wal: u64,
+    pub min_replicas_to_write: usize,
+    pub min_replicas_max_lag_ms: u64,
     pub wal_segment_bytes: u64,
     /// Set on a replica: the primary's HOST:PORT.
     pub replicaof: Option<String>,
@@ -214,6 +226,14 @@ impl Config {
             sync_commit,
             sync_standbys,
             sync_timeout_ms: flags.sync_timeout_ms.or(file.sync_timeout_ms).unwrap_or(0),
+            min_replicas_to_write: flags
+                .min_replicas_to_write
+                .or(file.min_replicas_to_write)
+                .unwrap_or(0),
+            min_replicas_max_lag_ms: flags
+                .min_replicas_max_lag_ms
+                .or(file.min_replicas_max_lag_ms)
+                .unwrap_or(2000),
             max_retained_wal: match flags.max_retained_wal.or(file.max_retained_wal) {
                 None => 1 << 30,
                 Some(s) => parse_size(&s).with_context(|| format!("--max-retained-wal {s:?}"))?,

@@ -89,8 +89,10 @@ pub fn render(sh: &Shared, section: Option<&str>) -> String {
                 let (waiting, oldest) = sh.tracker.waiting();
                 let _ = write!(
                     o,
-                    "# Replication\r\nrole:{}\r\nepoch:1\r\nnode_name:{}\r\nwrite_lsn:{}\r\nflush_lsn:{}\r\napply_lsn:{}\r\nsync_standbys:{cfg}\r\nsync_commit:{}\r\nsync_timeout_ms:{}\r\nsync_waiting_commits:{waiting}\r\nsync_waiting_oldest_lsn:{}\r\n",
+                    "# Replication\r\nrole:{}\r\nepoch:{}\r\nepoch_history:{}\r\nnode_name:{}\r\nwrite_lsn:{}\r\nflush_lsn:{}\r\napply_lsn:{}\r\nsync_standbys:{cfg}\r\nsync_commit:{}\r\nsync_timeout_ms:{}\r\nsync_waiting_commits:{waiting}\r\nsync_waiting_oldest_lsn:{}\r\n",
                     if db.is_replica() { "replica" } else { "primary" },
+                    db.epoch(),
+                    db.epoch_history().iter().map(|(e, l)| format!("{e}@{l}")).collect::<Vec<_>>().join(","),
                     sh.config.name,
                     if db.is_replica() { st.flush_lsn } else { db.written_lsn() },
                     st.flush_lsn,
@@ -99,7 +101,7 @@ pub fn render(sh: &Shared, section: Option<&str>) -> String {
                     set.sync_timeout_ms,
                     oldest.map_or(0, |l| l.0),
                 );
-                if let Some(p) = &sh.config.replicaof {
+                if let Some(p) = &sh.replicaof() {
                     let primary_flush = sh.primary_flush.load(Ordering::Relaxed);
                     let lag = primary_flush.saturating_sub(db.apply_lsn().0);
                     let _ =
@@ -110,6 +112,13 @@ pub fn render(sh: &Shared, section: Option<&str>) -> String {
                         sh.lag_ms(lag),
                         sh.reseeds.load(Ordering::Relaxed)
                     );
+                }
+                if let Some(f) = &*sh.fenced.read() {
+                    let _ = write!(o, "fenced:{f}\r\n");
+                }
+                let join = sh.last_join.lock().clone();
+                if !join.is_empty() {
+                    let _ = write!(o, "last_join:{join}\r\n");
                 }
                 // Replicas served by this node (a replica serves cascaded ones).
                 let reps = sh.tracker.snapshot();

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::BytesMut;
+use replication::epochs::Verdict;
 use replication::frame::{self, Frame};
 use storage::Lsn;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -73,6 +74,7 @@ pub async fn serve_snapshot(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut)
         &Frame::SnapshotBegin {
             redo_lsn: redo,
             page_count: pages,
+            epochs: db.epoch_history(),
         },
     )
     .await?;
@@ -106,11 +108,9 @@ pub async fn serve_snapshot(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut)
 /// backup from the primary and lay it down (retrying until it succeeds or the node stops).
 pub async fn seed_if_new(
     config: &crate::config::Config,
+    primary: &str,
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
-    let Some(primary) = &config.replicaof else {
-        return Ok(());
-    };
     if config.dir.join("control").exists() {
         return Ok(());
     }
@@ -143,13 +143,15 @@ async fn seed_once(
         node_id: 0,
         flush_lsn: Lsn(0),
         name: config.name.clone(),
+        epochs: Vec::new(),
     };
     write_frame(&mut wr, &hello).await?;
-    let (redo, pages) = match read_frame(&mut rd, &mut buf).await? {
+    let (redo, pages, epochs) = match read_frame(&mut rd, &mut buf).await? {
         Frame::SnapshotBegin {
             redo_lsn,
             page_count,
-        } => (redo_lsn, page_count),
+            epochs,
+        } => (redo_lsn, page_count, epochs),
         Frame::Error { message, .. } => bail!("the primary refused: {message}"),
         other => bail!("expected snapshot_begin, got {other:?}"),
     };
@@ -187,7 +189,7 @@ async fn seed_once(
         }
     }
     let done = seeder.written();
-    tokio::task::spawn_blocking(move || seeder.finish()).await??;
+    tokio::task::spawn_blocking(move || seeder.finish(&epochs)).await??;
     let secs = t0.elapsed().as_secs_f64();
     tracing::info!(
         bytes = done,
@@ -248,6 +250,8 @@ pub async fn serve_replica(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut) 
         version,
         name,
         flush_lsn,
+        epoch,
+        epochs,
         ..
     } = read_frame(&mut rd, &mut buf).await?
     else {
@@ -265,20 +269,53 @@ pub async fn serve_replica(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut) 
         bail!("replica {name} speaks protocol version {version}");
     }
     let db = sh.db();
-    if flush_lsn > db.flush_lsn() {
-        let msg = format!(
-            "replica is ahead of the primary ({flush_lsn} > {})",
-            db.flush_lsn()
-        );
+    if db.is_replica() && sh.replicaof().is_none() {
+        bail!("{name}: this node is changing role");
+    }
+    let verdict = replication::epochs::check(
+        db.epoch(),
+        &db.epoch_history(),
+        db.written_lsn(),
+        epoch,
+        &epochs,
+        flush_lsn,
+    );
+    let refusal = match verdict {
+        Verdict::Stream => None,
+        Verdict::PrimaryStale {
+            node_epoch,
+            primary_epoch,
+        } => {
+            // A node that has seen a newer epoch talks to us: someone else was promoted.
+            if sh.replicaof().is_none() {
+                sh.fence(format!(
+                    "{name} ({peer}) is at epoch {node_epoch}, newer than this node's {primary_epoch}"
+                ));
+            }
+            Some((
+                STALE_PRIMARY,
+                format!("this node is at epoch {primary_epoch}, older than yours ({node_epoch}): it is not the primary"),
+            ))
+        }
+        Verdict::Diverged { fork } => Some((
+            DIVERGED,
+            format!(
+                "your log (epoch {epoch}, up to LSN {flush_lsn}) runs past LSN {fork}, where it parts from this node's (epoch {})",
+                db.epoch()
+            ),
+        )),
+    };
+    if let Some((code, message)) = refusal {
+        tracing::warn!(replica = %name, %peer, reason = %message, "refusing a replica");
         write_frame(
             &mut wr,
             &Frame::Error {
-                code: 2,
-                message: msg.clone(),
+                code,
+                message: message.clone(),
             },
         )
         .await?;
-        bail!("{name}: {msg}");
+        bail!("{name}: {message}");
     }
     let slot = sh.tracker.connect(&name, &peer, flush_lsn, false);
     update_retention(&sh);
@@ -286,7 +323,7 @@ pub async fn serve_replica(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut) 
     write_frame(
         &mut wr,
         &Frame::Welcome {
-            epoch: 1,
+            epoch: db.epoch(),
             node_id: 0,
             start_lsn: flush_lsn,
             primary_flush_lsn: db.flush_lsn(),
@@ -567,6 +604,7 @@ fn feedback_loop(
                 ..
             }) => {
                 sh.tracker.update(slot, write_lsn, flush_lsn, apply_lsn);
+                sh.tracker.heard(slot, now_us() / 1000);
                 update_retention(sh);
             }
             Ok(_) => {}
@@ -649,23 +687,45 @@ pub fn update_retention(sh: &Shared) {
     db.set_wal_retain_from(min.map(|m| m.max(floor)));
 }
 
-/// Replica side: keeps a stream from the primary going, reconnecting with backoff.
-pub async fn run_replica(sh: Arc<Shared>, primary: String) {
+/// Resolves when this node stops or its role changes away from generation `gen`.
+async fn role_ended(sh: &Shared, gen: u64) {
     let mut stop = sh.shutdown.subscribe();
-    let mut backoff = Duration::from_millis(50);
+    let mut roles = sh.role_gen.subscribe();
     loop {
-        let r = tokio::select! {
-            r = stream_from(&sh, &primary) => r,
-            _ = stop.changed() => return,
-        };
+        if *stop.borrow_and_update() || *roles.borrow_and_update() != gen {
+            return;
+        }
+        tokio::select! {
+            r = stop.changed() => if r.is_err() { return },
+            r = roles.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// Whether the stream of role generation `gen` must stop.
+fn stream_over(sh: &Shared, gen: u64) -> bool {
+    *sh.shutdown.borrow() || *sh.role_gen.borrow() != gen
+}
+
+/// Replica side: keeps a stream from the primary going, reconnecting with backoff, until the
+/// node stops or its role changes (generation `gen` ends). Returns only once no stream thread
+/// of this generation runs any more.
+pub async fn run_replica(sh: Arc<Shared>, primary: String, gen: u64) {
+    let mut backoff = Duration::from_millis(50);
+    while !stream_over(&sh, gen) {
+        let r = stream_from(&sh, &primary, gen).await;
         sh.link_up.store(false, Ordering::Relaxed);
+        if stream_over(&sh, gen) {
+            return;
+        }
         match r {
             Ok(()) => backoff = Duration::from_millis(50),
             Err(e) if e.downcast_ref::<WalGone>().is_some() => {
                 let why = e.downcast_ref::<WalGone>().expect("checked");
+                *sh.last_join.lock() = format!("reseeded: {why}");
                 let r = tokio::select! {
                     r = reseed(&sh, &primary, why) => r,
-                    _ = stop.changed() => return,
+                    _ = role_ended(&sh, gen) => return,
                 };
                 match r {
                     Ok(()) => {
@@ -683,35 +743,55 @@ pub async fn run_replica(sh: Arc<Shared>, primary: String) {
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
-            _ = stop.changed() => return,
+            _ = role_ended(&sh, gen) => return,
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 
-async fn stream_from(sh: &Arc<Shared>, primary: &str) -> Result<()> {
-    let (mut rd, mut wr, mut buf) =
-        connect_as_replica(&sh.config, primary, b"*1\r\n$10\r\nREPLSTREAM\r\n").await?;
-    let db = sh.db();
-    let hello = Frame::Hello {
-        version: frame::VERSION,
-        epoch: 1,
-        node_id: 0,
-        flush_lsn: db.flush_lsn(),
-        name: sh.config.name.clone(),
+async fn stream_from(sh: &Arc<Shared>, primary: &str, gen: u64) -> Result<()> {
+    let handshake = async {
+        let (mut rd, mut wr, mut buf) =
+            connect_as_replica(&sh.config, primary, b"*1\r\n$10\r\nREPLSTREAM\r\n").await?;
+        let db = sh.db();
+        let hello = Frame::Hello {
+            version: frame::VERSION,
+            epoch: db.epoch(),
+            node_id: 0,
+            flush_lsn: db.flush_lsn(),
+            name: sh.config.name.clone(),
+            epochs: db.epoch_history(),
+        };
+        write_frame(&mut wr, &hello).await?;
+        match read_frame(&mut rd, &mut buf).await? {
+            Frame::Welcome {
+                primary_flush_lsn, ..
+            } => sh
+                .primary_flush
+                .store(primary_flush_lsn.0, Ordering::Relaxed),
+            Frame::Error { code, message } if code == DIVERGED => {
+                return Err(WalGone::Diverged(message).into())
+            }
+            Frame::Error { code, message } if code == WAL_GONE => {
+                return Err(WalGone::Removed(message).into())
+            }
+            Frame::Error { message, .. } => bail!("the primary refused: {message}"),
+            other => bail!("expected welcome, got {other:?}"),
+        }
+        anyhow::Ok((rd, wr, buf))
     };
-    write_frame(&mut wr, &hello).await?;
-    match read_frame(&mut rd, &mut buf).await? {
-        Frame::Welcome {
-            primary_flush_lsn, ..
-        } => sh
-            .primary_flush
-            .store(primary_flush_lsn.0, Ordering::Relaxed),
-        Frame::Error { message, .. } => bail!("the primary refused: {message}"),
-        other => bail!("expected welcome, got {other:?}"),
-    }
+    let (rd, wr, buf) = tokio::select! {
+        r = handshake => r?,
+        _ = role_ended(sh, gen) => return Ok(()),
+    };
     sh.link_up.store(true, Ordering::Relaxed);
-    tracing::info!(primary = %primary, from = db.flush_lsn().0, "replication link up");
+    {
+        let mut j = sh.last_join.lock();
+        if j.is_empty() {
+            *j = "streaming".into();
+        }
+    }
+    tracing::info!(primary = %primary, from = sh.db().flush_lsn().0, epoch = sh.db().epoch(), "replication link up");
     // The stream itself runs on a thread of its own with blocking I/O: a frame is written,
     // synced, acknowledged and applied without waiting for a runtime worker.
     let sock = rd
@@ -721,7 +801,7 @@ async fn stream_from(sh: &Arc<Shared>, primary: &str) -> Result<()> {
     sock.set_nonblocking(false)?;
     sock.set_read_timeout(Some(STOP_CHECK))?;
     let sh = sh.clone();
-    tokio::task::spawn_blocking(move || receive_loop(&sh, sock, buf)).await?
+    tokio::task::spawn_blocking(move || receive_loop(&sh, sock, buf, gen)).await?
 }
 
 /// How often a blocked replica stream looks at the stop flag.
@@ -732,7 +812,12 @@ const SILENCE: Duration = Duration::from_secs(5);
 /// Replica side: receives WAL frames, appends and syncs them, acknowledges, applies them, and
 /// acknowledges again; answers keepalives. Consecutive WAL frames already received go into
 /// one `apply_wal` call (one sync).
-fn receive_loop(sh: &Shared, mut sock: std::net::TcpStream, mut buf: BytesMut) -> Result<()> {
+fn receive_loop(
+    sh: &Shared,
+    mut sock: std::net::TcpStream,
+    mut buf: BytesMut,
+    gen: u64,
+) -> Result<()> {
     use std::io::Write;
     let db = &sh.db();
     let mut out = Vec::with_capacity(64);
@@ -749,7 +834,7 @@ fn receive_loop(sh: &Shared, mut sock: std::net::TcpStream, mut buf: BytesMut) -
         sock.write_all(&out)
     };
     loop {
-        if *sh.shutdown.borrow() {
+        if stream_over(sh, gen) {
             return Ok(());
         }
         let f = match read_frame_blocking(&mut sock, &mut buf) {
@@ -815,7 +900,7 @@ fn receive_loop(sh: &Shared, mut sock: std::net::TcpStream, mut buf: BytesMut) -
                 feedback(&mut sock, l, l, db.apply_lsn())?;
             }
             Frame::Error { code, message } if code == WAL_GONE => {
-                return Err(WalGone(message).into())
+                return Err(WalGone::Removed(message).into())
             }
             Frame::Error { message, .. } => bail!("the primary says: {message}"),
             other => bail!("unexpected frame {other:?}"),
@@ -825,11 +910,20 @@ fn receive_loop(sh: &Shared, mut sock: std::net::TcpStream, mut buf: BytesMut) -
 
 /// Error code of a primary that no longer holds the WAL a replica asks for.
 const WAL_GONE: u16 = 4;
+/// Error code: the asking node's log has diverged from this node's.
+const DIVERGED: u16 = 5;
+/// Error code: the asking node knows a newer epoch; this node is not the primary.
+const STALE_PRIMARY: u16 = 6;
 
-/// The primary no longer retains the WAL this replica needs: it must be reseeded.
+/// The primary cannot stream to this replica from where its log ends: it no longer retains
+/// that WAL, or the log has diverged from the primary's. The replica must be reseeded.
 #[derive(Debug, thiserror::Error)]
-#[error("the primary no longer retains the WAL this replica needs ({0})")]
-pub struct WalGone(String);
+pub enum WalGone {
+    #[error("the primary no longer retains the WAL this replica needs ({0})")]
+    Removed(String),
+    #[error("this node's log has diverged from the primary's ({0})")]
+    Diverged(String),
+}
 
 /// Prefix of the directories a running replica reseeds into (inside its data directory).
 const RESEED_PREFIX: &str = "reseed-";
@@ -904,4 +998,225 @@ pub fn finish_reseed(dir: &std::path::Path) -> Result<()> {
         std::fs::remove_dir_all(&side)?;
     }
     Ok(())
+}
+
+/// The file that remembers, across restarts, which primary a node follows when it became a
+/// replica by `REPLICAOF` (a `--replicaof` flag names it too and wins).
+pub const ROLE_FILE: &str = "replicaof";
+
+/// The primary a data directory was last told to follow, if any.
+pub fn load_role(dir: &std::path::Path) -> Option<String> {
+    std::fs::read_to_string(dir.join(ROLE_FILE))
+        .ok()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+fn store_role(dir: &std::path::Path, primary: Option<&str>) -> Result<()> {
+    let path = dir.join(ROLE_FILE);
+    match primary {
+        Some(p) => {
+            let tmp = dir.join(format!("{ROLE_FILE}.tmp"));
+            std::fs::write(&tmp, format!("{p}\n"))?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+        }
+        None => match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e.into()),
+        },
+    }
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+/// Starts following `primary` as role generation `gen`.
+pub fn start_replica(sh: &Arc<Shared>, primary: String, gen: u64) {
+    let t = tokio::spawn(run_replica(sh.clone(), primary, gen));
+    *sh.replica_task.lock() = Some(t);
+}
+
+/// Stops the replica stream (if any) and waits until its thread no longer applies WAL.
+async fn stop_replica(sh: &Arc<Shared>) -> u64 {
+    sh.role_gen.send_modify(|g| *g += 1);
+    let task = sh.replica_task.lock().take();
+    if let Some(t) = task {
+        let _ = t.await;
+    }
+    sh.link_up.store(false, Ordering::Relaxed);
+    *sh.role_gen.borrow()
+}
+
+/// `REPLICAOF NO ONE`: a replica stops following, finishes what it has (an incomplete batch
+/// is dropped), starts a new epoch and takes writes. Returns what happened, for the reply.
+pub async fn promote(sh: &Arc<Shared>) -> Result<String> {
+    let _g = sh.role_change.lock().await;
+    let t0 = Instant::now();
+    if sh.replicaof().is_none() && !sh.db().is_replica() {
+        return Ok("already a primary".into());
+    }
+    stop_replica(sh).await;
+    let db = sh.db();
+    let (epoch, at) = tokio::task::spawn_blocking(move || db.promote()).await??;
+    store_role(&sh.config.dir, None)?;
+    *sh.role.write() = None;
+    *sh.fenced.write() = None;
+    sh.last_join.lock().clear();
+    tracing::info!(
+        epoch,
+        start = at.0,
+        elapsed_ms = t0.elapsed().as_millis() as u64,
+        "REPLICAOF NO ONE: this node is the primary now"
+    );
+    Ok(format!("promoted: epoch {epoch} from LSN {at}"))
+}
+
+/// `REPLICAOF host port`: follow `primary` from now on. A primary first stops taking writes
+/// (one running finishes) and makes its log durable; the handshake with the new primary then
+/// decides whether it can stream on or must be reseeded (`replication::epochs::check`).
+pub async fn follow(sh: &Arc<Shared>, primary: String) -> Result<()> {
+    let _g = sh.role_change.lock().await;
+    follow_locked(sh, primary).await
+}
+
+async fn follow_locked(sh: &Arc<Shared>, primary: String) -> Result<()> {
+    *sh.role.write() = Some(primary.clone());
+    let gen = stop_replica(sh).await;
+    let db = sh.db();
+    if !db.is_replica() {
+        let end = tokio::task::spawn_blocking(move || db.demote()).await??;
+        tracing::info!(at = end.0, new_primary = %primary, "REPLICAOF: this primary becomes a replica");
+    }
+    store_role(&sh.config.dir, Some(&primary))?;
+    sh.paused.store(false, Ordering::SeqCst);
+    sh.primary_flush.store(0, Ordering::Relaxed);
+    sh.last_join.lock().clear();
+    tracing::info!(primary = %primary, "following a new primary");
+    start_replica(sh, primary, gen);
+    Ok(())
+}
+
+/// `FAILOVER TO host port` on a primary: stop taking writes (each refused with an error, a
+/// write already running finishes), wait until the target replica has applied everything,
+/// promote it (`REPLICAOF NO ONE` over its client port), then follow it. Nothing acknowledged
+/// here is missing there. On any failure before the target is promoted, this node takes
+/// writes again.
+pub async fn failover(sh: &Arc<Shared>, target: String, timeout: Duration) -> Result<String> {
+    let _g = sh.role_change.lock().await;
+    if sh.replicaof().is_some() {
+        bail!("FAILOVER runs on the primary; this node is a replica");
+    }
+    let t0 = Instant::now();
+    sh.paused.store(true, Ordering::SeqCst);
+    let db = sh.db();
+    let end = match tokio::task::spawn_blocking({
+        let db = db.clone();
+        move || db.demote()
+    })
+    .await?
+    {
+        Ok(end) => end,
+        Err(e) => {
+            sh.paused.store(false, Ordering::SeqCst);
+            return Err(e.into());
+        }
+    };
+    let undo = |e: anyhow::Error| {
+        let r = db.undo_demote();
+        sh.paused.store(false, Ordering::SeqCst);
+        match r {
+            Ok(()) => e.context("switchover abandoned; this node takes writes again"),
+            Err(u) => e.context(format!(
+                "switchover abandoned, and this node cannot resume: {u}"
+            )),
+        }
+    };
+    let promoted = async {
+        let mut c = AdminConn::connect(&target, sh.config.primary_password.as_deref()).await?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let info = c.call(&["INFO", "replication"]).await?;
+            let applied: u64 = info
+                .lines()
+                .find_map(|l| l.strip_prefix("apply_lsn:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if applied >= end.0 {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{target} applied only up to LSN {applied} of {end} within {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        c.call(&["REPLICAOF", "NO", "ONE"]).await
+    }
+    .await;
+    let reply = match promoted {
+        Ok(r) => r,
+        Err(e) => return Err(undo(e)),
+    };
+    follow_locked(sh, target.clone()).await?;
+    tracing::info!(target = %target, at = end.0, elapsed_ms = t0.elapsed().as_millis() as u64, "FAILOVER: switched over");
+    Ok(format!("switched over to {target} at LSN {end} ({reply})"))
+}
+
+/// A RESP connection for the node's own admin calls to another node.
+struct AdminConn {
+    rd: tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
+    wr: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl AdminConn {
+    async fn connect(addr: &str, password: Option<&str>) -> Result<AdminConn> {
+        let s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+            .await
+            .map_err(|_| anyhow!("connecting to {addr} timed out"))?
+            .with_context(|| format!("connecting to {addr}"))?;
+        let _ = s.set_nodelay(true);
+        let (rd, wr) = s.into_split();
+        let mut c = AdminConn {
+            rd: tokio::io::BufReader::new(rd),
+            wr,
+        };
+        if let Some(p) = password {
+            c.call(&["AUTH", p]).await?;
+        }
+        Ok(c)
+    }
+
+    /// Sends a command and returns a status, bulk or integer reply as text; errors are errors.
+    async fn call(&mut self, args: &[&str]) -> Result<String> {
+        use tokio::io::AsyncBufReadExt;
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+        }
+        self.wr.write_all(&out).await?;
+        let mut line = String::new();
+        let fut = self.rd.read_line(&mut line);
+        if tokio::time::timeout(Duration::from_secs(10), fut)
+            .await
+            .is_err()
+        {
+            bail!("no reply to {} within 10 s", args[0]);
+        }
+        let line = line.trim_end().to_string();
+        match line.as_bytes().first() {
+            Some(b'+') | Some(b':') => Ok(line[1..].to_string()),
+            Some(b'-') => bail!("{}: {}", args[0], &line[1..]),
+            Some(b'$') => {
+                let n: usize = line[1..].parse().context("bulk length")?;
+                if n > 1 << 20 {
+                    bail!("reply too long");
+                }
+                let mut body = vec![0u8; n + 2];
+                self.rd.read_exact(&mut body).await?;
+                body.truncate(n);
+                Ok(String::from_utf8_lossy(&body).into_owned())
+            }
+            _ => bail!("unexpected reply to {}: {line:?}", args[0]),
+        }
+    }
 }

@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 use crate::config::Config;
 use crate::reply::Reply;
 use crate::resp::{self, Parsed};
-use crate::session::{After, Out, Part, Session, Settings, Shared, Stats, WriteResult};
+use crate::session::{Admin, After, Out, Part, Session, Settings, Shared, Stats, WriteResult};
 use replication::tracker::Target;
 
 /// How long a lone commit polls for its quorum before it parks.
@@ -37,14 +37,22 @@ impl Server {
     /// Opens the database and binds the port.
     pub async fn start(config: Config) -> Result<Server> {
         let (tx, mut stop_rx) = watch::channel(false);
+        // The role: --replicaof, else what a REPLICAOF of an earlier run left in the data
+        // directory (so a demoted primary never comes back as a primary by itself).
+        std::fs::create_dir_all(&config.dir)
+            .with_context(|| format!("creating {}", config.dir.display()))?;
+        let role = config
+            .replicaof
+            .clone()
+            .or_else(|| crate::repl::load_role(&config.dir));
         // A replica first finishes a reseed of a previous run, or, new, lays down a base
         // backup from its primary.
-        if config.replicaof.is_some() {
+        if let Some(primary) = &role {
             crate::repl::finish_reseed(&config.dir)?;
+            crate::repl::seed_if_new(&config, primary, &mut stop_rx).await?;
         }
-        crate::repl::seed_if_new(&config, &mut stop_rx).await?;
         let dir = config.dir.clone();
-        let replica = config.replicaof.is_some();
+        let replica = role.is_some();
         let wal_segment_bytes = config.wal_segment_bytes;
         let db = tokio::task::spawn_blocking(move || {
             Db::open(
@@ -72,6 +80,13 @@ impl Server {
             wal_signal: Arc::new(crate::session::WalSignal::default()),
             links: crate::repl::Links::default(),
             reseeds: AtomicU64::new(0),
+            role: RwLock::new(role.clone()),
+            role_gen: watch::channel(0).0,
+            role_change: tokio::sync::Mutex::new(()),
+            replica_task: parking_lot::Mutex::new(None),
+            fenced: RwLock::new(None),
+            paused: std::sync::atomic::AtomicBool::new(false),
+            last_join: parking_lot::Mutex::new(String::new()),
             last_heard_us: AtomicU64::new(0),
             applied: watch::channel(0).0,
             retention_warned: parking_lot::Mutex::new(Lsn(0)),
@@ -88,8 +103,8 @@ impl Server {
         });
         shared.attach(&shared.db());
         tokio::spawn(crate::repl::track_flush_times(shared.clone()));
-        if let Some(primary) = shared.config.replicaof.clone() {
-            tokio::spawn(crate::repl::run_replica(shared.clone(), primary));
+        if let Some(primary) = role {
+            crate::repl::start_replica(&shared, primary, 0);
         }
         Ok(Server { shared, listener })
     }
@@ -282,6 +297,22 @@ async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut Out) -> Byte
     for (p, r) in out.parts.drain(..).zip(results) {
         match p {
             Part::Bytes(b) => reply.extend_from_slice(&b),
+            Part::Admin(op) => {
+                let sh = session.shared.clone();
+                let r = match op {
+                    Admin::Promote => crate::repl::promote(&sh).await,
+                    Admin::Follow(addr) => {
+                        crate::repl::follow(&sh, addr).await.map(|()| "OK".into())
+                    }
+                    Admin::Failover(addr, ms) => {
+                        crate::repl::failover(&sh, addr, Duration::from_millis(ms)).await
+                    }
+                };
+                match r {
+                    Ok(_) => session.enc.simple(&mut reply, "OK"),
+                    Err(e) => session.enc.error(&mut reply, &format!("ERR {e:#}")),
+                }
+            }
             Part::WaitLsn { lsn, timeout_ms } => match wait_applied(sh, lsn, timeout_ms).await {
                 Ok(at) => session.enc.int(&mut reply, at.0 as i64),
                 Err(at) => session.enc.error(

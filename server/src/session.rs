@@ -77,6 +77,22 @@ pub struct Shared {
     pub last_heard_us: AtomicU64,
     /// This node's apply LSN, published for `WAITLSN` waiters.
     pub applied: tokio::sync::watch::Sender<u64>,
+    /// Replica: the primary it follows (HOST:PORT); `None` on a primary. Changed by
+    /// `REPLICAOF`.
+    pub role: RwLock<Option<String>>,
+    /// Bumped at every role change: a replica stream of an older generation stops.
+    pub role_gen: tokio::sync::watch::Sender<u64>,
+    /// Serialises role changes (`REPLICAOF`, `FAILOVER`).
+    pub role_change: tokio::sync::Mutex<()>,
+    /// The running replica stream, if any.
+    pub replica_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Set when this node learns of a newer epoch than its own while primary: writes are
+    /// refused with this reason.
+    pub fenced: RwLock<Option<String>>,
+    /// Writes are paused for a switchover (`FAILOVER TO`).
+    pub paused: std::sync::atomic::AtomicBool,
+    /// Replica: how it last rejoined ("streaming", "reseeded: ...").
+    pub last_join: Mutex<String>,
     /// Replica: reseeds from a base backup since start.
     pub reseeds: AtomicU64,
     /// Primary: the retention floor last warned about.
@@ -102,6 +118,20 @@ pub fn now_us() -> u64 {
 pub const FLUSH_TIMES_MAX: usize = 100_000;
 
 impl Shared {
+    /// The primary this node follows, `None` while it is a primary.
+    pub fn replicaof(&self) -> Option<String> {
+        self.role.read().clone()
+    }
+
+    /// Refuses writes from now on: a newer epoch exists.
+    pub fn fence(&self, why: String) {
+        let mut f = self.fenced.write();
+        if f.is_none() {
+            tracing::error!(reason = %why, "fenced: this node no longer takes writes");
+        }
+        *f = Some(why);
+    }
+
     /// The database now. Hold the handle only for the request at hand: a reseed or a
     /// promotion waits for every handle to the old database to be dropped.
     pub fn db(&self) -> Arc<Db> {
@@ -140,7 +170,7 @@ impl Shared {
     /// longer than two keepalive intervals (link down, primary stopped), at least the time
     /// since it last heard (it cannot know what it missed).
     pub fn replica_lag_ms(&self) -> u64 {
-        if self.config.replicaof.is_none() {
+        if self.replicaof().is_none() {
             return 0;
         }
         let db = self.db();
@@ -289,6 +319,8 @@ pub enum Part {
         lsn: Lsn,
         timeout_ms: u64,
     },
+    /// A role change (`REPLICAOF`, `FAILOVER`), run once the writes before it are settled.
+    Admin(Admin),
 }
 
 pub struct Deferred {
@@ -309,6 +341,17 @@ impl Out {
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty() && self.parts.is_empty()
     }
+}
+
+/// Role changes a client can ask for.
+#[derive(Clone, Debug)]
+pub enum Admin {
+    /// `REPLICAOF NO ONE`.
+    Promote,
+    /// `REPLICAOF host port`.
+    Follow(String),
+    /// `FAILOVER TO host port [TIMEOUT ms]`.
+    Failover(String, u64),
 }
 
 /// What the connection does after a command.
@@ -389,6 +432,36 @@ impl Session {
         self.shared.db()
     }
 
+    /// Why a write cannot be taken now, if it cannot: a replica, a fenced or paused primary,
+    /// too few fresh replicas (`--min-replicas-to-write`).
+    fn write_refusal(&self) -> Option<String> {
+        let sh = &self.shared;
+        if sh.replicaof().is_some() || sh.db().is_replica() {
+            return Some("READONLY You can't write against a read only replica.".into());
+        }
+        if let Some(why) = &*sh.fenced.read() {
+            return Some(format!("FENCED this node is no longer the primary: {why}"));
+        }
+        if sh.paused.load(Ordering::SeqCst) {
+            return Some(
+                "TRYAGAIN writes are paused for a switchover; retry on the new primary".into(),
+            );
+        }
+        let need = sh.config.min_replicas_to_write;
+        if need > 0 {
+            let fresh = sh
+                .tracker
+                .fresh(now_us() / 1000, sh.config.min_replicas_max_lag_ms);
+            if fresh < need {
+                return Some(format!(
+                    "NOREPLICAS Not enough good replicas to write: {fresh} of {need} connected with lag <= {} ms",
+                    sh.config.min_replicas_max_lag_ms
+                ));
+            }
+        }
+        None
+    }
+
     fn err(&self, out: &mut Out, msg: &str) {
         self.enc.error(&mut out.buf, msg);
     }
@@ -413,14 +486,14 @@ impl Session {
             self.err(out, "NOAUTH Authentication required.");
             return After::Continue;
         }
-        if self.shared.db().is_replica()
-            && matches!(
-                name,
-                "SET" | "DEL" | "MSET" | "INCR" | "INCRBY" | "DECR" | "DECRBY" | "EXEC" | "MULTI"
-            )
-        {
-            self.err(out, "READONLY You can't write against a read only replica.");
-            return After::Continue;
+        if matches!(
+            name,
+            "SET" | "DEL" | "MSET" | "INCR" | "INCRBY" | "DECR" | "DECRBY" | "EXEC" | "MULTI"
+        ) {
+            if let Some(msg) = self.write_refusal() {
+                self.err(out, &msg);
+                return After::Continue;
+            }
         }
         if self.multi.is_some() && !matches!(name, "EXEC" | "DISCARD" | "MULTI" | "QUIT") {
             return self.queue(name, args, out);
@@ -522,6 +595,44 @@ impl Session {
                 _ => self.err(out, &wrong_arity("durability")),
             },
             "LSN" => self.enc.int(&mut out.buf, self.last_lsn.0 as i64),
+            "REPLICAOF" | "SLAVEOF" => {
+                let op = if args[1].eq_ignore_ascii_case(b"no") && args[2].eq_ignore_ascii_case(b"one") {
+                    Some(Admin::Promote)
+                } else {
+                    let host = String::from_utf8_lossy(&args[1]).to_string();
+                    match std::str::from_utf8(&args[2]).ok().and_then(|p| p.parse::<u16>().ok()) {
+                        Some(port) if !host.is_empty() && port > 0 => {
+                            Some(Admin::Follow(format!("{host}:{port}")))
+                        }
+                        _ => None,
+                    }
+                };
+                match op {
+                    Some(op) => {
+                        out.parts.push(Part::Bytes(out.buf.split().freeze()));
+                        out.parts.push(Part::Admin(op));
+                    }
+                    None => self.err(out, "ERR REPLICAOF host port, or REPLICAOF NO ONE"),
+                }
+            }
+            "FAILOVER" => {
+                let port = std::str::from_utf8(&args[3]).ok().and_then(|p| p.parse::<u16>().ok());
+                let timeout = match args.len() {
+                    4 => Some(10_000),
+                    6 if args[4].eq_ignore_ascii_case(b"timeout") => {
+                        parse_i64(&args[5]).filter(|t| *t > 0).map(|t| t as u64)
+                    }
+                    _ => None,
+                };
+                match (args[1].eq_ignore_ascii_case(b"to"), port, timeout) {
+                    (true, Some(port), Some(ms)) if port > 0 => {
+                        let host = String::from_utf8_lossy(&args[2]).to_string();
+                        out.parts.push(Part::Bytes(out.buf.split().freeze()));
+                        out.parts.push(Part::Admin(Admin::Failover(format!("{host}:{port}"), ms)));
+                    }
+                    _ => self.err(out, "ERR FAILOVER TO host port [TIMEOUT ms]"),
+                }
+            }
             "WAITLSN" => match (parse_i64(&args[1]), parse_i64(&args[2])) {
                 (Some(lsn), Some(ms)) if lsn >= 0 && ms >= 0 => {
                     out.parts.push(Part::Bytes(out.buf.split().freeze()));
@@ -556,7 +667,7 @@ impl Session {
                 };
                 if n < 0 || ms < 0 {
                     self.err(out, "ERR numreplicas and timeout must not be negative");
-                } else if self.shared.config.replicaof.is_some() {
+                } else if self.shared.replicaof().is_some() {
                     self.err(out, "ERR WAIT cannot be used with replica instances");
                 } else {
                     out.parts.push(Part::Bytes(out.buf.split().freeze()));
@@ -571,7 +682,7 @@ impl Session {
                 self.enc.bulk(&mut out.buf, format!("{lsn} {d:016x}").as_bytes());
             }
             "ROLE" => {
-                if let Some(p) = &self.shared.config.replicaof {
+                if let Some(p) = &self.shared.replicaof() {
                     let (host, port) = p.rsplit_once(':').unwrap_or((p.as_str(), "0"));
                     let state = if self.shared.link_up.load(Ordering::Relaxed) { "connected" } else { "connect" };
                     self.enc.array(&mut out.buf, 5);
@@ -1053,6 +1164,9 @@ pub const COMMANDS: &[(&str, i64)] = &[
     ("DURABILITY", -1),
     ("LSN", 1),
     ("WAIT", 3),
+    ("REPLICAOF", 3),
+    ("SLAVEOF", 3),
+    ("FAILOVER", -4),
     ("WAITLSN", 3),
     ("MAXLAG", -1),
     ("ROLE", 1),

@@ -104,3 +104,54 @@ impl Control {
         Ok(())
     }
 }
+
+/// The epochs file: one line `epoch start_lsn` per epoch after the first (which starts at 0),
+/// replaced atomically like the control file.
+pub const EPOCHS_FILE: &str = "epochs";
+
+/// Reads the epochs file (empty if there is none: epoch 1 only).
+pub(crate) fn load_epochs(dir: &Path) -> Result<Vec<(u32, Lsn)>> {
+    let path = dir.join(EPOCHS_FILE);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let bad = |why: &str| Error::Incompatible {
+        path: path.clone(),
+        reason: why.to_string(),
+    };
+    let mut out: Vec<(u32, Lsn)> = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let mut it = line.split_whitespace();
+        let (Some(e), Some(l), None) = (it.next(), it.next(), it.next()) else {
+            return Err(bad("a line is not `epoch start_lsn`"));
+        };
+        let e: u32 = e.parse().map_err(|_| bad("an epoch is not a number"))?;
+        let l: u64 = l.parse().map_err(|_| bad("an LSN is not a number"))?;
+        if out.last().is_some_and(|(pe, pl)| *pe >= e || pl.0 > l) || e < 2 {
+            return Err(bad(
+                "epochs must grow from 2 on, their LSNs must not shrink",
+            ));
+        }
+        out.push((e, Lsn(l)));
+    }
+    Ok(out)
+}
+
+/// Replaces the epochs file (write, sync, rename, sync the directory).
+pub(crate) fn store_epochs(dir: &Path, epochs: &[(u32, Lsn)]) -> Result<()> {
+    let mut text = String::new();
+    for (e, l) in epochs {
+        text.push_str(&format!("{e} {}\n", l.0));
+    }
+    let tmp = dir.join(format!("{EPOCHS_FILE}.tmp"));
+    {
+        let mut f = fs::File::create(&tmp)?;
+        std::io::Write::write_all(&mut f, text.as_bytes())?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, dir.join(EPOCHS_FILE))?;
+    fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}

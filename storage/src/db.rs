@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -267,8 +267,13 @@ struct Inner {
     queue: Mutex<CommitQueue>,
     /// Reads WAL segments for `read_wal` (its own open files).
     wal_reader: Mutex<Segments>,
-    /// Set on a replica.
-    replica: Option<Mutex<ReplicaState>>,
+    /// A replica's stream position (idle on a primary).
+    replica: Mutex<ReplicaState>,
+    /// Takes local writes (a primary); else grows only by `apply_wal` (a replica). Changed by
+    /// `promote` and `demote`.
+    primary: AtomicBool,
+    /// The epochs this node's log went through, with the LSN each started at (`epochs` file).
+    epochs: Mutex<Vec<(u32, Lsn)>>,
     /// Counters for `stats` that must not wait for a running checkpoint.
     checkpoints: AtomicU64,
     file_bytes: AtomicU64,
@@ -405,17 +410,17 @@ impl Db {
         );
         let file_bytes = file.len_bytes();
         let checkpoint_io = backend.name();
-        let replica = options.replica.then(|| {
-            Mutex::new(ReplicaState {
-                carry: Vec::new(),
-                pending: Vec::new(),
-                restart_redo: rec
-                    .last_checkpoint_redo
-                    .unwrap_or(control.redo_lsn)
-                    .max(control.redo_lsn),
-                applied: rec.end,
-            })
+        let epochs = crate::control::load_epochs(&dir)?;
+        let replica = Mutex::new(ReplicaState {
+            carry: Vec::new(),
+            pending: Vec::new(),
+            restart_redo: rec
+                .last_checkpoint_redo
+                .unwrap_or(control.redo_lsn)
+                .max(control.redo_lsn),
+            applied: rec.end,
         });
+        let primary = AtomicBool::new(!options.replica);
         let wal_reader = Segments::new(&dir.join(WAL_DIR), control.segment_bytes, None);
         let inner = Arc::new(Inner {
             state: RwLock::new(published),
@@ -442,6 +447,8 @@ impl Db {
             queue: Mutex::new(CommitQueue::default()),
             wal_reader: Mutex::new(wal_reader),
             replica,
+            primary,
+            epochs: Mutex::new(epochs),
             checkpoints: AtomicU64::new(0),
             file_bytes: AtomicU64::new(file_bytes),
             checkpoint_io,
@@ -664,8 +671,12 @@ impl Db {
         flushed: &mut dyn FnMut(ReplicaProgress),
     ) -> Result<ReplicaProgress> {
         let inner = &self.inner;
-        let rs_lock = inner.replica.as_ref().ok_or(Error::NotReplica)?;
+        let rs_lock = inner.replica_state().ok_or(Error::NotReplica)?;
         let mut rs = rs_lock.lock();
+        // Promoted while this call waited for the lock.
+        if inner.primary.load(Ordering::SeqCst) {
+            return Err(Error::NotReplica);
+        }
         let base = inner.wal.end().0;
         let expected = base + rs.carry.len() as u64;
         if start.0 != expected {
@@ -678,8 +689,11 @@ impl Db {
         enum Event {
             Batch(Vec<(u64, Vec<u8>)>, Lsn),
             Checkpoint(Lsn, Lsn),
+            /// The primary entered an epoch at an LSN (record start, end).
+            Epoch(u32, Lsn, Lsn),
         }
         let mut events = Vec::new();
+        let mut epochs = Vec::new();
         let mut at = 0usize;
         let mut invalid = None;
         let mut pending = std::mem::take(&mut rs.pending);
@@ -698,7 +712,9 @@ impl Db {
                         Body::Checkpoint { redo_lsn } => {
                             events.push(Event::Checkpoint(redo_lsn, Lsn(lsn + len as u64)))
                         }
-                        Body::EpochChange { .. } => {}
+                        Body::EpochChange { epoch } => {
+                            events.push(Event::Epoch(epoch, Lsn(lsn), Lsn(lsn + len as u64)))
+                        }
                     }
                     at += len;
                 }
@@ -736,6 +752,13 @@ impl Db {
                     let mut g = inner.state.write();
                     g.last_lsn = g.last_lsn.max(end);
                 }
+                Event::Epoch(epoch, start, end) => {
+                    // Recorded below, without the stream lock (a checkpoint takes its lock
+                    // and then the stream's).
+                    epochs.push((epoch, start));
+                    let mut g = inner.state.write();
+                    g.last_lsn = g.last_lsn.max(end);
+                }
             }
         }
         if pending.is_empty() {
@@ -752,6 +775,11 @@ impl Db {
             apply_lsn: rs.applied,
         };
         drop(rs);
+        for (epoch, start) in epochs {
+            inner.enter_epoch(&mut inner.ckpt.lock(), epoch, start)?;
+            let mut w = inner.writer.lock();
+            w.epoch = w.epoch.max(epoch);
+        }
         let due = {
             let w = inner.writer.lock();
             progress.flush_lsn.0.saturating_sub(w.wal_at_checkpoint)
@@ -768,7 +796,7 @@ impl Db {
     /// Everything before this LSN is applied and visible: on a replica, the end of the last
     /// record replayed; on a primary, the end of the last commit.
     pub fn apply_lsn(&self) -> Lsn {
-        match &self.inner.replica {
+        match self.inner.replica_state() {
             Some(rs) => rs.lock().applied,
             None => self.last_lsn(),
         }
@@ -804,9 +832,105 @@ impl Db {
         Ok(())
     }
 
+    /// This node's epoch (timeline): 1 at creation, one more at every promotion.
+    pub fn epoch(&self) -> u32 {
+        self.inner.writer.lock().epoch
+    }
+
+    /// The epochs this node's log went through after the first, with the LSN each started at
+    /// (where the log of the epoch before it ended): PostgreSQL's timeline history.
+    pub fn epoch_history(&self) -> Vec<(u32, Lsn)> {
+        self.inner.epochs.lock().clone()
+    }
+
+    /// Replica → primary (`REPLICAOF NO ONE`). Keeps everything replayed; drops a batch whose
+    /// commit never arrived (it was never acknowledged as durable anywhere) and zeroes the log
+    /// after the last complete record, so it can never be read again; then starts the next
+    /// epoch there with an epoch record, recorded in the epochs file and the control file
+    /// before this returns. Returns the new epoch and the LSN it starts at. Writes are taken
+    /// from here on. The caller stops feeding `apply_wal` first.
+    pub fn promote(&self) -> Result<(u32, Lsn)> {
+        let inner = &self.inner;
+        let mut ck = inner.ckpt.lock();
+        let rs_lock = inner.replica_state().ok_or(Error::NotReplica)?;
+        let mut rs = rs_lock.lock();
+        let at = rs.applied;
+        let dropped = inner.wal.end().0 + rs.carry.len() as u64 - at.0;
+        rs.pending.clear();
+        rs.carry.clear();
+        inner.wal.truncate(at)?;
+        let mut w = inner.writer.lock();
+        let epoch = ck.control.epoch.max(w.epoch) + 1;
+        // Pages last written before the point recovery starts from get a full image at their
+        // next change (see `checkpoint`): that point is the replica's restartpoint.
+        w.redo_lsn = ck.control.redo_lsn;
+        w.wal_at_checkpoint = at.0;
+        w.epoch = epoch;
+        let mut buf = Vec::with_capacity(64);
+        record::encode_epoch_change(&mut buf, at, epoch, epoch);
+        let end = inner.wal.append(at, &buf, false)?;
+        inner.wal.wait_flushed(end)?;
+        {
+            let mut g = inner.state.write();
+            g.last_lsn = g.last_lsn.max(end);
+        }
+        inner.enter_epoch(&mut ck, epoch, at)?;
+        inner.primary.store(true, Ordering::SeqCst);
+        drop(w);
+        drop(rs);
+        tracing::info!(
+            epoch,
+            start = at.0,
+            dropped_bytes = dropped,
+            "promoted to primary"
+        );
+        Ok((epoch, at))
+    }
+
+    /// Primary → replica (`REPLICAOF host port` on a primary): refuses local writes from here
+    /// on (a write running now finishes first) and continues the log with `apply_wal` from the
+    /// end of what this node wrote, all of it durable before this returns.
+    pub fn demote(&self) -> Result<Lsn> {
+        let inner = &self.inner;
+        let redo = inner.ckpt.lock().control.redo_lsn;
+        let w = inner.writer.lock();
+        if !inner.primary.swap(false, Ordering::SeqCst) {
+            return Err(Error::Invariant(
+                "demote: this node is already a replica".into(),
+            ));
+        }
+        let end = inner.wal.end();
+        inner.wal.wait_flushed(end)?;
+        let mut rs = inner.replica.lock();
+        rs.carry.clear();
+        rs.pending.clear();
+        rs.applied = end;
+        rs.restart_redo = rs.restart_redo.max(redo);
+        drop(w);
+        tracing::info!(at = end.0, "demoted to replica");
+        Ok(end)
+    }
+
+    /// Undoes a `demote` after which nothing was received (a switchover that could not
+    /// complete): local writes are taken again, in the same epoch.
+    pub fn undo_demote(&self) -> Result<()> {
+        let inner = &self.inner;
+        let rs = inner.replica.lock();
+        if inner.primary.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        if rs.applied != inner.wal.end() || !rs.carry.is_empty() || !rs.pending.is_empty() {
+            return Err(Error::Invariant(
+                "undo_demote: WAL was received since the demotion".into(),
+            ));
+        }
+        inner.primary.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
     /// Whether this database was opened as a replica.
     pub fn is_replica(&self) -> bool {
-        self.inner.replica.is_some()
+        self.inner.replica_state().is_some()
     }
 
     /// Keeps WAL from `lsn` on even after checkpoints no longer need it (`None`: no hold).
@@ -902,6 +1026,27 @@ impl Drop for Db {
 const PAGE_SIZE_HINT: usize = crate::page::PAGE_SIZE;
 
 impl Inner {
+    /// The stream state, while this node is a replica.
+    fn replica_state(&self) -> Option<&Mutex<ReplicaState>> {
+        (!self.primary.load(Ordering::SeqCst)).then_some(&self.replica)
+    }
+
+    /// Records that this node's log entered `epoch` at `start` (an epoch record was
+    /// appended or received): the epochs file first, then the control file.
+    fn enter_epoch(&self, ck: &mut Checkpointer, epoch: u32, start: Lsn) -> Result<()> {
+        if epoch <= ck.control.epoch {
+            return Ok(());
+        }
+        let mut h = self.epochs.lock();
+        h.retain(|(e, _)| *e < epoch);
+        h.push((epoch, start));
+        crate::control::store_epochs(&self.dir, &h)?;
+        ck.control.epoch = epoch;
+        ck.control.store(&self.dir)?;
+        tracing::info!(epoch, start = start.0, "entered a new epoch");
+        Ok(())
+    }
+
     /// Applies a batch, logs it and publishes it; returns its end LSN (not yet durable).
     /// Commits a batch together with whatever other threads queued meanwhile (flat
     /// combining): the first committer to find nobody applying becomes the combiner — it
@@ -1006,7 +1151,7 @@ impl Inner {
         background: bool,
         f: impl FnOnce(&mut WriteTxn<'_>) -> Result<T>,
     ) -> Result<(T, Lsn)> {
-        if self.replica.is_some() {
+        if self.replica_state().is_some() {
             return Err(Error::ReadOnly);
         }
         let mut w = self.writer.lock();
@@ -1085,7 +1230,7 @@ impl Inner {
         }
         // 1. Fix the redo point and take the frames to write. From here on, a page's next
         //    change logs a full image again (its LSN is <= redo).
-        if let Some(rs) = &self.replica {
+        if let Some(rs) = self.replica_state() {
             return self.replica_checkpoint(&mut ck, rs);
         }
         let (redo, snapshot, page_count) = {

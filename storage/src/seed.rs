@@ -73,16 +73,19 @@ impl Seeder {
     }
 
     /// Makes the copy durable and writes the control file: from now on the directory is a
-    /// database whose recovery starts at the backup's redo LSN.
-    pub fn finish(self) -> Result<()> {
+    /// database whose recovery starts at the backup's redo LSN. `epochs` is the primary's
+    /// epoch history (epochs after the first, with their start LSNs): the copy is on its
+    /// latest epoch.
+    pub fn finish(self, epochs: &[(u32, Lsn)]) -> Result<()> {
         self.file.sync_all()?;
+        crate::control::store_epochs(&self.dir, epochs)?;
         File::open(&self.dir)?.sync_all()?;
         let c = Control {
             redo_lsn: self.redo,
             checkpoint_lsn: self.redo,
             segment_bytes: self.segment_bytes,
             node_id: crate::db::random_node_id(),
-            epoch: 1,
+            epoch: epochs.last().map_or(1, |(e, _)| *e),
         };
         c.store(&self.dir)
     }

@@ -206,7 +206,7 @@ fn a_replica_seeded_from_a_base_backup_converges() {
         }
         first += n;
     }
-    seeder.finish().unwrap();
+    seeder.finish(&[]).unwrap();
     let replica = Db::open(rdir.path(), opts(true)).unwrap();
     assert_eq!(
         replica.flush_lsn(),

@@ -286,6 +286,31 @@ impl Wal {
         }
     }
 
+    /// Cuts the log back to `to` (at or before the end, everything durable): zeroes the
+    /// files from there and deletes later segments, so the bytes after it can never be read
+    /// as records; the next append goes to `to`. For a promoted replica dropping an
+    /// incomplete batch.
+    pub fn truncate(&self, to: Lsn) -> Result<()> {
+        let mut st = self.shared.st.lock();
+        while st.flushing {
+            self.shared.done.wait(&mut st);
+        }
+        if !st.buf.is_empty() || to.0 > st.end || self.flushed().0 < st.end {
+            return Err(Error::Invariant(format!(
+                "WAL truncate to {} with {} bytes unflushed (end {})",
+                to.0,
+                st.buf.len(),
+                st.end
+            )));
+        }
+        self.shared.io.lock().segs.truncate_after(to.0)?;
+        st.end = to.0;
+        st.buf_start = to.0;
+        self.shared.flushed.store(to.0, Ordering::Release);
+        self.shared.written.store(to.0, Ordering::Release);
+        Ok(())
+    }
+
     /// The sticky failure, if the log has had one.
     pub fn failure(&self) -> Option<String> {
         self.shared.st.lock().fatal.clone()
