@@ -85,6 +85,12 @@ pub enum Frame {
         bytes: Vec<u8>,
     },
     SnapshotEnd,
+    /// The primary's answer to a hello whose log has diverged from its own: the last LSN the
+    /// two logs share, and why.
+    Diverged {
+        fork_lsn: Lsn,
+        message: String,
+    },
 }
 
 /// Why bytes are not a frame. After one, the connection is closed and re-established.
@@ -122,6 +128,7 @@ impl Frame {
             Frame::SnapshotBegin { .. } => 7,
             Frame::SnapshotPages { .. } => 8,
             Frame::SnapshotEnd => 9,
+            Frame::Diverged { .. } => 10,
         }
     }
 
@@ -202,6 +209,12 @@ impl Frame {
                 out.extend_from_slice(bytes);
             }
             Frame::SnapshotEnd => {}
+            Frame::Diverged { fork_lsn, message } => {
+                let m = &message.as_bytes()[..message.len().min(MAX_MESSAGE)];
+                let m = std::str::from_utf8(m).unwrap_or("(message not UTF-8)");
+                out.extend_from_slice(&fork_lsn.0.to_le_bytes());
+                out.extend_from_slice(m.as_bytes());
+            }
         }
         seal(out, start, self.kind());
     }
@@ -372,6 +385,15 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
         9 => {
             exact("snapshot_end", 0)?;
             Frame::SnapshotEnd
+        }
+        10 => {
+            if p.len() < 8 || p.len() > 8 + MAX_MESSAGE {
+                return Err(bad("diverged", "bad message length"));
+            }
+            Frame::Diverged {
+                fork_lsn: Lsn(u64_at(p, 0)),
+                message: String::from_utf8_lossy(&p[8..]).into_owned(),
+            }
         }
         k => return Err(FrameError::Kind(k)),
     };

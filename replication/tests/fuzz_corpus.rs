@@ -37,6 +37,16 @@ fn seed_frames() -> Vec<Frame> {
             code: 2,
             message: "epoch 3 is newer than yours".into(),
         },
+        Frame::SnapshotBegin {
+            redo_lsn: Lsn(4096),
+            page_count: 12,
+            epochs: vec![(2, Lsn(100))],
+        },
+        Frame::SnapshotEnd,
+        Frame::Diverged {
+            fork_lsn: Lsn(777),
+            message: "your log runs past LSN 777".into(),
+        },
     ]
 }
 

@@ -107,10 +107,11 @@ pub fn render(sh: &Shared, section: Option<&str>) -> String {
                     let _ =
                         write!(
                         o,
-                        "primary_addr:{p}\r\nprimary_link:{}\r\nlag_bytes:{lag}\r\nlag_ms:{}\r\nreseeds:{}\r\n",
+                        "primary_addr:{p}\r\nprimary_link:{}\r\nlag_bytes:{lag}\r\nlag_ms:{}\r\nreseeds:{}\r\nrewinds:{}\r\n",
                         if sh.link_up.load(Ordering::Relaxed) { "up" } else { "down" },
-                        sh.lag_ms(lag),
-                        sh.reseeds.load(Ordering::Relaxed)
+                        sh.replica_lag_ms(),
+                        sh.reseeds.load(Ordering::Relaxed),
+                        sh.rewinds.load(Ordering::Relaxed)
                     );
                 }
                 if let Some(f) = &*sh.fenced.read() {

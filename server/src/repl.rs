@@ -307,14 +307,17 @@ pub async fn serve_replica(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut) 
     };
     if let Some((code, message)) = refusal {
         tracing::warn!(replica = %name, %peer, reason = %message, "refusing a replica");
-        write_frame(
-            &mut wr,
-            &Frame::Error {
+        let f = match verdict {
+            Verdict::Diverged { fork } => Frame::Diverged {
+                fork_lsn: fork,
+                message: message.clone(),
+            },
+            _ => Frame::Error {
                 code,
                 message: message.clone(),
             },
-        )
-        .await?;
+        };
+        write_frame(&mut wr, &f).await?;
         bail!("{name}: {message}");
     }
     let slot = sh.tracker.connect(&name, &peer, flush_lsn, false);
@@ -769,8 +772,20 @@ async fn stream_from(sh: &Arc<Shared>, primary: &str, gen: u64) -> Result<()> {
             } => sh
                 .primary_flush
                 .store(primary_flush_lsn.0, Ordering::Relaxed),
-            Frame::Error { code, message } if code == DIVERGED => {
-                return Err(WalGone::Diverged(message).into())
+            Frame::Diverged { fork_lsn, message } => {
+                // Nothing past the fork replayed: cutting the log back is the whole rewind.
+                let db2 = db.clone();
+                let cut = tokio::task::spawn_blocking(move || db2.rewind_log(fork_lsn)).await??;
+                match cut {
+                    Some(dropped) => {
+                        *sh.last_join.lock() = format!(
+                            "rewound: dropped {dropped} bytes of log past LSN {fork_lsn} ({message})"
+                        );
+                        sh.rewinds.fetch_add(1, Ordering::Relaxed);
+                        bail!("rewound the log to LSN {fork_lsn}; reconnecting");
+                    }
+                    None => return Err(WalGone::Diverged(message).into()),
+                }
             }
             Frame::Error { code, message } if code == WAL_GONE => {
                 return Err(WalGone::Removed(message).into())
@@ -785,6 +800,8 @@ async fn stream_from(sh: &Arc<Shared>, primary: &str, gen: u64) -> Result<()> {
         _ = role_ended(sh, gen) => return Ok(()),
     };
     sh.link_up.store(true, Ordering::Relaxed);
+    sh.verified.store(true, Ordering::SeqCst);
+    sh.applied.send_modify(|_| {});
     {
         let mut j = sh.last_join.lock();
         if j.is_empty() {
@@ -910,7 +927,8 @@ fn receive_loop(
 
 /// Error code of a primary that no longer holds the WAL a replica asks for.
 const WAL_GONE: u16 = 4;
-/// Error code: the asking node's log has diverged from this node's.
+/// Error code: the asking node's log has diverged from this node's (sent as a `diverged`
+/// frame, which names the fork LSN).
 const DIVERGED: u16 = 5;
 /// Error code: the asking node knows a newer epoch; this node is not the primary.
 const STALE_PRIMARY: u16 = 6;
@@ -1089,6 +1107,7 @@ async fn follow_locked(sh: &Arc<Shared>, primary: String) -> Result<()> {
         tracing::info!(at = end.0, new_primary = %primary, "REPLICAOF: this primary becomes a replica");
     }
     store_role(&sh.config.dir, Some(&primary))?;
+    sh.verified.store(false, Ordering::SeqCst);
     sh.paused.store(false, Ordering::SeqCst);
     sh.primary_flush.store(0, Ordering::Relaxed);
     sh.last_join.lock().clear();

@@ -80,12 +80,14 @@ impl Server {
             wal_signal: Arc::new(crate::session::WalSignal::default()),
             links: crate::repl::Links::default(),
             reseeds: AtomicU64::new(0),
+            rewinds: AtomicU64::new(0),
             role: RwLock::new(role.clone()),
             role_gen: watch::channel(0).0,
             role_change: tokio::sync::Mutex::new(()),
             replica_task: parking_lot::Mutex::new(None),
             fenced: RwLock::new(None),
             paused: std::sync::atomic::AtomicBool::new(false),
+            verified: std::sync::atomic::AtomicBool::new(true),
             last_join: parking_lot::Mutex::new(String::new()),
             last_heard_us: AtomicU64::new(0),
             applied: watch::channel(0).0,
@@ -430,7 +432,7 @@ async fn wait_applied(
         (timeout_ms > 0).then(|| tokio::time::Instant::now() + Duration::from_millis(timeout_ms));
     loop {
         let at = sh.db().apply_lsn();
-        if at >= lsn {
+        if at >= lsn && sh.verified.load(Ordering::SeqCst) {
             return Ok(at);
         }
         let changed = async {

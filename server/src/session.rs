@@ -91,8 +91,14 @@ pub struct Shared {
     pub fenced: RwLock<Option<String>>,
     /// Writes are paused for a switchover (`FAILOVER TO`).
     pub paused: std::sync::atomic::AtomicBool,
+    /// False from a `REPLICAOF` until the new primary accepted this node's log (or it was
+    /// rewound or reseeded): until then its apply LSN may count a log the new primary does
+    /// not share, so `WAITLSN` does not trust it.
+    pub verified: std::sync::atomic::AtomicBool,
     /// Replica: how it last rejoined ("streaming", "reseeded: ...").
     pub last_join: Mutex<String>,
+    /// Replica: rewinds (log cut back to a fork point) since start.
+    pub rewinds: AtomicU64,
     /// Replica: reseeds from a base backup since start.
     pub reseeds: AtomicU64,
     /// Primary: the retention floor last warned about.

@@ -774,11 +774,21 @@ impl Db {
             flush_lsn: inner.wal.flushed(),
             apply_lsn: rs.applied,
         };
+        // An epoch record counts as applied only once recorded (below, without the stream
+        // lock: a checkpoint takes its lock and then the stream's), so whoever sees the apply
+        // LSN past it also sees the new epoch.
+        if let Some((_, start)) = epochs.first() {
+            rs.applied = rs.applied.min(*start);
+        }
         drop(rs);
-        for (epoch, start) in epochs {
-            inner.enter_epoch(&mut inner.ckpt.lock(), epoch, start)?;
-            let mut w = inner.writer.lock();
-            w.epoch = w.epoch.max(epoch);
+        if !epochs.is_empty() {
+            for (epoch, start) in &epochs {
+                inner.enter_epoch(&mut inner.ckpt.lock(), *epoch, *start)?;
+                let mut w = inner.writer.lock();
+                w.epoch = w.epoch.max(*epoch);
+            }
+            let mut rs = rs_lock.lock();
+            rs.applied = rs.applied.max(progress.apply_lsn);
         }
         let due = {
             let w = inner.writer.lock();
@@ -909,6 +919,36 @@ impl Db {
         drop(w);
         tracing::info!(at = end.0, "demoted to replica");
         Ok(end)
+    }
+
+    /// A replica whose log runs past `fork`, the last LSN it shares with its new primary:
+    /// if nothing past the fork was replayed (only an incomplete batch, or records never
+    /// applied, lie beyond it), cuts the log back to `fork` and returns the bytes dropped —
+    /// the pages are already the shared history's. `Ok(None)` when replayed changes lie past
+    /// the fork: those pages must be refetched (or the node reseeded).
+    pub fn rewind_log(&self, fork: Lsn) -> Result<Option<u64>> {
+        let inner = &self.inner;
+        let rs_lock = inner.replica_state().ok_or(Error::NotReplica)?;
+        let mut rs = rs_lock.lock();
+        let end = inner.wal.end();
+        if fork >= end {
+            rs.carry.clear();
+            return Ok(Some(0));
+        }
+        if rs.applied > fork || inner.state.read().last_lsn > fork {
+            return Ok(None);
+        }
+        let dropped = end.0 - fork.0;
+        rs.pending.clear();
+        rs.carry.clear();
+        inner.wal.truncate(fork)?;
+        rs.applied = fork;
+        tracing::info!(
+            fork = fork.0,
+            dropped_bytes = dropped,
+            "rewound the log to the fork point (nothing past it was replayed)"
+        );
+        Ok(Some(dropped))
     }
 
     /// Undoes a `demote` after which nothing was received (a switchover that could not
