@@ -385,3 +385,61 @@ fn an_isolated_primary_refuses_writes_within_the_lag_bound() {
         set(&mut p, "c", "3").is_ok()
     });
 }
+
+#[test]
+fn two_promoted_replicas_are_never_mixed() {
+    // Split brain by hand: both replicas promoted (each to epoch 2, at different points),
+    // each takes a write. Pointed at the other, a node is reseeded, not merged.
+    let t = trio(&[]);
+    let mut p = t.nodes[0].client();
+    set(&mut p, "base", "1").unwrap();
+    let lsn: i64 = cmd("LSN").query(&mut p).unwrap();
+    let (mut r1, mut r2) = (t.nodes[1].client(), t.nodes[2].client());
+    for c in [&mut r1, &mut r2] {
+        let _: i64 = cmd("WAITLSN").arg(lsn).arg(10_000).query(c).unwrap();
+    }
+    let _: () = cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query(&mut r1)
+        .unwrap();
+    set(&mut p, "more", "2").unwrap();
+    let lsn: i64 = cmd("LSN").query(&mut p).unwrap();
+    let _: i64 = cmd("WAITLSN").arg(lsn).arg(10_000).query(&mut r2).unwrap();
+    let _: () = cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query(&mut r2)
+        .unwrap();
+    set(&mut r1, "only-r1", "a").unwrap();
+    set(&mut r2, "only-r2", "b").unwrap();
+    assert_eq!(
+        (
+            info(&mut r1)["epoch"].clone(),
+            info(&mut r2)["epoch"].clone()
+        ),
+        ("2".into(), "2".into())
+    );
+    let _: () = cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(t.nodes[1].port)
+        .query(&mut r2)
+        .unwrap();
+    set(&mut r1, "later", "c").unwrap();
+    let lsn: i64 = cmd("LSN").query(&mut r1).unwrap();
+    let _: i64 = cmd("WAITLSN").arg(lsn).arg(30_000).query(&mut r2).unwrap();
+    let i = info(&mut r2);
+    assert!(
+        i["last_join"].starts_with("reseeded"),
+        "{:?}",
+        i["last_join"]
+    );
+    assert_eq!(
+        get(&mut r2, "only-r2"),
+        None,
+        "r2's own write is gone with its history"
+    );
+    assert_eq!(get(&mut r2, "only-r1").as_deref(), Some("a"));
+    assert_eq!(get(&mut r2, "more"), None, "r1 never had it");
+    wait_for(20, "equal digests", || digest(&mut r1) == digest(&mut r2));
+}

@@ -220,3 +220,123 @@ fn a_replica_seeded_from_a_base_backup_converges() {
     // Seeding refuses a directory that already holds a database.
     assert!(storage::Seeder::create(rdir.path(), redo, &opts(true)).is_err());
 }
+
+/// WAL bytes of `primary` from `from` up to (not including) the commit record of the last
+/// batch: a batch cut before its commit, as a replica holds it when its primary dies.
+fn wal_without_last_commit(primary: &Db, from: Lsn) -> Vec<u8> {
+    let mut buf = Vec::new();
+    primary.read_wal(from, 1 << 24, &mut buf).unwrap();
+    // The commit record is the last record; find it by decoding from the start.
+    let mut at = 0;
+    let mut last_start = 0;
+    while at < buf.len() {
+        let (_, len) = storage::wal::record::decode(&buf[at..], Lsn(from.0 + at as u64)).unwrap();
+        last_start = at;
+        at += len;
+    }
+    buf.truncate(last_start);
+    buf
+}
+
+#[test]
+fn promotion_drops_an_incomplete_batch_and_starts_a_new_epoch() {
+    let (pd, rd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let primary = Db::open(pd.path(), opts(false)).unwrap();
+    let replica = Db::open(rd.path(), opts(true)).unwrap();
+    write_load(&primary, &mut rng, 50);
+    catch_up(&primary, &replica, &mut rng);
+    let before = content(&replica);
+    let at = replica.flush_lsn();
+    // One more batch reaches the replica without its commit; then the primary is gone.
+    primary
+        .put(b"only-on-the-dead-primary", b"x", Durability::Local)
+        .unwrap();
+    let cut = wal_without_last_commit(&primary, at);
+    assert!(!cut.is_empty());
+    let p = replica.apply_wal(at, &cut).unwrap();
+    assert_eq!(p.flush_lsn.0, at.0 + cut.len() as u64);
+    assert_eq!(p.apply_lsn, at, "a batch without its commit is not applied");
+    assert_eq!(replica.epoch(), 1);
+    let (epoch, start) = replica.promote().unwrap();
+    assert_eq!(
+        (epoch, start),
+        (2, at),
+        "the epoch starts where the complete log ends"
+    );
+    assert_eq!(replica.epoch_history(), vec![(2, at)]);
+    assert!(!replica.is_replica());
+    assert_eq!(content(&replica), before);
+    replica
+        .put(b"after", b"promotion", Durability::Local)
+        .unwrap();
+    assert!(matches!(
+        replica.apply_wal(at, &cut),
+        Err(Error::NotReplica)
+    ));
+    // Reopened (a crash right now), the dropped batch stays dropped and the epoch stays.
+    replica.simulate_crash();
+    let again = Db::open(rd.path(), opts(false)).unwrap();
+    assert_eq!(again.epoch(), 2);
+    assert_eq!(again.epoch_history(), vec![(2, at)]);
+    assert_eq!(again.get(b"only-on-the-dead-primary").unwrap(), None);
+    assert_eq!(
+        again.get(b"after").unwrap().as_deref(),
+        Some(&b"promotion"[..])
+    );
+    again.check_integrity().unwrap();
+}
+
+#[test]
+fn a_replica_rewinds_its_log_only_when_nothing_past_the_fork_was_replayed() {
+    let (pd, rd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+    let primary = Db::open(pd.path(), opts(false)).unwrap();
+    let replica = Db::open(rd.path(), opts(true)).unwrap();
+    write_load(&primary, &mut rng, 20);
+    catch_up(&primary, &replica, &mut rng);
+    let fork = replica.flush_lsn();
+    primary.put(b"k", b"v", Durability::Local).unwrap();
+    let cut = wal_without_last_commit(&primary, fork);
+    replica.apply_wal(fork, &cut).unwrap();
+    assert_eq!(
+        replica.rewind_log(fork).unwrap(),
+        Some(cut.len() as u64),
+        "only an incomplete batch lies past the fork: cut it off"
+    );
+    assert_eq!(replica.flush_lsn(), fork);
+    // It continues from the fork with whatever the (new) primary has there.
+    catch_up(&primary, &replica, &mut rng);
+    assert_eq!(content(&replica), content(&primary));
+    // A replayed batch past the fork cannot be cut off: the pages changed.
+    assert_eq!(replica.rewind_log(fork).unwrap(), None);
+}
+
+#[test]
+fn demotion_turns_a_primary_into_a_replica_of_its_own_log() {
+    let (pd, rd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(13);
+    let a = Db::open(pd.path(), opts(false)).unwrap();
+    let b = Db::open(rd.path(), opts(true)).unwrap();
+    write_load(&a, &mut rng, 10);
+    catch_up(&a, &b, &mut rng);
+    // b takes over; a follows it.
+    b.promote().unwrap();
+    let end = a.demote().unwrap();
+    assert_eq!(end, a.flush_lsn());
+    assert!(matches!(
+        a.put(b"x", b"y", Durability::Local),
+        Err(Error::ReadOnly)
+    ));
+    write_load(&b, &mut rng, 10);
+    catch_up(&b, &a, &mut rng);
+    assert_eq!(a.epoch(), 2, "the epoch record came with the stream");
+    assert_eq!(content(&a), content(&b));
+    // A demotion nothing followed can be undone (an abandoned switchover).
+    let cd = tempfile::tempdir().unwrap();
+    let c = Db::open(cd.path(), opts(false)).unwrap();
+    c.put(b"k", b"v", Durability::Local).unwrap();
+    c.demote().unwrap();
+    c.undo_demote().unwrap();
+    c.put(b"k2", b"v", Durability::Local).unwrap();
+}
