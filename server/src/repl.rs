@@ -633,6 +633,8 @@ fn read_frame_blocking(sock: &mut std::net::TcpStream, buf: &mut BytesMut) -> Re
                 bail!("connection closed");
             }
             Ok(n) => buf.truncate(at + n),
+            // A signal (SIGSTOP/SIGCONT, say) interrupted the read: nothing was lost.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => buf.truncate(at),
             Err(e) => {
                 buf.truncate(at);
                 return Err(e.into());
