@@ -117,6 +117,9 @@ pub fn render(sh: &Shared, section: Option<&str>) -> String {
                 if let Some(f) = &*sh.fenced.read() {
                     let _ = write!(o, "fenced:{f}\r\n");
                 }
+                if db.is_replica() {
+                    let _ = write!(o, "loading:{}\r\n", u8::from(sh.loading().is_some()));
+                }
                 let join = sh.last_join.lock().clone();
                 if !join.is_empty() {
                     let _ = write!(o, "last_join:{join}\r\n");

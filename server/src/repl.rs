@@ -155,6 +155,7 @@ async fn seed_once(
         Frame::Error { message, .. } => bail!("the primary refused: {message}"),
         other => bail!("expected snapshot_begin, got {other:?}"),
     };
+    let dir_for_gate = dir;
     let dir = dir.to_path_buf();
     let mut seeder = tokio::task::spawn_blocking(move || {
         storage::Seeder::create(&dir, redo, &storage::Options::default())
@@ -190,6 +191,7 @@ async fn seed_once(
     }
     let done = seeder.written();
     tokio::task::spawn_blocking(move || seeder.finish(&epochs)).await??;
+    store_gate(dir_for_gate, Some(u64::MAX));
     let secs = t0.elapsed().as_secs_f64();
     tracing::info!(
         bytes = done,
@@ -771,9 +773,17 @@ async fn stream_from(sh: &Arc<Shared>, primary: &str, gen: u64) -> Result<()> {
         match read_frame(&mut rd, &mut buf).await? {
             Frame::Welcome {
                 primary_flush_lsn, ..
-            } => sh
-                .primary_flush
-                .store(primary_flush_lsn.0, Ordering::Relaxed),
+            } => {
+                sh.primary_flush
+                    .store(primary_flush_lsn.0, Ordering::Relaxed);
+                // Just seeded: consistent once the primary's position now is applied (the
+                // copy ended before this).
+                if sh.consistent_at.load(Ordering::SeqCst) == u64::MAX {
+                    let target = primary_flush_lsn.0.max(1);
+                    sh.consistent_at.store(target, Ordering::SeqCst);
+                    store_gate(&sh.config.dir, Some(target));
+                }
+            }
             Frame::Diverged { fork_lsn, message } => {
                 // Nothing past the fork replayed: cutting the log back is the whole rewind.
                 let db2 = db.clone();
@@ -971,6 +981,8 @@ async fn reseed(sh: &Arc<Shared>, primary: &str, why: &WalGone) -> Result<()> {
     })
     .await??;
     sh.attach(&db);
+    sh.consistent_at.store(u64::MAX, Ordering::SeqCst);
+    store_gate(&sh.config.dir, Some(u64::MAX));
     let old = std::mem::replace(&mut *sh.db_slot.write(), Arc::new(db));
     // The old database closes when its last user lets go (a request in flight, say).
     tokio::task::spawn_blocking(move || drop(old));
@@ -1018,6 +1030,35 @@ pub fn finish_reseed(dir: &std::path::Path) -> Result<()> {
         std::fs::remove_dir_all(&side)?;
     }
     Ok(())
+}
+
+/// The file that holds a seeded replica's consistency point until it is reached: `pending`
+/// (the copy is done, the point not known yet) or an LSN.
+const GATE_FILE: &str = "consistent_at";
+
+/// The consistency gate of a data directory (0: none).
+pub fn load_gate(dir: &std::path::Path) -> u64 {
+    match std::fs::read_to_string(dir.join(GATE_FILE)) {
+        Ok(s) => s.trim().parse().unwrap_or(u64::MAX),
+        Err(_) => 0,
+    }
+}
+
+/// Writes (or, with `None`, removes) the gate file; best effort: a lost gate file only
+/// means reads are not held back after a restart.
+pub fn store_gate(dir: &std::path::Path, gate: Option<u64>) {
+    let path = dir.join(GATE_FILE);
+    let r = match gate {
+        Some(u64::MAX) => std::fs::write(&path, "pending\n"),
+        Some(l) => std::fs::write(&path, format!("{l}\n")),
+        None => match std::fs::remove_file(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        },
+    };
+    if let Err(e) = r {
+        tracing::warn!(error = %e, "could not write the consistency gate file");
+    }
 }
 
 /// The file that remembers, across restarts, which primary a node follows when it became a
@@ -1075,6 +1116,9 @@ pub async fn promote(sh: &Arc<Shared>) -> Result<String> {
     let t0 = Instant::now();
     if sh.replicaof().is_none() && !sh.db().is_replica() {
         return Ok("already a primary".into());
+    }
+    if let Some((at, target)) = sh.loading() {
+        bail!("this replica is not consistent yet after its base backup (applied up to LSN {at}, consistent from {target}); let it catch up first");
     }
     stop_replica(sh).await;
     let db = sh.db();

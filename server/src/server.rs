@@ -81,6 +81,7 @@ impl Server {
             links: crate::repl::Links::default(),
             reseeds: AtomicU64::new(0),
             rewinds: AtomicU64::new(0),
+            consistent_at: AtomicU64::new(crate::repl::load_gate(&config.dir)),
             role: RwLock::new(role.clone()),
             role_gen: watch::channel(0).0,
             role_change: tokio::sync::Mutex::new(()),

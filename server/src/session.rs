@@ -97,6 +97,10 @@ pub struct Shared {
     pub verified: std::sync::atomic::AtomicBool,
     /// Replica: how it last rejoined ("streaming", "reseeded: ...").
     pub last_join: Mutex<String>,
+    /// Replica: after a base backup, reads are refused until the apply LSN reaches this
+    /// (the primary's LSN when the copy was done; `u64::MAX` until known; 0 once reached):
+    /// before it, the pages may be as the copy caught them, mid-change.
+    pub consistent_at: AtomicU64,
     /// Replica: rewinds (log cut back to a fork point) since start.
     pub rewinds: AtomicU64,
     /// Replica: reseeds from a base backup since start.
@@ -124,6 +128,23 @@ pub fn now_us() -> u64 {
 pub const FLUSH_TIMES_MAX: usize = 100_000;
 
 impl Shared {
+    /// `Some((apply LSN, target))` while reads must wait for a seeded replica to become
+    /// consistent; clears the gate (and its file) once reached.
+    pub fn loading(&self) -> Option<(u64, u64)> {
+        let target = self.consistent_at.load(Ordering::SeqCst);
+        if target == 0 {
+            return None;
+        }
+        let at = self.db().apply_lsn().0;
+        if at >= target {
+            self.consistent_at.store(0, Ordering::SeqCst);
+            crate::repl::store_gate(&self.config.dir, None);
+            tracing::info!(lsn = at, "consistent after the base backup: serving reads");
+            return None;
+        }
+        Some((at, target))
+    }
+
     /// The primary this node follows, `None` while it is a primary.
     pub fn replicaof(&self) -> Option<String> {
         self.role.read().clone()
@@ -503,6 +524,15 @@ impl Session {
         }
         if self.multi.is_some() && !matches!(name, "EXEC" | "DISCARD" | "MULTI" | "QUIT") {
             return self.queue(name, args, out);
+        }
+        if matches!(
+            name,
+            "GET" | "MGET" | "EXISTS" | "DBSIZE" | "SCAN" | "RANGE"
+        ) {
+            if let Some((at, target)) = self.shared.loading() {
+                self.err(out, &format!("LOADING this replica is catching up after a base backup: applied up to LSN {at}, consistent from LSN {}", if target == u64::MAX { "(not known yet)".to_string() } else { target.to_string() }));
+                return After::Continue;
+            }
         }
         if let Some(max) = self.max_lag_ms {
             if matches!(

@@ -642,3 +642,52 @@ fn waitlsn_and_maxlag_with_the_upstream_replica_paused() {
     let e = cmd("MAXLAG").arg("soon").query::<()>(&mut c2).unwrap_err();
     assert!(format!("{e}").contains("MAXLAG"), "{e}");
 }
+
+#[test]
+fn a_seeded_replica_serves_reads_only_once_consistent() {
+    let (pd, d1) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let primary = Node::start(pd.path(), &["--name", "p"]);
+    let addr = format!("127.0.0.1:{}", primary.port);
+    let mut p = primary.client();
+    let _: () = cmd("SET").arg("a").arg("1").query(&mut p).unwrap();
+    let r1 = Node::start(d1.path(), &["--replicaof", &addr, "--name", "r1"]);
+    let mut c1 = r1.client();
+    wait_for(30, "seeded and caught up", || caught_up(&mut p, &mut c1));
+    // Once consistent, the gate is gone (INFO and the file).
+    assert_eq!(info(&mut c1)["loading"], "0");
+    assert!(!d1.path().join("consistent_at").exists());
+    // A replica that stops before its catch-up after a copy finished (here: the gate a
+    // copy leaves, for a position it has not reached) refuses reads after a restart until
+    // it gets there — and cannot be promoted meanwhile.
+    r1.signal("TERM");
+    r1.wait_exit();
+    for i in 0..50 {
+        let _: () = cmd("SET")
+            .arg(format!("k{i}"))
+            .arg("v")
+            .query(&mut p)
+            .unwrap();
+    }
+    let target: u64 = info(&mut p)["flush_lsn"].parse().unwrap();
+    std::fs::write(d1.path().join("consistent_at"), format!("{target}\n")).unwrap();
+    primary.signal("STOP");
+    let r1 = Node::start(d1.path(), &["--replicaof", &addr, "--name", "r1"]);
+    let mut c1 = r1.client();
+    let e = cmd("GET")
+        .arg("a")
+        .query::<Option<String>>(&mut c1)
+        .unwrap_err();
+    assert_eq!(e.code(), Some("LOADING"), "{e}");
+    assert_eq!(info(&mut c1)["loading"], "1");
+    let e = cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query::<()>(&mut c1)
+        .unwrap_err();
+    assert!(format!("{e}").contains("not consistent yet"), "{e}");
+    primary.signal("CONT");
+    wait_for(30, "reads served once consistent", || {
+        cmd("GET").arg("k49").query::<Option<String>>(&mut c1).ok() == Some(Some("v".into()))
+    });
+    assert!(!d1.path().join("consistent_at").exists());
+}
