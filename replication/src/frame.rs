@@ -36,6 +36,8 @@ pub const MAX_PAYLOAD: usize = 8 + MAX_WAL_CHUNK;
 pub const MAX_NAME: usize = 64;
 pub const MAX_MESSAGE: usize = 1024;
 pub const VERSION: u32 = 2;
+/// Page ids in one `page_list` frame.
+pub const MAX_PAGE_LIST: usize = MAX_WAL_CHUNK / 8;
 /// Entries of an epoch history a frame may carry.
 pub const MAX_EPOCHS: usize = 1024;
 
@@ -85,6 +87,11 @@ pub enum Frame {
         bytes: Vec<u8>,
     },
     SnapshotEnd,
+    /// A rewinding node's list of pages its divergent log changed (`REPLREWIND`); an empty
+    /// list ends it.
+    PageList {
+        pages: Vec<u64>,
+    },
     /// The primary's answer to a hello whose log has diverged from its own: the last LSN the
     /// two logs share, and why.
     Diverged {
@@ -129,6 +136,7 @@ impl Frame {
             Frame::SnapshotPages { .. } => 8,
             Frame::SnapshotEnd => 9,
             Frame::Diverged { .. } => 10,
+            Frame::PageList { .. } => 11,
         }
     }
 
@@ -209,6 +217,13 @@ impl Frame {
                 out.extend_from_slice(bytes);
             }
             Frame::SnapshotEnd => {}
+            Frame::PageList { pages } => {
+                assert!(pages.len() <= MAX_PAGE_LIST, "page list too long");
+                out.extend_from_slice(&(pages.len() as u32).to_le_bytes());
+                for p in pages {
+                    out.extend_from_slice(&p.to_le_bytes());
+                }
+            }
             Frame::Diverged { fork_lsn, message } => {
                 let m = &message.as_bytes()[..message.len().min(MAX_MESSAGE)];
                 let m = std::str::from_utf8(m).unwrap_or("(message not UTF-8)");
@@ -385,6 +400,18 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
         9 => {
             exact("snapshot_end", 0)?;
             Frame::SnapshotEnd
+        }
+        11 => {
+            if p.len() < 4 {
+                return Err(bad("page_list", "payload cut short"));
+            }
+            let n = u32_at(p, 0) as usize;
+            if n > MAX_PAGE_LIST || p.len() != 4 + 8 * n {
+                return Err(bad("page_list", "bad length"));
+            }
+            Frame::PageList {
+                pages: (0..n).map(|i| u64_at(p, 4 + 8 * i)).collect(),
+            }
         }
         10 => {
             if p.len() < 8 || p.len() > 8 + MAX_MESSAGE {

@@ -43,6 +43,10 @@ fn seed_frames() -> Vec<Frame> {
             epochs: vec![(2, Lsn(100))],
         },
         Frame::SnapshotEnd,
+        Frame::PageList {
+            pages: vec![0, 7, 8, 9],
+        },
+        Frame::PageList { pages: vec![] },
         Frame::Diverged {
             fork_lsn: Lsn(777),
             message: "your log runs past LSN 777".into(),

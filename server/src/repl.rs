@@ -729,6 +729,26 @@ pub async fn run_replica(sh: Arc<Shared>, primary: String, gen: u64) {
             Ok(()) => backoff = Duration::from_millis(50),
             Err(e) if e.downcast_ref::<WalGone>().is_some() => {
                 let why = e.downcast_ref::<WalGone>().expect("checked");
+                if let WalGone::Diverged { fork, .. } = why {
+                    let r = tokio::select! {
+                        r = rewind_pages(&sh, &primary, *fork) => r,
+                        _ = role_ended(&sh, gen) => return,
+                    };
+                    match r {
+                        Ok((fetched, total)) => {
+                            let msg =
+                                format!("rewound: refetched {fetched} of {total} pages ({why})");
+                            tracing::info!(primary = %primary, fetched_pages = fetched, total_pages = total, "{msg}");
+                            *sh.last_join.lock() = msg;
+                            sh.rewinds.fetch_add(1, Ordering::Relaxed);
+                            backoff = Duration::from_millis(50);
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(primary = %primary, error = %format!("{e:#}"), "rewind failed; reseeding instead")
+                        }
+                    }
+                }
                 *sh.last_join.lock() = format!("reseeded: {why}");
                 let r = tokio::select! {
                     r = reseed(&sh, &primary, why) => r,
@@ -796,7 +816,13 @@ async fn stream_from(sh: &Arc<Shared>, primary: &str, gen: u64) -> Result<()> {
                         sh.rewinds.fetch_add(1, Ordering::Relaxed);
                         bail!("rewound the log to LSN {fork_lsn}; reconnecting");
                     }
-                    None => return Err(WalGone::Diverged(message).into()),
+                    None => {
+                        return Err(WalGone::Diverged {
+                            fork: fork_lsn,
+                            message,
+                        }
+                        .into())
+                    }
                 }
             }
             Frame::Error { code, message } if code == WAL_GONE => {
@@ -951,8 +977,8 @@ const STALE_PRIMARY: u16 = 6;
 pub enum WalGone {
     #[error("the primary no longer retains the WAL this replica needs ({0})")]
     Removed(String),
-    #[error("this node's log has diverged from the primary's ({0})")]
-    Diverged(String),
+    #[error("this node's log has diverged from the primary's ({message})")]
+    Diverged { fork: Lsn, message: String },
 }
 
 /// Prefix of the directories a running replica reseeds into (inside its data directory).
@@ -969,7 +995,16 @@ async fn reseed(sh: &Arc<Shared>, primary: &str, why: &WalGone) -> Result<()> {
     tracing::warn!(primary = %primary, reason = %why, dir = %side.display(), "this replica fell behind the WAL its primary retains: reseeding from a base backup");
     sh.reseeds.fetch_add(1, Ordering::Relaxed);
     seed_once(&sh.config, primary, &side).await?;
-    let dir = side.clone();
+    swap_in(sh, &side).await?;
+    tracing::info!(dir = %side.display(), "reseeded; streaming from the backup's redo LSN");
+    Ok(())
+}
+
+/// Opens the database prepared in `side` (a base backup, full or rewound) and puts it in
+/// place of the running one: new requests use it at once, reads wait for it to become
+/// consistent (the gate), the old one closes when its last user lets go.
+async fn swap_in(sh: &Arc<Shared>, side: &std::path::Path) -> Result<()> {
+    let dir = side.to_path_buf();
     let db = tokio::task::spawn_blocking(move || {
         storage::Db::open(
             &dir,
@@ -986,7 +1021,217 @@ async fn reseed(sh: &Arc<Shared>, primary: &str, why: &WalGone) -> Result<()> {
     let old = std::mem::replace(&mut *sh.db_slot.write(), Arc::new(db));
     // The old database closes when its last user lets go (a request in flight, say).
     tokio::task::spawn_blocking(move || drop(old));
-    tracing::info!(dir = %side.display(), "reseeded; streaming from the backup's redo LSN");
+    Ok(())
+}
+
+/// Pages per `snapshot_pages` frame of a rewind.
+const REWIND_RUN: u64 = 256;
+
+/// Replica side: rewinds a diverged node whose log past `fork` was replayed. Sends the pages
+/// its divergent log changed; the primary answers with a base backup that holds only those
+/// and the ones it changed since the fork; every other page is copied from this node's own
+/// state (unchanged since the fork on both sides, so identical). The result is laid down
+/// like a reseed (`DIR/reseed-<ms>/`, swapped in, consistent after replay). Returns the
+/// pages fetched and the total.
+async fn rewind_pages(sh: &Arc<Shared>, primary: &str, fork: Lsn) -> Result<(u64, u64)> {
+    let db = sh.db();
+    let local = {
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || db.pages_changed_after(fork)).await?
+    };
+    let (mut rd, mut wr, mut buf) =
+        connect_as_replica(&sh.config, primary, b"*1\r\n$10\r\nREPLREWIND\r\n").await?;
+    let hello = Frame::Hello {
+        version: frame::VERSION,
+        epoch: db.epoch(),
+        node_id: 0,
+        flush_lsn: db.flush_lsn(),
+        name: sh.config.name.clone(),
+        epochs: db.epoch_history(),
+    };
+    write_frame(&mut wr, &hello).await?;
+    for chunk in local.chunks(frame::MAX_PAGE_LIST) {
+        write_frame(
+            &mut wr,
+            &Frame::PageList {
+                pages: chunk.to_vec(),
+            },
+        )
+        .await?;
+    }
+    write_frame(&mut wr, &Frame::PageList { pages: Vec::new() }).await?;
+    let (redo, pages, epochs) = match read_frame(&mut rd, &mut buf).await? {
+        Frame::SnapshotBegin {
+            redo_lsn,
+            page_count,
+            epochs,
+        } => (redo_lsn, page_count, epochs),
+        Frame::Error { message, .. } => bail!("the primary refused the rewind: {message}"),
+        other => bail!("expected snapshot_begin, got {other:?}"),
+    };
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let side = sh.config.dir.join(format!("{RESEED_PREFIX}{ms}"));
+    let dir = side.clone();
+    let mut seeder = tokio::task::spawn_blocking(move || {
+        storage::Seeder::create(&dir, redo, &storage::Options::default())
+    })
+    .await??;
+    let mut fetched = vec![false; pages as usize];
+    let mut n_fetched = 0u64;
+    loop {
+        match read_frame(&mut rd, &mut buf).await? {
+            Frame::SnapshotPages { first_page, bytes } => {
+                let n = (bytes.len() / storage::page::PAGE_SIZE) as u64;
+                if first_page + n > pages {
+                    bail!("the primary sent pages past its page count");
+                }
+                for i in first_page..first_page + n {
+                    fetched[i as usize] = true;
+                }
+                n_fetched += n;
+                seeder = tokio::task::spawn_blocking(move || {
+                    seeder.write_pages(first_page, &bytes).map(|()| seeder)
+                })
+                .await??;
+            }
+            Frame::SnapshotEnd => break,
+            Frame::Error { message, .. } => bail!("the primary says: {message}"),
+            other => bail!("unexpected frame {other:?}"),
+        }
+    }
+    // Every page not fetched: this node's own, unchanged since the fork.
+    let seeder = tokio::task::spawn_blocking(move || -> Result<storage::Seeder> {
+        let mut out = Vec::new();
+        let mut i = 0u64;
+        while i < pages {
+            if fetched[i as usize] {
+                i += 1;
+                continue;
+            }
+            let mut j = i;
+            while j < pages && !fetched[j as usize] && j - i < REWIND_RUN {
+                j += 1;
+            }
+            out.clear();
+            db.read_current_pages(i, j - i, &mut out);
+            seeder.write_pages(i, &out)?;
+            i = j;
+        }
+        Ok(seeder)
+    })
+    .await??;
+    tokio::task::spawn_blocking(move || seeder.finish(&epochs)).await??;
+    swap_in(sh, &side).await?;
+    Ok((n_fetched, pages))
+}
+
+/// Primary side of a rewind (`REPLREWIND`): a base backup holding only the pages the node
+/// named and the pages changed here since the fork.
+pub async fn serve_rewind(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut) -> Result<()> {
+    let peer = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let (mut rd, mut wr) = sock.into_split();
+    let Frame::Hello {
+        name,
+        flush_lsn,
+        epoch,
+        epochs,
+        ..
+    } = read_frame(&mut rd, &mut buf).await?
+    else {
+        bail!("expected a hello frame");
+    };
+    let mut wanted: Vec<u64> = Vec::new();
+    loop {
+        match read_frame(&mut rd, &mut buf).await? {
+            Frame::PageList { pages } if pages.is_empty() => break,
+            Frame::PageList { pages } => {
+                wanted.extend(pages);
+                if wanted.len() > (1 << 28) {
+                    bail!("{name}: page list too long");
+                }
+            }
+            other => bail!("{name}: expected page_list, got {other:?}"),
+        }
+    }
+    let db = sh.db();
+    let fork = match replication::epochs::check(
+        db.epoch(),
+        &db.epoch_history(),
+        db.written_lsn(),
+        epoch,
+        &epochs,
+        flush_lsn,
+    ) {
+        Verdict::Diverged { fork } => fork,
+        v => {
+            let message = format!("no rewind needed or possible here: {v:?}");
+            write_frame(
+                &mut wr,
+                &Frame::Error {
+                    code: 3,
+                    message: message.clone(),
+                },
+            )
+            .await?;
+            bail!("{name}: {message}");
+        }
+    };
+    let (redo, pages) = tokio::task::spawn_blocking({
+        let db = db.clone();
+        move || db.begin_base_backup()
+    })
+    .await??;
+    let slot = sh.tracker.connect(&name, &peer, redo, true);
+    update_retention(&sh);
+    let mine = {
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || db.pages_changed_after(fork)).await?
+    };
+    wanted.extend(mine);
+    wanted.retain(|&p| p < pages);
+    wanted.sort_unstable();
+    wanted.dedup();
+    tracing::info!(replica = %name, %peer, fork = fork.0, redo = redo.0, pages = wanted.len(), of = pages, "sending the pages for a rewind");
+    write_frame(
+        &mut wr,
+        &Frame::SnapshotBegin {
+            redo_lsn: redo,
+            page_count: pages,
+            epochs: db.epoch_history(),
+        },
+    )
+    .await?;
+    let mut i = 0;
+    while i < wanted.len() {
+        let first = wanted[i];
+        let mut n = 1;
+        while i + (n as usize) < wanted.len()
+            && wanted[i + n as usize] == first + n
+            && n < REWIND_RUN
+        {
+            n += 1;
+        }
+        let db2 = db.clone();
+        let bytes = tokio::task::spawn_blocking(move || {
+            let mut out = Vec::with_capacity(n as usize * storage::page::PAGE_SIZE);
+            db2.read_page_file(first, n, &mut out).map(|()| out)
+        })
+        .await??;
+        write_frame(
+            &mut wr,
+            &Frame::SnapshotPages {
+                first_page: first,
+                bytes,
+            },
+        )
+        .await?;
+        i += n as usize;
+    }
+    write_frame(&mut wr, &Frame::SnapshotEnd).await?;
+    wr.shutdown().await?;
+    sh.tracker.disconnect(slot);
     Ok(())
 }
 

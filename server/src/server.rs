@@ -218,6 +218,9 @@ async fn connection(sh: Arc<Shared>, mut sock: TcpStream) -> Result<()> {
         if after == After::Replicate {
             return crate::repl::serve_replica(sh.clone(), sock, inbuf).await;
         }
+        if after == After::Rewind {
+            return crate::repl::serve_rewind(sh.clone(), sock, inbuf).await;
+        }
         if after == After::Snapshot {
             return crate::repl::serve_snapshot(sh.clone(), sock, inbuf).await;
         }
@@ -433,7 +436,7 @@ async fn wait_applied(
         (timeout_ms > 0).then(|| tokio::time::Instant::now() + Duration::from_millis(timeout_ms));
     loop {
         let at = sh.db().apply_lsn();
-        if at >= lsn && sh.verified.load(Ordering::SeqCst) {
+        if at >= lsn && sh.verified.load(Ordering::SeqCst) && sh.loading().is_none() {
             return Ok(at);
         }
         let changed = async {

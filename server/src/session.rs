@@ -391,6 +391,8 @@ pub enum After {
     Replicate,
     /// The connection carries a base backup to a new replica (REPLSNAPSHOT).
     Snapshot,
+    /// The connection carries the pages a diverged node needs to rewind (REPLREWIND).
+    Rewind,
 }
 
 pub struct Session {
@@ -745,6 +747,7 @@ impl Session {
             }
             "REPLSTREAM" => return After::Replicate,
             "REPLSNAPSHOT" => return After::Snapshot,
+            "REPLREWIND" => return After::Rewind,
             "SHUTDOWN" => {
                 tracing::info!(client = self.id, "SHUTDOWN requested by a client");
                 let _ = self.shared.shutdown.send(true);
@@ -1210,6 +1213,7 @@ pub const COMMANDS: &[(&str, i64)] = &[
     ("SHUTDOWN", -1),
     ("REPLSTREAM", 1),
     ("REPLSNAPSHOT", 1),
+    ("REPLREWIND", 1),
     ("DIGEST", 1),
 ];
 

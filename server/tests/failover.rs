@@ -232,7 +232,7 @@ fn the_old_primary_comes_back_fenced_and_rejoins_the_new_one() {
         ("replica", "2")
     );
     assert!(
-        oi["last_join"].starts_with("rewound") || oi["last_join"].starts_with("reseeded"),
+        oi["last_join"].starts_with("rewound: refetched"),
         "{:?}",
         oi["last_join"]
     );
@@ -392,6 +392,14 @@ fn two_promoted_replicas_are_never_mixed() {
     // each takes a write. Pointed at the other, a node is reseeded, not merged.
     let t = trio(&[]);
     let mut p = t.nodes[0].client();
+    // Enough data for many pages, so a rewind refetches only some.
+    for chunk in 0..40 {
+        let mut c = cmd("MSET");
+        for i in 0..500 {
+            c.arg(format!("base:{chunk}:{i}")).arg("x".repeat(40));
+        }
+        let _: () = c.query(&mut p).unwrap();
+    }
     set(&mut p, "base", "1").unwrap();
     let lsn: i64 = cmd("LSN").query(&mut p).unwrap();
     let (mut r1, mut r2) = (t.nodes[1].client(), t.nodes[2].client());
@@ -430,9 +438,23 @@ fn two_promoted_replicas_are_never_mixed() {
     let _: i64 = cmd("WAITLSN").arg(lsn).arg(30_000).query(&mut r2).unwrap();
     let i = info(&mut r2);
     assert!(
-        i["last_join"].starts_with("reseeded"),
+        i["last_join"].starts_with("rewound"),
         "{:?}",
         i["last_join"]
+    );
+    // "rewound: refetched X of Y pages (...)": only the changed pages came over the network.
+    let nums: Vec<u64> = i["last_join"]
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .take(2)
+        .collect();
+    assert!(
+        nums.len() == 2 && nums[0] * 4 < nums[1],
+        "refetched {nums:?}: more than a quarter of the pages"
+    );
+    assert_eq!(
+        get(&mut r2, "base:39:499").as_deref(),
+        Some("x".repeat(40).as_str())
     );
     assert_eq!(
         get(&mut r2, "only-r2"),

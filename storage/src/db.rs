@@ -842,6 +842,34 @@ impl Db {
         Ok(())
     }
 
+    /// Pages whose last change lies after `lsn` (their page LSN is larger), in this node's
+    /// current state: after a fork, the pages a diverged log changed — what a rewind must
+    /// refetch.
+    pub fn pages_changed_after(&self, lsn: Lsn) -> Vec<u64> {
+        let g = self.inner.state.read();
+        (0..g.meta.page_count)
+            .filter(|&i| {
+                let p = g.page_raw(PageId(i));
+                p.iter().any(|&b| b != 0) && page::header(p).page_lsn.get() > lsn.0
+            })
+            .collect()
+    }
+
+    /// Appends sealed copies of pages `first .. first + count` as this node's current state
+    /// has them (frames or file; zeros for never-written pages) to `out`. For a rewind, which
+    /// keeps the pages no one changed since the fork.
+    pub fn read_current_pages(&self, first: u64, count: u64, out: &mut Vec<u8>) {
+        let g = self.inner.state.read();
+        for i in first..first + count {
+            let at = out.len();
+            out.extend_from_slice(g.page_raw(PageId(i)));
+            let p = &mut out[at..];
+            if p.iter().any(|&b| b != 0) {
+                page::seal(p);
+            }
+        }
+    }
+
     /// This node's epoch (timeline): 1 at creation, one more at every promotion.
     pub fn epoch(&self) -> u32 {
         self.inner.writer.lock().epoch
