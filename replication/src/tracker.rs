@@ -31,6 +31,15 @@ pub enum Target {
     Count(Lsn, usize),
 }
 
+/// One link of a replica: its slot (the same for every link of the same name) and which
+/// link it is. Reports of a link that was replaced by a newer one are ignored, so an old
+/// link's late disconnect cannot mark a reconnected replica gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkId {
+    pub slot: usize,
+    pub id: u64,
+}
+
 /// One replica as the primary sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReplicaEntry {
@@ -43,6 +52,8 @@ pub struct ReplicaEntry {
     pub seeding: bool,
     /// When its last report arrived (ms on the caller's clock; 0: none yet).
     pub heard_ms: u64,
+    /// Its current link (`LinkId::id`).
+    pub link: u64,
 }
 
 struct Waiter {
@@ -59,9 +70,17 @@ struct Inner {
     replicas: Vec<ReplicaEntry>,
     waiters: Vec<Waiter>,
     next_id: u64,
+    next_link: u64,
 }
 
 impl Inner {
+    /// The replica of `link`, if that link is still its current one.
+    fn entry(&mut self, link: LinkId) -> Option<&mut ReplicaEntry> {
+        self.replicas
+            .get_mut(link.slot)
+            .filter(|r| r.link == link.id)
+    }
+
     fn positions(&self) -> Vec<ReplicaPos> {
         self.replicas.iter().map(|r| r.pos.clone()).collect()
     }
@@ -157,9 +176,11 @@ impl Tracker {
         r
     }
 
-    /// A replica (re)connects at `flush`; returns its slot (the same slot for the same name).
-    pub fn connect(&self, name: &str, addr: &str, flush: Lsn, seeding: bool) -> usize {
+    /// A replica (re)connects at `flush`; returns its link (the same slot for the same name).
+    pub fn connect(&self, name: &str, addr: &str, flush: Lsn, seeding: bool) -> LinkId {
         self.change(|g| {
+            g.next_link += 1;
+            let link = g.next_link;
             let entry = ReplicaEntry {
                 pos: ReplicaPos {
                     name: name.to_string(),
@@ -172,8 +193,9 @@ impl Tracker {
                 streaming: false,
                 seeding,
                 heard_ms: 0,
+                link,
             };
-            match g.replicas.iter().position(|r| r.pos.name == name) {
+            let slot = match g.replicas.iter().position(|r| r.pos.name == name) {
                 Some(i) => {
                     g.replicas[i] = entry;
                     i
@@ -182,14 +204,15 @@ impl Tracker {
                     g.replicas.push(entry);
                     g.replicas.len() - 1
                 }
-            }
+            };
+            LinkId { slot, id: link }
         })
     }
 
     /// A replica reports its positions. Positions never move backwards within a link.
-    pub fn update(&self, slot: usize, write: Lsn, flush: Lsn, apply: Lsn) {
+    pub fn update(&self, link: LinkId, write: Lsn, flush: Lsn, apply: Lsn) {
         self.change(|g| {
-            if let Some(r) = g.replicas.get_mut(slot) {
+            if let Some(r) = g.entry(link) {
                 r.pos.write_lsn = r.pos.write_lsn.max(write);
                 r.pos.flush_lsn = r.pos.flush_lsn.max(flush);
                 r.pos.apply_lsn = r.pos.apply_lsn.max(apply);
@@ -198,8 +221,8 @@ impl Tracker {
     }
 
     /// A report arrived from the replica at `now_ms`.
-    pub fn heard(&self, slot: usize, now_ms: u64) {
-        if let Some(r) = self.lock().replicas.get_mut(slot) {
+    pub fn heard(&self, link: LinkId, now_ms: u64) {
+        if let Some(r) = self.lock().entry(link) {
             r.heard_ms = now_ms;
         }
     }
@@ -214,16 +237,16 @@ impl Tracker {
             .count()
     }
 
-    pub fn set_streaming(&self, slot: usize, streaming: bool) {
-        if let Some(r) = self.lock().replicas.get_mut(slot) {
+    pub fn set_streaming(&self, link: LinkId, streaming: bool) {
+        if let Some(r) = self.lock().entry(link) {
             r.streaming = streaming;
         }
     }
 
     /// A replica's link is gone: it no longer counts towards any quorum.
-    pub fn disconnect(&self, slot: usize) {
+    pub fn disconnect(&self, link: LinkId) {
         self.change(|g| {
-            if let Some(r) = g.replicas.get_mut(slot) {
+            if let Some(r) = g.entry(link) {
                 r.pos.connected = false;
                 r.streaming = false;
                 r.seeding = false;
@@ -419,6 +442,20 @@ mod tests {
         assert!(!poll(&mut d, &c));
         drop(d);
         assert_eq!(t.waiting(), (0, None));
+    }
+
+    #[test]
+    fn a_replaced_link_cannot_disconnect_the_new_one() {
+        let t = Tracker::new(SyncStandbys::parse("ANY 1 (r1)").unwrap());
+        let old = t.connect("r1", "a", Lsn(0), false);
+        let new = t.connect("r1", "b", Lsn(5), false);
+        assert_eq!(old.slot, new.slot);
+        t.disconnect(old);
+        t.update(old, Lsn(99), Lsn(99), Lsn(99));
+        assert_eq!(t.connected(), 1, "the old link's end does not count");
+        assert_eq!(t.snapshot()[0].0.pos.flush_lsn, Lsn(5), "nor its reports");
+        t.disconnect(new);
+        assert_eq!(t.connected(), 0);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use bytes::BytesMut;
 use replication::epochs::Verdict;
 use replication::frame::{self, Frame};
+use replication::tracker::LinkId;
 use storage::Lsn;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -190,8 +191,9 @@ async fn seed_once(
         }
     }
     let done = seeder.written();
-    tokio::task::spawn_blocking(move || seeder.finish(&epochs)).await??;
+    // The gate first: once the control file exists the directory opens as a database.
     store_gate(dir_for_gate, Some(u64::MAX));
+    tokio::task::spawn_blocking(move || seeder.finish(&epochs)).await??;
     let secs = t0.elapsed().as_secs_f64();
     tracing::info!(
         bytes = done,
@@ -526,15 +528,19 @@ fn send_loop(
     sh: &Shared,
     link: &LiveLink,
     mut sock: &std::net::TcpStream,
-    slot: usize,
+    slot: LinkId,
 ) -> Result<()> {
     use std::io::Write;
     let db = &sh.db();
+    let gen = sh.log_gen.load(Ordering::SeqCst);
     let mut last_sent = Instant::now();
     let mut chunk = Vec::with_capacity(frame::MAX_WAL_CHUNK);
     loop {
         if link.dead.load(Ordering::SeqCst) {
             return Ok(());
+        }
+        if sh.log_gen.load(Ordering::SeqCst) != gen {
+            bail!("this node's log changed under the link (promotion, demotion, rewind or reseed): the replica reconnects");
         }
         {
             // Writes happen under the lock, so the flusher's frames and ours never interleave.
@@ -598,7 +604,7 @@ fn feedback_loop(
     sh: &Shared,
     mut sock: std::net::TcpStream,
     mut buf: BytesMut,
-    slot: usize,
+    slot: LinkId,
 ) -> String {
     loop {
         match read_frame_blocking(&mut sock, &mut buf) {
@@ -781,6 +787,8 @@ async fn stream_from(sh: &Arc<Shared>, primary: &str, gen: u64) -> Result<()> {
         let (mut rd, mut wr, mut buf) =
             connect_as_replica(&sh.config, primary, b"*1\r\n$10\r\nREPLSTREAM\r\n").await?;
         let db = sh.db();
+        // A record cut by the last link's end starts again from the flush LSN.
+        db.reset_stream();
         let hello = Frame::Hello {
             version: frame::VERSION,
             epoch: db.epoch(),
@@ -810,6 +818,7 @@ async fn stream_from(sh: &Arc<Shared>, primary: &str, gen: u64) -> Result<()> {
                 let cut = tokio::task::spawn_blocking(move || db2.rewind_log(fork_lsn)).await??;
                 match cut {
                     Some(dropped) => {
+                        sh.log_gen.fetch_add(1, Ordering::SeqCst);
                         *sh.last_join.lock() = format!(
                             "rewound: dropped {dropped} bytes of log past LSN {fork_lsn} ({message})"
                         );
@@ -1018,7 +1027,11 @@ async fn swap_in(sh: &Arc<Shared>, side: &std::path::Path) -> Result<()> {
     sh.attach(&db);
     sh.consistent_at.store(u64::MAX, Ordering::SeqCst);
     store_gate(&sh.config.dir, Some(u64::MAX));
+    // Only a backup that was swapped in replaces the data at the next start.
+    std::fs::write(side.join(LIVE_MARKER), b"")?;
+    std::fs::File::open(side)?.sync_all()?;
     let old = std::mem::replace(&mut *sh.db_slot.write(), Arc::new(db));
+    sh.log_gen.fetch_add(1, Ordering::SeqCst);
     // The old database closes when its last user lets go (a request in flight, say).
     tokio::task::spawn_blocking(move || drop(old));
     Ok(())
@@ -1235,10 +1248,15 @@ pub async fn serve_rewind(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut) -
     Ok(())
 }
 
-/// Before a replica opens its database: if a reseed completed in a previous run, its backup
-/// (`DIR/reseed-<ms>/`, the newest complete one) replaces the data in `DIR`; incomplete ones
-/// are removed. The control file goes first and comes back last, so a crash in between
-/// leaves a directory that seeds itself anew.
+/// Marks a reseed directory whose database was swapped in (the live data of the node).
+const LIVE_MARKER: &str = "live";
+
+/// Before a node opens its database: if a reseed or rewind swapped in a backup in a previous
+/// run (`DIR/reseed-<ms>/` with its `live` marker), that backup replaces the data in `DIR`;
+/// other reseed directories (cut short, or never swapped in) are removed. Restartable: the
+/// control file goes first and comes back last, each other file moves only if it is still in
+/// the backup, so a crash at any point leaves either the old data, a directory that seeds
+/// itself anew, or a move this function finishes next time.
 pub fn finish_reseed(dir: &std::path::Path) -> Result<()> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(());
@@ -1256,19 +1274,29 @@ pub fn finish_reseed(dir: &std::path::Path) -> Result<()> {
     let newest = sides
         .iter()
         .rev()
-        .find(|p| p.join(storage::CONTROL_FILE).exists())
+        .find(|p| p.join(LIVE_MARKER).exists())
         .cloned();
     if let Some(side) = &newest {
         tracing::info!(from = %side.display(), "finishing a reseed: the backup replaces the old data");
-        let _ = std::fs::remove_file(dir.join(storage::CONTROL_FILE));
-        let _ = std::fs::remove_file(dir.join(storage::PAGE_FILE));
-        let _ = std::fs::remove_dir_all(dir.join(storage::WAL_DIR));
-        std::fs::rename(side.join(storage::PAGE_FILE), dir.join(storage::PAGE_FILE))?;
-        std::fs::rename(side.join(storage::WAL_DIR), dir.join(storage::WAL_DIR))?;
-        std::fs::rename(
-            side.join(storage::CONTROL_FILE),
-            dir.join(storage::CONTROL_FILE),
-        )?;
+        if side.join(storage::CONTROL_FILE).exists() {
+            let _ = std::fs::remove_file(dir.join(storage::CONTROL_FILE));
+        }
+        for name in [storage::PAGE_FILE, storage::EPOCHS_FILE, GATE_FILE] {
+            if side.join(name).exists() {
+                let _ = std::fs::remove_file(dir.join(name));
+                std::fs::rename(side.join(name), dir.join(name))?;
+            }
+        }
+        if side.join(storage::WAL_DIR).exists() {
+            let _ = std::fs::remove_dir_all(dir.join(storage::WAL_DIR));
+            std::fs::rename(side.join(storage::WAL_DIR), dir.join(storage::WAL_DIR))?;
+        }
+        if side.join(storage::CONTROL_FILE).exists() {
+            std::fs::rename(
+                side.join(storage::CONTROL_FILE),
+                dir.join(storage::CONTROL_FILE),
+            )?;
+        }
         std::fs::File::open(dir)?.sync_all()?;
     }
     for side in sides {
@@ -1367,8 +1395,18 @@ pub async fn promote(sh: &Arc<Shared>) -> Result<String> {
     }
     stop_replica(sh).await;
     let db = sh.db();
-    let (epoch, at) = tokio::task::spawn_blocking(move || db.promote()).await??;
-    store_role(&sh.config.dir, None)?;
+    let (epoch, at) = tokio::task::spawn_blocking({
+        let db = db.clone();
+        move || db.promote()
+    })
+    .await??;
+    sh.log_gen.fetch_add(1, Ordering::SeqCst);
+    // On a primary, commits wake WAITLSN through the flusher: attach again as a primary.
+    sh.attach(&db);
+    sh.verified.store(true, Ordering::SeqCst);
+    if let Err(e) = store_role(&sh.config.dir, None) {
+        tracing::error!(error = %e, "promoted, but could not remove the role file: remove DIR/replicaof before restarting");
+    }
     *sh.role.write() = None;
     *sh.fenced.write() = None;
     sh.last_join.lock().clear();
@@ -1395,6 +1433,7 @@ async fn follow_locked(sh: &Arc<Shared>, primary: String) -> Result<()> {
     let db = sh.db();
     if !db.is_replica() {
         let end = tokio::task::spawn_blocking(move || db.demote()).await??;
+        sh.log_gen.fetch_add(1, Ordering::SeqCst);
         tracing::info!(at = end.0, new_primary = %primary, "REPLICAOF: this primary becomes a replica");
     }
     store_role(&sh.config.dir, Some(&primary))?;
@@ -1442,16 +1481,12 @@ pub async fn failover(sh: &Arc<Shared>, target: String, timeout: Duration) -> Re
             )),
         }
     };
-    let promoted = async {
+    let caught_up = async {
         let mut c = AdminConn::connect(&target, sh.config.primary_password.as_deref()).await?;
         let deadline = Instant::now() + timeout;
         loop {
             let info = c.call(&["INFO", "replication"]).await?;
-            let applied: u64 = info
-                .lines()
-                .find_map(|l| l.strip_prefix("apply_lsn:"))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
+            let applied: u64 = info_field(&info, "apply_lsn").unwrap_or(0);
             if applied >= end.0 {
                 break;
             }
@@ -1460,16 +1495,44 @@ pub async fn failover(sh: &Arc<Shared>, target: String, timeout: Duration) -> Re
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        c.call(&["REPLICAOF", "NO", "ONE"]).await
+        anyhow::Ok(c)
     }
     .await;
-    let reply = match promoted {
-        Ok(r) => r,
+    let mut c = match caught_up {
+        Ok(c) => c,
         Err(e) => return Err(undo(e)),
+    };
+    // From here the target may have been promoted even if its answer is lost: take writes
+    // again only if it says it is still a replica.
+    let reply = match c.call(&["REPLICAOF", "NO", "ONE"]).await {
+        Ok(r) => r,
+        Err(e) => {
+            let role = async {
+                let mut c =
+                    AdminConn::connect(&target, sh.config.primary_password.as_deref()).await?;
+                let info = c.call(&["INFO", "replication"]).await?;
+                anyhow::Ok(info.lines().any(|l| l.trim() == "role:primary"))
+            }
+            .await;
+            match role {
+                Ok(false) => return Err(undo(e)),
+                Ok(true) => format!("promoted, though its reply was lost ({e:#})"),
+                Err(e2) => {
+                    bail!("switchover state unknown: {target} did not answer REPLICAOF NO ONE ({e:#}) nor INFO ({e2:#}); this node stays read-only — point it at the new primary with REPLICAOF, or at {target} if that took over")
+                }
+            }
+        }
     };
     follow_locked(sh, target.clone()).await?;
     tracing::info!(target = %target, at = end.0, elapsed_ms = t0.elapsed().as_millis() as u64, "FAILOVER: switched over");
     Ok(format!("switched over to {target} at LSN {end} ({reply})"))
+}
+
+/// A numeric `key:value` field of INFO text.
+fn info_field(info: &str, key: &str) -> Option<u64> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// A RESP connection for the node's own admin calls to another node.

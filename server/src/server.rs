@@ -47,8 +47,10 @@ impl Server {
             .or_else(|| crate::repl::load_role(&config.dir));
         // A replica first finishes a reseed of a previous run, or, new, lays down a base
         // backup from its primary.
+        // A backup swapped in by a reseed or rewind of an earlier run is the node's data,
+        // whatever its role now (it may have been promoted since).
+        crate::repl::finish_reseed(&config.dir)?;
         if let Some(primary) = &role {
-            crate::repl::finish_reseed(&config.dir)?;
             crate::repl::seed_if_new(&config, primary, &mut stop_rx).await?;
         }
         let dir = config.dir.clone();
@@ -81,6 +83,7 @@ impl Server {
             links: crate::repl::Links::default(),
             reseeds: AtomicU64::new(0),
             rewinds: AtomicU64::new(0),
+            log_gen: AtomicU64::new(0),
             consistent_at: AtomicU64::new(crate::repl::load_gate(&config.dir)),
             role: RwLock::new(role.clone()),
             role_gen: watch::channel(0).0,

@@ -101,6 +101,10 @@ pub struct Shared {
     /// (the primary's LSN when the copy was done; `u64::MAX` until known; 0 once reached):
     /// before it, the pages may be as the copy caught them, mid-change.
     pub consistent_at: AtomicU64,
+    /// Bumped whenever this node's log or database changes under its served links
+    /// (promotion, demotion, a rewind, a swapped-in backup): those links end and their
+    /// replicas reconnect and get a fresh verdict.
+    pub log_gen: AtomicU64,
     /// Replica: rewinds (log cut back to a fork point) since start.
     pub rewinds: AtomicU64,
     /// Replica: reseeds from a base backup since start.
@@ -137,7 +141,14 @@ impl Shared {
         }
         let at = self.db().apply_lsn().0;
         if at >= target {
-            self.consistent_at.store(0, Ordering::SeqCst);
+            // Only this gate: a new one set meanwhile (another swap) stays.
+            if self
+                .consistent_at
+                .compare_exchange(target, 0, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+            {
+                return self.loading();
+            }
             crate::repl::store_gate(&self.config.dir, None);
             tracing::info!(lsn = at, "consistent after the base backup: serving reads");
             return None;

@@ -453,6 +453,20 @@ impl Db {
             file_bytes: AtomicU64::new(file_bytes),
             checkpoint_io,
         });
+        // A crash may have come between an epoch record and the files that record it (or
+        // between the epochs file and the control file): the log and the history win.
+        {
+            let mut ck = inner.ckpt.lock();
+            let mut seen = rec.epochs_seen.clone();
+            seen.extend(inner.epochs.lock().last().copied());
+            for (e, at) in seen {
+                if e > ck.control.epoch {
+                    inner.enter_epoch(&mut ck, e, at)?;
+                }
+            }
+            let mut w = inner.writer.lock();
+            w.epoch = w.epoch.max(ck.control.epoch);
+        }
         if replayed {
             // Make the replayed pages durable now, so the next crash does not replay them.
             inner.checkpoint()?;
@@ -842,15 +856,16 @@ impl Db {
         Ok(())
     }
 
-    /// Pages whose last change lies after `lsn` (their page LSN is larger), in this node's
-    /// current state: after a fork, the pages a diverged log changed — what a rewind must
-    /// refetch.
+    /// Pages whose last change was made by a record at or after `lsn` (a page's LSN is the
+    /// start of the record that last changed it), in this node's current state: after a
+    /// fork, the pages a diverged log changed — what a rewind must refetch. (A record that
+    /// starts at the fork is already past the shared history.)
     pub fn pages_changed_after(&self, lsn: Lsn) -> Vec<u64> {
         let g = self.inner.state.read();
         (0..g.meta.page_count)
             .filter(|&i| {
                 let p = g.page_raw(PageId(i));
-                p.iter().any(|&b| b != 0) && page::header(p).page_lsn.get() > lsn.0
+                p.iter().any(|&b| b != 0) && page::header(p).page_lsn.get() >= lsn.0
             })
             .collect()
     }
@@ -930,7 +945,10 @@ impl Db {
     /// end of what this node wrote, all of it durable before this returns.
     pub fn demote(&self) -> Result<Lsn> {
         let inner = &self.inner;
-        let redo = inner.ckpt.lock().control.redo_lsn;
+        // Held throughout: no checkpoint appends a record after the end taken here (same
+        // order as a checkpoint and `promote`: ckpt, then the others).
+        let ck = inner.ckpt.lock();
+        let redo = ck.control.redo_lsn;
         let w = inner.writer.lock();
         if !inner.primary.swap(false, Ordering::SeqCst) {
             return Err(Error::Invariant(
@@ -938,13 +956,17 @@ impl Db {
             ));
         }
         let end = inner.wal.end();
-        inner.wal.wait_flushed(end)?;
+        if let Err(e) = inner.wal.wait_flushed(end) {
+            inner.primary.store(true, Ordering::SeqCst);
+            return Err(e);
+        }
         let mut rs = inner.replica.lock();
         rs.carry.clear();
         rs.pending.clear();
         rs.applied = end;
         rs.restart_redo = rs.restart_redo.max(redo);
         drop(w);
+        drop(ck);
         tracing::info!(at = end.0, "demoted to replica");
         Ok(end)
     }
@@ -977,6 +999,14 @@ impl Db {
             "rewound the log to the fork point (nothing past it was replayed)"
         );
         Ok(Some(dropped))
+    }
+
+    /// Forgets the start of a record received but not complete (a link that broke mid-record):
+    /// the next stream starts at `flush_lsn`, where the complete records end.
+    pub fn reset_stream(&self) {
+        if let Some(rs) = self.inner.replica_state() {
+            rs.lock().carry.clear();
+        }
     }
 
     /// Undoes a `demote` after which nothing was received (a switchover that could not
@@ -1223,6 +1253,10 @@ impl Inner {
             return Err(Error::ReadOnly);
         }
         let mut w = self.writer.lock();
+        // Demoted while this call waited for the writer lock.
+        if self.replica_state().is_some() {
+            return Err(Error::ReadOnly);
+        }
         if let Some(why) = self.wal.failure() {
             return Err(Error::PreviousIo(why));
         }

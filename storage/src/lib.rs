@@ -64,7 +64,7 @@ pub mod types;
 pub mod wal;
 
 pub use check::IntegrityReport;
-pub use control::CONTROL_FILE;
+pub use control::{CONTROL_FILE, EPOCHS_FILE};
 pub use db::{
     Db, Durability, Durable, Entry, Options, Range, ReadTxn, ReplicaProgress, Stats, TxnRange,
     WriteBatch, WriteTxn, PAGE_FILE, WAL_DIR,

@@ -27,6 +27,9 @@ pub(crate) struct Recovered {
     /// The redo LSN named by the last checkpoint record replayed (a replica restarts its own
     /// checkpoints from the primary's).
     pub last_checkpoint_redo: Option<Lsn>,
+    /// Epoch records replayed (epoch, LSN): a crash may have come between one and the
+    /// epochs and control files that record it.
+    pub epochs_seen: Vec<(u32, Lsn)>,
 }
 
 pub(crate) fn recover(file: &PageFile, segs: &mut Segments, redo: Lsn) -> Result<Recovered> {
@@ -36,6 +39,7 @@ pub(crate) fn recover(file: &PageFile, segs: &mut Segments, redo: Lsn) -> Result
         end: redo,
         last_commit_end: None,
         last_checkpoint_redo: None,
+        epochs_seen: Vec::new(),
     };
     let present = segs.list()?;
     let mut pos = redo.0;
@@ -85,6 +89,9 @@ pub(crate) fn recover(file: &PageFile, segs: &mut Segments, redo: Lsn) -> Result
                         Body::Checkpoint { .. } | Body::EpochChange { .. } => {
                             if let Body::Checkpoint { redo_lsn } = rec.body {
                                 out.last_checkpoint_redo = Some(redo_lsn);
+                            }
+                            if let Body::EpochChange { epoch } = rec.body {
+                                out.epochs_seen.push((epoch, Lsn(pos)));
                             }
                             if !pending.is_empty() {
                                 break Some(format!(
