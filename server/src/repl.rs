@@ -68,6 +68,7 @@ pub async fn serve_snapshot(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut)
     })
     .await??;
     let slot = sh.tracker.connect(&name, &peer, redo, true);
+    let _link = LinkGuard(&sh.tracker, slot);
     update_retention(&sh);
     tracing::info!(replica = %name, %peer, redo = redo.0, pages, "sending a base backup");
     write_frame(
@@ -101,7 +102,6 @@ pub async fn serve_snapshot(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut)
     write_frame(&mut wr, &Frame::SnapshotEnd).await?;
     wr.shutdown().await?;
     // The replica streams from the redo LSN next; until it does, its WAL stays held.
-    sh.tracker.disconnect(slot);
     Ok(())
 }
 
@@ -191,8 +191,11 @@ async fn seed_once(
         }
     }
     let done = seeder.written();
-    // The gate first: once the control file exists the directory opens as a database.
-    store_gate(dir_for_gate, Some(u64::MAX));
+    // The gate first: once the control file exists the directory opens as a database. (A
+    // reseed's directory gets none: the running node keeps its gate in its own directory.)
+    if dir_for_gate == config.dir.as_path() {
+        store_gate(dir_for_gate, Some(u64::MAX));
+    }
     tokio::task::spawn_blocking(move || seeder.finish(&epochs)).await??;
     let secs = t0.elapsed().as_secs_f64();
     tracing::info!(
@@ -272,6 +275,9 @@ pub async fn serve_replica(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut) 
         .await?;
         bail!("replica {name} speaks protocol version {version}");
     }
+    // The log generation first, then the database: the verdict, the welcome and the stream
+    // all use this one handle, and the stream ends if the log changes after this point.
+    let gen = sh.log_gen.load(Ordering::SeqCst);
     let db = sh.db();
     if db.is_replica() && sh.replicaof().is_none() {
         bail!("{name}: this node is changing role");
@@ -325,6 +331,7 @@ pub async fn serve_replica(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut) 
         bail!("{name}: {message}");
     }
     let slot = sh.tracker.connect(&name, &peer, flush_lsn, false);
+    let _link = LinkGuard(&sh.tracker, slot);
     update_retention(&sh);
     tracing::info!(replica = %name, %peer, from = flush_lsn.0, "replica connected");
     write_frame(
@@ -362,12 +369,12 @@ pub async fn serve_replica(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut) 
             })?;
     }
     {
-        let (sh, link) = (sh.clone(), link.clone());
+        let (sh, link, db) = (sh.clone(), link.clone(), db.clone());
         std::thread::Builder::new()
             .name(format!("replidb-send-{name}"))
             .spawn(move || {
                 sh.links.add(link.clone());
-                let r = send_loop(&sh, &link, &link.sock, slot);
+                let r = send_loop(&sh, &link, &link.sock, slot, &db, gen);
                 sh.links.remove(&link);
                 let _ = link.sock.shutdown(std::net::Shutdown::Both);
                 let _ = done_tx.send(r);
@@ -381,7 +388,6 @@ pub async fn serve_replica(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut) 
     link.dead.store(true, Ordering::SeqCst);
     sh.wal_signal.notify();
     let _ = sock.shutdown(std::net::Shutdown::Both);
-    sh.tracker.disconnect(slot);
     r
 }
 
@@ -529,10 +535,10 @@ fn send_loop(
     link: &LiveLink,
     mut sock: &std::net::TcpStream,
     slot: LinkId,
+    db: &storage::Db,
+    gen: u64,
 ) -> Result<()> {
     use std::io::Write;
-    let db = &sh.db();
-    let gen = sh.log_gen.load(Ordering::SeqCst);
     let mut last_sent = Instant::now();
     let mut chunk = Vec::with_capacity(frame::MAX_WAL_CHUNK);
     loop {
@@ -806,6 +812,7 @@ async fn stream_from(sh: &Arc<Shared>, primary: &str, gen: u64) -> Result<()> {
                     .store(primary_flush_lsn.0, Ordering::Relaxed);
                 // Just seeded: consistent once the primary's position now is applied (the
                 // copy ended before this).
+                let _g = GATE_LOCK.lock();
                 if sh.consistent_at.load(Ordering::SeqCst) == u64::MAX {
                     let target = primary_flush_lsn.0.max(1);
                     sh.consistent_at.store(target, Ordering::SeqCst);
@@ -1025,11 +1032,19 @@ async fn swap_in(sh: &Arc<Shared>, side: &std::path::Path) -> Result<()> {
     })
     .await??;
     sh.attach(&db);
-    sh.consistent_at.store(u64::MAX, Ordering::SeqCst);
-    store_gate(&sh.config.dir, Some(u64::MAX));
+    {
+        // The gate first (synced): a crash after the marker must find it.
+        let _g = GATE_LOCK.lock();
+        sh.consistent_at.store(u64::MAX, Ordering::SeqCst);
+        store_gate(&sh.config.dir, Some(u64::MAX));
+    }
     // Only a backup that was swapped in replaces the data at the next start.
-    std::fs::write(side.join(LIVE_MARKER), b"")?;
-    std::fs::File::open(side)?.sync_all()?;
+    let marked = std::fs::write(side.join(LIVE_MARKER), b"")
+        .and_then(|()| std::fs::File::open(side)?.sync_all());
+    if let Err(e) = marked {
+        let _ = std::fs::remove_file(side.join(LIVE_MARKER));
+        return Err(e.into());
+    }
     let old = std::mem::replace(&mut *sh.db_slot.write(), Arc::new(db));
     sh.log_gen.fetch_add(1, Ordering::SeqCst);
     // The old database closes when its last user lets go (a request in flight, say).
@@ -1197,6 +1212,7 @@ pub async fn serve_rewind(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut) -
     })
     .await??;
     let slot = sh.tracker.connect(&name, &peer, redo, true);
+    let _link = LinkGuard(&sh.tracker, slot);
     update_retention(&sh);
     let mine = {
         let db = db.clone();
@@ -1244,8 +1260,17 @@ pub async fn serve_rewind(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut) -
     }
     write_frame(&mut wr, &Frame::SnapshotEnd).await?;
     wr.shutdown().await?;
-    sh.tracker.disconnect(slot);
     Ok(())
+}
+
+/// Disconnects a replica's link from the tracker when dropped, on every way out of the
+/// function that holds it (an early `?` included).
+struct LinkGuard<'a>(&'a replication::tracker::Tracker, LinkId);
+
+impl Drop for LinkGuard<'_> {
+    fn drop(&mut self) {
+        self.0.disconnect(self.1);
+    }
 }
 
 /// Marks a reseed directory whose database was swapped in (the live data of the node).
@@ -1281,7 +1306,7 @@ pub fn finish_reseed(dir: &std::path::Path) -> Result<()> {
         if side.join(storage::CONTROL_FILE).exists() {
             let _ = std::fs::remove_file(dir.join(storage::CONTROL_FILE));
         }
-        for name in [storage::PAGE_FILE, storage::EPOCHS_FILE, GATE_FILE] {
+        for name in [storage::PAGE_FILE, storage::EPOCHS_FILE] {
             if side.join(name).exists() {
                 let _ = std::fs::remove_file(dir.join(name));
                 std::fs::rename(side.join(name), dir.join(name))?;
@@ -1317,18 +1342,34 @@ pub fn load_gate(dir: &std::path::Path) -> u64 {
     }
 }
 
-/// Writes (or, with `None`, removes) the gate file; best effort: a lost gate file only
-/// means reads are not held back after a restart.
+/// Serialises changes of the gate file with the in-memory gate they mirror.
+pub static GATE_LOCK: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+
+/// Writes (or, with `None`, removes) the gate file, synced with its directory. Callers hold
+/// `GATE_LOCK` while they change the in-memory gate and the file together. A failure is
+/// logged: a lost gate file means reads are not held back after a restart.
 pub fn store_gate(dir: &std::path::Path, gate: Option<u64>) {
     let path = dir.join(GATE_FILE);
-    let r = match gate {
-        Some(u64::MAX) => std::fs::write(&path, "pending\n"),
-        Some(l) => std::fs::write(&path, format!("{l}\n")),
-        None => match std::fs::remove_file(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            r => r,
-        },
-    };
+    let r = (|| -> std::io::Result<()> {
+        match gate {
+            Some(g) => {
+                let text = if g == u64::MAX {
+                    "pending\n".to_string()
+                } else {
+                    format!("{g}\n")
+                };
+                let tmp = dir.join(format!("{GATE_FILE}.tmp"));
+                std::fs::write(&tmp, text)?;
+                std::fs::File::open(&tmp)?.sync_all()?;
+                std::fs::rename(&tmp, &path)?;
+            }
+            None => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                r => r?,
+            },
+        }
+        std::fs::File::open(dir)?.sync_all()
+    })();
     if let Err(e) = r {
         tracing::warn!(error = %e, "could not write the consistency gate file");
     }
@@ -1404,6 +1445,7 @@ pub async fn promote(sh: &Arc<Shared>) -> Result<String> {
     // On a primary, commits wake WAITLSN through the flusher: attach again as a primary.
     sh.attach(&db);
     sh.verified.store(true, Ordering::SeqCst);
+    sh.paused.store(false, Ordering::SeqCst);
     if let Err(e) = store_role(&sh.config.dir, None) {
         tracing::error!(error = %e, "promoted, but could not remove the role file: remove DIR/replicaof before restarting");
     }
@@ -1515,7 +1557,9 @@ pub async fn failover(sh: &Arc<Shared>, target: String, timeout: Duration) -> Re
             }
             .await;
             match role {
-                Ok(false) => return Err(undo(e)),
+                // It may still be promoting (INFO shows a replica until the very end): do not
+                // take writes again, or two nodes could.
+                Ok(false) => bail!("switchover state unknown: {target} did not confirm REPLICAOF NO ONE ({e:#}) and still reports role:replica, but may be promoting; this node stays read-only — check {target}, then REPLICAOF it (or promote this node if it never took over)"),
                 Ok(true) => format!("promoted, though its reply was lost ({e:#})"),
                 Err(e2) => {
                     bail!("switchover state unknown: {target} did not answer REPLICAOF NO ONE ({e:#}) nor INFO ({e2:#}); this node stays read-only — point it at the new primary with REPLICAOF, or at {target} if that took over")

@@ -141,12 +141,15 @@ impl Shared {
         }
         let at = self.db().apply_lsn().0;
         if at >= target {
-            // Only this gate: a new one set meanwhile (another swap) stays.
+            // Only this gate: a new one set meanwhile (another swap) stays, in memory and on
+            // disk (both change under the gate lock).
+            let _g = crate::repl::GATE_LOCK.lock();
             if self
                 .consistent_at
                 .compare_exchange(target, 0, Ordering::SeqCst, Ordering::SeqCst)
                 .is_err()
             {
+                drop(_g);
                 return self.loading();
             }
             crate::repl::store_gate(&self.config.dir, None);

@@ -835,7 +835,12 @@ impl Db {
     /// it.
     pub fn begin_base_backup(&self) -> Result<(Lsn, u64)> {
         self.checkpoint()?;
-        let redo = self.inner.ckpt.lock().control.redo_lsn;
+        let ck = self.inner.ckpt.lock();
+        let redo = ck.control.redo_lsn;
+        // Held from here (no checkpoint can remove it before the caller registers the
+        // replica with `set_wal_retain_from`).
+        self.inner.retain_from.fetch_min(redo.0, Ordering::SeqCst);
+        drop(ck);
         Ok((redo, self.len_pages()))
     }
 

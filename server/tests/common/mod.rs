@@ -115,6 +115,28 @@ impl Node {
             .status()
             .unwrap();
         assert!(ok.success());
+        if sig == "STOP" {
+            // kill(1) returns once the signal is sent, not once every thread has stopped:
+            // wait for the stopped state, or the node may still forward a frame or two.
+            let tasks = format!("/proc/{}/task", self.child.id());
+            let stopped = |stat: std::path::PathBuf| {
+                std::fs::read_to_string(stat)
+                    .ok()
+                    .and_then(|s| {
+                        s.rsplit_once(')')
+                            .map(|(_, r)| r.trim_start().starts_with('T'))
+                    })
+                    .unwrap_or(true) // a thread that exited meanwhile
+            };
+            wait_for(10, "every thread of the process to stop", || {
+                std::fs::read_dir(&tasks)
+                    .map(|d| {
+                        d.filter_map(Result::ok)
+                            .all(|t| stopped(t.path().join("stat")))
+                    })
+                    .unwrap_or(false)
+            });
+        }
     }
 }
 
