@@ -104,7 +104,10 @@ fn demo(dir: PathBuf, port: u16) -> Result<()> {
         .build()
         .context("starting the runtime")?;
     rt.block_on(async move {
+        // The primary serves before the replicas start: new ones seed themselves from it.
         let p = Server::start(primary).await?;
+        let p_stop = p.shutdown_handle();
+        let p_run = tokio::spawn(p.run());
         let a = Server::start(r1).await?;
         let b = Server::start(r2).await?;
         println!(
@@ -116,7 +119,7 @@ fn demo(dir: PathBuf, port: u16) -> Result<()> {
             port + 2,
             port + 1
         );
-        let stops = [p.shutdown_handle(), a.shutdown_handle(), b.shutdown_handle()];
+        let stops = [a.shutdown_handle(), b.shutdown_handle(), p_stop];
         tokio::spawn(async move {
             let _ = tokio::signal::ctrl_c().await;
             tracing::info!("SIGINT: shutting down the demo");
@@ -124,7 +127,8 @@ fn demo(dir: PathBuf, port: u16) -> Result<()> {
                 let _ = s.send(true);
             }
         });
-        let (x, y, z) = tokio::join!(p.run(), a.run(), b.run());
+        let (y, z) = tokio::join!(a.run(), b.run());
+        let x = p_run.await.context("the primary's task")?;
         x.and(y).and(z)
     })
 }
