@@ -32,7 +32,8 @@ struct Cli {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
-    /// Run a node: a primary serving RESP clients on --bind:--port with its data in --dir.
+    /// Run a node — a primary, or a replica with --replicaof — serving RESP clients on
+    /// --bind:--port with its data in --dir.
     Serve(ServeArgs),
     /// Run a ready-to-use local cluster: a primary on 127.0.0.1:6380 and two replicas (r1,
     /// r2) on 6381 and 6382, data under ./replidb-demo unless --dir says otherwise; prints how
