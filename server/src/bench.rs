@@ -19,9 +19,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader as AsyncBufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use crate::client::Conn;
 use crate::config::Level;
 
 #[derive(Args, Clone, Debug)]
@@ -148,7 +149,7 @@ pub fn run(args: BenchArgs) -> Result<()> {
 /// What the modes ran against, from the primary's own INFO.
 async fn describe(target: &str, password: Option<&str>, args: &BenchArgs) -> Result<String> {
     let mut c = Conn::connect(target, password).await?;
-    let text = c.bulk(&["INFO", "replication"]).await?;
+    let text = c.call(&["INFO", "replication"]).await?;
     let field = |k: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("{k}:")))
@@ -156,7 +157,7 @@ async fn describe(target: &str, password: Option<&str>, args: &BenchArgs) -> Res
             .trim()
             .to_string()
     };
-    let server = c.bulk(&["INFO", "persistence"]).await.unwrap_or_default();
+    let server = c.call(&["INFO", "persistence"]).await.unwrap_or_default();
     let wal_io = server
         .lines()
         .find_map(|l| l.strip_prefix("wal_io:"))
@@ -184,7 +185,7 @@ async fn measure(target: &str, args: &BenchArgs, mode: Level, clients: usize) ->
     let mut tasks = Vec::with_capacity(clients);
     for id in 0..clients {
         let mut c = Conn::connect(target, args.password.as_deref()).await?;
-        c.simple(&["DURABILITY", mode.name()]).await?;
+        c.call(&["DURABILITY", mode.name()]).await?;
         let (recording, stop, done, errors) = (
             recording.clone(),
             stop.clone(),
@@ -295,97 +296,6 @@ pub fn to_json(rows: &[Row]) -> String {
     format!("[{}]", items.join(","))
 }
 
-/// A minimal RESP client: one request in flight.
-struct Conn {
-    rd: AsyncBufReader<tokio::net::tcp::OwnedReadHalf>,
-    wr: tokio::net::tcp::OwnedWriteHalf,
-    out: Vec<u8>,
-    line: Vec<u8>,
-}
-
-impl Conn {
-    async fn connect(addr: &str, password: Option<&str>) -> Result<Conn> {
-        let s = TcpStream::connect(addr)
-            .await
-            .with_context(|| format!("connecting to {addr}"))?;
-        s.set_nodelay(true)?;
-        let (rd, wr) = s.into_split();
-        let mut c = Conn {
-            rd: AsyncBufReader::new(rd),
-            wr,
-            out: Vec::new(),
-            line: Vec::new(),
-        };
-        if let Some(p) = password {
-            c.simple(&["AUTH", p]).await?;
-        }
-        Ok(c)
-    }
-
-    async fn send(&mut self, args: &[&[u8]]) -> Result<()> {
-        self.out.clear();
-        self.out
-            .extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-        for a in args {
-            self.out
-                .extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            self.out.extend_from_slice(a);
-            self.out.extend_from_slice(b"\r\n");
-        }
-        self.wr.write_all(&self.out).await?;
-        Ok(())
-    }
-
-    /// Reads one reply line (without CRLF) into `self.line`.
-    async fn read_line(&mut self) -> Result<()> {
-        use tokio::io::AsyncBufReadExt;
-        self.line.clear();
-        let n = self.rd.read_until(b'\n', &mut self.line).await?;
-        if n == 0 {
-            bail!("the server closed the connection");
-        }
-        while matches!(self.line.last(), Some(b'\r' | b'\n')) {
-            self.line.pop();
-        }
-        Ok(())
-    }
-
-    /// A command answered with `+OK`-like status; errors are errors.
-    async fn simple(&mut self, args: &[&str]) -> Result<()> {
-        let a: Vec<&[u8]> = args.iter().map(|s| s.as_bytes()).collect();
-        self.send(&a).await?;
-        self.read_line().await?;
-        if self.line.first() == Some(&b'-') {
-            bail!("{}: {}", args[0], String::from_utf8_lossy(&self.line[1..]));
-        }
-        Ok(())
-    }
-
-    /// A command answered with a bulk string.
-    async fn bulk(&mut self, args: &[&str]) -> Result<String> {
-        let a: Vec<&[u8]> = args.iter().map(|s| s.as_bytes()).collect();
-        self.send(&a).await?;
-        self.read_line().await?;
-        match self.line.first() {
-            Some(b'$') => {
-                let n: usize = std::str::from_utf8(&self.line[1..])?.parse()?;
-                let mut body = vec![0u8; n + 2];
-                self.rd.read_exact(&mut body).await?;
-                body.truncate(n);
-                Ok(String::from_utf8_lossy(&body).into_owned())
-            }
-            _ => bail!("{}: {}", args[0], String::from_utf8_lossy(&self.line)),
-        }
-    }
-
-    /// SET; `Ok(false)` for an error reply (-NOQUORUM, say).
-    async fn set(&mut self, key: &[u8], value: &[u8]) -> Result<bool> {
-        self.send(&[b"SET", key, value]).await?;
-        self.read_line().await?;
-        Ok(self.line.first() == Some(&b'+'))
-    }
-}
-
 /// The benchmark's own primary and replicas: child processes of this binary.
 struct Cluster {
     children: Vec<Child>,
@@ -447,7 +357,7 @@ impl Cluster {
         let mut c = Conn::connect(&format!("127.0.0.1:{port}"), None).await?;
         let t = Instant::now();
         loop {
-            let text = c.bulk(&["INFO", "replication"]).await?;
+            let text = c.call(&["INFO", "replication"]).await?;
             let streaming = text.matches("state=streaming").count();
             if streaming >= args.replicas {
                 break;

@@ -3,6 +3,7 @@
 //! targets use directly.
 
 pub mod bench;
+pub mod client;
 pub mod config;
 pub mod glob;
 pub mod info;

@@ -48,6 +48,54 @@ async fn write_frame<W: AsyncWriteExt + Unpin>(wr: &mut W, f: &Frame) -> Result<
     Ok(())
 }
 
+/// Sends pages `first .. first + n` of `db`'s page file as one `snapshot_pages` frame.
+async fn send_pages<W: AsyncWriteExt + Unpin>(
+    db: &Arc<storage::Db>,
+    wr: &mut W,
+    first: u64,
+    n: u64,
+) -> Result<()> {
+    let db = db.clone();
+    let bytes = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::with_capacity(n as usize * storage::page::PAGE_SIZE);
+        db.read_page_file(first, n, &mut out).map(|()| out)
+    })
+    .await??;
+    write_frame(
+        wr,
+        &Frame::SnapshotPages {
+            first_page: first,
+            bytes,
+        },
+    )
+    .await
+}
+
+/// Reads the `snapshot_begin` that opens a base backup: its redo LSN, page count and the
+/// primary's epoch history.
+async fn read_snapshot_begin<R: AsyncReadExt + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+) -> Result<(Lsn, u64, Vec<(u32, Lsn)>)> {
+    match read_frame(rd, buf).await? {
+        Frame::SnapshotBegin {
+            redo_lsn,
+            page_count,
+            epochs,
+        } => Ok((redo_lsn, page_count, epochs)),
+        Frame::Error { message, .. } => bail!("the primary refused: {message}"),
+        other => bail!("expected snapshot_begin, got {other:?}"),
+    }
+}
+
+/// A new directory for a reseed or rewind backup inside the data directory.
+fn new_side_dir(dir: &std::path::Path) -> std::path::PathBuf {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    dir.join(format!("{RESEED_PREFIX}{ms}"))
+}
+
 /// Pages per snapshot frame (1 MiB).
 const SNAPSHOT_CHUNK_PAGES: u64 = (frame::MAX_WAL_CHUNK / storage::page::PAGE_SIZE) as u64;
 
@@ -83,20 +131,7 @@ pub async fn serve_snapshot(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut)
     let mut first = 0;
     while first < pages {
         let n = SNAPSHOT_CHUNK_PAGES.min(pages - first);
-        let db2 = db.clone();
-        let bytes = tokio::task::spawn_blocking(move || {
-            let mut out = Vec::with_capacity(n as usize * storage::page::PAGE_SIZE);
-            db2.read_page_file(first, n, &mut out).map(|()| out)
-        })
-        .await??;
-        write_frame(
-            &mut wr,
-            &Frame::SnapshotPages {
-                first_page: first,
-                bytes,
-            },
-        )
-        .await?;
+        send_pages(&db, &mut wr, first, n).await?;
         first += n;
     }
     write_frame(&mut wr, &Frame::SnapshotEnd).await?;
@@ -147,15 +182,7 @@ async fn seed_once(
         epochs: Vec::new(),
     };
     write_frame(&mut wr, &hello).await?;
-    let (redo, pages, epochs) = match read_frame(&mut rd, &mut buf).await? {
-        Frame::SnapshotBegin {
-            redo_lsn,
-            page_count,
-            epochs,
-        } => (redo_lsn, page_count, epochs),
-        Frame::Error { message, .. } => bail!("the primary refused: {message}"),
-        other => bail!("expected snapshot_begin, got {other:?}"),
-    };
+    let (redo, pages, epochs) = read_snapshot_begin(&mut rd, &mut buf).await?;
     let dir_for_gate = dir;
     let dir = dir.to_path_buf();
     let mut seeder = tokio::task::spawn_blocking(move || {
@@ -279,7 +306,7 @@ pub async fn serve_replica(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut) 
     // all use this one handle, and the stream ends if the log changes after this point.
     let gen = sh.log_gen.load(Ordering::SeqCst);
     let db = sh.db();
-    if db.is_replica() && sh.replicaof().is_none() {
+    if db.is_replica() && !sh.is_replica_role() {
         bail!("{name}: this node is changing role");
     }
     let verdict = replication::epochs::check(
@@ -297,7 +324,7 @@ pub async fn serve_replica(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut) 
             primary_epoch,
         } => {
             // A node that has seen a newer epoch talks to us: someone else was promoted.
-            if sh.replicaof().is_none() {
+            if !sh.is_replica_role() {
                 sh.fence(format!(
                     "{name} ({peer}) is at epoch {node_epoch}, newer than this node's {primary_epoch}"
                 ));
@@ -812,7 +839,7 @@ async fn stream_from(sh: &Arc<Shared>, primary: &str, gen: u64) -> Result<()> {
                     .store(primary_flush_lsn.0, Ordering::Relaxed);
                 // Just seeded: consistent once the primary's position now is applied (the
                 // copy ended before this).
-                let _g = GATE_LOCK.lock();
+                let _g = sh.gate_lock.lock();
                 if sh.consistent_at.load(Ordering::SeqCst) == u64::MAX {
                     let target = primary_flush_lsn.0.max(1);
                     sh.consistent_at.store(target, Ordering::SeqCst);
@@ -1004,10 +1031,7 @@ const RESEED_PREFIX: &str = "reseed-";
 /// while the old one keeps serving reads. The backup goes to `DIR/reseed-<ms>/`, is opened
 /// there and swapped in; the next start moves it into `DIR` (`finish_reseed`).
 async fn reseed(sh: &Arc<Shared>, primary: &str, why: &WalGone) -> Result<()> {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    let side = sh.config.dir.join(format!("{RESEED_PREFIX}{ms}"));
+    let side = new_side_dir(&sh.config.dir);
     tracing::warn!(primary = %primary, reason = %why, dir = %side.display(), "this replica fell behind the WAL its primary retains: reseeding from a base backup");
     sh.reseeds.fetch_add(1, Ordering::Relaxed);
     seed_once(&sh.config, primary, &side).await?;
@@ -1034,7 +1058,7 @@ async fn swap_in(sh: &Arc<Shared>, side: &std::path::Path) -> Result<()> {
     sh.attach(&db);
     {
         // The gate first (synced): a crash after the marker must find it.
-        let _g = GATE_LOCK.lock();
+        let _g = sh.gate_lock.lock();
         sh.consistent_at.store(u64::MAX, Ordering::SeqCst);
         store_gate(&sh.config.dir, Some(u64::MAX));
     }
@@ -1088,19 +1112,8 @@ async fn rewind_pages(sh: &Arc<Shared>, primary: &str, fork: Lsn) -> Result<(u64
         .await?;
     }
     write_frame(&mut wr, &Frame::PageList { pages: Vec::new() }).await?;
-    let (redo, pages, epochs) = match read_frame(&mut rd, &mut buf).await? {
-        Frame::SnapshotBegin {
-            redo_lsn,
-            page_count,
-            epochs,
-        } => (redo_lsn, page_count, epochs),
-        Frame::Error { message, .. } => bail!("the primary refused the rewind: {message}"),
-        other => bail!("expected snapshot_begin, got {other:?}"),
-    };
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    let side = sh.config.dir.join(format!("{RESEED_PREFIX}{ms}"));
+    let (redo, pages, epochs) = read_snapshot_begin(&mut rd, &mut buf).await?;
+    let side = new_side_dir(&sh.config.dir);
     let dir = side.clone();
     let mut seeder = tokio::task::spawn_blocking(move || {
         storage::Seeder::create(&dir, redo, &storage::Options::default())
@@ -1242,20 +1255,7 @@ pub async fn serve_rewind(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut) -
         {
             n += 1;
         }
-        let db2 = db.clone();
-        let bytes = tokio::task::spawn_blocking(move || {
-            let mut out = Vec::with_capacity(n as usize * storage::page::PAGE_SIZE);
-            db2.read_page_file(first, n, &mut out).map(|()| out)
-        })
-        .await??;
-        write_frame(
-            &mut wr,
-            &Frame::SnapshotPages {
-                first_page: first,
-                bytes,
-            },
-        )
-        .await?;
+        send_pages(&db, &mut wr, first, n).await?;
         i += n as usize;
     }
     write_frame(&mut wr, &Frame::SnapshotEnd).await?;
@@ -1342,11 +1342,8 @@ pub fn load_gate(dir: &std::path::Path) -> u64 {
     }
 }
 
-/// Serialises changes of the gate file with the in-memory gate they mirror.
-pub static GATE_LOCK: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
-
 /// Writes (or, with `None`, removes) the gate file, synced with its directory. Callers hold
-/// `GATE_LOCK` while they change the in-memory gate and the file together. A failure is
+/// `Shared::gate_lock` while they change the in-memory gate and the file together. A failure is
 /// logged: a lost gate file means reads are not held back after a restart.
 pub fn store_gate(dir: &std::path::Path, gate: Option<u64>) {
     let path = dir.join(GATE_FILE);
@@ -1428,7 +1425,7 @@ async fn stop_replica(sh: &Arc<Shared>) -> u64 {
 pub async fn promote(sh: &Arc<Shared>) -> Result<String> {
     let _g = sh.role_change.lock().await;
     let t0 = Instant::now();
-    if sh.replicaof().is_none() && !sh.db().is_replica() {
+    if !sh.is_replica_role() && !sh.db().is_replica() {
         return Ok("already a primary".into());
     }
     if let Some((at, target)) = sh.loading() {
@@ -1495,7 +1492,7 @@ async fn follow_locked(sh: &Arc<Shared>, primary: String) -> Result<()> {
 /// writes again.
 pub async fn failover(sh: &Arc<Shared>, target: String, timeout: Duration) -> Result<String> {
     let _g = sh.role_change.lock().await;
-    if sh.replicaof().is_some() {
+    if sh.is_replica_role() {
         bail!("FAILOVER runs on the primary; this node is a replica");
     }
     let t0 = Instant::now();
@@ -1524,10 +1521,10 @@ pub async fn failover(sh: &Arc<Shared>, target: String, timeout: Duration) -> Re
         }
     };
     let caught_up = async {
-        let mut c = AdminConn::connect(&target, sh.config.primary_password.as_deref()).await?;
+        let mut c = admin_conn(&target, sh.config.primary_password.as_deref()).await?;
         let deadline = Instant::now() + timeout;
         loop {
-            let info = c.call(&["INFO", "replication"]).await?;
+            let info = admin_call(&mut c, &["INFO", "replication"]).await?;
             let applied: u64 = info_field(&info, "apply_lsn").unwrap_or(0);
             if applied >= end.0 {
                 break;
@@ -1546,13 +1543,12 @@ pub async fn failover(sh: &Arc<Shared>, target: String, timeout: Duration) -> Re
     };
     // From here the target may have been promoted even if its answer is lost: take writes
     // again only if it says it is still a replica.
-    let reply = match c.call(&["REPLICAOF", "NO", "ONE"]).await {
+    let reply = match admin_call(&mut c, &["REPLICAOF", "NO", "ONE"]).await {
         Ok(r) => r,
         Err(e) => {
             let role = async {
-                let mut c =
-                    AdminConn::connect(&target, sh.config.primary_password.as_deref()).await?;
-                let info = c.call(&["INFO", "replication"]).await?;
+                let mut c = admin_conn(&target, sh.config.primary_password.as_deref()).await?;
+                let info = admin_call(&mut c, &["INFO", "replication"]).await?;
                 anyhow::Ok(info.lines().any(|l| l.trim() == "role:primary"))
             }
             .await;
@@ -1579,61 +1575,19 @@ fn info_field(info: &str, key: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// A RESP connection for the node's own admin calls to another node.
-struct AdminConn {
-    rd: tokio::io::BufReader<tokio::net::tcp::OwnedReadHalf>,
-    wr: tokio::net::tcp::OwnedWriteHalf,
+/// How long the node waits for another node in its own admin calls.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A client connection to another node, for this node's own admin calls.
+async fn admin_conn(addr: &str, password: Option<&str>) -> Result<crate::client::Conn> {
+    tokio::time::timeout(ADMIN_TIMEOUT, crate::client::Conn::connect(addr, password))
+        .await
+        .map_err(|_| anyhow!("connecting to {addr} timed out"))?
 }
 
-impl AdminConn {
-    async fn connect(addr: &str, password: Option<&str>) -> Result<AdminConn> {
-        let s = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
-            .await
-            .map_err(|_| anyhow!("connecting to {addr} timed out"))?
-            .with_context(|| format!("connecting to {addr}"))?;
-        let _ = s.set_nodelay(true);
-        let (rd, wr) = s.into_split();
-        let mut c = AdminConn {
-            rd: tokio::io::BufReader::new(rd),
-            wr,
-        };
-        if let Some(p) = password {
-            c.call(&["AUTH", p]).await?;
-        }
-        Ok(c)
-    }
-
-    /// Sends a command and returns a status, bulk or integer reply as text; errors are errors.
-    async fn call(&mut self, args: &[&str]) -> Result<String> {
-        use tokio::io::AsyncBufReadExt;
-        let mut out = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
-        }
-        self.wr.write_all(&out).await?;
-        let mut line = String::new();
-        let fut = self.rd.read_line(&mut line);
-        if tokio::time::timeout(Duration::from_secs(10), fut)
-            .await
-            .is_err()
-        {
-            bail!("no reply to {} within 10 s", args[0]);
-        }
-        let line = line.trim_end().to_string();
-        match line.as_bytes().first() {
-            Some(b'+') | Some(b':') => Ok(line[1..].to_string()),
-            Some(b'-') => bail!("{}: {}", args[0], &line[1..]),
-            Some(b'$') => {
-                let n: usize = line[1..].parse().context("bulk length")?;
-                if n > 1 << 20 {
-                    bail!("reply too long");
-                }
-                let mut body = vec![0u8; n + 2];
-                self.rd.read_exact(&mut body).await?;
-                body.truncate(n);
-                Ok(String::from_utf8_lossy(&body).into_owned())
-            }
-            _ => bail!("unexpected reply to {}: {line:?}", args[0]),
-        }
-    }
+/// One admin call with a time limit.
+async fn admin_call(c: &mut crate::client::Conn, args: &[&str]) -> Result<String> {
+    tokio::time::timeout(ADMIN_TIMEOUT, c.call(args))
+        .await
+        .map_err(|_| anyhow!("no reply to {} within {ADMIN_TIMEOUT:?}", args[0]))?
 }

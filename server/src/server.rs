@@ -85,6 +85,7 @@ impl Server {
             rewinds: AtomicU64::new(0),
             log_gen: AtomicU64::new(0),
             consistent_at: AtomicU64::new(crate::repl::load_gate(&config.dir)),
+            gate_lock: parking_lot::Mutex::new(()),
             role: RwLock::new(role.clone()),
             role_gen: watch::channel(0).0,
             role_change: tokio::sync::Mutex::new(()),

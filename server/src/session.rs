@@ -101,6 +101,8 @@ pub struct Shared {
     /// (the primary's LSN when the copy was done; `u64::MAX` until known; 0 once reached):
     /// before it, the pages may be as the copy caught them, mid-change.
     pub consistent_at: AtomicU64,
+    /// Serialises changes of the gate file with `consistent_at`, which it mirrors.
+    pub gate_lock: Mutex<()>,
     /// Bumped whenever this node's log or database changes under its served links
     /// (promotion, demotion, a rewind, a swapped-in backup): those links end and their
     /// replicas reconnect and get a fresh verdict.
@@ -143,7 +145,7 @@ impl Shared {
         if at >= target {
             // Only this gate: a new one set meanwhile (another swap) stays, in memory and on
             // disk (both change under the gate lock).
-            let _g = crate::repl::GATE_LOCK.lock();
+            let _g = self.gate_lock.lock();
             if self
                 .consistent_at
                 .compare_exchange(target, 0, Ordering::SeqCst, Ordering::SeqCst)
@@ -157,6 +159,11 @@ impl Shared {
             return None;
         }
         Some((at, target))
+    }
+
+    /// Whether this node follows a primary (without copying its address).
+    pub fn is_replica_role(&self) -> bool {
+        self.role.read().is_some()
     }
 
     /// The primary this node follows, `None` while it is a primary.
@@ -211,7 +218,7 @@ impl Shared {
     /// longer than two keepalive intervals (link down, primary stopped), at least the time
     /// since it last heard (it cannot know what it missed).
     pub fn replica_lag_ms(&self) -> u64 {
-        if self.replicaof().is_none() {
+        if !self.is_replica_role() {
             return 0;
         }
         let db = self.db();
@@ -479,7 +486,7 @@ impl Session {
     /// too few fresh replicas (`--min-replicas-to-write`).
     fn write_refusal(&self) -> Option<String> {
         let sh = &self.shared;
-        if sh.replicaof().is_some() || sh.db().is_replica() {
+        if sh.is_replica_role() || sh.db().is_replica() {
             return Some("READONLY You can't write against a read only replica.".into());
         }
         if let Some(why) = &*sh.fenced.read() {
@@ -719,7 +726,7 @@ impl Session {
                 };
                 if n < 0 || ms < 0 {
                     self.err(out, "ERR numreplicas and timeout must not be negative");
-                } else if self.shared.replicaof().is_some() {
+                } else if self.shared.is_replica_role() {
                     self.err(out, "ERR WAIT cannot be used with replica instances");
                 } else {
                     out.parts.push(Part::Bytes(out.buf.split().freeze()));

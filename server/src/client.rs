@@ -1,0 +1,98 @@
+//! A minimal RESP client, one request in flight: what the node uses to talk to another node
+//! (`FAILOVER TO`) and what `replidb bench` drives a server with.
+
+use anyhow::{bail, Context, Result};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// Bulk replies larger than this are refused (INFO and the like are far smaller).
+const MAX_BULK: usize = 1 << 20;
+
+pub struct Conn {
+    rd: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    out: Vec<u8>,
+    line: Vec<u8>,
+}
+
+impl Conn {
+    /// Connects (and authenticates when a password is given).
+    pub async fn connect(addr: &str, password: Option<&str>) -> Result<Conn> {
+        let s = TcpStream::connect(addr)
+            .await
+            .with_context(|| format!("connecting to {addr}"))?;
+        s.set_nodelay(true)?;
+        let (rd, wr) = s.into_split();
+        let mut c = Conn {
+            rd: BufReader::new(rd),
+            wr,
+            out: Vec::new(),
+            line: Vec::new(),
+        };
+        if let Some(p) = password {
+            c.call(&["AUTH", p]).await?;
+        }
+        Ok(c)
+    }
+
+    async fn send(&mut self, args: &[&[u8]]) -> Result<()> {
+        self.out.clear();
+        self.out
+            .extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+        for a in args {
+            self.out
+                .extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+            self.out.extend_from_slice(a);
+            self.out.extend_from_slice(b"\r\n");
+        }
+        self.wr.write_all(&self.out).await?;
+        Ok(())
+    }
+
+    /// Reads one reply line (without CRLF) into `self.line`.
+    async fn read_line(&mut self) -> Result<()> {
+        self.line.clear();
+        let n = self.rd.read_until(b'\n', &mut self.line).await?;
+        if n == 0 {
+            bail!("the server closed the connection");
+        }
+        while matches!(self.line.last(), Some(b'\r' | b'\n')) {
+            self.line.pop();
+        }
+        Ok(())
+    }
+
+    /// Sends a command; returns a status, integer or bulk reply as text. Error replies are
+    /// errors.
+    pub async fn call(&mut self, args: &[&str]) -> Result<String> {
+        let a: Vec<&[u8]> = args.iter().map(|s| s.as_bytes()).collect();
+        self.send(&a).await?;
+        self.read_line().await?;
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        match self.line.first() {
+            Some(b'+') | Some(b':') => Ok(text(&self.line[1..])),
+            Some(b'-') => bail!("{}: {}", args[0], text(&self.line[1..])),
+            Some(b'$') => {
+                let n: usize = std::str::from_utf8(&self.line[1..])?
+                    .parse()
+                    .context("bulk length")?;
+                if n > MAX_BULK {
+                    bail!("{}: reply too long", args[0]);
+                }
+                let mut body = vec![0u8; n + 2];
+                self.rd.read_exact(&mut body).await?;
+                body.truncate(n);
+                Ok(text(&body))
+            }
+            _ => bail!("unexpected reply to {}: {:?}", args[0], text(&self.line)),
+        }
+    }
+
+    /// SET; `Ok(false)` for an error reply (-NOQUORUM, say). The benchmark's hot path: no
+    /// allocation beyond the reused buffers.
+    pub async fn set(&mut self, key: &[u8], value: &[u8]) -> Result<bool> {
+        self.send(&[b"SET", key, value]).await?;
+        self.read_line().await?;
+        Ok(self.line.first() == Some(&b'+'))
+    }
+}
