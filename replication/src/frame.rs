@@ -5,10 +5,11 @@
 //! ```text
 //! frame
 //! +0  len      u32  payload bytes (at most MAX_PAYLOAD)
-//! +4  crc      u32  crc32c of bytes 8..12+len (kind, reserved and payload)
+//! +4  crc      u32  crc32c of bytes 8..12+len (kind, flags, reserved and payload)
 //! +8  kind     u8   1 hello, 2 welcome, 3 wal, 4 feedback, 5 keepalive, 6 error,
 //!                   7 snapshot_begin, 8 snapshot_pages, 9 snapshot_end
-//! +9  reserved [u8; 3]  0
+//! +9  flags    u8   wal frames: the urgency (0 lazy, 1 write, 2 flush, below); else 0
+//! +10 reserved [u8; 2]  0
 //! +12 payload
 //!
 //! hello     (replica -> primary)  version u32 | epoch u32 | node_id u64 | flush_lsn u64 |
@@ -25,6 +26,11 @@
 //! snapshot_end   (primary -> new replica)  (empty)
 //! ```
 //! All integers little-endian.
+//!
+//! A wal frame's urgency says what the primary's waiting commits need of the replica: `flush`
+//! — a `remote_flush`/`remote_apply` commit waits, sync before acknowledging; `write` — a
+//! `remote_write` commit waits, write and acknowledge at once; `lazy` — nobody waits, sync
+//! within a few milliseconds. Replicas thus sync once per commit only when a commit waits for it.
 
 use storage::Lsn;
 
@@ -35,7 +41,7 @@ pub const MAX_WAL_CHUNK: usize = 1 << 20;
 pub const MAX_PAYLOAD: usize = 8 + MAX_WAL_CHUNK;
 pub const MAX_NAME: usize = 64;
 pub const MAX_MESSAGE: usize = 1024;
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Page ids in one `page_list` frame.
 pub const MAX_PAGE_LIST: usize = MAX_WAL_CHUNK / 8;
 /// Entries of an epoch history a frame may carry.
@@ -61,6 +67,7 @@ pub enum Frame {
     Wal {
         start_lsn: Lsn,
         bytes: Vec<u8>,
+        urgency: Urgency,
     },
     Feedback {
         write_lsn: Lsn,
@@ -98,6 +105,28 @@ pub enum Frame {
         fork_lsn: Lsn,
         message: String,
     },
+}
+
+/// What a wal frame asks of the replica (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Urgency {
+    /// No commit waits for this replica: write, sync within a few milliseconds.
+    Lazy = 0,
+    /// A `remote_write` commit waits: write and acknowledge at once.
+    Write = 1,
+    /// A `remote_flush` or `remote_apply` commit waits: write, sync, then acknowledge.
+    Flush = 2,
+}
+
+impl Urgency {
+    fn from_byte(b: u8) -> Option<Urgency> {
+        match b {
+            0 => Some(Urgency::Lazy),
+            1 => Some(Urgency::Write),
+            2 => Some(Urgency::Flush),
+            _ => None,
+        }
+    }
 }
 
 /// Why bytes are not a frame. After one, the connection is closed and re-established.
@@ -175,9 +204,13 @@ impl Frame {
                 out.extend_from_slice(&start_lsn.0.to_le_bytes());
                 out.extend_from_slice(&primary_flush_lsn.0.to_le_bytes());
             }
-            Frame::Wal { start_lsn, bytes } => {
+            Frame::Wal {
+                start_lsn,
+                bytes,
+                urgency,
+            } => {
                 out.truncate(start);
-                return encode_wal(*start_lsn, bytes, out);
+                return encode_wal(*start_lsn, bytes, *urgency, out);
             }
             Frame::Feedback {
                 write_lsn,
@@ -237,10 +270,11 @@ impl Frame {
 
 /// Appends a WAL frame carrying `bytes` from `start` on — `Frame::Wal` without copying the
 /// bytes into a frame value first (the primary's hot path). Panics past `MAX_WAL_CHUNK`.
-pub fn encode_wal(start: Lsn, bytes: &[u8], out: &mut Vec<u8>) {
+pub fn encode_wal(start: Lsn, bytes: &[u8], urgency: Urgency, out: &mut Vec<u8>) {
     assert!(bytes.len() <= MAX_WAL_CHUNK, "WAL chunk too long");
     let at = out.len();
     out.extend_from_slice(&[0u8; HEADER]);
+    out[at + 9] = urgency as u8;
     out.extend_from_slice(&start.0.to_le_bytes());
     out.extend_from_slice(bytes);
     seal(out, at, 3);
@@ -351,6 +385,8 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
             Frame::Wal {
                 start_lsn: Lsn(u64_at(p, 0)),
                 bytes: p[8..].to_vec(),
+                urgency: Urgency::from_byte(buf[9])
+                    .ok_or_else(|| bad("wal", &format!("unknown urgency {}", buf[9])))?,
             }
         }
         4 => {
@@ -458,12 +494,13 @@ mod tests {
                     primary_flush_lsn: Lsn(f)
                 }
             ),
-            (any::<u64>(), prop::collection::vec(any::<u8>(), 0..3000)).prop_map(|(s, bytes)| {
-                Frame::Wal {
+            (any::<u64>(), prop::collection::vec(any::<u8>(), 0..3000), 0u8..3).prop_map(
+                |(s, bytes, u)| Frame::Wal {
                     start_lsn: Lsn(s),
                     bytes,
+                    urgency: Urgency::from_byte(u).expect("0..3"),
                 }
-            }),
+            ),
             (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(w, f, a, t)| {
                 Frame::Feedback {
                     write_lsn: Lsn(w),

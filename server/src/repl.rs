@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::BytesMut;
 use replication::epochs::Verdict;
-use replication::frame::{self, Frame};
+use replication::frame::{self, Frame, Urgency};
 use replication::tracker::LinkId;
 use storage::Lsn;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -456,7 +456,7 @@ impl LiveLink {
     /// to `start` and its socket has room, the bytes go out now — no thread to wake, the
     /// replica receives them while this node syncs. Otherwise (busy, behind, or a full socket)
     /// the sender thread does it.
-    fn push(&self, start: Lsn, bytes: &[u8]) {
+    fn push(&self, start: Lsn, bytes: &[u8], urgency: Urgency) {
         if bytes.len() > frame::MAX_WAL_CHUNK || self.dead.load(Ordering::Relaxed) {
             return;
         }
@@ -468,7 +468,7 @@ impl LiveLink {
         }
         let st = &mut *st;
         st.frame.clear();
-        frame::encode_wal(start, bytes, &mut st.frame);
+        frame::encode_wal(start, bytes, urgency, &mut st.frame);
         let n = match send_nowait(&self.sock, &st.frame) {
             Ok(n) => n,
             // Full socket or a broken link: the sender thread will see.
@@ -512,16 +512,28 @@ pub struct Links(Arc<LinksInner>);
 #[derive(Default)]
 struct LinksInner {
     links: parking_lot::RwLock<Vec<Arc<LiveLink>>>,
-    /// Batches of writes at a remote level in flight (between queueing and their quorum).
-    sync_commits: std::sync::atomic::AtomicUsize,
+    /// Writes at `remote_write` in flight (from queueing until their quorum answered).
+    write_waits: std::sync::atomic::AtomicUsize,
+    /// Writes at `remote_flush` or `remote_apply` in flight.
+    flush_waits: std::sync::atomic::AtomicUsize,
 }
 
-/// Marks a batch with writes at a remote level as in flight while it lives.
-pub struct SyncCommit(Links);
+/// Marks a write at a remote level as in flight while it lives: WAL sent meanwhile asks the
+/// replicas for what it waits for (`Urgency`).
+pub struct SyncCommit {
+    links: Links,
+    flush: bool,
+}
 
 impl Drop for SyncCommit {
     fn drop(&mut self) {
-        self.0 .0.sync_commits.fetch_sub(1, Ordering::SeqCst);
+        let inner = &self.links.0;
+        let c = if self.flush {
+            &inner.flush_waits
+        } else {
+            &inner.write_waits
+        };
+        c.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -531,19 +543,42 @@ impl Links {
     /// replicas); otherwise the sender threads, woken by the signal, send it and this node's
     /// sync is not delayed by the sends.
     pub fn push(&self, start: Lsn, bytes: &[u8]) {
-        if self.0.sync_commits.load(Ordering::SeqCst) == 0 {
+        let urgency = self.urgency();
+        if urgency == Urgency::Lazy {
             return;
         }
         for l in self.0.links.read().iter() {
-            l.push(start, bytes);
+            l.push(start, bytes, urgency);
         }
     }
 
-    /// Call before a batch with writes at a remote level is applied; hold until its quorum
-    /// answered.
-    pub fn sync_commit(&self) -> SyncCommit {
-        self.0.sync_commits.fetch_add(1, Ordering::SeqCst);
-        SyncCommit(self.clone())
+    /// Call before a write at a remote level is queued; hold until its quorum answered.
+    /// Everything sent from then on carries its urgency: WAL is read for sending only after
+    /// it was appended, and the write is appended only after this.
+    pub fn sync_commit(&self, level: replication::quorum::Level) -> SyncCommit {
+        let flush = level != replication::quorum::Level::Write;
+        let inner = &self.0;
+        let c = if flush {
+            &inner.flush_waits
+        } else {
+            &inner.write_waits
+        };
+        c.fetch_add(1, Ordering::SeqCst);
+        SyncCommit {
+            links: self.clone(),
+            flush,
+        }
+    }
+
+    /// What the writes in flight need of the replicas now.
+    pub fn urgency(&self) -> Urgency {
+        if self.0.flush_waits.load(Ordering::SeqCst) > 0 {
+            Urgency::Flush
+        } else if self.0.write_waits.load(Ordering::SeqCst) > 0 {
+            Urgency::Write
+        } else {
+            Urgency::Lazy
+        }
     }
 
     fn add(&self, l: Arc<LiveLink>) {
@@ -603,7 +638,7 @@ fn send_loop(
             };
             if end > pos {
                 st.frame.clear();
-                frame::encode_wal(pos, &chunk, &mut st.frame);
+                frame::encode_wal(pos, &chunk, sh.links.urgency(), &mut st.frame);
                 sock.write_all(&st.frame)?;
                 st.sent = end;
                 link.sent.store(end.0, Ordering::Release);
@@ -820,8 +855,11 @@ async fn stream_from(sh: &Arc<Shared>, primary: &str, gen: u64) -> Result<()> {
         let (mut rd, mut wr, mut buf) =
             connect_as_replica(&sh.config, primary, b"*1\r\n$10\r\nREPLSTREAM\r\n").await?;
         let db = sh.db();
-        // A record cut by the last link's end starts again from the flush LSN.
+        // A record cut by the last link's end starts again from the flush LSN, where
+        // everything received so far ends once it is synced.
         db.reset_stream();
+        let db2 = db.clone();
+        tokio::task::spawn_blocking(move || db2.sync_wal()).await??;
         let hello = Frame::Hello {
             version: frame::VERSION,
             epoch: db.epoch(),
@@ -907,9 +945,13 @@ const STOP_CHECK: Duration = Duration::from_millis(100);
 /// A primary silent for this long (it sends keepalives every `KEEPALIVE`) is taken as gone.
 const SILENCE: Duration = Duration::from_secs(5);
 
-/// Replica side: receives WAL frames, appends and syncs them, acknowledges, applies them, and
-/// acknowledges again; answers keepalives. Consecutive WAL frames already received go into
-/// one `apply_wal` call (one sync).
+/// How long a replica leaves WAL that no commit waits for unsynced.
+const LAZY_SYNC: Duration = Duration::from_millis(10);
+
+/// Replica side: receives WAL frames, writes them (and syncs them first when a commit waits
+/// for this replica's flush), acknowledges, applies them, and acknowledges again; syncs WAL
+/// nobody waits for within `LAZY_SYNC`; answers keepalives. Consecutive WAL frames already
+/// received go into one `apply_wal` call (one write, at most one sync).
 fn receive_loop(
     sh: &Shared,
     mut sock: std::net::TcpStream,
@@ -931,9 +973,27 @@ fn receive_loop(
         .encode(&mut out);
         sock.write_all(&out)
     };
+    // When WAL was first left unsynced (since the last sync).
+    let mut unsynced_since: Option<Instant> = None;
+    let mut timeout = STOP_CHECK;
     loop {
         if stream_over(sh, gen) {
             return Ok(());
+        }
+        if let Some(t) = unsynced_since {
+            let left = LAZY_SYNC.saturating_sub(t.elapsed());
+            if left.is_zero() {
+                let f = db.sync_wal()?;
+                unsynced_since = None;
+                feedback(&mut sock, db.written_lsn(), f, db.apply_lsn())?;
+            } else if left != timeout {
+                timeout = left.max(Duration::from_micros(100));
+                sock.set_read_timeout(Some(timeout))?;
+            }
+        }
+        if unsynced_since.is_none() && timeout != STOP_CHECK {
+            timeout = STOP_CHECK;
+            sock.set_read_timeout(Some(timeout))?;
         }
         let f = match read_frame_blocking(&mut sock, &mut buf) {
             Ok(f) => f,
@@ -958,12 +1018,14 @@ fn receive_loop(
             Frame::Wal {
                 start_lsn,
                 mut bytes,
+                mut urgency,
             } => {
                 // Take along every further WAL frame that is already here.
                 while let Ok(Some((
                     Frame::Wal {
                         start_lsn: s2,
                         bytes: b2,
+                        urgency: u2,
                     },
                     len,
                 ))) = frame::decode(&buf)
@@ -972,16 +1034,27 @@ fn receive_loop(
                         break;
                     }
                     bytes.extend_from_slice(&b2);
+                    urgency = urgency.max(u2);
                     let _ = buf.split_to(len);
                 }
-                // Acknowledge the flush before replaying (remote_flush need not wait for
-                // replay), then the apply.
+                let sync = match urgency {
+                    Urgency::Flush => storage::ReplicaSync::Flush,
+                    Urgency::Write => storage::ReplicaSync::Write,
+                    Urgency::Lazy => storage::ReplicaSync::Lazy,
+                };
+                // Acknowledge the write or flush a commit waits for before replaying
+                // (remote_flush need not wait for replay), then the apply.
                 let mut sent = Ok(());
-                let p = db.apply_wal_with(start_lsn, &bytes, &mut |p| {
+                let p = db.apply_wal_with(start_lsn, &bytes, sync, &mut |p| {
                     sent = feedback(&mut sock, p.write_lsn, p.flush_lsn, p.apply_lsn);
                 })?;
                 sent?;
                 feedback(&mut sock, p.write_lsn, p.flush_lsn, p.apply_lsn)?;
+                if p.flush_lsn < db.written_lsn() {
+                    unsynced_since.get_or_insert_with(Instant::now);
+                } else {
+                    unsynced_since = None;
+                }
                 sh.applied.send_replace(p.apply_lsn.0);
                 let primary_flush = sh
                     .primary_flush
@@ -994,8 +1067,7 @@ fn receive_loop(
             } => {
                 sh.primary_flush
                     .store(primary_flush_lsn.0, Ordering::Relaxed);
-                let l = db.flush_lsn();
-                feedback(&mut sock, l, l, db.apply_lsn())?;
+                feedback(&mut sock, db.written_lsn(), db.flush_lsn(), db.apply_lsn())?;
             }
             Frame::Error { code, message } if code == WAL_GONE => {
                 return Err(WalGone::Removed(message).into())

@@ -254,11 +254,6 @@ async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut Out) -> Byte
         return out.buf.split();
     }
     let has_writes = out.parts.iter().any(|p| matches!(p, Part::Write(_)));
-    let _sync = out
-        .parts
-        .iter()
-        .any(|p| matches!(p, Part::Write(d) if d.level.remote().is_some()))
-        .then(|| sh.links.sync_commit());
     if has_writes {
         // Let the other ready connections run their pipelines first, so one apply and one
         // flush carry all their writes (what Redis gets by fsyncing once per event-loop

@@ -378,6 +378,9 @@ pub struct Deferred {
     /// EXEC: the replies form one array.
     pub as_array: bool,
     pub since: Instant,
+    /// Held from queueing until the reply: the WAL sent meanwhile asks the replicas for
+    /// what this write waits for.
+    pub _sync: Option<crate::repl::SyncCommit>,
 }
 
 impl Out {
@@ -840,6 +843,7 @@ impl Session {
             // Queued: applied together with the other connections' writes once every ready
             // connection has run its pipeline (`connection` in server.rs).
             let slot = Arc::new(Mutex::new(None));
+            let sync = level.remote().map(|r| self.shared.links.sync_commit(r));
             self.shared.queue.lock().push(Queued {
                 cmds,
                 slot: slot.clone(),
@@ -850,6 +854,7 @@ impl Session {
                 level,
                 as_array,
                 since,
+                _sync: sync,
             }));
             self.unapplied = Some(slot);
             return;

@@ -294,6 +294,18 @@ struct ReplicaState {
     applied: Lsn,
 }
 
+/// How far WAL received by a replica gets before it is replayed ([`Db::apply_wal_with`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplicaSync {
+    /// Written to the log files, acknowledged only after the replay; synced later. For WAL
+    /// no commit waits to see on this replica.
+    Lazy,
+    /// Written to the log files and acknowledged (a `remote_write` commit waits); synced later.
+    Write,
+    /// Written and synced, then acknowledged (a `remote_flush` or `remote_apply` commit waits).
+    Flush,
+}
+
 /// Where a replica stands after [`Db::apply_wal`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ReplicaProgress {
@@ -672,17 +684,21 @@ impl Db {
     /// records are refused (`CorruptWal`) and nothing of them is kept: continue from
     /// `flush_lsn`.
     pub fn apply_wal(&self, start: Lsn, bytes: &[u8]) -> Result<ReplicaProgress> {
-        self.apply_wal_with(start, bytes, &mut |_| {})
+        self.apply_wal_with(start, bytes, ReplicaSync::Flush, &mut |_| {})
     }
 
-    /// [`Db::apply_wal`], calling `flushed` once the received records are durable and before
-    /// they are replayed: a replica acknowledges its flush position without waiting for
-    /// replay (the progress passed names the old apply LSN).
+    /// [`Db::apply_wal`] with a choice of how far the records get before they are replayed
+    /// (`sync`), calling `reached` once they are there (unless `ReplicaSync::Lazy`) and before
+    /// they are replayed: a replica acknowledges its write or flush position without waiting
+    /// for replay (the progress passed names the old apply LSN). Records only written are
+    /// synced by the next `sync_wal`, a later `Flush` call or a checkpoint (which syncs the log
+    /// before it writes a page).
     pub fn apply_wal_with(
         &self,
         start: Lsn,
         bytes: &[u8],
-        flushed: &mut dyn FnMut(ReplicaProgress),
+        sync: ReplicaSync,
+        reached: &mut dyn FnMut(ReplicaProgress),
     ) -> Result<ReplicaProgress> {
         let inner = &self.inner;
         let rs_lock = inner.replica_state().ok_or(Error::NotReplica)?;
@@ -747,13 +763,18 @@ impl Db {
         }
         if at > 0 {
             let end = inner.wal.append(Lsn(base), &rs.carry[..at], false)?;
-            inner.wal.wait_flushed(end)?;
+            match sync {
+                ReplicaSync::Flush => inner.wal.wait_flushed(end)?,
+                ReplicaSync::Write | ReplicaSync::Lazy => inner.wal.wait_written(end)?,
+            }
             rs.carry.drain(..at);
-            flushed(ReplicaProgress {
-                write_lsn: Lsn(end.0 + rs.carry.len() as u64),
-                flush_lsn: inner.wal.flushed(),
-                apply_lsn: rs.applied,
-            });
+            if sync != ReplicaSync::Lazy {
+                reached(ReplicaProgress {
+                    write_lsn: Lsn(end.0 + rs.carry.len() as u64),
+                    flush_lsn: inner.wal.flushed(),
+                    apply_lsn: rs.applied,
+                });
+            }
         }
         for e in events {
             match e {
@@ -1004,6 +1025,14 @@ impl Db {
             "rewound the log to the fork point (nothing past it was replayed)"
         );
         Ok(Some(dropped))
+    }
+
+    /// Syncs every WAL byte this node has written (a replica's records applied with
+    /// `ReplicaSync::Write` or `Lazy`); returns the flush LSN.
+    pub fn sync_wal(&self) -> Result<Lsn> {
+        let end = self.inner.wal.end();
+        self.inner.wal.wait_flushed(end)?;
+        Ok(self.inner.wal.flushed())
     }
 
     /// Forgets the start of a record received but not complete (a link that broke mid-record):
@@ -1415,6 +1444,9 @@ impl Inner {
         if snapshot.is_empty() && redo == ck.control.redo_lsn {
             return Ok(());
         }
+        // The WAL rule: the log behind every page's LSN is durable before the page is written
+        // (a replica may have replayed records it has only written).
+        self.wal.wait_flushed(self.wal.end())?;
         let Checkpointer { file, backend, .. } = ck;
         if let Err(e) = file.write_pages(backend.as_mut(), &snapshot, page_count) {
             tracing::error!(error = %e, "replica checkpoint write-back failed; refusing further checkpoints");

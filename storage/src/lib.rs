@@ -66,7 +66,8 @@ pub mod wal;
 pub use check::IntegrityReport;
 pub use control::{CONTROL_FILE, EPOCHS_FILE};
 pub use db::{
-    Db, Durability, Durable, Entry, Options, Range, ReadTxn, ReplicaProgress, Stats, TxnRange,
+    Db, Durability, Durable, Entry, Options, Range, ReadTxn, ReplicaProgress, ReplicaSync, Stats,
+    TxnRange,
     WriteBatch, WriteTxn, PAGE_FILE, WAL_DIR,
 };
 pub use error::{Error, Result};

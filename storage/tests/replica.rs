@@ -340,3 +340,64 @@ fn demotion_turns_a_primary_into_a_replica_of_its_own_log() {
     c.undo_demote().unwrap();
     c.put(b"k2", b"v", Durability::Local).unwrap();
 }
+
+/// WAL a replica only writes (no commit waits for its flush) is replayed at once and synced
+/// later: by `sync_wal`, by a checkpoint before any page reaches the file (the WAL rule), and
+/// before promotion cuts the log.
+#[test]
+fn wal_applied_without_a_sync_is_synced_before_pages_and_before_promotion() {
+    use storage::ReplicaSync;
+    let (pd, rd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+    let primary = Db::open(pd.path(), opts(false)).unwrap();
+    primary.set_wal_retain_from(Some(Lsn(0)));
+    let replica = Db::open(rd.path(), opts(true)).unwrap();
+    let feed = |sync: ReplicaSync, rng: &mut rand::rngs::StdRng| {
+        write_load(&primary, rng, 40);
+        let from = replica.written_lsn();
+        let mut buf = Vec::new();
+        primary.read_wal(from, usize::MAX, &mut buf).unwrap();
+        let mut reached = Vec::new();
+        let p = replica
+            .apply_wal_with(from, &buf, sync, &mut |p| reached.push(p))
+            .unwrap();
+        (from, buf.len() as u64, p, reached)
+    };
+    // Lazy: written and replayed, not synced, nothing acknowledged before the replay.
+    let (from, len, p, reached) = feed(ReplicaSync::Lazy, &mut rng);
+    assert!(reached.is_empty());
+    assert_eq!(p.write_lsn.0, from.0 + len);
+    assert_eq!(p.apply_lsn, primary.flush_lsn());
+    assert_eq!(replica.written_lsn().0, from.0 + len);
+    assert!(replica.flush_lsn() < replica.written_lsn(), "not synced yet");
+    assert!(content(&replica) == content(&primary));
+    // Write: acknowledged once written, still not synced.
+    let (from, len, _, reached) = feed(ReplicaSync::Write, &mut rng);
+    assert_eq!(reached.len(), 1);
+    assert_eq!(reached[0].write_lsn.0, from.0 + len);
+    assert!(reached[0].flush_lsn < reached[0].write_lsn);
+    // Flush: acknowledged once synced, earlier unsynced rounds included.
+    let (from, len, _, reached) = feed(ReplicaSync::Flush, &mut rng);
+    assert_eq!(reached[0].flush_lsn.0, from.0 + len);
+    assert_eq!(replica.flush_lsn(), replica.written_lsn());
+    // sync_wal syncs what lazy rounds left.
+    feed(ReplicaSync::Lazy, &mut rng);
+    assert!(replica.flush_lsn() < replica.written_lsn());
+    assert_eq!(replica.sync_wal().unwrap(), replica.written_lsn());
+    // A checkpoint syncs the log before it writes pages.
+    feed(ReplicaSync::Lazy, &mut rng);
+    assert!(replica.flush_lsn() < replica.written_lsn());
+    replica.checkpoint().unwrap();
+    assert_eq!(replica.flush_lsn(), replica.written_lsn());
+    // Promotion right after a lazy round keeps everything replayed.
+    feed(ReplicaSync::Lazy, &mut rng);
+    let at = replica.written_lsn();
+    assert!(replica.flush_lsn() < at);
+    let before = content(&primary);
+    assert_eq!(replica.promote().unwrap(), (2, at));
+    assert!(content(&replica) == before);
+    replica.simulate_crash();
+    let again = Db::open(rd.path(), opts(false)).unwrap();
+    assert!(content(&again) == before);
+    again.check_integrity().unwrap();
+}

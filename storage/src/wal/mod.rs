@@ -204,7 +204,7 @@ impl Wal {
                 break;
             }
             if !st.flushing && st.disk_full.is_none() {
-                st = lead(&self.shared, st);
+                st = lead(&self.shared, st, true);
                 continue;
             }
             self.shared.done.wait(&mut st);
@@ -240,8 +240,45 @@ impl Wal {
                     return Err(Error::DiskFull(why.clone()));
                 }
             }
+            if !st.flushing && self.has_unsynced(&st) && st.disk_full.is_none() {
+                st = lead(&self.shared, st, true);
+                continue;
+            }
+            self.shared.done.wait(&mut st);
+        }
+    }
+
+    /// Bytes buffered, or written but not yet synced: a sync round has work.
+    fn has_unsynced(&self, st: &State) -> bool {
+        !st.buf.is_empty()
+            || self.shared.written.load(Ordering::Acquire)
+                > self.shared.flushed.load(Ordering::Acquire)
+    }
+
+    /// Waits until everything before `lsn` is written to the segment files — safe from a
+    /// crash of this process, not of the machine — leading write-only rounds (no sync) as
+    /// needed. What a replica does with WAL no commit waits to see synced on it; `wait_flushed`
+    /// (or the next sync round) syncs it later.
+    pub fn wait_written(&self, lsn: Lsn) -> Result<()> {
+        if self.shared.written.load(Ordering::Acquire) >= lsn.0 {
+            return Ok(());
+        }
+        let mut st = self.shared.st.lock();
+        let attempt = st.attempt;
+        loop {
+            if self.shared.written.load(Ordering::Acquire) >= lsn.0 {
+                return Ok(());
+            }
+            if let Some(why) = &st.fatal {
+                return Err(Error::PreviousIo(why.clone()));
+            }
+            if st.attempt != attempt {
+                if let Some(why) = &st.disk_full {
+                    return Err(Error::DiskFull(why.clone()));
+                }
+            }
             if !st.flushing && !st.buf.is_empty() && st.disk_full.is_none() {
-                st = lead(&self.shared, st);
+                st = lead(&self.shared, st, false);
                 continue;
             }
             self.shared.done.wait(&mut st);
@@ -275,8 +312,8 @@ impl Wal {
                     return Poll::Ready(Err(Error::DiskFull(why.clone())));
                 }
             }
-            if !st.flushing && !st.buf.is_empty() && st.disk_full.is_none() {
-                st = lead(&self.shared, st);
+            if !st.flushing && self.has_unsynced(&st) && st.disk_full.is_none() {
+                st = lead(&self.shared, st, true);
                 continue;
             }
             if !st.wakers.iter().any(|w| w.will_wake(cx.waker())) {
@@ -291,6 +328,9 @@ impl Wal {
     /// as records; the next append goes to `to`. For a promoted replica dropping an
     /// incomplete batch.
     pub fn truncate(&self, to: Lsn) -> Result<()> {
+        // Bytes written but not synced are synced first: the files are then exactly what
+        // the flush LSN says, and cutting them back is one consistent step.
+        self.wait_flushed(self.end())?;
         let mut st = self.shared.st.lock();
         while st.flushing {
             self.shared.done.wait(&mut st);
@@ -335,10 +375,15 @@ impl Drop for Wal {
     }
 }
 
-/// Runs one flush round: takes everything buffered, writes and syncs it, publishes the result
-/// and wakes the waiters. Called with the state locked and no round running; returns with the
-/// state locked again.
-fn lead<'a>(shared: &'a Shared, mut st: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
+/// Runs one flush round: takes everything buffered, writes it, and with `sync` syncs it
+/// together with anything earlier rounds wrote without a sync, publishes the result and wakes
+/// the waiters. Called with the state locked and no round running; returns with the state
+/// locked again.
+fn lead<'a>(
+    shared: &'a Shared,
+    mut st: MutexGuard<'a, State>,
+    sync: bool,
+) -> MutexGuard<'a, State> {
     debug_assert!(!st.flushing);
     st.flushing = true;
     let spare = std::mem::take(&mut st.spare);
@@ -347,6 +392,9 @@ fn lead<'a>(shared: &'a Shared, mut st: MutexGuard<'a, State>) -> MutexGuard<'a,
     st.buf_start = st.end;
     let appends = std::mem::take(&mut st.appends);
     drop(st);
+    // Only a round leads at a time, so nothing moves the flush LSN meanwhile.
+    let synced_to = shared.flushed.load(Ordering::Acquire);
+    let end = start + data.len() as u64;
     let r = {
         let mut io = shared.io.lock();
         let Io {
@@ -355,29 +403,40 @@ fn lead<'a>(shared: &'a Shared, mut st: MutexGuard<'a, State>) -> MutexGuard<'a,
             direct,
             adaptive,
         } = &mut *io;
+        // A write without a sync gains nothing from the ring's hand-off.
         let backend = match ring {
-            Some(r) if !*adaptive || appends > 1 => r.as_mut(),
+            Some(r) if sync && (!*adaptive || appends > 1) => r.as_mut(),
             _ => direct.as_mut(),
         };
-        let end = start + data.len() as u64;
-        let r = write_range(segs, backend, start, &data, &mut || {
-            shared.written.fetch_max(end, Ordering::AcqRel);
-            if let Some(f) = &*shared.listener.read() {
-                f(Lsn(start), &data);
-            }
-        });
+        let r = write_range(
+            segs,
+            backend,
+            start,
+            &data,
+            sync.then_some(synced_to),
+            &mut || {
+                if data.is_empty() {
+                    return;
+                }
+                shared.written.fetch_max(end, Ordering::AcqRel);
+                if let Some(f) = &*shared.listener.read() {
+                    f(Lsn(start), &data);
+                }
+            },
+        );
         if r.is_ok() {
-            segs.close_before(start + data.len() as u64);
+            // Segments holding bytes not yet synced stay open for the sync that follows.
+            segs.close_before(if sync { end } else { synced_to });
         }
         r
     };
     let mut st = shared.st.lock();
     match r {
         Ok(()) => {
-            shared
-                .flushed
-                .store(start + data.len() as u64, Ordering::Release);
-            shared.flushes.fetch_add(1, Ordering::Relaxed);
+            if sync {
+                shared.flushed.store(end, Ordering::Release);
+                shared.flushes.fetch_add(1, Ordering::Relaxed);
+            }
             if st.disk_full.take().is_some() {
                 tracing::info!("WAL writes succeed again");
             }
@@ -432,17 +491,19 @@ fn background_flusher(shared: &Shared) {
                 continue;
             }
         }
-        st = lead(shared, st);
+        st = lead(shared, st, true);
     }
 }
 
-/// Writes stream bytes [start, start + data.len()) into their segments and syncs them,
-/// calling `written` between the two.
+/// Writes stream bytes [start, start + data.len()) into their segments, calling `written`
+/// once they are in the kernel; with `sync_from`, then syncs every segment holding bytes from
+/// that LSN to the end (earlier write-only rounds' bytes as well as these).
 fn write_range(
     segs: &mut Segments,
     backend: &mut dyn Backend,
     start: u64,
     data: &[u8],
+    sync_from: Option<u64>,
     written: &mut dyn FnMut(),
 ) -> std::io::Result<()> {
     let mut pieces = Vec::with_capacity(2);
@@ -455,15 +516,26 @@ fn write_range(
         pieces.push((seg, pos, n));
         pos += n;
     }
-    // All pieces' files are open now (a flush spans at most a few segments and the cache
-    // keeps four); borrow them together.
-    let mut files = Vec::with_capacity(pieces.len());
-    for (seg, _, _) in &pieces {
-        let f = segs
-            .get(*seg)
-            .ok_or_else(|| std::io::Error::other("WAL segment closed during a flush"))?;
-        files.push(f);
+    let mut to_sync = Vec::with_capacity(2);
+    if let Some(from) = sync_from.filter(|&f| f < end) {
+        let mut seg = segs.start_of(from);
+        while seg < end {
+            segs.ensure(seg)?;
+            to_sync.push(seg);
+            seg += segs.segment_bytes;
+        }
     }
+    // All pieces' files are open now (a round spans at most a few segments, and segments
+    // with unsynced bytes stay open); borrow them together.
+    let open = |seg: &u64| {
+        segs.get(*seg)
+            .ok_or_else(|| std::io::Error::other("WAL segment closed during a flush"))
+    };
+    let files = pieces
+        .iter()
+        .map(|(seg, _, _)| open(seg))
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let sync_files = to_sync.iter().map(open).collect::<std::io::Result<Vec<_>>>()?;
     let ops: Vec<WriteOp<'_>> = pieces
         .iter()
         .zip(&files)
@@ -473,5 +545,5 @@ fn write_range(
             bytes: &data[(pos - start) as usize..(pos - start + n) as usize],
         })
         .collect();
-    backend.write_then_sync(&ops, &files, written)
+    backend.write_then_sync(&ops, &sync_files, written)
 }
