@@ -8,7 +8,7 @@
 //! +4  crc      u32  crc32c of bytes 8..12+len (kind, flags, reserved and payload)
 //! +8  kind     u8   1 hello, 2 welcome, 3 wal, 4 feedback, 5 keepalive, 6 error,
 //!                   7 snapshot_begin, 8 snapshot_pages, 9 snapshot_end
-//! +9  flags    u8   wal frames: the urgency (0 lazy, 1 write, 2 flush, below); else 0
+//! +9  flags    u8   wal frames: bit 0 = sync (below); 0 in every other kind
 //! +10 reserved [u8; 2]  0
 //! +12 payload
 //!
@@ -27,10 +27,10 @@
 //! ```
 //! All integers little-endian.
 //!
-//! A wal frame's urgency says what the primary's waiting commits need of the replica: `flush`
-//! — a `remote_flush`/`remote_apply` commit waits, sync before acknowledging; `write` — a
-//! `remote_write` commit waits, write and acknowledge at once; `lazy` — nobody waits, sync
-//! within a few milliseconds. Replicas thus sync once per commit only when a commit waits for it.
+//! A wal frame with the sync flag carries (or follows) a commit that waits for replicas to
+//! sync it (`remote_flush`, `remote_apply`): the replica syncs before it acknowledges.
+//! Without it the replica writes, replays and acknowledges at once, and syncs within a few
+//! milliseconds — so replicas sync once per commit only when a commit waits for it.
 
 use storage::Lsn;
 
@@ -67,7 +67,8 @@ pub enum Frame {
     Wal {
         start_lsn: Lsn,
         bytes: Vec<u8>,
-        urgency: Urgency,
+        /// Sync before acknowledging.
+        sync: bool,
     },
     Feedback {
         write_lsn: Lsn,
@@ -107,27 +108,8 @@ pub enum Frame {
     },
 }
 
-/// What a wal frame asks of the replica (see the module docs).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Urgency {
-    /// No commit waits for this replica: write, sync within a few milliseconds.
-    Lazy = 0,
-    /// A `remote_write` commit waits: write and acknowledge at once.
-    Write = 1,
-    /// A `remote_flush` or `remote_apply` commit waits: write, sync, then acknowledge.
-    Flush = 2,
-}
-
-impl Urgency {
-    fn from_byte(b: u8) -> Option<Urgency> {
-        match b {
-            0 => Some(Urgency::Lazy),
-            1 => Some(Urgency::Write),
-            2 => Some(Urgency::Flush),
-            _ => None,
-        }
-    }
-}
+/// Bit of a wal frame's flags byte: sync before acknowledging.
+const WAL_SYNC: u8 = 1;
 
 /// Why bytes are not a frame. After one, the connection is closed and re-established.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -207,10 +189,10 @@ impl Frame {
             Frame::Wal {
                 start_lsn,
                 bytes,
-                urgency,
+                sync,
             } => {
                 out.truncate(start);
-                return encode_wal(*start_lsn, bytes, *urgency, out);
+                return encode_wal(*start_lsn, bytes, *sync, out);
             }
             Frame::Feedback {
                 write_lsn,
@@ -270,11 +252,13 @@ impl Frame {
 
 /// Appends a WAL frame carrying `bytes` from `start` on — `Frame::Wal` without copying the
 /// bytes into a frame value first (the primary's hot path). Panics past `MAX_WAL_CHUNK`.
-pub fn encode_wal(start: Lsn, bytes: &[u8], urgency: Urgency, out: &mut Vec<u8>) {
+pub fn encode_wal(start: Lsn, bytes: &[u8], sync: bool, out: &mut Vec<u8>) {
     assert!(bytes.len() <= MAX_WAL_CHUNK, "WAL chunk too long");
     let at = out.len();
     out.extend_from_slice(&[0u8; HEADER]);
-    out[at + 9] = urgency as u8;
+    if sync {
+        out[at + 9] = WAL_SYNC;
+    }
     out.extend_from_slice(&start.0.to_le_bytes());
     out.extend_from_slice(bytes);
     seal(out, at, 3);
@@ -385,8 +369,11 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
             Frame::Wal {
                 start_lsn: Lsn(u64_at(p, 0)),
                 bytes: p[8..].to_vec(),
-                urgency: Urgency::from_byte(buf[9])
-                    .ok_or_else(|| bad("wal", &format!("unknown urgency {}", buf[9])))?,
+                sync: match buf[9] {
+                    0 => false,
+                    WAL_SYNC => true,
+                    f => return Err(bad("wal", &format!("unknown flags {f:#x}"))),
+                },
             }
         }
         4 => {
@@ -494,13 +481,16 @@ mod tests {
                     primary_flush_lsn: Lsn(f)
                 }
             ),
-            (any::<u64>(), prop::collection::vec(any::<u8>(), 0..3000), 0u8..3).prop_map(
-                |(s, bytes, u)| Frame::Wal {
+            (
+                any::<u64>(),
+                prop::collection::vec(any::<u8>(), 0..3000),
+                any::<bool>()
+            )
+                .prop_map(|(s, bytes, sync)| Frame::Wal {
                     start_lsn: Lsn(s),
                     bytes,
-                    urgency: Urgency::from_byte(u).expect("0..3"),
-                }
-            ),
+                    sync,
+                }),
             (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(w, f, a, t)| {
                 Frame::Feedback {
                     write_lsn: Lsn(w),

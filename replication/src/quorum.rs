@@ -165,11 +165,14 @@ impl SyncState {
     }
 }
 
-fn pos_of(r: &ReplicaPos, level: Level) -> Lsn {
+/// How far a replica has got at `level`. Replay counts only as far as the replica has also
+/// synced (a replica replays WAL it has only written when no commit waits for its sync), so
+/// `remote_apply` implies `remote_flush`, as in PostgreSQL.
+pub fn pos_of(r: &ReplicaPos, level: Level) -> Lsn {
     match level {
         Level::Write => r.write_lsn,
         Level::Flush => r.flush_lsn,
-        Level::Apply => r.apply_lsn,
+        Level::Apply => r.apply_lsn.min(r.flush_lsn),
     }
 }
 
@@ -278,6 +281,15 @@ mod tests {
             let e = SyncStandbys::parse(bad).unwrap_err();
             assert!(e.to_string().contains("expected e.g."), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn replay_counts_only_as_far_as_the_replica_has_synced() {
+        let any1 = SyncStandbys::parse("ANY 1 (r1)").unwrap().unwrap();
+        // Replayed up to 90 but synced only to 60 (WAL no commit waited for).
+        let reps = vec![r("r1", true, 90, 60, 90)];
+        assert_eq!(quorum_lsn(&any1, &reps, Level::Apply), Some(Lsn(60)));
+        assert_eq!(quorum_lsn(&any1, &reps, Level::Write), Some(Lsn(90)));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::task::{Context, Poll, Waker};
 
 use storage::Lsn;
 
-use crate::quorum::{quorum_lsn, sync_states, Level, ReplicaPos, SyncStandbys, SyncState};
+use crate::quorum::{pos_of, quorum_lsn, sync_states, Level, ReplicaPos, SyncStandbys, SyncState};
 use crate::sync::{Arc, Mutex, MutexGuard};
 
 /// What a waiter waits for.
@@ -127,11 +127,7 @@ fn count_at(positions: &[ReplicaPos], level: Level, lsn: Lsn) -> usize {
     positions
         .iter()
         .filter(|r| r.connected)
-        .filter(|r| match level {
-            Level::Write => r.write_lsn >= lsn,
-            Level::Flush => r.flush_lsn >= lsn,
-            Level::Apply => r.apply_lsn >= lsn,
-        })
+        .filter(|r| pos_of(r, level) >= lsn)
         .count()
 }
 

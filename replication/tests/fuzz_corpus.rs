@@ -1,6 +1,6 @@
 //! Replays the `repl_frame_decode` fuzz corpus on stable, plus real frames of every kind.
 
-use replication::frame::{decode, Frame, Urgency};
+use replication::frame::{decode, Frame};
 use storage::Lsn;
 
 fn seed_frames() -> Vec<Frame> {
@@ -22,7 +22,7 @@ fn seed_frames() -> Vec<Frame> {
         Frame::Wal {
             start_lsn: Lsn(100),
             bytes: vec![1, 2, 3],
-            urgency: Urgency::Flush,
+            sync: true,
         },
         Frame::Feedback {
             write_lsn: Lsn(3),

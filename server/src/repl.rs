@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::BytesMut;
 use replication::epochs::Verdict;
-use replication::frame::{self, Frame, Urgency};
+use replication::frame::{self, Frame};
 use replication::tracker::LinkId;
 use storage::Lsn;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -456,7 +456,7 @@ impl LiveLink {
     /// to `start` and its socket has room, the bytes go out now — no thread to wake, the
     /// replica receives them while this node syncs. Otherwise (busy, behind, or a full socket)
     /// the sender thread does it.
-    fn push(&self, start: Lsn, bytes: &[u8], urgency: Urgency) {
+    fn push(&self, start: Lsn, bytes: &[u8], sync: bool) {
         if bytes.len() > frame::MAX_WAL_CHUNK || self.dead.load(Ordering::Relaxed) {
             return;
         }
@@ -468,7 +468,7 @@ impl LiveLink {
         }
         let st = &mut *st;
         st.frame.clear();
-        frame::encode_wal(start, bytes, urgency, &mut st.frame);
+        frame::encode_wal(start, bytes, sync, &mut st.frame);
         let n = match send_nowait(&self.sock, &st.frame) {
             Ok(n) => n,
             // Full socket or a broken link: the sender thread will see.
@@ -512,14 +512,14 @@ pub struct Links(Arc<LinksInner>);
 #[derive(Default)]
 struct LinksInner {
     links: parking_lot::RwLock<Vec<Arc<LiveLink>>>,
-    /// Writes at `remote_write` in flight (from queueing until their quorum answered).
-    write_waits: std::sync::atomic::AtomicUsize,
-    /// Writes at `remote_flush` or `remote_apply` in flight.
+    /// Writes at a remote level in flight (from queueing until their quorum answered).
+    remote_waits: std::sync::atomic::AtomicUsize,
+    /// Those of them at `remote_flush` or `remote_apply`.
     flush_waits: std::sync::atomic::AtomicUsize,
 }
 
-/// Marks a write at a remote level as in flight while it lives: WAL sent meanwhile asks the
-/// replicas for what it waits for (`Urgency`).
+/// Marks a write at a remote level as in flight while it lives: the WAL flusher sends new
+/// WAL itself, and WAL sent meanwhile asks the replicas to sync if the write waits for that.
 pub struct SyncCommit {
     links: Links,
     flush: bool,
@@ -528,12 +528,10 @@ pub struct SyncCommit {
 impl Drop for SyncCommit {
     fn drop(&mut self) {
         let inner = &self.links.0;
-        let c = if self.flush {
-            &inner.flush_waits
-        } else {
-            &inner.write_waits
-        };
-        c.fetch_sub(1, Ordering::SeqCst);
+        inner.remote_waits.fetch_sub(1, Ordering::SeqCst);
+        if self.flush {
+            inner.flush_waits.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -543,42 +541,34 @@ impl Links {
     /// replicas); otherwise the sender threads, woken by the signal, send it and this node's
     /// sync is not delayed by the sends.
     pub fn push(&self, start: Lsn, bytes: &[u8]) {
-        let urgency = self.urgency();
-        if urgency == Urgency::Lazy {
+        if self.0.remote_waits.load(Ordering::SeqCst) == 0 {
             return;
         }
+        let sync = self.sync_wanted();
         for l in self.0.links.read().iter() {
-            l.push(start, bytes, urgency);
+            l.push(start, bytes, sync);
         }
     }
 
     /// Call before a write at a remote level is queued; hold until its quorum answered.
-    /// Everything sent from then on carries its urgency: WAL is read for sending only after
-    /// it was appended, and the write is appended only after this.
+    /// For a write at `remote_flush` or `remote_apply`, every frame sent from then on carries
+    /// the sync flag: WAL is read for sending only after it was appended, and the write is
+    /// appended only after this.
     pub fn sync_commit(&self, level: replication::quorum::Level) -> SyncCommit {
         let flush = level != replication::quorum::Level::Write;
-        let inner = &self.0;
-        let c = if flush {
-            &inner.flush_waits
-        } else {
-            &inner.write_waits
-        };
-        c.fetch_add(1, Ordering::SeqCst);
+        self.0.remote_waits.fetch_add(1, Ordering::SeqCst);
+        if flush {
+            self.0.flush_waits.fetch_add(1, Ordering::SeqCst);
+        }
         SyncCommit {
             links: self.clone(),
             flush,
         }
     }
 
-    /// What the writes in flight need of the replicas now.
-    pub fn urgency(&self) -> Urgency {
-        if self.0.flush_waits.load(Ordering::SeqCst) > 0 {
-            Urgency::Flush
-        } else if self.0.write_waits.load(Ordering::SeqCst) > 0 {
-            Urgency::Write
-        } else {
-            Urgency::Lazy
-        }
+    /// Whether a write in flight waits for replicas to sync (the wal frames' sync flag).
+    pub fn sync_wanted(&self) -> bool {
+        self.0.flush_waits.load(Ordering::SeqCst) > 0
     }
 
     fn add(&self, l: Arc<LiveLink>) {
@@ -638,7 +628,7 @@ fn send_loop(
             };
             if end > pos {
                 st.frame.clear();
-                frame::encode_wal(pos, &chunk, sh.links.urgency(), &mut st.frame);
+                frame::encode_wal(pos, &chunk, sh.links.sync_wanted(), &mut st.frame);
                 sock.write_all(&st.frame)?;
                 st.sent = end;
                 link.sent.store(end.0, Ordering::Release);
@@ -948,10 +938,10 @@ const SILENCE: Duration = Duration::from_secs(5);
 /// How long a replica leaves WAL that no commit waits for unsynced.
 const LAZY_SYNC: Duration = Duration::from_millis(10);
 
-/// Replica side: receives WAL frames, writes them (and syncs them first when a commit waits
-/// for this replica's flush), acknowledges, applies them, and acknowledges again; syncs WAL
-/// nobody waits for within `LAZY_SYNC`; answers keepalives. Consecutive WAL frames already
-/// received go into one `apply_wal` call (one write, at most one sync).
+/// Replica side: receives WAL frames, writes and replays them, syncs them if a frame asks
+/// (a commit waits for this replica's flush), and acknowledges once; syncs WAL nobody waits
+/// for within `LAZY_SYNC`; answers keepalives. Consecutive WAL frames already received go
+/// into one `apply_wal` call (one write, at most one sync, one acknowledgement).
 fn receive_loop(
     sh: &Shared,
     mut sock: std::net::TcpStream,
@@ -1018,14 +1008,14 @@ fn receive_loop(
             Frame::Wal {
                 start_lsn,
                 mut bytes,
-                mut urgency,
+                mut sync,
             } => {
                 // Take along every further WAL frame that is already here.
                 while let Ok(Some((
                     Frame::Wal {
                         start_lsn: s2,
                         bytes: b2,
-                        urgency: u2,
+                        sync: s2sync,
                     },
                     len,
                 ))) = frame::decode(&buf)
@@ -1034,21 +1024,19 @@ fn receive_loop(
                         break;
                     }
                     bytes.extend_from_slice(&b2);
-                    urgency = urgency.max(u2);
+                    sync |= s2sync;
                     let _ = buf.split_to(len);
                 }
-                let sync = match urgency {
-                    Urgency::Flush => storage::ReplicaSync::Flush,
-                    Urgency::Write => storage::ReplicaSync::Write,
-                    Urgency::Lazy => storage::ReplicaSync::Lazy,
-                };
-                // Acknowledge the write or flush a commit waits for before replaying
-                // (remote_flush need not wait for replay), then the apply.
-                let mut sent = Ok(());
-                let p = db.apply_wal_with(start_lsn, &bytes, sync, &mut |p| {
-                    sent = feedback(&mut sock, p.write_lsn, p.flush_lsn, p.apply_lsn);
-                })?;
-                sent?;
+                // Write and replay at once, then sync if a commit waits for this replica's
+                // flush, then one acknowledgement of all three positions. (Acknowledging the
+                // flush before the replay would answer `remote_flush` a replay earlier, but
+                // each acknowledgement wakes the primary and the second one competes with its
+                // next commit: measured slower on two vCPUs, see docs/benchmarks.md.)
+                let mut p =
+                    db.apply_wal_with(start_lsn, &bytes, storage::ReplicaSync::Lazy, &mut |_| {})?;
+                if sync {
+                    p.flush_lsn = db.sync_wal()?;
+                }
                 feedback(&mut sock, p.write_lsn, p.flush_lsn, p.apply_lsn)?;
                 if p.flush_lsn < db.written_lsn() {
                     unsynced_since.get_or_insert_with(Instant::now);
@@ -1142,6 +1130,7 @@ async fn swap_in(sh: &Arc<Shared>, side: &std::path::Path) -> Result<()> {
         return Err(e.into());
     }
     let old = std::mem::replace(&mut *sh.db_slot.write(), Arc::new(db));
+    sh.db_gen.fetch_add(1, Ordering::Release);
     sh.log_gen.fetch_add(1, Ordering::SeqCst);
     // The old database closes when its last user lets go (a request in flight, say).
     tokio::task::spawn_blocking(move || drop(old));

@@ -73,6 +73,7 @@ impl Server {
             .with_context(|| format!("binding {}:{}", config.bind, config.port))?;
         let shared = Arc::new(Shared {
             db_slot: RwLock::new(Arc::new(db)),
+            db_gen: AtomicU64::new(0),
             settings: RwLock::new(Settings {
                 requirepass: config.requirepass.clone(),
                 sync_commit: config.sync_commit,
@@ -197,6 +198,7 @@ async fn connection(sh: Arc<Shared>, mut sock: TcpStream) -> Result<()> {
     loop {
         // Run every complete request already buffered (pipelining), then reply once.
         let mut after = After::Continue;
+        session.begin_batch();
         while inbuf.len() >= need && after == After::Continue {
             match resp::parse(&inbuf) {
                 Ok(Parsed::Request { args, len }) => {
@@ -215,6 +217,7 @@ async fn connection(sh: Arc<Shared>, mut sock: TcpStream) -> Result<()> {
                 }
             }
         }
+        session.count_commands();
         let reply = finish_batch(&sh, &mut session, &mut out).await;
         if !reply.is_empty() {
             sock.write_all(&reply).await?;

@@ -58,6 +58,9 @@ impl Default for Stats {
 pub struct Shared {
     /// The open database; replaced when a replica is reseeded or promoted (`Shared::db`).
     pub db_slot: RwLock<Arc<Db>>,
+    /// Bumped after `db_slot` is replaced: sessions keep their own `Arc` of the database
+    /// and refresh it when this changes (no shared reference count touched per command).
+    pub db_gen: AtomicU64,
     pub config: Config,
     pub settings: RwLock<Settings>,
     pub stats: Stats,
@@ -433,6 +436,11 @@ pub struct Session {
     multi_error: bool,
     /// This connection has queued writes that are not applied yet.
     unapplied: Option<Arc<Mutex<Option<WriteResult>>>>,
+    /// The database as of `db_gen` (refreshed by `begin_batch`).
+    db: Arc<Db>,
+    db_gen: u64,
+    /// Commands run and not yet added to the shared count.
+    commands: u64,
 }
 
 /// Commands allowed inside MULTI (they run against the transaction at EXEC).
@@ -445,7 +453,12 @@ impl Session {
     pub fn new(shared: Arc<Shared>) -> Session {
         let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed) + 1;
         let authed = shared.settings.read().requirepass.is_none();
+        let db_gen = shared.db_gen.load(Ordering::Acquire);
+        let db = shared.db();
         Session {
+            db,
+            db_gen,
+            commands: 0,
             shared,
             enc: Encoder::default(),
             id,
@@ -457,6 +470,27 @@ impl Session {
             multi: None,
             multi_error: false,
             unapplied: None,
+        }
+    }
+
+    /// Before running a batch of requests: picks up a database swapped in since the last
+    /// batch (an idle connection keeps the old one alive until its next request).
+    pub fn begin_batch(&mut self) {
+        let gen = self.shared.db_gen.load(Ordering::Acquire);
+        if gen != self.db_gen {
+            self.db = self.shared.db();
+            self.db_gen = gen;
+        }
+    }
+
+    /// Adds this connection's commands to the shared count (once per batch, not per
+    /// command: the counter's cache line is shared by every connection).
+    pub fn count_commands(&mut self) {
+        if self.commands > 0 {
+            self.shared
+                .stats
+                .commands
+                .fetch_add(std::mem::take(&mut self.commands), Ordering::Relaxed);
         }
     }
 
@@ -524,8 +558,11 @@ impl Session {
         if args.is_empty() {
             return After::Continue;
         }
-        self.shared.stats.commands.fetch_add(1, Ordering::Relaxed);
+        self.commands += 1;
         let name = command_name(&args[0]).unwrap_or("");
+        if name == "INFO" {
+            self.count_commands();
+        }
         let argc = args.len();
         let queues_write = self.multi.is_none()
             && matches!(
@@ -884,7 +921,7 @@ impl Session {
     }
 
     fn read_command(&mut self, name: &str, args: &[Bytes], out: &mut Out) {
-        let db = self.db();
+        let db = &self.db;
         match name {
             "GET" => {
                 let snap = db.read();

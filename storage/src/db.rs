@@ -297,12 +297,10 @@ struct ReplicaState {
 /// How far WAL received by a replica gets before it is replayed ([`Db::apply_wal_with`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReplicaSync {
-    /// Written to the log files, acknowledged only after the replay; synced later. For WAL
-    /// no commit waits to see on this replica.
+    /// Written to the log files (safe from a crash of this process) and replayed; synced
+    /// later.
     Lazy,
-    /// Written to the log files and acknowledged (a `remote_write` commit waits); synced later.
-    Write,
-    /// Written and synced, then acknowledged (a `remote_flush` or `remote_apply` commit waits).
+    /// Written and synced before the replay.
     Flush,
 }
 
@@ -688,11 +686,10 @@ impl Db {
     }
 
     /// [`Db::apply_wal`] with a choice of how far the records get before they are replayed
-    /// (`sync`), calling `reached` once they are there (unless `ReplicaSync::Lazy`) and before
-    /// they are replayed: a replica acknowledges its write or flush position without waiting
-    /// for replay (the progress passed names the old apply LSN). Records only written are
-    /// synced by the next `sync_wal`, a later `Flush` call or a checkpoint (which syncs the log
-    /// before it writes a page).
+    /// (`sync`), calling `reached` once they are synced (`ReplicaSync::Flush`) and before they
+    /// are replayed (the progress passed names the old apply LSN). Records only written
+    /// (`Lazy`) are synced by the next `sync_wal`, a later `Flush` call or a checkpoint (which
+    /// syncs the log before it writes a page).
     pub fn apply_wal_with(
         &self,
         start: Lsn,
@@ -765,7 +762,7 @@ impl Db {
             let end = inner.wal.append(Lsn(base), &rs.carry[..at], false)?;
             match sync {
                 ReplicaSync::Flush => inner.wal.wait_flushed(end)?,
-                ReplicaSync::Write | ReplicaSync::Lazy => inner.wal.wait_written(end)?,
+                ReplicaSync::Lazy => inner.wal.wait_written(end)?,
             }
             rs.carry.drain(..at);
             if sync != ReplicaSync::Lazy {

@@ -67,8 +67,7 @@ pub use check::IntegrityReport;
 pub use control::{CONTROL_FILE, EPOCHS_FILE};
 pub use db::{
     Db, Durability, Durable, Entry, Options, Range, ReadTxn, ReplicaProgress, ReplicaSync, Stats,
-    TxnRange,
-    WriteBatch, WriteTxn, PAGE_FILE, WAL_DIR,
+    TxnRange, WriteBatch, WriteTxn, PAGE_FILE, WAL_DIR,
 };
 pub use error::{Error, Result};
 pub use node::{MAX_KEY, MAX_VALUE};

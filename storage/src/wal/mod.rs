@@ -535,7 +535,10 @@ fn write_range(
         .iter()
         .map(|(seg, _, _)| open(seg))
         .collect::<std::io::Result<Vec<_>>>()?;
-    let sync_files = to_sync.iter().map(open).collect::<std::io::Result<Vec<_>>>()?;
+    let sync_files = to_sync
+        .iter()
+        .map(open)
+        .collect::<std::io::Result<Vec<_>>>()?;
     let ops: Vec<WriteOp<'_>> = pieces
         .iter()
         .zip(&files)
