@@ -326,3 +326,60 @@ fn remote_flush_writes_survive_killing_every_node_at_once() {
         set(&mut b, "after", "promotion").expect("the promoted node takes writes");
     }
 }
+
+/// Replicas sync once per commit only while a commit waits for their sync: under `local`
+/// writes they sync every few milliseconds; under `remote_flush` every acknowledged commit
+/// was synced by a replica (two commits cannot share one: the second is sent only after the
+/// first was acknowledged).
+#[test]
+fn replicas_sync_per_commit_only_when_a_commit_waits_for_it() {
+    let c = cluster(&["--sync-standbys", "ANY 1 (r1, r2)"]);
+    let mut p = c.primary.client();
+    let (mut c1, mut c2) = (c.r1.client(), c.r2.client());
+    // A field of any INFO section.
+    let num = |c: &mut redis::Connection, k: &str| -> u64 {
+        let text: String = cmd("INFO").query(c).unwrap();
+        let v = text.lines().find_map(|l| l.strip_prefix(&format!("{k}:")));
+        v.unwrap_or_else(|| panic!("no {k} in INFO"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let mut syncs = |c1: &mut redis::Connection, c2: &mut redis::Connection| {
+        num(c1, "wal_flushes") + num(c2, "wal_flushes")
+    };
+    let caught_up =
+        |p: &mut redis::Connection, c1: &mut redis::Connection, c2: &mut redis::Connection| {
+            let end = num(p, "flush_lsn");
+            wait_for(20, "both replicas applied everything", || {
+                num(c1, "apply_lsn") >= end && num(c2, "apply_lsn") >= end
+            });
+        };
+    caught_up(&mut p, &mut c1, &mut c2);
+    let before = syncs(&mut c1, &mut c2);
+    let _: () = cmd("DURABILITY").arg("local").query(&mut p).unwrap();
+    for i in 0..300 {
+        set(&mut p, &format!("l{i}"), "x").unwrap();
+    }
+    caught_up(&mut p, &mut c1, &mut c2);
+    let lazy = syncs(&mut c1, &mut c2) - before;
+    assert!(
+        lazy < 150,
+        "300 local commits cost the replicas {lazy} syncs"
+    );
+    let before = syncs(&mut c1, &mut c2);
+    let _: () = cmd("DURABILITY").arg("remote_flush").query(&mut p).unwrap();
+    for i in 0..300 {
+        set(&mut p, &format!("f{i}"), "x").unwrap();
+    }
+    let eager = syncs(&mut c1, &mut c2) - before;
+    assert!(
+        eager >= 300,
+        "300 remote_flush commits, {eager} replica syncs"
+    );
+    // Everything the lazy replicas had is synced within moments (their flush LSN catches up).
+    let end = num(&mut p, "flush_lsn");
+    wait_for(20, "both replicas synced everything", || {
+        num(&mut c1, "flush_lsn") >= end && num(&mut c2, "flush_lsn") >= end
+    });
+}
