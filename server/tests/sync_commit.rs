@@ -345,7 +345,7 @@ fn replicas_sync_per_commit_only_when_a_commit_waits_for_it() {
             .parse()
             .unwrap()
     };
-    let mut syncs = |c1: &mut redis::Connection, c2: &mut redis::Connection| {
+    let syncs = |c1: &mut redis::Connection, c2: &mut redis::Connection| {
         num(c1, "wal_flushes") + num(c2, "wal_flushes")
     };
     let caught_up =
