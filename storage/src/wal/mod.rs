@@ -54,6 +54,10 @@ struct State {
     wakers: Vec<std::task::Waker>,
     /// Appends (commits) in `buf`.
     appends: u32,
+    /// Async waiters the last round woke: more than one means commits arrive together, and
+    /// an async waiter hands the next round to the background flusher instead of leading it
+    /// on its own (runtime) thread.
+    last_wakers: usize,
 }
 
 /// What a flush round needs exclusively; only the round's leader touches it.
@@ -140,6 +144,7 @@ impl Wal {
                 shutdown: false,
                 wakers: Vec::new(),
                 appends: 0,
+                last_wakers: 0,
             }),
             io: Mutex::new(Io {
                 segs,
@@ -313,8 +318,15 @@ impl Wal {
                 }
             }
             if !st.flushing && self.has_unsynced(&st) && st.disk_full.is_none() {
-                st = lead(&self.shared, st, true);
-                continue;
+                if st.last_wakers < 2 || st.buf.is_empty() {
+                    st = lead(&self.shared, st, true);
+                    continue;
+                }
+                // Commits arrive together: the background flusher runs this round, and this
+                // thread goes on running the other tasks (their commits join the next round)
+                // instead of blocking in the sync. A lone committer still leads its own round:
+                // a hand-off costs it a thread wake-up.
+                self.shared.work.notify_one();
             }
             if !st.wakers.iter().any(|w| w.will_wake(cx.waker())) {
                 st.wakers.push(cx.waker().clone());
@@ -466,6 +478,7 @@ fn lead<'a>(
     }
     st.flushing = false;
     shared.done.notify_all();
+    st.last_wakers = st.wakers.len();
     for w in st.wakers.drain(..) {
         w.wake();
     }
