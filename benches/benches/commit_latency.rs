@@ -5,7 +5,9 @@
 //! - replidb group commit: commits/s with 1, 16 and 64 concurrent committers;
 //! - redb (`Durability::Immediate`) and SQLite (WAL mode, synchronous=FULL), one committer.
 //!
-//! cargo bench -p replidb-benches --bench commit_latency [-- --commits N]
+//! cargo bench -p replidb-benches --bench commit_latency [-- --commits N] [--group-commits M]
+//! (N commits per single-committer row, default 3000; M commits in all per group-commit row,
+//! default 20000)
 
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -202,6 +204,15 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(3000);
+    // Group-commit rows run this many commits in all (split among the committers): a row of
+    // 64 committers must last long enough to reach its steady state (a few thousand commits
+    // are over in tens of milliseconds).
+    let group: usize = args
+        .iter()
+        .position(|a| a == "--group-commits")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
     if args.iter().any(|a| a == "--list") {
         return;
     }
@@ -221,7 +232,7 @@ fn main() {
     println!("-- group commit (replidb local)");
     let mut base = 0.0;
     for threads in [1usize, 16, 64] {
-        let per = (n * 2 / threads).max(50);
+        let per = (group / threads).max(50);
         let (h, e, flushes) = replidb_group(threads, per);
         let rate = h.len() as f64 / e.as_secs_f64();
         if threads == 1 {
@@ -237,7 +248,7 @@ fn main() {
     }
     println!("-- group commit, committers as async tasks (replidb local, tokio, 2 threads)");
     for tasks in [1usize, 16, 64] {
-        let per = (n * 2 / tasks).max(50);
+        let per = (group / tasks).max(50);
         let (h, e, flushes) = replidb_async(tasks, per);
         let rate = h.len() as f64 / e.as_secs_f64();
         row(&format!("replidb local, {tasks} async committers"), &h, e);
