@@ -209,7 +209,7 @@ impl Wal {
                 break;
             }
             if !st.flushing && st.disk_full.is_none() {
-                st = lead(&self.shared, st, true);
+                st = lead(&self.shared, st, true, false);
                 continue;
             }
             self.shared.done.wait(&mut st);
@@ -246,7 +246,7 @@ impl Wal {
                 }
             }
             if !st.flushing && self.has_unsynced(&st) && st.disk_full.is_none() {
-                st = lead(&self.shared, st, true);
+                st = lead(&self.shared, st, true, false);
                 continue;
             }
             self.shared.done.wait(&mut st);
@@ -283,7 +283,7 @@ impl Wal {
                 }
             }
             if !st.flushing && !st.buf.is_empty() && st.disk_full.is_none() {
-                st = lead(&self.shared, st, false);
+                st = lead(&self.shared, st, false, false);
                 continue;
             }
             self.shared.done.wait(&mut st);
@@ -319,7 +319,7 @@ impl Wal {
             }
             if !st.flushing && self.has_unsynced(&st) && st.disk_full.is_none() {
                 if st.last_wakers < 2 || st.buf.is_empty() {
-                    st = lead(&self.shared, st, true);
+                    st = lead(&self.shared, st, true, false);
                     continue;
                 }
                 // Commits arrive together: the background flusher runs this round, and this
@@ -395,6 +395,7 @@ fn lead<'a>(
     shared: &'a Shared,
     mut st: MutexGuard<'a, State>,
     sync: bool,
+    flusher_thread: bool,
 ) -> MutexGuard<'a, State> {
     debug_assert!(!st.flushing);
     st.flushing = true;
@@ -415,9 +416,11 @@ fn lead<'a>(
             direct,
             adaptive,
         } = &mut *io;
-        // A write without a sync gains nothing from the ring's hand-off.
+        // A write without a sync gains nothing from the ring's hand-off, nor does the
+        // background flusher's thread, which exists to block in the sync (the ring would hand
+        // it to a kernel worker: one more thread switch per round).
         let backend = match ring {
-            Some(r) if sync && (!*adaptive || appends > 1) => r.as_mut(),
+            Some(r) if sync && (!*adaptive || (appends > 1 && !flusher_thread)) => r.as_mut(),
             _ => direct.as_mut(),
         };
         let r = write_range(
@@ -504,7 +507,7 @@ fn background_flusher(shared: &Shared) {
                 continue;
             }
         }
-        st = lead(shared, st, true);
+        st = lead(shared, st, true, true);
     }
 }
 
