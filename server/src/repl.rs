@@ -935,25 +935,34 @@ const STOP_CHECK: Duration = Duration::from_millis(100);
 /// A primary silent for this long (it sends keepalives every `KEEPALIVE`) is taken as gone.
 const SILENCE: Duration = Duration::from_secs(5);
 
+/// A batch at least this large that a commit waits for is synced in the background while it
+/// is replayed.
+const OVERLAP_SYNC_BYTES: usize = 2 * 1024;
+
 /// How long a replica leaves WAL that no commit waits for unsynced.
 const LAZY_SYNC: Duration = Duration::from_millis(10);
 
-/// Replica side: receives WAL frames, writes and replays them, syncs them if a frame asks
-/// (a commit waits for this replica's flush), and acknowledges once; syncs WAL nobody waits
-/// for within `LAZY_SYNC`; answers keepalives. Consecutive WAL frames already received go
-/// into one `apply_wal` call (one write, at most one sync, one acknowledgement).
-fn receive_loop(
-    sh: &Shared,
-    mut sock: std::net::TcpStream,
-    mut buf: BytesMut,
-    gen: u64,
-) -> Result<()> {
-    use std::io::Write;
-    let db = &sh.db();
-    let mut out = Vec::with_capacity(64);
-    let mut heard = Instant::now();
-    let mut feedback = |sock: &mut std::net::TcpStream, w: Lsn, f: Lsn, a: Lsn| {
-        out.clear();
+/// A replica link's acknowledgements: written by the receive thread and by the thread that
+/// acknowledges background syncs, one whole frame at a time.
+struct Acks {
+    sock: parking_lot::Mutex<std::net::TcpStream>,
+    st: parking_lot::Mutex<AckState>,
+    cv: parking_lot::Condvar,
+}
+
+#[derive(Default)]
+struct AckState {
+    /// Acknowledge once the log is synced up to here.
+    want: u64,
+    stop: bool,
+    /// Why the acknowledging thread stopped early (the link is then given up).
+    failed: Option<String>,
+}
+
+impl Acks {
+    fn send(&self, w: Lsn, f: Lsn, a: Lsn) -> std::io::Result<()> {
+        use std::io::Write;
+        let mut out = Vec::with_capacity(48);
         Frame::Feedback {
             write_lsn: w,
             flush_lsn: f,
@@ -961,8 +970,84 @@ fn receive_loop(
             time_us: now_us(),
         }
         .encode(&mut out);
-        sock.write_all(&out)
+        self.sock.lock().write_all(&out)
+    }
+
+    /// The acknowledging thread: waits for each requested sync, then reports all three
+    /// positions.
+    fn run(&self, db: &storage::Db) {
+        let mut done = 0;
+        loop {
+            let target = {
+                let mut st = self.st.lock();
+                while st.want <= done && !st.stop {
+                    self.cv.wait(&mut st);
+                }
+                if st.stop {
+                    return;
+                }
+                st.want
+            };
+            let r = db
+                .wait_durable(Lsn(target))
+                .map_err(|e| format!("syncing received WAL: {e}"))
+                .and_then(|()| {
+                    self.send(db.written_lsn(), db.flush_lsn(), db.apply_lsn())
+                        .map_err(|e| format!("acknowledging: {e}"))
+                });
+            if let Err(why) = r {
+                self.st.lock().failed = Some(why);
+                return;
+            }
+            done = target;
+        }
+    }
+}
+
+/// Stops the acknowledging thread when the receive loop ends, however it ends.
+struct StopAcks<'a>(&'a Acks);
+
+impl Drop for StopAcks<'_> {
+    fn drop(&mut self) {
+        self.0.st.lock().stop = true;
+        self.0.cv.notify_all();
+    }
+}
+
+/// Replica side: receives WAL frames, writes and replays them, syncs them if a frame asks
+/// (a commit waits for this replica's flush), and acknowledges once; syncs WAL nobody waits
+/// for within `LAZY_SYNC`; answers keepalives. Consecutive WAL frames already received go
+/// into one `apply_wal` call (one write, at most one sync, one acknowledgement). A large
+/// batch to sync is written and synced by the WAL's background flusher while this thread
+/// replays it, and acknowledged by a thread of its own once synced, while this one goes on
+/// receiving and replaying the next: under load the replica's syncs run back to back.
+fn receive_loop(sh: &Shared, sock: std::net::TcpStream, buf: BytesMut, gen: u64) -> Result<()> {
+    let db = sh.db();
+    let acks = Acks {
+        sock: parking_lot::Mutex::new(sock.try_clone()?),
+        st: Default::default(),
+        cv: Default::default(),
     };
+    std::thread::scope(|s| {
+        let (acks, db2) = (&acks, &db);
+        std::thread::Builder::new()
+            .name("replidb-acks".into())
+            .spawn_scoped(s, move || acks.run(db2))?;
+        let _stop = StopAcks(acks);
+        receive_frames(sh, sock, buf, gen, &db, acks)
+    })
+}
+
+fn receive_frames(
+    sh: &Shared,
+    mut sock: std::net::TcpStream,
+    mut buf: BytesMut,
+    gen: u64,
+    db: &storage::Db,
+    acks: &Acks,
+) -> Result<()> {
+    let feedback = |w: Lsn, f: Lsn, a: Lsn| acks.send(w, f, a);
+    let mut heard = Instant::now();
     // When WAL was first left unsynced (since the last sync).
     let mut unsynced_since: Option<Instant> = None;
     let mut timeout = STOP_CHECK;
@@ -970,12 +1055,15 @@ fn receive_loop(
         if stream_over(sh, gen) {
             return Ok(());
         }
+        if let Some(why) = acks.st.lock().failed.take() {
+            bail!("{why}");
+        }
         if let Some(t) = unsynced_since {
             let left = LAZY_SYNC.saturating_sub(t.elapsed());
             if left.is_zero() {
                 let f = db.sync_wal()?;
                 unsynced_since = None;
-                feedback(&mut sock, db.written_lsn(), f, db.apply_lsn())?;
+                feedback(db.written_lsn(), f, db.apply_lsn())?;
             } else if left != timeout {
                 timeout = left.max(Duration::from_micros(100));
                 sock.set_read_timeout(Some(timeout))?;
@@ -1027,21 +1115,37 @@ fn receive_loop(
                     sync |= s2sync;
                     let _ = buf.split_to(len);
                 }
-                // Write and replay at once, then sync if a commit waits for this replica's
-                // flush, then one acknowledgement of all three positions. (Acknowledging the
-                // flush before the replay would answer `remote_flush` a replay earlier, but
-                // each acknowledgement wakes the primary and the second one competes with its
-                // next commit: measured slower on two vCPUs, see docs/benchmarks.md.)
-                let mut p =
-                    db.apply_wal_with(start_lsn, &bytes, storage::ReplicaSync::Lazy, &mut |_| {})?;
-                if sync {
-                    p.flush_lsn = db.sync_wal()?;
-                }
-                feedback(&mut sock, p.write_lsn, p.flush_lsn, p.apply_lsn)?;
-                if p.flush_lsn < db.written_lsn() {
-                    unsynced_since.get_or_insert_with(Instant::now);
+                // Write and replay, then sync if a commit waits for this replica's flush, then
+                // one acknowledgement of all three positions. (Acknowledging the flush before
+                // the replay would answer `remote_flush` a replay earlier, but each
+                // acknowledgement wakes the primary and the second one competes with its next
+                // commit: measured slower on two vCPUs, see docs/benchmarks.md.) A small batch
+                // is synced here: a hand-off to other threads would cost it wake-ups.
+                let background = sync && bytes.len() >= OVERLAP_SYNC_BYTES;
+                let how = if background {
+                    storage::ReplicaSync::Background
                 } else {
+                    storage::ReplicaSync::Lazy
+                };
+                let mut p = db.apply_wal_with(start_lsn, &bytes, how, &mut |_| {})?;
+                if background {
+                    let mut st = acks.st.lock();
+                    // Every commit of the batch is at or before its apply LSN (records past
+                    // it belong to a batch still incomplete, synced with it all the same).
+                    st.want = st.want.max(p.apply_lsn.0);
+                    drop(st);
+                    acks.cv.notify_one();
                     unsynced_since = None;
+                } else {
+                    if sync {
+                        p.flush_lsn = db.sync_wal()?;
+                    }
+                    feedback(p.write_lsn, p.flush_lsn, p.apply_lsn)?;
+                    if p.flush_lsn < db.written_lsn() {
+                        unsynced_since.get_or_insert_with(Instant::now);
+                    } else {
+                        unsynced_since = None;
+                    }
                 }
                 sh.applied.send_replace(p.apply_lsn.0);
                 let primary_flush = sh
@@ -1055,7 +1159,7 @@ fn receive_loop(
             } => {
                 sh.primary_flush
                     .store(primary_flush_lsn.0, Ordering::Relaxed);
-                feedback(&mut sock, db.written_lsn(), db.flush_lsn(), db.apply_lsn())?;
+                feedback(db.written_lsn(), db.flush_lsn(), db.apply_lsn())?;
             }
             Frame::Error { code, message } if code == WAL_GONE => {
                 return Err(WalGone::Removed(message).into())

@@ -302,6 +302,10 @@ pub enum ReplicaSync {
     Lazy,
     /// Written and synced before the replay.
     Flush,
+    /// Handed to the background flusher, which writes and syncs it while this call replays
+    /// it; [`Db::sync_wal`] then waits for that sync. For large batches a commit waits for:
+    /// the replay and the sync overlap.
+    Background,
 }
 
 /// Where a replica stands after [`Db::apply_wal`].
@@ -759,13 +763,15 @@ impl Db {
             }
         }
         if at > 0 {
-            let end = inner.wal.append(Lsn(base), &rs.carry[..at], false)?;
+            let background = sync == ReplicaSync::Background;
+            let end = inner.wal.append(Lsn(base), &rs.carry[..at], background)?;
             match sync {
                 ReplicaSync::Flush => inner.wal.wait_flushed(end)?,
                 ReplicaSync::Lazy => inner.wal.wait_written(end)?,
+                ReplicaSync::Background => {}
             }
             rs.carry.drain(..at);
-            if sync != ReplicaSync::Lazy {
+            if sync == ReplicaSync::Flush {
                 reached(ReplicaProgress {
                     write_lsn: Lsn(end.0 + rs.carry.len() as u64),
                     flush_lsn: inner.wal.flushed(),

@@ -372,7 +372,7 @@ pub fn delta_runs(old: &[u8], new: &[u8], out: &mut Vec<u8>) -> Option<()> {
 /// into vector instructions), and the differing byte is found from a word's XOR.
 fn first_difference(old: &[u8], new: &[u8], mut i: usize) -> usize {
     let word = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
-    while i % 8 != 0 && i < PAGE_SIZE {
+    while !i.is_multiple_of(8) && i < PAGE_SIZE {
         if old[i] != new[i] {
             return i;
         }
