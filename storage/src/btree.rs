@@ -60,10 +60,31 @@ pub fn cmp_key<S: PageSource>(src: &S, k: KeyRef<'_>, probe: &[u8]) -> Result<Or
     }
 }
 
+/// How `probe` compares with every key of the page, as far as the prefix they all share
+/// decides: `Equal` if the probe has that prefix too (its heads then order it).
+#[inline]
+fn against_prefix(p: &[u8], kind: PageKind, probe: &[u8], skip: usize) -> Ordering {
+    if skip == 0 {
+        return Ordering::Equal;
+    }
+    let prefix = node::shared_prefix(p, kind);
+    if probe.len() < prefix.len() {
+        // Shorter than the prefix: before every key if it is a prefix of it.
+        return probe.cmp(&prefix[..probe.len()]).then(Ordering::Less);
+    }
+    probe[..prefix.len()].cmp(prefix)
+}
+
 /// Leaf search: `Ok(Ok(i))` if slot `i` holds `probe`, `Ok(Err(i))` for the insertion slot.
 pub fn search_leaf<S: PageSource>(src: &S, p: &[u8], probe: &[u8]) -> Result<Result<usize, usize>> {
     let (mut lo, mut hi) = (0, node::count(p));
-    let ph = node::key_head(probe);
+    let skip = node::head_skip(p);
+    match against_prefix(p, PageKind::Leaf, probe, skip) {
+        Ordering::Less => return Ok(Err(0)),
+        Ordering::Greater => return Ok(Err(hi)),
+        Ordering::Equal => {}
+    }
+    let ph = node::key_head(probe, skip);
     while lo < hi {
         let mid = (lo + hi) / 2;
         let h = node::head(p, mid);
@@ -85,7 +106,13 @@ pub fn search_leaf<S: PageSource>(src: &S, p: &[u8], probe: &[u8]) -> Result<Res
 /// separators <= probe).
 pub fn search_branch<S: PageSource>(src: &S, p: &[u8], probe: &[u8]) -> Result<usize> {
     let (mut lo, mut hi) = (0, node::count(p));
-    let ph = node::key_head(probe);
+    let skip = node::head_skip(p);
+    match against_prefix(p, PageKind::Branch, probe, skip) {
+        Ordering::Less => return Ok(0),
+        Ordering::Greater => return Ok(hi),
+        Ordering::Equal => {}
+    }
+    let ph = node::key_head(probe, skip);
     while lo < hi {
         let mid = (lo + hi) / 2;
         let h = node::head(p, mid);

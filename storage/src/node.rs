@@ -17,8 +17,13 @@
 //! branch cell   child u64 | key field      (keys >= this key live under child)
 //! ```
 //!
-//! The key head is the key's first four bytes, zero-padded. Comparing heads as big-endian
+//! The key head is four bytes of the key, zero-padded: those after the first `head_skip`
+//! bytes (page header), a prefix every key on the page shares. Comparing heads as big-endian
 //! numbers orders keys correctly whenever the heads differ; equal heads fall back to the key.
+//! A page rebuilt by a split or merge skips the common prefix of its first and last keys (at
+//! most `MAX_HEAD_SKIP`), so keys with a long shared prefix (`user:000123…`) still differ in
+//! their heads; a key inserted without that prefix shrinks it and the heads are rewritten.
+//! Searches compare the probe's first `head_skip` bytes with the prefix once per page.
 //!
 //! A branch with cells (k1,c1)..(kn,cn) and leftmost child c0 routes a key to the child
 //! after the last separator <= key. Every cell costs its bytes plus a 2-byte slot and no
@@ -179,6 +184,25 @@ fn set_slot(p: &mut [u8], i: usize, off: usize) {
     put_u16(p, HEADER_SIZE + SLOT * i, off as u16);
 }
 
+/// Longest prefix key heads skip: the head's bytes stay within a long key's local part.
+pub const MAX_HEAD_SKIP: usize = 252;
+
+/// Bytes of every key on the page that the key heads skip (all keys share them).
+#[inline]
+pub fn head_skip(p: &[u8]) -> usize {
+    header(p).head_skip as usize
+}
+
+/// The first `head_skip` bytes of the page's keys (empty if it skips none or has no keys).
+pub fn shared_prefix(p: &[u8], kind: PageKind) -> &[u8] {
+    let skip = head_skip(p);
+    if skip == 0 || count(p) == 0 {
+        return &[];
+    }
+    let off = slot(p, 0) + if kind == PageKind::Branch { 8 } else { 0 };
+    &key_at(p, off).local[..skip]
+}
+
 /// The key head stored in slot `i`.
 #[inline]
 pub fn head(p: &[u8], i: usize) -> u32 {
@@ -186,23 +210,41 @@ pub fn head(p: &[u8], i: usize) -> u32 {
     u32::from_be_bytes([p[o], p[o + 1], p[o + 2], p[o + 3]])
 }
 
-/// The head of a key: its first four bytes, zero-padded, read big-endian.
+/// The head of a key on a page that skips `skip` bytes: its four bytes after them,
+/// zero-padded, read big-endian.
 #[inline]
-pub fn key_head(key: &[u8]) -> u32 {
+pub fn key_head(key: &[u8], skip: usize) -> u32 {
     let mut h = [0u8; 4];
-    let n = key.len().min(4);
-    h[..n].copy_from_slice(&key[..n]);
+    let rest = key.get(skip..).unwrap_or(&[]);
+    let n = rest.len().min(4);
+    h[..n].copy_from_slice(&rest[..n]);
     u32::from_be_bytes(h)
 }
 
-fn cell_head(kind: PageKind, cell: &[u8]) -> u32 {
+/// The local key bytes of an encoded cell.
+fn cell_key(kind: PageKind, cell: &[u8]) -> &[u8] {
     let kf = if kind == PageKind::Branch {
         &cell[8..]
     } else {
         cell
     };
-    let k = key_at(kf, 0);
-    key_head(k.local)
+    key_at(kf, 0).local
+}
+
+/// Sets how many key bytes the heads skip and rewrites every head to match.
+fn set_head_skip(p: &mut [u8], kind: PageKind, skip: usize) {
+    header_mut(p).head_skip = skip as u8;
+    for i in 0..count(p) {
+        let off = slot(p, i);
+        let h = key_head(cell_key(kind, &p[off..]), skip);
+        let o = HEADER_SIZE + SLOT * i + 2;
+        p[o..o + 4].copy_from_slice(&h.to_be_bytes());
+    }
+}
+
+/// Length of the common prefix of `a` and `b`.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
 
 #[inline]
@@ -232,13 +274,29 @@ pub fn insert_cell(p: &mut [u8], kind: PageKind, idx: usize, cell: &[u8]) -> boo
         compact(p, kind);
     }
     let n = count(p);
+    // A key without the prefix the heads skip shrinks it (rare: pages are rebuilt with the
+    // prefix their keys share, and keys arrive in their ranges).
+    let skip = head_skip(p);
+    if skip > 0 {
+        let key = cell_key(kind, cell);
+        // An empty page's prefix is whatever its first key brings.
+        let shared = if n == 0 {
+            key.len()
+        } else {
+            common_prefix(shared_prefix(p, kind), key)
+        };
+        if shared < skip {
+            set_head_skip(p, kind, shared);
+        }
+    }
     let start = content_start(p) - cell.len();
     p[start..start + cell.len()].copy_from_slice(cell);
     let slots = HEADER_SIZE + SLOT * idx;
     p.copy_within(slots..HEADER_SIZE + SLOT * n, slots + SLOT);
     set_slot(p, idx, start);
     let o = HEADER_SIZE + SLOT * idx + 2;
-    p[o..o + 4].copy_from_slice(&cell_head(kind, cell).to_be_bytes());
+    let h = key_head(cell_key(kind, cell), head_skip(p));
+    p[o..o + 4].copy_from_slice(&h.to_be_bytes());
     let h = header_mut(p);
     h.count.set((n + 1) as u16);
     h.content_start.set(start as u16);
@@ -292,6 +350,14 @@ pub fn rebuild<C: AsRef<[u8]>>(
 ) {
     page::init(p, kind, id);
     header_mut(p).link.set(link.0);
+    // Keys are in order: the prefix of the first and the last is shared by all.
+    if let (Some(first), Some(last)) = (cells.first(), cells.last()) {
+        let skip = common_prefix(
+            cell_key(kind, first.as_ref()),
+            cell_key(kind, last.as_ref()),
+        );
+        header_mut(p).head_skip = skip.min(MAX_HEAD_SKIP) as u8;
+    }
     for (i, c) in cells.iter().enumerate() {
         let ok = insert_cell(p, kind, i, c.as_ref());
         assert!(ok, "rebuild given more cells than fit a page");
@@ -393,7 +459,20 @@ pub fn validate(p: &[u8], id: PageId) -> Result<()> {
         if klen > KEY_INLINE_MAX && get_u64(p, kend - 8) == 0 {
             return Err(bad("long key without overflow page"));
         }
-        if head(p, i) != key_head(key_at(p, kstart).local) {
+        let skip = h.head_skip as usize;
+        let key = key_at(p, kstart).local;
+        if skip > 0 {
+            let k0 = if kind == PageKind::Branch { 8 } else { 0 };
+            let first = get_u16(p, HEADER_SIZE) as usize + k0;
+            let shares = skip <= MAX_HEAD_SKIP
+                && first + 2 + skip <= PAGE_SIZE
+                && key.len() >= skip
+                && key[..skip] == p[first + 2..first + 2 + skip];
+            if !shares {
+                return Err(bad("key does not share the prefix the key heads skip"));
+            }
+        }
+        if head(p, i) != key_head(key, skip) {
             return Err(bad("slot key head does not match the key"));
         }
         if kind == PageKind::Leaf {

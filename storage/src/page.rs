@@ -4,7 +4,7 @@
 //! every page (4096 bytes)
 //! +0  checksum      u32  crc32c of bytes 4..4096
 //! +4  kind          u8   1 meta, 2 branch, 3 leaf, 4 overflow, 5 free-list trunk
-//! +5  reserved      u8   0
+//! +5  head_skip     u8   slotted pages: key bytes every key shares, skipped by key heads
 //! +6  count         u16  cells (branch/leaf), bytes used (overflow), ids (trunk)
 //! +8  page_id       u64  this page's own id (catches misdirected writes)
 //! +16 page_lsn      u64  LSN of the last change applied to this page
@@ -65,7 +65,9 @@ impl PageKind {
 pub struct PageHeader {
     pub checksum: U32,
     pub kind: u8,
-    pub reserved: u8,
+    /// Slotted pages: the length of a prefix every key on the page shares; key heads are
+    /// the four bytes after it (`node`). 0 in pages written before it existed.
+    pub head_skip: u8,
     pub count: U16,
     pub page_id: U64,
     pub page_lsn: U64,

@@ -211,3 +211,54 @@ fn deep_tree_grows_and_shrinks() {
     let r = db.check_integrity().unwrap();
     assert_eq!((r.entries, r.depth), (0, 1));
 }
+
+/// Keys sharing a long prefix (`user:00000…`): pages skip it in their key heads. Lookups of
+/// keys that are shorter than the prefix, equal to it, or outside it, and inserts of such
+/// keys into pages that skip it (which shrinks the skipped prefix), all stay exact.
+#[test]
+fn shared_key_prefixes_are_skipped_and_shrunk_correctly() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    let user = |i: u32| format!("user:{i:012}").into_bytes();
+    let mut model = std::collections::BTreeMap::new();
+    let mut b = WriteBatch::new();
+    for i in 0..6000 {
+        b.put(user(i), i.to_le_bytes().to_vec());
+        model.insert(user(i), i.to_le_bytes().to_vec());
+    }
+    db.commit(&b, Durability::Off).unwrap();
+    db.check_integrity().unwrap();
+    let odd: Vec<Vec<u8>> = [
+        &b""[..],
+        b"a",
+        b"use",
+        b"user:",
+        b"user:0000000",
+        b"user:00000000000",
+        b"user:0000000000000",
+        b"user:0000000029995",
+        b"user:1",
+        b"userz",
+        b"zzzz",
+    ]
+    .iter()
+    .map(|k| k.to_vec())
+    .collect();
+    // Absent first: every probe lands on the right side of the prefix.
+    for k in &odd {
+        assert_eq!(db.get(k).unwrap(), None, "{:?}", String::from_utf8_lossy(k));
+    }
+    let mut b = WriteBatch::new();
+    for (i, k) in odd.iter().enumerate() {
+        b.put(k.clone(), vec![i as u8]);
+        model.insert(k.clone(), vec![i as u8]);
+    }
+    db.commit(&b, Durability::Off).unwrap();
+    db.check_integrity().unwrap();
+    for (k, v) in &model {
+        assert_eq!(db.get(k).unwrap().as_deref(), Some(&v[..]));
+    }
+    let scanned: Vec<(Vec<u8>, Vec<u8>)> = db.range(..).map(|e| e.unwrap()).collect();
+    let want: Vec<(Vec<u8>, Vec<u8>)> = model.into_iter().collect();
+    assert!(scanned == want, "scan order or content differs");
+}
