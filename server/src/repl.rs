@@ -946,6 +946,8 @@ const LAZY_SYNC: Duration = Duration::from_millis(10);
 /// acknowledges background syncs, one whole frame at a time.
 struct Acks {
     sock: parking_lot::Mutex<std::net::TcpStream>,
+    /// Another handle of the socket, to shut it down while a write may hold `sock`.
+    closer: std::net::TcpStream,
     st: parking_lot::Mutex<AckState>,
     cv: parking_lot::Condvar,
 }
@@ -1011,6 +1013,8 @@ impl Drop for StopAcks<'_> {
     fn drop(&mut self) {
         self.0.st.lock().stop = true;
         self.0.cv.notify_all();
+        // A write blocked on a primary that stopped reading returns now.
+        let _ = self.0.closer.shutdown(std::net::Shutdown::Both);
     }
 }
 
@@ -1025,6 +1029,7 @@ fn receive_loop(sh: &Shared, sock: std::net::TcpStream, buf: BytesMut, gen: u64)
     let db = sh.db();
     let acks = Acks {
         sock: parking_lot::Mutex::new(sock.try_clone()?),
+        closer: sock.try_clone()?,
         st: Default::default(),
         cv: Default::default(),
     };

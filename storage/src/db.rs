@@ -820,6 +820,11 @@ impl Db {
         }
         drop(rs);
         if !epochs.is_empty() {
+            // The epoch record is durable before the epochs file names it: a history entry
+            // whose record a crash could still take away would misplace the fork point.
+            if sync != ReplicaSync::Flush {
+                inner.wal.wait_flushed(inner.wal.end())?;
+            }
             for (epoch, start) in &epochs {
                 inner.enter_epoch(&mut inner.ckpt.lock(), *epoch, *start)?;
                 let mut w = inner.writer.lock();
@@ -1031,7 +1036,7 @@ impl Db {
     }
 
     /// Syncs every WAL byte this node has written (a replica's records applied with
-    /// `ReplicaSync::Write` or `Lazy`); returns the flush LSN.
+    /// `ReplicaSync::Lazy` or `Background`); returns the flush LSN.
     pub fn sync_wal(&self) -> Result<Lsn> {
         let end = self.inner.wal.end();
         self.inner.wal.wait_flushed(end)?;

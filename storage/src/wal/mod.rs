@@ -460,6 +460,14 @@ fn lead<'a>(
                 st.spare = data;
             }
         }
+        // A sync that also covered bytes of earlier write-only rounds failed: those bytes are
+        // not in `data` to be written again, and after a failed fsync the kernel may have
+        // dropped them (marked clean): only a restart, which recovers from the files, is safe.
+        Err(e) if sync && synced_to < start => {
+            tracing::error!(error = %e, lsn = synced_to, "WAL sync of written bytes failed; refusing all further writes until restart");
+            st.fatal = Some(format!("WAL sync from LSN {synced_to} failed: {e}"));
+            st.attempt += 1;
+        }
         Err(e) if io::is_disk_full(&e) => {
             if st.disk_full.is_none() {
                 tracing::error!(error = %e, lsn = start, "WAL write failed: disk full; commits fail until space is freed");
