@@ -164,14 +164,18 @@ fn serve(config: Config, banner: Option<String>) -> Result<()> {
     })
 }
 
-/// The runtime: two worker threads (one per core here), or `REPLIDB_THREADS=N`. (One
-/// event-loop thread, Redis's model, measured 45–51k against 42k SET/s with 50 clients, but
-/// 415–470k against 530–580k pipelined GET/s; docs/benchmarks.md.)
+/// The runtime: one event-loop thread (Redis's model), or `REPLIDB_THREADS=N` workers. The
+/// replication links, checkpoints and the syncs of commits that arrive together run on
+/// threads of their own (a lone commit's sync runs on the event loop: nothing else waits), so
+/// the event loop mostly parses, applies and replies. Measured against two workers after the
+/// background flusher took over shared rounds: 53–61k against 46–48k SET/s with 50 clients,
+/// 610–700k against 585–740k pipelined GET/s, and in `replidb bench` local × 64 57k against
+/// 45k commits/s (docs/benchmarks.md).
 fn runtime_builder() -> tokio::runtime::Builder {
     let n = std::env::var("REPLIDB_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(2);
+        .unwrap_or(1);
     if n <= 1 {
         return tokio::runtime::Builder::new_current_thread();
     }
