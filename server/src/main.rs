@@ -100,7 +100,8 @@ fn demo(dir: PathBuf, port: u16) -> Result<()> {
     let primary = node("primary", port, None, "primary")?;
     let r1 = node("r1", port + 1, Some(format!("127.0.0.1:{port}")), "r1")?;
     let r2 = node("r2", port + 2, Some(format!("127.0.0.1:{port}")), "r2")?;
-    let rt = runtime_builder()
+    // Three nodes in one process: two workers unless told otherwise.
+    let rt = runtime_builder(2)
         .enable_all()
         .build()
         .context("starting the runtime")?;
@@ -135,7 +136,7 @@ fn demo(dir: PathBuf, port: u16) -> Result<()> {
 }
 
 fn serve(config: Config, banner: Option<String>) -> Result<()> {
-    let rt = runtime_builder()
+    let rt = runtime_builder(1)
         .enable_all()
         .build()
         .context("starting the runtime")?;
@@ -164,18 +165,19 @@ fn serve(config: Config, banner: Option<String>) -> Result<()> {
     })
 }
 
-/// The runtime: one event-loop thread (Redis's model), or `REPLIDB_THREADS=N` workers. The
+/// The runtime: one event-loop thread for a server (Redis's model; the demo's three nodes in
+/// one process get two), or `REPLIDB_THREADS=N` workers. The
 /// replication links, checkpoints and the syncs of commits that arrive together run on
 /// threads of their own (a lone commit's sync runs on the event loop: nothing else waits), so
 /// the event loop mostly parses, applies and replies. Measured against two workers after the
 /// background flusher took over shared rounds: 53–61k against 46–48k SET/s with 50 clients,
 /// 610–700k against 585–740k pipelined GET/s, and in `replidb bench` local × 64 57k against
 /// 45k commits/s (docs/benchmarks.md).
-fn runtime_builder() -> tokio::runtime::Builder {
+fn runtime_builder(default: usize) -> tokio::runtime::Builder {
     let n = std::env::var("REPLIDB_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(1);
+        .unwrap_or(default);
     if n <= 1 {
         return tokio::runtime::Builder::new_current_thread();
     }
