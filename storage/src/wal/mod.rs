@@ -228,29 +228,15 @@ impl Wal {
 
     /// Waits until everything before `lsn` is durable, leading flush rounds as needed.
     pub fn wait_flushed(&self, lsn: Lsn) -> Result<()> {
-        if self.shared.flushed.load(Ordering::Acquire) >= lsn.0 {
-            return Ok(());
-        }
-        let mut st = self.shared.st.lock();
-        let attempt = st.attempt;
-        loop {
-            if self.shared.flushed.load(Ordering::Acquire) >= lsn.0 {
-                return Ok(());
-            }
-            if let Some(why) = &st.fatal {
-                return Err(Error::PreviousIo(why.clone()));
-            }
-            if st.attempt != attempt {
-                if let Some(why) = &st.disk_full {
-                    return Err(Error::DiskFull(why.clone()));
-                }
-            }
-            if !st.flushing && self.has_unsynced(&st) && st.disk_full.is_none() {
-                st = lead(&self.shared, st, true, false);
-                continue;
-            }
-            self.shared.done.wait(&mut st);
-        }
+        self.wait_until(lsn, true)
+    }
+
+    /// Waits until everything before `lsn` is written to the segment files — safe from a
+    /// crash of this process, not of the machine — leading write-only rounds (no sync) as
+    /// needed. What a replica does with WAL no commit waits to see synced on it; `wait_flushed`
+    /// (or the next sync round) syncs it later.
+    pub fn wait_written(&self, lsn: Lsn) -> Result<()> {
+        self.wait_until(lsn, false)
     }
 
     /// Bytes buffered, or written but not yet synced: a sync round has work.
@@ -260,18 +246,21 @@ impl Wal {
                 > self.shared.flushed.load(Ordering::Acquire)
     }
 
-    /// Waits until everything before `lsn` is written to the segment files — safe from a
-    /// crash of this process, not of the machine — leading write-only rounds (no sync) as
-    /// needed. What a replica does with WAL no commit waits to see synced on it; `wait_flushed`
-    /// (or the next sync round) syncs it later.
-    pub fn wait_written(&self, lsn: Lsn) -> Result<()> {
-        if self.shared.written.load(Ordering::Acquire) >= lsn.0 {
+    /// `wait_flushed` (`sync`) or `wait_written`: leads rounds of that kind while none runs
+    /// and there is work for one, else waits for the running round.
+    fn wait_until(&self, lsn: Lsn, sync: bool) -> Result<()> {
+        let target = if sync {
+            &self.shared.flushed
+        } else {
+            &self.shared.written
+        };
+        if target.load(Ordering::Acquire) >= lsn.0 {
             return Ok(());
         }
         let mut st = self.shared.st.lock();
         let attempt = st.attempt;
         loop {
-            if self.shared.written.load(Ordering::Acquire) >= lsn.0 {
+            if target.load(Ordering::Acquire) >= lsn.0 {
                 return Ok(());
             }
             if let Some(why) = &st.fatal {
@@ -282,8 +271,13 @@ impl Wal {
                     return Err(Error::DiskFull(why.clone()));
                 }
             }
-            if !st.flushing && !st.buf.is_empty() && st.disk_full.is_none() {
-                st = lead(&self.shared, st, false, false);
+            let work = if sync {
+                self.has_unsynced(&st)
+            } else {
+                !st.buf.is_empty()
+            };
+            if !st.flushing && work && st.disk_full.is_none() {
+                st = lead(&self.shared, st, sync, false);
                 continue;
             }
             self.shared.done.wait(&mut st);
