@@ -106,9 +106,7 @@ const SNAPSHOT_CHUNK_PAGES: u64 = (frame::MAX_WAL_CHUNK / storage::page::PAGE_SI
 pub async fn serve_snapshot(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut) -> Result<()> {
     let peer = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let (mut rd, mut wr) = sock.into_split();
-    let Frame::Hello { name, .. } = read_frame(&mut rd, &mut buf).await? else {
-        bail!("expected a hello frame");
-    };
+    let Hello { name, .. } = read_hello(&mut rd, &mut wr, &mut buf).await?;
     let db = sh.db();
     let (redo, pages) = tokio::task::spawn_blocking({
         let db = db.clone();
@@ -276,10 +274,21 @@ async fn connect_as_replica(
     Ok((rd, wr, buf))
 }
 
-/// Primary side: serves one replica on a connection that sent `REPLSTREAM`.
-pub async fn serve_replica(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut) -> Result<()> {
-    let peer = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    let (mut rd, mut wr) = sock.into_split();
+/// What a connecting node says about itself.
+struct Hello {
+    name: String,
+    flush_lsn: Lsn,
+    epoch: u32,
+    epochs: Vec<(u32, Lsn)>,
+}
+
+/// Reads a node's hello; a node of another protocol version gets an error frame and the
+/// connection ends.
+async fn read_hello<R: AsyncReadExt + Unpin, W: AsyncWriteExt + Unpin>(
+    rd: &mut R,
+    wr: &mut W,
+    buf: &mut BytesMut,
+) -> Result<Hello> {
     let Frame::Hello {
         version,
         name,
@@ -287,21 +296,59 @@ pub async fn serve_replica(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut) 
         epoch,
         epochs,
         ..
-    } = read_frame(&mut rd, &mut buf).await?
+    } = read_frame(rd, buf).await?
     else {
         bail!("expected a hello frame");
     };
     if version != frame::VERSION {
         write_frame(
-            &mut wr,
+            wr,
             &Frame::Error {
                 code: 1,
                 message: format!("protocol version {version} not supported"),
             },
         )
         .await?;
-        bail!("replica {name} speaks protocol version {version}");
+        bail!("{name} speaks protocol version {version}");
     }
+    Ok(Hello {
+        name,
+        flush_lsn,
+        epoch,
+        epochs,
+    })
+}
+
+/// This node's hello to the node it follows: its epoch, history and flush LSN.
+fn own_hello(db: &storage::Db, name: &str) -> Frame {
+    Frame::Hello {
+        version: frame::VERSION,
+        epoch: db.epoch(),
+        node_id: 0,
+        flush_lsn: db.flush_lsn(),
+        name: name.to_string(),
+        epochs: db.epoch_history(),
+    }
+}
+
+/// How a node's log relates to this node's (`replication::epochs::check`).
+fn verdict(db: &storage::Db, h: &Hello) -> Verdict {
+    replication::epochs::check(
+        db.epoch(),
+        &db.epoch_history(),
+        db.written_lsn(),
+        h.epoch,
+        &h.epochs,
+        h.flush_lsn,
+    )
+}
+
+/// Primary side: serves one replica on a connection that sent `REPLSTREAM`.
+pub async fn serve_replica(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut) -> Result<()> {
+    let peer = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let (mut rd, mut wr) = sock.into_split();
+    let hello = read_hello(&mut rd, &mut wr, &mut buf).await?;
+    let (name, flush_lsn, epoch) = (hello.name.clone(), hello.flush_lsn, hello.epoch);
     // The log generation first, then the database: the verdict, the welcome and the stream
     // all use this one handle, and the stream ends if the log changes after this point.
     let gen = sh.log_gen.load(Ordering::SeqCst);
@@ -309,14 +356,7 @@ pub async fn serve_replica(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut) 
     if db.is_replica() && !sh.is_replica_role() {
         bail!("{name}: this node is changing role");
     }
-    let verdict = replication::epochs::check(
-        db.epoch(),
-        &db.epoch_history(),
-        db.written_lsn(),
-        epoch,
-        &epochs,
-        flush_lsn,
-    );
+    let verdict = verdict(&db, &hello);
     let refusal = match verdict {
         Verdict::Stream => None,
         Verdict::PrimaryStale {
@@ -850,15 +890,7 @@ async fn stream_from(sh: &Arc<Shared>, primary: &str, gen: u64) -> Result<()> {
         db.reset_stream();
         let db2 = db.clone();
         tokio::task::spawn_blocking(move || db2.sync_wal()).await??;
-        let hello = Frame::Hello {
-            version: frame::VERSION,
-            epoch: db.epoch(),
-            node_id: 0,
-            flush_lsn: db.flush_lsn(),
-            name: sh.config.name.clone(),
-            epochs: db.epoch_history(),
-        };
-        write_frame(&mut wr, &hello).await?;
+        write_frame(&mut wr, &own_hello(&db, &sh.config.name)).await?;
         match read_frame(&mut rd, &mut buf).await? {
             Frame::Welcome {
                 primary_flush_lsn, ..
@@ -941,11 +973,14 @@ const OVERLAP_SYNC_BYTES: usize = 2 * 1024;
 
 /// How long a replica leaves WAL that no commit waits for unsynced.
 const LAZY_SYNC: Duration = Duration::from_millis(10);
+/// How often an idle replica with unsynced WAL looks whether `LAZY_SYNC` has passed.
+const LAZY_TICK: Duration = Duration::from_millis(1);
 
 /// A replica link's acknowledgements: written by the receive thread and by the thread that
 /// acknowledges background syncs, one whole frame at a time.
 struct Acks {
-    sock: parking_lot::Mutex<std::net::TcpStream>,
+    /// The socket and the buffer frames are encoded in.
+    sock: parking_lot::Mutex<(std::net::TcpStream, Vec<u8>)>,
     /// Another handle of the socket, to shut it down while a write may hold `sock`.
     closer: std::net::TcpStream,
     st: parking_lot::Mutex<AckState>,
@@ -964,15 +999,17 @@ struct AckState {
 impl Acks {
     fn send(&self, w: Lsn, f: Lsn, a: Lsn) -> std::io::Result<()> {
         use std::io::Write;
-        let mut out = Vec::with_capacity(48);
+        let mut g = self.sock.lock();
+        let (sock, out) = &mut *g;
+        out.clear();
         Frame::Feedback {
             write_lsn: w,
             flush_lsn: f,
             apply_lsn: a,
             time_us: now_us(),
         }
-        .encode(&mut out);
-        self.sock.lock().write_all(&out)
+        .encode(out);
+        sock.write_all(out)
     }
 
     /// The acknowledging thread: waits for each requested sync, then reports all three
@@ -1028,7 +1065,7 @@ impl Drop for StopAcks<'_> {
 fn receive_loop(sh: &Shared, sock: std::net::TcpStream, buf: BytesMut, gen: u64) -> Result<()> {
     let db = sh.db();
     let acks = Acks {
-        sock: parking_lot::Mutex::new(sock.try_clone()?),
+        sock: parking_lot::Mutex::new((sock.try_clone()?, Vec::with_capacity(64))),
         closer: sock.try_clone()?,
         st: Default::default(),
         cv: Default::default(),
@@ -1063,19 +1100,20 @@ fn receive_frames(
         if let Some(why) = acks.st.lock().failed.take() {
             bail!("{why}");
         }
-        if let Some(t) = unsynced_since {
-            let left = LAZY_SYNC.saturating_sub(t.elapsed());
-            if left.is_zero() {
-                let f = db.sync_wal()?;
-                unsynced_since = None;
-                feedback(db.written_lsn(), f, db.apply_lsn())?;
-            } else if left != timeout {
-                timeout = left.max(Duration::from_micros(100));
-                sock.set_read_timeout(Some(timeout))?;
-            }
+        if unsynced_since.is_some_and(|t| t.elapsed() >= LAZY_SYNC) {
+            let f = db.sync_wal()?;
+            unsynced_since = None;
+            feedback(db.written_lsn(), f, db.apply_lsn())?;
         }
-        if unsynced_since.is_none() && timeout != STOP_CHECK {
-            timeout = STOP_CHECK;
+        // While WAL waits for its lazy sync, reads wake every `LAZY_TICK` to look at the
+        // clock; the socket option changes only when that state does (not per batch).
+        let want = if unsynced_since.is_some() {
+            LAZY_TICK
+        } else {
+            STOP_CHECK
+        };
+        if want != timeout {
+            timeout = want;
             sock.set_read_timeout(Some(timeout))?;
         }
         let f = match read_frame_blocking(&mut sock, &mut buf) {
@@ -1263,15 +1301,7 @@ async fn rewind_pages(sh: &Arc<Shared>, primary: &str, fork: Lsn) -> Result<(u64
     };
     let (mut rd, mut wr, mut buf) =
         connect_as_replica(&sh.config, primary, b"*1\r\n$10\r\nREPLREWIND\r\n").await?;
-    let hello = Frame::Hello {
-        version: frame::VERSION,
-        epoch: db.epoch(),
-        node_id: 0,
-        flush_lsn: db.flush_lsn(),
-        name: sh.config.name.clone(),
-        epochs: db.epoch_history(),
-    };
-    write_frame(&mut wr, &hello).await?;
+    write_frame(&mut wr, &own_hello(&db, &sh.config.name)).await?;
     for chunk in local.chunks(frame::MAX_PAGE_LIST) {
         write_frame(
             &mut wr,
@@ -1343,16 +1373,8 @@ async fn rewind_pages(sh: &Arc<Shared>, primary: &str, fork: Lsn) -> Result<(u64
 pub async fn serve_rewind(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut) -> Result<()> {
     let peer = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let (mut rd, mut wr) = sock.into_split();
-    let Frame::Hello {
-        name,
-        flush_lsn,
-        epoch,
-        epochs,
-        ..
-    } = read_frame(&mut rd, &mut buf).await?
-    else {
-        bail!("expected a hello frame");
-    };
+    let hello = read_hello(&mut rd, &mut wr, &mut buf).await?;
+    let name = hello.name.clone();
     let mut wanted: Vec<u64> = Vec::new();
     loop {
         match read_frame(&mut rd, &mut buf).await? {
@@ -1367,14 +1389,7 @@ pub async fn serve_rewind(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut) -
         }
     }
     let db = sh.db();
-    let fork = match replication::epochs::check(
-        db.epoch(),
-        &db.epoch_history(),
-        db.written_lsn(),
-        epoch,
-        &epochs,
-        flush_lsn,
-    ) {
+    let fork = match verdict(&db, &hello) {
         Verdict::Diverged { fork } => fork,
         v => {
             let message = format!("no rewind needed or possible here: {v:?}");
