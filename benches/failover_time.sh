@@ -10,14 +10,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 size_mb=${1:-1024}
-bin=target/release/replidb
-[ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 1; }
-work=$(mktemp -d -p "$PWD/target" failover.XXXX)
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
-"$bin" serve --dir "$work/a" --port 6690 --name a --log-level warn &
-"$bin" serve --dir "$work/b" --port 6691 --replicaof 127.0.0.1:6690 --name b --log-level warn &
-for _ in $(seq 200); do redis-cli -p 6691 INFO replication 2>/dev/null | grep -q primary_link:up && break; sleep 0.1; done
-field() { redis-cli -p "$1" INFO "$2" | tr -d '\r' | awk -F: -v k="$3" '$1 == k {print $2}'; }
+. benches/lib.sh
+make_work failover
+start_pair 6690 6691
 n=$(( size_mb * 1000 ))
 t0=$(date +%s)
 redis-benchmark -p 6690 -t set -n "$n" -c 50 -r "$n" -d 1000 -q >/dev/null 2>&1

@@ -11,33 +11,28 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-1500000}
 diverge=$(( ${2:-10} * 1048576 ))
-bin=target/release/replidb
-[ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 1; }
-work=$(mktemp -d -p "$PWD/target" rewind.XXXX)
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
-"$bin" serve --dir "$work/a" --port 6790 --name a --log-level warn &
-"$bin" serve --dir "$work/b" --port 6791 --replicaof 127.0.0.1:6790 --name b --log-level warn &
-for _ in $(seq 200); do redis-cli -p 6791 INFO replication 2>/dev/null | grep -q primary_link:up && break; sleep 0.1; done
-field() { redis-cli -p "$1" INFO replication | tr -d '\r' | awk -F: -v k="$2" '$1 == k {print substr($0, length(k) + 2)}'; }
+. benches/lib.sh
+make_work rewind
+start_pair 6790 6791
 redis-benchmark -p 6790 -t set -n "$n" -c 50 -r "$n" -d 100 -q >/dev/null 2>&1
-end=$(field 6790 flush_lsn)
-while [ "$(field 6791 apply_lsn)" -lt "$end" ]; do sleep 0.1; done
+end=$(field 6790 replication flush_lsn)
+while [ "$(field 6791 replication apply_lsn)" -lt "$end" ]; do sleep 0.1; done
 redis-cli -p 6791 REPLICAOF NO ONE >/dev/null
-start=$(field 6790 flush_lsn)
+start=$(field 6790 replication flush_lsn)
 redis-benchmark -p 6790 -t set -n 100000000 -c 20 -r "$n" -d 100 -q >/dev/null 2>&1 &
 bench=$!
-while [ $(( $(field 6790 flush_lsn) - start )) -lt "$diverge" ]; do sleep 0.05; done
+while [ $(( $(field 6790 replication flush_lsn) - start )) -lt "$diverge" ]; do sleep 0.05; done
 kill "$bench"; wait "$bench" 2>/dev/null || true
-diverged=$(( $(field 6790 flush_lsn) - start ))
+diverged=$(( $(field 6790 replication flush_lsn) - start ))
 redis-benchmark -p 6791 -t set -n 1000 -c 4 -r "$n" -d 100 -q >/dev/null 2>&1
 t=$(date +%s%N)
 redis-cli -p 6790 REPLICAOF 127.0.0.1 6791 >/dev/null
-until field 6790 last_join | grep -q "^rewound\|^reseeded"; do sleep 0.05; done
-join=$(field 6790 last_join)
+until field 6790 replication last_join | grep -q "^rewound\|^reseeded"; do sleep 0.05; done
+join=$(field 6790 replication last_join)
 ms=$(( ($(date +%s%N) - t) / 1000000 ))
 echo "diverged by $(( diverged / 1048576 )) MB of WAL; a rejoined in ${ms} ms: ${join%% (*}"
 echo "$join" | awk '{ for (i = 1; i <= NF; i++) if ($i == "refetched") { f = $(i+1); t = $(i+3) } }
     END { if (t) printf "moved %.1f MB of %.1f MB a reseed would copy: %.2f%%\n", f*4096/1e6, t*4096/1e6, 100*f/t }'
-end=$(field 6791 flush_lsn)
-while [ "$(field 6790 apply_lsn)" -lt "$end" ]; do sleep 0.1; done
+end=$(field 6791 replication flush_lsn)
+while [ "$(field 6790 replication apply_lsn)" -lt "$end" ]; do sleep 0.1; done
 [ "$(redis-cli -p 6790 DIGEST)" = "$(redis-cli -p 6791 DIGEST)" ] && echo "digests agree"

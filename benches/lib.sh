@@ -1,0 +1,29 @@
+# Shared by the replication benchmark scripts (sourced): the release binary, a work
+# directory removed on exit, a primary `a` with a replica `b`, and INFO fields.
+bin=target/release/replidb
+[ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 1; }
+
+# make_work NAME: a fresh work directory under target/ ($work), removed (and every server
+# started here stopped) on exit.
+make_work() {
+    work=$(mktemp -d -p "$PWD/target" "$1.XXXX")
+    trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+}
+
+# start_pair PORT_A PORT_B: node `a` on PORT_A and its replica `b` on PORT_B, link up.
+start_pair() {
+    "$bin" serve --dir "$work/a" --port "$1" --name a --log-level warn &
+    "$bin" serve --dir "$work/b" --port "$2" --replicaof "127.0.0.1:$1" --name b --log-level warn &
+    for _ in $(seq 200); do
+        redis-cli -p "$2" INFO replication 2>/dev/null | grep -q primary_link:up && return
+        sleep 0.1
+    done
+    echo "the replica's link did not come up" >&2
+    exit 1
+}
+
+# field PORT SECTION KEY: the value of KEY in INFO SECTION (all of it, colons included).
+field() {
+    redis-cli -p "$1" INFO "$2" | tr -d '\r' |
+        awk -F: -v k="$3" '$1 == k {print substr($0, length(k) + 2)}'
+}
