@@ -178,9 +178,13 @@ pub fn pos_of(r: &ReplicaPos, level: Level) -> Lsn {
 
 /// The highest LSN that the configured quorum has reached at `level` (`None` if the quorum
 /// cannot be met by the connected replicas).
-pub fn quorum_lsn(cfg: &SyncStandbys, replicas: &[ReplicaPos], level: Level) -> Option<Lsn> {
+pub fn quorum_lsn<'a>(
+    cfg: &SyncStandbys,
+    replicas: impl IntoIterator<Item = &'a ReplicaPos>,
+    level: Level,
+) -> Option<Lsn> {
     let mut eligible: Vec<(usize, Lsn)> = replicas
-        .iter()
+        .into_iter()
         .filter(|r| r.connected)
         .filter_map(|r| cfg.priority(&r.name).map(|p| (p, pos_of(r, level))))
         .collect();

@@ -85,7 +85,10 @@ impl Inner {
         self.replicas.iter().map(|r| r.pos.clone()).collect()
     }
 
-    fn holds(&self, target: Target, positions: &[ReplicaPos]) -> bool {
+    /// Whether `target` holds now (without copying the positions: committers spinning for
+    /// their quorum ask this in a loop).
+    fn holds(&self, target: Target) -> bool {
+        let positions = self.replicas.iter().map(|r| &r.pos);
         match target {
             Target::Quorum(level, lsn) => match &self.cfg {
                 None => true,
@@ -100,11 +103,10 @@ impl Inner {
         if self.waiters.is_empty() {
             return Vec::new();
         }
-        let positions = self.positions();
         let mut woken: Vec<(Lsn, Waker)> = Vec::new();
         for i in 0..self.waiters.len() {
             let t = self.waiters[i].target;
-            if !self.waiters[i].met && self.holds(t, &positions) {
+            if !self.waiters[i].met && self.holds(t) {
                 let w = &mut self.waiters[i];
                 w.met = true;
                 if let Some(k) = w.waker.take() {
@@ -123,9 +125,13 @@ fn target_lsn(t: Target) -> Lsn {
     }
 }
 
-fn count_at(positions: &[ReplicaPos], level: Level, lsn: Lsn) -> usize {
+fn count_at<'a>(
+    positions: impl IntoIterator<Item = &'a ReplicaPos>,
+    level: Level,
+    lsn: Lsn,
+) -> usize {
     positions
-        .iter()
+        .into_iter()
         .filter(|r| r.connected)
         .filter(|r| pos_of(r, level) >= lsn)
         .count()
@@ -304,20 +310,24 @@ impl Tracker {
             .iter()
             .zip(states)
             .filter(|(_, s)| matches!(s, SyncState::Sync | SyncState::Quorum))
-            .filter(|(r, _)| count_at(std::slice::from_ref(&r.pos), level, lsn) == 1)
+            .filter(|(r, _)| count_at([&r.pos], level, lsn) == 1)
             .count();
         Acks { acked, needed }
     }
 
     /// Connected replicas that have flushed `lsn` (what `WAIT` returns).
     pub fn count_flushed(&self, lsn: Lsn) -> usize {
-        count_at(&self.lock().positions(), Level::Flush, lsn)
+        count_at(
+            self.lock().replicas.iter().map(|r| &r.pos),
+            Level::Flush,
+            lsn,
+        )
     }
 
     /// Whether `target` holds now.
     pub fn holds(&self, target: Target) -> bool {
         let g = self.lock();
-        g.holds(target, &g.positions())
+        g.holds(target)
     }
 
     /// Waits until `target` holds. Dropping the future withdraws the wait.
@@ -345,8 +355,7 @@ impl Future for Wait {
         let mut g = this.tracker.lock();
         match this.id {
             None => {
-                let positions = g.positions();
-                if g.holds(this.target, &positions) {
+                if g.holds(this.target) {
                     return Poll::Ready(());
                 }
                 let id = g.next_id;

@@ -415,21 +415,25 @@ pub async fn serve_replica(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut) 
     // WAL flusher itself sends new WAL to a caught-up link the moment it is written (so a
     // replica receives a commit while the primary is still syncing it); a sender thread
     // catches up, finishes what the flusher could not, and sends keepalives; a reader of the
-    // replica's feedback wakes the commits waiting for the quorum.
+    // replica's feedback wakes the commits waiting for the quorum (a committer spinning for
+    // its quorum may read the feedback first: see `Links::poll_feedback`).
     let sock = rd
         .reunite(wr)
         .map_err(|_| anyhow!("socket halves do not match"))?
         .into_std()?;
     sock.set_nonblocking(false)?;
-    let link = Arc::new(LiveLink::new(sock.try_clone()?, flush_lsn));
+    let link = Arc::new(LiveLink::new(
+        sock.try_clone()?,
+        flush_lsn,
+        Feedback::new(sock.try_clone()?, buf, slot),
+    ));
     let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-    let reader = sock.try_clone()?;
     {
         let (sh, link, name) = (sh.clone(), link.clone(), name.clone());
         std::thread::Builder::new()
             .name(format!("replidb-feedback-{name}"))
             .spawn(move || {
-                let why = feedback_loop(&sh, reader, buf, slot);
+                let why = feedback_loop(&sh, &link);
                 tracing::info!(replica = %name, reason = %why, "replica link closed");
                 link.dead.store(true, Ordering::SeqCst);
                 sh.wal_signal.notify();
@@ -467,6 +471,83 @@ pub struct LiveLink {
     sent: AtomicU64,
     /// Set when either side of the link ends.
     dead: std::sync::atomic::AtomicBool,
+    /// The replica's acknowledgements, read by the link's feedback thread or, while it
+    /// spins for its quorum, by a committer (whichever gets there first).
+    fb: parking_lot::Mutex<Feedback>,
+}
+
+/// The reading side of a replica link.
+struct Feedback {
+    /// A clone of the link's socket, read only with `MSG_DONTWAIT`.
+    sock: std::net::TcpStream,
+    /// Bytes of a frame not yet complete.
+    buf: BytesMut,
+    slot: LinkId,
+    /// Why the link ended, once a reader found out.
+    closed: Option<String>,
+}
+
+impl Feedback {
+    fn new(sock: std::net::TcpStream, buf: BytesMut, slot: LinkId) -> Feedback {
+        Feedback {
+            sock,
+            buf,
+            slot,
+            closed: None,
+        }
+    }
+
+    /// Takes every acknowledgement the socket holds now, without blocking, into the quorum
+    /// tracker. Returns whether one arrived; records why the link ended if it did.
+    fn drain(&mut self, sh: &Shared) -> bool {
+        let mut heard = false;
+        while self.closed.is_none() {
+            match frame::decode(&self.buf) {
+                Ok(Some((f, len))) => {
+                    let _ = self.buf.split_to(len);
+                    if let Frame::Feedback {
+                        write_lsn,
+                        flush_lsn,
+                        apply_lsn,
+                        ..
+                    } = f
+                    {
+                        sh.tracker
+                            .update(self.slot, write_lsn, flush_lsn, apply_lsn);
+                        heard = true;
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.closed = Some(format!("bad frame: {e}"));
+                    break;
+                }
+            }
+            let at = self.buf.len();
+            self.buf.resize(at + 64 * 1024, 0);
+            match recv_nowait(&self.sock, &mut self.buf[at..]) {
+                Ok(0) => {
+                    self.buf.truncate(at);
+                    self.closed = Some("connection closed".into());
+                }
+                Ok(n) => self.buf.truncate(at + n),
+                Err(e) => {
+                    self.buf.truncate(at);
+                    match e.kind() {
+                        std::io::ErrorKind::WouldBlock => break,
+                        std::io::ErrorKind::Interrupted => {}
+                        _ => self.closed = Some(e.to_string()),
+                    }
+                }
+            }
+        }
+        if heard {
+            sh.tracker.heard(self.slot, now_us() / 1000);
+            update_retention(sh);
+        }
+        heard
+    }
 }
 
 struct LinkState {
@@ -479,9 +560,10 @@ struct LinkState {
 }
 
 impl LiveLink {
-    fn new(sock: std::net::TcpStream, from: Lsn) -> LiveLink {
+    fn new(sock: std::net::TcpStream, from: Lsn, fb: Feedback) -> LiveLink {
         LiveLink {
             sock,
+            fb: parking_lot::Mutex::new(fb),
             st: parking_lot::Mutex::new(LinkState {
                 sent: from,
                 pending: Vec::new(),
@@ -542,6 +624,44 @@ fn send_nowait(sock: &std::net::TcpStream, buf: &[u8]) -> std::io::Result<usize>
         Err(std::io::Error::last_os_error())
     } else {
         Ok(r as usize)
+    }
+}
+
+/// Reads what the socket holds without blocking; returns how much it gave (0: closed).
+fn recv_nowait(sock: &std::net::TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `recv` writes at most `buf.len()` bytes into `buf`, which is a live, exclusively
+    // borrowed slice for the whole call; the descriptor belongs to `sock`, borrowed (so open)
+    // for the call. MSG_DONTWAIT makes this one call non-blocking without changing the
+    // socket's mode, which its clones share.
+    let r = unsafe {
+        libc::recv(
+            sock.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r as usize)
+    }
+}
+
+/// Blocks until `sock` has something to read (or has ended), or `timeout` passes.
+fn wait_readable(sock: &std::net::TcpStream, timeout: Duration) {
+    use std::os::fd::AsRawFd;
+    let mut p = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: `poll` reads and writes exactly the one `pollfd` it is given (count 1), which
+    // lives on this stack frame for the whole call; the descriptor belongs to `sock`, borrowed
+    // (so open) for the call. Its result needs no handling: the caller reads either way.
+    unsafe {
+        libc::poll(&mut p, 1, timeout.as_millis().min(i32::MAX as u128) as i32);
     }
 }
 
@@ -609,6 +729,17 @@ impl Links {
     /// Whether a write in flight waits for replicas to sync (the wal frames' sync flag).
     pub fn sync_wanted(&self) -> bool {
         self.0.flush_waits.load(Ordering::SeqCst) > 0
+    }
+
+    /// For a committer spinning for its quorum: takes in the acknowledgements the replica
+    /// sockets hold now, sparing the wait for a feedback thread to wake. Links whose reader
+    /// is busy are skipped (that reader takes them in).
+    pub fn poll_feedback(&self, sh: &Shared) {
+        for l in self.0.links.read().iter() {
+            if let Some(mut fb) = l.fb.try_lock() {
+                fb.drain(sh);
+            }
+        }
     }
 
     fn add(&self, l: Arc<LiveLink>) {
@@ -698,27 +829,20 @@ fn send_loop(
 }
 
 /// Reads the replica's feedback until the link ends; returns why it ended.
-fn feedback_loop(
-    sh: &Shared,
-    mut sock: std::net::TcpStream,
-    mut buf: BytesMut,
-    slot: LinkId,
-) -> String {
+fn feedback_loop(sh: &Shared, link: &LiveLink) -> String {
     loop {
-        match read_frame_blocking(&mut sock, &mut buf) {
-            Ok(Frame::Feedback {
-                write_lsn,
-                flush_lsn,
-                apply_lsn,
-                ..
-            }) => {
-                sh.tracker.update(slot, write_lsn, flush_lsn, apply_lsn);
-                sh.tracker.heard(slot, now_us() / 1000);
-                update_retention(sh);
+        {
+            let mut fb = link.fb.lock();
+            fb.drain(sh);
+            if let Some(why) = &fb.closed {
+                return why.clone();
             }
-            Ok(_) => {}
-            Err(e) => return format!("{e:#}"),
         }
+        if link.dead.load(Ordering::SeqCst) {
+            return "the link ended".into();
+        }
+        // Any descriptor of the socket will do for waiting; the sending one needs no lock.
+        wait_readable(&link.sock, KEEPALIVE);
     }
 }
 

@@ -383,11 +383,14 @@ async fn wait_quorum(
     let target = Target::Quorum(remote, lsn);
     // A lone committer polls for its acknowledgement for a moment before it parks: on these
     // VMs waking a parked thread costs tens of microseconds, a fair part of a replica's round
-    // trip. Yielding between polls lets every other task run meanwhile; with other commits
-    // waiting too, the first of them to be acknowledged is woken as usual.
+    // trip. It reads the replicas' sockets itself, so an acknowledgement does not wait for a
+    // link's feedback thread to wake either. Yielding between polls lets every other task run
+    // meanwhile; with other commits waiting too, the first of them to be acknowledged is
+    // woken as usual.
     if sh.tracker.waiting().0 == 0 {
         let until = Instant::now() + QUORUM_SPIN;
         while Instant::now() < until {
+            sh.links.poll_feedback(sh);
             if sh.tracker.holds(target) {
                 return Ok(());
             }
