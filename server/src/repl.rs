@@ -578,15 +578,19 @@ impl LiveLink {
     /// to `start` and its socket has room, the bytes go out now — no thread to wake, the
     /// replica receives them while this node syncs. Otherwise (busy, behind, or a full socket)
     /// the sender thread does it.
-    fn push(&self, start: Lsn, bytes: &[u8], sync: bool) {
-        if bytes.len() > frame::MAX_WAL_CHUNK || self.dead.load(Ordering::Relaxed) {
-            return;
+    /// Returns whether the link took the bytes (or is dead: nothing to do for it).
+    fn push(&self, start: Lsn, bytes: &[u8], sync: bool) -> bool {
+        if self.dead.load(Ordering::Relaxed) {
+            return true;
+        }
+        if bytes.len() > frame::MAX_WAL_CHUNK {
+            return false;
         }
         let Some(mut st) = self.st.try_lock() else {
-            return;
+            return false;
         };
         if st.sent != start || !st.pending.is_empty() {
-            return;
+            return false;
         }
         let st = &mut *st;
         st.frame.clear();
@@ -594,13 +598,14 @@ impl LiveLink {
         let n = match send_nowait(&self.sock, &st.frame) {
             Ok(n) => n,
             // Full socket or a broken link: the sender thread will see.
-            Err(_) => return,
+            Err(_) => return false,
         };
         if n < st.frame.len() {
             st.pending.extend_from_slice(&st.frame[n..]);
         }
         st.sent = Lsn(start.0 + bytes.len() as u64);
         self.sent.store(st.sent.0, Ordering::Release);
+        n == st.frame.len()
     }
 }
 
@@ -665,17 +670,27 @@ fn wait_readable(sock: &std::net::TcpStream, timeout: Duration) {
     }
 }
 
-/// The links the WAL flusher pushes to.
-#[derive(Clone, Default)]
+/// How long a sender thread lets new WAL gather before it ships it while no commit waits for
+/// the replicas (`off`, `local`): one frame per link per interval instead of one per commit.
+/// Every frame wakes a sender thread here and a receive thread on the replica, and on two
+/// vCPUs those wake-ups slowed the primary's own commits (a lone client's `off` commits 2.7×,
+/// its `local` commits ~20%; docs/benchmarks.md). The price: asynchronous replicas run up to
+/// this much further behind.
+pub const SHIP_INTERVAL: Duration = Duration::from_millis(1);
+
+/// The replica links the WAL flusher pushes to, and the signal their sender threads wait on.
+#[derive(Clone)]
 pub struct Links(Arc<LinksInner>);
 
-#[derive(Default)]
 struct LinksInner {
     links: parking_lot::RwLock<Vec<Arc<LiveLink>>>,
     /// Writes at a remote level in flight (from queueing until their quorum answered).
     remote_waits: std::sync::atomic::AtomicUsize,
     /// Those of them at `remote_flush` or `remote_apply`.
     flush_waits: std::sync::atomic::AtomicUsize,
+    /// Sender threads waiting for new WAL with nothing to send.
+    idle: std::sync::atomic::AtomicUsize,
+    signal: Arc<crate::session::WalSignal>,
 }
 
 /// Marks a write at a remote level as in flight while it lives: the WAL flusher sends new
@@ -696,34 +711,72 @@ impl Drop for SyncCommit {
 }
 
 impl Links {
-    /// The WAL flusher's hook, between write and sync: while a synchronous commit waits, new
-    /// WAL goes to the caught-up links from here (no wake-up between a commit and its
-    /// replicas); otherwise the sender threads, woken by the signal, send it and this node's
-    /// sync is not delayed by the sends.
-    pub fn push(&self, start: Lsn, bytes: &[u8]) {
-        if self.0.remote_waits.load(Ordering::SeqCst) == 0 {
+    pub fn new(signal: Arc<crate::session::WalSignal>) -> Links {
+        Links(Arc::new(LinksInner {
+            links: Default::default(),
+            remote_waits: Default::default(),
+            flush_waits: Default::default(),
+            idle: Default::default(),
+            signal,
+        }))
+    }
+
+    /// The WAL flusher's hook, between write and sync. While a commit waits for the replicas,
+    /// new WAL goes to the caught-up links from here (no wake-up between a commit and its
+    /// replicas), and the sender threads are woken only for links that could not take it.
+    /// Otherwise only an idle sender thread is woken: it ships, then lets WAL gather for
+    /// `SHIP_INTERVAL` (see there); this node's sync is not delayed by the sends.
+    pub fn wal_written(&self, start: Lsn, bytes: &[u8]) {
+        if self.remote_wanted() {
+            let sync = self.sync_wanted();
+            let mut all = true;
+            for l in self.0.links.read().iter() {
+                all &= l.push(start, bytes, sync);
+            }
+            if !all {
+                self.0.signal.notify();
+            }
             return;
         }
-        let sync = self.sync_wanted();
-        for l in self.0.links.read().iter() {
-            l.push(start, bytes, sync);
+        // Pairs with the fence of a sender going idle: either it sees the new WAL, or this
+        // sees it idle.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.0.idle.load(Ordering::SeqCst) > 0 {
+            self.0.signal.notify();
         }
     }
 
-    /// Call before a write at a remote level is queued; hold until its quorum answered.
-    /// For a write at `remote_flush` or `remote_apply`, every frame sent from then on carries
-    /// the sync flag: WAL is read for sending only after it was appended, and the write is
-    /// appended only after this.
-    pub fn sync_commit(&self, level: replication::quorum::Level) -> SyncCommit {
+    /// Call before a write at a remote level is queued (`written`: this node's written LSN);
+    /// hold until its quorum answered. For a write at `remote_flush` or `remote_apply`, every
+    /// frame sent from then on carries the sync flag: WAL is read for sending only after it
+    /// was appended, and the write is appended only after this. The first such write wakes
+    /// the sender threads of links still holding back WAL (see `SHIP_INTERVAL`), so the links
+    /// are caught up by the time it is written and the flusher sends it itself.
+    pub fn sync_commit(&self, level: replication::quorum::Level, written: Lsn) -> SyncCommit {
         let flush = level != replication::quorum::Level::Write;
-        self.0.remote_waits.fetch_add(1, Ordering::SeqCst);
+        let before = self.0.remote_waits.fetch_add(1, Ordering::SeqCst);
         if flush {
             self.0.flush_waits.fetch_add(1, Ordering::SeqCst);
+        }
+        if before == 0
+            && self
+                .0
+                .links
+                .read()
+                .iter()
+                .any(|l| l.sent.load(Ordering::Acquire) < written.0)
+        {
+            self.0.signal.notify();
         }
         SyncCommit {
             links: self.clone(),
             flush,
         }
+    }
+
+    /// Whether a write in flight waits for replicas (at any remote level).
+    pub fn remote_wanted(&self) -> bool {
+        self.0.remote_waits.load(Ordering::SeqCst) > 0
     }
 
     /// Whether a write in flight waits for replicas to sync (the wal frames' sync flag).
@@ -806,6 +859,13 @@ fn send_loop(
                 last_sent = Instant::now();
                 drop(st);
                 sh.tracker.set_streaming(slot, end >= db.flush_lsn());
+                if chunk.len() < frame::MAX_WAL_CHUNK && !sh.links.remote_wanted() {
+                    // Caught up, and no commit waits for the replicas: let WAL gather (see
+                    // `SHIP_INTERVAL`), unless a commit starts waiting meanwhile.
+                    sh.wal_signal.wait_until(SHIP_INTERVAL, || {
+                        sh.links.remote_wanted() || link.dead.load(Ordering::SeqCst)
+                    });
+                }
                 continue;
             }
             if last_sent.elapsed() >= KEEPALIVE {
@@ -821,10 +881,15 @@ fn send_loop(
         }
         // Everything written is sent: the replica streams live.
         sh.tracker.set_streaming(slot, true);
+        let idle = &sh.links.0.idle;
+        idle.fetch_add(1, Ordering::SeqCst);
+        // Pairs with the fence in `Links::wal_written`.
+        std::sync::atomic::fence(Ordering::SeqCst);
         sh.wal_signal.wait_until(KEEPALIVE, || {
             db.written_lsn().0 > link.sent.load(Ordering::Acquire)
                 || link.dead.load(Ordering::SeqCst)
         });
+        idle.fetch_sub(1, Ordering::SeqCst);
     }
 }
 

@@ -71,6 +71,7 @@ impl Server {
         let listener = TcpListener::bind((config.bind.as_str(), config.port))
             .await
             .with_context(|| format!("binding {}:{}", config.bind, config.port))?;
+        let wal_signal = Arc::new(crate::session::WalSignal::default());
         let shared = Arc::new(Shared {
             db_slot: RwLock::new(Arc::new(db)),
             db_gen: AtomicU64::new(0),
@@ -80,8 +81,8 @@ impl Server {
                 sync_timeout_ms: config.sync_timeout_ms,
             }),
             tracker: replication::tracker::Tracker::new(config.sync_standbys.clone()),
-            wal_signal: Arc::new(crate::session::WalSignal::default()),
-            links: crate::repl::Links::default(),
+            links: crate::repl::Links::new(wal_signal.clone()),
+            wal_signal,
             reseeds: AtomicU64::new(0),
             rewinds: AtomicU64::new(0),
             log_gen: AtomicU64::new(0),

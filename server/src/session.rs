@@ -192,11 +192,10 @@ impl Shared {
     /// Connects the WAL flusher of `db` to the replica links and their signal (and, on a
     /// primary, whose commits are visible before they are written, to `WAITLSN` waiters).
     pub fn attach(&self, db: &Db) {
-        let (signal, links) = (self.wal_signal.clone(), self.links.clone());
+        let links = self.links.clone();
         let applied = (!db.is_replica()).then(|| self.applied.clone());
         db.set_wal_listener(Some(Arc::new(move |start, bytes| {
-            links.push(start, bytes);
-            signal.notify();
+            links.wal_written(start, bytes);
             if let Some(a) = &applied {
                 let end = start.0 + bytes.len() as u64;
                 a.send_if_modified(|v| {
@@ -880,7 +879,9 @@ impl Session {
             // Queued: applied together with the other connections' writes once every ready
             // connection has run its pipeline (`connection` in server.rs).
             let slot = Arc::new(Mutex::new(None));
-            let sync = level.remote().map(|r| self.shared.links.sync_commit(r));
+            let sync = level
+                .remote()
+                .map(|r| self.shared.links.sync_commit(r, self.db.written_lsn()));
             self.shared.queue.lock().push(Queued {
                 cmds,
                 slot: slot.clone(),
