@@ -24,8 +24,8 @@ use crate::session::{now_us, Shared};
 
 /// A primary sends a keepalive after this long without WAL.
 pub const KEEPALIVE: Duration = Duration::from_millis(500);
-/// How often the flush-time sampler looks at the flush LSN.
-const POLL: Duration = Duration::from_millis(1);
+/// How often the WAL retention floor is recomputed without a replica report.
+const RETENTION_TICK: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
 /// Reads one frame, keeping leftovers in `buf`.
@@ -938,28 +938,14 @@ fn read_frame_blocking(sock: &mut std::net::TcpStream, buf: &mut BytesMut) -> Re
     }
 }
 
-/// Samples when the flush LSN advances (for `lag_ms`), every millisecond while anything
-/// changes, for as long as the server runs.
-pub async fn track_flush_times(sh: Arc<Shared>) {
+/// Applies the WAL retention rule (`update_retention`) every `RETENTION_TICK` for as long as
+/// the server runs: the floor moves with the log even when no replica reports.
+pub async fn keep_retention(sh: Arc<Shared>) {
     let mut stop = sh.shutdown.subscribe();
-    let mut last = Lsn(0);
-    let mut ticks = 0u64;
     loop {
-        let now = sh.db().flush_lsn();
-        ticks += 1;
-        if ticks.is_multiple_of(100) {
-            update_retention(&sh);
-        }
-        if now > last {
-            let mut ft = sh.flush_times.lock();
-            if ft.len() >= crate::session::FLUSH_TIMES_MAX {
-                ft.pop_front();
-            }
-            ft.push_back((now, Instant::now()));
-            last = now;
-        }
+        update_retention(&sh);
         tokio::select! {
-            _ = tokio::time::sleep(POLL) => {}
+            _ = tokio::time::sleep(RETENTION_TICK) => {}
             _ = stop.changed() => return,
         }
     }

@@ -108,10 +108,10 @@ impl Server {
             link_up: std::sync::atomic::AtomicBool::new(false),
             primary_flush: AtomicU64::new(0),
             behind_since_us: AtomicU64::new(0),
-            flush_times: parking_lot::Mutex::new(std::collections::VecDeque::new()),
+            flush_times: Default::default(),
         });
         shared.attach(&shared.db());
-        tokio::spawn(crate::repl::track_flush_times(shared.clone()));
+        tokio::spawn(crate::repl::keep_retention(shared.clone()));
         if let Some(primary) = role {
             crate::repl::start_replica(&shared, primary, 0);
         }

@@ -121,9 +121,9 @@ pub struct Shared {
     pub primary_flush: AtomicU64,
     /// Replica: when (µs since the epoch) it last noticed it was behind, 0 if caught up.
     pub behind_since_us: AtomicU64,
-    /// When the log's flush LSN reached each value (sampled every millisecond, bounded):
-    /// how `lag_ms` learns when a replica's first unapplied record was written.
-    pub flush_times: Mutex<std::collections::VecDeque<(Lsn, Instant)>>,
+    /// When this node's log came to hold each stretch of WAL (see `note_written`): how
+    /// `lag_ms` learns when a replica's first unapplied record was written.
+    pub flush_times: Arc<Mutex<std::collections::VecDeque<(Lsn, Instant)>>>,
 }
 
 /// Microseconds since the Unix epoch.
@@ -135,6 +135,27 @@ pub fn now_us() -> u64 {
 
 /// Samples kept in `Shared::flush_times` (a minute and more at one per millisecond).
 pub const FLUSH_TIMES_MAX: usize = 100_000;
+
+/// One `flush_times` sample covers the WAL written within this long of its time.
+const FLUSH_TIMES_STEP: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Records that the log holds everything before `end` now, as the WAL flusher writes it:
+/// one sample per `FLUSH_TIMES_STEP`, holding the time of the first write in it and the end of
+/// the last. So the first sample past a replica's apply LSN is at most one step older than
+/// the record the replica lacks: `lag_ms` errs by less than a millisecond, and high. (No
+/// timer samples the log: an idle server does not wake for it.)
+fn note_written(times: &Mutex<std::collections::VecDeque<(Lsn, Instant)>>, end: Lsn, now: Instant) {
+    let mut ft = times.lock();
+    match ft.back_mut() {
+        Some((l, t)) if now.duration_since(*t) < FLUSH_TIMES_STEP => *l = (*l).max(end),
+        _ => {
+            if ft.len() >= FLUSH_TIMES_MAX {
+                ft.pop_front();
+            }
+            ft.push_back((end, now));
+        }
+    }
+}
 
 impl Shared {
     /// `Some((apply LSN, target))` while reads must wait for a seeded replica to become
@@ -192,10 +213,11 @@ impl Shared {
     /// Connects the WAL flusher of `db` to the replica links and their signal (and, on a
     /// primary, whose commits are visible before they are written, to `WAITLSN` waiters).
     pub fn attach(&self, db: &Db) {
-        let links = self.links.clone();
+        let (links, times) = (self.links.clone(), self.flush_times.clone());
         let applied = (!db.is_replica()).then(|| self.applied.clone());
         db.set_wal_listener(Some(Arc::new(move |start, bytes| {
             links.wal_written(start, bytes);
+            note_written(&times, Lsn(start.0 + bytes.len() as u64), Instant::now());
             if let Some(a) = &applied {
                 let end = start.0 + bytes.len() as u64;
                 a.send_if_modified(|v| {
@@ -210,7 +232,7 @@ impl Shared {
     /// Time since this node's log held the oldest record past `applied` (0 if none is).
     pub fn lag_ms_since(&self, applied: Lsn) -> u64 {
         let ft = self.flush_times.lock();
-        // The first sample past `applied`: the record after it was durable by then.
+        // The first sample past `applied`: the record after it was written by then.
         let i = ft.partition_point(|(l, _)| *l <= applied);
         ft.get(i).map_or(0, |(_, t)| t.elapsed().as_millis() as u64)
     }
@@ -1511,6 +1533,44 @@ mod tests {
         ] {
             assert_eq!(parse_i64(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn write_time_samples_never_date_a_record_later_than_it_was_written() {
+        use std::time::Duration;
+        let times = Mutex::new(std::collections::VecDeque::new());
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_micros(n * 1000);
+        // Writes at 0, 0.4 and 0.9 ms share one sample (the first write's time); 1.5 ms starts
+        // the next, 7 ms (after a pause) the one after.
+        note_written(&times, Lsn(100), ms(0));
+        note_written(&times, Lsn(250), t0 + Duration::from_micros(400));
+        note_written(&times, Lsn(300), t0 + Duration::from_micros(900));
+        note_written(&times, Lsn(420), t0 + Duration::from_micros(1500));
+        note_written(&times, Lsn(500), ms(7));
+        let ft = times.lock();
+        assert_eq!(
+            ft.iter().copied().collect::<Vec<_>>(),
+            [
+                (Lsn(300), ms(0)),
+                (Lsn(420), t0 + Duration::from_micros(1500)),
+                (Lsn(500), ms(7))
+            ]
+        );
+        // The first sample past an apply LSN: for a replica at 260 (lacking the record
+        // written at 0.9 ms), the sample of 0 ms — older, never newer, by under a step.
+        let first_past = |applied: u64| ft[ft.partition_point(|(l, _)| l.0 <= applied)].1;
+        assert_eq!(first_past(260), ms(0));
+        assert_eq!(first_past(300), t0 + Duration::from_micros(1500));
+        assert_eq!(first_past(450), ms(7));
+        drop(ft);
+        // Bounded: the oldest samples go first.
+        for i in 0..FLUSH_TIMES_MAX as u64 + 5 {
+            note_written(&times, Lsn(1000 + i), ms(10 + 2 * i));
+        }
+        let ft = times.lock();
+        assert_eq!(ft.len(), FLUSH_TIMES_MAX);
+        assert_eq!(ft.front().map(|s| s.0), Some(Lsn(1005)));
     }
 
     #[test]
