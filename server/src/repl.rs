@@ -469,6 +469,9 @@ pub struct LiveLink {
     st: parking_lot::Mutex<LinkState>,
     /// `LinkState::sent`, readable without the lock.
     sent: AtomicU64,
+    /// The flusher left part of a frame in `LinkState::pending` (a full socket): the sender
+    /// thread must not sleep before it has written it.
+    partial: std::sync::atomic::AtomicBool,
     /// Set when either side of the link ends.
     dead: std::sync::atomic::AtomicBool,
     /// The replica's acknowledgements, read by the link's feedback thread or, while it
@@ -524,27 +527,27 @@ impl Feedback {
                     break;
                 }
             }
-            let at = self.buf.len();
-            self.buf.resize(at + 64 * 1024, 0);
-            match recv_nowait(&self.sock, &mut self.buf[at..]) {
-                Ok(0) => {
-                    self.buf.truncate(at);
-                    self.closed = Some("connection closed".into());
-                }
-                Ok(n) => self.buf.truncate(at + n),
-                Err(e) => {
-                    self.buf.truncate(at);
-                    match e.kind() {
-                        std::io::ErrorKind::WouldBlock => break,
-                        std::io::ErrorKind::Interrupted => {}
-                        _ => self.closed = Some(e.to_string()),
-                    }
-                }
+            // Feedback frames are small: a stack buffer spares zeroing a large one on every
+            // pass of a spinning committer.
+            let mut chunk = [0u8; 4096];
+            match recv_nowait(&self.sock, &mut chunk) {
+                Ok(0) => self.closed = Some("connection closed".into()),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) => match e.kind() {
+                    std::io::ErrorKind::WouldBlock => break,
+                    std::io::ErrorKind::Interrupted => {}
+                    _ => self.closed = Some(e.to_string()),
+                },
             }
         }
         if heard {
             sh.tracker.heard(self.slot, now_us() / 1000);
             update_retention(sh);
+        }
+        if self.closed.is_some() {
+            // Ends the link at once even when the reader that found out is a committer: the
+            // feedback thread's `poll` returns, and it reports why.
+            let _ = self.sock.shutdown(std::net::Shutdown::Both);
         }
         heard
     }
@@ -570,6 +573,7 @@ impl LiveLink {
                 frame: Vec::new(),
             }),
             sent: AtomicU64::new(from.0),
+            partial: std::sync::atomic::AtomicBool::new(false),
             dead: std::sync::atomic::AtomicBool::new(false),
         }
     }
@@ -602,6 +606,8 @@ impl LiveLink {
         };
         if n < st.frame.len() {
             st.pending.extend_from_slice(&st.frame[n..]);
+            // Before the caller's notify: the sender thread finishes the frame.
+            self.partial.store(true, Ordering::SeqCst);
         }
         st.sent = Lsn(start.0 + bytes.len() as u64);
         self.sent.store(st.sent.0, Ordering::Release);
@@ -673,9 +679,9 @@ fn wait_readable(sock: &std::net::TcpStream, timeout: Duration) {
 /// How long a sender thread lets new WAL gather before it ships it while no commit waits for
 /// the replicas (`off`, `local`): one frame per link per interval instead of one per commit.
 /// Every frame wakes a sender thread here and a receive thread on the replica, and on two
-/// vCPUs those wake-ups slowed the primary's own commits (a lone client's `off` commits 2.7×,
-/// its `local` commits ~20%; docs/benchmarks.md). The price: asynchronous replicas run up to
-/// this much further behind.
+/// vCPUs those wake-ups slowed the primary's own commits (with the interval a lone client's
+/// `off` commits ran 1.8× as fast, its `local` commits 14% faster; docs/benchmarks.md). The
+/// price: asynchronous replicas run up to this much further behind.
 pub const SHIP_INTERVAL: Duration = Duration::from_millis(1);
 
 /// The replica links the WAL flusher pushes to, and the signal their sender threads wait on.
@@ -750,8 +756,9 @@ impl Links {
     /// hold until its quorum answered. For a write at `remote_flush` or `remote_apply`, every
     /// frame sent from then on carries the sync flag: WAL is read for sending only after it
     /// was appended, and the write is appended only after this. The first such write wakes
-    /// the sender threads of links still holding back WAL (see `SHIP_INTERVAL`), so the links
-    /// are caught up by the time it is written and the flusher sends it itself.
+    /// the sender threads of links still holding back WAL (see `SHIP_INTERVAL`), so that
+    /// usually the links are caught up by the time it is written and the flusher sends it
+    /// itself; a link that is not is woken again by `wal_written`.
     pub fn sync_commit(&self, level: replication::quorum::Level, written: Lsn) -> SyncCommit {
         let flush = level != replication::quorum::Level::Write;
         let before = self.0.remote_waits.fetch_add(1, Ordering::SeqCst);
@@ -831,6 +838,7 @@ fn send_loop(
                 sock.write_all(&st.pending)?;
                 st.pending.clear();
             }
+            link.partial.store(false, Ordering::SeqCst);
             let pos = st.sent;
             chunk.clear();
             let end = match db.read_wal(pos, frame::MAX_WAL_CHUNK, &mut chunk) {
@@ -887,6 +895,7 @@ fn send_loop(
         std::sync::atomic::fence(Ordering::SeqCst);
         sh.wal_signal.wait_until(KEEPALIVE, || {
             db.written_lsn().0 > link.sent.load(Ordering::Acquire)
+                || link.partial.load(Ordering::SeqCst)
                 || link.dead.load(Ordering::SeqCst)
         });
         idle.fetch_sub(1, Ordering::SeqCst);

@@ -146,6 +146,12 @@ const FLUSH_TIMES_STEP: std::time::Duration = std::time::Duration::from_millis(1
 /// timer samples the log: an idle server does not wake for it.)
 fn note_written(times: &Mutex<std::collections::VecDeque<(Lsn, Instant)>>, end: Lsn, now: Instant) {
     let mut ft = times.lock();
+    // The log was cut back (a promotion dropping an incomplete batch, a rewind) or another
+    // database swapped in: samples past its end describe WAL that is gone, and the samples
+    // must stay in LSN order for the search in `lag_ms_since`.
+    while ft.back().is_some_and(|(l, _)| *l >= end) {
+        ft.pop_back();
+    }
     match ft.back_mut() {
         Some((l, t)) if now.duration_since(*t) < FLUSH_TIMES_STEP => *l = (*l).max(end),
         _ => {
@@ -1571,6 +1577,14 @@ mod tests {
         let ft = times.lock();
         assert_eq!(ft.len(), FLUSH_TIMES_MAX);
         assert_eq!(ft.front().map(|s| s.0), Some(Lsn(1005)));
+        let last = *ft.back().unwrap();
+        drop(ft);
+        // A log cut back below the newest samples drops them; the order stays.
+        let later = last.1 + Duration::from_millis(5);
+        note_written(&times, Lsn(1003), later);
+        let ft = times.lock();
+        assert_eq!(ft.back().copied(), Some((Lsn(1003), later)));
+        assert!(ft.iter().zip(ft.iter().skip(1)).all(|(a, b)| a.0 < b.0));
     }
 
     #[test]
