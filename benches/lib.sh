@@ -7,15 +7,21 @@ bin=target/release/replidb
 # started here stopped) on exit.
 make_work() {
     work=$(mktemp -d -p "$PWD/target" "$1.XXXX")
-    trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+    # SIGCONT first: a stopped server would not act on the SIGTERM.
+    trap 'kill -CONT $(jobs -p) 2>/dev/null || true; kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 }
 
-# start_pair PORT_A PORT_B: node `a` on PORT_A and its replica `b` on PORT_B, link up.
+# start_pair PORT_A PORT_B [PRIMARY-OPTION...]: node `a` on PORT_A (with the options given)
+# and its replica `b` on PORT_B, link up; their PIDs in $pid_a and $pid_b.
 start_pair() {
-    "$bin" serve --dir "$work/a" --port "$1" --name a --log-level warn &
-    "$bin" serve --dir "$work/b" --port "$2" --replicaof "127.0.0.1:$1" --name b --log-level warn &
+    local pa=$1 pb=$2
+    shift 2
+    "$bin" serve --dir "$work/a" --port "$pa" --name a --log-level warn "$@" &
+    pid_a=$!
+    "$bin" serve --dir "$work/b" --port "$pb" --replicaof "127.0.0.1:$pa" --name b --log-level warn &
+    pid_b=$!
     for _ in $(seq 200); do
-        redis-cli -p "$2" INFO replication 2>/dev/null | grep -q primary_link:up && return
+        redis-cli -p "$pb" INFO replication 2>/dev/null | grep -q primary_link:up && return
         sleep 0.1
     done
     echo "the replica's link did not come up" >&2

@@ -9,26 +9,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=${1:-1073741824}
-bin=target/release/replidb
-[ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 1; }
-work=$(mktemp -d -p "$PWD/target" replay.XXXX)
-trap 'kill -CONT $(jobs -p) 2>/dev/null || true; kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
-"$bin" serve --dir "$work/p" --port 6590 --log-level warn --max-retained-wal 4GiB &
-"$bin" serve --dir "$work/r" --port 6591 --replicaof 127.0.0.1:6590 --name r1 --log-level warn &
-replica=$!
-for _ in $(seq 200); do redis-cli -p 6591 INFO replication 2>/dev/null | grep -q primary_link:up && break; sleep 0.1; done
-field() { redis-cli -p "$1" INFO replication | tr -d '\r' | awk -F: -v k="$2" '$1 == k {print $2}'; }
-start=$(field 6590 flush_lsn)
+. benches/lib.sh
+make_work replay
+start_pair 6590 6591 --max-retained-wal 4GiB
+replica=$pid_b
+start=$(field 6590 replication flush_lsn)
 kill -STOP "$replica"
 t0=$(date +%s.%N)
 redis-benchmark -p 6590 -t set -n 100000000 -c 64 -r 1000000 -d 100 -q >/dev/null 2>&1 &
 bench=$!
-while [ $(( $(field 6590 flush_lsn) - start )) -lt "$target" ]; do sleep 0.2; done
+while [ $(( $(field 6590 replication flush_lsn) - start )) -lt "$target" ]; do sleep 0.2; done
 kill "$bench"; wait "$bench" 2>/dev/null || true
 t1=$(date +%s.%N)
-end=$(field 6590 flush_lsn)
+end=$(field 6590 replication flush_lsn)
 kill -CONT "$replica"
-while [ "$(field 6591 apply_lsn)" -lt "$end" ]; do sleep 0.05; done
+while [ "$(field 6591 replication apply_lsn)" -lt "$end" ]; do sleep 0.05; done
 t2=$(date +%s.%N)
 python3 - "$start" "$end" "$t0" "$t1" "$t2" <<'PY'
 import sys

@@ -8,13 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-1000000}
-bin=target/release/replidb
-[ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 1; }
-work=$(mktemp -d -p "$PWD/target" lag.XXXX)
-trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
-"$bin" serve --dir "$work/p" --port 6490 --log-level warn & 
-"$bin" serve --dir "$work/r" --port 6491 --replicaof 127.0.0.1:6490 --name r1 --log-level warn &
-for _ in $(seq 100); do redis-cli -p 6491 INFO replication 2>/dev/null | grep -q primary_link:up && break; sleep 0.1; done
+. benches/lib.sh
+make_work lag
+start_pair 6490 6491
 redis-benchmark -p 6490 -t set -n "$n" -c 64 -r 100000 -d 100 -q > "$work/bench.txt" 2>&1 &
 bench=$!
 : > "$work/samples"
