@@ -541,8 +541,9 @@ impl Feedback {
             }
         }
         if heard {
+            // (The WAL retention floor follows within `RETENTION_TICK`: until then it only
+            // keeps more WAL than needed.)
             sh.tracker.heard(self.slot, now_us() / 1000);
-            update_retention(sh);
         }
         if self.closed.is_some() {
             // Ends the link at once even when the reader that found out is a committer: the
