@@ -1961,3 +1961,77 @@ async fn admin_call(c: &mut crate::client::Conn, args: &[&str]) -> Result<String
         .await
         .map_err(|_| anyhow!("no reply to {} within {ADMIN_TIMEOUT:?}", args[0]))?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use replication::quorum::Level;
+
+    /// A primary-side link over a real loopback connection; returns it and the replica's end.
+    fn link() -> (Arc<LiveLink>, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let replica = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (primary, _) = l.accept().expect("accept");
+        let slot = LinkId { slot: 0, id: 1 };
+        let fb = Feedback::new(primary.try_clone().expect("clone"), BytesMut::new(), slot);
+        (Arc::new(LiveLink::new(primary, Lsn(0), fb)), replica)
+    }
+
+    fn received(replica: &std::net::TcpStream) -> Vec<u8> {
+        let mut got = vec![0u8; 4096];
+        match recv_nowait(replica, &mut got) {
+            Ok(n) => got.truncate(n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => got.clear(),
+            Err(e) => panic!("{e}"),
+        }
+        got
+    }
+
+    #[test]
+    fn wal_wakes_senders_only_when_they_have_work_and_goes_straight_out_for_waiting_commits() {
+        let signal = Arc::new(crate::session::WalSignal::default());
+        let links = Links::new(signal.clone());
+        let (link, replica) = link();
+        links.add(link.clone());
+
+        // No commit waits for the replicas and the sender is busy (batching): writes neither
+        // wake it nor go out on their own.
+        links.wal_written(Lsn(0), b"abc");
+        assert_eq!(signal.notified(), 0);
+        assert!(received(&replica).is_empty());
+        // An idle sender is woken.
+        links.0.idle.fetch_add(1, Ordering::SeqCst);
+        links.wal_written(Lsn(0), b"abc");
+        assert_eq!(signal.notified(), 1);
+        links.0.idle.fetch_sub(1, Ordering::SeqCst);
+
+        // A commit waits for the replicas' flush: its WAL goes to the caught-up link from the
+        // hook itself, with the sync flag, and no thread is woken.
+        let guard = links.sync_commit(Level::Flush, Lsn(0));
+        assert_eq!(signal.notified(), 1, "the link was caught up");
+        links.wal_written(Lsn(0), b"abc");
+        assert_eq!(signal.notified(), 1);
+        let bytes = received(&replica);
+        match frame::decode(&bytes) {
+            Ok(Some((
+                Frame::Wal {
+                    start_lsn,
+                    bytes,
+                    sync,
+                },
+                _,
+            ))) => {
+                assert_eq!((start_lsn, &bytes[..], sync), (Lsn(0), &b"abc"[..], true));
+            }
+            other => panic!("expected a wal frame, got {other:?}"),
+        }
+        // WAL the link cannot take directly (it is not caught up) wakes its sender.
+        links.wal_written(Lsn(10), b"xyz");
+        assert_eq!(signal.notified(), 2);
+        drop(guard);
+
+        // The first commit to wait wakes the senders of links still holding WAL back.
+        let _guard = links.sync_commit(Level::Write, Lsn(20));
+        assert_eq!(signal.notified(), 3);
+    }
+}

@@ -298,6 +298,12 @@ pub struct WalSignal {
 }
 
 impl WalSignal {
+    /// Notifications so far.
+    #[cfg(test)]
+    pub fn notified(&self) -> u64 {
+        *self.seq.lock()
+    }
+
     pub fn notify(&self) {
         *self.seq.lock() += 1;
         self.cv.notify_all();
