@@ -2034,4 +2034,37 @@ mod tests {
         let _guard = links.sync_commit(Level::Write, Lsn(20));
         assert_eq!(signal.notified(), 3);
     }
+
+    #[test]
+    fn a_frame_cut_short_by_a_full_socket_is_left_for_the_sender_to_finish() {
+        let (link, replica) = link();
+        // The replica reads (almost) nothing: pushes fill the socket until one is cut short
+        // (the kernel takes what fits, so a frame goes out in part).
+        let chunk = vec![7u8; 64 * 1024];
+        let mut at = 0u64;
+        for _ in 0..10_000 {
+            if link.push(Lsn(at), &chunk, false) {
+                at += chunk.len() as u64;
+            } else if link.partial.load(Ordering::SeqCst) {
+                at += chunk.len() as u64;
+                break;
+            } else {
+                // Full exactly at a frame boundary (nothing sent): make a little room.
+                let mut sink = [0u8; 1000];
+                let _ = recv_nowait(&replica, &mut sink);
+            }
+        }
+        // The rest waits in `pending`, the link counts it as sent, and the flag keeps the
+        // sender thread from sleeping before it has written it.
+        assert!(
+            link.partial.load(Ordering::SeqCst),
+            "no frame was cut short"
+        );
+        let st = link.st.lock();
+        assert!(!st.pending.is_empty());
+        assert_eq!(st.sent, Lsn(at));
+        drop(st);
+        // Further WAL is not pushed past unfinished bytes.
+        assert!(!link.push(Lsn(at), b"more", false));
+    }
 }
