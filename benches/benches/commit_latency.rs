@@ -196,23 +196,22 @@ fn sqlite_single(n: usize) -> (Histogram<u64>, Duration) {
     })
 }
 
-fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let n: usize = args
-        .iter()
-        .position(|a| a == "--commits")
+/// The number after `flag` in `args`, or `default`.
+fn count_arg(args: &[String], flag: &str, default: usize) -> usize {
+    args.iter()
+        .position(|a| a == flag)
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
-        .unwrap_or(3000);
+        .unwrap_or(default)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let n = count_arg(&args, "--commits", 3000);
     // Group-commit rows run this many commits in all (split among the committers): a row of
     // 64 committers must last long enough to reach its steady state (a few thousand commits
     // are over in tens of milliseconds).
-    let group: usize = args
-        .iter()
-        .position(|a| a == "--group-commits")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20_000);
+    let group = count_arg(&args, "--group-commits", 20_000);
     if args.iter().any(|a| a == "--list") {
         return;
     }

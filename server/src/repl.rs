@@ -501,9 +501,10 @@ impl Feedback {
     }
 
     /// Takes every acknowledgement the socket holds now, without blocking, into the quorum
-    /// tracker. Returns whether one arrived; records why the link ended if it did.
-    fn drain(&mut self, sh: &Shared) -> bool {
-        let mut heard = false;
+    /// tracker — once, with the furthest positions among them (they only move forward);
+    /// records why the link ended if it did.
+    fn drain(&mut self, sh: &Shared) {
+        let mut latest: Option<(Lsn, Lsn, Lsn)> = None;
         while self.closed.is_none() {
             match frame::decode(&self.buf) {
                 Ok(Some((f, len))) => {
@@ -515,9 +516,12 @@ impl Feedback {
                         ..
                     } = f
                     {
-                        sh.tracker
-                            .update(self.slot, write_lsn, flush_lsn, apply_lsn);
-                        heard = true;
+                        latest = Some(match latest {
+                            Some((w, fl, a)) => {
+                                (w.max(write_lsn), fl.max(flush_lsn), a.max(apply_lsn))
+                            }
+                            None => (write_lsn, flush_lsn, apply_lsn),
+                        });
                     }
                     continue;
                 }
@@ -540,7 +544,8 @@ impl Feedback {
                 },
             }
         }
-        if heard {
+        if let Some((w, f, a)) = latest {
+            sh.tracker.update(self.slot, w, f, a);
             // (The WAL retention floor follows within `RETENTION_TICK`: until then it only
             // keeps more WAL than needed.)
             sh.tracker.heard(self.slot, now_us() / 1000);
@@ -550,7 +555,6 @@ impl Feedback {
             // feedback thread's `poll` returns, and it reports why.
             let _ = self.sock.shutdown(std::net::Shutdown::Both);
         }
-        heard
     }
 }
 

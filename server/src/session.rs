@@ -163,6 +163,15 @@ fn note_written(times: &Mutex<std::collections::VecDeque<(Lsn, Instant)>>, end: 
     }
 }
 
+/// The time of the first sample past `applied`: the record after it was written by then.
+fn first_sample_past(
+    times: &std::collections::VecDeque<(Lsn, Instant)>,
+    applied: Lsn,
+) -> Option<Instant> {
+    let i = times.partition_point(|(l, _)| *l <= applied);
+    times.get(i).map(|(_, t)| *t)
+}
+
 impl Shared {
     /// `Some((apply LSN, target))` while reads must wait for a seeded replica to become
     /// consistent; clears the gate (and its file) once reached.
@@ -222,10 +231,10 @@ impl Shared {
         let (links, times) = (self.links.clone(), self.flush_times.clone());
         let applied = (!db.is_replica()).then(|| self.applied.clone());
         db.set_wal_listener(Some(Arc::new(move |start, bytes| {
+            let end = start.0 + bytes.len() as u64;
             links.wal_written(start, bytes);
-            note_written(&times, Lsn(start.0 + bytes.len() as u64), Instant::now());
+            note_written(&times, Lsn(end), Instant::now());
             if let Some(a) = &applied {
-                let end = start.0 + bytes.len() as u64;
                 a.send_if_modified(|v| {
                     let up = end > *v;
                     *v = (*v).max(end);
@@ -237,10 +246,8 @@ impl Shared {
 
     /// Time since this node's log held the oldest record past `applied` (0 if none is).
     pub fn lag_ms_since(&self, applied: Lsn) -> u64 {
-        let ft = self.flush_times.lock();
-        // The first sample past `applied`: the record after it was written by then.
-        let i = ft.partition_point(|(l, _)| *l <= applied);
-        ft.get(i).map_or(0, |(_, t)| t.elapsed().as_millis() as u64)
+        first_sample_past(&self.flush_times.lock(), applied)
+            .map_or(0, |t| t.elapsed().as_millis() as u64)
     }
 
     /// How stale this node's data may be, in ms: 0 on a primary; on a replica, how long it
@@ -1571,10 +1578,11 @@ mod tests {
         );
         // The first sample past an apply LSN: for a replica at 260 (lacking the record
         // written at 0.9 ms), the sample of 0 ms — older, never newer, by under a step.
-        let first_past = |applied: u64| ft[ft.partition_point(|(l, _)| l.0 <= applied)].1;
-        assert_eq!(first_past(260), ms(0));
-        assert_eq!(first_past(300), t0 + Duration::from_micros(1500));
-        assert_eq!(first_past(450), ms(7));
+        let first_past = |applied: u64| first_sample_past(&ft, Lsn(applied));
+        assert_eq!(first_past(260), Some(ms(0)));
+        assert_eq!(first_past(300), Some(t0 + Duration::from_micros(1500)));
+        assert_eq!(first_past(450), Some(ms(7)));
+        assert_eq!(first_past(500), None, "caught up: no lag");
         drop(ft);
         // Bounded: the oldest samples go first.
         for i in 0..FLUSH_TIMES_MAX as u64 + 5 {
