@@ -8,7 +8,7 @@
 //! +4  crc      u32  crc32c of bytes 8..12+len (kind, flags, reserved and payload)
 //! +8  kind     u8   1 hello, 2 welcome, 3 wal, 4 feedback, 5 keepalive, 6 error,
 //!                   7 snapshot_begin, 8 snapshot_pages, 9 snapshot_end
-//! +9  flags    u8   wal frames: bit 0 = sync (below); 0 in every other kind
+//! +9  flags    u8   wal frames: bit 0 = sync, bit 1 = eager (below); 0 in every other kind
 //! +10 reserved [u8; 2]  0
 //! +12 payload
 //!
@@ -31,6 +31,11 @@
 //! sync it (`remote_flush`, `remote_apply`): the replica syncs before it acknowledges.
 //! Without it the replica writes, replays and acknowledges at once, and syncs within a few
 //! milliseconds — so replicas sync once per commit only when a commit waits for it.
+//!
+//! The eager flag (only with sync) says that one or two commits wait: the next synchronous
+//! commit usually follows within a client's round trip, and the replica looks for its frame
+//! for a moment before it sleeps on the socket. It changes only when the replica sleeps,
+//! never what it does with the bytes.
 
 use storage::Lsn;
 
@@ -69,6 +74,8 @@ pub enum Frame {
         bytes: Vec<u8>,
         /// Sync before acknowledging.
         sync: bool,
+        /// Few commits wait: look for the next frame before sleeping.
+        eager: bool,
     },
     Feedback {
         write_lsn: Lsn,
@@ -110,6 +117,8 @@ pub enum Frame {
 
 /// Bit of a wal frame's flags byte: sync before acknowledging.
 const WAL_SYNC: u8 = 1;
+/// Bit of a wal frame's flags byte: few commits wait, the next frame is due soon.
+const WAL_EAGER: u8 = 2;
 
 /// Why bytes are not a frame. After one, the connection is closed and re-established.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -190,9 +199,10 @@ impl Frame {
                 start_lsn,
                 bytes,
                 sync,
+                eager,
             } => {
                 out.truncate(start);
-                return encode_wal(*start_lsn, bytes, *sync, out);
+                return encode_wal(*start_lsn, bytes, *sync, *eager, out);
             }
             Frame::Feedback {
                 write_lsn,
@@ -252,12 +262,15 @@ impl Frame {
 
 /// Appends a WAL frame carrying `bytes` from `start` on — `Frame::Wal` without copying the
 /// bytes into a frame value first (the primary's hot path). Panics past `MAX_WAL_CHUNK`.
-pub fn encode_wal(start: Lsn, bytes: &[u8], sync: bool, out: &mut Vec<u8>) {
+pub fn encode_wal(start: Lsn, bytes: &[u8], sync: bool, eager: bool, out: &mut Vec<u8>) {
     assert!(bytes.len() <= MAX_WAL_CHUNK, "WAL chunk too long");
     let at = out.len();
     out.extend_from_slice(&[0u8; HEADER]);
     if sync {
-        out[at + 9] = WAL_SYNC;
+        out[at + 9] |= WAL_SYNC;
+    }
+    if eager {
+        out[at + 9] |= WAL_EAGER;
     }
     out.extend_from_slice(&start.0.to_le_bytes());
     out.extend_from_slice(bytes);
@@ -366,14 +379,14 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
             if p.len() < 8 {
                 return Err(bad("wal", "payload cut short"));
             }
+            if buf[9] & !(WAL_SYNC | WAL_EAGER) != 0 {
+                return Err(bad("wal", &format!("unknown flags {:#x}", buf[9])));
+            }
             Frame::Wal {
                 start_lsn: Lsn(u64_at(p, 0)),
                 bytes: p[8..].to_vec(),
-                sync: match buf[9] {
-                    0 => false,
-                    WAL_SYNC => true,
-                    f => return Err(bad("wal", &format!("unknown flags {f:#x}"))),
-                },
+                sync: buf[9] & WAL_SYNC != 0,
+                eager: buf[9] & WAL_EAGER != 0,
             }
         }
         4 => {
@@ -484,12 +497,14 @@ mod tests {
             (
                 any::<u64>(),
                 prop::collection::vec(any::<u8>(), 0..3000),
+                any::<bool>(),
                 any::<bool>()
             )
-                .prop_map(|(s, bytes, sync)| Frame::Wal {
+                .prop_map(|(s, bytes, sync, eager)| Frame::Wal {
                     start_lsn: Lsn(s),
                     bytes,
                     sync,
+                    eager,
                 }),
             (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(w, f, a, t)| {
                 Frame::Feedback {
@@ -559,5 +574,24 @@ mod tests {
         let crc = crc32c::crc32c(&ok[8..]);
         ok[4..8].copy_from_slice(&crc.to_le_bytes());
         assert_eq!(decode(&ok), Err(FrameError::Kind(99)));
+    }
+
+    #[test]
+    fn wal_flags_decode_bit_by_bit_and_unknown_bits_are_refused() {
+        for flags in 0u8..8 {
+            let mut b = Vec::new();
+            encode_wal(Lsn(5), b"xy", false, false, &mut b);
+            b[9] = flags;
+            let crc = crc32c::crc32c(&b[8..]);
+            b[4..8].copy_from_slice(&crc.to_le_bytes());
+            match decode(&b) {
+                Ok(Some((Frame::Wal { sync, eager, .. }, _))) => {
+                    assert!(flags < 4, "flags {flags:#x} accepted");
+                    assert_eq!((sync, eager), (flags & 1 != 0, flags & 2 != 0));
+                }
+                Err(FrameError::Malformed { .. }) => assert!(flags >= 4, "flags {flags:#x}"),
+                other => panic!("flags {flags:#x}: {other:?}"),
+            }
+        }
     }
 }

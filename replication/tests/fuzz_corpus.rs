@@ -23,6 +23,7 @@ fn seed_frames() -> Vec<Frame> {
             start_lsn: Lsn(100),
             bytes: vec![1, 2, 3],
             sync: true,
+            eager: true,
         },
         Frame::Feedback {
             write_lsn: Lsn(3),
