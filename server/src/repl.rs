@@ -786,6 +786,11 @@ impl Links {
         }
     }
 
+    /// Whether at most `EAGER_MAX_WAITS` writes wait for replicas (at any remote level).
+    pub fn few_waiting(&self) -> bool {
+        self.0.remote_waits.load(Ordering::SeqCst) <= EAGER_MAX_WAITS
+    }
+
     /// Whether a write in flight waits for replicas (at any remote level).
     pub fn remote_wanted(&self) -> bool {
         self.0.remote_waits.load(Ordering::SeqCst) > 0

@@ -387,8 +387,11 @@ async fn wait_quorum(
     // trip. It reads the replicas' sockets itself, so an acknowledgement does not wait for a
     // link's feedback thread to wake either. Yielding between polls lets every other task run
     // meanwhile; with other commits waiting too, the first of them to be acknowledged is
-    // woken as usual.
-    if sh.tracker.waiting().0 == 0 {
+    // woken as usual. Under load (more than two writes waiting for replicas) it parks at
+    // once: acknowledgements then arrive back to back and the feedback thread is awake
+    // anyway, while polling sockets that are mostly empty took a hundred thousand system
+    // calls a second from the one event-loop thread (docs/benchmarks.md).
+    if sh.tracker.waiting().0 == 0 && sh.links.few_waiting() {
         let until = Instant::now() + QUORUM_SPIN;
         while Instant::now() < until {
             sh.links.poll_feedback(sh);
