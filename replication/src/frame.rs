@@ -46,7 +46,9 @@ pub const MAX_WAL_CHUNK: usize = 1 << 20;
 pub const MAX_PAYLOAD: usize = 8 + MAX_WAL_CHUNK;
 pub const MAX_NAME: usize = 64;
 pub const MAX_MESSAGE: usize = 1024;
-pub const VERSION: u32 = 3;
+/// Protocol version a hello names; both ends must speak the same one. 4: wal frames may
+/// carry the eager flag (bit 1), which version 3 replicas refuse.
+pub const VERSION: u32 = 4;
 /// Page ids in one `page_list` frame.
 pub const MAX_PAGE_LIST: usize = MAX_WAL_CHUNK / 8;
 /// Entries of an epoch history a frame may carry.
@@ -264,6 +266,10 @@ impl Frame {
 /// bytes into a frame value first (the primary's hot path). Panics past `MAX_WAL_CHUNK`.
 pub fn encode_wal(start: Lsn, bytes: &[u8], sync: bool, eager: bool, out: &mut Vec<u8>) {
     assert!(bytes.len() <= MAX_WAL_CHUNK, "WAL chunk too long");
+    debug_assert!(
+        sync || !eager,
+        "the eager flag only comes with the sync flag"
+    );
     let at = out.len();
     out.extend_from_slice(&[0u8; HEADER]);
     if sync {
@@ -504,7 +510,7 @@ mod tests {
                     start_lsn: Lsn(s),
                     bytes,
                     sync,
-                    eager,
+                    eager: sync && eager,
                 }),
             (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(w, f, a, t)| {
                 Frame::Feedback {

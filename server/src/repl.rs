@@ -934,14 +934,16 @@ fn feedback_loop(sh: &Shared, link: &LiveLink) -> String {
     }
 }
 
-/// How long a replica's receive thread looks for the next frame without sleeping after a
-/// frame flagged eager (one or two synchronous commits wait on the primary). On these VMs a
+/// How long a replica's receive thread looks for the next frame without sleeping, from its
+/// acknowledgement of a batch flagged eager (one or two synchronous commits wait on the
+/// primary, and the next can only follow that acknowledgement). On these VMs a
 /// thread asleep on its socket wakes tens of microseconds after the bytes arrive (an idle
 /// vCPU is slow to wake), a fair part of a synchronous commit, and a lone client's next
 /// commit reaches the replica within about a client round trip of the acknowledgement.
 /// Between looks the thread yields, so the primary and the clients sharing the CPUs run
 /// first. Measured: a lone client's `remote_flush` commits 11% faster, `remote_apply` 8%
-/// (docs/benchmarks.md). With more commits waiting the frames are not flagged: spinning then
+/// (docs/benchmarks.md; then counted from the frame's arrival, which a slow sync could use
+/// up). With more commits waiting the frames are not flagged: spinning then
 /// took CPU the primary needed.
 const REPLICA_SPIN: Duration = Duration::from_micros(300);
 
@@ -1423,9 +1425,6 @@ fn receive_frames(
                 // acknowledgement wakes the primary and the second one competes with its next
                 // commit: measured slower on two vCPUs, see docs/benchmarks.md.) A small batch
                 // is synced here: a hand-off to other threads would cost it wake-ups.
-                if eager {
-                    spin_until = Some(Instant::now() + REPLICA_SPIN);
-                }
                 let background = sync && bytes.len() >= OVERLAP_SYNC_BYTES;
                 let how = if background {
                     storage::ReplicaSync::Background
@@ -1458,6 +1457,10 @@ fn receive_frames(
                     .fetch_max(p.write_lsn.0, Ordering::Relaxed)
                     .max(p.write_lsn.0);
                 sh.lag_ms(primary_flush.saturating_sub(p.apply_lsn.0));
+                // From the acknowledgement on, which the next commit can only follow.
+                if eager {
+                    spin_until = Some(Instant::now() + REPLICA_SPIN);
+                }
             }
             Frame::Keepalive {
                 primary_flush_lsn, ..
@@ -2062,6 +2065,65 @@ mod tests {
             Err(e) => panic!("{e}"),
         }
         got
+    }
+
+    #[test]
+    fn a_replica_looking_for_its_next_frame_keeps_what_came_for_the_blocking_read() {
+        use std::io::Write;
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut primary =
+            std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
+        let (mut replica, _) = l.accept().expect("accept");
+        replica
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let mut f = Vec::new();
+        frame::encode_wal(Lsn(7), b"hello", true, true, &mut f);
+        let want = Frame::Wal {
+            start_lsn: Lsn(7),
+            bytes: b"hello".to_vec(),
+            sync: true,
+            eager: true,
+        };
+        let mut buf = BytesMut::new();
+        let soon = || Instant::now() + Duration::from_millis(1);
+        let deadline = Instant::now() + Duration::from_secs(5);
+
+        // Nothing sent: the look ends empty-handed.
+        assert_eq!(
+            spin_for_frame(&replica, &mut buf, soon()).expect("look"),
+            None
+        );
+        // Half a frame: no frame, but the bytes stay for the next read.
+        primary.write_all(&f[..6]).expect("send");
+        while buf.len() < 6 && Instant::now() < deadline {
+            assert_eq!(
+                spin_for_frame(&replica, &mut buf, soon()).expect("look"),
+                None
+            );
+        }
+        assert_eq!(&buf[..], &f[..6]);
+        // The rest comes while the thread sleeps on the socket: one whole frame.
+        primary.write_all(&f[6..]).expect("send");
+        assert_eq!(
+            read_frame_blocking(&mut replica, &mut buf).expect("read"),
+            want
+        );
+        assert!(buf.is_empty());
+        // A frame that arrives during the look is returned by it.
+        primary.write_all(&f).expect("send");
+        let mut got = None;
+        while got.is_none() && Instant::now() < deadline {
+            got = spin_for_frame(&replica, &mut buf, soon()).expect("look");
+        }
+        assert_eq!(got, Some(want));
+        // The primary goes away during the look: an error, not a silent timeout.
+        drop(primary);
+        let mut ended = false;
+        while !ended && Instant::now() < deadline {
+            ended = spin_for_frame(&replica, &mut buf, soon()).is_err();
+        }
+        assert!(ended, "a closed connection ends the look with an error");
     }
 
     #[test]
