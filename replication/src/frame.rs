@@ -32,10 +32,10 @@
 //! Without it the replica writes, replays and acknowledges at once, and syncs within a few
 //! milliseconds — so replicas sync once per commit only when a commit waits for it.
 //!
-//! The eager flag (only with sync) says that one or two commits wait: the next synchronous
-//! commit usually follows within a client's round trip, and the replica looks for its frame
-//! for a moment before it sleeps on the socket. It changes only when the replica sleeps,
-//! never what it does with the bytes.
+//! The eager flag says that one or two commits at a remote level (`remote_write` and up) wait:
+//! the next one usually follows within a client's round trip, and the replica looks for its
+//! frame for a moment before it sleeps on the socket. It changes only when the replica
+//! sleeps, never what it does with the bytes.
 
 use storage::Lsn;
 
@@ -76,7 +76,7 @@ pub enum Frame {
         bytes: Vec<u8>,
         /// Sync before acknowledging.
         sync: bool,
-        /// Few commits wait: look for the next frame before sleeping.
+        /// Few commits at a remote level wait: look for the next frame before sleeping.
         eager: bool,
     },
     Feedback {
@@ -266,10 +266,6 @@ impl Frame {
 /// bytes into a frame value first (the primary's hot path). Panics past `MAX_WAL_CHUNK`.
 pub fn encode_wal(start: Lsn, bytes: &[u8], sync: bool, eager: bool, out: &mut Vec<u8>) {
     assert!(bytes.len() <= MAX_WAL_CHUNK, "WAL chunk too long");
-    debug_assert!(
-        sync || !eager,
-        "the eager flag only comes with the sync flag"
-    );
     let at = out.len();
     out.extend_from_slice(&[0u8; HEADER]);
     if sync {
@@ -510,7 +506,7 @@ mod tests {
                     start_lsn: Lsn(s),
                     bytes,
                     sync,
-                    eager: sync && eager,
+                    eager,
                 }),
             (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(w, f, a, t)| {
                 Frame::Feedback {
