@@ -28,11 +28,43 @@ pub const KEEPALIVE: Duration = Duration::from_millis(500);
 const RETENTION_TICK: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
+/// Takes the frame at the start of `buf` out of it, if it is complete.
+fn take_frame(buf: &mut BytesMut) -> Result<Option<Frame>> {
+    match frame::decode(buf).map_err(|e| anyhow!("bad frame: {e}"))? {
+        Some((f, len)) => {
+            let _ = buf.split_to(len);
+            Ok(Some(f))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Appends what `sock` holds now to `buf`, without blocking: whether anything came (`false`:
+/// nothing waiting); an error once the peer has closed. Through a stack buffer: the frames
+/// read this way are small, and zeroing a large buffer on every look would cost more.
+fn recv_available(sock: &std::net::TcpStream, buf: &mut BytesMut) -> std::io::Result<bool> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        return match recv_nowait(sock, &mut chunk) {
+            Ok(0) => Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "connection closed",
+            )),
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) => Err(e),
+        };
+    }
+}
+
 /// Reads one frame, keeping leftovers in `buf`.
 async fn read_frame<R: AsyncReadExt + Unpin>(rd: &mut R, buf: &mut BytesMut) -> Result<Frame> {
     loop {
-        if let Some((f, len)) = frame::decode(buf).map_err(|e| anyhow!("bad frame: {e}"))? {
-            let _ = buf.split_to(len);
+        if let Some(f) = take_frame(buf)? {
             return Ok(f);
         }
         if rd.read_buf(buf).await? == 0 {
@@ -531,17 +563,10 @@ impl Feedback {
                     break;
                 }
             }
-            // Feedback frames are small: a stack buffer spares zeroing a large one on every
-            // pass of a spinning committer.
-            let mut chunk = [0u8; 4096];
-            match recv_nowait(&self.sock, &mut chunk) {
-                Ok(0) => self.closed = Some("connection closed".into()),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) => match e.kind() {
-                    std::io::ErrorKind::WouldBlock => break,
-                    std::io::ErrorKind::Interrupted => {}
-                    _ => self.closed = Some(e.to_string()),
-                },
+            match recv_available(&self.sock, &mut self.buf) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(e) => self.closed = Some(e.to_string()),
             }
         }
         if let Some((w, f, a)) = latest {
@@ -954,14 +979,13 @@ fn feedback_loop(sh: &Shared, link: &LiveLink) -> String {
 
 /// How long a replica's receive thread looks for the next frame without sleeping, from its
 /// acknowledgement of a batch flagged eager (one or two commits at a remote level wait on the
-/// primary, and the next can only follow that acknowledgement). On these VMs a
-/// thread asleep on its socket wakes tens of microseconds after the bytes arrive (an idle
-/// vCPU is slow to wake), a fair part of a synchronous commit, and a lone client's next
-/// commit reaches the replica within about a client round trip of the acknowledgement.
-/// Between looks the thread yields, so the primary and the clients sharing the CPUs run
-/// first. Measured: a lone client's `remote_flush` commits 11% faster, `remote_apply` 8%
-/// (docs/benchmarks.md; then counted from the frame's arrival, which a slow sync could use
-/// up). With more commits waiting the frames are not flagged: spinning then
+/// primary, and the next can only follow that acknowledgement). On these VMs a thread asleep
+/// on its socket wakes tens of microseconds after the bytes arrive (an idle vCPU is slow to
+/// wake), a fair part of a synchronous commit, and a lone client's next commit reaches the
+/// replica within about a client round trip of the acknowledgement. Between looks the thread
+/// yields, so the primary and the clients sharing the CPUs run first. Measured for a lone
+/// client: `remote_flush` 11% faster, `remote_apply` 8%, `remote_write` 41%
+/// (docs/benchmarks.md). With more commits waiting the frames are not flagged: spinning then
 /// took CPU the primary needed.
 const REPLICA_SPIN: Duration = Duration::from_micros(300);
 
@@ -981,24 +1005,12 @@ fn spin_for_frame(
     buf: &mut BytesMut,
     until: Instant,
 ) -> Result<Option<Frame>> {
-    let mut chunk = [0u8; 4096];
     loop {
-        if let Some((f, len)) = frame::decode(buf).map_err(|e| anyhow!("bad frame: {e}"))? {
-            let _ = buf.split_to(len);
+        if let Some(f) = take_frame(buf)? {
             return Ok(Some(f));
         }
-        match recv_nowait(sock, &mut chunk) {
-            Ok(0) => bail!("connection closed"),
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                continue;
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted
-                ) => {}
-            Err(e) => return Err(e.into()),
+        if recv_available(sock, buf)? {
+            continue;
         }
         if Instant::now() >= until {
             return Ok(None);
@@ -1012,8 +1024,7 @@ fn spin_for_frame(
 fn read_frame_blocking(sock: &mut std::net::TcpStream, buf: &mut BytesMut) -> Result<Frame> {
     use std::io::Read;
     loop {
-        if let Some((f, len)) = frame::decode(buf).map_err(|e| anyhow!("bad frame: {e}"))? {
-            let _ = buf.split_to(len);
+        if let Some(f) = take_frame(buf)? {
             return Ok(f);
         }
         let at = buf.len();
