@@ -205,6 +205,36 @@ pub fn quorum_lsn<'a>(
     }
 }
 
+/// Which replicas the quorum needs to sync what they receive now (in the order given): the
+/// primary asks only these to sync each frame, the others sync lazily (their flush still
+/// counts once reported). Under FIRST n, the `sync` ones: a `potential` replica's flush never
+/// counts. Under ANY n, the n eligible connected replicas that have flushed furthest (ties:
+/// list order, then the order given): one that stalls falls behind the others' lazy syncs
+/// and is replaced by them. Every replica that may count gets the same frames; this only
+/// decides which of them sync at once.
+pub fn flush_wanted(cfg: Option<&SyncStandbys>, replicas: &[&ReplicaPos]) -> Vec<bool> {
+    let mut wanted = vec![false; replicas.len()];
+    let Some(cfg) = cfg else {
+        return wanted;
+    };
+    let mut eligible: Vec<(std::cmp::Reverse<Lsn>, usize, usize)> = replicas
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.connected)
+        .filter_map(|(i, r)| {
+            cfg.priority(&r.name).map(|p| match cfg.method {
+                Method::Any => (std::cmp::Reverse(r.flush_lsn), p, i),
+                Method::First => (std::cmp::Reverse(Lsn(0)), p, i),
+            })
+        })
+        .collect();
+    eligible.sort();
+    for (_, _, i) in eligible.into_iter().take(cfg.num) {
+        wanted[i] = true;
+    }
+    wanted
+}
+
 /// Each replica's sync state under `cfg` (in the order given).
 pub fn sync_states(cfg: Option<&SyncStandbys>, replicas: &[ReplicaPos]) -> Vec<SyncState> {
     let Some(cfg) = cfg else {
@@ -340,5 +370,50 @@ mod tests {
             [SyncState::Quorum, SyncState::Quorum]
         );
         assert_eq!(sync_states(None, &reps), vec![SyncState::Async; 3]);
+    }
+
+    #[test]
+    fn only_the_replicas_a_quorum_can_use_are_asked_to_sync_at_once() {
+        let cfg = |s: &str| SyncStandbys::parse(s).unwrap();
+        let want = |c: &Option<SyncStandbys>, reps: &[ReplicaPos]| {
+            flush_wanted(c.as_ref(), &reps.iter().collect::<Vec<_>>())
+        };
+        let reps = vec![
+            r("r1", true, 90, 40, 40),
+            r("r2", true, 90, 80, 80),
+            r("r3", true, 90, 90, 90),
+        ];
+        // ANY: the ones that have flushed furthest among the named.
+        assert_eq!(
+            want(&cfg("ANY 1 (r1, r2)"), &reps),
+            [false, true, false],
+            "r2 is ahead; r3 is not named"
+        );
+        assert_eq!(want(&cfg("ANY 2 (r1, r2, r3)"), &reps), [false, true, true]);
+        assert_eq!(want(&cfg("ANY 1 (*)"), &reps), [false, false, true]);
+        // Ties go by list order, then by the order given.
+        let even = vec![r("r1", true, 9, 9, 9), r("r2", true, 9, 9, 9)];
+        assert_eq!(want(&cfg("ANY 1 (r2, r1)"), &even), [false, true]);
+        assert_eq!(want(&cfg("ANY 1 (*)"), &even), [true, false]);
+        // A stalled one is overtaken by the other's lazy sync, and the choice moves.
+        let mut moved = even.clone();
+        moved[1].flush_lsn = Lsn(20);
+        assert_eq!(want(&cfg("ANY 1 (r1, r2)"), &moved), [false, true]);
+        // FIRST: the sync ones only, whatever they have flushed.
+        assert_eq!(
+            want(&cfg("FIRST 1 (r1, r2)"), &reps),
+            [true, false, false],
+            "r2 is potential"
+        );
+        let mut gone = reps.clone();
+        gone[0].connected = false;
+        assert_eq!(want(&cfg("FIRST 1 (r1, r2)"), &gone), [false, true, false]);
+        assert_eq!(want(&cfg("ANY 1 (r1, r2)"), &gone), [false, true, false]);
+        assert_eq!(
+            want(&cfg("FIRST 2 (r1, r2, r3)"), &gone),
+            [false, true, true]
+        );
+        // Asynchronous: nobody.
+        assert_eq!(want(&None, &reps), [false, false, false]);
     }
 }

@@ -17,7 +17,9 @@ use std::task::{Context, Poll, Waker};
 
 use storage::Lsn;
 
-use crate::quorum::{pos_of, quorum_lsn, sync_states, Level, ReplicaPos, SyncStandbys, SyncState};
+use crate::quorum::{
+    flush_wanted, pos_of, quorum_lsn, sync_states, Level, ReplicaPos, SyncStandbys, SyncState,
+};
 use crate::sync::{Arc, Mutex, MutexGuard};
 
 /// What a waiter waits for.
@@ -98,6 +100,17 @@ impl Inner {
         }
     }
 
+    /// The slots whose flush the quorum needs now, as a bit mask (slot 63 stands for every
+    /// slot from 63 on): see [`flush_wanted`].
+    fn wanted_mask(&self) -> u64 {
+        let positions: Vec<&ReplicaPos> = self.replicas.iter().map(|r| &r.pos).collect();
+        flush_wanted(self.cfg.as_ref(), &positions)
+            .into_iter()
+            .enumerate()
+            .filter(|(_, w)| *w)
+            .fold(0, |m, (i, _)| m | 1 << i.min(63))
+    }
+
     /// Marks every waiter whose condition holds now; returns their wakers in LSN order.
     fn evaluate(&mut self) -> Vec<Waker> {
         if self.waiters.is_empty() {
@@ -141,6 +154,10 @@ fn count_at<'a>(
 #[derive(Clone, Default)]
 pub struct Tracker {
     inner: Arc<Mutex<Inner>>,
+    /// `Inner::wanted_mask` as of the last change, readable without the lock by the code
+    /// that sends WAL (a hint for how soon replicas sync: no waiter depends on it, so it
+    /// is not part of the loom model).
+    wanted: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// How far a quorum got, for a `-NOQUORUM` reply.
@@ -170,6 +187,8 @@ impl Tracker {
         let (r, wake) = {
             let mut g = self.lock();
             let r = f(&mut g);
+            self.wanted
+                .store(g.wanted_mask(), std::sync::atomic::Ordering::Relaxed);
             (r, g.evaluate())
         };
         for w in wake {
@@ -322,6 +341,13 @@ impl Tracker {
             Level::Flush,
             lsn,
         )
+    }
+
+    /// Whether the quorum needs the replica in `slot` to sync what it receives at once
+    /// ([`flush_wanted`]); lock-free, as of the last report, connection or configuration
+    /// change.
+    pub fn flush_wanted(&self, slot: usize) -> bool {
+        self.wanted.load(std::sync::atomic::Ordering::Relaxed) & 1 << slot.min(63) != 0
     }
 
     /// Whether `target` holds now.
@@ -485,5 +511,34 @@ mod tests {
         assert!(poll(&mut n, &c));
         let states: Vec<_> = t.snapshot().into_iter().map(|(_, s)| s).collect();
         assert_eq!(states, vec![SyncState::Potential, SyncState::Sync]);
+    }
+
+    #[test]
+    fn the_replicas_asked_to_sync_follow_reports_connections_and_the_configuration() {
+        let t = Tracker::new(SyncStandbys::parse("ANY 1 (r1, r2)").unwrap());
+        let wanted = |t: &Tracker| (t.flush_wanted(0), t.flush_wanted(1));
+        let r1 = t.connect("r1", "a", Lsn(0), false);
+        assert_eq!(wanted(&t), (true, false), "the only one connected");
+        let r2 = t.connect("r2", "b", Lsn(0), false);
+        assert_eq!(wanted(&t), (true, false), "a tie goes by list order");
+        // r1 stalls; r2's lazy sync overtakes it.
+        t.update(r2, Lsn(10), Lsn(10), Lsn(10));
+        assert_eq!(wanted(&t), (false, true));
+        t.disconnect(r2);
+        assert_eq!(wanted(&t), (true, false));
+        let r2 = t.connect("r2", "b", Lsn(10), false);
+        assert_eq!(wanted(&t), (false, true));
+        t.update(r1, Lsn(10), Lsn(10), Lsn(10));
+        t.set_config(SyncStandbys::parse("FIRST 1 (r2, r1)").unwrap());
+        assert_eq!(wanted(&t), (false, true), "r2 has priority");
+        t.set_config(SyncStandbys::parse("ANY 2 (r1, r2)").unwrap());
+        assert_eq!(wanted(&t), (true, true));
+        t.set_config(None);
+        assert_eq!(wanted(&t), (false, false), "asynchronous");
+        t.set_config(SyncStandbys::parse("FIRST 1 (r1)").unwrap());
+        t.disconnect(r1);
+        assert_eq!(wanted(&t), (false, false), "r2 is not named");
+        t.disconnect(r2);
+        assert!(!t.flush_wanted(70), "slots past 63 share one bit");
     }
 }

@@ -72,6 +72,7 @@ impl Server {
             .await
             .with_context(|| format!("binding {}:{}", config.bind, config.port))?;
         let wal_signal = Arc::new(crate::session::WalSignal::default());
+        let tracker = replication::tracker::Tracker::new(config.sync_standbys.clone());
         let shared = Arc::new(Shared {
             db_slot: RwLock::new(Arc::new(db)),
             db_gen: AtomicU64::new(0),
@@ -80,8 +81,8 @@ impl Server {
                 sync_commit: config.sync_commit,
                 sync_timeout_ms: config.sync_timeout_ms,
             }),
-            tracker: replication::tracker::Tracker::new(config.sync_standbys.clone()),
-            links: crate::repl::Links::new(wal_signal.clone()),
+            links: crate::repl::Links::new(wal_signal.clone(), tracker.clone()),
+            tracker,
             wal_signal,
             reseeds: AtomicU64::new(0),
             rewinds: AtomicU64::new(0),
