@@ -132,6 +132,12 @@ impl Inner {
     }
 }
 
+/// Whether `slot` is set in a [`Tracker::wanted_mask`] (slot 63 stands for every slot from 63
+/// on).
+pub fn wanted_in(mask: u64, slot: usize) -> bool {
+    mask & 1 << slot.min(63) != 0
+}
+
 fn target_lsn(t: Target) -> Lsn {
     match t {
         Target::Quorum(_, l) | Target::Count(l, _) => l,
@@ -347,7 +353,14 @@ impl Tracker {
     /// ([`flush_wanted`]); lock-free, as of the last report, connection or configuration
     /// change.
     pub fn flush_wanted(&self, slot: usize) -> bool {
-        self.wanted.load(std::sync::atomic::Ordering::Relaxed) & 1 << slot.min(63) != 0
+        wanted_in(self.wanted_mask(), slot)
+    }
+
+    /// All of `flush_wanted` at once, as a bit mask to test with [`wanted_in`]: one snapshot
+    /// for the frames of one write to every link (a report between two loads could move an
+    /// `ANY` choice so that neither replica, or both, got the flag).
+    pub fn wanted_mask(&self) -> u64 {
+        self.wanted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether `target` holds now.
@@ -539,6 +552,15 @@ mod tests {
         t.disconnect(r1);
         assert_eq!(wanted(&t), (false, false), "r2 is not named");
         t.disconnect(r2);
-        assert!(!t.flush_wanted(70), "slots past 63 share one bit");
+        // Slots past 63 share one bit: wanted if any of them is.
+        let t = Tracker::new(SyncStandbys::parse("ANY 1 (*)").unwrap());
+        let links: Vec<_> = (0..72)
+            .map(|i| t.connect(&format!("r{i}"), "a", Lsn(0), false))
+            .collect();
+        assert_eq!(links[70].slot, 70);
+        assert!(t.flush_wanted(0) && !t.flush_wanted(63) && !t.flush_wanted(70));
+        t.update(links[70], Lsn(5), Lsn(5), Lsn(5));
+        assert!(!t.flush_wanted(0) && !t.flush_wanted(62));
+        assert!(t.flush_wanted(63) && t.flush_wanted(70) && t.flush_wanted(71));
     }
 }

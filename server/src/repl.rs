@@ -494,6 +494,20 @@ pub async fn serve_replica(sh: Arc<Shared>, sock: TcpStream, mut buf: BytesMut) 
     r
 }
 
+/// The flags of a wal frame (`Links::wal_flags`) for the replica in `slot`, given the
+/// tracker's `wanted` mask: the sync flag only if the quorum needs that replica's flush now
+/// (`Tracker::flush_wanted`: the `sync` ones under FIRST, the ones that have flushed furthest
+/// under ANY); the others write what they receive and sync it lazily (within `LAZY_SYNC`),
+/// so a lone commit's syncs no longer share the disk with a sync no quorum waits for
+/// (`remote_flush` × 1: 3,378 against 3,093 commits/s, p50 253.5 against 306.5 µs, 8
+/// alternated rounds, docs/benchmarks.md). The eager flag stays as it is for every replica:
+/// one that is not asked to sync still acknowledges `remote_write` commits, and its look for
+/// the next frame keeps its vCPU awake for the others (3,324 against 3,120 commits/s with it
+/// off there).
+fn link_flags((sync, eager): (bool, bool), wanted: u64, slot: usize) -> (bool, bool) {
+    (sync && replication::tracker::wanted_in(wanted, slot), eager)
+}
+
 /// One replica link's sending side, shared by its sender thread and the WAL flusher.
 pub struct LiveLink {
     /// A clone of the link's (blocking) socket.
@@ -780,9 +794,12 @@ impl Links {
     pub fn wal_written(&self, start: Lsn, bytes: &[u8]) {
         if self.remote_wanted() {
             let flags = self.wal_flags();
+            // One snapshot for every link: a report in between could otherwise move an `ANY`
+            // choice so that no replica gets the sync flag for this WAL.
+            let wanted = self.0.tracker.wanted_mask();
             let mut all = true;
             for l in self.0.links.read().iter() {
-                all &= l.push(start, bytes, self.link_flags(flags, l.slot));
+                all &= l.push(start, bytes, link_flags(flags, wanted, l.slot));
             }
             if !all {
                 self.0.signal.notify();
@@ -857,16 +874,9 @@ impl Links {
         (n > 0, eager)
     }
 
-    /// `wal_flags` for the replica in `slot`: the sync flag only if the quorum needs that
-    /// replica's flush now (`Tracker::flush_wanted`: the `sync` ones under FIRST, the ones
-    /// that have flushed furthest under ANY); the others write what they receive and sync it
-    /// lazily (within `LAZY_SYNC`): a lone commit's syncs no longer share the disk with a
-    /// sync no quorum waits for (`remote_flush` × 1: 3,729 against 2,920 commits/s,
-    /// docs/benchmarks.md). The eager flag stays as it is for every replica: one that is not
-    /// asked to sync still acknowledges `remote_write` commits, and its look for the next
-    /// frame keeps its vCPU awake for the others (3,324 against 3,120 with it off there).
-    pub fn link_flags(&self, (sync, eager): (bool, bool), slot: usize) -> (bool, bool) {
-        (sync && self.0.tracker.flush_wanted(slot), eager)
+    /// `link_flags` for the replica in `slot`, as of now.
+    pub fn flags_for(&self, slot: usize) -> (bool, bool) {
+        link_flags(self.wal_flags(), self.0.tracker.wanted_mask(), slot)
     }
 
     /// For a committer spinning for its quorum: takes in the acknowledgements the replica
@@ -938,7 +948,7 @@ fn send_loop(
             };
             if end > pos {
                 st.frame.clear();
-                let (sync, eager) = sh.links.link_flags(sh.links.wal_flags(), link.slot);
+                let (sync, eager) = sh.links.flags_for(link.slot);
                 frame::encode_wal(pos, &chunk, sync, eager, &mut st.frame);
                 sock.write_all(&st.frame)?;
                 st.sent = end;
