@@ -2243,6 +2243,33 @@ mod tests {
     }
 
     #[test]
+    fn a_sender_thread_flags_its_frames_by_the_quorum_choice_of_the_moment() {
+        let tracker = replication::tracker::Tracker::new(
+            replication::quorum::SyncStandbys::parse("ANY 1 (r1, r2)").expect("parses"),
+        );
+        let r1 = tracker.connect("r1", "a", Lsn(0), false);
+        let r2 = tracker.connect("r2", "b", Lsn(0), false);
+        let links = Links::new(
+            Arc::new(crate::session::WalSignal::default()),
+            tracker.clone(),
+        );
+        assert_eq!(links.flags_for(r1.slot), (false, false), "no commit waits");
+        let flush = links.sync_commit(Level::Flush, Lsn(0));
+        assert_eq!(
+            links.flags_for(r1.slot),
+            (true, true),
+            "a tie goes by list order"
+        );
+        assert_eq!(links.flags_for(r2.slot), (false, true), "r2 syncs lazily");
+        // r2's lazy sync overtakes r1: from then on r2 is asked.
+        tracker.update(r2, Lsn(9), Lsn(9), Lsn(9));
+        assert_eq!(links.flags_for(r1.slot), (false, true));
+        assert_eq!(links.flags_for(r2.slot), (true, true));
+        drop(flush);
+        assert_eq!(links.flags_for(r2.slot), (false, false));
+    }
+
+    #[test]
     fn wal_wakes_senders_only_when_they_have_work_and_goes_straight_out_for_waiting_commits() {
         let signal = Arc::new(crate::session::WalSignal::default());
         // r1 counts towards the quorum, r2 is only a potential standby.
