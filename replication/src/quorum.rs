@@ -213,22 +213,23 @@ pub fn quorum_lsn<'a>(
 /// and is replaced by them. Every replica that may count gets the same frames; this only
 /// decides which of them sync at once.
 pub fn flush_wanted(cfg: Option<&SyncStandbys>, replicas: &[&ReplicaPos]) -> Vec<bool> {
-    let mut wanted = vec![false; replicas.len()];
-    let Some(cfg) = cfg else {
-        return wanted;
+    let Some(cfg) = cfg.filter(|c| c.method == Method::Any) else {
+        return sync_states(cfg, replicas)
+            .into_iter()
+            .map(|s| s == SyncState::Sync)
+            .collect();
     };
     let mut eligible: Vec<(std::cmp::Reverse<Lsn>, usize, usize)> = replicas
         .iter()
         .enumerate()
         .filter(|(_, r)| r.connected)
         .filter_map(|(i, r)| {
-            cfg.priority(&r.name).map(|p| match cfg.method {
-                Method::Any => (std::cmp::Reverse(r.flush_lsn), p, i),
-                Method::First => (std::cmp::Reverse(Lsn(0)), p, i),
-            })
+            cfg.priority(&r.name)
+                .map(|p| (std::cmp::Reverse(r.flush_lsn), p, i))
         })
         .collect();
     eligible.sort();
+    let mut wanted = vec![false; replicas.len()];
     for (_, _, i) in eligible.into_iter().take(cfg.num) {
         wanted[i] = true;
     }
@@ -236,7 +237,7 @@ pub fn flush_wanted(cfg: Option<&SyncStandbys>, replicas: &[&ReplicaPos]) -> Vec
 }
 
 /// Each replica's sync state under `cfg` (in the order given).
-pub fn sync_states(cfg: Option<&SyncStandbys>, replicas: &[ReplicaPos]) -> Vec<SyncState> {
+pub fn sync_states(cfg: Option<&SyncStandbys>, replicas: &[&ReplicaPos]) -> Vec<SyncState> {
     let Some(cfg) = cfg else {
         return vec![SyncState::Async; replicas.len()];
     };
@@ -267,6 +268,10 @@ pub fn sync_states(cfg: Option<&SyncStandbys>, replicas: &[ReplicaPos]) -> Vec<S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn refs(reps: &[ReplicaPos]) -> Vec<&ReplicaPos> {
+        reps.iter().collect()
+    }
 
     fn r(name: &str, connected: bool, w: u64, f: u64, a: u64) -> ReplicaPos {
         ReplicaPos {
@@ -362,22 +367,21 @@ mod tests {
         let star = SyncStandbys::parse("ANY 2 (*)").unwrap().unwrap();
         assert_eq!(quorum_lsn(&star, &reps, Level::Write), Some(Lsn(90)));
         assert_eq!(
-            sync_states(Some(&first1), &reps),
+            sync_states(Some(&first1), &refs(&reps)),
             vec![SyncState::Sync, SyncState::Potential, SyncState::Async]
         );
         assert_eq!(
-            sync_states(Some(&any1), &reps)[..2],
+            sync_states(Some(&any1), &refs(&reps))[..2],
             [SyncState::Quorum, SyncState::Quorum]
         );
-        assert_eq!(sync_states(None, &reps), vec![SyncState::Async; 3]);
+        assert_eq!(sync_states(None, &refs(&reps)), vec![SyncState::Async; 3]);
     }
 
     #[test]
     fn only_the_replicas_a_quorum_can_use_are_asked_to_sync_at_once() {
         let cfg = |s: &str| SyncStandbys::parse(s).unwrap();
-        let want = |c: &Option<SyncStandbys>, reps: &[ReplicaPos]| {
-            flush_wanted(c.as_ref(), &reps.iter().collect::<Vec<_>>())
-        };
+        let want =
+            |c: &Option<SyncStandbys>, reps: &[ReplicaPos]| flush_wanted(c.as_ref(), &refs(reps));
         let reps = vec![
             r("r1", true, 90, 40, 40),
             r("r2", true, 90, 80, 80),

@@ -83,8 +83,8 @@ impl Inner {
             .filter(|r| r.link == link.id)
     }
 
-    fn positions(&self) -> Vec<ReplicaPos> {
-        self.replicas.iter().map(|r| r.pos.clone()).collect()
+    fn positions(&self) -> Vec<&ReplicaPos> {
+        self.replicas.iter().map(|r| &r.pos).collect()
     }
 
     /// Whether `target` holds now (without copying the positions: committers spinning for
@@ -103,8 +103,7 @@ impl Inner {
     /// The slots whose flush the quorum needs now, as a bit mask (slot 63 stands for every
     /// slot from 63 on): see [`flush_wanted`].
     fn wanted_mask(&self) -> u64 {
-        let positions: Vec<&ReplicaPos> = self.replicas.iter().map(|r| &r.pos).collect();
-        flush_wanted(self.cfg.as_ref(), &positions)
+        flush_wanted(self.cfg.as_ref(), &self.positions())
             .into_iter()
             .enumerate()
             .filter(|(_, w)| *w)
