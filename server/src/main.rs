@@ -112,7 +112,23 @@ fn demo(dir: PathBuf, port: u16) -> Result<()> {
         let p_run = tokio::spawn(p.run());
         let a = Server::start(r1).await?;
         let b = Server::start(r2).await?;
-        println!(
+        // The banner says the replicas are ready for reads: wait until both have replayed
+        // to a consistent point (a GET before that gets LOADING).
+        let (a_ready, b_ready) = (a.ready(), b.ready());
+        let stopping = p_stop.subscribe();
+        let stops = [a.shutdown_handle(), b.shutdown_handle(), p_stop];
+        let a_run = tokio::spawn(a.run());
+        let b_run = tokio::spawn(b.run());
+        tokio::spawn(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("SIGINT: shutting down the demo");
+            for s in &stops {
+                let _ = s.send(true);
+            }
+        });
+        tokio::join!(a_ready, b_ready);
+        if !*stopping.borrow() {
+            println!(
             "\nreplidb demo: a primary and two replicas, data under {}\n  (sync-standbys 'ANY 1 (r1, r2)': a write is acknowledged once one replica has it on disk)\n\n  primary  127.0.0.1:{port}   redis-cli -p {port}\n  r1       127.0.0.1:{}   redis-cli -p {}   (read-only)\n  r2       127.0.0.1:{}   redis-cli -p {}   (read-only)\n\n  redis-cli -p {port} SET greeting hello\n  redis-cli -p {} GET greeting\n  redis-cli -p {port} INFO replication\n\nCtrl-C stops all three; the data stays for next time.\n",
             dir.display(),
             port + 1,
@@ -121,15 +137,9 @@ fn demo(dir: PathBuf, port: u16) -> Result<()> {
             port + 2,
             port + 1
         );
-        let stops = [a.shutdown_handle(), b.shutdown_handle(), p_stop];
-        tokio::spawn(async move {
-            let _ = tokio::signal::ctrl_c().await;
-            tracing::info!("SIGINT: shutting down the demo");
-            for s in &stops {
-                let _ = s.send(true);
-            }
-        });
-        let (y, z) = tokio::join!(a.run(), b.run());
+        }
+        let y = a_run.await.context("r1's task")?;
+        let z = b_run.await.context("r2's task")?;
         let x = p_run.await.context("the primary's task")?;
         x.and(y).and(z)
     })

@@ -1212,12 +1212,19 @@ async fn stream_from(sh: &Arc<Shared>, primary: &str, gen: u64) -> Result<()> {
                 sh.primary_flush
                     .store(primary_flush_lsn.0, Ordering::Relaxed);
                 // Just seeded: consistent once the primary's position now is applied (the
-                // copy ended before this).
+                // copy ended before this). Already there (a primary that has written
+                // nothing yet): consistent now, since a gate of 0 would mean "none" and no
+                // replay would ever lift a gate above it.
                 let _g = sh.gate_lock.lock();
                 if sh.consistent_at.load(Ordering::SeqCst) == u64::MAX {
-                    let target = primary_flush_lsn.0.max(1);
-                    sh.consistent_at.store(target, Ordering::SeqCst);
-                    store_gate(&sh.config.dir, Some(target));
+                    let target = primary_flush_lsn.0;
+                    if db.apply_lsn().0 >= target {
+                        sh.consistent_at.store(0, Ordering::SeqCst);
+                        store_gate(&sh.config.dir, None);
+                    } else {
+                        sh.consistent_at.store(target, Ordering::SeqCst);
+                        store_gate(&sh.config.dir, Some(target));
+                    }
                 }
             }
             Frame::Diverged { fork_lsn, message } => {

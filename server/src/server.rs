@@ -123,6 +123,27 @@ impl Server {
         self.listener.local_addr()
     }
 
+    /// Waits until this node serves reads: a primary at once; a replica once its link to the
+    /// primary is up and it has replayed past the point where its data is consistent (before
+    /// that, reads get `LOADING`). Returns early if the server is shut down meanwhile.
+    pub fn ready(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let sh = self.shared.clone();
+        async move {
+            let mut rx = sh.applied.subscribe();
+            let mut stop = sh.shutdown.subscribe();
+            loop {
+                let replica = sh.role.read().is_some();
+                if !replica || (sh.link_up.load(Ordering::Relaxed) && sh.loading().is_none()) {
+                    return;
+                }
+                tokio::select! {
+                    more = rx.changed() => if more.is_err() { return },
+                    _ = stop.changed() => return,
+                }
+            }
+        }
+    }
+
     /// A handle that stops the server when `send(true)` is called on it.
     pub fn shutdown_handle(&self) -> watch::Sender<bool> {
         self.shared.shutdown.clone()

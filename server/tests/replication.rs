@@ -691,3 +691,30 @@ fn a_seeded_replica_serves_reads_only_once_consistent() {
     });
     assert!(!d1.path().join("consistent_at").exists());
 }
+
+#[test]
+fn a_replica_of_a_primary_that_has_written_nothing_serves_reads_at_once() {
+    let (pd, d1) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let primary = Node::start(pd.path(), &["--name", "p"]);
+    let addr = format!("127.0.0.1:{}", primary.port);
+    let mut p = primary.client();
+    assert_eq!(info(&mut p)["flush_lsn"], "0");
+    let r1 = Node::start(d1.path(), &["--replicaof", &addr, "--name", "r1"]);
+    let mut c1 = r1.client();
+    wait_for(30, "the replication link", || {
+        info(&mut c1)["primary_link"] == "up"
+    });
+    // The copy of an empty database is consistent as it stands: no write has to come
+    // first for reads to be served.
+    assert_eq!(info(&mut c1)["loading"], "0");
+    let v: Option<String> = cmd("GET").arg("a").query(&mut c1).unwrap();
+    assert_eq!(v, None);
+    assert!(!d1.path().join("consistent_at").exists());
+    // And it still follows the primary.
+    let _: () = cmd("SET").arg("a").arg("1").query(&mut p).unwrap();
+    wait_for(30, "the write on the replica", || {
+        caught_up(&mut p, &mut c1)
+    });
+    let v: Option<String> = cmd("GET").arg("a").query(&mut c1).unwrap();
+    assert_eq!(v.as_deref(), Some("1"));
+}
