@@ -1328,7 +1328,7 @@ impl Inner {
         let mut lsn = start.0;
         for (id, p) in pages.iter_mut() {
             {
-                let h = page::header_mut(&mut p[..]);
+                let h = page::header_mut(page::page_mut(p));
                 h.page_lsn.set(lsn);
                 h.checksum.set(0);
             }
@@ -1482,18 +1482,17 @@ impl Inner {
     /// published pages, then one publish.
     fn apply_batch(&self, records: Vec<(u64, Vec<u8>)>, end: Lsn) -> Result<()> {
         let guard = self.state.upgradable_read();
-        let mut pages: std::collections::HashMap<PageId, Box<page::PageBuf>> =
+        let mut pages: std::collections::HashMap<PageId, page::PageArc> =
             std::collections::HashMap::new();
         for (lsn, raw) in &records {
-            recovery::redo_record(&mut pages, *lsn, raw, |id, b| {
+            recovery::redo_record(&mut pages, *lsn, raw, |id| {
                 if id.0 >= guard.meta.page_count {
                     return Err(Error::CorruptWal {
                         lsn: Lsn(*lsn),
                         reason: format!("delta for page {id}, which does not exist yet"),
                     });
                 }
-                b.copy_from_slice(guard.page(id)?);
-                Ok(())
+                Ok(page::page_copy(guard.page(id)?))
             })?;
         }
         let meta = match pages.get(&PageId(0)) {

@@ -37,6 +37,39 @@ pub fn new_page_buf() -> Box<PageBuf> {
     Box::new([0u8; PAGE_SIZE])
 }
 
+/// A changed page on its way to becoming a published frame. A writer's copy is built straight
+/// into the `Arc` the frame table will hold, so installing it copies nothing.
+pub type PageArc = std::sync::Arc<PageBuf>;
+
+/// A copy of `src` (one page) in a new `PageArc`: one allocation, one copy, no zeroing first.
+pub fn page_copy(src: &[u8]) -> PageArc {
+    debug_assert_eq!(src.len(), PAGE_SIZE);
+    let a: std::sync::Arc<[u8]> = std::sync::Arc::from(src);
+    match a.try_into() {
+        Ok(p) => p,
+        // Never taken (pages are PAGE_SIZE); if it were, a zeroed page padded with the bytes.
+        Err(a) => {
+            let mut p = std::sync::Arc::new([0u8; PAGE_SIZE]);
+            let n = a.len().min(PAGE_SIZE);
+            std::sync::Arc::make_mut(&mut p)[..n].copy_from_slice(&a[..n]);
+            p
+        }
+    }
+}
+
+/// A zeroed page in a new `PageArc`.
+pub fn page_zeroed() -> PageArc {
+    const ZERO: PageBuf = [0; PAGE_SIZE];
+    page_copy(&ZERO)
+}
+
+/// The bytes of a page the writer is changing. Its copy is its own (no reader sees it before
+/// it is installed), so this copies nothing; were it shared, it would copy first.
+#[inline]
+pub fn page_mut(p: &mut PageArc) -> &mut [u8] {
+    &mut std::sync::Arc::make_mut(p)[..]
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum PageKind {

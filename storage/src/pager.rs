@@ -18,7 +18,7 @@ use std::sync::Arc;
 use memmap2::Mmap;
 
 use crate::error::{Error, Result};
-use crate::page::{self, Meta, PageBuf, PAGE_SIZE};
+use crate::page::{self, Meta, PageArc, PageBuf, PAGE_SIZE};
 use crate::types::{Lsn, PageId};
 use crate::wal::io::{Backend, WriteOp};
 
@@ -74,7 +74,7 @@ impl PageSource for Published {
 
 impl Published {
     /// Installs a batch's pages and meta: the moment the batch becomes visible.
-    pub fn install(&mut self, pages: Vec<(PageId, Box<PageBuf>)>, meta: Meta, last_lsn: Lsn) {
+    pub fn install(&mut self, pages: Vec<(PageId, PageArc)>, meta: Meta, last_lsn: Lsn) {
         let need = meta.page_count as usize;
         if self.frames.len() < need {
             self.frames.resize_with(need, || None);
@@ -84,7 +84,7 @@ impl Published {
             if slot.is_none() {
                 self.frame_count += 1;
             }
-            *slot = Some(Arc::from(buf));
+            *slot = Some(buf);
         }
         self.meta = meta;
         self.last_lsn = last_lsn;
@@ -250,7 +250,7 @@ impl PageFile {
     }
 
     /// Builds the published state over this file, with `pages` (from recovery) as frames.
-    pub fn publish(&self, pages: Vec<(PageId, Box<PageBuf>)>, last_lsn: Lsn) -> Result<Published> {
+    pub fn publish(&self, pages: Vec<(PageId, PageArc)>, last_lsn: Lsn) -> Result<Published> {
         let meta_page: Vec<u8> = match pages.iter().find(|(id, _)| id.0 == 0) {
             Some((_, b)) => b.to_vec(),
             None => {

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::page::{self, PageBuf};
+use crate::page::{self, PageArc};
 use crate::pager::PageFile;
 use crate::types::{Lsn, PageId};
 use crate::wal::record::{self, Body, DecodeError};
@@ -18,7 +18,7 @@ use crate::wal::segment::Segments;
 
 pub(crate) struct Recovered {
     /// Pages changed by replay, in their replayed state (checksum field zero).
-    pub pages: HashMap<PageId, Box<PageBuf>>,
+    pub pages: HashMap<PageId, PageArc>,
     /// End of the last complete record (a commit, checkpoint or epoch change): the log
     /// continues from here.
     pub end: Lsn,
@@ -151,28 +151,31 @@ pub(crate) fn recover(file: &PageFile, segs: &mut Segments, redo: Lsn) -> Result
 /// file the first time.
 fn apply(
     file: &PageFile,
-    pages: &mut HashMap<PageId, Box<PageBuf>>,
+    pages: &mut HashMap<PageId, PageArc>,
     lsn: u64,
     raw: &[u8],
 ) -> Result<()> {
-    redo_record(pages, lsn, raw, |id, b| {
+    redo_record(pages, lsn, raw, |id| {
+        let mut p = page::page_zeroed();
+        let b = page::page_mut(&mut p);
         file.read_page(id, b)?;
         page::verify(b, id).map_err(|e| Error::Corrupt {
             page: id,
             reason: format!("needed by the WAL record at LSN {lsn}, but damaged and the log holds no image of it: {e}"),
-        })
+        })?;
+        Ok(p)
     })
 }
 
 /// Applies one encoded page record to its page in `pages` — the redo shared by crash
 /// recovery and replicas. The first record of a page that is a delta needs the page as it
-/// stood before: `load` fetches it (recovery: from the file; a replica: from its published
-/// state). An image needs no base.
+/// stood before: `load` returns a copy of it (recovery: from the file; a replica: from its
+/// published state). An image needs no base.
 pub(crate) fn redo_record(
-    pages: &mut HashMap<PageId, Box<PageBuf>>,
+    pages: &mut HashMap<PageId, PageArc>,
     lsn: u64,
     raw: &[u8],
-    load: impl FnOnce(PageId, &mut [u8]) -> Result<()>,
+    load: impl FnOnce(PageId) -> Result<PageArc>,
 ) -> Result<()> {
     let (rec, _) = record::decode(raw, Lsn(lsn)).map_err(|e| Error::CorruptWal {
         lsn: Lsn(lsn),
@@ -182,13 +185,13 @@ pub(crate) fn redo_record(
     let p = match pages.entry(id) {
         std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
         std::collections::hash_map::Entry::Vacant(v) => {
-            let mut b = page::new_page_buf();
-            if let Body::PageDelta { .. } = rec.body {
-                load(id, &mut b[..])?;
-            }
+            let b = match rec.body {
+                Body::PageDelta { .. } => load(id)?,
+                _ => page::page_zeroed(),
+            };
             v.insert(b)
         }
     };
-    record::redo(&mut p[..], &rec);
+    record::redo(page::page_mut(p), &rec);
     Ok(())
 }

@@ -7,16 +7,16 @@ use std::collections::HashMap;
 
 use crate::error::Result;
 use crate::freelist;
-use crate::page::{self, Meta, PageBuf, PageKind};
+use crate::page::{self, Meta, PageArc, PageKind};
 use crate::pager::{PageSource, Published};
 use crate::types::PageId;
 
 /// Pages a batch changed, in page order.
-pub(crate) type ChangedPages = Vec<(PageId, Box<PageBuf>)>;
+pub(crate) type ChangedPages = Vec<(PageId, PageArc)>;
 
 pub(crate) struct WriteCtx<'a> {
     base: &'a Published,
-    dirty: HashMap<PageId, Box<PageBuf>>,
+    dirty: HashMap<PageId, PageArc>,
     pub meta: Meta,
 }
 
@@ -42,21 +42,19 @@ impl<'a> WriteCtx<'a> {
     /// A writable copy of page `id` in the overlay.
     pub fn page_mut(&mut self, id: PageId) -> Result<&mut [u8]> {
         match self.dirty.entry(id) {
-            Entry::Occupied(e) => Ok(&mut e.into_mut()[..]),
+            Entry::Occupied(e) => Ok(page::page_mut(e.into_mut())),
             Entry::Vacant(v) => {
-                let src = self.base.page(id)?;
-                let mut b = page::new_page_buf();
-                b.copy_from_slice(src);
-                Ok(&mut v.insert(b)[..])
+                let b = page::page_copy(self.base.page(id)?);
+                Ok(page::page_mut(v.insert(b)))
             }
         }
     }
 
     /// A fresh, initialised page `id` in the overlay, whatever it held before.
     pub fn page_fresh(&mut self, id: PageId, kind: PageKind) -> &mut [u8] {
-        let b = self.dirty.entry(id).or_insert_with(page::new_page_buf);
-        page::init(&mut b[..], kind, id);
-        &mut b[..]
+        let b = page::page_mut(self.dirty.entry(id).or_insert_with(page::page_zeroed));
+        page::init(b, kind, id);
+        b
     }
 
     /// Forgets any overlay copy of a page that has just been freed.
