@@ -138,10 +138,11 @@ fn demo(dir: PathBuf, port: u16) -> Result<()> {
             port + 1
         );
         }
-        let y = a_run.await.context("r1's task")?;
-        let z = b_run.await.context("r2's task")?;
-        let x = p_run.await.context("the primary's task")?;
-        x.and(y).and(z)
+        // Every node is awaited (and so closed cleanly) before any error is returned.
+        let y = a_run.await.context("r1's task");
+        let z = b_run.await.context("r2's task");
+        let x = p_run.await.context("the primary's task");
+        x.and_then(|r| r).and(y.and_then(|r| r)).and(z.and_then(|r| r))
     })
 }
 

@@ -128,10 +128,14 @@ impl Server {
     /// that, reads get `LOADING`). Returns early if the server is shut down meanwhile.
     pub fn ready(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let sh = self.shared.clone();
+        // Subscribed now, not at the first poll: a shutdown in between still ends the wait.
+        let mut rx = sh.applied.subscribe();
+        let mut stop = sh.shutdown.subscribe();
         async move {
-            let mut rx = sh.applied.subscribe();
-            let mut stop = sh.shutdown.subscribe();
             loop {
+                if *stop.borrow_and_update() {
+                    return;
+                }
                 let replica = sh.role.read().is_some();
                 if !replica || (sh.link_up.load(Ordering::Relaxed) && sh.loading().is_none()) {
                     return;
