@@ -126,7 +126,14 @@ fn demo(dir: PathBuf, port: u16) -> Result<()> {
                 let _ = s.send(true);
             }
         });
-        tokio::join!(a_ready, b_ready);
+        let both = async { tokio::join!(a_ready, b_ready) };
+        tokio::pin!(both);
+        while tokio::time::timeout(std::time::Duration::from_secs(5), &mut both)
+            .await
+            .is_err()
+        {
+            tracing::warn!("still waiting for the replicas to connect and catch up (see their log lines above)");
+        }
         if !*stopping.borrow() {
             println!(
             "\nreplidb demo: a primary and two replicas, data under {}\n  (sync-standbys 'ANY 1 (r1, r2)': a write is acknowledged once one replica has it on disk)\n\n  primary  127.0.0.1:{port}   redis-cli -p {port}\n  r1       127.0.0.1:{}   redis-cli -p {}   (read-only)\n  r2       127.0.0.1:{}   redis-cli -p {}   (read-only)\n\n  redis-cli -p {port} SET greeting hello\n  redis-cli -p {} GET greeting\n  redis-cli -p {port} INFO replication\n\nCtrl-C stops all three; the data stays for next time.\n",
