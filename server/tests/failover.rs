@@ -389,7 +389,7 @@ fn an_isolated_primary_refuses_writes_within_the_lag_bound() {
 #[test]
 fn two_promoted_replicas_are_never_mixed() {
     // Split brain by hand: both replicas promoted (each to epoch 2, at different points),
-    // each takes a write. Pointed at the other, a node is reseeded, not merged.
+    // each takes a write. Pointed at the other, a node is rewound by pages, not merged.
     let t = trio(&[]);
     let mut p = t.nodes[0].client();
     // Enough data for many pages, so a rewind refetches only some.
