@@ -37,7 +37,7 @@ enum Command {
     Serve(ServeArgs),
     /// Run a ready-to-use local cluster: a primary on 127.0.0.1:6380 and two replicas (r1,
     /// r2) on 6381 and 6382, data under ./replidb-demo unless --dir says otherwise; prints how
-    /// to connect. Ctrl-C stops them cleanly.
+    /// to connect once both replicas serve reads. Ctrl-C stops them cleanly.
     Demo {
         /// Data directory for the demo.
         #[arg(long, default_value = "replidb-demo")]
