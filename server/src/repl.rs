@@ -662,6 +662,17 @@ impl LiveLink {
     }
 }
 
+impl LiveLink {
+    /// Whether the link's sender thread must not sleep, the log having been written up to
+    /// `written`: WAL past what the link has sent, the rest of a frame the flusher could send
+    /// only in part, or the link's end to report.
+    fn sender_has_work(&self, written: Lsn) -> bool {
+        written.0 > self.sent.load(Ordering::Acquire)
+            || self.partial.load(Ordering::SeqCst)
+            || self.dead.load(Ordering::SeqCst)
+    }
+}
+
 /// Sends what the socket takes without blocking; returns how much it took.
 fn send_nowait(sock: &std::net::TcpStream, buf: &[u8]) -> std::io::Result<usize> {
     use std::os::fd::AsRawFd;
@@ -982,11 +993,8 @@ fn send_loop(
         idle.fetch_add(1, Ordering::SeqCst);
         // Pairs with the fence in `Links::wal_written`.
         std::sync::atomic::fence(Ordering::SeqCst);
-        sh.wal_signal.wait_until(KEEPALIVE, || {
-            db.written_lsn().0 > link.sent.load(Ordering::Acquire)
-                || link.partial.load(Ordering::SeqCst)
-                || link.dead.load(Ordering::SeqCst)
-        });
+        sh.wal_signal
+            .wait_until(KEEPALIVE, || link.sender_has_work(db.written_lsn()));
         idle.fetch_sub(1, Ordering::SeqCst);
     }
 }
@@ -2377,5 +2385,19 @@ mod tests {
         drop(st);
         // Further WAL is not pushed past unfinished bytes.
         assert!(!link.push(Lsn(at), b"more", (false, false)));
+        // And the sender thread does not sleep with it unsent, although the link counts
+        // everything written as sent.
+        assert!(link.sender_has_work(Lsn(at)));
+        link.partial.store(false, Ordering::SeqCst);
+        assert!(
+            !link.sender_has_work(Lsn(at)),
+            "nothing left once the rest is written"
+        );
+        assert!(
+            link.sender_has_work(Lsn(at + 1)),
+            "new WAL past what was sent"
+        );
+        link.dead.store(true, Ordering::SeqCst);
+        assert!(link.sender_has_work(Lsn(at)), "a dead link to report");
     }
 }
