@@ -1225,14 +1225,9 @@ async fn stream_from(sh: &Arc<Shared>, primary: &str, gen: u64) -> Result<()> {
                 // replay would ever lift a gate above it.
                 let _g = sh.gate_lock.lock();
                 if sh.consistent_at.load(Ordering::SeqCst) == u64::MAX {
-                    let target = primary_flush_lsn.0;
-                    if db.apply_lsn().0 >= target {
-                        sh.consistent_at.store(0, Ordering::SeqCst);
-                        store_gate(&sh.config.dir, None);
-                    } else {
-                        sh.consistent_at.store(target, Ordering::SeqCst);
-                        store_gate(&sh.config.dir, Some(target));
-                    }
+                    let gate = (db.apply_lsn() < primary_flush_lsn).then_some(primary_flush_lsn.0);
+                    sh.consistent_at.store(gate.unwrap_or(0), Ordering::SeqCst);
+                    store_gate(&sh.config.dir, gate);
                 }
             }
             Frame::Diverged { fork_lsn, message } => {

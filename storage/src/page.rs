@@ -49,9 +49,9 @@ pub fn page_copy(src: &[u8]) -> PageArc {
         Ok(p) => p,
         // Never taken (pages are PAGE_SIZE); if it were, a zeroed page padded with the bytes.
         Err(a) => {
-            let mut p = std::sync::Arc::new([0u8; PAGE_SIZE]);
+            let mut p = page_zeroed();
             let n = a.len().min(PAGE_SIZE);
-            std::sync::Arc::make_mut(&mut p)[..n].copy_from_slice(&a[..n]);
+            page_mut(&mut p)[..n].copy_from_slice(&a[..n]);
             p
         }
     }
