@@ -15,8 +15,7 @@
 //! +52 reserved        [u8; 12]
 //! ```
 
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::fs;
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -90,17 +89,7 @@ impl Control {
 
     /// Replaces `DIR/control` atomically and durably.
     pub fn store(&self, dir: &Path) -> Result<()> {
-        let tmp = dir.join("control.tmp");
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
-        f.write_all(&self.encode())?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, dir.join(CONTROL_FILE))?;
-        File::open(dir)?.sync_all()?;
+        crate::durable::replace_file(dir, CONTROL_FILE, &self.encode())?;
         Ok(())
     }
 }
@@ -145,13 +134,6 @@ pub(crate) fn store_epochs(dir: &Path, epochs: &[(u32, Lsn)]) -> Result<()> {
     for (e, l) in epochs {
         text.push_str(&format!("{e} {}\n", l.0));
     }
-    let tmp = dir.join(format!("{EPOCHS_FILE}.tmp"));
-    {
-        let mut f = fs::File::create(&tmp)?;
-        std::io::Write::write_all(&mut f, text.as_bytes())?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, dir.join(EPOCHS_FILE))?;
-    fs::File::open(dir)?.sync_all()?;
+    crate::durable::replace_file(dir, EPOCHS_FILE, text.as_bytes())?;
     Ok(())
 }

@@ -47,6 +47,7 @@ mod check;
 mod control;
 mod cursor;
 mod db;
+pub mod durable;
 mod error;
 mod freelist;
 #[doc(hidden)]

@@ -1,9 +1,9 @@
 //! Crash recovery: redo from the last checkpoint's redo LSN to the end of the valid log.
 //!
-//! Records are replayed a batch at a time: a batch's page records are held until its commit
-//! record is read, so a batch cut short by the crash is never half applied. Replay stops at
-//! the first record that is cut short or fails its checksum (or at zeroed, never-written
-//! log); the log is truncated there — zeroed to the end of its segment, later segments
+//! Records are replayed a batch at a time, assembled by `wal::batch` (the same rules a
+//! replica applies with): a batch's page records are held until its commit record is read, so
+//! a batch cut short by the crash is never half applied. Replay stops at the first record that
+//! is cut short, fails its checksum or breaks a batch rule (or at zeroed, never-written log); the log is truncated there — zeroed to the end of its segment, later segments
 //! deleted — so nothing after that point can ever be read as a record again.
 
 use std::collections::HashMap;
@@ -13,7 +13,8 @@ use crate::error::{Error, Result};
 use crate::page::{self, PageArc};
 use crate::pager::PageFile;
 use crate::types::{Lsn, PageId};
-use crate::wal::record::{self, Body, DecodeError};
+use crate::wal::batch::{Assembler, Event, PageRecord, Stop};
+use crate::wal::record;
 use crate::wal::segment::Segments;
 
 pub(crate) struct Recovered {
@@ -45,7 +46,7 @@ pub(crate) fn recover(file: &PageFile, segs: &mut Segments, redo: Lsn) -> Result
     let mut pos = redo.0;
     let mut buf: Vec<u8> = Vec::new();
     let mut buf_start = pos;
-    let mut pending: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut batches = Assembler::new();
     let (mut records, mut commits) = (0u64, 0u64);
     let mut seg = segs.start_of(pos);
     let mut tail_is_clean = false;
@@ -65,50 +66,36 @@ pub(crate) fn recover(file: &PageFile, segs: &mut Segments, redo: Lsn) -> Result
         segs.read_at(seg, from, &mut buf[old..])?;
         let stop = loop {
             let at = (pos - buf_start) as usize;
-            match record::decode(&buf[at..], Lsn(pos)) {
-                Ok((rec, len)) => {
+            match batches.push(&buf[at..], Lsn(pos)) {
+                Ok((len, event)) => {
                     records += 1;
-                    match rec.body {
-                        Body::PageImage { .. } | Body::PageDelta { .. } => {
-                            pending.push((pos, buf[at..at + len].to_vec()))
-                        }
-                        Body::Commit { page_records, .. } => {
-                            if page_records as usize != pending.len() {
-                                break Some(format!(
-                                    "commit at LSN {pos} counts {page_records} page records, the log holds {}",
-                                    pending.len()
-                                ));
-                            }
-                            for (lsn, raw) in pending.drain(..) {
-                                apply(file, &mut out.pages, lsn, &raw)?;
+                    match event {
+                        None => {}
+                        Some(Event::Commit { records, end, .. }) => {
+                            for rec in &records {
+                                apply(file, &mut out.pages, rec)?;
                             }
                             commits += 1;
-                            out.end = Lsn(pos + len as u64);
-                            out.last_commit_end = Some(out.end);
+                            out.end = end;
+                            out.last_commit_end = Some(end);
                         }
-                        Body::Checkpoint { .. } | Body::EpochChange { .. } => {
-                            if let Body::Checkpoint { redo_lsn } = rec.body {
-                                out.last_checkpoint_redo = Some(redo_lsn);
-                            }
-                            if let Body::EpochChange { epoch } = rec.body {
-                                out.epochs_seen.push((epoch, Lsn(pos)));
-                            }
-                            if !pending.is_empty() {
-                                break Some(format!(
-                                    "{:?} record inside a batch at LSN {pos}",
-                                    rec.body
-                                ));
-                            }
-                            out.end = Lsn(pos + len as u64);
+                        Some(Event::Checkpoint { redo, end }) => {
+                            out.last_checkpoint_redo = Some(redo);
+                            out.end = end;
+                        }
+                        Some(Event::Epoch { epoch, start, end }) => {
+                            out.epochs_seen.push((epoch, start));
+                            out.end = end;
                         }
                     }
                     pos += len as u64;
                 }
-                Err(DecodeError::Incomplete { .. }) => break None,
-                Err(DecodeError::Invalid(why)) => {
-                    tail_is_clean = why.starts_with("zeroed") && buf[at..].iter().all(|&b| b == 0);
-                    break Some(format!("at LSN {pos}: {why}"));
+                Err(Stop::Incomplete) => break None,
+                Err(stop @ Stop::Invalid(_)) => {
+                    tail_is_clean = stop.is_zeroed() && buf[at..].iter().all(|&b| b == 0);
+                    break Some(format!("at LSN {pos}: {}", stop.reason()));
                 }
+                Err(Stop::Misplaced(why)) => break Some(why),
             }
         };
         if let Some(reason) = stop {
@@ -123,7 +110,7 @@ pub(crate) fn recover(file: &PageFile, segs: &mut Segments, redo: Lsn) -> Result
     if !tail_is_clean || out.end.0 != pos || later_segments {
         segs.truncate_after(out.end.0)?;
     }
-    let quiet = commits == 0 && pending.is_empty() && tail_is_clean;
+    let quiet = commits == 0 && batches.open_records() == 0 && tail_is_clean;
     macro_rules! report {
         ($lvl:ident) => {
             tracing::$lvl!(
@@ -131,7 +118,7 @@ pub(crate) fn recover(file: &PageFile, segs: &mut Segments, redo: Lsn) -> Result
                 end = out.end.0,
                 records,
                 commits,
-                discarded_records = pending.len(),
+                discarded_records = batches.open_records(),
                 pages = out.pages.len(),
                 elapsed_ms = t0.elapsed().as_millis() as u64,
                 stop = %reason,
@@ -149,13 +136,9 @@ pub(crate) fn recover(file: &PageFile, segs: &mut Segments, redo: Lsn) -> Result
 
 /// Applies one page record from the log to the page it names, loading the page from the
 /// file the first time.
-fn apply(
-    file: &PageFile,
-    pages: &mut HashMap<PageId, PageArc>,
-    lsn: u64,
-    raw: &[u8],
-) -> Result<()> {
-    redo_record(pages, lsn, raw, |id| {
+fn apply(file: &PageFile, pages: &mut HashMap<PageId, PageArc>, rec: &PageRecord) -> Result<()> {
+    let lsn = rec.lsn;
+    redo_record(pages, rec, |id| {
         let mut p = page::page_zeroed();
         let b = page::page_mut(&mut p);
         file.read_page(id, b)?;
@@ -167,31 +150,26 @@ fn apply(
     })
 }
 
-/// Applies one encoded page record to its page in `pages` — the redo shared by crash
-/// recovery and replicas. The first record of a page that is a delta needs the page as it
-/// stood before: `load` returns a copy of it (recovery: from the file; a replica: from its
-/// published state). An image needs no base.
+/// Applies one page record to its page in `pages` — the redo shared by crash recovery and
+/// replicas. The first record of a page that is a delta needs the page as it stood before:
+/// `load` returns a copy of it (recovery: from the file; a replica: from its published
+/// state). An image needs no base.
 pub(crate) fn redo_record(
     pages: &mut HashMap<PageId, PageArc>,
-    lsn: u64,
-    raw: &[u8],
+    rec: &PageRecord,
     load: impl FnOnce(PageId) -> Result<PageArc>,
 ) -> Result<()> {
-    let (rec, _) = record::decode(raw, Lsn(lsn)).map_err(|e| Error::CorruptWal {
-        lsn: Lsn(lsn),
-        reason: format!("{e:?}"),
-    })?;
-    let id = rec.page().expect("page record");
-    let p = match pages.entry(id) {
+    let p = match pages.entry(rec.page) {
         std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
         std::collections::hash_map::Entry::Vacant(v) => {
-            let b = match rec.body {
-                Body::PageDelta { .. } => load(id)?,
-                _ => page::page_zeroed(),
+            let b = if rec.is_image() {
+                page::page_zeroed()
+            } else {
+                load(rec.page)?
             };
             v.insert(b)
         }
     };
-    record::redo(page::page_mut(p), &rec);
+    record::redo(page::page_mut(p), &rec.as_record());
     Ok(())
 }

@@ -6,6 +6,7 @@
 //! submission, publishes the new flush LSN and wakes every waiter whose commit is now durable:
 //! however many commits arrived during one sync share the next one (see `Wal`).
 
+pub(crate) mod batch;
 pub mod io;
 pub mod record;
 pub(crate) mod segment;
