@@ -1,20 +1,38 @@
 //! # replidb replication
 //!
 //! Physical replication for replidb: WAL streaming from a primary to replicas, replica apply
-//! through the storage crate's redo code, quorum tracking for synchronous commit, and
-//! failover with epochs. The arrows point one way: this crate uses `storage` and knows
-//! nothing of the client protocol; it does no I/O itself (the server moves the bytes), so
-//! its state machines can be driven by tests deterministically.
+//! through the storage crate's redo code, base backups and rewinds, quorum tracking for
+//! synchronous commit, and role changes with epochs. The arrows point one way: this crate
+//! uses `storage` and knows sockets and frames, never the client protocol (the server parses
+//! RESP and hands a connection over once it names a replication command).
 //!
-//! The wire format ([`frame`]), the quorum rule ([`quorum`]) and the tracker that commit
-//! waiters wait on ([`tracker`], model-checked with loom). The storage side is in `storage`
-//! (`Db::read_wal`, `Db::apply_wal`); the server moves the bytes (docs/replication.md).
+//! Cut by role, as PostgreSQL's `src/backend/replication/` is (docs/architecture.md):
+//! - [`node`]: the node as replication sees it (database, role, links, lag);
+//! - [`role`]: the role state machine and its changes (promote, follow, switchover);
+//! - [`primary`]: a primary's links — senders, the WAL flusher's pushes, feedback, retention;
+//! - [`replica`]: a replica's stream — reconnects, apply, acknowledgements;
+//! - [`seed`]: base backups — serving, fetching, swapping in; [`rewind`]: rewinds;
+//! - [`node_dir`]: the data directory's role, gate and reseed files;
+//! - [`wire`]: frames (fuzzed), socket I/O and the handshake;
+//! - [`quorum`], [`tracker`] (model-checked with loom), [`epochs`]: the pure decisions.
 
 pub mod epochs;
-pub mod frame;
+pub mod error;
+pub mod node;
+pub mod node_dir;
+pub mod primary;
 pub mod quorum;
+pub mod replica;
+pub mod rewind;
+pub mod role;
+pub mod seed;
 mod sync;
 pub mod tracker;
+pub mod wire;
+
+pub use error::{Error, Result};
+pub use node::{Node, NodeConfig};
+pub use wire::frame;
 
 #[doc(hidden)]
 pub mod fuzzing {

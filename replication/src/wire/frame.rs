@@ -7,7 +7,8 @@
 //! +0  len      u32  payload bytes (at most MAX_PAYLOAD)
 //! +4  crc      u32  crc32c of bytes 8..12+len (kind, flags, reserved and payload)
 //! +8  kind     u8   1 hello, 2 welcome, 3 wal, 4 feedback, 5 keepalive, 6 error,
-//!                   7 snapshot_begin, 8 snapshot_pages, 9 snapshot_end
+//!                   7 snapshot_begin, 8 snapshot_pages, 9 snapshot_end, 10 diverged,
+//!                   11 page_list, 12 catch_up, 13 promote, 14 role_query, 15 role_report
 //! +9  flags    u8   wal frames: bit 0 = sync, bit 1 = eager (below); 0 in every other kind
 //! +10 reserved [u8; 2]  0
 //! +12 payload
@@ -24,6 +25,13 @@
 //! snapshot_begin (primary -> new replica)  redo_lsn u64 | page_count u64
 //! snapshot_pages (primary -> new replica)  first_page u64 | whole pages (at most 1 MiB)
 //! snapshot_end   (primary -> new replica)  (empty)
+//! diverged       (primary -> replica)      fork_lsn u64 | message (UTF-8)
+//! page_list      (rewinding node -> primary)  count u32 | page ids u64 ...
+//! catch_up       (switching primary -> target)  until_lsn u64 | timeout_ms u64
+//! promote        (switching primary -> target)  (empty)
+//! role_query     (switching primary -> target)  (empty)
+//! role_report    (target -> switching primary)  primary u8 | reserved [u8; 3] | epoch u32 |
+//!                                               apply_lsn u64 | message (UTF-8)
 //! ```
 //! All integers little-endian.
 //!
@@ -47,8 +55,9 @@ pub const MAX_PAYLOAD: usize = 8 + MAX_WAL_CHUNK;
 pub const MAX_NAME: usize = 64;
 pub const MAX_MESSAGE: usize = 1024;
 /// Protocol version a hello names; both ends must speak the same one. 4: wal frames may
-/// carry the eager flag (bit 1), which version 3 replicas refuse.
-pub const VERSION: u32 = 4;
+/// carry the eager flag (bit 1), which version 3 replicas refuse. 5: a switchover asks its
+/// target over the replication protocol (catch_up, promote, role_query, role_report).
+pub const VERSION: u32 = 5;
 /// Page ids in one `page_list` frame.
 pub const MAX_PAGE_LIST: usize = MAX_WAL_CHUNK / 8;
 /// Entries of an epoch history a frame may carry.
@@ -115,6 +124,23 @@ pub enum Frame {
         fork_lsn: Lsn,
         message: String,
     },
+    /// A switchover asks its target to apply everything up to `until_lsn` (the switching
+    /// primary's end), waiting at most `timeout_ms`; answered by a role report (or an error).
+    CatchUp {
+        until_lsn: Lsn,
+        timeout_ms: u64,
+    },
+    /// A switchover asks its (caught-up) target to promote itself; answered by a role report.
+    Promote,
+    /// What are you now? Answered by a role report.
+    RoleQuery,
+    /// A node's role, epoch and apply LSN, and what it did.
+    RoleReport {
+        primary: bool,
+        epoch: u32,
+        apply_lsn: Lsn,
+        message: String,
+    },
 }
 
 /// Bit of a wal frame's flags byte: sync before acknowledging.
@@ -159,6 +185,10 @@ impl Frame {
             Frame::SnapshotEnd => 9,
             Frame::Diverged { .. } => 10,
             Frame::PageList { .. } => 11,
+            Frame::CatchUp { .. } => 12,
+            Frame::Promote => 13,
+            Frame::RoleQuery => 14,
+            Frame::RoleReport { .. } => 15,
         }
     }
 
@@ -255,6 +285,27 @@ impl Frame {
                 let m = &message.as_bytes()[..message.len().min(MAX_MESSAGE)];
                 let m = std::str::from_utf8(m).unwrap_or("(message not UTF-8)");
                 out.extend_from_slice(&fork_lsn.0.to_le_bytes());
+                out.extend_from_slice(m.as_bytes());
+            }
+            Frame::CatchUp {
+                until_lsn,
+                timeout_ms,
+            } => {
+                out.extend_from_slice(&until_lsn.0.to_le_bytes());
+                out.extend_from_slice(&timeout_ms.to_le_bytes());
+            }
+            Frame::Promote | Frame::RoleQuery => {}
+            Frame::RoleReport {
+                primary,
+                epoch,
+                apply_lsn,
+                message,
+            } => {
+                let m = &message.as_bytes()[..message.len().min(MAX_MESSAGE)];
+                let m = std::str::from_utf8(m).unwrap_or("(message not UTF-8)");
+                out.extend_from_slice(&[u8::from(*primary), 0, 0, 0]);
+                out.extend_from_slice(&epoch.to_le_bytes());
+                out.extend_from_slice(&apply_lsn.0.to_le_bytes());
                 out.extend_from_slice(m.as_bytes());
             }
         }
@@ -460,6 +511,35 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
                 message: String::from_utf8_lossy(&p[8..]).into_owned(),
             }
         }
+        12 => {
+            exact("catch_up", 16)?;
+            Frame::CatchUp {
+                until_lsn: Lsn(u64_at(p, 0)),
+                timeout_ms: u64_at(p, 8),
+            }
+        }
+        13 => {
+            exact("promote", 0)?;
+            Frame::Promote
+        }
+        14 => {
+            exact("role_query", 0)?;
+            Frame::RoleQuery
+        }
+        15 => {
+            if p.len() < 16 || p.len() > 16 + MAX_MESSAGE {
+                return Err(bad("role_report", "bad message length"));
+            }
+            if p[0] > 1 || p[1..4] != [0, 0, 0] {
+                return Err(bad("role_report", "bad role byte"));
+            }
+            Frame::RoleReport {
+                primary: p[0] == 1,
+                epoch: u32_at(p, 4),
+                apply_lsn: Lsn(u64_at(p, 8)),
+                message: String::from_utf8_lossy(&p[16..]).into_owned(),
+            }
+        }
         k => return Err(FrameError::Kind(k)),
     };
     Ok(Some((frame, HEADER + len)))
@@ -522,6 +602,20 @@ mod tests {
             }),
             (any::<u16>(), "[ -~]{0,200}")
                 .prop_map(|(code, message)| Frame::Error { code, message }),
+            (any::<u64>(), any::<u64>()).prop_map(|(u, t)| Frame::CatchUp {
+                until_lsn: Lsn(u),
+                timeout_ms: t
+            }),
+            Just(Frame::Promote),
+            Just(Frame::RoleQuery),
+            (any::<bool>(), any::<u32>(), any::<u64>(), "[ -~]{0,200}").prop_map(
+                |(primary, epoch, a, message)| Frame::RoleReport {
+                    primary,
+                    epoch,
+                    apply_lsn: Lsn(a),
+                    message
+                }
+            ),
         ]
     }
 

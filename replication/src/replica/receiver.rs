@@ -1,0 +1,196 @@
+//! Keeping a replica's stream from its primary going: connect, hand the log over for a
+//! verdict, stream; on the way back from a failure, rewind or reseed as the primary says.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::stream::{receive_loop, STOP_CHECK};
+use crate::error::{bail, peer, Error, Result};
+use crate::frame::Frame;
+use crate::node::Node;
+use crate::rewind::rewind_pages;
+use crate::seed::swap::reseed;
+use crate::wire::handshake::{connect_as_replica, own_hello, WalGone, WAL_GONE};
+use crate::wire::io::{read_frame, write_frame};
+
+pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Resolves when this node stops or its role changes away from generation `gen`.
+pub(crate) async fn role_ended(node: &Node, gen: u64) {
+    let mut stop = node.shutdown.subscribe();
+    let mut roles = node.role_gen.subscribe();
+    loop {
+        if *stop.borrow_and_update() || *roles.borrow_and_update() != gen {
+            return;
+        }
+        tokio::select! {
+            r = stop.changed() => if r.is_err() { return },
+            r = roles.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+/// Whether the stream of role generation `gen` must stop.
+pub(crate) fn stream_over(node: &Node, gen: u64) -> bool {
+    *node.shutdown.borrow() || *node.role_gen.borrow() != gen
+}
+
+/// Replica side: keeps a stream from the primary going, reconnecting with backoff, until the
+/// node stops or its role changes (generation `gen` ends). Returns only once no stream thread
+/// of this generation runs any more.
+pub async fn run_replica(node: Arc<Node>, primary: String, gen: u64) {
+    let mut backoff = Duration::from_millis(50);
+    while !stream_over(&node, gen) {
+        let r = stream_from(&node, &primary, gen).await;
+        node.link_up.store(false, Ordering::Relaxed);
+        if stream_over(&node, gen) {
+            return;
+        }
+        match r {
+            Ok(()) => backoff = Duration::from_millis(50),
+            Err(Error::WalGone(why)) => {
+                let why = &why;
+                if let WalGone::Diverged { fork, .. } = why {
+                    let r = tokio::select! {
+                        r = rewind_pages(&node, &primary, *fork) => r,
+                        _ = role_ended(&node, gen) => return,
+                    };
+                    match r {
+                        Ok((fetched, total)) => {
+                            let msg =
+                                format!("rewound: refetched {fetched} of {total} pages ({why})");
+                            tracing::info!(primary = %primary, fetched_pages = fetched, total_pages = total, "{msg}");
+                            *node.last_join.lock() = msg;
+                            node.rewinds.fetch_add(1, Ordering::Relaxed);
+                            backoff = Duration::from_millis(50);
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!(primary = %primary, error = %format!("{e:#}"), "rewind failed; reseeding instead")
+                        }
+                    }
+                }
+                *node.last_join.lock() = format!("reseeded: {why}");
+                let r = tokio::select! {
+                    r = reseed(&node, &primary, why) => r,
+                    _ = role_ended(&node, gen) => return,
+                };
+                match r {
+                    Ok(()) => {
+                        backoff = Duration::from_millis(50);
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(primary = %primary, error = %format!("{e:#}"), "reseeding failed; will retry")
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(primary = %primary, error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "replication link down")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = role_ended(&node, gen) => return,
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn stream_from(node: &Arc<Node>, primary: &str, gen: u64) -> Result<()> {
+    let handshake = async {
+        let (mut rd, mut wr, mut buf) =
+            connect_as_replica(&node.config, primary, b"*1\r\n$10\r\nREPLSTREAM\r\n").await?;
+        let db = node.db();
+        // A record cut by the last link's end starts again from the flush LSN, where
+        // everything received so far ends once it is synced.
+        db.reset_stream();
+        let db2 = db.clone();
+        tokio::task::spawn_blocking(move || db2.sync_wal()).await??;
+        write_frame(&mut wr, &own_hello(&db, &node.config.name)).await?;
+        match read_frame(&mut rd, &mut buf).await? {
+            Frame::Welcome {
+                primary_flush_lsn, ..
+            } => {
+                node.primary_flush
+                    .store(primary_flush_lsn.0, Ordering::Relaxed);
+                // Just seeded: consistent once the primary's position now is applied (the
+                // copy ended before this). Already there (a primary that has written
+                // nothing yet): consistent now, since a gate of 0 would mean "none" and no
+                // replay would ever lift a gate above it.
+                node.gate
+                    .resolve(&node.dir, db.apply_lsn().0, primary_flush_lsn.0)?;
+            }
+            Frame::Diverged { fork_lsn, message } => {
+                // Nothing past the fork replayed: cutting the log back is the whole rewind.
+                let db2 = db.clone();
+                let cut = tokio::task::spawn_blocking(move || db2.rewind_log(fork_lsn)).await??;
+                match cut {
+                    Some(dropped) => {
+                        node.log_gen.fetch_add(1, Ordering::SeqCst);
+                        *node.last_join.lock() = format!(
+                            "rewound: dropped {dropped} bytes of log past LSN {fork_lsn} ({message})"
+                        );
+                        node.rewinds.fetch_add(1, Ordering::Relaxed);
+                        bail!("rewound the log to LSN {fork_lsn}; reconnecting");
+                    }
+                    None => {
+                        return Err(WalGone::Diverged {
+                            fork: fork_lsn,
+                            message,
+                        }
+                        .into())
+                    }
+                }
+            }
+            Frame::Error { code, message } if code == WAL_GONE => {
+                return Err(WalGone::Removed(message).into())
+            }
+            Frame::Error { message, .. } => bail!("the primary refused: {message}"),
+            other => bail!("expected welcome, got {other:?}"),
+        }
+        Ok::<_, Error>((rd, wr, buf))
+    };
+    let (rd, wr, buf) = tokio::select! {
+        r = handshake => r?,
+        _ = role_ended(node, gen) => return Ok(()),
+    };
+    node.link_up.store(true, Ordering::Relaxed);
+    node.role.verify();
+    node.applied.send_modify(|_| {});
+    {
+        let mut j = node.last_join.lock();
+        if j.is_empty() {
+            *j = "streaming".into();
+        }
+    }
+    tracing::info!(primary = %primary, from = node.db().flush_lsn().0, epoch = node.db().epoch(), "replication link up");
+    // The stream itself runs on a thread of its own with blocking I/O: a frame is written,
+    // synced, acknowledged and applied without waiting for a runtime worker.
+    let sock = rd
+        .reunite(wr)
+        .map_err(|_| peer!("socket halves do not match"))?
+        .into_std()?;
+    sock.set_nonblocking(false)?;
+    sock.set_read_timeout(Some(STOP_CHECK))?;
+    let node = node.clone();
+    tokio::task::spawn_blocking(move || receive_loop(&node, sock, buf, gen)).await?
+}
+
+/// Starts following `primary` as role generation `gen`.
+pub fn start_replica(node: &Arc<Node>, primary: String, gen: u64) {
+    let t = tokio::spawn(run_replica(node.clone(), primary, gen));
+    *node.replica_task.lock() = Some(t);
+}
+
+/// Stops the replica stream (if any) and waits until its thread no longer applies WAL.
+pub(crate) async fn stop_replica(node: &Arc<Node>) -> u64 {
+    node.role_gen.send_modify(|g| *g += 1);
+    let task = node.replica_task.lock().take();
+    if let Some(t) = task {
+        let _ = t.await;
+    }
+    node.link_up.store(false, Ordering::Relaxed);
+    *node.role_gen.borrow()
+}

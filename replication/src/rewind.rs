@@ -1,0 +1,186 @@
+//! Rewinding a diverged node whose log past the fork point was replayed (PostgreSQL's
+//! pg_rewind, over the replication protocol): the node names the pages its divergent log
+//! changed, the primary sends those and the ones it changed since the fork, every other page
+//! is the node's own.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use storage::Lsn;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::epochs::Verdict;
+use crate::error::{bail, Result};
+use crate::frame::{self, Frame};
+use crate::node::Node;
+use crate::primary::{update_retention, LinkGuard};
+use crate::seed::fetch::read_snapshot_begin;
+use crate::seed::serve::send_pages;
+use crate::seed::swap::swap_in;
+use crate::wire::handshake::{connect_as_replica, own_hello, read_hello, verdict};
+use crate::wire::io::{read_frame, write_frame};
+
+/// Pages per `snapshot_pages` frame of a rewind.
+const REWIND_RUN: u64 = 256;
+
+/// Replica side: rewinds a diverged node whose log past `fork` was replayed. Sends the pages
+/// its divergent log changed; the primary answers with a base backup that holds only those
+/// and the ones it changed since the fork; every other page is copied from this node's own
+/// state (unchanged since the fork on both sides, so identical). The result is laid down
+/// like a reseed (`DIR/reseed-<ms>/`, swapped in, consistent after replay). Returns the
+/// pages fetched and the total.
+pub(crate) async fn rewind_pages(node: &Arc<Node>, primary: &str, fork: Lsn) -> Result<(u64, u64)> {
+    let db = node.db();
+    let local = {
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || db.pages_changed_after(fork)).await?
+    };
+    let (mut rd, mut wr, mut buf) =
+        connect_as_replica(&node.config, primary, b"*1\r\n$10\r\nREPLREWIND\r\n").await?;
+    write_frame(&mut wr, &own_hello(&db, &node.config.name)).await?;
+    for chunk in local.chunks(frame::MAX_PAGE_LIST) {
+        write_frame(
+            &mut wr,
+            &Frame::PageList {
+                pages: chunk.to_vec(),
+            },
+        )
+        .await?;
+    }
+    write_frame(&mut wr, &Frame::PageList { pages: Vec::new() }).await?;
+    let (redo, pages, epochs) = read_snapshot_begin(&mut rd, &mut buf).await?;
+    let side = node.dir.new_side_dir();
+    let dir = side.clone();
+    let options = node.config.storage.clone();
+    let mut seeder =
+        tokio::task::spawn_blocking(move || storage::Seeder::create(&dir, redo, &options))
+            .await??;
+    let mut fetched = vec![false; pages as usize];
+    let mut n_fetched = 0u64;
+    loop {
+        match read_frame(&mut rd, &mut buf).await? {
+            Frame::SnapshotPages { first_page, bytes } => {
+                let n = (bytes.len() / storage::page::PAGE_SIZE) as u64;
+                if first_page + n > pages {
+                    bail!("the primary sent pages past its page count");
+                }
+                for i in first_page..first_page + n {
+                    fetched[i as usize] = true;
+                }
+                n_fetched += n;
+                seeder = tokio::task::spawn_blocking(move || {
+                    seeder.write_pages(first_page, &bytes).map(|()| seeder)
+                })
+                .await??;
+            }
+            Frame::SnapshotEnd => break,
+            Frame::Error { message, .. } => bail!("the primary says: {message}"),
+            other => bail!("unexpected frame {other:?}"),
+        }
+    }
+    // Every page not fetched: this node's own, unchanged since the fork.
+    let seeder = tokio::task::spawn_blocking(move || -> Result<storage::Seeder> {
+        let mut out = Vec::new();
+        let mut i = 0u64;
+        while i < pages {
+            if fetched[i as usize] {
+                i += 1;
+                continue;
+            }
+            let mut j = i;
+            while j < pages && !fetched[j as usize] && j - i < REWIND_RUN {
+                j += 1;
+            }
+            out.clear();
+            db.read_current_pages(i, j - i, &mut out);
+            seeder.write_pages(i, &out)?;
+            i = j;
+        }
+        Ok(seeder)
+    })
+    .await??;
+    tokio::task::spawn_blocking(move || seeder.finish(&epochs)).await??;
+    swap_in(node, &side).await?;
+    Ok((n_fetched, pages))
+}
+
+/// Primary side of a rewind (`REPLREWIND`): a base backup holding only the pages the node
+/// named and the pages changed here since the fork.
+pub async fn serve_rewind(node: Arc<Node>, sock: TcpStream, mut buf: BytesMut) -> Result<()> {
+    let peer = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let (mut rd, mut wr) = sock.into_split();
+    let hello = read_hello(&mut rd, &mut wr, &mut buf).await?;
+    let name = hello.name.clone();
+    let mut wanted: Vec<u64> = Vec::new();
+    loop {
+        match read_frame(&mut rd, &mut buf).await? {
+            Frame::PageList { pages } if pages.is_empty() => break,
+            Frame::PageList { pages } => {
+                wanted.extend(pages);
+                if wanted.len() > (1 << 28) {
+                    bail!("{name}: page list too long");
+                }
+            }
+            other => bail!("{name}: expected page_list, got {other:?}"),
+        }
+    }
+    let db = node.db();
+    let fork = match verdict(&db, &hello) {
+        Verdict::Diverged { fork } => fork,
+        v => {
+            let message = format!("no rewind needed or possible here: {v:?}");
+            write_frame(
+                &mut wr,
+                &Frame::Error {
+                    code: 3,
+                    message: message.clone(),
+                },
+            )
+            .await?;
+            bail!("{name}: {message}");
+        }
+    };
+    let (redo, pages) = tokio::task::spawn_blocking({
+        let db = db.clone();
+        move || db.begin_base_backup()
+    })
+    .await??;
+    let slot = node.tracker.connect(&name, &peer, redo, true);
+    let _link = LinkGuard(&node.tracker, slot);
+    update_retention(&node);
+    let mine = {
+        let db = db.clone();
+        tokio::task::spawn_blocking(move || db.pages_changed_after(fork)).await?
+    };
+    wanted.extend(mine);
+    wanted.retain(|&p| p < pages);
+    wanted.sort_unstable();
+    wanted.dedup();
+    tracing::info!(replica = %name, %peer, fork = fork.0, redo = redo.0, pages = wanted.len(), of = pages, "sending the pages for a rewind");
+    write_frame(
+        &mut wr,
+        &Frame::SnapshotBegin {
+            redo_lsn: redo,
+            page_count: pages,
+            epochs: db.epoch_history(),
+        },
+    )
+    .await?;
+    let mut i = 0;
+    while i < wanted.len() {
+        let first = wanted[i];
+        let mut n = 1;
+        while i + (n as usize) < wanted.len()
+            && wanted[i + n as usize] == first + n
+            && n < REWIND_RUN
+        {
+            n += 1;
+        }
+        send_pages(&db, &mut wr, first, n).await?;
+        i += n as usize;
+    }
+    write_frame(&mut wr, &Frame::SnapshotEnd).await?;
+    wr.shutdown().await?;
+    Ok(())
+}

@@ -1,0 +1,41 @@
+//! `REPLICAOF host port`: following a (new) primary.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::Role;
+use crate::error::{Error, Result};
+use crate::node::Node;
+use crate::replica::{start_replica, stop_replica};
+
+/// `REPLICAOF host port`: follow `primary` from now on. A primary first stops taking writes
+/// (one running finishes) and makes its log durable; the handshake with the new primary then
+/// decides whether it can stream on or must be reseeded (`crate::epochs::check`).
+pub async fn follow(node: &Arc<Node>, primary: String) -> Result<()> {
+    let _g = node.role_change.lock().await;
+    follow_locked(node, primary).await
+}
+
+/// `follow`, for a caller that holds `Node::role_change`.
+pub(crate) async fn follow_locked(node: &Arc<Node>, primary: String) -> Result<()> {
+    // Writes are refused from here on (a write running now finishes first, in `demote`).
+    node.role
+        .become_(Role::Replica {
+            primary: primary.clone(),
+            verified: false,
+        })
+        .map_err(Error::State)?;
+    let gen = stop_replica(node).await;
+    let db = node.db();
+    if !db.is_replica() {
+        let end = tokio::task::spawn_blocking(move || db.demote()).await??;
+        node.log_gen.fetch_add(1, Ordering::SeqCst);
+        tracing::info!(at = end.0, new_primary = %primary, "REPLICAOF: this primary becomes a replica");
+    }
+    node.dir.store_role(Some(&primary))?;
+    node.primary_flush.store(0, Ordering::Relaxed);
+    node.last_join.lock().clear();
+    tracing::info!(primary = %primary, "following a new primary");
+    start_replica(node, primary, gen);
+    Ok(())
+}

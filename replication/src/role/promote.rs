@@ -1,0 +1,53 @@
+//! `REPLICAOF NO ONE`: promotion to primary.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::Role;
+use crate::error::{refuse, Error, Result};
+use crate::node::Node;
+use crate::replica::stop_replica;
+
+/// `REPLICAOF NO ONE`: a replica stops following, finishes what it has (an incomplete batch
+/// is dropped), starts a new epoch and takes writes. Returns what happened, for the reply.
+pub async fn promote(node: &Arc<Node>) -> Result<String> {
+    let _g = node.role_change.lock().await;
+    promote_locked(node).await
+}
+
+/// `promote`, for a caller that holds `Node::role_change`.
+pub(crate) async fn promote_locked(node: &Arc<Node>) -> Result<String> {
+    let t0 = Instant::now();
+    match &*node.role.read() {
+        // A fenced primary stays fenced: another node was promoted, and this one must follow.
+        Role::Primary | Role::Fenced { .. } => return Ok("already a primary".into()),
+        Role::Replica { .. } | Role::SwitchingOver { .. } => {}
+    }
+    if let Some((at, target)) = node.loading() {
+        refuse!("this replica is not consistent yet after its base backup (applied up to LSN {at}, consistent from {target}); let it catch up first");
+    }
+    stop_replica(node).await;
+    let db = node.db();
+    let (epoch, at) = tokio::task::spawn_blocking({
+        let db = db.clone();
+        move || db.promote()
+    })
+    .await??;
+    node.log_gen.fetch_add(1, Ordering::SeqCst);
+    // On a primary, commits wake WAITLSN through the flusher: attach again as a primary.
+    node.attach(&db);
+    if let Err(e) = node.dir.store_role(None) {
+        tracing::error!(error = %e, "promoted, but could not remove the role file: remove DIR/replicaof before restarting");
+    }
+    node.last_join.lock().clear();
+    // Writes are taken from here: the database is a primary's and the new epoch is durable.
+    node.role.become_(Role::Primary).map_err(Error::State)?;
+    tracing::info!(
+        epoch,
+        start = at.0,
+        elapsed_ms = t0.elapsed().as_millis() as u64,
+        "REPLICAOF NO ONE: this node is the primary now"
+    );
+    Ok(format!("promoted: epoch {epoch} from LSN {at}"))
+}

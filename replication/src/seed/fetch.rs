@@ -1,0 +1,127 @@
+//! Replica side of a base backup: fetching one from the primary and laying it down, for a
+//! new replica (before its database opens) or a reseed.
+
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use storage::Lsn;
+use tokio::io::AsyncReadExt;
+
+use crate::error::{bail, Result};
+use crate::frame::{self, Frame};
+use crate::node::NodeConfig;
+use crate::node_dir::NodeDir;
+use crate::replica::BACKOFF_MAX;
+use crate::wire::handshake::connect_as_replica;
+use crate::wire::io::{read_frame, write_frame};
+
+/// Reads the `snapshot_begin` that opens a base backup: its redo LSN, page count and the
+/// primary's epoch history.
+pub(crate) async fn read_snapshot_begin<R: AsyncReadExt + Unpin>(
+    rd: &mut R,
+    buf: &mut BytesMut,
+) -> Result<(Lsn, u64, Vec<(u32, Lsn)>)> {
+    match read_frame(rd, buf).await? {
+        Frame::SnapshotBegin {
+            redo_lsn,
+            page_count,
+            epochs,
+        } => Ok((redo_lsn, page_count, epochs)),
+        Frame::Error { message, .. } => bail!("the primary refused: {message}"),
+        other => bail!("expected snapshot_begin, got {other:?}"),
+    }
+}
+
+/// Replica side, before the database opens: when the data directory is new, fetch a base
+/// backup from the primary and lay it down (retrying until it succeeds or the node stops).
+pub async fn seed_if_new(
+    config: &NodeConfig,
+    primary: &str,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Result<()> {
+    if NodeDir::new(config.dir.clone()).has_database() {
+        return Ok(());
+    }
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match seed_once(config, primary, &config.dir).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(primary = %primary, error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "seeding from the primary failed")
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => bail!("stopped while seeding"),
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+pub(crate) async fn seed_once(
+    config: &NodeConfig,
+    primary: &str,
+    dir: &std::path::Path,
+) -> Result<()> {
+    let (mut rd, mut wr, mut buf) =
+        connect_as_replica(config, primary, b"*1\r\n$12\r\nREPLSNAPSHOT\r\n").await?;
+    let hello = Frame::Hello {
+        version: frame::VERSION,
+        epoch: 1,
+        node_id: 0,
+        flush_lsn: Lsn(0),
+        name: config.name.clone(),
+        epochs: Vec::new(),
+    };
+    write_frame(&mut wr, &hello).await?;
+    let (redo, pages, epochs) = read_snapshot_begin(&mut rd, &mut buf).await?;
+    let dir_for_gate = dir;
+    let dir = dir.to_path_buf();
+    let options = config.storage.clone();
+    let mut seeder =
+        tokio::task::spawn_blocking(move || storage::Seeder::create(&dir, redo, &options))
+            .await??;
+    let total = pages * storage::page::PAGE_SIZE as u64;
+    let t0 = Instant::now();
+    let mut last_log = Instant::now();
+    tracing::info!(primary = %primary, redo = redo.0, bytes = total, "seeding from a base backup");
+    loop {
+        match read_frame(&mut rd, &mut buf).await? {
+            Frame::SnapshotPages { first_page, bytes } => {
+                seeder = tokio::task::spawn_blocking(move || {
+                    seeder.write_pages(first_page, &bytes).map(|()| seeder)
+                })
+                .await??;
+                if last_log.elapsed() >= Duration::from_secs(1) {
+                    let done = seeder.written();
+                    let rate = done as f64 / t0.elapsed().as_secs_f64() / 1e6;
+                    tracing::info!(
+                        bytes = done,
+                        percent = done * 100 / total.max(1),
+                        rate_mb_s = format!("{rate:.0}"),
+                        "seeding"
+                    );
+                    last_log = Instant::now();
+                }
+            }
+            Frame::SnapshotEnd => break,
+            Frame::Error { message, .. } => bail!("the primary says: {message}"),
+            other => bail!("unexpected frame {other:?}"),
+        }
+    }
+    let done = seeder.written();
+    // The gate first: once the control file exists the directory opens as a database. (A
+    // reseed's directory gets none: the running node keeps its gate in its own directory.)
+    if dir_for_gate == config.dir.as_path() {
+        NodeDir::new(config.dir.clone()).store_gate(Some(u64::MAX))?;
+    }
+    tokio::task::spawn_blocking(move || seeder.finish(&epochs)).await??;
+    let secs = t0.elapsed().as_secs_f64();
+    tracing::info!(
+        bytes = done,
+        secs = format!("{secs:.2}"),
+        rate_mb_s = format!("{:.0}", done as f64 / secs.max(1e-6) / 1e6),
+        "seeded; streaming the WAL from the backup's redo LSN"
+    );
+    Ok(())
+}

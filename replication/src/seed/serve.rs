@@ -1,0 +1,80 @@
+//! Primary side of a base backup: a checkpoint's redo LSN, then the page file in 1 MiB
+//! frames while writes go on.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use crate::error::Result;
+use crate::frame::{self, Frame};
+use crate::node::Node;
+use crate::primary::{update_retention, LinkGuard};
+use crate::wire::handshake::{read_hello, Hello};
+use crate::wire::io::write_frame;
+
+/// Sends pages `first .. first + n` of `db`'s page file as one `snapshot_pages` frame.
+pub(crate) async fn send_pages<W: AsyncWriteExt + Unpin>(
+    db: &Arc<storage::Db>,
+    wr: &mut W,
+    first: u64,
+    n: u64,
+) -> Result<()> {
+    let db = db.clone();
+    let bytes = tokio::task::spawn_blocking(move || {
+        let mut out = Vec::with_capacity(n as usize * storage::page::PAGE_SIZE);
+        db.read_page_file(first, n, &mut out).map(|()| out)
+    })
+    .await??;
+    write_frame(
+        wr,
+        &Frame::SnapshotPages {
+            first_page: first,
+            bytes,
+        },
+    )
+    .await
+}
+
+/// Pages per snapshot frame (1 MiB).
+const SNAPSHOT_CHUNK_PAGES: u64 = (frame::MAX_WAL_CHUNK / storage::page::PAGE_SIZE) as u64;
+
+/// Primary side: sends a base backup to a new replica on a connection that sent
+/// `REPLSNAPSHOT`: a checkpoint's redo LSN and page count, the page file in 1 MiB frames, the
+/// end. The WAL from the redo LSN stays on disk for the replica (it is registered under its
+/// name at that position) until it streams.
+pub async fn serve_snapshot(node: Arc<Node>, sock: TcpStream, mut buf: BytesMut) -> Result<()> {
+    let peer = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    let (mut rd, mut wr) = sock.into_split();
+    let Hello { name, .. } = read_hello(&mut rd, &mut wr, &mut buf).await?;
+    let db = node.db();
+    let (redo, pages) = tokio::task::spawn_blocking({
+        let db = db.clone();
+        move || db.begin_base_backup()
+    })
+    .await??;
+    let slot = node.tracker.connect(&name, &peer, redo, true);
+    let _link = LinkGuard(&node.tracker, slot);
+    update_retention(&node);
+    tracing::info!(replica = %name, %peer, redo = redo.0, pages, "sending a base backup");
+    write_frame(
+        &mut wr,
+        &Frame::SnapshotBegin {
+            redo_lsn: redo,
+            page_count: pages,
+            epochs: db.epoch_history(),
+        },
+    )
+    .await?;
+    let mut first = 0;
+    while first < pages {
+        let n = SNAPSHOT_CHUNK_PAGES.min(pages - first);
+        send_pages(&db, &mut wr, first, n).await?;
+        first += n;
+    }
+    write_frame(&mut wr, &Frame::SnapshotEnd).await?;
+    wr.shutdown().await?;
+    // The replica streams from the redo LSN next; until it does, its WAL stays held.
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! The replication protocol on the wire: the frame codec (`frame`, fuzzed), moving frames
+//! over sockets (`io`), and the handshake every connection starts with (`handshake`).
+
+pub mod frame;
+pub(crate) mod handshake;
+pub(crate) mod io;
