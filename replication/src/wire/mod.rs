@@ -2,5 +2,7 @@
 //! over sockets (`io`), and the handshake every connection starts with (`handshake`).
 
 pub mod frame;
+#[cfg(not(loom))]
 pub(crate) mod handshake;
+#[cfg(not(loom))]
 pub(crate) mod io;
