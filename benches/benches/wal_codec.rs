@@ -4,7 +4,7 @@
 //! cargo bench -p replidb-benches --bench wal_codec
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion, Throughput};
-use storage::wal::record;
+use storage::internals::record;
 use storage::{Lsn, PageId};
 
 /// A realistic batch: 1 image, 20 deltas of ~150 bytes, a commit — repeated to ~1 MiB.

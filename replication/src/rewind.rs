@@ -61,7 +61,7 @@ pub(crate) async fn rewind_pages(node: &Arc<Node>, primary: &str, fork: Lsn) -> 
     loop {
         match read_frame(&mut rd, &mut buf).await? {
             Frame::SnapshotPages { first_page, bytes } => {
-                let n = (bytes.len() / storage::page::PAGE_SIZE) as u64;
+                let n = (bytes.len() / storage::PAGE_SIZE) as u64;
                 if first_page + n > pages {
                     bail!("the primary sent pages past its page count");
                 }

@@ -89,7 +89,7 @@ async fn send_pages<W: AsyncWriteExt + Unpin>(
 ) -> Result<()> {
     let db = db.clone();
     let bytes = tokio::task::spawn_blocking(move || {
-        let mut out = Vec::with_capacity(n as usize * storage::page::PAGE_SIZE);
+        let mut out = Vec::with_capacity(n as usize * storage::PAGE_SIZE);
         db.read_page_file(first, n, &mut out).map(|()| out)
     })
     .await??;
@@ -129,7 +129,7 @@ fn new_side_dir(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 /// Pages per snapshot frame (1 MiB).
-const SNAPSHOT_CHUNK_PAGES: u64 = (frame::MAX_WAL_CHUNK / storage::page::PAGE_SIZE) as u64;
+const SNAPSHOT_CHUNK_PAGES: u64 = (frame::MAX_WAL_CHUNK / storage::PAGE_SIZE) as u64;
 
 /// Primary side: sends a base backup to a new replica on a connection that sent
 /// `REPLSNAPSHOT`: a checkpoint's redo LSN and page count, the page file in 1 MiB frames, the
@@ -219,7 +219,7 @@ async fn seed_once(
         storage::Seeder::create(&dir, redo, &storage::Options::default())
     })
     .await??;
-    let total = pages * storage::page::PAGE_SIZE as u64;
+    let total = pages * storage::PAGE_SIZE as u64;
     let t0 = Instant::now();
     let mut last_log = Instant::now();
     tracing::info!(primary = %primary, redo = redo.0, bytes = total, "seeding from a base backup");
@@ -1666,7 +1666,7 @@ async fn rewind_pages(sh: &Arc<Shared>, primary: &str, fork: Lsn) -> Result<(u64
     loop {
         match read_frame(&mut rd, &mut buf).await? {
             Frame::SnapshotPages { first_page, bytes } => {
-                let n = (bytes.len() / storage::page::PAGE_SIZE) as u64;
+                let n = (bytes.len() / storage::PAGE_SIZE) as u64;
                 if first_page + n > pages {
                     bail!("the primary sent pages past its page count");
                 }

@@ -97,7 +97,7 @@ fn replicas_stream_the_wal_and_converge() {
     };
     let file = |d: &std::path::Path| std::fs::read(d.join(storage::PAGE_FILE)).unwrap();
     let (fp, f1, f2) = (file(pd.path()), file(d1.path()), file(d2.path()));
-    let n = pages as usize * storage::page::PAGE_SIZE;
+    let n = pages as usize * storage::PAGE_SIZE;
     assert!(
         fp[..n] == f1[..n],
         "r1's page file differs from the primary's"

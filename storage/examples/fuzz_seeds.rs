@@ -5,8 +5,8 @@
 
 use std::path::PathBuf;
 
-use storage::page::{PageKind, PAGE_SIZE};
-use storage::wal::record;
+use storage::internals::page::{PageKind, PAGE_SIZE};
+use storage::internals::record;
 use storage::{Db, Durability, Lsn, Options, WriteBatch};
 
 fn main() -> storage::Result<()> {

@@ -52,17 +52,27 @@ mod error;
 mod freelist;
 #[doc(hidden)]
 pub mod fuzzing;
+/// Formats for the project's own benches, fuzzers and tests: not API.
+#[doc(hidden)]
+pub mod internals {
+    pub mod page {
+        pub use crate::page::*;
+    }
+    pub mod record {
+        pub use crate::wal::record::*;
+    }
+}
 mod le;
 mod node;
 mod overflow;
-pub mod page;
+mod page;
 mod pager;
 mod recovery;
 mod seed;
 mod tree_write;
 mod txn;
-pub mod types;
-pub mod wal;
+mod types;
+mod wal;
 
 pub use check::IntegrityReport;
 pub use control::{CONTROL_FILE, EPOCHS_FILE};
@@ -72,6 +82,7 @@ pub use db::{
 };
 pub use error::{Error, Result};
 pub use node::{MAX_KEY, MAX_VALUE};
+pub use page::PAGE_SIZE;
 pub use seed::Seeder;
 pub use types::{Lsn, PageId};
 pub use wal::io::{FaultInjector, WalIo};

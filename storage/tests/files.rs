@@ -3,7 +3,7 @@
 use std::os::unix::fs::FileExt;
 
 use rand::{Rng, SeedableRng};
-use storage::page::{PageKind, PAGE_SIZE};
+use storage::internals::page::{PageKind, PAGE_SIZE};
 use storage::{Db, Durability, Error, Options, WriteBatch, PAGE_FILE};
 
 fn val(rng: &mut impl Rng) -> Vec<u8> {

@@ -28,9 +28,9 @@ fn page_decode_corpus_replays_without_panic() {
         let r = std::panic::catch_unwind(|| storage::fuzzing::page_decode(data));
         assert!(r.is_ok(), "{} made the decoder panic", path.display());
         // Real pages from the seed corpus decode cleanly as they are.
-        if data.len() == storage::page::PAGE_SIZE {
+        if data.len() == storage::PAGE_SIZE {
             let id = storage::PageId(u64::from_le_bytes(data[8..16].try_into().unwrap()));
-            if storage::page::inspect(data, id).is_ok() {
+            if storage::internals::page::inspect(data, id).is_ok() {
                 decoded += 1;
             }
         }
@@ -44,21 +44,21 @@ fn inspect_reports_damage_as_typed_errors() {
     let (_, page) = files
         .iter()
         .find(|(_, d)| {
-            d.len() == storage::page::PAGE_SIZE && d[4] == storage::page::PageKind::Leaf as u8
+            d.len() == storage::PAGE_SIZE && d[4] == storage::internals::page::PageKind::Leaf as u8
         })
         .expect("a leaf page in the corpus");
     let id = storage::PageId(u64::from_le_bytes(page[8..16].try_into().unwrap()));
-    let s = storage::page::inspect(page, id).unwrap();
+    let s = storage::internals::page::inspect(page, id).unwrap();
     assert!(s.count > 0 && s.local_bytes > 0);
     let mut bad = page.clone();
     bad[100] ^= 1;
     assert!(matches!(
-        storage::page::inspect(&bad, id),
+        storage::internals::page::inspect(&bad, id),
         Err(storage::Error::Corrupt { .. })
     ));
-    assert!(storage::page::inspect(&page[..100], id).is_err());
+    assert!(storage::internals::page::inspect(&page[..100], id).is_err());
     assert!(
-        storage::page::inspect(page, storage::PageId(id.0 + 1)).is_err(),
+        storage::internals::page::inspect(page, storage::PageId(id.0 + 1)).is_err(),
         "misdirected page"
     );
 }
@@ -74,7 +74,7 @@ fn wal_decode_corpus_replays_without_panic() {
         let lsn = data
             .get(8..16)
             .map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()));
-        if storage::wal::record::decode(data, storage::Lsn(lsn)).is_ok() {
+        if storage::internals::record::decode(data, storage::Lsn(lsn)).is_ok() {
             with_records += 1;
         }
     }

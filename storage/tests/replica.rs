@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use rand::{Rng, SeedableRng};
-use storage::page::PAGE_SIZE;
+use storage::PAGE_SIZE;
 use storage::{Db, Durability, Error, Lsn, Options, WriteBatch, PAGE_FILE};
 
 fn opts(replica: bool) -> Options {
@@ -230,7 +230,8 @@ fn wal_without_last_commit(primary: &Db, from: Lsn) -> Vec<u8> {
     let mut at = 0;
     let mut last_start = 0;
     while at < buf.len() {
-        let (_, len) = storage::wal::record::decode(&buf[at..], Lsn(from.0 + at as u64)).unwrap();
+        let (_, len) =
+            storage::internals::record::decode(&buf[at..], Lsn(from.0 + at as u64)).unwrap();
         last_start = at;
         at += len;
     }

@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use storage::wal::record::{self, Body, DecodeError};
+use storage::internals::record::{self, Body, DecodeError};
 use storage::{
     Db, Durability, Error, FaultInjector, Lsn, Options, PageId, WalIo, WriteBatch, WAL_DIR,
 };
@@ -294,7 +294,7 @@ proptest! {
             let lsn = Lsn(buf.len() as u64);
             match kind {
                 0 => {
-                    let mut img = vec![0u8; storage::page::PAGE_SIZE];
+                    let mut img = vec![0u8; storage::PAGE_SIZE];
                     img[8..16].copy_from_slice(&page.to_le_bytes());
                     img[40..40 + bytes.len()].copy_from_slice(bytes);
                     record::encode_page_image(&mut buf, lsn, *epoch, PageId(*page), &img);

@@ -81,7 +81,7 @@ pub(crate) async fn seed_once(
     let mut seeder =
         tokio::task::spawn_blocking(move || storage::Seeder::create(&dir, redo, &options))
             .await??;
-    let total = pages * storage::page::PAGE_SIZE as u64;
+    let total = pages * storage::PAGE_SIZE as u64;
     let t0 = Instant::now();
     let mut last_log = Instant::now();
     tracing::info!(primary = %primary, redo = redo.0, bytes = total, "seeding from a base backup");

@@ -23,7 +23,7 @@ pub(crate) async fn send_pages<W: AsyncWriteExt + Unpin>(
 ) -> Result<()> {
     let db = db.clone();
     let bytes = tokio::task::spawn_blocking(move || {
-        let mut out = Vec::with_capacity(n as usize * storage::page::PAGE_SIZE);
+        let mut out = Vec::with_capacity(n as usize * storage::PAGE_SIZE);
         db.read_page_file(first, n, &mut out).map(|()| out)
     })
     .await??;
@@ -38,7 +38,7 @@ pub(crate) async fn send_pages<W: AsyncWriteExt + Unpin>(
 }
 
 /// Pages per snapshot frame (1 MiB).
-const SNAPSHOT_CHUNK_PAGES: u64 = (frame::MAX_WAL_CHUNK / storage::page::PAGE_SIZE) as u64;
+const SNAPSHOT_CHUNK_PAGES: u64 = (frame::MAX_WAL_CHUNK / storage::PAGE_SIZE) as u64;
 
 /// Primary side: sends a base backup to a new replica on a connection that sent
 /// `REPLSNAPSHOT`: a checkpoint's redo LSN and page count, the page file in 1 MiB frames, the

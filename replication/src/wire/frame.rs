@@ -478,7 +478,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
             }
         }
         8 => {
-            if p.len() < 8 || !(p.len() - 8).is_multiple_of(storage::page::PAGE_SIZE) {
+            if p.len() < 8 || !(p.len() - 8).is_multiple_of(storage::PAGE_SIZE) {
                 return Err(bad("snapshot_pages", "not whole pages"));
             }
             Frame::SnapshotPages {
