@@ -83,10 +83,11 @@ pub fn render(sh: &Shared, section: Option<&str>) -> String {
                 let st = db.stats();
                 let set = sh.settings.read();
                 let cfg = sh
+                    .node
                     .tracker
                     .config()
                     .map_or_else(String::new, |c| c.to_string());
-                let (waiting, oldest) = sh.tracker.waiting();
+                let (waiting, oldest) = sh.node.tracker.waiting();
                 let _ = write!(
                     o,
                     "# Replication\r\nrole:{}\r\nepoch:{}\r\nepoch_history:{}\r\nnode_name:{}\r\nwrite_lsn:{}\r\nflush_lsn:{}\r\napply_lsn:{}\r\nsync_standbys:{cfg}\r\nsync_commit:{}\r\nsync_timeout_ms:{}\r\nsync_waiting_commits:{waiting}\r\nsync_waiting_oldest_lsn:{}\r\n",
@@ -101,31 +102,33 @@ pub fn render(sh: &Shared, section: Option<&str>) -> String {
                     set.sync_timeout_ms,
                     oldest.map_or(0, |l| l.0),
                 );
-                if let Some(p) = &sh.replicaof() {
-                    let primary_flush = sh.primary_flush.load(Ordering::Relaxed);
+                if let Some(p) = &sh.node.replicaof() {
+                    let primary_flush = sh.node.primary_flush.load(Ordering::Relaxed);
                     let lag = primary_flush.saturating_sub(db.apply_lsn().0);
                     let _ =
                         write!(
                         o,
                         "primary_addr:{p}\r\nprimary_link:{}\r\nlag_bytes:{lag}\r\nlag_ms:{}\r\nreseeds:{}\r\nrewinds:{}\r\n",
-                        if sh.link_up.load(Ordering::Relaxed) { "up" } else { "down" },
-                        sh.replica_lag_ms(),
-                        sh.reseeds.load(Ordering::Relaxed),
-                        sh.rewinds.load(Ordering::Relaxed)
+                        if sh.node.link_up.load(Ordering::Relaxed) { "up" } else { "down" },
+                        sh.node.replica_lag_ms(),
+                        sh.node.reseeds.load(Ordering::Relaxed),
+                        sh.node.rewinds.load(Ordering::Relaxed)
                     );
                 }
-                if let Some(f) = &*sh.fenced.read() {
-                    let _ = write!(o, "fenced:{f}\r\n");
+                let role = sh.node.role.get();
+                let _ = write!(o, "role_state:{}\r\n", role.name());
+                if let replication::role::Role::Fenced { why } = &role {
+                    let _ = write!(o, "fenced:{why}\r\n");
                 }
                 if db.is_replica() {
                     let _ = write!(o, "loading:{}\r\n", u8::from(sh.loading().is_some()));
                 }
-                let join = sh.last_join.lock().clone();
+                let join = sh.node.last_join.lock().clone();
                 if !join.is_empty() {
                     let _ = write!(o, "last_join:{join}\r\n");
                 }
                 // Replicas served by this node (a replica serves cascaded ones).
-                let reps = sh.tracker.snapshot();
+                let reps = sh.node.tracker.snapshot();
                 let _ = write!(
                     o,
                     "connected_replicas:{}\r\n",
@@ -149,7 +152,7 @@ pub fn render(sh: &Shared, section: Option<&str>) -> String {
                         p.flush_lsn,
                         p.apply_lsn,
                         st.flush_lsn.0.saturating_sub(p.apply_lsn.0),
-                        if p.apply_lsn >= st.flush_lsn { 0 } else { sh.lag_ms_since(p.apply_lsn) }
+                        if p.apply_lsn >= st.flush_lsn { 0 } else { sh.node.lag_ms_since(p.apply_lsn) }
                     );
                 }
             }
@@ -177,7 +180,8 @@ fn params(sh: &Shared) -> Vec<(&'static str, String, bool)> {
         ("sync-commit", set.sync_commit.name().to_string(), true),
         (
             "sync-standbys",
-            sh.tracker
+            sh.node
+                .tracker
                 .config()
                 .map_or_else(String::new, |c| c.to_string()),
             true,
@@ -224,7 +228,7 @@ pub fn config(s: &mut Session, args: &[Bytes], out: &mut Out) {
                         match replication::quorum::SyncStandbys::parse(&value) {
                             Ok(cfg) => {
                                 tracing::info!(sync_standbys = %value, "sync-standbys changed");
-                                s.shared.tracker.set_config(cfg);
+                                s.shared.node.tracker.set_config(cfg);
                             }
                             Err(e) => {
                                 enc.error(&mut out.buf, &format!("ERR {e}"));

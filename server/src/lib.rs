@@ -7,7 +7,6 @@ pub mod client;
 pub mod config;
 pub mod glob;
 pub mod info;
-pub mod repl;
 pub mod reply;
 pub mod resp;
 pub mod server;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use bytes::{Bytes, BytesMut};
 use parking_lot::RwLock;
-use storage::{Db, Lsn, Options};
+use storage::{Db, Options};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -36,85 +36,66 @@ pub struct Server {
 impl Server {
     /// Opens the database and binds the port.
     pub async fn start(config: Config) -> Result<Server> {
-        let (tx, mut stop_rx) = watch::channel(false);
-        // The role: --replicaof, else what a REPLICAOF of an earlier run left in the data
-        // directory (so a demoted primary never comes back as a primary by itself).
         std::fs::create_dir_all(&config.dir)
             .with_context(|| format!("creating {}", config.dir.display()))?;
-        let role = config
-            .replicaof
-            .clone()
-            .or_else(|| crate::repl::load_role(&config.dir));
-        // A replica first finishes a reseed of a previous run, or, new, lays down a base
-        // backup from its primary.
+        let node_config = replication::NodeConfig {
+            dir: config.dir.clone(),
+            name: config.name.clone(),
+            primary_password: config.primary_password.clone(),
+            max_retained_wal: config.max_retained_wal,
+            storage: Options {
+                wal_segment_bytes: config.wal_segment_bytes,
+                ..Options::default()
+            },
+        };
+        let dir = replication::node_dir::NodeDir::new(config.dir.clone());
+        // The role: --replicaof, else what a REPLICAOF of an earlier run left in the data
+        // directory (so a demoted primary never comes back as a primary by itself).
+        let role = config.replicaof.clone().or_else(|| dir.load_role());
         // A backup swapped in by a reseed or rewind of an earlier run is the node's data,
         // whatever its role now (it may have been promoted since).
-        crate::repl::finish_reseed(&config.dir)?;
+        dir.finish_reseed()
+            .with_context(|| format!("finishing a reseed in {}", config.dir.display()))?;
+        // A new replica lays down a base backup from its primary first.
         if let Some(primary) = &role {
-            crate::repl::seed_if_new(&config, primary, &mut stop_rx).await?;
+            let (_tx, mut stop_rx) = watch::channel(false);
+            replication::seed::seed_if_new(&node_config, primary, &mut stop_rx).await?;
         }
-        let dir = config.dir.clone();
-        let replica = role.is_some();
-        let wal_segment_bytes = config.wal_segment_bytes;
-        let db = tokio::task::spawn_blocking(move || {
-            Db::open(
-                &dir,
-                Options {
-                    replica,
-                    wal_segment_bytes,
-                    ..Options::default()
-                },
-            )
+        let options = Options {
+            replica: role.is_some(),
+            ..node_config.storage.clone()
+        };
+        let db = tokio::task::spawn_blocking({
+            let dir = config.dir.clone();
+            move || Db::open(&dir, options)
         })
         .await?
         .with_context(|| format!("opening the database in {}", config.dir.display()))?;
         let listener = TcpListener::bind((config.bind.as_str(), config.port))
             .await
             .with_context(|| format!("binding {}:{}", config.bind, config.port))?;
-        let wal_signal = Arc::new(crate::session::WalSignal::default());
-        let tracker = replication::tracker::Tracker::new(config.sync_standbys.clone());
+        let node = Arc::new(replication::Node::new(
+            node_config,
+            db,
+            role.clone(),
+            config.sync_standbys.clone(),
+        ));
         let shared = Arc::new(Shared {
-            db_slot: RwLock::new(Arc::new(db)),
-            db_gen: AtomicU64::new(0),
+            node: node.clone(),
             settings: RwLock::new(Settings {
                 requirepass: config.requirepass.clone(),
                 sync_commit: config.sync_commit,
                 sync_timeout_ms: config.sync_timeout_ms,
             }),
-            links: crate::repl::Links::new(wal_signal.clone(), tracker.clone()),
-            tracker,
-            wal_signal,
-            reseeds: AtomicU64::new(0),
-            rewinds: AtomicU64::new(0),
-            log_gen: AtomicU64::new(0),
-            consistent_at: AtomicU64::new(crate::repl::load_gate(&config.dir)),
-            gate_lock: parking_lot::Mutex::new(()),
-            role: RwLock::new(role.clone()),
-            role_gen: watch::channel(0).0,
-            role_change: tokio::sync::Mutex::new(()),
-            replica_task: parking_lot::Mutex::new(None),
-            fenced: RwLock::new(None),
-            paused: std::sync::atomic::AtomicBool::new(false),
-            verified: std::sync::atomic::AtomicBool::new(true),
-            last_join: parking_lot::Mutex::new(String::new()),
-            last_heard_us: AtomicU64::new(0),
-            applied: watch::channel(0).0,
-            retention_warned: parking_lot::Mutex::new(Lsn(0)),
             config,
             stats: Stats::new(),
             started: Instant::now(),
             next_client_id: AtomicU64::new(0),
-            shutdown: tx,
             queue: parking_lot::Mutex::new(Vec::new()),
-            link_up: std::sync::atomic::AtomicBool::new(false),
-            primary_flush: AtomicU64::new(0),
-            behind_since_us: AtomicU64::new(0),
-            flush_times: Default::default(),
         });
-        shared.attach(&shared.db());
-        tokio::spawn(crate::repl::keep_retention(shared.clone()));
+        tokio::spawn(replication::primary::keep_retention(node.clone()));
         if let Some(primary) = role {
-            crate::repl::start_replica(&shared, primary, 0);
+            replication::replica::start_replica(&node, primary, 0);
         }
         Ok(Server { shared, listener })
     }
@@ -129,15 +110,15 @@ impl Server {
     pub fn ready(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let sh = self.shared.clone();
         // Subscribed now, not at the first poll: a shutdown in between still ends the wait.
-        let mut rx = sh.applied.subscribe();
-        let mut stop = sh.shutdown.subscribe();
+        let mut rx = sh.node.applied.subscribe();
+        let mut stop = sh.node.shutdown.subscribe();
         async move {
             loop {
                 if *stop.borrow_and_update() {
                     return;
                 }
-                let replica = sh.role.read().is_some();
-                if !replica || (sh.link_up.load(Ordering::Relaxed) && sh.loading().is_none()) {
+                let replica = sh.node.is_replica_role();
+                if !replica || (sh.node.link_up.load(Ordering::Relaxed) && sh.loading().is_none()) {
                     return;
                 }
                 tokio::select! {
@@ -150,13 +131,13 @@ impl Server {
 
     /// A handle that stops the server when `send(true)` is called on it.
     pub fn shutdown_handle(&self) -> watch::Sender<bool> {
-        self.shared.shutdown.clone()
+        self.shared.node.shutdown.clone()
     }
 
     /// Serves until shutdown, then drains connections and closes the database.
     pub async fn run(self) -> Result<()> {
         let Server { shared, listener } = self;
-        let mut stop = shared.shutdown.subscribe();
+        let mut stop = shared.node.shutdown.subscribe();
         let mut conns = JoinSet::new();
         tracing::info!(
             addr = %listener.local_addr()?,
@@ -217,7 +198,7 @@ impl Server {
 }
 
 async fn connection(sh: Arc<Shared>, mut sock: TcpStream) -> Result<()> {
-    let mut stop = sh.shutdown.subscribe();
+    let mut stop = sh.node.shutdown.subscribe();
     let mut session = Session::new(sh.clone());
     let mut inbuf = BytesMut::with_capacity(16 * 1024);
     let mut need = 1usize;
@@ -249,14 +230,16 @@ async fn connection(sh: Arc<Shared>, mut sock: TcpStream) -> Result<()> {
         if !reply.is_empty() {
             sock.write_all(&reply).await?;
         }
-        if after == After::Replicate {
-            return crate::repl::serve_replica(sh.clone(), sock, inbuf).await;
-        }
-        if after == After::Rewind {
-            return crate::repl::serve_rewind(sh.clone(), sock, inbuf).await;
-        }
-        if after == After::Snapshot {
-            return crate::repl::serve_snapshot(sh.clone(), sock, inbuf).await;
+        // A replication command: the connection is replication's from here on.
+        if after.hands_over() {
+            let node = sh.node.clone();
+            let r = match after {
+                After::Replicate => replication::primary::serve_replica(node, sock, inbuf).await,
+                After::Rewind => replication::rewind::serve_rewind(node, sock, inbuf).await,
+                After::Snapshot => replication::seed::serve_snapshot(node, sock, inbuf).await,
+                _ => replication::role::serve_control(node, sock, inbuf).await,
+            };
+            return r.map_err(Into::into);
         }
         if after == After::Close || *stop.borrow() {
             return Ok(());
@@ -335,12 +318,12 @@ async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut Out) -> Byte
             Part::Admin(op) => {
                 let sh = session.shared.clone();
                 let r = match op {
-                    Admin::Promote => crate::repl::promote(&sh).await,
-                    Admin::Follow(addr) => {
-                        crate::repl::follow(&sh, addr).await.map(|()| "OK".into())
-                    }
+                    Admin::Promote => replication::role::promote(&sh.node).await,
+                    Admin::Follow(addr) => replication::role::follow(&sh.node, addr)
+                        .await
+                        .map(|()| "OK".into()),
                     Admin::Failover(addr, ms) => {
-                        crate::repl::failover(&sh, addr, Duration::from_millis(ms)).await
+                        replication::role::failover(&sh.node, addr, Duration::from_millis(ms)).await
                     }
                 };
                 match r {
@@ -417,18 +400,18 @@ async fn wait_quorum(
     // once: acknowledgements then arrive back to back and the feedback thread is awake
     // anyway, while polling sockets that are mostly empty took a hundred thousand system
     // calls a second from the one event-loop thread (docs/benchmarks.md).
-    if sh.tracker.waiting().0 == 0 && sh.links.few_waiting() {
+    if sh.node.tracker.waiting().0 == 0 && sh.node.links.few_waiting() {
         let until = Instant::now() + QUORUM_SPIN;
         while Instant::now() < until {
-            sh.links.poll_feedback(sh);
-            if sh.tracker.holds(target) {
+            sh.node.links.poll_feedback(&sh.node);
+            if sh.node.tracker.holds(target) {
                 return Ok(());
             }
             tokio::task::yield_now().await;
         }
     }
-    let wait = sh.tracker.wait(target);
-    let mut stop = sh.shutdown.subscribe();
+    let wait = sh.node.tracker.wait(target);
+    let mut stop = sh.node.shutdown.subscribe();
     let outcome = tokio::select! {
         r = async {
             if timeout_ms == 0 {
@@ -443,8 +426,9 @@ async fn wait_quorum(
     match outcome {
         None => Ok(()),
         Some(why) => {
-            let acks = sh.tracker.acks(remote, lsn);
+            let acks = sh.node.tracker.acks(remote, lsn);
             let cfg = sh
+                .node
                 .tracker
                 .config()
                 .map_or_else(String::new, |c| c.to_string());
@@ -465,13 +449,13 @@ async fn wait_applied(
     lsn: storage::Lsn,
     timeout_ms: u64,
 ) -> Result<storage::Lsn, storage::Lsn> {
-    let mut rx = sh.applied.subscribe();
-    let mut stop = sh.shutdown.subscribe();
+    let mut rx = sh.node.applied.subscribe();
+    let mut stop = sh.node.shutdown.subscribe();
     let deadline =
         (timeout_ms > 0).then(|| tokio::time::Instant::now() + Duration::from_millis(timeout_ms));
     loop {
         let at = sh.db().apply_lsn();
-        if at >= lsn && sh.verified.load(Ordering::SeqCst) && sh.loading().is_none() {
+        if at >= lsn && sh.node.role.read().verified() && sh.loading().is_none() {
             return Ok(at);
         }
         let changed = async {
@@ -490,8 +474,8 @@ async fn wait_applied(
 /// `WAIT`: until `n` replicas have flushed `lsn` or the timeout (0: none) passes; returns
 /// how many have.
 async fn wait_replicas(sh: &Shared, lsn: storage::Lsn, n: usize, timeout_ms: u64) -> usize {
-    let wait = sh.tracker.wait(Target::Count(lsn, n));
-    let mut stop = sh.shutdown.subscribe();
+    let wait = sh.node.tracker.wait(Target::Count(lsn, n));
+    let mut stop = sh.node.shutdown.subscribe();
     tokio::select! {
         _ = async {
             if timeout_ms == 0 {
@@ -502,5 +486,5 @@ async fn wait_replicas(sh: &Shared, lsn: storage::Lsn, n: usize, timeout_ms: u64
         } => {}
         _ = stop.changed() => {}
     }
-    sh.tracker.count_flushed(lsn)
+    sh.node.tracker.count_flushed(lsn)
 }

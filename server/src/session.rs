@@ -54,278 +54,32 @@ impl Default for Stats {
     }
 }
 
-/// What all connections share.
+/// What all connections share: the node (database, role, replication) and the server's own
+/// settings, counters and write queue.
 pub struct Shared {
-    /// The open database; replaced when a replica is reseeded or promoted (`Shared::db`).
-    pub db_slot: RwLock<Arc<Db>>,
-    /// Bumped after `db_slot` is replaced: sessions keep their own `Arc` of the database
-    /// and refresh it when this changes (no shared reference count touched per command).
-    pub db_gen: AtomicU64,
+    /// The node: its database, role, replica links and what it knows of its primary.
+    pub node: Arc<replication::Node>,
     pub config: Config,
     pub settings: RwLock<Settings>,
     pub stats: Stats,
     pub started: Instant,
     pub next_client_id: AtomicU64,
-    pub shutdown: tokio::sync::watch::Sender<bool>,
     /// Durable writes of all connections waiting to be applied together.
     pub queue: Mutex<Vec<Queued>>,
-    /// The replicas this node serves (a primary's, or a replica's cascaded ones), their
-    /// positions, the sync-standbys quorum, and the commits waiting for it.
-    pub tracker: replication::tracker::Tracker,
-    /// Signalled whenever WAL reaches the files: wakes the replica senders.
-    pub wal_signal: Arc<WalSignal>,
-    /// Replica links that are caught up: the WAL flusher sends them new WAL itself.
-    pub links: crate::repl::Links,
-    /// Replica: when (µs since the epoch) it last received a frame from its primary.
-    pub last_heard_us: AtomicU64,
-    /// This node's apply LSN, published for `WAITLSN` waiters.
-    pub applied: tokio::sync::watch::Sender<u64>,
-    /// Replica: the primary it follows (HOST:PORT); `None` on a primary. Changed by
-    /// `REPLICAOF`.
-    pub role: RwLock<Option<String>>,
-    /// Bumped at every role change: a replica stream of an older generation stops.
-    pub role_gen: tokio::sync::watch::Sender<u64>,
-    /// Serialises role changes (`REPLICAOF`, `FAILOVER`).
-    pub role_change: tokio::sync::Mutex<()>,
-    /// The running replica stream, if any.
-    pub replica_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    /// Set when this node learns of a newer epoch than its own while primary: writes are
-    /// refused with this reason.
-    pub fenced: RwLock<Option<String>>,
-    /// Writes are paused for a switchover (`FAILOVER TO`).
-    pub paused: std::sync::atomic::AtomicBool,
-    /// False from a `REPLICAOF` until the new primary accepted this node's log (or it was
-    /// rewound or reseeded): until then its apply LSN may count a log the new primary does
-    /// not share, so `WAITLSN` does not trust it.
-    pub verified: std::sync::atomic::AtomicBool,
-    /// Replica: how it last rejoined ("streaming", "reseeded: ...").
-    pub last_join: Mutex<String>,
-    /// Replica: after a base backup, reads are refused until the apply LSN reaches this
-    /// (the primary's LSN when the copy was done; `u64::MAX` until known; 0 once reached):
-    /// before it, the pages may be as the copy caught them, mid-change.
-    pub consistent_at: AtomicU64,
-    /// Serialises changes of the gate file with `consistent_at`, which it mirrors.
-    pub gate_lock: Mutex<()>,
-    /// Bumped whenever this node's log or database changes under its served links
-    /// (promotion, demotion, a rewind, a swapped-in backup): those links end and their
-    /// replicas reconnect and get a fresh verdict.
-    pub log_gen: AtomicU64,
-    /// Replica: rewinds (log cut back to a fork point) since start.
-    pub rewinds: AtomicU64,
-    /// Replica: reseeds from a base backup since start.
-    pub reseeds: AtomicU64,
-    /// Primary: the retention floor last warned about.
-    pub retention_warned: Mutex<Lsn>,
-    /// Replica: whether the link to the primary is up, and the primary's flush LSN last heard.
-    pub link_up: std::sync::atomic::AtomicBool,
-    pub primary_flush: AtomicU64,
-    /// Replica: when (µs since the epoch) it last noticed it was behind, 0 if caught up.
-    pub behind_since_us: AtomicU64,
-    /// When this node's log came to hold each stretch of WAL (see `note_written`): how
-    /// `lag_ms` learns when a replica's first unapplied record was written.
-    pub flush_times: Arc<Mutex<std::collections::VecDeque<(Lsn, Instant)>>>,
 }
 
-/// Microseconds since the Unix epoch.
-pub fn now_us() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
-}
-
-/// Samples kept in `Shared::flush_times` (a minute and more at one per millisecond).
-pub const FLUSH_TIMES_MAX: usize = 100_000;
-
-/// One `flush_times` sample covers the WAL written within this long of its time.
-const FLUSH_TIMES_STEP: std::time::Duration = std::time::Duration::from_millis(1);
-
-/// Records that the log holds everything before `end` now, as the WAL flusher writes it:
-/// one sample per `FLUSH_TIMES_STEP`, holding the time of the first write in it and the end of
-/// the last. So the first sample past a replica's apply LSN is at most one step older than
-/// the record the replica lacks: `lag_ms` errs by less than a millisecond, and high. (No
-/// timer samples the log: an idle server does not wake for it.)
-fn note_written(times: &Mutex<std::collections::VecDeque<(Lsn, Instant)>>, end: Lsn, now: Instant) {
-    let mut ft = times.lock();
-    // The log was cut back (a promotion dropping an incomplete batch, a rewind) or another
-    // database swapped in: samples past its end describe WAL that is gone, and the samples
-    // must stay in LSN order for the search in `lag_ms_since`.
-    while ft.back().is_some_and(|(l, _)| *l >= end) {
-        ft.pop_back();
-    }
-    match ft.back_mut() {
-        Some((l, t)) if now.duration_since(*t) < FLUSH_TIMES_STEP => *l = (*l).max(end),
-        _ => {
-            if ft.len() >= FLUSH_TIMES_MAX {
-                ft.pop_front();
-            }
-            ft.push_back((end, now));
-        }
-    }
-}
-
-/// The time of the first sample past `applied`: the record after it was written by then.
-fn first_sample_past(
-    times: &std::collections::VecDeque<(Lsn, Instant)>,
-    applied: Lsn,
-) -> Option<Instant> {
-    let i = times.partition_point(|(l, _)| *l <= applied);
-    times.get(i).map(|(_, t)| *t)
-}
+pub use replication::node::now_us;
 
 impl Shared {
-    /// `Some((apply LSN, target))` while reads must wait for a seeded replica to become
-    /// consistent; clears the gate (and its file) once reached.
-    pub fn loading(&self) -> Option<(u64, u64)> {
-        let target = self.consistent_at.load(Ordering::SeqCst);
-        if target == 0 {
-            return None;
-        }
-        let at = self.db().apply_lsn().0;
-        if at >= target {
-            // Only this gate: a new one set meanwhile (another swap) stays, in memory and on
-            // disk (both change under the gate lock).
-            let _g = self.gate_lock.lock();
-            if self
-                .consistent_at
-                .compare_exchange(target, 0, Ordering::SeqCst, Ordering::SeqCst)
-                .is_err()
-            {
-                drop(_g);
-                return self.loading();
-            }
-            crate::repl::store_gate(&self.config.dir, None);
-            tracing::info!(lsn = at, "consistent after the base backup: serving reads");
-            return None;
-        }
-        Some((at, target))
-    }
-
-    /// Whether this node follows a primary (without copying its address).
-    pub fn is_replica_role(&self) -> bool {
-        self.role.read().is_some()
-    }
-
-    /// The primary this node follows, `None` while it is a primary.
-    pub fn replicaof(&self) -> Option<String> {
-        self.role.read().clone()
-    }
-
-    /// Refuses writes from now on: a newer epoch exists.
-    pub fn fence(&self, why: String) {
-        let mut f = self.fenced.write();
-        if f.is_none() {
-            tracing::error!(reason = %why, "fenced: this node no longer takes writes");
-        }
-        *f = Some(why);
-    }
-
-    /// The database now. Hold the handle only for the request at hand: a reseed or a
-    /// promotion waits for every handle to the old database to be dropped.
+    /// The database now (see `Node::db`).
     pub fn db(&self) -> Arc<Db> {
-        self.db_slot.read().clone()
+        self.node.db()
     }
 
-    /// Connects the WAL flusher of `db` to the replica links and their signal (and, on a
-    /// primary, whose commits are visible before they are written, to `WAITLSN` waiters).
-    pub fn attach(&self, db: &Db) {
-        let (links, times) = (self.links.clone(), self.flush_times.clone());
-        let applied = (!db.is_replica()).then(|| self.applied.clone());
-        db.set_wal_listener(Some(Arc::new(move |start, bytes| {
-            let end = start.0 + bytes.len() as u64;
-            links.wal_written(start, bytes);
-            note_written(&times, Lsn(end), Instant::now());
-            if let Some(a) = &applied {
-                a.send_if_modified(|v| {
-                    let up = end > *v;
-                    *v = (*v).max(end);
-                    up
-                });
-            }
-        })));
-    }
-
-    /// Time since this node's log held the oldest record past `applied` (0 if none is).
-    pub fn lag_ms_since(&self, applied: Lsn) -> u64 {
-        first_sample_past(&self.flush_times.lock(), applied)
-            .map_or(0, |t| t.elapsed().as_millis() as u64)
-    }
-
-    /// How stale this node's data may be, in ms: 0 on a primary; on a replica, how long it
-    /// has been behind what it last heard of the primary — or, when it has heard nothing for
-    /// longer than two keepalive intervals (link down, primary stopped), at least the time
-    /// since it last heard (it cannot know what it missed).
-    pub fn replica_lag_ms(&self) -> u64 {
-        if !self.is_replica_role() {
-            return 0;
-        }
-        let db = self.db();
-        let lag_bytes = self
-            .primary_flush
-            .load(Ordering::Relaxed)
-            .saturating_sub(db.apply_lsn().0);
-        let behind = self.lag_ms(lag_bytes);
-        let now = now_us();
-        let heard = self.last_heard_us.load(Ordering::Relaxed);
-        let silent_ms = now.saturating_sub(heard) / 1000;
-        if heard == 0 || silent_ms > 2 * crate::repl::KEEPALIVE.as_millis() as u64 {
-            behind.max(silent_ms.min(now / 1000))
-        } else {
-            behind
-        }
-    }
-
-    /// Replica: how long it has been behind the primary (0 when `lag_bytes` is 0).
-    pub fn lag_ms(&self, lag_bytes: u64) -> u64 {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
-        if lag_bytes == 0 {
-            self.behind_since_us.store(0, Ordering::Relaxed);
-            return 0;
-        }
-        let since = match self.behind_since_us.compare_exchange(
-            0,
-            now,
-            Ordering::Relaxed,
-            Ordering::Relaxed,
-        ) {
-            Ok(_) => now,
-            Err(s) => s,
-        };
-        now.saturating_sub(since) / 1000
-    }
-}
-
-/// Wakes the threads that send WAL to replicas when new WAL is written (set as the
-/// database's WAL listener) or when their link should stop.
-#[derive(Default)]
-pub struct WalSignal {
-    seq: parking_lot::Mutex<u64>,
-    cv: parking_lot::Condvar,
-}
-
-impl WalSignal {
-    /// Notifications so far.
-    #[cfg(test)]
-    pub fn notified(&self) -> u64 {
-        *self.seq.lock()
-    }
-
-    pub fn notify(&self) {
-        *self.seq.lock() += 1;
-        self.cv.notify_all();
-    }
-
-    /// Waits until `ready()` holds (checked under the signal's lock, so a notify cannot slip
-    /// between the check and the wait) or `timeout` passes.
-    pub fn wait_until(&self, timeout: std::time::Duration, ready: impl Fn() -> bool) {
-        let deadline = Instant::now() + timeout;
-        let mut g = self.seq.lock();
-        while !ready() {
-            if self.cv.wait_until(&mut g, deadline).timed_out() {
-                return;
-            }
-        }
+    /// `Some((apply LSN, target))` while reads must wait for a seeded replica to become
+    /// consistent (see `Node::loading`).
+    pub fn loading(&self) -> Option<(u64, u64)> {
+        self.node.loading()
     }
 }
 
@@ -423,7 +177,7 @@ pub struct Deferred {
     pub since: Instant,
     /// Held from queueing until the reply: the WAL sent meanwhile asks the replicas for
     /// what this write waits for.
-    pub _sync: Option<crate::repl::SyncCommit>,
+    pub _sync: Option<replication::primary::SyncCommit>,
 }
 
 impl Out {
@@ -460,6 +214,18 @@ pub enum After {
     Snapshot,
     /// The connection carries the pages a diverged node needs to rewind (REPLREWIND).
     Rewind,
+    /// The connection carries a switchover's questions to its target (REPLCONTROL).
+    Control,
+}
+
+impl After {
+    /// Whether the connection is replication's from here on.
+    pub fn hands_over(self) -> bool {
+        matches!(
+            self,
+            After::Replicate | After::Snapshot | After::Rewind | After::Control
+        )
+    }
 }
 
 pub struct Session {
@@ -493,7 +259,7 @@ impl Session {
     pub fn new(shared: Arc<Shared>) -> Session {
         let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed) + 1;
         let authed = shared.settings.read().requirepass.is_none();
-        let db_gen = shared.db_gen.load(Ordering::Acquire);
+        let db_gen = shared.node.db_gen.load(Ordering::Acquire);
         let db = shared.db();
         Session {
             db,
@@ -516,7 +282,7 @@ impl Session {
     /// Before running a batch of requests: picks up a database swapped in since the last
     /// batch (an idle connection keeps the old one alive until its next request).
     pub fn begin_batch(&mut self) {
-        let gen = self.shared.db_gen.load(Ordering::Acquire);
+        let gen = self.shared.node.db_gen.load(Ordering::Acquire);
         if gen != self.db_gen {
             self.db = self.shared.db();
             self.db_gen = gen;
@@ -562,21 +328,27 @@ impl Session {
     /// Why a write cannot be taken now, if it cannot: a replica, a fenced or paused primary,
     /// too few fresh replicas (`--min-replicas-to-write`).
     fn write_refusal(&self) -> Option<String> {
+        use replication::role::WriteRefusal;
         let sh = &self.shared;
-        if sh.is_replica_role() || sh.db().is_replica() {
-            return Some("READONLY You can't write against a read only replica.".into());
-        }
-        if let Some(why) = &*sh.fenced.read() {
-            return Some(format!("FENCED this node is no longer the primary: {why}"));
-        }
-        if sh.paused.load(Ordering::SeqCst) {
-            return Some(
-                "TRYAGAIN writes are paused for a switchover; retry on the new primary".into(),
-            );
+        // The role alone decides: it becomes Primary only once the database is a primary's.
+        match sh.node.role.read().write_refusal() {
+            None => {}
+            Some(WriteRefusal::ReadOnly) => {
+                return Some("READONLY You can't write against a read only replica.".into())
+            }
+            Some(WriteRefusal::Fenced(why)) => {
+                return Some(format!("FENCED this node is no longer the primary: {why}"))
+            }
+            Some(WriteRefusal::SwitchingOver) => {
+                return Some(
+                    "TRYAGAIN writes are paused for a switchover; retry on the new primary".into(),
+                )
+            }
         }
         let need = sh.config.min_replicas_to_write;
         if need > 0 {
             let fresh = sh
+                .node
                 .tracker
                 .fresh(now_us() / 1000, sh.config.min_replicas_max_lag_ms);
             if fresh < need {
@@ -642,7 +414,7 @@ impl Session {
                 name,
                 "GET" | "MGET" | "EXISTS" | "DBSIZE" | "SCAN" | "RANGE"
             ) {
-                let lag = self.shared.replica_lag_ms();
+                let lag = self.shared.node.replica_lag_ms();
                 if lag > max {
                     self.err(out, &format!("STALE this replica's replay lag is {lag} ms, more than MAXLAG {max} ms"));
                     return After::Continue;
@@ -806,7 +578,7 @@ impl Session {
                 };
                 if n < 0 || ms < 0 {
                     self.err(out, "ERR numreplicas and timeout must not be negative");
-                } else if self.shared.is_replica_role() {
+                } else if self.shared.node.is_replica_role() {
                     self.err(out, "ERR WAIT cannot be used with replica instances");
                 } else {
                     out.parts.push(Part::Bytes(out.buf.split().freeze()));
@@ -821,9 +593,9 @@ impl Session {
                 self.enc.bulk(&mut out.buf, format!("{lsn} {d:016x}").as_bytes());
             }
             "ROLE" => {
-                if let Some(p) = &self.shared.replicaof() {
+                if let Some(p) = &self.shared.node.replicaof() {
                     let (host, port) = p.rsplit_once(':').unwrap_or((p.as_str(), "0"));
-                    let state = if self.shared.link_up.load(Ordering::Relaxed) { "connected" } else { "connect" };
+                    let state = if self.shared.node.link_up.load(Ordering::Relaxed) { "connected" } else { "connect" };
                     self.enc.array(&mut out.buf, 5);
                     self.enc.bulk(&mut out.buf, b"slave");
                     self.enc.bulk(&mut out.buf, host.as_bytes());
@@ -831,7 +603,7 @@ impl Session {
                     self.enc.bulk(&mut out.buf, state.as_bytes());
                     self.enc.int(&mut out.buf, self.db().last_lsn().0 as i64);
                 } else {
-                    let reps = self.shared.tracker.snapshot();
+                    let reps = self.shared.node.tracker.snapshot();
                     self.enc.array(&mut out.buf, 3);
                     self.enc.bulk(&mut out.buf, b"master");
                     self.enc.int(&mut out.buf, self.db().last_lsn().0 as i64);
@@ -849,9 +621,10 @@ impl Session {
             "REPLSTREAM" => return After::Replicate,
             "REPLSNAPSHOT" => return After::Snapshot,
             "REPLREWIND" => return After::Rewind,
+            "REPLCONTROL" => return After::Control,
             "SHUTDOWN" => {
                 tracing::info!(client = self.id, "SHUTDOWN requested by a client");
-                let _ = self.shared.shutdown.send(true);
+                let _ = self.shared.node.shutdown.send(true);
                 return After::Close;
             }
             _ => {
@@ -922,7 +695,7 @@ impl Session {
             let slot = Arc::new(Mutex::new(None));
             let sync = level
                 .remote()
-                .map(|r| self.shared.links.sync_commit(r, self.db.written_lsn()));
+                .map(|r| self.shared.node.links.sync_commit(r, self.db.written_lsn()));
             self.shared.queue.lock().push(Queued {
                 cmds,
                 slot: slot.clone(),
@@ -1319,6 +1092,7 @@ pub const COMMANDS: &[(&str, i64)] = &[
     ("REPLSTREAM", 1),
     ("REPLSNAPSHOT", 1),
     ("REPLREWIND", 1),
+    ("REPLCONTROL", 1),
     ("DIGEST", 1),
 ];
 
@@ -1552,53 +1326,6 @@ mod tests {
         ] {
             assert_eq!(parse_i64(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
-    }
-
-    #[test]
-    fn write_time_samples_never_date_a_record_later_than_it_was_written() {
-        use std::time::Duration;
-        let times = Mutex::new(std::collections::VecDeque::new());
-        let t0 = Instant::now();
-        let ms = |n: u64| t0 + Duration::from_micros(n * 1000);
-        // Writes at 0, 0.4 and 0.9 ms share one sample (the first write's time); 1.5 ms starts
-        // the next, 7 ms (after a pause) the one after.
-        note_written(&times, Lsn(100), ms(0));
-        note_written(&times, Lsn(250), t0 + Duration::from_micros(400));
-        note_written(&times, Lsn(300), t0 + Duration::from_micros(900));
-        note_written(&times, Lsn(420), t0 + Duration::from_micros(1500));
-        note_written(&times, Lsn(500), ms(7));
-        let ft = times.lock();
-        assert_eq!(
-            ft.iter().copied().collect::<Vec<_>>(),
-            [
-                (Lsn(300), ms(0)),
-                (Lsn(420), t0 + Duration::from_micros(1500)),
-                (Lsn(500), ms(7))
-            ]
-        );
-        // The first sample past an apply LSN: for a replica at 260 (lacking the record
-        // written at 0.9 ms), the sample of 0 ms — older, never newer, by under a step.
-        let first_past = |applied: u64| first_sample_past(&ft, Lsn(applied));
-        assert_eq!(first_past(260), Some(ms(0)));
-        assert_eq!(first_past(300), Some(t0 + Duration::from_micros(1500)));
-        assert_eq!(first_past(450), Some(ms(7)));
-        assert_eq!(first_past(500), None, "caught up: no lag");
-        drop(ft);
-        // Bounded: the oldest samples go first.
-        for i in 0..FLUSH_TIMES_MAX as u64 + 5 {
-            note_written(&times, Lsn(1000 + i), ms(10 + 2 * i));
-        }
-        let ft = times.lock();
-        assert_eq!(ft.len(), FLUSH_TIMES_MAX);
-        assert_eq!(ft.front().map(|s| s.0), Some(Lsn(1005)));
-        let last = *ft.back().unwrap();
-        drop(ft);
-        // A log cut back below the newest samples drops them; the order stays.
-        let later = last.1 + Duration::from_millis(5);
-        note_written(&times, Lsn(1003), later);
-        let ft = times.lock();
-        assert_eq!(ft.back().copied(), Some((Lsn(1003), later)));
-        assert!(ft.iter().zip(ft.iter().skip(1)).all(|(a, b)| a.0 < b.0));
     }
 
     #[test]
