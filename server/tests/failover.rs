@@ -465,3 +465,76 @@ fn two_promoted_replicas_are_never_mixed() {
     assert_eq!(get(&mut r2, "more"), None, "r1 never had it");
     wait_for(20, "equal digests", || digest(&mut r1) == digest(&mut r2));
 }
+
+/// A switchover whose target is not this primary's replica cannot complete: the target is
+/// never promoted (it did not catch up), and the primary takes writes again, in its epoch.
+#[test]
+fn a_switchover_that_cannot_complete_leaves_the_primary_taking_writes() {
+    let (dp, dq) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let p = Node::start(dp.path(), &["--name", "p"]);
+    let q = Node::start(dq.path(), &["--name", "q"]);
+    let (mut pc, mut qc) = (p.client(), q.client());
+    for i in 0..50 {
+        set(&mut pc, &format!("k{i}"), "v").unwrap();
+    }
+    let err = cmd("FAILOVER")
+        .arg("TO")
+        .arg("127.0.0.1")
+        .arg(q.port)
+        .arg("TIMEOUT")
+        .arg(300)
+        .query::<()>(&mut pc)
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("switchover abandoned") && msg.contains("takes writes again"),
+        "{msg}"
+    );
+    assert!(msg.contains("applied only up to LSN"), "{msg}");
+    set(&mut pc, "after", "1").unwrap();
+    let pi = info(&mut pc);
+    assert_eq!(
+        (
+            pi["role"].as_str(),
+            pi["role_state"].as_str(),
+            pi["epoch"].as_str()
+        ),
+        ("primary", "primary", "1")
+    );
+    // The would-be target was asked to catch up, never to promote.
+    assert_eq!(info(&mut qc)["epoch"], "1");
+}
+
+/// While a switchover waits for its target, writes get `-TRYAGAIN` (never `+OK`), and once
+/// the target answers the switchover completes.
+#[test]
+fn writes_during_a_switchover_are_refused_with_tryagain() {
+    let t = trio(&[]);
+    let mut p = t.nodes[0].client();
+    set(&mut p, "before", "1").unwrap();
+    let target = t.nodes[1].port;
+    t.nodes[1].signal("STOP");
+    let url = t.nodes[0].url();
+    let switch = std::thread::spawn(move || {
+        let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+        cmd("FAILOVER")
+            .arg("TO")
+            .arg("127.0.0.1")
+            .arg(target)
+            .arg("TIMEOUT")
+            .arg(20_000)
+            .query::<()>(&mut c)
+    });
+    wait_for(10, "the switchover under way", || {
+        info(&mut p)["role_state"] == "switching_over"
+    });
+    let e = set(&mut p, "during", "1").unwrap_err();
+    assert_eq!(e.code(), Some("TRYAGAIN"), "{e}");
+    t.nodes[1].signal("CONT");
+    switch.join().unwrap().unwrap();
+    let mut n = t.nodes[1].client();
+    assert_eq!(get(&mut n, "before").as_deref(), Some("1"));
+    assert_eq!(get(&mut n, "during"), None);
+    assert_eq!(info(&mut n)["role_state"], "primary");
+    assert_eq!(info(&mut p)["role_state"], "replica");
+}
