@@ -5,9 +5,10 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
+use crate::commands::upper;
 use crate::config::Level;
 use crate::glob;
-use crate::session::{upper, Out, Session, Shared};
+use crate::session::{Out, Session, Shared};
 
 const SECTIONS: &[&str] = &[
     "server",

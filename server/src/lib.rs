@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod commands;
 pub mod config;
 pub mod glob;
 pub mod info;
@@ -11,3 +12,4 @@ pub mod reply;
 pub mod resp;
 pub mod server;
 pub mod session;
+pub mod shared;

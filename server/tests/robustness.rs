@@ -189,3 +189,40 @@ fn redis_cli_and_redis_benchmark_work() {
     let n: i64 = cmd("DBSIZE").query(&mut c).unwrap();
     assert!(n >= 3, "redis-benchmark wrote its keys ({n})");
 }
+
+/// Every command, sent with a wrong number of arguments, gets the arity error and the
+/// connection stays usable (REPLICAOF, FAILOVER, WAIT and WAITLSN with too few arguments
+/// used to index past the end and drop the connection).
+#[test]
+fn every_command_with_a_wrong_number_of_arguments_gets_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let mut c = node.client();
+    let mut tried = 0;
+    for spec in replidb_server::commands::COMMANDS {
+        let need = spec.arity.unsigned_abs() as usize;
+        let mut counts = Vec::new();
+        if spec.arity > 0 {
+            counts.push(need + 1);
+        }
+        if need > 1 {
+            counts.push(need - 1);
+        }
+        for n in counts {
+            let mut q = cmd(spec.name);
+            for i in 1..n {
+                q.arg(format!("a{i}"));
+            }
+            let e = q.query::<redis::Value>(&mut c).unwrap_err();
+            assert!(
+                e.to_string().contains("wrong number of arguments"),
+                "{} with {n} arguments: {e}",
+                spec.name
+            );
+            let pong: String = cmd("PING").query(&mut c).unwrap();
+            assert_eq!(pong, "PONG", "after {} with {n} arguments", spec.name);
+            tried += 1;
+        }
+    }
+    assert!(tried > 40, "only {tried} cases");
+}

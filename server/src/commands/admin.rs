@@ -1,0 +1,54 @@
+//! Server commands: INFO, CONFIG, CHECKPOINT, DURABILITY, LSN, DIGEST, SHUTDOWN.
+
+use bytes::Bytes;
+
+use super::{unreachable_command, wrong_arity};
+use crate::config::Level;
+use crate::reply::storage_error;
+use crate::session::{After, Out, Session};
+
+impl Session {
+    /// A server command.
+    pub(crate) fn server_command(&mut self, name: &str, args: &[Bytes], out: &mut Out) -> After {
+        let argc = args.len();
+        match name {
+            "INFO" => {
+                let section = args.get(1).map(|s| String::from_utf8_lossy(s).to_ascii_lowercase());
+                let text = crate::info::render(&self.shared, section.as_deref());
+                self.enc.bulk(&mut out.buf, text.as_bytes());
+            }
+            "CONFIG" => crate::info::config(self, args, out),
+            "CHECKPOINT" => {
+                // Runs inline, like Redis's SAVE: an operator's command, rare, and bounded by
+                // the checkpoint distance.
+                match self.shared.db().checkpoint() {
+                    Ok(()) => self.enc.simple(&mut out.buf, "OK"),
+                    Err(e) => self.err(out, &storage_error(&e)),
+                }
+            }
+            "DURABILITY" => match argc {
+                1 => self.enc.bulk(&mut out.buf, self.level().name().as_bytes()),
+                2 => match Level::parse(&String::from_utf8_lossy(&args[1])) {
+                    Some(l) => {
+                        self.level = Some(l);
+                        self.enc.simple(&mut out.buf, "OK");
+                    }
+                    None => self.err(out, "ERR durability level must be off, local, remote_write, remote_flush or remote_apply"),
+                },
+                _ => self.err(out, &wrong_arity("durability")),
+            },
+            "LSN" => self.enc.int(&mut out.buf, self.last_lsn.0 as i64),
+            "DIGEST" => {
+                let (lsn, d) = self.db().read().digest();
+                self.enc.bulk(&mut out.buf, format!("{lsn} {d:016x}").as_bytes());
+            }
+            "SHUTDOWN" => {
+                tracing::info!(client = self.id, "SHUTDOWN requested by a client");
+                let _ = self.shared.node.shutdown.send(true);
+                return After::Close;
+            }
+            _ => unreachable_command(name),
+        }
+        After::Continue
+    }
+}

@@ -1,0 +1,193 @@
+//! Connection commands: PING, ECHO, QUIT, AUTH, HELLO, SELECT, CLIENT, COMMAND.
+
+use bytes::Bytes;
+
+use super::{parse_i64, unreachable_command, upper, wrong_arity, COMMANDS};
+use crate::reply::Reply;
+use crate::session::{After, Out, Session};
+
+impl Session {
+    /// A connection command.
+    pub(crate) fn connection_command(
+        &mut self,
+        name: &str,
+        args: &[Bytes],
+        out: &mut Out,
+    ) -> After {
+        let argc = args.len();
+        match name {
+            "PING" => match argc {
+                1 => self.enc.simple(&mut out.buf, "PONG"),
+                2 => self.enc.bulk(&mut out.buf, &args[1]),
+                _ => self.err(out, &wrong_arity("ping")),
+            },
+            "ECHO" => {
+                if argc == 2 {
+                    self.enc.bulk(&mut out.buf, &args[1]);
+                } else {
+                    self.err(out, &wrong_arity("echo"));
+                }
+            }
+            "QUIT" => {
+                self.enc.simple(&mut out.buf, "OK");
+                return After::Close;
+            }
+            "AUTH" => self.auth(&args[1..], out),
+            "HELLO" => self.hello(args, out),
+            "SELECT" => match args.get(1).map(|a| &a[..]) {
+                Some(b"0") if argc == 2 => self.enc.simple(&mut out.buf, "OK"),
+                Some(_) if argc == 2 => self.err(
+                    out,
+                    "ERR DB index is out of range (replidb has one database, 0)",
+                ),
+                _ => self.err(out, &wrong_arity("select")),
+            },
+            "CLIENT" => self.client(args, out),
+            "COMMAND" => self.command(args, out),
+            _ => unreachable_command(name),
+        }
+        After::Continue
+    }
+
+    fn auth(&mut self, args: &[Bytes], out: &mut Out) {
+        let pass = match args.len() {
+            1 => &args[0],
+            2 if &args[0][..] == b"default" => &args[1],
+            2 => {
+                self.err(
+                    out,
+                    "WRONGPASS invalid username-password pair or user is disabled.",
+                );
+                return;
+            }
+            _ => {
+                self.err(out, &wrong_arity("auth"));
+                return;
+            }
+        };
+        match &self.shared.settings.read().requirepass {
+            None => self.err(out, "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"),
+            Some(p) if p.as_bytes() == &pass[..] => {
+                self.authed = true;
+                self.enc.simple(&mut out.buf, "OK");
+            }
+            Some(_) => self.err(out, "WRONGPASS invalid username-password pair or user is disabled."),
+        }
+    }
+
+    fn hello(&mut self, args: &[Bytes], out: &mut Out) {
+        let mut proto = if self.enc.resp3 { 3 } else { 2 };
+        let mut i = 1;
+        if let Some(v) = args.get(1) {
+            match parse_i64(v) {
+                Some(2) => proto = 2,
+                Some(3) => proto = 3,
+                _ => {
+                    self.err(out, "NOPROTO unsupported protocol version");
+                    return;
+                }
+            }
+            i = 2;
+        }
+        while i < args.len() {
+            match upper(&args[i]).as_str() {
+                "AUTH" if i + 2 < args.len() => {
+                    let mut tmp = Out::default();
+                    self.auth(&args[i + 1..i + 3], &mut tmp);
+                    if !self.authed {
+                        out.buf.extend_from_slice(&tmp.buf);
+                        return;
+                    }
+                    i += 3;
+                }
+                "SETNAME" if i + 1 < args.len() => {
+                    self.name = Some(args[i + 1].clone());
+                    i += 2;
+                }
+                _ => {
+                    self.err(out, "ERR syntax error in HELLO");
+                    return;
+                }
+            }
+        }
+        if !self.authed {
+            self.err(out, "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+            return;
+        }
+        self.enc.resp3 = proto == 3;
+        let enc = self.enc;
+        let b = &mut out.buf;
+        enc.map(b, 7);
+        enc.bulk(b, b"server");
+        enc.bulk(b, b"replidb");
+        enc.bulk(b, b"version");
+        enc.bulk(b, env!("CARGO_PKG_VERSION").as_bytes());
+        enc.bulk(b, b"proto");
+        enc.int(b, proto);
+        enc.bulk(b, b"id");
+        enc.int(b, self.id as i64);
+        enc.bulk(b, b"mode");
+        enc.bulk(b, b"standalone");
+        enc.bulk(b, b"role");
+        enc.bulk(b, b"master");
+        enc.bulk(b, b"modules");
+        enc.array(b, 0);
+    }
+
+    fn client(&mut self, args: &[Bytes], out: &mut Out) {
+        let sub = args.get(1).map(|s| upper(s)).unwrap_or_default();
+        match (sub.as_str(), args.len()) {
+            ("SETNAME", 3) => {
+                if args[2].iter().any(|&c| c == b' ' || c == b'\n') {
+                    self.err(out, "ERR Client names cannot contain spaces, newlines or special characters.");
+                } else {
+                    self.name = Some(args[2].clone());
+                    self.enc.simple(&mut out.buf, "OK");
+                }
+            }
+            ("GETNAME", 2) => {
+                let n = self.name.clone();
+                self.enc.opt_bulk(&mut out.buf, n.as_deref());
+            }
+            ("ID", 2) => self.enc.int(&mut out.buf, self.id as i64),
+            // Client libraries announce themselves (redis-py, go-redis); nothing to do.
+            ("SETINFO", 4) => self.enc.simple(&mut out.buf, "OK"),
+            _ => self.err(out, "ERR unknown subcommand or wrong number of arguments for 'client'. Try CLIENT SETNAME, GETNAME, ID, SETINFO."),
+        }
+    }
+
+    fn command(&mut self, args: &[Bytes], out: &mut Out) {
+        match args.get(1).map(|s| upper(s)).as_deref() {
+            Some("COUNT") => self.enc.int(&mut out.buf, COMMANDS.len() as i64),
+            Some("DOCS") => self.enc.map(&mut out.buf, 0),
+            None => {
+                // Name, arity, flags, first key, last key, step: enough for clients that look.
+                self.enc.array(&mut out.buf, COMMANDS.len());
+                for spec in COMMANDS {
+                    self.enc.array(&mut out.buf, 6);
+                    self.enc
+                        .bulk(&mut out.buf, spec.name.to_ascii_lowercase().as_bytes());
+                    self.enc.int(&mut out.buf, spec.arity);
+                    self.enc.array(&mut out.buf, 0);
+                    self.enc.int(&mut out.buf, 0);
+                    self.enc.int(&mut out.buf, 0);
+                    self.enc.int(&mut out.buf, 0);
+                }
+            }
+            Some(_) => self.enc.array(&mut out.buf, 0),
+        }
+    }
+
+    pub fn set_requirepass(&mut self) {
+        // The connection that changed the password stays authenticated.
+        self.authed = true;
+    }
+}
+
+/// PING and ECHO inside MULTI: answered at EXEC.
+pub(crate) fn apply(name: &str, args: &[Bytes]) -> Reply {
+    match (name, args.get(1)) {
+        ("ECHO", Some(m)) | ("PING", Some(m)) => Reply::Bulk(m.to_vec()),
+        _ => Reply::Bulk(b"PONG".to_vec()),
+    }
+}

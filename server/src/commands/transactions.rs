@@ -1,0 +1,69 @@
+//! Transactions: MULTI, EXEC, DISCARD (the queued commands run as one commit at EXEC).
+
+use bytes::Bytes;
+
+use super::{arity_error, lookup, unreachable_command};
+use crate::session::{After, Out, Session};
+
+impl Session {
+    /// MULTI, EXEC or DISCARD.
+    pub(crate) fn transaction_command(&mut self, name: &str, out: &mut Out) {
+        match name {
+            "MULTI" => {
+                if self.multi.is_some() {
+                    self.err(out, "ERR MULTI calls can not be nested");
+                } else {
+                    self.multi = Some(Vec::new());
+                    self.multi_error = false;
+                    self.enc.simple(&mut out.buf, "OK");
+                }
+            }
+            "EXEC" => self.exec(out),
+            "DISCARD" => {
+                if self.multi.take().is_some() {
+                    self.enc.simple(&mut out.buf, "OK");
+                } else {
+                    self.err(out, "ERR DISCARD without MULTI");
+                }
+            }
+            _ => unreachable_command(name),
+        }
+    }
+
+    pub(crate) fn queue(&mut self, name: &str, args: Vec<Bytes>, out: &mut Out) -> After {
+        if !lookup(name.as_bytes()).is_some_and(|s| s.in_multi) {
+            self.multi_error = true;
+            let shown = if name.is_empty() {
+                String::from_utf8_lossy(&args[0]).chars().take(64).collect()
+            } else {
+                name.to_ascii_lowercase()
+            };
+            self.err(
+                out,
+                &format!("ERR command '{shown}' is not allowed inside MULTI"),
+            );
+        } else if let Some(msg) = arity_error(name, args.len()) {
+            self.multi_error = true;
+            self.err(out, &msg);
+        } else {
+            self.multi.as_mut().expect("in MULTI").push(args);
+            self.enc.simple(&mut out.buf, "QUEUED");
+        }
+        After::Continue
+    }
+
+    fn exec(&mut self, out: &mut Out) {
+        let Some(cmds) = self.multi.take() else {
+            self.err(out, "ERR EXEC without MULTI");
+            return;
+        };
+        if self.multi_error {
+            self.err(
+                out,
+                "EXECABORT Transaction discarded because of previous errors.",
+            );
+            return;
+        }
+        self.write_commands(cmds, out, true);
+    }
+}

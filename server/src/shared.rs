@@ -1,0 +1,140 @@
+//! What every connection shares: the node, the server's settings and counters, and the queue
+//! of durable writes that connections apply together.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use storage::{Db, Lsn, WriteTxn};
+
+use crate::config::{Config, Level};
+use crate::reply::{storage_error, Reply};
+
+/// Settings that `CONFIG SET` can change while running.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub requirepass: Option<String>,
+    pub sync_commit: Level,
+    /// How long a commit waits for its quorum (0: forever).
+    pub sync_timeout_ms: u64,
+}
+
+/// Counters for INFO.
+pub struct Stats {
+    pub commands: AtomicU64,
+    pub connections_total: AtomicU64,
+    pub connections_now: AtomicU64,
+    pub commits: AtomicU64,
+    /// Commit latency in µs: from the command's execution to its durability being met.
+    pub commit_latency: Mutex<hdrhistogram::Histogram<u64>>,
+}
+
+impl Stats {
+    pub fn new() -> Stats {
+        Stats {
+            commands: AtomicU64::new(0),
+            connections_total: AtomicU64::new(0),
+            connections_now: AtomicU64::new(0),
+            commits: AtomicU64::new(0),
+            commit_latency: Mutex::new(
+                hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
+                    .expect("valid histogram bounds"),
+            ),
+        }
+    }
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats::new()
+    }
+}
+
+/// What all connections share: the node (database, role, replication) and the server's own
+/// settings, counters and write queue.
+pub struct Shared {
+    /// The node: its database, role, replica links and what it knows of its primary.
+    pub node: Arc<replication::Node>,
+    pub config: Config,
+    pub settings: RwLock<Settings>,
+    pub stats: Stats,
+    pub started: Instant,
+    pub next_client_id: AtomicU64,
+    /// Durable writes of all connections waiting to be applied together.
+    pub queue: Mutex<Vec<Queued>>,
+}
+
+pub use replication::node::now_us;
+
+impl Shared {
+    /// The database now (see `Node::db`).
+    pub fn db(&self) -> Arc<Db> {
+        self.node.db()
+    }
+
+    /// `Some((apply LSN, target))` while reads must wait for a seeded replica to become
+    /// consistent (see `Node::loading`).
+    pub fn loading(&self) -> Option<(u64, u64)> {
+        self.node.loading()
+    }
+}
+
+/// What a queued write's owner learns: its replies and the LSN to wait for, or an error line.
+pub type WriteResult = Result<(Vec<Reply>, Lsn), String>;
+
+/// A write waiting in `Shared::queue`.
+pub struct Queued {
+    pub(crate) cmds: Vec<Vec<Bytes>>,
+    pub(crate) slot: Arc<Mutex<Option<WriteResult>>>,
+}
+
+impl Shared {
+    /// Applies every queued write as one engine transaction — one commit, one set of page
+    /// records, one publish — and hands each owner its replies. Durable writes of concurrent
+    /// connections are gathered this way (after each connection has run its pipeline), so a
+    /// leaf or the meta page touched by twenty SETs is copied and logged once, not twenty
+    /// times. Each connection's write stays atomic: the group is.
+    pub fn apply_queued(&self) {
+        let reqs = std::mem::take(&mut *self.queue.lock());
+        if reqs.is_empty() {
+            return;
+        }
+        let run = |tx: &mut WriteTxn<'_>, q: &Queued| -> storage::Result<Vec<Reply>> {
+            let mut v = Vec::with_capacity(q.cmds.len());
+            for c in &q.cmds {
+                v.push(crate::commands::apply(tx, c)?);
+            }
+            Ok(v)
+        };
+        let db = self.db();
+        let all = db.update_deferred(|tx| {
+            let mut all = Vec::with_capacity(reqs.len());
+            for q in &reqs {
+                all.push(run(tx, q)?);
+            }
+            Ok(all)
+        });
+        match all {
+            Ok((all, lsn)) => {
+                for (q, replies) in reqs.iter().zip(all) {
+                    *q.slot.lock() = Some(Ok((replies, lsn)));
+                }
+            }
+            // An engine error (a damaged page, say) failed the group and changed nothing:
+            // apply the writes one by one so only the affected ones fail.
+            Err(_) => {
+                for q in &reqs {
+                    let r = db
+                        .update_deferred(|tx| run(tx, q))
+                        .map_err(|e| storage_error(&e));
+                    *q.slot.lock() = Some(r);
+                }
+            }
+        }
+        self.stats
+            .commits
+            .fetch_add(reqs.len() as u64, Ordering::Relaxed);
+    }
+}
