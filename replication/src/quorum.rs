@@ -141,6 +141,18 @@ pub enum Level {
     Apply,
 }
 
+impl Level {
+    /// The replica position a commit at `durability` waits for (`None`: a local level).
+    pub fn of(durability: storage::Durability) -> Option<Level> {
+        match durability {
+            storage::Durability::Off | storage::Durability::Local => None,
+            storage::Durability::RemoteWrite => Some(Level::Write),
+            storage::Durability::RemoteFlush => Some(Level::Flush),
+            storage::Durability::RemoteApply => Some(Level::Apply),
+        }
+    }
+}
+
 /// `sync_state` of a replica, as PostgreSQL's `pg_stat_replication` shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyncState {

@@ -23,7 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::client::Conn;
-use crate::config::Level;
+use storage::Durability;
 
 #[derive(Args, Clone, Debug)]
 pub struct BenchArgs {
@@ -87,18 +87,18 @@ pub struct Row {
     pub errors: u64,
 }
 
-pub fn parse_mode(s: &str) -> Result<Level> {
+pub fn parse_mode(s: &str) -> Result<Durability> {
     match s.trim().to_ascii_lowercase().as_str() {
-        "async" => Ok(Level::Local),
-        "sync" => Ok(Level::RemoteFlush),
-        m => Level::parse(m).ok_or_else(|| {
+        "async" => Ok(Durability::Local),
+        "sync" => Ok(Durability::RemoteFlush),
+        m => Durability::parse(m).ok_or_else(|| {
             anyhow!("unknown mode {s:?}: expected off, local, remote_write, remote_flush, remote_apply, async or sync")
         }),
     }
 }
 
 pub fn run(args: BenchArgs) -> Result<()> {
-    let modes: Vec<Level> = args
+    let modes: Vec<Durability> = args
         .modes
         .iter()
         .map(|m| parse_mode(m))
@@ -175,7 +175,7 @@ async fn describe(target: &str, password: Option<&str>, args: &BenchArgs) -> Res
     ))
 }
 
-async fn measure(target: &str, args: &BenchArgs, mode: Level, clients: usize) -> Result<Row> {
+async fn measure(target: &str, args: &BenchArgs, mode: Durability, clients: usize) -> Result<Row> {
     let warmup = Duration::from_secs((args.seconds / 5).max(1));
     let measured = Duration::from_secs(args.seconds);
     let recording = Arc::new(AtomicBool::new(false));
@@ -493,9 +493,9 @@ mod tests {
 
     #[test]
     fn modes_and_output_formats() {
-        assert_eq!(parse_mode("sync").unwrap(), Level::RemoteFlush);
-        assert_eq!(parse_mode("async").unwrap(), Level::Local);
-        assert_eq!(parse_mode("remote_apply").unwrap(), Level::RemoteApply);
+        assert_eq!(parse_mode("sync").unwrap(), Durability::RemoteFlush);
+        assert_eq!(parse_mode("async").unwrap(), Durability::Local);
+        assert_eq!(parse_mode("remote_apply").unwrap(), Durability::RemoteApply);
         assert!(parse_mode("eventually").is_err());
         let rows = vec![Row {
             mode: "remote_flush",

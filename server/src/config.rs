@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use replication::quorum::SyncStandbys;
 use serde::Deserialize;
+use storage::Durability;
 
 /// Flags of `replidb serve`. Every field is optional so a config file can supply it.
 #[derive(Args, Clone, Debug, Default, Deserialize)]
@@ -88,49 +89,6 @@ pub struct ServeArgs {
     pub config: Option<PathBuf>,
 }
 
-/// Durability levels a client or the server default can ask for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Level {
-    Off,
-    Local,
-    RemoteWrite,
-    RemoteFlush,
-    RemoteApply,
-}
-
-impl Level {
-    pub fn parse(s: &str) -> Option<Level> {
-        Some(match s.to_ascii_lowercase().as_str() {
-            "off" => Level::Off,
-            "local" => Level::Local,
-            "remote_write" => Level::RemoteWrite,
-            "remote_flush" => Level::RemoteFlush,
-            "remote_apply" => Level::RemoteApply,
-            _ => return None,
-        })
-    }
-
-    /// The replica position a remote level waits for.
-    pub fn remote(self) -> Option<replication::quorum::Level> {
-        match self {
-            Level::Off | Level::Local => None,
-            Level::RemoteWrite => Some(replication::quorum::Level::Write),
-            Level::RemoteFlush => Some(replication::quorum::Level::Flush),
-            Level::RemoteApply => Some(replication::quorum::Level::Apply),
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Level::Off => "off",
-            Level::Local => "local",
-            Level::RemoteWrite => "remote_write",
-            Level::RemoteFlush => "remote_flush",
-            Level::RemoteApply => "remote_apply",
-        }
-    }
-}
-
 /// The resolved configuration of a node.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -138,7 +96,7 @@ pub struct Config {
     pub bind: String,
     pub port: u16,
     pub requirepass: Option<String>,
-    pub sync_commit: Level,
+    pub sync_commit: Durability,
     pub sync_standbys: Option<SyncStandbys>,
     pub sync_timeout_ms: u64,
     pub max_retained_wal: u64,
@@ -174,9 +132,9 @@ impl Config {
             }
         };
         let sync_commit = match flags.sync_commit.or(file.sync_commit) {
-            None if sync_standbys.is_some() => Level::RemoteFlush,
-            None => Level::Local,
-            Some(s) => match Level::parse(&s) {
+            None if sync_standbys.is_some() => Durability::RemoteFlush,
+            None => Durability::Local,
+            Some(s) => match Durability::parse(&s) {
                 Some(l) => l,
                 None => bail!("--sync-commit {s:?}: expected off, local, remote_write, remote_flush or remote_apply"),
             },
@@ -302,7 +260,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             (c.dir, c.port, c.sync_commit, c.bind.as_str()),
-            (PathBuf::from("/data/a"), 7001, Level::Off, "127.0.0.1")
+            (PathBuf::from("/data/a"), 7001, Durability::Off, "127.0.0.1")
         );
         std::fs::write(&f, "prot = 1\n").unwrap();
         let err = Config::resolve(ServeArgs {
@@ -326,7 +284,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             c.sync_commit,
-            Level::RemoteFlush,
+            Durability::RemoteFlush,
             "standbys make remote_flush the default"
         );
         let err = Config::resolve(ServeArgs {

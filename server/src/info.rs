@@ -6,9 +6,9 @@ use std::sync::atomic::Ordering;
 use bytes::Bytes;
 
 use crate::commands::upper;
-use crate::config::Level;
 use crate::glob;
 use crate::session::{Out, Session, Shared};
+use storage::Durability;
 
 const SECTIONS: &[&str] = &[
     "server",
@@ -244,7 +244,7 @@ pub fn config(s: &mut Session, args: &[Bytes], out: &mut Out) {
                             return;
                         }
                     },
-                    "sync-commit" | "sync_commit" => match Level::parse(&value) {
+                    "sync-commit" | "sync_commit" => match Durability::parse(&value) {
                         Some(l) => s.shared.settings.write().sync_commit = l,
                         None => {
                             enc.error(&mut out.buf, "ERR sync-commit must be off, local, remote_write, remote_flush or remote_apply");

@@ -302,7 +302,7 @@ async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut Out) -> Byte
         .parts
         .iter()
         .filter_map(|p| match p {
-            Part::Write(d) => d.level.remote().map(|r| (r, d.level)),
+            Part::Write(d) => replication::quorum::Level::of(d.level).map(|r| (r, d.level)),
             _ => None,
         })
         .max_by_key(|(r, _)| *r as u8);
@@ -346,9 +346,13 @@ async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut Out) -> Byte
                 session.enc.int(&mut reply, n as i64);
             }
             Part::Write(d) => match r {
-                Some(Ok(_)) if d.level.remote().is_some() && quorum.is_err() => session
-                    .enc
-                    .error(&mut reply, quorum.as_ref().err().map_or("", |e| e.as_str())),
+                Some(Ok(_))
+                    if replication::quorum::Level::of(d.level).is_some() && quorum.is_err() =>
+                {
+                    session
+                        .enc
+                        .error(&mut reply, quorum.as_ref().err().map_or("", |e| e.as_str()))
+                }
                 Some(Ok((replies, lsn))) if durable.is_ok() || lsn <= flushed => {
                     if d.as_array {
                         Reply::Array(replies).encode(&session.enc, &mut reply);
@@ -386,7 +390,7 @@ async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut Out) -> Byte
 async fn wait_quorum(
     sh: &Shared,
     remote: replication::quorum::Level,
-    level: crate::config::Level,
+    level: storage::Durability,
     lsn: storage::Lsn,
 ) -> Result<(), String> {
     let timeout_ms = sh.settings.read().sync_timeout_ms;

@@ -11,7 +11,6 @@ use parking_lot::Mutex;
 use storage::{Db, Durability, Lsn};
 
 use crate::commands::{self, arity_error, lookup, preview, size_error, Access, Family};
-use crate::config::Level;
 use crate::reply::{storage_error, Reply};
 use crate::resp::Encoder;
 pub use crate::shared::{now_us, Queued, Settings, Shared, Stats, WriteResult};
@@ -46,7 +45,7 @@ pub enum Part {
 pub struct Deferred {
     pub slot: Arc<Mutex<Option<WriteResult>>>,
     /// The durability the write asked for.
-    pub level: Level,
+    pub level: Durability,
     /// EXEC: the replies form one array.
     pub as_array: bool,
     pub since: Instant,
@@ -109,7 +108,7 @@ pub struct Session {
     pub id: u64,
     pub(crate) name: Option<Bytes>,
     pub(crate) authed: bool,
-    pub(crate) level: Option<Level>,
+    pub(crate) level: Option<Durability>,
     pub last_lsn: Lsn,
     /// `MAXLAG`: reads fail with -STALE while the replay lag exceeds this.
     pub(crate) max_lag_ms: Option<u64>,
@@ -185,7 +184,7 @@ impl Session {
         }
     }
 
-    pub(crate) fn level(&self) -> Level {
+    pub(crate) fn level(&self) -> Durability {
         self.level
             .unwrap_or_else(|| self.shared.settings.read().sync_commit)
     }
@@ -328,12 +327,11 @@ impl Session {
         }
         let since = Instant::now();
         let level = self.level();
-        if level != Level::Off {
+        if level != Durability::Off {
             // Queued: applied together with the other connections' writes once every ready
             // connection has run its pipeline (`connection` in server.rs).
             let slot = Arc::new(Mutex::new(None));
-            let sync = level
-                .remote()
+            let sync = replication::quorum::Level::of(level)
                 .map(|r| self.shared.node.links.sync_commit(r, self.db.written_lsn()));
             self.shared.queue.lock().push(Queued {
                 cmds,

@@ -9,14 +9,15 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use storage::{Db, Lsn, WriteTxn};
 
-use crate::config::{Config, Level};
+use crate::config::Config;
 use crate::reply::{storage_error, Reply};
+use storage::Durability;
 
 /// Settings that `CONFIG SET` can change while running.
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub requirepass: Option<String>,
-    pub sync_commit: Level,
+    pub sync_commit: Durability,
     /// How long a commit waits for its quorum (0: forever).
     pub sync_timeout_ms: u64,
 }

@@ -423,3 +423,21 @@ fn read_wal_streams_the_durable_log() {
     assert!(matches!(err, Error::WalUnavailable { .. }), "{err}");
     assert!(err.to_string().contains("removed"), "{err}");
 }
+
+/// Every level but `off` is synced here before `commit` returns (the remote levels' waiting
+/// for replicas is replication's; to the engine they are `local`), and the names round-trip.
+#[test]
+fn every_level_but_off_is_durable_when_commit_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), opts(WalIo::Auto)).unwrap();
+    for (i, d) in Durability::ALL.into_iter().enumerate() {
+        assert_eq!(Durability::parse(d.name()), Some(d));
+        assert_eq!(Durability::parse(&d.name().to_uppercase()), Some(d));
+        let (k, v) = kv(i as u32);
+        let lsn = db.put(&k, &v, d).unwrap();
+        if d.syncs_locally() {
+            assert!(db.flush_lsn() >= lsn, "{}: not synced", d.name());
+        }
+    }
+    assert_eq!(Durability::parse("sync"), None);
+}

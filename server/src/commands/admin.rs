@@ -3,9 +3,9 @@
 use bytes::Bytes;
 
 use super::{unreachable_command, wrong_arity};
-use crate::config::Level;
 use crate::reply::storage_error;
 use crate::session::{After, Out, Session};
+use storage::Durability;
 
 impl Session {
     /// A server command.
@@ -28,7 +28,7 @@ impl Session {
             }
             "DURABILITY" => match argc {
                 1 => self.enc.bulk(&mut out.buf, self.level().name().as_bytes()),
-                2 => match Level::parse(&String::from_utf8_lossy(&args[1])) {
+                2 => match Durability::parse(&String::from_utf8_lossy(&args[1])) {
                     Some(l) => {
                         self.level = Some(l);
                         self.enc.simple(&mut out.buf, "OK");

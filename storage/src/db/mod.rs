@@ -122,7 +122,11 @@ pub const PAGE_FILE: &str = "pages.db";
 /// Name of the WAL directory inside the database directory.
 pub const WAL_DIR: &str = "wal";
 
-/// How durable a commit is when `commit` returns.
+/// How durable a commit is when it is acknowledged: PostgreSQL's `synchronous_commit`
+/// levels, the one vocabulary of the engine, the server and replication. The engine honours
+/// the local part (`Off`: acknowledged before the WAL is synced; every other level: after);
+/// the remote levels also wait for replicas, which is replication's business — to the engine
+/// they are `Local`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
     /// Acknowledged once the batch is in the WAL buffer (visible to readers, on disk within
@@ -130,6 +134,46 @@ pub enum Durability {
     Off,
     /// Acknowledged after the WAL holding it is fsynced. A crash cannot lose it.
     Local,
+    /// `Local`, and the sync-standbys quorum has received it.
+    RemoteWrite,
+    /// `Local`, and the sync-standbys quorum has fsynced it.
+    RemoteFlush,
+    /// `Local`, and the sync-standbys quorum has applied it (readers there see it).
+    RemoteApply,
+}
+
+impl Durability {
+    /// Every level, weakest first.
+    pub const ALL: [Durability; 5] = [
+        Durability::Off,
+        Durability::Local,
+        Durability::RemoteWrite,
+        Durability::RemoteFlush,
+        Durability::RemoteApply,
+    ];
+
+    /// The level named `s` (`off`, `local`, `remote_write`, `remote_flush`, `remote_apply`;
+    /// any case).
+    pub fn parse(s: &str) -> Option<Durability> {
+        Durability::ALL
+            .into_iter()
+            .find(|d| d.name().eq_ignore_ascii_case(s))
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Durability::Off => "off",
+            Durability::Local => "local",
+            Durability::RemoteWrite => "remote_write",
+            Durability::RemoteFlush => "remote_flush",
+            Durability::RemoteApply => "remote_apply",
+        }
+    }
+
+    /// Whether a commit at this level waits for this node's WAL sync.
+    pub fn syncs_locally(self) -> bool {
+        self != Durability::Off
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -495,7 +539,7 @@ impl Db {
         f: impl FnOnce(&mut WriteTxn<'_>) -> Result<T>,
     ) -> Result<(T, Lsn)> {
         let (out, lsn) = self.inner.update(durability, f)?;
-        if durability == Durability::Local {
+        if durability.syncs_locally() {
             self.inner.wal.wait_flushed(lsn)?;
         }
         Ok((out, lsn))
@@ -760,7 +804,7 @@ impl Inner {
                 .iter()
                 .map(|(_, b, d)| {
                     let (_, end) = self.update(*d, |tx| tx.apply(b))?;
-                    if *d == Durability::Local {
+                    if d.syncs_locally() {
                         self.wal.wait_flushed(end)?;
                     }
                     Ok(end)
