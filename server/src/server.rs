@@ -92,6 +92,7 @@ impl Server {
             started: Instant::now(),
             next_client_id: AtomicU64::new(0),
             queue: parking_lot::Mutex::new(Vec::new()),
+            applying: parking_lot::Mutex::new(()),
         });
         tokio::spawn(replication::primary::keep_retention(node.clone()));
         if let Some(primary) = role {

@@ -172,12 +172,11 @@ impl Session {
     /// pipeline reads its own writes.
     pub fn apply_own(&mut self) {
         if let Some(slot) = self.unapplied.take() {
+            // Groups are taken and applied one at a time, in queue order (`Shared::applying`):
+            // once this returns, every write queued before it is applied — this connection's
+            // earlier ones too, whichever thread took them.
             self.shared.apply_queued();
-            // Another connection may have taken the queue a moment earlier and still be
-            // applying it on the other thread; it finishes within microseconds.
-            while slot.lock().is_none() {
-                std::thread::yield_now();
-            }
+            debug_assert!(slot.lock().is_some(), "a queued write left unapplied");
             if let Some(Ok((_, lsn))) = &*slot.lock() {
                 self.last_lsn = *lsn;
             }

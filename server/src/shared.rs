@@ -65,6 +65,10 @@ pub struct Shared {
     pub next_client_id: AtomicU64,
     /// Durable writes of all connections waiting to be applied together.
     pub queue: Mutex<Vec<Queued>>,
+    /// Held while a group is taken from `queue` and applied: groups are applied in the order
+    /// they were queued, so a connection's writes commit in the order it sent them even when
+    /// two event-loop threads apply groups (`REPLIDB_THREADS=2`).
+    pub applying: Mutex<()>,
 }
 
 pub use replication::node::now_us;
@@ -98,6 +102,7 @@ impl Shared {
     /// leaf or the meta page touched by twenty SETs is copied and logged once, not twenty
     /// times. Each connection's write stays atomic: the group is.
     pub fn apply_queued(&self) {
+        let _in_order = self.applying.lock();
         let reqs = std::mem::take(&mut *self.queue.lock());
         if reqs.is_empty() {
             return;
