@@ -15,7 +15,7 @@ use crate::error::{bail, Result};
 use crate::frame::{self, Frame};
 use crate::node::Node;
 use crate::primary::{update_retention, LinkGuard};
-use crate::seed::fetch::read_snapshot_begin;
+use crate::seed::fetch::{pages_within, read_snapshot_begin};
 use crate::seed::serve::send_pages;
 use crate::seed::swap::swap_in;
 use crate::wire::handshake::{connect_as_replica, own_hello, read_hello, verdict};
@@ -56,19 +56,16 @@ pub(crate) async fn rewind_pages(node: &Arc<Node>, primary: &str, fork: Lsn) -> 
     let mut seeder =
         tokio::task::spawn_blocking(move || storage::Seeder::create(&dir, redo, &options))
             .await??;
-    let mut fetched = vec![false; pages as usize];
+    // Runs of pages fetched, [first, end): memory grows with what the primary sent, never
+    // with the page count it names.
+    let mut fetched: Vec<(u64, u64)> = Vec::new();
     let mut n_fetched = 0u64;
     loop {
         match read_frame(&mut rd, &mut buf).await? {
             Frame::SnapshotPages { first_page, bytes } => {
-                let n = (bytes.len() / storage::PAGE_SIZE) as u64;
-                if first_page + n > pages {
-                    bail!("the primary sent pages past its page count");
-                }
-                for i in first_page..first_page + n {
-                    fetched[i as usize] = true;
-                }
-                n_fetched += n;
+                let end = pages_within(first_page, &bytes, pages)?;
+                fetched.push((first_page, end));
+                n_fetched += end - first_page;
                 seeder = tokio::task::spawn_blocking(move || {
                     seeder.write_pages(first_page, &bytes).map(|()| seeder)
                 })
@@ -82,20 +79,18 @@ pub(crate) async fn rewind_pages(node: &Arc<Node>, primary: &str, fork: Lsn) -> 
     // Every page not fetched: this node's own, unchanged since the fork.
     let seeder = tokio::task::spawn_blocking(move || -> Result<storage::Seeder> {
         let mut out = Vec::new();
+        fetched.sort_unstable();
+        // The gaps between the fetched runs, and after the last one.
         let mut i = 0u64;
-        while i < pages {
-            if fetched[i as usize] {
-                i += 1;
-                continue;
+        for (first, end) in fetched.into_iter().chain([(pages, pages)]) {
+            while i < first {
+                let j = first.min(i + REWIND_RUN);
+                out.clear();
+                db.read_current_pages(i, j - i, &mut out);
+                seeder.write_pages(i, &out)?;
+                i = j;
             }
-            let mut j = i;
-            while j < pages && !fetched[j as usize] && j - i < REWIND_RUN {
-                j += 1;
-            }
-            out.clear();
-            db.read_current_pages(i, j - i, &mut out);
-            seeder.write_pages(i, &out)?;
-            i = j;
+            i = i.max(end);
         }
         Ok(seeder)
     })
@@ -183,4 +178,103 @@ pub async fn serve_rewind(node: Arc<Node>, sock: TcpStream, mut buf: BytesMut) -
     write_frame(&mut wr, &Frame::SnapshotEnd).await?;
     wr.shutdown().await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    /// A peer that takes a rewind's request, then answers with `frames`.
+    async fn hostile_primary(frames: Vec<Frame>) -> String {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (sock, _) = l.accept().await.unwrap();
+            let (mut rd, mut wr) = sock.into_split();
+            let mut buf = BytesMut::new();
+            // The RESP command, then the hello and the page lists up to the empty one.
+            while !buf.windows(12).any(|w| w == b"REPLREWIND\r\n") {
+                rd.read_buf(&mut buf).await.unwrap();
+            }
+            let at = buf
+                .windows(12)
+                .position(|w| w == b"REPLREWIND\r\n")
+                .unwrap()
+                + 12;
+            let _ = buf.split_to(at);
+            loop {
+                match read_frame(&mut rd, &mut buf).await.unwrap() {
+                    Frame::PageList { pages } if pages.is_empty() => break,
+                    _ => {}
+                }
+            }
+            for f in frames {
+                write_frame(&mut wr, &f).await.unwrap();
+            }
+            // Keep the connection open until the node gives up.
+            let _ = rd.read_buf(&mut buf).await;
+        });
+        addr
+    }
+
+    fn node(dir: &std::path::Path) -> Arc<Node> {
+        let config = crate::NodeConfig {
+            dir: dir.to_path_buf(),
+            name: "r".into(),
+            primary_password: None,
+            max_retained_wal: 1 << 30,
+            storage: storage::Options::default(),
+        };
+        let db = storage::Db::open(
+            dir,
+            storage::Options {
+                replica: true,
+                ..storage::Options::default()
+            },
+        )
+        .unwrap();
+        Arc::new(Node::new(config, db, Some("nowhere:1".into()), None))
+    }
+
+    #[tokio::test]
+    async fn a_primary_that_sends_absurd_page_counts_or_runs_gets_an_error_not_a_panic() {
+        let begin = |page_count| Frame::SnapshotBegin {
+            redo_lsn: Lsn(0),
+            page_count,
+            epochs: Vec::new(),
+        };
+        let page = vec![0u8; storage::PAGE_SIZE];
+        let cases = [
+            (vec![begin(1 << 40)], "more than a page file holds"),
+            (
+                vec![
+                    begin(10),
+                    Frame::SnapshotPages {
+                        first_page: u64::MAX,
+                        bytes: page.clone(),
+                    },
+                ],
+                "past its page count",
+            ),
+            (
+                vec![
+                    begin(10),
+                    Frame::SnapshotPages {
+                        first_page: 10,
+                        bytes: page,
+                    },
+                ],
+                "past its page count",
+            ),
+        ];
+        for (frames, want) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let node = node(dir.path());
+            let addr = hostile_primary(frames).await;
+            let e = rewind_pages(&node, &addr, Lsn(0)).await.unwrap_err();
+            assert!(e.to_string().contains(want), "{e}");
+        }
+    }
 }

@@ -82,7 +82,7 @@ pub use db::{
 };
 pub use error::{Error, Result};
 pub use node::{MAX_KEY, MAX_VALUE};
-pub use page::PAGE_SIZE;
+pub use page::{MAX_PAGES, PAGE_SIZE};
 pub use seed::Seeder;
 pub use types::{Lsn, PageId};
 pub use wal::io::{FaultInjector, WalIo};

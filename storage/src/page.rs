@@ -22,6 +22,9 @@ use crate::error::{Error, Result};
 use crate::types::{Lsn, PageId};
 
 pub const PAGE_SIZE: usize = 4096;
+/// The most pages a page file may hold (16 TiB): the bound on every page count or page id
+/// that comes from a peer or a file before it sizes anything.
+pub const MAX_PAGES: u64 = 1 << 32;
 pub const HEADER_SIZE: usize = 40;
 /// Bytes of a page below its header.
 pub const USABLE: usize = PAGE_SIZE - HEADER_SIZE;

@@ -22,6 +22,10 @@ pub(crate) async fn read_snapshot_begin<R: AsyncReadExt + Unpin>(
     buf: &mut BytesMut,
 ) -> Result<(Lsn, u64, Vec<(u32, Lsn)>)> {
     match read_frame(rd, buf).await? {
+        Frame::SnapshotBegin { page_count, .. } if page_count > storage::MAX_PAGES => bail!(
+            "the primary's backup claims {page_count} pages, more than a page file holds ({})",
+            storage::MAX_PAGES
+        ),
         Frame::SnapshotBegin {
             redo_lsn,
             page_count,
@@ -29,6 +33,16 @@ pub(crate) async fn read_snapshot_begin<R: AsyncReadExt + Unpin>(
         } => Ok((redo_lsn, page_count, epochs)),
         Frame::Error { message, .. } => bail!("the primary refused: {message}"),
         other => bail!("expected snapshot_begin, got {other:?}"),
+    }
+}
+
+/// The end of a `snapshot_pages` frame's run of pages, checked against the backup's page
+/// count (a frame past it, or one whose end overflows, is the peer's error, not a panic).
+pub(crate) fn pages_within(first_page: u64, bytes: &[u8], pages: u64) -> Result<u64> {
+    let n = (bytes.len() / storage::PAGE_SIZE) as u64;
+    match first_page.checked_add(n) {
+        Some(end) if end <= pages => Ok(end),
+        _ => bail!("the primary sent pages {first_page}+{n}, past its page count {pages}"),
     }
 }
 
@@ -88,6 +102,7 @@ pub(crate) async fn seed_once(
     loop {
         match read_frame(&mut rd, &mut buf).await? {
             Frame::SnapshotPages { first_page, bytes } => {
+                pages_within(first_page, &bytes, pages)?;
                 seeder = tokio::task::spawn_blocking(move || {
                     seeder.write_pages(first_page, &bytes).map(|()| seeder)
                 })

@@ -300,6 +300,10 @@ impl Segments {
                 f.write_all_at(&header_bytes(next_future, self.segment_bytes), 0)?;
                 f.sync_data()?;
                 fs::rename(&tmp, &to)?;
+                // The new name is durable before the flusher can open it (it takes the naming
+                // lock held here): records it then writes and syncs there would otherwise sit
+                // in a file a power loss could leave under its old name.
+                crate::durable::sync_dir(&self.dir)?;
                 next_future += self.segment_bytes;
             } else {
                 fs::remove_file(self.path(s))?;
