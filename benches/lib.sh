@@ -1,6 +1,7 @@
 # Shared by the replication benchmark scripts (sourced): the release binary, a work
 # directory removed on exit, a primary `a` with a replica `b`, and INFO fields.
-bin=target/release/replidb
+# REPLIDB_BIN chooses another build (to compare two, alternately).
+bin=${REPLIDB_BIN:-target/release/replidb}
 [ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 
 # make_work NAME: a fresh work directory under target/ ($work), removed (and every server

@@ -2,6 +2,8 @@
 //! loop. The binary (`main.rs`) is a thin CLI over this library, which tests and fuzz
 //! targets use directly.
 
+#![forbid(unsafe_code)]
+
 pub mod bench;
 pub mod client;
 pub mod commands;

@@ -1,6 +1,8 @@
 //! `replidb`: run a node (`serve`), a ready-to-use local instance (`demo`), or check a data
 //! directory offline (`check`, `stats`).
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};

@@ -271,13 +271,16 @@ impl PageFile {
             mapped_pages: 0,
             verified: Vec::new(),
         };
-        for (id, _) in &pages {
+        for (id, p) in &pages {
             if id.0 >= meta.page_count {
                 return Err(self.incompatible(format!(
                     "the log changes page {id} beyond the {} pages",
                     meta.page_count
                 )));
             }
+            // Redo built these pages from the log: whole before anyone reads them.
+            page::check_structure(&p[..], *id)
+                .map_err(|e| self.incompatible(format!("the log leaves page {id} broken: {e}")))?;
         }
         published.install(pages, meta, last_lsn);
         published.remap(&self.file, self.len_pages)?;

@@ -552,8 +552,30 @@ impl Inner {
         };
         let mut pages: Vec<_> = pages.into_iter().collect();
         pages.sort_unstable_by_key(|(id, _)| *id);
+        // Verified before anyone can read them or the checkpointer write them: bytes that
+        // passed the records' checksums but build no valid page (a primary's bug, or a peer
+        // that is not one) are refused here, not found later by a reader or an assertion.
+        for (id, p) in &pages {
+            check_redone(*id, &p[..], meta.page_count, end)?;
+        }
         let mut g = RwLockUpgradableReadGuard::upgrade(guard);
         g.install(pages, meta, end);
         Ok(())
     }
+}
+
+/// A page built by redo, as a batch ending at `end` left it: within the page count the batch
+/// leaves, and whole (`page::check_structure`). A page past the count or a broken page is
+/// `CorruptWal`: the log is refused, nothing of the batch is installed.
+pub(crate) fn check_redone(id: PageId, p: &[u8], page_count: u64, end: Lsn) -> Result<()> {
+    if id.0 >= page_count {
+        return Err(Error::CorruptWal {
+            lsn: end,
+            reason: format!("the batch changes page {id}, past its page count {page_count}"),
+        });
+    }
+    page::check_structure(p, id).map_err(|e| Error::CorruptWal {
+        lsn: end,
+        reason: format!("the batch leaves page {id} broken: {e}"),
+    })
 }

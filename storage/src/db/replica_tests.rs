@@ -187,3 +187,36 @@ fn a_replica_refuses_a_batch_its_recovery_would_cut_off() {
     // Everything before the bad commit's batch is applied, nothing of it.
     assert!(replica.apply_lsn().0 < bad_at as u64);
 }
+
+/// A batch whose records pass their checksums but whose redo builds a broken page (a delta
+/// that rewrites the page's own id) is refused as `CorruptWal`; nothing of it is installed,
+/// and the checkpointer, which asserts that every frame names its page, never sees it.
+#[test]
+fn a_batch_that_builds_a_broken_page_is_refused_and_nothing_panics() {
+    let mut recs = primary_records().clone();
+    let i = recs
+        .iter()
+        .position(|r| kind(r) == 2)
+        .expect("a page delta");
+    let mut r = recs[i].clone();
+    r.extend_from_slice(&8u16.to_le_bytes()); // offset of the header's page_id
+    r.extend_from_slice(&8u16.to_le_bytes());
+    r.extend_from_slice(&9_999_999u64.to_le_bytes());
+    let len = r.len() as u32;
+    r[4..8].copy_from_slice(&len.to_le_bytes());
+    recs[i] = r;
+    let stream = restamp(&recs);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let replica = Db::open(dir.path(), opts(true)).expect("open replica");
+    let err = replica.apply_wal(Lsn(0), &stream).unwrap_err();
+    assert!(
+        matches!(&err, crate::Error::CorruptWal { reason, .. } if reason.contains("broken")),
+        "{err}"
+    );
+    let bad_at: usize = recs[..i].iter().map(Vec::len).sum();
+    assert!(replica.apply_lsn().0 <= bad_at as u64);
+    replica
+        .checkpoint()
+        .expect("a checkpoint after the refusal");
+    replica.check_integrity().expect("the replica is whole");
+}
