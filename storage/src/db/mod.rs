@@ -445,6 +445,7 @@ impl Db {
                 .unwrap_or(control.redo_lsn)
                 .max(control.redo_lsn),
             applied: rec.end,
+            broken: None,
         });
         let primary = AtomicBool::new(!options.replica);
         let wal_reader = Segments::new(&dir.join(WAL_DIR), control.segment_bytes, None);

@@ -28,6 +28,10 @@ pub(super) struct ReplicaState {
     /// Everything before this LSN is applied: the end of the last complete record replayed
     /// (a commit, or a checkpoint record with no batch open).
     pub(super) applied: Lsn,
+    /// Why this stream cannot go on (records appended but not applied, and the log could not
+    /// be cut back to what is applied): every later `apply_wal` fails until the database is
+    /// reopened, and recovery rebuilds the pages from the log.
+    pub(super) broken: Option<String>,
 }
 
 /// How far WAL received by a replica gets before it is replayed ([`Db::apply_wal_with`]).
@@ -132,6 +136,11 @@ impl Db {
         if inner.primary.load(Ordering::SeqCst) {
             return Err(Error::NotReplica);
         }
+        if let Some(why) = &rs.broken {
+            return Err(Error::PreviousIo(format!(
+                "this replica's stream failed earlier ({why}); reopen the database"
+            )));
+        }
         let base = inner.wal.end().0;
         let expected = base + rs.carry.len() as u64;
         if start.0 != expected {
@@ -172,15 +181,25 @@ impl Db {
                 }
             }
         }
+        // From the append on, a failure must not leave records in the log that were never
+        // applied (the next commit would carry the apply LSN past them): it cuts the log back
+        // to what is applied (`abandon`).
+        let first_epoch = events.iter().find_map(|e| match e {
+            Event::Epoch { start, .. } => Some(*start),
+            _ => None,
+        });
         if at > 0 {
             let background = sync == ReplicaSync::Background;
             let end = inner.wal.append(Lsn(base), &rs.carry[..at], background)?;
-            match sync {
-                ReplicaSync::Flush => inner.wal.wait_flushed(end)?,
-                ReplicaSync::Lazy => inner.wal.wait_written(end)?,
-                ReplicaSync::Background => {}
-            }
+            let reached_files = match sync {
+                ReplicaSync::Flush => inner.wal.wait_flushed(end),
+                ReplicaSync::Lazy => inner.wal.wait_written(end),
+                ReplicaSync::Background => Ok(()),
+            };
             rs.carry.drain(..at);
+            if let Err(e) = reached_files {
+                return Err(inner.abandon(&mut rs, first_epoch, e));
+            }
             if sync == ReplicaSync::Flush {
                 reached(ReplicaProgress {
                     write_lsn: Lsn(end.0 + rs.carry.len() as u64),
@@ -192,7 +211,9 @@ impl Db {
         for e in events {
             match e {
                 Event::Commit { records, end, .. } => {
-                    inner.apply_batch(&records, end)?;
+                    if let Err(e) = inner.apply_batch(&records, end) {
+                        return Err(inner.abandon(&mut rs, first_epoch, e));
+                    }
                     rs.applied = end;
                 }
                 Event::Checkpoint { redo, end } => {
@@ -231,15 +252,21 @@ impl Db {
         if !epochs.is_empty() {
             // The epoch record is durable before the epochs file names it: a history entry
             // whose record a crash could still take away would misplace the fork point.
-            if sync != ReplicaSync::Flush {
-                inner.wal.wait_flushed(inner.wal.end())?;
-            }
-            for (epoch, start) in &epochs {
-                inner.enter_epoch(&mut inner.ckpt.lock(), *epoch, *start)?;
-                let mut w = inner.writer.lock();
-                w.epoch = w.epoch.max(*epoch);
-            }
+            let entered = (|| -> Result<()> {
+                if sync != ReplicaSync::Flush {
+                    inner.wal.wait_flushed(inner.wal.end())?;
+                }
+                for (epoch, start) in &epochs {
+                    inner.enter_epoch(&mut inner.ckpt.lock(), *epoch, *start)?;
+                    let mut w = inner.writer.lock();
+                    w.epoch = w.epoch.max(*epoch);
+                }
+                Ok(())
+            })();
             let mut rs = rs_lock.lock();
+            if let Err(e) = entered {
+                return Err(inner.abandon(&mut rs, first_epoch, e));
+            }
             rs.applied = rs.applied.max(progress.apply_lsn);
         }
         let due = {
@@ -530,6 +557,32 @@ impl Inner {
 
     /// Replays one complete batch received by a replica: its page records onto copies of the
     /// published pages, then one publish.
+    /// After records were appended but could not all be applied (`e`): cuts the log back to
+    /// what is applied — and before an epoch record that was not recorded yet — and forgets
+    /// the open batch and the received rest, so the stream resumes from there (the primary
+    /// sends those bytes again; bytes that fail again are refused again, never skipped). If
+    /// the log cannot be cut, the stream is broken until the database is reopened. Returns `e`.
+    fn abandon(&self, rs: &mut ReplicaState, first_epoch: Option<Lsn>, e: Error) -> Error {
+        let to = first_epoch.map_or(rs.applied, |s| s.min(rs.applied));
+        rs.carry.clear();
+        rs.batches.discard_open();
+        match self.wal.truncate(to) {
+            Ok(()) => {
+                rs.applied = to;
+                // Recovery may start earlier, never later than the log now reaches.
+                rs.restart_redo = rs.restart_redo.min(to);
+                let mut g = self.state.write();
+                g.last_lsn = g.last_lsn.min(to);
+                tracing::warn!(to = to.0, error = %e, "applying WAL from the primary failed: cut the log back to what is applied");
+            }
+            Err(t) => {
+                tracing::error!(error = %e, cut_back = %t, "applying WAL from the primary failed and the log could not be cut back: this replica takes no more WAL until it is reopened");
+                rs.broken = Some(format!("{e}; cutting the log back to LSN {to} failed: {t}"));
+            }
+        }
+        e
+    }
+
     fn apply_batch(&self, records: &[PageRecord], end: Lsn) -> Result<()> {
         let guard = self.state.upgradable_read();
         let mut pages: std::collections::HashMap<PageId, page::PageArc> =

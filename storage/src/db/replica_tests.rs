@@ -215,8 +215,23 @@ fn a_batch_that_builds_a_broken_page_is_refused_and_nothing_panics() {
     );
     let bad_at: usize = recs[..i].iter().map(Vec::len).sum();
     assert!(replica.apply_lsn().0 <= bad_at as u64);
+    // Nothing it did not apply stays in its log: the log ends where the pages do.
+    assert_eq!(replica.flush_lsn(), replica.apply_lsn());
     replica
         .checkpoint()
         .expect("a checkpoint after the refusal");
     replica.check_integrity().expect("the replica is whole");
+    // It survives a crash (recovery finds no broken batch to replay), and the good stream
+    // from where it stands makes it what a replica fed only good bytes is.
+    replica.simulate_crash();
+    let replica = Db::open(dir.path(), opts(true)).expect("reopen after the refusal");
+    let good = restamp(primary_records());
+    let from = replica.flush_lsn().0 as usize;
+    replica
+        .apply_wal(Lsn(from as u64), &good[from..])
+        .expect("the good stream");
+    let dir2 = tempfile::tempdir().expect("temp dir");
+    let clean = Db::open(dir2.path(), opts(true)).expect("open replica");
+    clean.apply_wal(Lsn(0), &good).expect("the good stream");
+    assert_eq!(replica.read().digest(), clean.read().digest());
 }
