@@ -157,7 +157,7 @@ async fn stream_from(node: &Arc<Node>, primary: &str, gen: u64) -> Result<()> {
         _ = role_ended(node, gen) => return Ok(()),
     };
     node.link_up.store(true, Ordering::Relaxed);
-    node.role.verify();
+    node.role.verify(primary);
     node.applied.send_modify(|_| {});
     {
         let mut j = node.last_join.lock();

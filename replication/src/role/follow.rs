@@ -19,20 +19,41 @@ pub async fn follow(node: &Arc<Node>, primary: String) -> Result<()> {
 /// `follow`, for a caller that holds `Node::role_change`.
 pub(crate) async fn follow_locked(node: &Arc<Node>, primary: String) -> Result<()> {
     // Writes are refused from here on (a write running now finishes first, in `demote`).
-    node.role
+    let old = node
+        .role
         .become_(Role::Replica {
             primary: primary.clone(),
             verified: false,
         })
         .map_err(Error::State)?;
     let gen = stop_replica(node).await;
-    let db = node.db();
-    if !db.is_replica() {
-        let end = tokio::task::spawn_blocking(move || db.demote()).await??;
-        node.log_gen.fetch_add(1, Ordering::SeqCst);
-        tracing::info!(at = end.0, new_primary = %primary, "REPLICAOF: this primary becomes a replica");
+    // The role file before the demotion: a crash after it must not bring this node back as
+    // a primary of its old epoch.
+    let demoted = async {
+        node.dir.store_role(Some(&primary))?;
+        let db = node.db();
+        if !db.is_replica() {
+            let end = tokio::task::spawn_blocking(move || db.demote()).await??;
+            node.log_gen.fetch_add(1, Ordering::SeqCst);
+            tracing::info!(at = end.0, new_primary = %primary, "REPLICAOF: this primary becomes a replica");
+        }
+        Ok::<_, Error>(())
     }
-    node.dir.store_role(Some(&primary))?;
+    .await;
+    if let Err(e) = demoted {
+        // Back to what it was: the old role, its role file, its stream.
+        let old_primary = old.primary_addr().map(str::to_string);
+        if let Err(f) = node.dir.store_role(old_primary.as_deref()) {
+            tracing::error!(error = %f, "could not restore the role file after a failed REPLICAOF");
+        }
+        node.role.restore(old);
+        if let Some(p) = old_primary {
+            start_replica(node, p, gen);
+        }
+        return Err(e.context(format!(
+            "following {primary} failed; this node keeps its role"
+        )));
+    }
     node.primary_flush.store(0, Ordering::Relaxed);
     node.last_join.lock().clear();
     tracing::info!(primary = %primary, "following a new primary");

@@ -157,11 +157,25 @@ impl RoleCell {
         }
     }
 
-    /// The primary accepted this replica's log.
-    pub fn verify(&self) {
-        if let Role::Replica { verified, .. } = &mut *self.0.write() {
-            *verified = true;
+    /// `primary` accepted this replica's log. A stream of an earlier role (another primary,
+    /// finishing its handshake while the node is told to follow a new one) verifies nothing.
+    pub fn verify(&self, primary: &str) {
+        if let Role::Replica {
+            primary: p,
+            verified,
+        } = &mut *self.0.write()
+        {
+            if p == primary {
+                *verified = true;
+            }
         }
+    }
+
+    /// Puts back the role a change left from, after the change failed half-way (the undo of
+    /// a transition, so not checked against the table).
+    pub fn restore(&self, old: Role) {
+        tracing::debug!(to = old.name(), "role change undone");
+        *self.0.write() = old;
     }
 }
 
@@ -228,7 +242,12 @@ mod tests {
         });
         assert!(!cell.fence("newer".into()));
         assert!(!cell.read().verified());
-        cell.verify();
+        cell.verify("b");
+        assert!(
+            !cell.read().verified(),
+            "another primary's stream verifies nothing"
+        );
+        cell.verify("a");
         assert!(cell.read().verified());
         let cell = RoleCell::new(Role::SwitchingOver { target: "b".into() });
         assert!(cell.fence("newer".into()));
@@ -238,7 +257,7 @@ mod tests {
                 why: "newer".into()
             }
         );
-        cell.verify();
+        cell.verify("a");
         assert_eq!(
             cell.get(),
             Role::Fenced {

@@ -7,7 +7,7 @@ use std::time::Instant;
 use super::Role;
 use crate::error::{refuse, Error, Result};
 use crate::node::Node;
-use crate::replica::stop_replica;
+use crate::replica::{start_replica, stop_replica};
 
 /// `REPLICAOF NO ONE`: a replica stops following, finishes what it has (an incomplete batch
 /// is dropped), starts a new epoch and takes writes. Returns what happened, for the reply.
@@ -27,13 +27,25 @@ pub(crate) async fn promote_locked(node: &Arc<Node>) -> Result<String> {
     if let Some((at, target)) = node.loading() {
         refuse!("this replica is not consistent yet after its base backup (applied up to LSN {at}, consistent from {target}); let it catch up first");
     }
-    stop_replica(node).await;
+    let gen = stop_replica(node).await;
     let db = node.db();
-    let (epoch, at) = tokio::task::spawn_blocking({
+    let promoted = tokio::task::spawn_blocking({
         let db = db.clone();
         move || db.promote()
     })
-    .await??;
+    .await
+    .map_err(Error::from)
+    .and_then(|r| r.map_err(Error::from));
+    let (epoch, at) = match promoted {
+        Ok(p) => p,
+        Err(e) => {
+            // Still a replica's database: follow the primary again rather than sit idle.
+            if let (true, Some(p)) = (node.db().is_replica(), node.replicaof()) {
+                start_replica(node, p, gen);
+            }
+            return Err(e.context("promotion failed"));
+        }
+    };
     node.log_gen.fetch_add(1, Ordering::SeqCst);
     // On a primary, commits wake WAITLSN through the flusher: attach again as a primary.
     node.attach(&db);

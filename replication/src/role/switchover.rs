@@ -26,8 +26,11 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Error code: the target did not apply the primary's end in time.
 const NOT_CAUGHT_UP: u16 = 7;
-/// Error code: the target cannot be promoted (not a replica, not consistent yet...).
+/// Error code: the target refuses to promote before doing anything (not a verified replica
+/// of the asking node's epoch, not consistent yet): nothing changed there.
 const CANNOT_PROMOTE: u16 = 8;
+/// Error code: the target's promotion failed part-way: its state is not known for sure.
+const PROMOTE_FAILED: u16 = 9;
 
 /// `FAILOVER TO host port` on a primary: stop taking writes (each refused with an error, a
 /// write already running finishes), wait until the target replica has applied everything,
@@ -101,9 +104,11 @@ pub async fn failover(node: &Arc<Node>, target: String, timeout: Duration) -> Re
             message,
             ..
         }) => message,
-        Ok(Frame::Error { message, .. }) => {
-            return Err(undo(peer!("{target} refused to take over: {message}")))
-        }
+        Ok(Frame::Error {
+            code: CANNOT_PROMOTE,
+            message,
+        }) => return Err(undo(peer!("{target} refused to take over: {message}"))),
+        Ok(Frame::Error { message, .. }) => bail!("switchover state unknown: {target}'s promotion failed part-way ({message}); this node stays read-only — check {target}, then REPLICAOF it (or promote this node if it never took over)"),
         Ok(other) => bail!("switchover state unknown: {target} answered promote with {other:?}; this node stays read-only — check {target}, then REPLICAOF it (or promote this node if it never took over)"),
         Err(e) => {
             let role = async {
@@ -202,21 +207,22 @@ pub async fn serve_control(node: Arc<Node>, sock: TcpStream, mut buf: BytesMut) 
                 }
             }
             Frame::Promote => {
-                tracing::info!(from = %hello.name, %peer, "promoting for a switchover");
-                let r = {
-                    let _g = node.role_change.lock().await;
-                    if node.is_replica_role() {
-                        promote_locked(&node).await
-                    } else {
-                        Err(peer!("this node is not a replica"))
-                    }
-                };
-                match r {
-                    Ok(msg) => report(&node, msg),
-                    Err(e) => Frame::Error {
+                let _g = node.role_change.lock().await;
+                match promotion_refusal(&node, hello.epoch) {
+                    Some(why) => Frame::Error {
                         code: CANNOT_PROMOTE,
-                        message: format!("{e:#}"),
+                        message: why,
                     },
+                    None => {
+                        tracing::info!(from = %hello.name, %peer, "promoting for a switchover");
+                        match promote_locked(&node).await {
+                            Ok(msg) => report(&node, msg),
+                            Err(e) => Frame::Error {
+                                code: PROMOTE_FAILED,
+                                message: format!("{e:#}"),
+                            },
+                        }
+                    }
                 }
             }
             Frame::RoleQuery => report(&node, String::new()),
@@ -227,6 +233,27 @@ pub async fn serve_control(node: Arc<Node>, sock: TcpStream, mut buf: BytesMut) 
         };
         write_frame(&mut wr, &answer).await?;
     }
+}
+
+/// Why this node must not promote itself for a switchover asked by a node of `epoch`, checked
+/// before anything changes: it is not a replica whose log its primary accepted, it is not on
+/// the asking node's epoch (a deposed primary cannot hand over), or it is not consistent yet.
+fn promotion_refusal(node: &Node, epoch: u32) -> Option<String> {
+    if !matches!(&*node.role.read(), Role::Replica { verified: true, .. }) {
+        return Some(format!(
+            "this node is {}, not a replica its primary has accepted",
+            node.role.read().name()
+        ));
+    }
+    let mine = node.db().epoch();
+    if mine != epoch {
+        return Some(format!(
+            "this node is at epoch {mine}, the asking node at {epoch}: it is not this node's primary"
+        ));
+    }
+    node.loading().map(|(at, target)| {
+        format!("not consistent yet after a base backup (applied up to LSN {at}, consistent from {target})")
+    })
 }
 
 fn report(node: &Node, message: String) -> Frame {
@@ -256,5 +283,49 @@ async fn wait_applied(node: &Node, lsn: Lsn, limit: Duration) -> Lsn {
             _ = tick => {}
             _ = tokio::time::sleep_until(deadline) => return node.db().apply_lsn(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica_node(dir: &std::path::Path) -> Arc<Node> {
+        let config = crate::NodeConfig {
+            dir: dir.to_path_buf(),
+            name: "r".into(),
+            primary_password: None,
+            max_retained_wal: 1 << 30,
+            storage: storage::Options::default(),
+        };
+        let db = storage::Db::open(
+            dir,
+            storage::Options {
+                replica: true,
+                ..storage::Options::default()
+            },
+        )
+        .unwrap();
+        Arc::new(Node::new(config, db, Some("p:1".into()), None))
+    }
+
+    #[test]
+    fn only_a_verified_replica_of_the_askers_epoch_promotes_for_a_switchover() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = replica_node(dir.path());
+        assert_eq!(promotion_refusal(&node, 1), None);
+        // A deposed primary (an older or newer epoch than this node's) cannot hand over.
+        assert!(promotion_refusal(&node, 2).is_some_and(|w| w.contains("epoch")));
+        // A replica whose log its (new) primary has not accepted yet.
+        node.role
+            .become_(Role::Replica {
+                primary: "q:1".into(),
+                verified: false,
+            })
+            .unwrap();
+        assert!(promotion_refusal(&node, 1).is_some_and(|w| w.contains("accepted")));
+        // A primary.
+        node.role.restore(Role::Primary);
+        assert!(promotion_refusal(&node, 1).is_some_and(|w| w.contains("primary")));
     }
 }

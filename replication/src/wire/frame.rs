@@ -58,6 +58,10 @@ pub const MAX_MESSAGE: usize = 1024;
 /// carry the eager flag (bit 1), which version 3 replicas refuse. 5: a switchover asks its
 /// target over the replication protocol (catch_up, promote, role_query, role_report).
 pub const VERSION: u32 = 5;
+/// The oldest version whose hello is accepted: a version-4 node streams, seeds and rewinds as
+/// before (those frames did not change); only a switchover needs both ends at 5. So a
+/// cluster can be upgraded one node at a time.
+pub const MIN_VERSION: u32 = 4;
 /// Page ids in one `page_list` frame.
 pub const MAX_PAGE_LIST: usize = MAX_WAL_CHUNK / 8;
 /// Entries of an epoch history a frame may carry.

@@ -64,8 +64,8 @@ pub(crate) struct Hello {
     pub(crate) epochs: Vec<(u32, Lsn)>,
 }
 
-/// Reads a node's hello; a node of another protocol version gets an error frame and the
-/// connection ends.
+/// Reads a node's hello; a node of a protocol version outside `MIN_VERSION..=VERSION` gets an
+/// error frame and the connection ends.
 pub(crate) async fn read_hello<R: AsyncReadExt + Unpin, W: AsyncWriteExt + Unpin>(
     rd: &mut R,
     wr: &mut W,
@@ -82,12 +82,16 @@ pub(crate) async fn read_hello<R: AsyncReadExt + Unpin, W: AsyncWriteExt + Unpin
     else {
         bail!("expected a hello frame");
     };
-    if version != frame::VERSION {
+    if !(frame::MIN_VERSION..=frame::VERSION).contains(&version) {
         write_frame(
             wr,
             &Frame::Error {
                 code: 1,
-                message: format!("protocol version {version} not supported"),
+                message: format!(
+                    "protocol version {version} not supported (this node speaks {} to {})",
+                    frame::MIN_VERSION,
+                    frame::VERSION
+                ),
             },
         )
         .await?;
