@@ -173,7 +173,7 @@ impl Node {
     /// `Some((apply LSN, target))` while reads must wait for a seeded replica to become
     /// consistent; lifts the gate (and removes its file) once reached.
     pub fn loading(&self) -> Option<(u64, u64)> {
-        self.gate.check(&self.dir, self.db().apply_lsn().0)
+        self.gate.check(&self.dir, &|| self.db().apply_lsn().0)
     }
 
     /// Connects the WAL flusher of `db` to the replica links and their signal (and, on a

@@ -210,35 +210,35 @@ impl Gate {
     }
 
     /// `Some((applied, target))` while reads must wait; lifts the gate (and removes its file)
-    /// once `applied` reaches it.
-    pub fn check(&self, dir: &NodeDir, applied: u64) -> Option<(u64, u64)> {
+    /// once the apply LSN (`applied()`, read again under the gate's lock before it is lifted:
+    /// a database swapped in meanwhile must not be judged by the old one's LSN) reaches it.
+    pub fn check(&self, dir: &NodeDir, applied: &dyn Fn() -> u64) -> Option<(u64, u64)> {
         let target = self.target.load(Ordering::SeqCst);
         if target == 0 {
             return None;
         }
-        if applied < target {
-            return Some((applied, target));
+        let at = applied();
+        if at < target {
+            return Some((at, target));
         }
         // Only this gate: a new one set meanwhile (another swap) stays, in memory and on disk.
         let _g = self.lock.lock();
-        if self
-            .target
-            .compare_exchange(target, 0, Ordering::SeqCst, Ordering::SeqCst)
-            .is_err()
-        {
-            drop(_g);
-            return self.check(dir, applied);
+        let at = applied();
+        let target = self.target.load(Ordering::SeqCst);
+        if target == 0 {
+            return None;
         }
+        if at < target {
+            return Some((at, target));
+        }
+        self.target.store(0, Ordering::SeqCst);
         // A file left behind is harmless: after a restart it is reached again at once, or
         // later if the restart recovered less than was applied (it then holds reads back
         // until the replica is past it again, which is right).
         if let Err(e) = dir.store_gate(None) {
             tracing::warn!(error = %e, "could not remove the consistency gate file");
         }
-        tracing::info!(
-            lsn = applied,
-            "consistent after the base backup: serving reads"
-        );
+        tracing::info!(lsn = at, "consistent after the base backup: serving reads");
         None
     }
 }
@@ -252,29 +252,42 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = NodeDir::new(tmp.path().to_path_buf());
         let gate = Gate::load(&dir);
-        assert_eq!(gate.check(&dir, 0), None, "no file: no gate");
+        let at = |n: u64| move || n;
+        assert_eq!(gate.check(&dir, &at(0)), None, "no file: no gate");
         gate.close_pending(&dir).unwrap();
-        assert_eq!(gate.check(&dir, 500), Some((500, PENDING)));
+        assert_eq!(gate.check(&dir, &at(500)), Some((500, PENDING)));
         // Restart before the point is known: still closed.
-        assert_eq!(Gate::load(&dir).check(&dir, 500), Some((500, PENDING)));
+        assert_eq!(Gate::load(&dir).check(&dir, &at(500)), Some((500, PENDING)));
         gate.resolve(&dir, 100, 700).unwrap();
-        assert_eq!(Gate::load(&dir).check(&dir, 600), Some((600, 700)));
-        assert_eq!(gate.check(&dir, 700), None);
+        assert_eq!(Gate::load(&dir).check(&dir, &at(600)), Some((600, 700)));
+        // Judged by the apply LSN as it stands under the lock: one that went back (another
+        // database swapped in) keeps the gate closed.
+        let calls = std::cell::Cell::new(0u64);
+        let backwards = || {
+            calls.set(calls.get() + 1);
+            if calls.get() == 1 {
+                700
+            } else {
+                5
+            }
+        };
+        assert_eq!(gate.check(&dir, &backwards), Some((5, 700)));
+        assert_eq!(gate.check(&dir, &at(700)), None);
         assert!(!tmp.path().join(GATE_FILE).exists());
         // Garbage in the file: closed, not open.
         std::fs::write(tmp.path().join(GATE_FILE), "what\n").unwrap();
-        assert_eq!(Gate::load(&dir).check(&dir, 10), Some((10, PENDING)));
+        assert_eq!(Gate::load(&dir).check(&dir, &at(10)), Some((10, PENDING)));
         // A gate that cannot be written fails the caller, and stays closed in memory.
         let gone = NodeDir::new(tmp.path().join("missing"));
         let g = Gate::load(&gone);
         assert!(g.close_pending(&gone).is_err());
-        assert!(g.check(&gone, 1).is_some());
+        assert!(g.check(&gone, &at(1)).is_some());
         // Already applied when the point is learned: open at once.
         let g2 = Gate::load(&dir);
         std::fs::remove_file(tmp.path().join(GATE_FILE)).unwrap();
         g2.close_pending(&dir).unwrap();
         g2.resolve(&dir, 900, 900).unwrap();
-        assert_eq!(g2.check(&dir, 900), None);
+        assert_eq!(g2.check(&dir, &at(900)), None);
     }
 
     #[test]

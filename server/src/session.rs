@@ -195,22 +195,10 @@ impl Session {
     /// Why a write cannot be taken now, if it cannot: a replica, a fenced or paused primary,
     /// too few fresh replicas (`--min-replicas-to-write`).
     fn write_refusal(&self) -> Option<String> {
-        use replication::role::WriteRefusal;
         let sh = &self.shared;
         // The role alone decides: it becomes Primary only once the database is a primary's.
-        match sh.node.role.read().write_refusal() {
-            None => {}
-            Some(WriteRefusal::ReadOnly) => {
-                return Some("READONLY You can't write against a read only replica.".into())
-            }
-            Some(WriteRefusal::Fenced(why)) => {
-                return Some(format!("FENCED this node is no longer the primary: {why}"))
-            }
-            Some(WriteRefusal::SwitchingOver) => {
-                return Some(
-                    "TRYAGAIN writes are paused for a switchover; retry on the new primary".into(),
-                )
-            }
+        if let Some(refusal) = sh.node.role.read().write_refusal() {
+            return Some(crate::shared::role_refusal_message(&refusal));
         }
         let need = sh.config.min_replicas_to_write;
         if need > 0 {

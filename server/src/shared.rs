@@ -73,6 +73,18 @@ pub struct Shared {
 
 pub use replication::node::now_us;
 
+/// The error line for a write the node's role refuses.
+pub fn role_refusal_message(refusal: &replication::role::WriteRefusal) -> String {
+    use replication::role::WriteRefusal;
+    match refusal {
+        WriteRefusal::ReadOnly => "READONLY You can't write against a read only replica.".into(),
+        WriteRefusal::Fenced(why) => format!("FENCED this node is no longer the primary: {why}"),
+        WriteRefusal::SwitchingOver => {
+            "TRYAGAIN writes are paused for a switchover; retry on the new primary".into()
+        }
+    }
+}
+
 impl Shared {
     /// The database now (see `Node::db`).
     pub fn db(&self) -> Arc<Db> {
@@ -107,6 +119,17 @@ impl Shared {
         if reqs.is_empty() {
             return;
         }
+        // The role is read once more, and held, while the group is applied: a write queued
+        // before the node stopped being a primary (fenced, switching over, told to follow) is
+        // refused, never committed after it; a role change waits for a group being applied.
+        let role = self.node.role.read();
+        if let Some(refusal) = role.write_refusal() {
+            let msg = role_refusal_message(&refusal);
+            for q in &reqs {
+                *q.slot.lock() = Some(Err(msg.clone()));
+            }
+            return;
+        }
         let run = |tx: &mut WriteTxn<'_>, q: &Queued| -> storage::Result<Vec<Reply>> {
             let mut v = Vec::with_capacity(q.cmds.len());
             for c in &q.cmds {
@@ -139,6 +162,7 @@ impl Shared {
                 }
             }
         }
+        drop(role);
         self.stats
             .commits
             .fetch_add(reqs.len() as u64, Ordering::Relaxed);
