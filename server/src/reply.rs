@@ -45,6 +45,9 @@ pub fn storage_error(e: &storage::Error) -> String {
         E::ValueTooLarge { len, max } => {
             format!("ERR value too large ({len} bytes; the limit is {max})")
         }
+        E::BatchTooLarge { pages, max } => format!(
+            "ERR transaction too large: it changes {pages} pages, the limit is {max} pages per commit"
+        ),
         E::DiskFull(why) => format!("DISKFULL {why}; the write is not acknowledged"),
         E::PreviousIo(why) => format!("IOERR writes are refused until restart: {why}"),
         E::Corrupt { .. } | E::CorruptWal { .. } => format!("CORRUPT {e}"),

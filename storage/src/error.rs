@@ -20,6 +20,9 @@ pub enum Error {
     #[error("value of {len} bytes exceeds the limit of {max} bytes")]
     ValueTooLarge { len: usize, max: usize },
 
+    #[error("a transaction changing {pages} pages exceeds the limit of {max} pages per commit")]
+    BatchTooLarge { pages: usize, max: usize },
+
     #[error(
         "an earlier write or fsync failed ({0}); writes are refused until the database is \
          reopened, because retrying a failed fsync can silently lose data"

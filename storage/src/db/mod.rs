@@ -864,6 +864,13 @@ impl Inner {
         if pages.is_empty() {
             return Ok((out, guard.last_lsn));
         }
+        if pages.len() > crate::wal::batch::MAX_BATCH_PAGES {
+            // Nothing was installed or logged: the transaction's pages are dropped here.
+            return Err(Error::BatchTooLarge {
+                pages: pages.len(),
+                max: crate::wal::batch::MAX_BATCH_PAGES,
+            });
+        }
         // Log every changed page: a full image the first time a page changes after the
         // checkpoint recovery would start from (it may be torn on disk), a delta after that.
         let start = self.wal.end();

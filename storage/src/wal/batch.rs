@@ -18,6 +18,12 @@
 //! replidb primary. Before this module, a replica accepted what its own recovery later cut off.
 
 use crate::types::{Lsn, PageId};
+
+/// The most page records one batch may hold (1 GiB of page images). The writer refuses a
+/// larger transaction (`Error::BatchTooLarge`), so recovery and replicas, which hold an open
+/// batch in memory until its commit, refuse a longer run of page records as damage or a
+/// hostile peer instead of growing without bound.
+pub const MAX_BATCH_PAGES: usize = 1 << 18;
 use crate::wal::record::{self, Body, DecodeError, Record};
 
 /// A page record of a batch, decoded once and owned (the batch outlives the buffer its
@@ -129,6 +135,11 @@ impl Assembler {
                 self.pending.len()
             ))
         };
+        if rec.page().is_some() && self.pending.len() >= MAX_BATCH_PAGES {
+            return Err(Stop::Misplaced(format!(
+                "page record at LSN {lsn} makes a batch of more than {MAX_BATCH_PAGES} page records"
+            )));
+        }
         let event = match rec.body {
             Body::PageImage { page, image } => {
                 self.pending.push(PageRecord {
@@ -314,6 +325,34 @@ mod tests {
         commit(&mut good, 1);
         assert!(matches!(
             a.push(&good[len..], Lsn(len as u64)),
+            Ok((_, Some(Event::Commit { .. })))
+        ));
+    }
+
+    #[test]
+    fn a_batch_longer_than_the_writer_can_make_is_refused() {
+        let mut a = Assembler::new();
+        let mut s = Vec::new();
+        let runs = [0u8, 1, 1, 0, 7]; // one run: one byte at offset 256
+        let mut at = 0usize;
+        for _ in 0..MAX_BATCH_PAGES {
+            s.clear();
+            record::encode_page_delta(&mut s, Lsn(at as u64), 1, PageId(3), &runs);
+            let (len, e) = a.push(&s, Lsn(at as u64)).unwrap();
+            assert!(e.is_none());
+            at += len;
+        }
+        s.clear();
+        record::encode_page_delta(&mut s, Lsn(at as u64), 1, PageId(3), &runs);
+        assert!(matches!(
+            a.push(&s, Lsn(at as u64)),
+            Err(Stop::Misplaced(_))
+        ));
+        // Its commit still closes the batch that is within the limit.
+        s.clear();
+        record::encode_commit(&mut s, Lsn(at as u64), 1, 0, MAX_BATCH_PAGES as u32);
+        assert!(matches!(
+            a.push(&s, Lsn(at as u64)),
             Ok((_, Some(Event::Commit { .. })))
         ));
     }
