@@ -48,6 +48,48 @@ pub use wire::frame;
 
 #[doc(hidden)]
 pub mod fuzzing {
+    use crate::epochs;
+    use crate::frame::{decode, Frame};
+    use storage::Lsn;
+
+    /// `repl_handshake`: frames decoded one after another; every hello meets the verdict a
+    /// primary gives (against a primary of epoch 1, and one with a history of its own), and
+    /// every snapshot frame the bounds a seeding node checks. Never a panic, whatever the
+    /// peer says about its epochs, history and positions.
+    pub fn handshake(mut data: &[u8]) {
+        type Primary<'a> = (u32, &'a [(u32, Lsn)], Lsn);
+        let histories: [Primary<'_>; 2] = [
+            (1, &[], Lsn(4096)),
+            (3, &[(2, Lsn(1000)), (3, Lsn(5000))], Lsn(9000)),
+        ];
+        let mut pages = None;
+        while let Ok(Some((f, len))) = decode(data) {
+            data = &data[len..];
+            match f {
+                Frame::Hello {
+                    epoch,
+                    flush_lsn,
+                    epochs: history,
+                    ..
+                } => {
+                    for (pe, ph, pend) in histories {
+                        let _ = epochs::check(pe, ph, pend, epoch, &history, flush_lsn);
+                    }
+                }
+                Frame::SnapshotBegin { page_count, .. } => {
+                    pages = (page_count <= storage::MAX_PAGES).then_some(page_count);
+                }
+                Frame::SnapshotPages { first_page, bytes } => {
+                    if let Some(pages) = pages {
+                        let n = (bytes.len() / storage::PAGE_SIZE) as u64;
+                        let _ = first_page.checked_add(n).filter(|&e| e <= pages);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// `repl_frame_decode`: frames decoded one after another until an error or the end.
     pub fn frame_decode(mut data: &[u8]) {
         loop {

@@ -53,6 +53,26 @@ fn seed_frames() -> Vec<Frame> {
             fork_lsn: Lsn(777),
             message: "your log runs past LSN 777".into(),
         },
+        Frame::CatchUp {
+            until_lsn: Lsn(900),
+            timeout_ms: 10_000,
+        },
+        Frame::Promote,
+        Frame::RoleQuery,
+        Frame::RoleReport {
+            primary: true,
+            epoch: 2,
+            apply_lsn: Lsn(900),
+            message: "promoted: epoch 2 from LSN 900".into(),
+        },
+        Frame::Hello {
+            version: 5,
+            epoch: 9,
+            node_id: 0,
+            flush_lsn: Lsn(u64::MAX),
+            name: "odd".into(),
+            epochs: vec![(9, Lsn(5)), (3, Lsn(1)), (u32::MAX, Lsn(u64::MAX))],
+        },
     ]
 }
 
@@ -69,6 +89,26 @@ fn repl_frame_decode_corpus_replays_without_panic() {
         n += 1;
     }
     assert!(n >= 6, "the corpus is committed ({n} files)");
+}
+
+/// The handshake's decisions over the same corpus and every seed frame (`repl_handshake`).
+#[test]
+fn repl_handshake_corpus_replays_without_panic() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/repl_frame_decode");
+    let mut inputs: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    let mut all = Vec::new();
+    for f in seed_frames() {
+        f.encode(&mut all);
+    }
+    inputs.push(all);
+    for data in &inputs {
+        let r = std::panic::catch_unwind(|| replication::fuzzing::handshake(data));
+        assert!(r.is_ok(), "an input made the handshake panic");
+    }
 }
 
 #[test]
