@@ -439,7 +439,7 @@ impl Db {
         let epochs = crate::control::load_epochs(&dir)?;
         let replica = Mutex::new(ReplicaState {
             carry: Vec::new(),
-            batches: crate::wal::batch::Assembler::new(),
+            batches: crate::wal::batch::Assembler::for_stream(),
             restart_redo: rec
                 .last_checkpoint_redo
                 .unwrap_or(control.redo_lsn)

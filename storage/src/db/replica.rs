@@ -181,13 +181,16 @@ impl Db {
                 }
             }
         }
-        // From the append on, a failure must not leave records in the log that were never
-        // applied (the next commit would carry the apply LSN past them): it cuts the log back
-        // to what is applied (`abandon`).
+        // From the append on, records must not stay in the log unapplied (the next commit
+        // would carry the apply LSN past them). A failed sync does not stop the replay (the
+        // records are in the log; they are synced once the disk lets the flusher): its error
+        // is returned after it. A batch that cannot be applied cuts the log back to what is
+        // applied (`abandon`).
         let first_epoch = events.iter().find_map(|e| match e {
             Event::Epoch { start, .. } => Some(*start),
             _ => None,
         });
+        let mut sync_failed = None;
         if at > 0 {
             let background = sync == ReplicaSync::Background;
             let end = inner.wal.append(Lsn(base), &rs.carry[..at], background)?;
@@ -198,9 +201,9 @@ impl Db {
             };
             rs.carry.drain(..at);
             if let Err(e) = reached_files {
-                return Err(inner.abandon(&mut rs, first_epoch, e));
+                sync_failed = Some(e);
             }
-            if sync == ReplicaSync::Flush {
+            if sync == ReplicaSync::Flush && sync_failed.is_none() {
                 reached(ReplicaProgress {
                     write_lsn: Lsn(end.0 + rs.carry.len() as u64),
                     flush_lsn: inner.wal.flushed(),
@@ -212,7 +215,12 @@ impl Db {
             match e {
                 Event::Commit { records, end, .. } => {
                     if let Err(e) = inner.apply_batch(&records, end) {
-                        return Err(inner.abandon(&mut rs, first_epoch, e));
+                        // Cut back to the last batch installed — unless an epoch record lies
+                        // before it, not recorded yet: that cannot be cut without cutting
+                        // under installed pages.
+                        let to = rs.applied;
+                        let cut = first_epoch.is_none_or(|s| s >= to).then_some(to);
+                        return Err(inner.abandon(&mut rs, cut, e));
                     }
                     rs.applied = end;
                 }
@@ -234,9 +242,9 @@ impl Db {
             // No batch is open: every record appended so far is applied.
             rs.applied = inner.wal.end();
         }
-        if let Some(e) = invalid {
-            return Err(e);
-        }
+        // Returned once the epochs below are recorded: an epoch record applied in this call
+        // is recorded whatever follows it.
+        let late_error = sync_failed.or(invalid);
         let progress = ReplicaProgress {
             write_lsn: Lsn(inner.wal.end().0 + rs.carry.len() as u64),
             flush_lsn: inner.wal.flushed(),
@@ -265,7 +273,8 @@ impl Db {
             })();
             let mut rs = rs_lock.lock();
             if let Err(e) = entered {
-                return Err(inner.abandon(&mut rs, first_epoch, e));
+                // Batches after the epoch record may be installed already: nothing can be cut.
+                return Err(inner.abandon(&mut rs, None, e));
             }
             rs.applied = rs.applied.max(progress.apply_lsn);
         }
@@ -279,7 +288,10 @@ impl Db {
             inner.bg.lock().wake = true;
             inner.bg_cv.notify_one();
         }
-        Ok(progress)
+        match late_error {
+            Some(e) => Err(e),
+            None => Ok(progress),
+        }
     }
 
     /// Everything before this LSN is applied and visible: on a replica, the end of the last
@@ -558,14 +570,19 @@ impl Inner {
     /// Replays one complete batch received by a replica: its page records onto copies of the
     /// published pages, then one publish.
     /// After records were appended but could not all be applied (`e`): cuts the log back to
-    /// what is applied — and before an epoch record that was not recorded yet — and forgets
-    /// the open batch and the received rest, so the stream resumes from there (the primary
-    /// sends those bytes again; bytes that fail again are refused again, never skipped). If
-    /// the log cannot be cut, the stream is broken until the database is reopened. Returns `e`.
-    fn abandon(&self, rs: &mut ReplicaState, first_epoch: Option<Lsn>, e: Error) -> Error {
-        let to = first_epoch.map_or(rs.applied, |s| s.min(rs.applied));
+    /// `cut` (the end of the last batch installed) and forgets the open batch and the received
+    /// rest, so the stream resumes from there (the primary sends those bytes again; bytes that
+    /// fail again are refused again, never skipped). With no point to cut to, or if the cut
+    /// fails, the stream is broken until the database is reopened (recovery then replays the
+    /// log). Returns `e`.
+    fn abandon(&self, rs: &mut ReplicaState, cut: Option<Lsn>, e: Error) -> Error {
         rs.carry.clear();
         rs.batches.discard_open();
+        let Some(to) = cut else {
+            tracing::error!(error = %e, "applying WAL from the primary failed past a point the log can be cut back to: this replica takes no more WAL until it is reopened");
+            rs.broken = Some(e.to_string());
+            return e;
+        };
         match self.wal.truncate(to) {
             Ok(()) => {
                 rs.applied = to;

@@ -20,9 +20,11 @@
 use crate::types::{Lsn, PageId};
 
 /// The most page records one batch may hold (1 GiB of page images). The writer refuses a
-/// larger transaction (`Error::BatchTooLarge`), so recovery and replicas, which hold an open
-/// batch in memory until its commit, refuse a longer run of page records as damage or a
-/// hostile peer instead of growing without bound.
+/// larger transaction (`Error::BatchTooLarge`), so a replica, which holds an open batch in
+/// memory until its commit, refuses a longer run of page records from its primary as damage
+/// or a hostile peer instead of growing without bound. Recovery does not enforce it: a log
+/// written before the limit existed may hold a longer batch, and cutting it off there would
+/// lose the commits after it.
 pub const MAX_BATCH_PAGES: usize = 1 << 18;
 use crate::wal::record::{self, Body, DecodeError, Record};
 
@@ -113,11 +115,22 @@ impl Stop {
 #[derive(Debug, Default)]
 pub(crate) struct Assembler {
     pending: Vec<PageRecord>,
+    /// The most page records a batch may hold (`None`: no limit).
+    batch_limit: Option<usize>,
 }
 
 impl Assembler {
+    /// Crash recovery's assembler (no batch limit, see `MAX_BATCH_PAGES`).
     pub fn new() -> Assembler {
         Assembler::default()
+    }
+
+    /// A replica's: batches of at most `MAX_BATCH_PAGES` page records.
+    pub fn for_stream() -> Assembler {
+        Assembler {
+            pending: Vec::new(),
+            batch_limit: Some(MAX_BATCH_PAGES),
+        }
     }
 
     /// Takes the record at the start of `buf`, which sits at `lsn`. On success returns how
@@ -135,7 +148,7 @@ impl Assembler {
                 self.pending.len()
             ))
         };
-        if rec.page().is_some() && self.pending.len() >= MAX_BATCH_PAGES {
+        if rec.page().is_some() && self.batch_limit.is_some_and(|m| self.pending.len() >= m) {
             return Err(Stop::Misplaced(format!(
                 "page record at LSN {lsn} makes a batch of more than {MAX_BATCH_PAGES} page records"
             )));
@@ -330,8 +343,9 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_longer_than_the_writer_can_make_is_refused() {
-        let mut a = Assembler::new();
+    fn a_batch_longer_than_the_writer_can_make_is_refused_from_a_stream_only() {
+        let mut a = Assembler::for_stream();
+        let mut r = Assembler::new();
         let mut s = Vec::new();
         let runs = [0u8, 1, 1, 0, 7]; // one run: one byte at offset 256
         let mut at = 0usize;
@@ -340,6 +354,7 @@ mod tests {
             record::encode_page_delta(&mut s, Lsn(at as u64), 1, PageId(3), &runs);
             let (len, e) = a.push(&s, Lsn(at as u64)).unwrap();
             assert!(e.is_none());
+            assert!(r.push(&s, Lsn(at as u64)).is_ok());
             at += len;
         }
         s.clear();
@@ -348,6 +363,8 @@ mod tests {
             a.push(&s, Lsn(at as u64)),
             Err(Stop::Misplaced(_))
         ));
+        // Recovery takes it: a log written before the limit existed may hold such a batch.
+        assert!(r.push(&s, Lsn(at as u64)).is_ok());
         // Its commit still closes the batch that is within the limit.
         s.clear();
         record::encode_commit(&mut s, Lsn(at as u64), 1, 0, MAX_BATCH_PAGES as u32);
