@@ -38,7 +38,11 @@ pub(crate) async fn rewind_pages(node: &Arc<Node>, primary: &str, fork: Lsn) -> 
     };
     let (mut rd, mut wr, mut buf) =
         connect_as_replica(&node.config, primary, b"*1\r\n$10\r\nREPLREWIND\r\n").await?;
-    write_frame(&mut wr, &own_hello(&db, &node.config.name)).await?;
+    write_frame(
+        &mut wr,
+        &own_hello(&db, &node.config.name, frame::STREAM_VERSION),
+    )
+    .await?;
     for chunk in local.chunks(frame::MAX_PAGE_LIST) {
         write_frame(
             &mut wr,

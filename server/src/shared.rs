@@ -119,11 +119,12 @@ impl Shared {
         if reqs.is_empty() {
             return;
         }
-        // The role is read once more, and held, while the group is applied: a write queued
-        // before the node stopped being a primary (fenced, switching over, told to follow) is
-        // refused, never committed after it; a role change waits for a group being applied.
-        let role = self.node.role.read();
-        if let Some(refusal) = role.write_refusal() {
+        // The role is read once more: a write queued before the node stopped being a primary
+        // (fenced, switching over, told to follow) is refused, never committed after it. (Not
+        // held while the group is applied: an append can wait on a full disk, and a role
+        // change must not wait behind it; a demotion waits for a running write in the engine.)
+        let refusal = self.node.role.read().write_refusal();
+        if let Some(refusal) = refusal {
             let msg = role_refusal_message(&refusal);
             for q in &reqs {
                 *q.slot.lock() = Some(Err(msg.clone()));
@@ -162,7 +163,6 @@ impl Shared {
                 }
             }
         }
-        drop(role);
         self.stats
             .commits
             .fetch_add(reqs.len() as u64, Ordering::Relaxed);

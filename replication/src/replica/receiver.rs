@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::stream::{receive_loop, STOP_CHECK};
 use crate::error::{bail, peer, Error, Result};
-use crate::frame::Frame;
+use crate::frame::{self, Frame};
 use crate::node::Node;
 use crate::rewind::rewind_pages;
 use crate::seed::swap::reseed;
@@ -108,7 +108,11 @@ async fn stream_from(node: &Arc<Node>, primary: &str, gen: u64) -> Result<()> {
         db.reset_stream();
         let db2 = db.clone();
         tokio::task::spawn_blocking(move || db2.sync_wal()).await??;
-        write_frame(&mut wr, &own_hello(&db, &node.config.name)).await?;
+        write_frame(
+            &mut wr,
+            &own_hello(&db, &node.config.name, frame::STREAM_VERSION),
+        )
+        .await?;
         match read_frame(&mut rd, &mut buf).await? {
             Frame::Welcome {
                 primary_flush_lsn, ..

@@ -43,9 +43,21 @@ pub(crate) async fn follow_locked(node: &Arc<Node>, primary: String) -> Result<(
     if let Err(e) = demoted {
         // Back to what it was: the old role, its role file, its stream.
         let old_primary = old.primary_addr().map(str::to_string);
-        if let Err(f) = node.dir.store_role(old_primary.as_deref()) {
-            tracing::error!(error = %f, "could not restore the role file after a failed REPLICAOF");
-        }
+        let old = match node.dir.store_role(old_primary.as_deref()) {
+            Ok(()) => old,
+            // The file still names the new primary: taking writes now would be undone when a
+            // restart makes this node that primary's replica. Refuse them instead.
+            Err(f) if old_primary.is_none() => {
+                tracing::error!(error = %f, "could not restore the role file after a failed REPLICAOF");
+                Role::Fenced {
+                    why: format!("a REPLICAOF {primary} failed and DIR/replicaof could not be restored ({f})"),
+                }
+            }
+            Err(f) => {
+                tracing::error!(error = %f, "could not restore the role file after a failed REPLICAOF");
+                old
+            }
+        };
         node.role.restore(old);
         if let Some(p) = old_primary {
             start_replica(node, p, gen);

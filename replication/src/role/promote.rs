@@ -29,6 +29,7 @@ pub(crate) async fn promote_locked(node: &Arc<Node>) -> Result<String> {
     }
     let gen = stop_replica(node).await;
     let db = node.db();
+    let epoch_before = db.epoch();
     let promoted = tokio::task::spawn_blocking({
         let db = db.clone();
         move || db.promote()
@@ -39,8 +40,15 @@ pub(crate) async fn promote_locked(node: &Arc<Node>) -> Result<String> {
     let (epoch, at) = match promoted {
         Ok(p) => p,
         Err(e) => {
-            // Still a replica's database: follow the primary again rather than sit idle.
-            if let (true, Some(p)) = (node.db().is_replica(), node.replicaof()) {
+            // Still a replica's database in its old epoch: follow the primary again rather
+            // than sit idle. (One whose epoch moved on would tell its primary of a newer
+            // epoch and fence it: it stays idle, with the error.)
+            let db = node.db();
+            if let (true, true, Some(p)) = (
+                db.is_replica(),
+                db.epoch() == epoch_before,
+                node.replicaof(),
+            ) {
                 start_replica(node, p, gen);
             }
             return Err(e.context("promotion failed"));

@@ -156,7 +156,11 @@ impl Control {
         let conn = async {
             let (rd, mut wr, buf) =
                 connect_as_replica(&node.config, addr, b"*1\r\n$11\r\nREPLCONTROL\r\n").await?;
-            write_frame(&mut wr, &own_hello(&node.db(), &node.config.name)).await?;
+            write_frame(
+                &mut wr,
+                &own_hello(&node.db(), &node.config.name, crate::frame::VERSION),
+            )
+            .await?;
             Ok::<_, Error>(Control { rd, wr, buf })
         };
         tokio::time::timeout(CONTROL_TIMEOUT, conn)

@@ -80,7 +80,7 @@ pub(crate) async fn seed_once(
     let (mut rd, mut wr, mut buf) =
         connect_as_replica(config, primary, b"*1\r\n$12\r\nREPLSNAPSHOT\r\n").await?;
     let hello = Frame::Hello {
-        version: frame::VERSION,
+        version: frame::STREAM_VERSION,
         epoch: 1,
         node_id: 0,
         flush_lsn: Lsn(0),

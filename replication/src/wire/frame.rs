@@ -62,6 +62,9 @@ pub const VERSION: u32 = 5;
 /// before (those frames did not change); only a switchover needs both ends at 5. So a
 /// cluster can be upgraded one node at a time.
 pub const MIN_VERSION: u32 = 4;
+/// The version a hello names on a stream, seed or rewind connection — the oldest that speaks
+/// them, so that a node of either version accepts it; a control connection names `VERSION`.
+pub const STREAM_VERSION: u32 = 4;
 /// Page ids in one `page_list` frame.
 pub const MAX_PAGE_LIST: usize = MAX_WAL_CHUNK / 8;
 /// Entries of an epoch history a frame may carry.

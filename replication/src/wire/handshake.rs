@@ -106,9 +106,11 @@ pub(crate) async fn read_hello<R: AsyncReadExt + Unpin, W: AsyncWriteExt + Unpin
 }
 
 /// This node's hello to the node it follows: its epoch, history and flush LSN.
-pub(crate) fn own_hello(db: &storage::Db, name: &str) -> Frame {
+/// `version`: `frame::STREAM_VERSION` on a stream or rewind, `frame::VERSION` on a control
+/// connection.
+pub(crate) fn own_hello(db: &storage::Db, name: &str, version: u32) -> Frame {
     Frame::Hello {
-        version: frame::VERSION,
+        version,
         epoch: db.epoch(),
         node_id: 0,
         flush_lsn: db.flush_lsn(),
