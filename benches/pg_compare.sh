@@ -20,7 +20,8 @@ cd "$(dirname "$0")/.."
 SECS=${1:-10}
 CLIENTS=${2:-"1 16 64"}
 LEVELS=${3:-"off local remote_write remote_flush remote_apply"}
-BIN=target/release/replidb
+# REPLIDB_BIN chooses another build (to compare two, alternately).
+BIN=${REPLIDB_BIN:-target/release/replidb}
 PGBIN=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)
 [ -x "$BIN" ] || { echo "build first: cargo build --release -p replidb-server" >&2; exit 1; }
 [ -x "$PGBIN/postgres" ] || { echo "install PostgreSQL first: apt-get install postgresql" >&2; exit 1; }
