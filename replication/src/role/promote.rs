@@ -24,6 +24,15 @@ pub(crate) async fn promote_locked(node: &Arc<Node>) -> Result<String> {
         Role::Primary | Role::Fenced { .. } => return Ok("already a primary".into()),
         Role::Replica { .. } | Role::SwitchingOver { .. } => {}
     }
+    // Every hello carries the whole history, bounded by the frame format: a promotion that
+    // would grow it past that bound is refused before anything changes.
+    let epochs = node.db().epoch_history().len();
+    if epochs + 1 >= crate::frame::MAX_EPOCHS {
+        refuse!(
+            "this node's epoch history holds {epochs} epochs, the most a hello can carry is {}: promote another node, or reseed this one from a primary",
+            crate::frame::MAX_EPOCHS
+        );
+    }
     if let Some((at, target)) = node.loading() {
         refuse!("this replica is not consistent yet after its base backup (applied up to LSN {at}, consistent from {target}); let it catch up first");
     }
