@@ -44,14 +44,6 @@ impl Error {
             source: Box::new(self),
         }
     }
-
-    /// The error under any context added to it.
-    pub fn root(&self) -> &Error {
-        match self {
-            Error::Context { source, .. } => source.root(),
-            e => e,
-        }
-    }
 }
 
 /// Returns an `Error::Peer` with the formatted message.

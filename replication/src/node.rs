@@ -243,11 +243,6 @@ impl Node {
         };
         now.saturating_sub(since) / 1000
     }
-
-    /// Whether this node's links and streams must end: it is stopping.
-    pub fn stopping(&self) -> bool {
-        *self.shutdown.borrow()
-    }
 }
 
 /// Samples kept in `Node::flush_times` (a minute and more at one per millisecond).
@@ -284,6 +279,25 @@ fn note_written(times: &Mutex<VecDeque<(Lsn, Instant)>>, end: Lsn, now: Instant)
 fn first_sample_past(times: &VecDeque<(Lsn, Instant)>, applied: Lsn) -> Option<Instant> {
     let i = times.partition_point(|(l, _)| *l <= applied);
     times.get(i).map(|(_, t)| *t)
+}
+
+/// A node named `r` following `primary`, on a fresh replica database in `dir`: for the
+/// crate's tests of the role and rewind paths.
+#[cfg(test)]
+pub(crate) fn test_replica(dir: &std::path::Path, primary: &str) -> Arc<Node> {
+    let config = NodeConfig {
+        dir: dir.to_path_buf(),
+        name: "r".into(),
+        primary_password: None,
+        max_retained_wal: 1 << 30,
+        storage: storage::Options::default(),
+    };
+    let options = storage::Options {
+        replica: true,
+        ..storage::Options::default()
+    };
+    let db = Db::open(dir, options).expect("open a replica database");
+    Arc::new(Node::new(config, db, Some(primary.to_string()), None))
 }
 
 #[cfg(test)]

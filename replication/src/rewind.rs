@@ -14,9 +14,8 @@ use crate::epochs::Verdict;
 use crate::error::{bail, Result};
 use crate::frame::{self, Frame};
 use crate::node::Node;
-use crate::primary::{update_retention, LinkGuard};
 use crate::seed::fetch::{pages_within, read_snapshot_begin};
-use crate::seed::serve::send_pages;
+use crate::seed::serve::{begin_backup, send_backup_begin, send_pages};
 use crate::seed::swap::swap_in;
 use crate::wire::handshake::{connect_as_replica, own_hello, read_hello, verdict};
 use crate::wire::io::{read_frame, write_frame};
@@ -140,14 +139,7 @@ pub async fn serve_rewind(node: Arc<Node>, sock: TcpStream, mut buf: BytesMut) -
             bail!("{name}: {message}");
         }
     };
-    let (redo, pages) = tokio::task::spawn_blocking({
-        let db = db.clone();
-        move || db.begin_base_backup()
-    })
-    .await??;
-    let slot = node.tracker.connect(&name, &peer, redo, true);
-    let _link = LinkGuard(&node.tracker, slot);
-    update_retention(&node);
+    let (redo, pages, _link) = begin_backup(&node, &db, &name, &peer).await?;
     let mine = {
         let db = db.clone();
         tokio::task::spawn_blocking(move || db.pages_changed_after(fork)).await?
@@ -157,15 +149,7 @@ pub async fn serve_rewind(node: Arc<Node>, sock: TcpStream, mut buf: BytesMut) -
     wanted.sort_unstable();
     wanted.dedup();
     tracing::info!(replica = %name, %peer, fork = fork.0, redo = redo.0, pages = wanted.len(), of = pages, "sending the pages for a rewind");
-    write_frame(
-        &mut wr,
-        &Frame::SnapshotBegin {
-            redo_lsn: redo,
-            page_count: pages,
-            epochs: db.epoch_history(),
-        },
-    )
-    .await?;
+    send_backup_begin(&mut wr, &db, redo, pages).await?;
     let mut i = 0;
     while i < wanted.len() {
         let first = wanted[i];
@@ -223,25 +207,6 @@ mod tests {
         addr
     }
 
-    fn node(dir: &std::path::Path) -> Arc<Node> {
-        let config = crate::NodeConfig {
-            dir: dir.to_path_buf(),
-            name: "r".into(),
-            primary_password: None,
-            max_retained_wal: 1 << 30,
-            storage: storage::Options::default(),
-        };
-        let db = storage::Db::open(
-            dir,
-            storage::Options {
-                replica: true,
-                ..storage::Options::default()
-            },
-        )
-        .unwrap();
-        Arc::new(Node::new(config, db, Some("nowhere:1".into()), None))
-    }
-
     #[tokio::test]
     async fn a_primary_that_sends_absurd_page_counts_or_runs_gets_an_error_not_a_panic() {
         let begin = |page_count| Frame::SnapshotBegin {
@@ -275,7 +240,7 @@ mod tests {
         ];
         for (frames, want) in cases {
             let dir = tempfile::tempdir().unwrap();
-            let node = node(dir.path());
+            let node = crate::node::test_replica(dir.path(), "nowhere:1");
             let addr = hostile_primary(frames).await;
             let e = rewind_pages(&node, &addr, Lsn(0)).await.unwrap_err();
             assert!(e.to_string().contains(want), "{e}");

@@ -233,7 +233,7 @@ impl PageFile {
         self.file.sync_all()?;
         if let Some(dir) = self.path.parent() {
             // Make the new file's directory entry durable too.
-            File::open(dir)?.sync_all()?;
+            crate::durable::sync_dir(dir)?;
         }
         self.len_pages = 2;
         Ok(())

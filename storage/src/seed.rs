@@ -79,7 +79,7 @@ impl Seeder {
     pub fn finish(self, epochs: &[(u32, Lsn)]) -> Result<()> {
         self.file.sync_all()?;
         crate::control::store_epochs(&self.dir, epochs)?;
-        File::open(&self.dir)?.sync_all()?;
+        crate::durable::sync_dir(&self.dir)?;
         let c = Control {
             redo_lsn: self.redo,
             checkpoint_lsn: self.redo,

@@ -294,29 +294,10 @@ async fn wait_applied(node: &Node, lsn: Lsn, limit: Duration) -> Lsn {
 mod tests {
     use super::*;
 
-    fn replica_node(dir: &std::path::Path) -> Arc<Node> {
-        let config = crate::NodeConfig {
-            dir: dir.to_path_buf(),
-            name: "r".into(),
-            primary_password: None,
-            max_retained_wal: 1 << 30,
-            storage: storage::Options::default(),
-        };
-        let db = storage::Db::open(
-            dir,
-            storage::Options {
-                replica: true,
-                ..storage::Options::default()
-            },
-        )
-        .unwrap();
-        Arc::new(Node::new(config, db, Some("p:1".into()), None))
-    }
-
     #[test]
     fn only_a_verified_replica_of_the_askers_epoch_promotes_for_a_switchover() {
         let dir = tempfile::tempdir().unwrap();
-        let node = replica_node(dir.path());
+        let node = crate::node::test_replica(dir.path(), "p:1");
         assert_eq!(promotion_refusal(&node, 1), None);
         // A deposed primary (an older or newer epoch than this node's) cannot hand over.
         assert!(promotion_refusal(&node, 2).is_some_and(|w| w.contains("epoch")));

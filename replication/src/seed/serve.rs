@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use bytes::BytesMut;
+use storage::Lsn;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -37,6 +38,42 @@ pub(crate) async fn send_pages<W: AsyncWriteExt + Unpin>(
     .await
 }
 
+/// Starts a base backup of `db` for the node `name` at `peer` (a new replica, or one that
+/// rewinds): a checkpoint, then the node is registered at the backup's redo LSN so the WAL
+/// from there stays on disk until it streams (released when the returned guard drops, unless
+/// it streams by then). Returns the redo LSN and the page count.
+pub(crate) async fn begin_backup<'a>(
+    node: &'a Node,
+    db: &Arc<storage::Db>,
+    name: &str,
+    peer: &str,
+) -> Result<(Lsn, u64, LinkGuard<'a>)> {
+    let (redo, pages) = tokio::task::spawn_blocking({
+        let db = db.clone();
+        move || db.begin_base_backup()
+    })
+    .await??;
+    let slot = node.tracker.connect(name, peer, redo, true);
+    let guard = LinkGuard(&node.tracker, slot);
+    update_retention(node);
+    Ok((redo, pages, guard))
+}
+
+/// The `snapshot_begin` frame that opens a base backup.
+pub(crate) async fn send_backup_begin<W: AsyncWriteExt + Unpin>(
+    wr: &mut W,
+    db: &storage::Db,
+    redo: Lsn,
+    pages: u64,
+) -> Result<()> {
+    let begin = Frame::SnapshotBegin {
+        redo_lsn: redo,
+        page_count: pages,
+        epochs: db.epoch_history(),
+    };
+    write_frame(wr, &begin).await
+}
+
 /// Pages per snapshot frame (1 MiB).
 const SNAPSHOT_CHUNK_PAGES: u64 = (frame::MAX_WAL_CHUNK / storage::PAGE_SIZE) as u64;
 
@@ -49,24 +86,9 @@ pub async fn serve_snapshot(node: Arc<Node>, sock: TcpStream, mut buf: BytesMut)
     let (mut rd, mut wr) = sock.into_split();
     let Hello { name, .. } = read_hello(&mut rd, &mut wr, &mut buf).await?;
     let db = node.db();
-    let (redo, pages) = tokio::task::spawn_blocking({
-        let db = db.clone();
-        move || db.begin_base_backup()
-    })
-    .await??;
-    let slot = node.tracker.connect(&name, &peer, redo, true);
-    let _link = LinkGuard(&node.tracker, slot);
-    update_retention(&node);
+    let (redo, pages, _link) = begin_backup(&node, &db, &name, &peer).await?;
     tracing::info!(replica = %name, %peer, redo = redo.0, pages, "sending a base backup");
-    write_frame(
-        &mut wr,
-        &Frame::SnapshotBegin {
-            redo_lsn: redo,
-            page_count: pages,
-            epochs: db.epoch_history(),
-        },
-    )
-    .await?;
+    send_backup_begin(&mut wr, &db, redo, pages).await?;
     let mut first = 0;
     while first < pages {
         let n = SNAPSHOT_CHUNK_PAGES.min(pages - first);

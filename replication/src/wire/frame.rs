@@ -261,10 +261,8 @@ impl Frame {
                 out.extend_from_slice(&time_us.to_le_bytes());
             }
             Frame::Error { code, message } => {
-                let m = &message.as_bytes()[..message.len().min(MAX_MESSAGE)];
-                let m = std::str::from_utf8(m).unwrap_or("(error message not UTF-8)");
                 out.extend_from_slice(&code.to_le_bytes());
-                out.extend_from_slice(m.as_bytes());
+                put_message(out, message);
             }
             Frame::SnapshotBegin {
                 redo_lsn,
@@ -289,10 +287,8 @@ impl Frame {
                 }
             }
             Frame::Diverged { fork_lsn, message } => {
-                let m = &message.as_bytes()[..message.len().min(MAX_MESSAGE)];
-                let m = std::str::from_utf8(m).unwrap_or("(message not UTF-8)");
                 out.extend_from_slice(&fork_lsn.0.to_le_bytes());
-                out.extend_from_slice(m.as_bytes());
+                put_message(out, message);
             }
             Frame::CatchUp {
                 until_lsn,
@@ -308,12 +304,10 @@ impl Frame {
                 apply_lsn,
                 message,
             } => {
-                let m = &message.as_bytes()[..message.len().min(MAX_MESSAGE)];
-                let m = std::str::from_utf8(m).unwrap_or("(message not UTF-8)");
                 out.extend_from_slice(&[u8::from(*primary), 0, 0, 0]);
                 out.extend_from_slice(&epoch.to_le_bytes());
                 out.extend_from_slice(&apply_lsn.0.to_le_bytes());
-                out.extend_from_slice(m.as_bytes());
+                put_message(out, message);
             }
         }
         seal(out, start, self.kind());
@@ -338,6 +332,26 @@ pub fn encode_wal(start: Lsn, bytes: &[u8], sync: bool, eager: bool, out: &mut V
 }
 
 /// Appends an epoch history: count u16, then (epoch u32, start LSN u64) per entry.
+/// A message ending a frame, cut to `MAX_MESSAGE` bytes at a character boundary.
+fn put_message(out: &mut Vec<u8>, message: &str) {
+    let mut n = message.len().min(MAX_MESSAGE);
+    while !message.is_char_boundary(n) {
+        n -= 1;
+    }
+    out.extend_from_slice(&message.as_bytes()[..n]);
+}
+
+/// The message that ends a frame's payload at `from`, if it is within `MAX_MESSAGE` bytes.
+fn get_message(p: &[u8], from: usize, kind: &'static str) -> Result<String, FrameError> {
+    match p.get(from..) {
+        Some(m) if m.len() <= MAX_MESSAGE => Ok(String::from_utf8_lossy(m).into_owned()),
+        _ => Err(FrameError::Malformed {
+            kind,
+            reason: "bad message length".into(),
+        }),
+    }
+}
+
 fn put_epochs(out: &mut Vec<u8>, epochs: &[(u32, Lsn)]) {
     assert!(epochs.len() <= MAX_EPOCHS, "epoch history too long");
     out.extend_from_slice(&(epochs.len() as u16).to_le_bytes());
@@ -466,12 +480,10 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
             }
         }
         6 => {
-            if p.len() < 2 || p.len() > 2 + MAX_MESSAGE {
-                return Err(bad("error", "bad message length"));
-            }
+            let message = get_message(p, 2, "error")?;
             Frame::Error {
                 code: u16_at(p, 0),
-                message: String::from_utf8_lossy(&p[2..]).into_owned(),
+                message,
             }
         }
         7 => {
@@ -510,12 +522,10 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
             }
         }
         10 => {
-            if p.len() < 8 || p.len() > 8 + MAX_MESSAGE {
-                return Err(bad("diverged", "bad message length"));
-            }
+            let message = get_message(p, 8, "diverged")?;
             Frame::Diverged {
                 fork_lsn: Lsn(u64_at(p, 0)),
-                message: String::from_utf8_lossy(&p[8..]).into_owned(),
+                message,
             }
         }
         12 => {
@@ -534,9 +544,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
             Frame::RoleQuery
         }
         15 => {
-            if p.len() < 16 || p.len() > 16 + MAX_MESSAGE {
-                return Err(bad("role_report", "bad message length"));
-            }
+            let message = get_message(p, 16, "role_report")?;
             if p[0] > 1 || p[1..4] != [0, 0, 0] {
                 return Err(bad("role_report", "bad role byte"));
             }
@@ -544,7 +552,7 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
                 primary: p[0] == 1,
                 epoch: u32_at(p, 4),
                 apply_lsn: Lsn(u64_at(p, 8)),
-                message: String::from_utf8_lossy(&p[16..]).into_owned(),
+                message,
             }
         }
         k => return Err(FrameError::Kind(k)),
@@ -624,6 +632,18 @@ mod tests {
                 }
             ),
         ]
+    }
+
+    #[test]
+    fn a_long_message_is_cut_at_a_character_boundary() {
+        let message = "é".repeat(MAX_MESSAGE); // 2 bytes each: the cut falls inside one
+        let mut buf = Vec::new();
+        Frame::Error { code: 3, message }.encode(&mut buf);
+        let (f, _) = decode(&buf).unwrap().unwrap();
+        let Frame::Error { message, .. } = f else {
+            panic!("{f:?}")
+        };
+        assert_eq!(message, "é".repeat(MAX_MESSAGE / 2));
     }
 
     proptest! {

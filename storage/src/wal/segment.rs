@@ -212,7 +212,7 @@ impl Segments {
             }
             f.sync_all()?;
             fs::rename(&tmp, self.path(start))?;
-            File::open(&self.dir)?.sync_all()
+            crate::durable::sync_dir(&self.dir)
         })();
         if let Err(e) = r {
             let _ = fs::remove_file(&tmp);
@@ -266,7 +266,7 @@ impl Segments {
             }
             f.sync_data()?;
         }
-        File::open(&self.dir)?.sync_all()
+        crate::durable::sync_dir(&self.dir)
     }
 
     /// Removes segments wholly below `lsn`, keeping a few as renamed spares ahead of `end`.
@@ -311,7 +311,7 @@ impl Segments {
             n += 1;
         }
         if n > 0 {
-            File::open(&self.dir)?.sync_all()?;
+            crate::durable::sync_dir(&self.dir)?;
         }
         Ok(n)
     }
