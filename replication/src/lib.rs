@@ -13,7 +13,8 @@
 //! - [`replica`]: a replica's stream — reconnects, apply, acknowledgements;
 //! - [`seed`]: base backups — serving, fetching, swapping in; [`rewind`]: rewinds;
 //! - [`node_dir`]: the data directory's role, gate and reseed files;
-//! - [`wire`]: frames (fuzzed), socket I/O and the handshake;
+//! - [`wire`]: frames (fuzzed), socket I/O, the handshake, and the transport seam (TCP, or an
+//!   in-process network for tests); [`accept`]: dispatching a connection to its role file;
 //! - [`quorum`], [`tracker`] (model-checked with loom), [`epochs`]: the pure decisions.
 
 pub mod epochs;
@@ -22,6 +23,8 @@ mod sync;
 pub mod tracker;
 pub mod wire;
 
+#[cfg(not(loom))]
+pub mod accept;
 // The parts that move bytes over sockets. A `--cfg loom` build (the model checks of the
 // tracker, tests/loom.rs) leaves them out: tokio has no networking under loom.
 #[cfg(not(loom))]

@@ -32,6 +32,8 @@ pub struct NodeConfig {
     /// How every database of this node is opened — its own, and those laid down by a seed,
     /// reseed or rewind (`replica` is set by the role).
     pub storage: storage::Options,
+    /// How this node reaches the others (TCP for a server; an in-process network in tests).
+    pub transport: crate::wire::transport::Transport,
 }
 
 /// Microseconds since the Unix epoch.
@@ -291,6 +293,7 @@ pub(crate) fn test_replica(dir: &std::path::Path, primary: &str) -> Arc<Node> {
         primary_password: None,
         max_retained_wal: 1 << 30,
         storage: storage::Options::default(),
+        transport: Default::default(),
     };
     let options = storage::Options {
         replica: true,

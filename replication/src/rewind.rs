@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
+use crate::wire::transport::Conn;
 use bytes::BytesMut;
 use storage::Lsn;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use crate::epochs::Verdict;
 use crate::error::{bail, Result};
@@ -105,9 +105,9 @@ pub(crate) async fn rewind_pages(node: &Arc<Node>, primary: &str, fork: Lsn) -> 
 
 /// Primary side of a rewind (`REPLREWIND`): a base backup holding only the pages the node
 /// named and the pages changed here since the fork.
-pub async fn serve_rewind(node: Arc<Node>, sock: TcpStream, mut buf: BytesMut) -> Result<()> {
-    let peer = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    let (mut rd, mut wr) = sock.into_split();
+pub async fn serve_rewind(node: Arc<Node>, sock: Conn, mut buf: BytesMut) -> Result<()> {
+    let peer = sock.peer();
+    let (mut rd, mut wr) = tokio::io::split(sock);
     let hello = read_hello(&mut rd, &mut wr, &mut buf).await?;
     let name = hello.name.clone();
     let mut wanted: Vec<u64> = Vec::new();

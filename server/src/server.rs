@@ -47,6 +47,7 @@ impl Server {
                 wal_segment_bytes: config.wal_segment_bytes,
                 ..Options::default()
             },
+            transport: replication::wire::transport::Transport::Tcp,
         };
         let dir = replication::node_dir::NodeDir::new(config.dir.clone());
         // The role: --replicaof, else what a REPLICAOF of an earlier run left in the data
@@ -235,10 +236,14 @@ async fn connection(sh: Arc<Shared>, mut sock: TcpStream) -> Result<()> {
         if after.hands_over() {
             let node = sh.node.clone();
             let r = match after {
-                After::Replicate => replication::primary::serve_replica(node, sock, inbuf).await,
-                After::Rewind => replication::rewind::serve_rewind(node, sock, inbuf).await,
-                After::Snapshot => replication::seed::serve_snapshot(node, sock, inbuf).await,
-                _ => replication::role::serve_control(node, sock, inbuf).await,
+                After::Replicate => {
+                    replication::primary::serve_replica(node, sock.into(), inbuf).await
+                }
+                After::Rewind => replication::rewind::serve_rewind(node, sock.into(), inbuf).await,
+                After::Snapshot => {
+                    replication::seed::serve_snapshot(node, sock.into(), inbuf).await
+                }
+                _ => replication::role::serve_control(node, sock.into(), inbuf).await,
             };
             return r.map_err(Into::into);
         }

@@ -12,11 +12,12 @@ use crate::frame::{self, Frame};
 use crate::node::{now_us, Node};
 use crate::tracker::LinkId;
 use crate::wire::io::{recv_available, wait_readable};
+use crate::wire::transport::Link;
 
 /// The reading side of a replica link.
 pub(crate) struct Feedback {
     /// A clone of the link's socket, read only with `MSG_DONTWAIT`.
-    pub(crate) sock: std::net::TcpStream,
+    pub(crate) sock: Link,
     /// Bytes of a frame not yet complete.
     pub(crate) buf: BytesMut,
     pub(crate) slot: LinkId,
@@ -25,7 +26,7 @@ pub(crate) struct Feedback {
 }
 
 impl Feedback {
-    pub(crate) fn new(sock: std::net::TcpStream, buf: BytesMut, slot: LinkId) -> Feedback {
+    pub(crate) fn new(sock: Link, buf: BytesMut, slot: LinkId) -> Feedback {
         Feedback {
             sock,
             buf,
@@ -80,7 +81,7 @@ impl Feedback {
         if self.closed.is_some() {
             // Ends the link at once even when the reader that found out is a committer: the
             // feedback thread's `poll` returns, and it reports why.
-            let _ = self.sock.shutdown(std::net::Shutdown::Both);
+            let _ = self.sock.shutdown();
         }
     }
 }

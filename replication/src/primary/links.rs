@@ -12,6 +12,7 @@ use super::feedback::Feedback;
 use crate::frame;
 use crate::node::Node;
 use crate::wire::io::send_nowait;
+use crate::wire::transport::Link;
 
 /// The flags of a wal frame (`Links::wal_flags`) for the replica in `slot`, given the
 /// tracker's `wanted` mask: the sync flag only if the quorum needs that replica's flush now
@@ -30,7 +31,7 @@ pub(crate) fn link_flags((sync, eager): (bool, bool), wanted: u64, slot: usize) 
 /// One replica link's sending side, shared by its sender thread and the WAL flusher.
 pub struct LiveLink {
     /// A clone of the link's (blocking) socket.
-    pub(crate) sock: std::net::TcpStream,
+    pub(crate) sock: Link,
     pub(crate) st: parking_lot::Mutex<LinkState>,
     /// `LinkState::sent`, readable without the lock.
     pub(crate) sent: AtomicU64,
@@ -56,7 +57,7 @@ pub(crate) struct LinkState {
 }
 
 impl LiveLink {
-    pub(crate) fn new(sock: std::net::TcpStream, from: Lsn, fb: Feedback) -> LiveLink {
+    pub(crate) fn new(sock: Link, from: Lsn, fb: Feedback) -> LiveLink {
         LiveLink {
             sock,
             slot: fb.slot.slot,
@@ -346,21 +347,22 @@ mod tests {
     use bytes::BytesMut;
 
     /// A primary-side link over a real loopback connection; returns it and the replica's end.
-    fn link() -> (Arc<LiveLink>, std::net::TcpStream) {
+    fn link() -> (Arc<LiveLink>, Link) {
         link_in(0, Lsn(0))
     }
 
     /// `link` for the replica in tracker slot `slot`, sending from `from`.
-    fn link_in(slot: usize, from: Lsn) -> (Arc<LiveLink>, std::net::TcpStream) {
+    fn link_in(slot: usize, from: Lsn) -> (Arc<LiveLink>, Link) {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let replica = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
         let (primary, _) = l.accept().expect("accept");
+        let (primary, replica) = (Link::Tcp(primary), Link::Tcp(replica));
         let slot = LinkId { slot, id: 1 };
         let fb = Feedback::new(primary.try_clone().expect("clone"), BytesMut::new(), slot);
         (Arc::new(LiveLink::new(primary, from, fb)), replica)
     }
 
-    fn received(replica: &std::net::TcpStream) -> Vec<u8> {
+    fn received(replica: &Link) -> Vec<u8> {
         let mut got = vec![0u8; 4096];
         match recv_nowait(replica, &mut got) {
             Ok(n) => got.truncate(n),
@@ -376,7 +378,8 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let mut primary =
             std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("connect");
-        let (mut replica, _) = l.accept().expect("accept");
+        let (replica, _) = l.accept().expect("accept");
+        let mut replica = Link::Tcp(replica);
         replica
             .set_read_timeout(Some(Duration::from_secs(5)))
             .expect("timeout");

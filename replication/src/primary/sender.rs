@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::wire::transport::{Conn, Link};
 use bytes::BytesMut;
-use tokio::net::TcpStream;
 
 use super::feedback::{feedback_loop, Feedback};
 use super::links::{LiveLink, SHIP_INTERVAL};
@@ -24,9 +24,9 @@ use crate::wire::io::write_frame;
 pub const KEEPALIVE: Duration = Duration::from_millis(500);
 
 /// Primary side: serves one replica on a connection that sent `REPLSTREAM`.
-pub async fn serve_replica(node: Arc<Node>, sock: TcpStream, mut buf: BytesMut) -> Result<()> {
-    let peer = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    let (mut rd, mut wr) = sock.into_split();
+pub async fn serve_replica(node: Arc<Node>, sock: Conn, mut buf: BytesMut) -> Result<()> {
+    let peer = sock.peer();
+    let (mut rd, mut wr) = tokio::io::split(sock);
     let hello = read_hello(&mut rd, &mut wr, &mut buf).await?;
     let (name, flush_lsn, epoch) = (hello.name.clone(), hello.flush_lsn, hello.epoch);
     // The log generation first, then the database: the verdict, the welcome and the stream
@@ -96,11 +96,7 @@ pub async fn serve_replica(node: Arc<Node>, sock: TcpStream, mut buf: BytesMut) 
     // catches up, finishes what the flusher could not, and sends keepalives; a reader of the
     // replica's feedback wakes the commits waiting for the quorum (a committer spinning for
     // its quorum may read the feedback first: see `Links::poll_feedback`).
-    let sock = rd
-        .reunite(wr)
-        .map_err(|_| peer!("socket halves do not match"))?
-        .into_std()?;
-    sock.set_nonblocking(false)?;
+    let sock = rd.unsplit(wr).into_link()?;
     let link = Arc::new(LiveLink::new(
         sock.try_clone()?,
         flush_lsn,
@@ -126,7 +122,7 @@ pub async fn serve_replica(node: Arc<Node>, sock: TcpStream, mut buf: BytesMut) 
                 node.links.add(link.clone());
                 let r = send_loop(&node, &link, &link.sock, slot, &db, gen);
                 node.links.remove(&link);
-                let _ = link.sock.shutdown(std::net::Shutdown::Both);
+                let _ = link.sock.shutdown();
                 let _ = done_tx.send(r);
             })?;
     }
@@ -137,7 +133,7 @@ pub async fn serve_replica(node: Arc<Node>, sock: TcpStream, mut buf: BytesMut) 
     };
     link.dead.store(true, Ordering::SeqCst);
     node.wal_signal.notify();
-    let _ = sock.shutdown(std::net::Shutdown::Both);
+    let _ = sock.shutdown();
     r
 }
 
@@ -146,7 +142,7 @@ pub async fn serve_replica(node: Arc<Node>, sock: TcpStream, mut buf: BytesMut) 
 pub(crate) fn send_loop(
     node: &Node,
     link: &LiveLink,
-    mut sock: &std::net::TcpStream,
+    mut sock: &Link,
     slot: LinkId,
     db: &storage::Db,
     gen: u64,

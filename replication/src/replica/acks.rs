@@ -5,14 +5,15 @@ use storage::Lsn;
 
 use crate::frame::Frame;
 use crate::node::now_us;
+use crate::wire::transport::Link;
 
 /// A replica link's acknowledgements: written by the receive thread and by the thread that
 /// acknowledges background syncs, one whole frame at a time.
 pub(crate) struct Acks {
     /// The socket and the buffer frames are encoded in.
-    pub(crate) sock: parking_lot::Mutex<(std::net::TcpStream, Vec<u8>)>,
+    pub(crate) sock: parking_lot::Mutex<(Link, Vec<u8>)>,
     /// Another handle of the socket, to shut it down while a write may hold `sock`.
-    pub(crate) closer: std::net::TcpStream,
+    pub(crate) closer: Link,
     pub(crate) st: parking_lot::Mutex<AckState>,
     pub(crate) cv: parking_lot::Condvar,
 }
@@ -81,6 +82,6 @@ impl Drop for StopAcks<'_> {
         self.0.st.lock().stop = true;
         self.0.cv.notify_all();
         // A write blocked on a primary that stopped reading returns now.
-        let _ = self.0.closer.shutdown(std::net::Shutdown::Both);
+        let _ = self.0.closer.shutdown();
     }
 }

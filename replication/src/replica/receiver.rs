@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::stream::{receive_loop, STOP_CHECK};
-use crate::error::{bail, peer, Error, Result};
+use crate::error::{bail, Error, Result};
 use crate::frame::{self, Frame};
 use crate::node::Node;
 use crate::rewind::rewind_pages;
@@ -172,11 +172,7 @@ async fn stream_from(node: &Arc<Node>, primary: &str, gen: u64) -> Result<()> {
     tracing::info!(primary = %primary, from = node.db().flush_lsn().0, epoch = node.db().epoch(), "replication link up");
     // The stream itself runs on a thread of its own with blocking I/O: a frame is written,
     // synced, acknowledged and applied without waiting for a runtime worker.
-    let sock = rd
-        .reunite(wr)
-        .map_err(|_| peer!("socket halves do not match"))?
-        .into_std()?;
-    sock.set_nonblocking(false)?;
+    let sock = rd.unsplit(wr).into_link()?;
     sock.set_read_timeout(Some(STOP_CHECK))?;
     let node = node.clone();
     tokio::task::spawn_blocking(move || receive_loop(&node, sock, buf, gen)).await?

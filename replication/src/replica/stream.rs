@@ -15,6 +15,7 @@ use crate::frame::{self, Frame};
 use crate::node::{now_us, Node};
 use crate::wire::handshake::{WalGone, WAL_GONE};
 use crate::wire::io::{read_frame_blocking, spin_for_frame};
+use crate::wire::transport::Link;
 
 /// How long a replica's receive thread looks for the next frame without sleeping, from its
 /// acknowledgement of a batch flagged eager (one or two commits at a remote level wait on the
@@ -51,12 +52,7 @@ const LAZY_TICK: Duration = Duration::from_millis(1);
 /// batch to sync is written and synced by the WAL's background flusher while this thread
 /// replays it, and acknowledged by a thread of its own once synced, while this one goes on
 /// receiving and replaying the next: under load the replica's syncs run back to back.
-pub(crate) fn receive_loop(
-    node: &Node,
-    sock: std::net::TcpStream,
-    buf: BytesMut,
-    gen: u64,
-) -> Result<()> {
+pub(crate) fn receive_loop(node: &Node, sock: Link, buf: BytesMut, gen: u64) -> Result<()> {
     let db = node.db();
     let acks = Acks {
         sock: parking_lot::Mutex::new((sock.try_clone()?, Vec::with_capacity(64))),
@@ -76,7 +72,7 @@ pub(crate) fn receive_loop(
 
 fn receive_frames(
     node: &Node,
-    mut sock: std::net::TcpStream,
+    mut sock: Link,
     mut buf: BytesMut,
     gen: u64,
     db: &storage::Db,

@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::wire::transport::Conn;
 use bytes::BytesMut;
 use storage::Lsn;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::io::{ReadHalf, WriteHalf};
 
 use super::follow::follow_locked;
 use super::promote::promote_locked;
@@ -146,8 +146,8 @@ fn resume(node: &Node, e: Error, stuck: bool) -> Error {
 
 /// A control connection to another node.
 struct Control {
-    rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
+    rd: ReadHalf<Conn>,
+    wr: WriteHalf<Conn>,
     buf: BytesMut,
 }
 
@@ -182,9 +182,9 @@ impl Control {
 
 /// The target's side of a control connection: answers catch_up, promote and role_query
 /// until the other side closes it.
-pub async fn serve_control(node: Arc<Node>, sock: TcpStream, mut buf: BytesMut) -> Result<()> {
-    let peer = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    let (mut rd, mut wr) = sock.into_split();
+pub async fn serve_control(node: Arc<Node>, sock: Conn, mut buf: BytesMut) -> Result<()> {
+    let peer = sock.peer();
+    let (mut rd, mut wr) = tokio::io::split(sock);
     let hello = read_hello(&mut rd, &mut wr, &mut buf).await?;
     loop {
         let ask = match read_frame(&mut rd, &mut buf).await {

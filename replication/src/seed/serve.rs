@@ -3,10 +3,10 @@
 
 use std::sync::Arc;
 
+use crate::wire::transport::Conn;
 use bytes::BytesMut;
 use storage::Lsn;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use crate::error::Result;
 use crate::frame::{self, Frame};
@@ -81,9 +81,9 @@ const SNAPSHOT_CHUNK_PAGES: u64 = (frame::MAX_WAL_CHUNK / storage::PAGE_SIZE) as
 /// `REPLSNAPSHOT`: a checkpoint's redo LSN and page count, the page file in 1 MiB frames, the
 /// end. The WAL from the redo LSN stays on disk for the replica (it is registered under its
 /// name at that position) until it streams.
-pub async fn serve_snapshot(node: Arc<Node>, sock: TcpStream, mut buf: BytesMut) -> Result<()> {
-    let peer = sock.peer_addr().map(|a| a.to_string()).unwrap_or_default();
-    let (mut rd, mut wr) = sock.into_split();
+pub async fn serve_snapshot(node: Arc<Node>, sock: Conn, mut buf: BytesMut) -> Result<()> {
+    let peer = sock.peer();
+    let (mut rd, mut wr) = tokio::io::split(sock);
     let Hello { name, .. } = read_hello(&mut rd, &mut wr, &mut buf).await?;
     let db = node.db();
     let (redo, pages, _link) = begin_backup(&node, &db, &name, &peer).await?;

@@ -5,30 +5,28 @@
 
 use bytes::BytesMut;
 use storage::Lsn;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 
 use crate::epochs::Verdict;
 use crate::error::{bail, Error, Result};
 use crate::frame::{self, Frame};
 use crate::node::NodeConfig;
 use crate::wire::io::{read_frame, write_frame};
+use crate::wire::transport::Conn;
 
-/// Connects to the primary as a replica: AUTH if a password is set, then `command`.
+/// Connects to the primary as a replica (over the node's transport): AUTH if a password is
+/// set, then `command`.
 pub(crate) async fn connect_as_replica(
     config: &NodeConfig,
     primary: &str,
     command: &[u8],
-) -> Result<(
-    tokio::net::tcp::OwnedReadHalf,
-    tokio::net::tcp::OwnedWriteHalf,
-    BytesMut,
-)> {
-    let sock = TcpStream::connect(primary)
+) -> Result<(ReadHalf<Conn>, WriteHalf<Conn>, BytesMut)> {
+    let sock = config
+        .transport
+        .connect(primary)
         .await
         .map_err(|e| Error::from(e).context(format!("connecting to {primary}")))?;
-    let _ = sock.set_nodelay(true);
-    let (mut rd, mut wr) = sock.into_split();
+    let (mut rd, mut wr) = tokio::io::split(sock);
     let mut buf = BytesMut::with_capacity(1 << 20);
     if let Some(pw) = &config.primary_password {
         let mut auth = Vec::new();

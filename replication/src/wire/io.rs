@@ -9,6 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::error::{bail, peer, Result};
 use crate::frame::{self, Frame};
+use crate::wire::transport::Link;
 
 /// Takes the frame at the start of `buf` out of it, if it is complete.
 pub(crate) fn take_frame(buf: &mut BytesMut) -> Result<Option<Frame>> {
@@ -24,10 +25,7 @@ pub(crate) fn take_frame(buf: &mut BytesMut) -> Result<Option<Frame>> {
 /// Appends what `sock` holds now to `buf`, without blocking: whether anything came (`false`:
 /// nothing waiting); an error once the peer has closed. Through a stack buffer: the frames
 /// read this way are small, and zeroing a large buffer on every look would cost more.
-pub(crate) fn recv_available(
-    sock: &std::net::TcpStream,
-    buf: &mut BytesMut,
-) -> std::io::Result<bool> {
+pub(crate) fn recv_available(sock: &Link, buf: &mut BytesMut) -> std::io::Result<bool> {
     let mut chunk = [0u8; 4096];
     loop {
         return match recv_nowait(sock, &mut chunk) {
@@ -69,7 +67,7 @@ pub(crate) async fn write_frame<W: AsyncWriteExt + Unpin>(wr: &mut W, f: &Frame)
 }
 
 /// Sends what the socket takes without blocking; returns how much it took.
-pub(crate) fn send_nowait(sock: &std::net::TcpStream, buf: &[u8]) -> std::io::Result<usize> {
+pub(crate) fn send_nowait(sock: &Link, buf: &[u8]) -> std::io::Result<usize> {
     use std::os::fd::AsRawFd;
     // SAFETY: `send` reads at most `buf.len()` bytes from `buf`, which is a live slice for the
     // whole call, and writes nothing to our memory; the descriptor belongs to `sock`, which
@@ -92,7 +90,7 @@ pub(crate) fn send_nowait(sock: &std::net::TcpStream, buf: &[u8]) -> std::io::Re
 }
 
 /// Reads what the socket holds without blocking; returns how much it gave (0: closed).
-pub(crate) fn recv_nowait(sock: &std::net::TcpStream, buf: &mut [u8]) -> std::io::Result<usize> {
+pub(crate) fn recv_nowait(sock: &Link, buf: &mut [u8]) -> std::io::Result<usize> {
     use std::os::fd::AsRawFd;
     // SAFETY: `recv` writes at most `buf.len()` bytes into `buf`, which is a live, exclusively
     // borrowed slice for the whole call; the descriptor belongs to `sock`, borrowed (so open)
@@ -114,7 +112,7 @@ pub(crate) fn recv_nowait(sock: &std::net::TcpStream, buf: &mut [u8]) -> std::io
 }
 
 /// Blocks until `sock` has something to read (or has ended), or `timeout` passes.
-pub(crate) fn wait_readable(sock: &std::net::TcpStream, timeout: Duration) {
+pub(crate) fn wait_readable(sock: &Link, timeout: Duration) {
     use std::os::fd::AsRawFd;
     let mut p = libc::pollfd {
         fd: sock.as_raw_fd(),
@@ -132,7 +130,7 @@ pub(crate) fn wait_readable(sock: &std::net::TcpStream, timeout: Duration) {
 /// Looks for a complete frame on `sock` without blocking until `until`: the frame, or `None`
 /// if none came in time (what did come stays in `buf`).
 pub(crate) fn spin_for_frame(
-    sock: &std::net::TcpStream,
+    sock: &Link,
     buf: &mut BytesMut,
     until: Instant,
 ) -> Result<Option<Frame>> {
@@ -152,10 +150,7 @@ pub(crate) fn spin_for_frame(
 
 /// Reads one frame from a blocking socket, keeping leftovers in `buf`. A read timeout on the
 /// socket surfaces as an error of kind `WouldBlock`/`TimedOut`; `buf` then keeps what came.
-pub(crate) fn read_frame_blocking(
-    sock: &mut std::net::TcpStream,
-    buf: &mut BytesMut,
-) -> Result<Frame> {
+pub(crate) fn read_frame_blocking(sock: &mut Link, buf: &mut BytesMut) -> Result<Frame> {
     use std::io::Read;
     loop {
         if let Some(f) = take_frame(buf)? {

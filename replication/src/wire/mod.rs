@@ -6,3 +6,5 @@ pub mod frame;
 pub(crate) mod handshake;
 #[cfg(not(loom))]
 pub(crate) mod io;
+#[cfg(not(loom))]
+pub mod transport;
