@@ -83,6 +83,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "MS")]
     pub min_replicas_max_lag_ms: Option<u64>,
 
+    /// The most connections served at once (clients, replicas and other nodes' replication
+    /// connections alike); one more is answered `-ERR max number of clients reached` and
+    /// closed, as Redis does. Every queue a connection can grow (writes waiting to be
+    /// applied, commits waiting for the quorum, WAL waiters) holds one entry per connection,
+    /// so this bounds them all. [default: 10000]
+    #[arg(long, value_name = "N")]
+    pub maxclients: Option<usize>,
+
     /// A TOML file with any of these settings (same names, e.g. `port = 6390`); flags win.
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
@@ -103,6 +111,7 @@ pub struct Config {
     pub min_replicas_to_write: usize,
     pub min_replicas_max_lag_ms: u64,
     pub wal_segment_bytes: u64,
+    pub maxclients: usize,
     /// Set on a replica: the primary's HOST:PORT.
     pub replicaof: Option<String>,
     pub name: String,
@@ -184,6 +193,10 @@ impl Config {
             sync_commit,
             sync_standbys,
             sync_timeout_ms: flags.sync_timeout_ms.or(file.sync_timeout_ms).unwrap_or(0),
+            maxclients: match flags.maxclients.or(file.maxclients).unwrap_or(10_000) {
+                0 => bail!("--maxclients 0: at least one connection must be allowed"),
+                n => n,
+            },
             min_replicas_to_write: flags
                 .min_replicas_to_write
                 .or(file.min_replicas_to_write)

@@ -70,8 +70,9 @@ pub fn render(sh: &Shared, section: Option<&str>) -> String {
                 };
                 let _ = write!(
                     o,
-                    "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\ntotal_commits:{}\r\ncommit_latency_p50_us:{}\r\ncommit_latency_p99_us:{}\r\ncommit_latency_p999_us:{}\r\ncommit_latency_max_us:{}\r\n",
+                    "# Stats\r\ntotal_connections_received:{}\r\nrejected_connections:{}\r\ntotal_commands_processed:{}\r\ntotal_commits:{}\r\ncommit_latency_p50_us:{}\r\ncommit_latency_p99_us:{}\r\ncommit_latency_p999_us:{}\r\ncommit_latency_max_us:{}\r\n",
                     sh.stats.connections_total.load(Ordering::Relaxed),
+                    sh.stats.rejected_connections.load(Ordering::Relaxed),
                     sh.stats.commands.load(Ordering::Relaxed),
                     sh.stats.commits.load(Ordering::Relaxed),
                     q(0.5),

@@ -150,12 +150,22 @@ impl Server {
         loop {
             tokio::select! {
                 r = listener.accept() => match r {
-                    Ok((sock, peer)) => {
+                    Ok((mut sock, peer)) => {
                         let _ = sock.set_nodelay(true);
                         let sh = shared.clone();
+                        sh.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+                        // Counted here, on the accepting task, so a burst of connects cannot
+                        // all pass the check before any is counted.
+                        if sh.stats.connections_now.load(Ordering::Relaxed) >= sh.config.maxclients as u64 {
+                            sh.stats.rejected_connections.fetch_add(1, Ordering::Relaxed);
+                            tracing::warn!(%peer, maxclients = sh.config.maxclients, "connection refused: max number of clients reached");
+                            conns.spawn(async move {
+                                let _ = sock.write_all(b"-ERR max number of clients reached\r\n").await;
+                            });
+                            continue;
+                        }
+                        sh.stats.connections_now.fetch_add(1, Ordering::Relaxed);
                         conns.spawn(async move {
-                            sh.stats.connections_total.fetch_add(1, Ordering::Relaxed);
-                            sh.stats.connections_now.fetch_add(1, Ordering::Relaxed);
                             if let Err(e) = connection(sh.clone(), sock).await {
                                 tracing::debug!(%peer, error = %e, "connection ended with an error");
                             }

@@ -114,6 +114,8 @@ pub struct Session {
     pub(crate) max_lag_ms: Option<u64>,
     pub(crate) multi: Option<Vec<Vec<Bytes>>>,
     pub(crate) multi_error: bool,
+    /// What the commands queued in MULTI hold (see `MAX_MULTI_BYTES`).
+    pub(crate) multi_bytes: usize,
     /// This connection has queued writes that are not applied yet.
     pub(crate) unapplied: Option<Arc<Mutex<Option<WriteResult>>>>,
     /// The database as of `db_gen` (refreshed by `begin_batch`).
@@ -143,6 +145,7 @@ impl Session {
             max_lag_ms: None,
             multi: None,
             multi_error: false,
+            multi_bytes: 0,
             unapplied: None,
         }
     }

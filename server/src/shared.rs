@@ -27,6 +27,8 @@ pub struct Stats {
     pub commands: AtomicU64,
     pub connections_total: AtomicU64,
     pub connections_now: AtomicU64,
+    /// Connections refused at `--maxclients`.
+    pub rejected_connections: AtomicU64,
     pub commits: AtomicU64,
     /// Commit latency in µs: from the command's execution to its durability being met.
     pub commit_latency: Mutex<hdrhistogram::Histogram<u64>>,
@@ -38,6 +40,7 @@ impl Stats {
             commands: AtomicU64::new(0),
             connections_total: AtomicU64::new(0),
             connections_now: AtomicU64::new(0),
+            rejected_connections: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             commit_latency: Mutex::new(
                 hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)

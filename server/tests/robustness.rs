@@ -226,3 +226,74 @@ fn every_command_with_a_wrong_number_of_arguments_gets_an_error() {
     }
     assert!(tried > 40, "only {tried} cases");
 }
+
+/// All of INFO as a map.
+fn info_all(c: &mut redis::Connection) -> std::collections::HashMap<String, String> {
+    let text: String = cmd("INFO").arg("all").query(c).unwrap();
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+#[test]
+fn connections_past_maxclients_are_refused_and_the_others_keep_working() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &["--maxclients", "2"]);
+    let mut a = node.client();
+    let mut b = node.client();
+    let _: () = cmd("SET").arg("k").arg("v").query(&mut a).unwrap();
+    // A third connection gets Redis's answer and is closed.
+    let mut third = raw(node.port);
+    let reply = read_reply(&mut third, "\r\n");
+    assert_eq!(reply, "-ERR max number of clients reached\r\n");
+    let info = info_all(&mut b);
+    assert_eq!(
+        info.get("rejected_connections").map(String::as_str),
+        Some("1")
+    );
+    assert_eq!(info.get("connected_clients").map(String::as_str), Some("2"));
+    // Once one leaves, a new one is served.
+    drop(a);
+    common::wait_for(10, "a freed connection slot", || {
+        info_all(&mut b)
+            .get("connected_clients")
+            .is_some_and(|n| n == "1")
+    });
+    let mut c = node.client();
+    let v: String = cmd("GET").arg("k").query(&mut c).unwrap();
+    assert_eq!(v, "v");
+}
+
+#[test]
+fn a_multi_queue_past_its_bound_is_refused_and_the_transaction_discarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let mut c = node.client();
+    let _: () = cmd("MULTI").query(&mut c).unwrap();
+    // 63 MiB values (under the 64 MiB value limit): eight fit in the 512 MiB bound, the
+    // ninth does not.
+    let big = vec![b'x'; 63 << 20];
+    for i in 0..8 {
+        let q: String = cmd("SET")
+            .arg(format!("k{i}"))
+            .arg(&big[..])
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(q, "QUEUED");
+    }
+    let err = cmd("SET")
+        .arg("k8")
+        .arg(&big[..])
+        .query::<String>(&mut c)
+        .expect_err("past the MULTI bound");
+    assert!(err.to_string().contains("MULTI queue full"), "{err}");
+    let err = cmd("EXEC")
+        .query::<redis::Value>(&mut c)
+        .expect_err("discarded");
+    assert_eq!(err.kind(), redis::ErrorKind::ExecAbortError, "{err}");
+    // Nothing of it was applied, and the connection goes on.
+    let n: i64 = cmd("EXISTS").arg("k0").query(&mut c).unwrap();
+    assert_eq!(n, 0);
+    let _: () = cmd("SET").arg("after").arg("1").query(&mut c).unwrap();
+}

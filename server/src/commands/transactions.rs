@@ -5,6 +5,13 @@ use bytes::Bytes;
 use super::{arity_error, lookup, unreachable_command};
 use crate::session::{After, Out, Session};
 
+/// The most a connection may queue in MULTI: its commands' argument bytes, plus
+/// `MULTI_ARG_COST` per argument for what holding one costs. Past it the command is refused
+/// and the transaction is discarded at EXEC (as a queueing error is), so one client cannot
+/// grow the server's memory without bound.
+pub const MAX_MULTI_BYTES: usize = 512 << 20;
+const MULTI_ARG_COST: usize = 64;
+
 impl Session {
     /// MULTI, EXEC or DISCARD.
     pub(crate) fn transaction_command(&mut self, name: &str, out: &mut Out) {
@@ -15,6 +22,7 @@ impl Session {
                 } else {
                     self.multi = Some(Vec::new());
                     self.multi_error = false;
+                    self.multi_bytes = 0;
                     self.enc.simple(&mut out.buf, "OK");
                 }
             }
@@ -45,7 +53,19 @@ impl Session {
         } else if let Some(msg) = arity_error(name, args.len()) {
             self.multi_error = true;
             self.err(out, &msg);
+        } else if self.multi_bytes + args.iter().map(|a| a.len() + MULTI_ARG_COST).sum::<usize>()
+            > MAX_MULTI_BYTES
+        {
+            self.multi_error = true;
+            self.err(
+                out,
+                &format!(
+                    "ERR MULTI queue full (more than {} MiB queued); the transaction will be discarded",
+                    MAX_MULTI_BYTES >> 20
+                ),
+            );
         } else {
+            self.multi_bytes += args.iter().map(|a| a.len() + MULTI_ARG_COST).sum::<usize>();
             self.multi.as_mut().expect("in MULTI").push(args);
             self.enc.simple(&mut out.buf, "QUEUED");
         }
