@@ -15,7 +15,7 @@
 //! +52 reserved        [u8; 12]
 //! ```
 
-use std::fs;
+use crate::vfs::Vfs;
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -76,9 +76,9 @@ impl Control {
     }
 
     /// Reads `DIR/control`; `Ok(None)` if there is none.
-    pub fn load(dir: &Path) -> Result<Option<Control>> {
+    pub fn load(vfs: &dyn Vfs, dir: &Path) -> Result<Option<Control>> {
         let path = dir.join(CONTROL_FILE);
-        match fs::read(&path) {
+        match vfs.read(&path) {
             Ok(b) => Control::decode(&b)
                 .map(Some)
                 .map_err(|reason| Error::Incompatible { path, reason }),
@@ -88,8 +88,8 @@ impl Control {
     }
 
     /// Replaces `DIR/control` atomically and durably.
-    pub fn store(&self, dir: &Path) -> Result<()> {
-        crate::durable::replace_file(dir, CONTROL_FILE, &self.encode())?;
+    pub fn store(&self, vfs: &dyn Vfs, dir: &Path) -> Result<()> {
+        crate::durable::replace_file_in(vfs, dir, CONTROL_FILE, &self.encode())?;
         Ok(())
     }
 }
@@ -99,10 +99,13 @@ impl Control {
 pub const EPOCHS_FILE: &str = "epochs";
 
 /// Reads the epochs file (empty if there is none: epoch 1 only).
-pub(crate) fn load_epochs(dir: &Path) -> Result<Vec<(u32, Lsn)>> {
+pub(crate) fn load_epochs(vfs: &dyn Vfs, dir: &Path) -> Result<Vec<(u32, Lsn)>> {
     let path = dir.join(EPOCHS_FILE);
-    let text = match fs::read_to_string(&path) {
-        Ok(t) => t,
+    let text = match vfs.read(&path) {
+        Ok(t) => String::from_utf8(t).map_err(|_| Error::Incompatible {
+            path: path.clone(),
+            reason: "not text".into(),
+        })?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e.into()),
     };
@@ -129,11 +132,11 @@ pub(crate) fn load_epochs(dir: &Path) -> Result<Vec<(u32, Lsn)>> {
 }
 
 /// Replaces the epochs file (write, sync, rename, sync the directory).
-pub(crate) fn store_epochs(dir: &Path, epochs: &[(u32, Lsn)]) -> Result<()> {
+pub(crate) fn store_epochs(vfs: &dyn Vfs, dir: &Path, epochs: &[(u32, Lsn)]) -> Result<()> {
     let mut text = String::new();
     for (e, l) in epochs {
         text.push_str(&format!("{e} {}\n", l.0));
     }
-    crate::durable::replace_file(dir, EPOCHS_FILE, text.as_bytes())?;
+    crate::durable::replace_file_in(vfs, dir, EPOCHS_FILE, text.as_bytes())?;
     Ok(())
 }

@@ -5,28 +5,30 @@
 //! (the rename is durable only once its directory is synced — see docs/wal.md, "What the
 //! disk promises").
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
+
+use crate::vfs::{OpenMode, RealFs, Vfs};
 
 /// Replaces `dir/name` with `bytes`, atomically and durably.
 pub fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    replace_file_in(&RealFs, dir, name, bytes)
+}
+
+/// `replace_file` on the file system `vfs`.
+pub fn replace_file_in(vfs: &dyn Vfs, dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
+    let f = vfs.open(&tmp, OpenMode::Truncate)?;
+    f.write_all_at(bytes, 0)?;
     f.sync_all()?;
     drop(f);
-    fs::rename(&tmp, dir.join(name))?;
-    sync_dir(dir)
+    vfs.rename(&tmp, &dir.join(name))?;
+    vfs.sync_dir(dir)
 }
 
 /// Removes `dir/name` if it exists, durably. Returns whether it existed.
 pub fn remove_file(dir: &Path, name: &str) -> io::Result<bool> {
-    match fs::remove_file(dir.join(name)) {
+    match std::fs::remove_file(dir.join(name)) {
         Ok(()) => {
             sync_dir(dir)?;
             Ok(true)
@@ -38,12 +40,13 @@ pub fn remove_file(dir: &Path, name: &str) -> io::Result<bool> {
 
 /// Makes the directory's entries (creations, renames, removals) durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    RealFs.sync_dir(dir)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn a_replaced_file_holds_the_new_bytes_and_leaves_no_temporary() {

@@ -72,6 +72,7 @@ mod seed;
 mod tree_write;
 mod txn;
 mod types;
+pub mod vfs;
 mod wal;
 
 pub use check::IntegrityReport;

@@ -9,17 +9,14 @@
 //! change meanwhile: a page is never read through the map while its file bytes are being
 //! rewritten.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use memmap2::Mmap;
-
 use crate::error::{Error, Result};
 use crate::page::{self, Meta, PageArc, PageBuf, PAGE_SIZE};
 use crate::types::{Lsn, PageId};
+use crate::vfs::{Mapping, OpenMode, VFile, Vfs};
 use crate::wal::io::{Backend, WriteOp};
 
 /// Anything pages can be read from: the published state (readers) or a writer's overlay.
@@ -35,7 +32,7 @@ pub(crate) struct Published {
     pub last_lsn: Lsn,
     frames: Vec<Option<Arc<PageBuf>>>,
     frame_count: usize,
-    map: Option<Mmap>,
+    map: Option<Mapping>,
     mapped_pages: u64,
     verified: Vec<AtomicU64>,
 }
@@ -134,14 +131,16 @@ impl Published {
         }
     }
 
-    fn remap(&mut self, file: &File, file_pages: u64) -> Result<()> {
-        // SAFETY: the database directory is locked (flock on its lock file) by this process
-        // for as long as the page file is open, so no other replidb process changes it. This process writes only pages held in frames, and
-        // readers read such pages from the frame, never through the map, until the write is
-        // complete and the frame is dropped; the file never shrinks. So no byte a reader
-        // borrows from the map changes under it. (Bytes seen through the map are still
-        // verified before use.)
-        let map = unsafe { Mmap::map(file)? };
+    fn remap(&mut self, file: &dyn VFile, file_pages: u64) -> Result<()> {
+        // A memory map of the real page file (see `VFile::map` for why it is sound), or a copy
+        // of a simulated one.
+        let map = file.map()?;
+        if (map.len() as u64) < file_pages * PAGE_SIZE as u64 {
+            return Err(Error::Invariant(format!(
+                "the page file's view holds {} bytes, fewer than its {file_pages} pages",
+                map.len()
+            )));
+        }
         self.map = Some(map);
         self.mapped_pages = file_pages;
         let words = (file_pages as usize).div_ceil(64);
@@ -155,9 +154,9 @@ pub const LOCK_FILE: &str = "lock";
 
 /// The page file on disk.
 pub(crate) struct PageFile {
-    file: File,
+    file: Box<dyn VFile>,
     /// Holds the directory's lock (flock on `DIR/lock`) for as long as the page file is open.
-    _lock: File,
+    _lock: Box<dyn std::any::Any + Send + Sync>,
     path: PathBuf,
     /// Current file length in pages (grown ahead of use, never shrunk).
     len_pages: u64,
@@ -166,33 +165,22 @@ pub(crate) struct PageFile {
 impl PageFile {
     /// Opens (creating if needed) and locks the page file. Nothing is read or verified yet:
     /// recovery may have to repair pages first.
-    pub fn open(path: &Path) -> Result<PageFile> {
+    pub fn open(vfs: &dyn Vfs, path: &Path) -> Result<PageFile> {
         // The lock lives on a file of its own that no I/O ring ever touches: a ring's pending
         // references to the page file outlive a killed process for a moment, and would keep
         // a lock on the page file itself held after the process is gone.
         let lock_path = path.with_file_name(LOCK_FILE);
-        let lock = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&lock_path)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
+        let lock = match vfs.lock(&lock_path) {
+            Ok(l) => l,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 return Err(Error::Locked {
                     path: path.parent().unwrap_or(path).to_path_buf(),
                 })
             }
-            Err(std::fs::TryLockError::Error(e)) => return Err(e.into()),
-        }
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
-        let len = file.metadata()?.len();
+            Err(e) => return Err(e.into()),
+        };
+        let file = vfs.open(path, OpenMode::Create)?;
+        let len = file.len()?;
         if len % PAGE_SIZE as u64 != 0 {
             return Err(Error::Incompatible {
                 path: path.to_path_buf(),
@@ -212,7 +200,7 @@ impl PageFile {
     }
 
     /// Writes an empty database: meta page and an empty root leaf.
-    pub fn create(&mut self) -> Result<()> {
+    pub fn create(&mut self, vfs: &dyn Vfs) -> Result<()> {
         let meta = Meta {
             root: PageId(1),
             page_count: 2,
@@ -233,7 +221,7 @@ impl PageFile {
         self.file.sync_all()?;
         if let Some(dir) = self.path.parent() {
             // Make the new file's directory entry durable too.
-            crate::durable::sync_dir(dir)?;
+            vfs.sync_dir(dir)?;
         }
         self.len_pages = 2;
         Ok(())
@@ -283,7 +271,7 @@ impl PageFile {
                 .map_err(|e| self.incompatible(format!("the log leaves page {id} broken: {e}")))?;
         }
         published.install(pages, meta, last_lsn);
-        published.remap(&self.file, self.len_pages)?;
+        published.remap(&*self.file, self.len_pages)?;
         Ok(published)
     }
 
@@ -333,12 +321,12 @@ impl PageFile {
         let ops: Vec<WriteOp<'_>> = runs
             .iter()
             .map(|(start, bytes)| WriteOp {
-                file: &self.file,
+                file: &*self.file,
                 offset: start * PAGE_SIZE as u64,
                 bytes,
             })
             .collect();
-        backend.write_and_sync(&ops, &[&self.file])?;
+        backend.write_and_sync(&ops, &[&*self.file])?;
         Ok(())
     }
 
@@ -348,8 +336,11 @@ impl PageFile {
         published: &mut Published,
         written: &[(PageId, Arc<PageBuf>)],
     ) -> Result<()> {
-        if self.len_pages != published.mapped_pages {
-            published.remap(&self.file, self.len_pages)?;
+        // A view that does not follow the file (a simulated file's copy) is taken again: the
+        // evicted pages are read from it from now on.
+        let live = published.map.as_ref().is_some_and(Mapping::is_live);
+        if self.len_pages != published.mapped_pages || !live {
+            published.remap(&*self.file, self.len_pages)?;
         }
         published.evict(written);
         Ok(())

@@ -3,21 +3,22 @@
 //! (`Options::replica`) and applies the primary's WAL from that LSN on, which repairs whatever
 //! the copy caught mid-change.
 
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::control::{Control, CONTROL_FILE};
 use crate::db::{Options, PAGE_FILE, WAL_DIR};
 use crate::error::{Error, Result};
 use crate::page::PAGE_SIZE;
 use crate::types::Lsn;
+use crate::vfs::{OpenMode, VFile, Vfs};
 
 /// A directory being seeded. Nothing in it counts as a database until `finish` writes the
 /// control file; a seeding cut short is simply started again.
 pub struct Seeder {
+    vfs: Arc<dyn Vfs>,
     dir: PathBuf,
-    file: File,
+    file: Box<dyn VFile>,
     redo: Lsn,
     segment_bytes: u64,
     written: u64,
@@ -27,25 +28,22 @@ impl Seeder {
     /// Clears `dir` of any unfinished seeding (or refuses if it holds a database) and starts
     /// a new one for a backup whose WAL must be replayed from `redo`.
     pub fn create(dir: &Path, redo: Lsn, options: &Options) -> Result<Seeder> {
-        fs::create_dir_all(dir)?;
-        if dir.join(CONTROL_FILE).exists() {
+        let vfs = options.vfs.clone();
+        vfs.create_dir_all(dir)?;
+        if vfs.exists(&dir.join(CONTROL_FILE)) {
             return Err(Error::Incompatible {
                 path: dir.to_path_buf(),
                 reason: "already holds a database; seeding needs a new directory".into(),
             });
         }
         let wal = dir.join(WAL_DIR);
-        if wal.exists() {
-            fs::remove_dir_all(&wal)?;
+        if vfs.exists(&wal) {
+            vfs.remove_dir_all(&wal)?;
         }
-        fs::create_dir_all(&wal)?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.join(PAGE_FILE))?;
+        vfs.create_dir_all(&wal)?;
+        let file = vfs.open(&dir.join(PAGE_FILE), OpenMode::Truncate)?;
         Ok(Seeder {
+            vfs,
             dir: dir.to_path_buf(),
             file,
             redo,
@@ -78,8 +76,8 @@ impl Seeder {
     /// latest epoch.
     pub fn finish(self, epochs: &[(u32, Lsn)]) -> Result<()> {
         self.file.sync_all()?;
-        crate::control::store_epochs(&self.dir, epochs)?;
-        crate::durable::sync_dir(&self.dir)?;
+        crate::control::store_epochs(&*self.vfs, &self.dir, epochs)?;
+        self.vfs.sync_dir(&self.dir)?;
         let c = Control {
             redo_lsn: self.redo,
             checkpoint_lsn: self.redo,
@@ -87,6 +85,6 @@ impl Seeder {
             node_id: crate::db::random_node_id(),
             epoch: epochs.last().map_or(1, |(e, _)| *e),
         };
-        c.store(&self.dir)
+        c.store(&*self.vfs, &self.dir)
     }
 }

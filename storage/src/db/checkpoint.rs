@@ -58,7 +58,7 @@ impl Inner {
         };
         ck.control.redo_lsn = redo;
         ck.control.checkpoint_lsn = ck_lsn;
-        ck.control.store(&self.dir)?;
+        ck.control.store(&*self.options.vfs, &self.dir)?;
         // 5. Frames that did not change meanwhile are now clean: readers use the file again.
         {
             let mut g = self.state.write();

@@ -20,6 +20,7 @@ use crate::recovery;
 use crate::tree_write;
 use crate::txn::WriteCtx;
 use crate::types::Lsn;
+use crate::vfs::{RealFs, Vfs};
 use crate::wal::io::{self as walio, Backend, FaultInjector, WalIo};
 use crate::wal::record;
 use crate::wal::segment::Segments;
@@ -193,6 +194,10 @@ pub struct Options {
     /// Fault injection for tests of I/O error handling.
     #[doc(hidden)]
     pub faults: Option<Arc<FaultInjector>>,
+    /// The file system the database lives on: the operating system's ([`RealFs`]), or a
+    /// simulated one for power-loss tests ([`crate::vfs::SimFs`], which forces
+    /// `WalIo::Sync`).
+    pub vfs: Arc<dyn Vfs>,
 }
 
 impl Default for Options {
@@ -204,6 +209,7 @@ impl Default for Options {
             wal_io: WalIo::Auto,
             replica: false,
             faults: None,
+            vfs: Arc::new(RealFs),
         }
     }
 }
@@ -384,14 +390,20 @@ impl Db {
     /// and recovering from the WAL if the last run did not close cleanly.
     pub fn open(dir: impl AsRef<Path>, options: Options) -> Result<Db> {
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(dir.join(WAL_DIR))?;
-        let mut file = PageFile::open(&dir.join(PAGE_FILE))?;
-        let control = match Control::load(&dir)? {
+        let vfs = options.vfs.clone();
+        let wal_io = if vfs.is_real() {
+            options.wal_io
+        } else {
+            WalIo::Sync
+        };
+        vfs.create_dir_all(&dir.join(WAL_DIR))?;
+        let mut file = PageFile::open(&*vfs, &dir.join(PAGE_FILE))?;
+        let control = match Control::load(&*vfs, &dir)? {
             Some(c) => c,
             None if file.len_pages() <= 2 => {
                 // New (or never finished creating): lay down an empty database. The control
                 // file is written last, so its presence means creation completed.
-                file.create()?;
+                file.create(&*vfs)?;
                 let c = Control {
                     redo_lsn: Lsn(0),
                     checkpoint_lsn: Lsn(0),
@@ -399,7 +411,7 @@ impl Db {
                     node_id: random_u64(),
                     epoch: 1,
                 };
-                c.store(&dir)?;
+                c.store(&*vfs, &dir)?;
                 c
             }
             None => {
@@ -410,6 +422,7 @@ impl Db {
             }
         };
         let mut segs = Segments::new(
+            vfs.clone(),
             &dir.join(WAL_DIR),
             control.segment_bytes,
             options.faults.clone(),
@@ -421,13 +434,14 @@ impl Db {
         let last_lsn = rec.end;
         let published = file.publish(rec.pages.into_iter().collect(), last_lsn)?;
         let wal = Wal::start(
+            vfs.clone(),
             &dir.join(WAL_DIR),
             control.segment_bytes,
             rec.end,
-            options.wal_io,
+            wal_io,
             options.faults.clone(),
         )?;
-        let backend = walio::checkpoint_backend(options.wal_io, options.faults.clone())?;
+        let backend = walio::checkpoint_backend(wal_io, options.faults.clone())?;
         tracing::debug!(
             dir = %dir.display(),
             pages = published.meta.page_count,
@@ -437,7 +451,7 @@ impl Db {
         );
         let file_bytes = file.len_bytes();
         let checkpoint_io = backend.name();
-        let epochs = crate::control::load_epochs(&dir)?;
+        let epochs = crate::control::load_epochs(&*vfs, &dir)?;
         let replica = Mutex::new(ReplicaState {
             carry: Vec::new(),
             batches: crate::wal::batch::Assembler::for_stream(),
@@ -449,7 +463,7 @@ impl Db {
             broken: None,
         });
         let primary = AtomicBool::new(!options.replica);
-        let wal_reader = Segments::new(&dir.join(WAL_DIR), control.segment_bytes, None);
+        let wal_reader = Segments::new(vfs, &dir.join(WAL_DIR), control.segment_bytes, None);
         let inner = Arc::new(Inner {
             state: RwLock::new(published),
             writer: Mutex::new(Writer {
@@ -731,9 +745,9 @@ impl Inner {
         let mut h = self.epochs.lock();
         h.retain(|(e, _)| *e < epoch);
         h.push((epoch, start));
-        crate::control::store_epochs(&self.dir, &h)?;
+        crate::control::store_epochs(&*self.options.vfs, &self.dir, &h)?;
         ck.control.epoch = epoch;
-        ck.control.store(&self.dir)?;
+        ck.control.store(&*self.options.vfs, &self.dir)?;
         tracing::info!(epoch, start = start.0, "entered a new epoch");
         Ok(())
     }

@@ -552,7 +552,7 @@ impl Inner {
         }
         if redo > ck.control.redo_lsn {
             ck.control.redo_lsn = redo;
-            ck.control.store(&self.dir)?;
+            ck.control.store(&*self.options.vfs, &self.dir)?;
         }
         {
             let mut g = self.state.write();

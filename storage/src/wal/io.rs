@@ -3,14 +3,13 @@
 //! io_uring when the ring can be set up, unless the options or `REPLIDB_WAL_IO=sync` force
 //! the fallback. Both are exercised by the test suite.
 
-use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use io_uring::{opcode, squeue, types, IoUring};
+
+use crate::vfs::VFile;
 
 /// Which I/O path the WAL flusher (and checkpoint write-back) uses.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -29,14 +28,14 @@ pub enum WalIo {
 
 /// One write: bytes to put at an offset of a file.
 pub(crate) struct WriteOp<'a> {
-    pub file: &'a File,
+    pub file: &'a dyn VFile,
     pub offset: u64,
     pub bytes: &'a [u8],
 }
 
 pub(crate) trait Backend: Send {
     /// Performs every write, then makes the files durable. Returns only when both are done.
-    fn write_and_sync(&mut self, writes: &[WriteOp<'_>], sync: &[&File]) -> io::Result<()> {
+    fn write_and_sync(&mut self, writes: &[WriteOp<'_>], sync: &[&dyn VFile]) -> io::Result<()> {
         self.write_then_sync(writes, sync, &mut || {})
     }
     /// The same, calling `written` once every write has reached the kernel (so a crash of
@@ -45,7 +44,7 @@ pub(crate) trait Backend: Send {
     fn write_then_sync(
         &mut self,
         writes: &[WriteOp<'_>],
-        sync: &[&File],
+        sync: &[&dyn VFile],
         written: &mut dyn FnMut(),
     ) -> io::Result<()>;
     fn name(&self) -> &'static str;
@@ -139,7 +138,7 @@ impl Backend for SyncBackend {
     fn write_then_sync(
         &mut self,
         writes: &[WriteOp<'_>],
-        sync: &[&File],
+        sync: &[&dyn VFile],
         written: &mut dyn FnMut(),
     ) -> io::Result<()> {
         for w in writes {
@@ -333,7 +332,7 @@ impl Backend for UringBackend {
     fn write_then_sync(
         &mut self,
         writes: &[WriteOp<'_>],
-        sync: &[&File],
+        sync: &[&dyn VFile],
         written: &mut dyn FnMut(),
     ) -> io::Result<()> {
         if let Some(f) = &self.faults {
@@ -341,22 +340,36 @@ impl Backend for UringBackend {
                 f.check_write()?;
             }
         }
+        // The ring works on descriptors: only files of the operating system can go through it.
+        let fd = |f: &dyn VFile| {
+            f.fd()
+                .map(types::Fd)
+                .ok_or_else(|| io::Error::other("io_uring needs files of the operating system"))
+        };
+        let write_fds = writes
+            .iter()
+            .map(|w| fd(w.file))
+            .collect::<io::Result<Vec<_>>>()?;
+        let sync_fds = sync
+            .iter()
+            .map(|f| fd(*f))
+            .collect::<io::Result<Vec<_>>>()?;
         // Writes go in groups that fit the ring; the last group is linked to the syncs, so the
         // common case (one or two writes, one or two files) is a single submission.
         let per_round = (RING_ENTRIES as usize).saturating_sub(sync.len()).max(1);
-        let mut chunks: Vec<&[WriteOp<'_>]> = writes.chunks(per_round).collect();
-        let last = chunks.pop().unwrap_or(&[]);
-        for chunk in chunks {
+        let mut chunks: Vec<(&[WriteOp<'_>], &[types::Fd])> = writes
+            .chunks(per_round)
+            .zip(write_fds.chunks(per_round))
+            .collect();
+        let (last, last_fds) = chunks.pop().unwrap_or((&[], &[]));
+        for (chunk, fds) in chunks {
             let entries: Vec<_> = chunk
                 .iter()
-                .map(|w| {
-                    opcode::Write::new(
-                        types::Fd(w.file.as_raw_fd()),
-                        w.bytes.as_ptr(),
-                        w.bytes.len() as u32,
-                    )
-                    .offset(w.offset)
-                    .build()
+                .zip(fds)
+                .map(|(w, fd)| {
+                    opcode::Write::new(*fd, w.bytes.as_ptr(), w.bytes.len() as u32)
+                        .offset(w.offset)
+                        .build()
                 })
                 .collect();
             let mut entries = entries;
@@ -364,20 +377,16 @@ impl Backend for UringBackend {
             finish_writes(chunk, &res)?;
         }
         let mut entries = Vec::with_capacity(last.len() + sync.len());
-        for w in last {
+        for (w, fd) in last.iter().zip(last_fds) {
             entries.push(
-                opcode::Write::new(
-                    types::Fd(w.file.as_raw_fd()),
-                    w.bytes.as_ptr(),
-                    w.bytes.len() as u32,
-                )
-                .offset(w.offset)
-                .build()
-                .flags(squeue::Flags::IO_LINK),
+                opcode::Write::new(*fd, w.bytes.as_ptr(), w.bytes.len() as u32)
+                    .offset(w.offset)
+                    .build()
+                    .flags(squeue::Flags::IO_LINK),
             );
         }
-        for (j, f) in sync.iter().enumerate() {
-            let mut e = opcode::Fsync::new(types::Fd(f.as_raw_fd()))
+        for (j, fd) in sync_fds.iter().enumerate() {
+            let mut e = opcode::Fsync::new(*fd)
                 .flags(types::FsyncFlags::DATASYNC)
                 .build();
             if j + 1 < sync.len() {
@@ -444,6 +453,11 @@ fn finish_writes(writes: &[WriteOp<'_>], res: &[i32]) -> io::Result<bool> {
 
 /// The mode after the `REPLIDB_WAL_IO` override.
 pub(crate) fn effective_mode(mode: WalIo) -> WalIo {
+    if mode == WalIo::Sync {
+        // Forced by the options (a simulated file system needs it): the environment cannot
+        // ask for a ring there.
+        return mode;
+    }
     match std::env::var("REPLIDB_WAL_IO").as_deref() {
         Ok("sync") => WalIo::Sync,
         Ok("uring") => WalIo::Uring,
@@ -495,6 +509,7 @@ pub(crate) fn checkpoint_backend(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs::File;
 
     fn ring(faults: &Arc<FaultInjector>) -> Option<UringBackend> {
         match UringBackend::new(Some(faults.clone())) {
@@ -539,7 +554,7 @@ mod tests {
                     bytes: &a[128 << 10..],
                 },
             ],
-            &[&file],
+            &[&file as &dyn VFile],
             &mut || calls += 1,
         );
         assert_eq!(r.map_err(|e| e.raw_os_error()), Err(Some(5)));
@@ -559,7 +574,7 @@ mod tests {
                 offset: 256 << 10,
                 bytes: &b,
             }],
-            &[&file],
+            &[&file as &dyn VFile],
             &mut || calls += 1,
         )
         .unwrap();
@@ -596,7 +611,7 @@ mod tests {
             })
             .collect();
         let mut calls = 0;
-        ring.write_then_sync(&writes, &[&file], &mut || calls += 1)
+        ring.write_then_sync(&writes, &[&file as &dyn VFile], &mut || calls += 1)
             .unwrap();
         assert_eq!(calls, 1);
         let mut got = vec![0u8; n * 512];

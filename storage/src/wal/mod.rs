@@ -24,6 +24,8 @@ use crate::types::Lsn;
 use io::{Backend, FaultInjector, WalIo, WriteOp};
 use segment::{Segments, SEGMENT_HEADER};
 
+use crate::vfs::Vfs;
+
 /// Called by the flusher each time bytes reach the files, with their start LSN and the bytes
 /// (between the write and the sync); must be quick and never block (it runs on the commit
 /// path).
@@ -110,12 +112,15 @@ pub(crate) struct Wal {
 impl Wal {
     /// Starts the log whose valid contents end at `end` (as found by recovery).
     pub fn start(
+        vfs: Arc<dyn Vfs>,
         dir: &Path,
         segment_bytes: u64,
         end: Lsn,
         mode: WalIo,
         faults: Option<Arc<FaultInjector>>,
     ) -> Result<Wal> {
+        // A simulated file system has no descriptors for a ring to use.
+        let mode = if vfs.is_real() { mode } else { WalIo::Sync };
         let ring = io::ring_for_log(mode, faults.clone())?;
         let adaptive = ring.is_some() && io::effective_mode(mode) == WalIo::Auto;
         let direct: Box<dyn Backend> = Box::new(io::SyncBackend {
@@ -128,7 +133,7 @@ impl Wal {
         };
         // Lay down the segment the next record goes to now, not in the first commit's flush
         // (a new segment is 16 MiB of zeros: tens of milliseconds).
-        let mut segs = Segments::new(dir, segment_bytes, faults);
+        let mut segs = Segments::new(vfs, dir, segment_bytes, faults);
         if let Err(e) = segs.ensure(segs.start_of(end.0)) {
             tracing::warn!(error = %e, "could not prepare the current WAL segment; the first flush will retry");
         }
@@ -562,7 +567,7 @@ fn write_range(
         .iter()
         .zip(&files)
         .map(|((seg, pos, n), f)| WriteOp {
-            file: f,
+            file: *f,
             offset: SEGMENT_HEADER + (pos - seg),
             bytes: &data[(pos - start) as usize..(pos - start + n) as usize],
         })

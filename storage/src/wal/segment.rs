@@ -15,13 +15,12 @@
 //! The stream runs on across segments: a record may begin in one file and end in the next.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::io::FaultInjector;
+use crate::vfs::{OpenMode, VFile, Vfs};
 
 pub const SEGMENT_HEADER: u64 = 512;
 const MAGIC: [u8; 8] = *b"RDBWAL\0\0";
@@ -74,21 +73,22 @@ fn check_header(h: &[u8], start: u64, segment_bytes: u64) -> Result<(), String> 
 /// and a recycled segment gets its new header before it takes its new name, so a file found
 /// under a segment name is always complete.
 pub(crate) struct Segments {
+    vfs: Arc<dyn Vfs>,
     dir: PathBuf,
     pub segment_bytes: u64,
-    open: BTreeMap<u64, File>,
+    open: BTreeMap<u64, Box<dyn VFile>>,
     faults: Option<Arc<FaultInjector>>,
     names: Arc<parking_lot::Mutex<()>>,
 }
 
 /// The per-directory naming locks of this process.
-fn names_lock(dir: &Path) -> Arc<parking_lot::Mutex<()>> {
+fn names_lock(vfs: &dyn Vfs, dir: &Path) -> Arc<parking_lot::Mutex<()>> {
     static LOCKS: std::sync::OnceLock<
         parking_lot::Mutex<
             std::collections::HashMap<PathBuf, std::sync::Weak<parking_lot::Mutex<()>>>,
         >,
     > = std::sync::OnceLock::new();
-    let key = fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let key = vfs.key(dir);
     let mut map = LOCKS.get_or_init(Default::default).lock();
     map.retain(|_, w| w.strong_count() > 0);
     if let Some(l) = map.get(&key).and_then(|w| w.upgrade()) {
@@ -100,13 +100,19 @@ fn names_lock(dir: &Path) -> Arc<parking_lot::Mutex<()>> {
 }
 
 impl Segments {
-    pub fn new(dir: &Path, segment_bytes: u64, faults: Option<Arc<FaultInjector>>) -> Segments {
+    pub fn new(
+        vfs: Arc<dyn Vfs>,
+        dir: &Path,
+        segment_bytes: u64,
+        faults: Option<Arc<FaultInjector>>,
+    ) -> Segments {
         Segments {
+            names: names_lock(&*vfs, dir),
+            vfs,
             dir: dir.to_path_buf(),
             segment_bytes,
             open: BTreeMap::new(),
             faults,
-            names: names_lock(dir),
         }
     }
 
@@ -121,13 +127,10 @@ impl Segments {
     /// Removes leftovers of a segment creation or recycling that a crash interrupted
     /// (`*.wal.tmp`, `*.recycle`). Called at open, before anything else uses the directory.
     pub fn remove_leftovers(&self) -> io::Result<()> {
-        for e in fs::read_dir(&self.dir)? {
-            let e = e?;
-            let name = e.file_name();
-            let name = name.to_string_lossy();
+        for name in self.vfs.list(&self.dir)? {
             if name.ends_with(".wal.tmp") || name.ends_with(".recycle") {
                 tracing::info!(file = %name, "removing an unfinished WAL segment left by a crash");
-                fs::remove_file(e.path())?;
+                self.vfs.remove_file(&self.dir.join(&name))?;
             }
         }
         Ok(())
@@ -136,9 +139,7 @@ impl Segments {
     /// Start LSNs of the segment files present, ascending.
     pub fn list(&self) -> io::Result<Vec<u64>> {
         let mut v = Vec::new();
-        for e in fs::read_dir(&self.dir)? {
-            let name = e?.file_name();
-            let Some(name) = name.to_str() else { continue };
+        for name in self.vfs.list(&self.dir)? {
             if let Some(hex) = name.strip_suffix(".wal") {
                 if hex.len() == 16 {
                     if let Ok(s) = u64::from_str_radix(hex, 16) {
@@ -152,12 +153,12 @@ impl Segments {
     }
 
     /// Opens segment `start` for reading and writing, creating (preallocating) it if missing.
-    pub fn ensure(&mut self, start: u64) -> io::Result<&File> {
+    pub fn ensure(&mut self, start: u64) -> io::Result<&dyn VFile> {
         if !self.open.contains_key(&start) {
             let path = self.path(start);
             let names = self.names.clone();
             let _naming = names.lock();
-            let f = match OpenOptions::new().read(true).write(true).open(&path) {
+            let f = match self.vfs.open(&path, OpenMode::Existing) {
                 Ok(f) => {
                     let mut h = [0u8; 64];
                     f.read_exact_at(&mut h, 0)?;
@@ -174,7 +175,7 @@ impl Segments {
             };
             self.open.insert(start, f);
         }
-        Ok(self.open.get(&start).expect("just inserted"))
+        Ok(&**self.open.get(&start).expect("just inserted"))
     }
 
     /// Closes the files of segments before the one holding `lsn` (the writer moves forward).
@@ -184,23 +185,18 @@ impl Segments {
     }
 
     /// An open segment file (after `ensure`).
-    pub fn get(&self, start: u64) -> Option<&File> {
-        self.open.get(&start)
+    pub fn get(&self, start: u64) -> Option<&dyn VFile> {
+        self.open.get(&start).map(|f| &**f)
     }
 
     /// Creates segment `start` full of zeros under a temporary name, syncs it, and renames it
     /// into place, so a segment file either does not exist or is fully allocated.
-    fn create(&mut self, start: u64) -> io::Result<File> {
+    fn create(&mut self, start: u64) -> io::Result<Box<dyn VFile>> {
         if let Some(f) = &self.faults {
             f.check_segment()?;
         }
         let tmp = self.dir.join(format!("{}.tmp", segment_name(start)));
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)?;
+        let f = self.vfs.open(&tmp, OpenMode::Truncate)?;
         let r = (|| {
             f.write_all_at(&header_bytes(start, self.segment_bytes), 0)?;
             let zeros = vec![0u8; 1 << 20];
@@ -211,11 +207,11 @@ impl Segments {
                 off += n as u64;
             }
             f.sync_all()?;
-            fs::rename(&tmp, self.path(start))?;
-            crate::durable::sync_dir(&self.dir)
+            self.vfs.rename(&tmp, &self.path(start))?;
+            self.vfs.sync_dir(&self.dir)
         })();
         if let Err(e) = r {
-            let _ = fs::remove_file(&tmp);
+            let _ = self.vfs.remove_file(&tmp);
             return Err(e);
         }
         tracing::debug!(segment = %segment_name(start), "created WAL segment");
@@ -228,10 +224,7 @@ impl Segments {
             Some(f) => f,
             None => {
                 // Read-write: the same handle may be used to truncate after recovery.
-                let f = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(self.path(start))?;
+                let f = self.vfs.open(&self.path(start), OpenMode::Existing)?;
                 let mut h = [0u8; 64];
                 f.read_exact_at(&mut h, 0)?;
                 check_header(&h, start, self.segment_bytes)
@@ -251,10 +244,10 @@ impl Segments {
         for s in self.list()? {
             if s > start {
                 self.open.remove(&s);
-                fs::remove_file(self.path(s))?;
+                self.vfs.remove_file(&self.path(s))?;
             }
         }
-        if self.path(start).exists() {
+        if self.vfs.exists(&self.path(start)) {
             let end = self.segment_bytes;
             let f = self.ensure(start)?;
             let zeros = vec![0u8; 1 << 20];
@@ -266,7 +259,7 @@ impl Segments {
             }
             f.sync_data()?;
         }
-        crate::durable::sync_dir(&self.dir)
+        self.vfs.sync_dir(&self.dir)
     }
 
     /// Removes segments wholly below `lsn`, keeping a few as renamed spares ahead of `end`.
@@ -287,7 +280,7 @@ impl Segments {
             let names = self.names.clone();
             let _naming = names.lock();
             let to = self.path(next_future);
-            if future < SPARES && !to.exists() {
+            if future < SPARES && !self.vfs.exists(&to) {
                 // Recycle: the blocks are allocated already, which makes the future fdatasyncs
                 // cheap; the stale records in it carry other LSNs and can never be read back.
                 // The new header goes in before the new name, so no one ever opens a segment
@@ -295,23 +288,23 @@ impl Segments {
                 let tmp = self
                     .dir
                     .join(format!("{}.recycle", segment_name(next_future)));
-                fs::rename(self.path(s), &tmp)?;
-                let f = OpenOptions::new().write(true).open(&tmp)?;
+                self.vfs.rename(&self.path(s), &tmp)?;
+                let f = self.vfs.open(&tmp, OpenMode::Existing)?;
                 f.write_all_at(&header_bytes(next_future, self.segment_bytes), 0)?;
                 f.sync_data()?;
-                fs::rename(&tmp, &to)?;
+                self.vfs.rename(&tmp, &to)?;
                 // The new name is durable before the flusher can open it (it takes the naming
                 // lock held here): records it then writes and syncs there would otherwise sit
                 // in a file a power loss could leave under its old name.
-                crate::durable::sync_dir(&self.dir)?;
+                self.vfs.sync_dir(&self.dir)?;
                 next_future += self.segment_bytes;
             } else {
-                fs::remove_file(self.path(s))?;
+                self.vfs.remove_file(&self.path(s))?;
             }
             n += 1;
         }
         if n > 0 {
-            crate::durable::sync_dir(&self.dir)?;
+            self.vfs.sync_dir(&self.dir)?;
         }
         Ok(n)
     }
