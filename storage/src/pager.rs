@@ -180,12 +180,22 @@ impl PageFile {
             Err(e) => return Err(e.into()),
         };
         let file = vfs.open(path, OpenMode::Create)?;
-        let len = file.len()?;
+        let mut len = file.len()?;
         if len % PAGE_SIZE as u64 != 0 {
-            return Err(Error::Incompatible {
-                path: path.to_path_buf(),
-                reason: format!("length {len} is not a multiple of the {PAGE_SIZE}-byte page"),
-            });
+            // Only a power cut makes this: the file is extended and written in whole pages,
+            // and a cut can keep some sectors of an unsynced extension and not the rest. The
+            // pages out there were never synced, so no checkpoint that wrote them completed:
+            // recovery rewrites every page it needs from the log. The cut page is padded out.
+            let whole = len.div_ceil(PAGE_SIZE as u64) * PAGE_SIZE as u64;
+            tracing::warn!(
+                path = %path.display(),
+                len,
+                padded_to = whole,
+                "the page file ends inside a page (an extension cut short by a crash); padding it to whole pages"
+            );
+            file.set_len(whole)?;
+            file.sync_all()?;
+            len = whole;
         }
         Ok(PageFile {
             file,
