@@ -110,12 +110,20 @@ pub async fn serve_rewind(node: Arc<Node>, sock: Conn, mut buf: BytesMut) -> Res
     let (mut rd, mut wr) = tokio::io::split(sock);
     let hello = read_hello(&mut rd, &mut wr, &mut buf).await?;
     let name = hello.name.clone();
+    // Only pages this node has can be sent: others are dropped as they come, and duplicates
+    // once the list outgrows the page count, so the list stays within what this node holds
+    // (and 2^28 ids) whatever the peer sends.
+    let pages_here = node.db().stats().page_count;
     let mut wanted: Vec<u64> = Vec::new();
     loop {
         match read_frame(&mut rd, &mut buf).await? {
             Frame::PageList { pages } if pages.is_empty() => break,
             Frame::PageList { pages } => {
-                wanted.extend(pages);
+                wanted.extend(pages.into_iter().filter(|&p| p < pages_here));
+                if wanted.len() as u64 > pages_here {
+                    wanted.sort_unstable();
+                    wanted.dedup();
+                }
                 if wanted.len() > (1 << 28) {
                     bail!("{name}: page list too long");
                 }

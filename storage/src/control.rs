@@ -69,7 +69,12 @@ impl Control {
             node_id: u64_at(40),
             epoch: u32_at(48),
         };
-        if c.segment_bytes < 64 * 1024 || c.segment_bytes > 1 << 40 {
+        if c.epoch == 0 {
+            return Err("epoch 0".into());
+        }
+        // Recovery reads a segment's worth of log at a time: a size read from a damaged file
+        // must not size that buffer. (Segments are 16 MiB by default.)
+        if c.segment_bytes < 64 * 1024 || c.segment_bytes > 1 << 30 {
             return Err(format!("implausible segment size {}", c.segment_bytes));
         }
         Ok(c)
@@ -97,6 +102,10 @@ impl Control {
 /// The epochs file: one line `epoch start_lsn` per epoch after the first (which starts at 0),
 /// replaced atomically like the control file.
 pub const EPOCHS_FILE: &str = "epochs";
+
+/// The most epochs a node's history holds (what a replication hello can carry). A history
+/// that would pass it is refused: in the epochs file at open, and at a new epoch.
+pub const MAX_EPOCHS: usize = 1024;
 
 /// Reads the epochs file (empty if there is none: epoch 1 only).
 pub(crate) fn load_epochs(vfs: &dyn Vfs, dir: &Path) -> Result<Vec<(u32, Lsn)>> {
@@ -127,6 +136,9 @@ pub(crate) fn load_epochs(vfs: &dyn Vfs, dir: &Path) -> Result<Vec<(u32, Lsn)>> 
             ));
         }
         out.push((e, Lsn(l)));
+        if out.len() > MAX_EPOCHS {
+            return Err(bad("more epochs than a history holds"));
+        }
     }
     Ok(out)
 }

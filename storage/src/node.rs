@@ -437,6 +437,7 @@ pub fn validate(p: &[u8], id: PageId) -> Result<()> {
             "garbage count larger than the cell area",
         ));
     }
+    let mut cells_bytes = 0usize;
     for i in 0..n {
         let off = get_u16(p, HEADER_SIZE + SLOT * i) as usize;
         let bad = |what: &str| Error::corrupt(id, format!("cell {i} at offset {off}: {what}"));
@@ -456,6 +457,7 @@ pub fn validate(p: &[u8], id: PageId) -> Result<()> {
         if kend > PAGE_SIZE {
             return Err(bad("key runs past the page end"));
         }
+        let mut cell_end = kend;
         if klen > KEY_INLINE_MAX && get_u64(p, kend - 8) == 0 {
             return Err(bad("long key without overflow page"));
         }
@@ -488,7 +490,62 @@ pub fn validate(p: &[u8], id: PageId) -> Result<()> {
             if vend > PAGE_SIZE {
                 return Err(bad("value runs past the page end"));
             }
+            cell_end = vend;
         }
+        // Every cell within the size a split relies on; together (below) exactly the bytes
+        // the header accounts, so no two overlap and `used`/`compact` never underflow.
+        if cell_end - off + SLOT > MAX_CELL_COST {
+            return Err(bad("cell larger than a cell may be"));
+        }
+        cells_bytes += cell_end - off;
+    }
+    let area = PAGE_SIZE - cs - h.garbage.get() as usize;
+    if cells_bytes != area {
+        return Err(Error::corrupt(
+            id,
+            format!("cells take {cells_bytes} bytes, the header accounts {area}"),
+        ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::page::{self, PageKind};
+
+    fn leaf_with(cells: &[(&[u8], &[u8])]) -> Box<page::PageBuf> {
+        let mut p = page::new_page_buf();
+        page::init(&mut p[..], PageKind::Leaf, PageId(5));
+        for (i, (k, v)) in cells.iter().enumerate() {
+            let mut c = Vec::new();
+            encode_key_field(k, PageId(0), &mut c);
+            encode_inline_value(v, &mut c);
+            assert!(insert_cell(&mut p[..], PageKind::Leaf, i, &c));
+        }
+        p
+    }
+
+    #[test]
+    fn overlapping_and_oversized_cells_are_refused() {
+        let p = leaf_with(&[(b"same", b"one")]);
+        validate(&p[..], PageId(5)).expect("a well-formed leaf");
+        // A second slot pointing at the one cell: each cell is in bounds, but together they
+        // claim more bytes than the header accounts (a later `used` or `compact` would
+        // underflow).
+        let mut q = p.clone();
+        let slot0 = q[HEADER_SIZE..HEADER_SIZE + SLOT].to_vec();
+        q[HEADER_SIZE + SLOT..HEADER_SIZE + 2 * SLOT].copy_from_slice(&slot0);
+        page::header_mut(&mut q[..]).count.set(2);
+        let err = validate(&q[..], PageId(5)).unwrap_err();
+        assert!(err.to_string().contains("header accounts"), "{err}");
+        // A cell larger than any cell may be (a split could find no point that fits).
+        let big = vec![7u8; USABLE / 4];
+        let r = leaf_with(&[(b"k", &big)]);
+        let err = validate(&r[..], PageId(5)).unwrap_err();
+        assert!(
+            err.to_string().contains("larger than a cell may be"),
+            "{err}"
+        );
+    }
 }

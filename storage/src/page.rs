@@ -278,6 +278,12 @@ impl Meta {
             free_count: body.free_count.get(),
             entries: body.entries.get(),
         };
+        if m.page_count > MAX_PAGES {
+            return Err(format!(
+                "page count {} past the largest database ({MAX_PAGES} pages)",
+                m.page_count
+            ));
+        }
         if m.page_count < 2 || m.root.0 == 0 || m.root.0 >= m.page_count {
             return Err(format!(
                 "root {} outside the {} pages",

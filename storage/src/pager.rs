@@ -41,8 +41,10 @@ impl PageSource for Published {
     #[inline]
     fn page(&self, id: PageId) -> Result<&[u8]> {
         let i = id.0 as usize;
-        if let Some(Some(f)) = self.frames.get(i) {
-            return Ok(&f[..]);
+        if id.0 < self.meta.page_count {
+            if let Some(Some(f)) = self.frames.get(i) {
+                return Ok(&f[..]);
+            }
         }
         if id.0 >= self.meta.page_count || id.0 >= self.mapped_pages {
             return Err(Error::corrupt(

@@ -41,7 +41,12 @@ pub(crate) fn delete(ctx: &mut WriteCtx<'_>, key: &[u8]) -> Result<bool> {
     }
     shrink_root(ctx)?;
     if found {
-        ctx.meta.entries -= 1;
+        ctx.meta.entries = ctx.meta.entries.checked_sub(1).ok_or_else(|| {
+            Error::corrupt(
+                PageId(0),
+                "the meta page counts fewer entries than the tree holds",
+            )
+        })?;
     }
     Ok(found)
 }

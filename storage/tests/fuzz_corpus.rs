@@ -83,3 +83,23 @@ fn wal_decode_corpus_replays_without_panic() {
         "seed files hold real records ({with_records})"
     );
 }
+
+#[test]
+fn power_loss_corpus_replays_and_every_acknowledged_commit_survives() {
+    let files = corpus("power_loss");
+    assert!(files.len() >= 8, "the seed corpus is committed");
+    for (path, data) in &files {
+        let r = std::panic::catch_unwind(|| storage::fuzzing::power_loss(data));
+        assert!(r.is_ok(), "{} lost data or panicked", path.display());
+    }
+}
+
+#[test]
+fn replica_apply_corpus_replays_without_panic() {
+    let files = corpus("replica_apply");
+    assert!(files.len() >= 8, "the seed corpus is committed");
+    for (path, data) in &files {
+        let r = std::panic::catch_unwind(|| storage::fuzzing::replica_apply(data));
+        assert!(r.is_ok(), "{} made replica apply panic", path.display());
+    }
+}

@@ -152,7 +152,7 @@ fn receive_frames(
                     len,
                 ))) = frame::decode(&buf)
                 {
-                    if s2.0 != start_lsn.0 + bytes.len() as u64 {
+                    if start_lsn.0.checked_add(bytes.len() as u64) != Some(s2.0) {
                         break;
                     }
                     bytes.extend_from_slice(&b2);

@@ -15,6 +15,10 @@ use crate::replica::BACKOFF_MAX;
 use crate::wire::handshake::connect_as_replica;
 use crate::wire::io::{read_frame, write_frame};
 
+/// Past any LSN a log could reach (2^62 bytes: decades of writing at a gigabyte a second); a
+/// position beyond it from a peer is refused before it can overflow arithmetic on positions.
+const MAX_LSN: u64 = 1 << 62;
+
 /// Reads the `snapshot_begin` that opens a base backup: its redo LSN, page count and the
 /// primary's epoch history.
 pub(crate) async fn read_snapshot_begin<R: AsyncReadExt + Unpin>(
@@ -26,6 +30,16 @@ pub(crate) async fn read_snapshot_begin<R: AsyncReadExt + Unpin>(
             "the primary's backup claims {page_count} pages, more than a page file holds ({})",
             storage::MAX_PAGES
         ),
+        Frame::SnapshotBegin { redo_lsn, .. } if redo_lsn.0 > MAX_LSN => {
+            bail!("the primary's backup starts its log at LSN {redo_lsn}, past any log ({MAX_LSN})")
+        }
+        Frame::SnapshotBegin { epochs, .. }
+            if epochs
+                .iter()
+                .any(|&(e, l)| e < 2 || e == u32::MAX || l.0 > MAX_LSN) =>
+        {
+            bail!("the primary's backup carries an impossible epoch history: {epochs:?}")
+        }
         Frame::SnapshotBegin {
             redo_lsn,
             page_count,

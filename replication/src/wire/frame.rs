@@ -68,7 +68,7 @@ pub const STREAM_VERSION: u32 = 4;
 /// Page ids in one `page_list` frame.
 pub const MAX_PAGE_LIST: usize = MAX_WAL_CHUNK / 8;
 /// Entries of an epoch history a frame may carry.
-pub const MAX_EPOCHS: usize = 1024;
+pub const MAX_EPOCHS: usize = storage::MAX_EPOCHS;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {

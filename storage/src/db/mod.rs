@@ -744,6 +744,12 @@ impl Inner {
         }
         let mut h = self.epochs.lock();
         h.retain(|(e, _)| *e < epoch);
+        if h.len() >= crate::control::MAX_EPOCHS {
+            return Err(Error::Invariant(format!(
+                "epoch {epoch} would make the epoch history longer than {} epochs",
+                crate::control::MAX_EPOCHS
+            )));
+        }
         h.push((epoch, start));
         crate::control::store_epochs(&*self.options.vfs, &self.dir, &h)?;
         ck.control.epoch = epoch;

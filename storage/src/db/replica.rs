@@ -395,7 +395,12 @@ impl Db {
         rs.carry.clear();
         inner.wal.truncate(at)?;
         let mut w = inner.writer.lock();
-        let epoch = ck.control.epoch.max(w.epoch) + 1;
+        let epoch = ck
+            .control
+            .epoch
+            .max(w.epoch)
+            .checked_add(1)
+            .ok_or_else(|| Error::Invariant("the epoch counter is exhausted".into()))?;
         // Pages last written before the point recovery starts from get a full image at their
         // next change (see `checkpoint`): that point is the replica's restartpoint.
         w.redo_lsn = ck.control.redo_lsn;
@@ -620,6 +625,25 @@ impl Inner {
                 .map_err(|reason| Error::CorruptWal { lsn: end, reason })?,
             None => guard.meta,
         };
+        // A database never shrinks, and grows by about the pages the batch writes (a new
+        // page's first record is its image; twice that, and some, leaves room for pages a
+        // transaction took and freed again): a count outside that is a peer's lie, and would
+        // leave reachable pages past the end or size memory by a number it chose.
+        let most = guard
+            .meta
+            .page_count
+            .saturating_add(2 * pages.len() as u64 + 16);
+        if meta.page_count < guard.meta.page_count || meta.page_count > most {
+            return Err(Error::CorruptWal {
+                lsn: end,
+                reason: format!(
+                    "the batch sets the page count to {}, from {} with {} pages written",
+                    meta.page_count,
+                    guard.meta.page_count,
+                    pages.len()
+                ),
+            });
+        }
         let mut pages: Vec<_> = pages.into_iter().collect();
         pages.sort_unstable_by_key(|(id, _)| *id);
         // Verified before anyone can read them or the checkpointer write them: bytes that

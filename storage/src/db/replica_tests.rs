@@ -235,3 +235,72 @@ fn a_batch_that_builds_a_broken_page_is_refused_and_nothing_panics() {
     clean.apply_wal(Lsn(0), &good).expect("the good stream");
     assert_eq!(replica.read().digest(), clean.read().digest());
 }
+
+/// A batch whose meta page claims a page count the batch cannot have made (a million pages
+/// from a batch of a few) is refused before anything is sized by it: a peer's number never
+/// allocates memory or leaves pages past the end reachable.
+#[test]
+fn a_batch_that_claims_an_impossible_page_count_is_refused() {
+    let mut recs = primary_records().clone();
+    let i = recs
+        .iter()
+        .position(|r| kind(r) == 2 && r[16..24] == [0; 8])
+        .expect("a delta of the meta page");
+    let mut r = recs[i].clone();
+    // The meta page's page_count: after the page header (40 bytes), magic, version, page
+    // size and root.
+    r.extend_from_slice(&64u16.to_le_bytes());
+    r.extend_from_slice(&8u16.to_le_bytes());
+    r.extend_from_slice(&(1u64 << 20).to_le_bytes());
+    let len = r.len() as u32;
+    r[4..8].copy_from_slice(&len.to_le_bytes());
+    recs[i] = r;
+    let stream = restamp(&recs);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let replica = Db::open(dir.path(), opts(true)).expect("open replica");
+    let err = replica.apply_wal(Lsn(0), &stream).unwrap_err();
+    assert!(
+        matches!(&err, crate::Error::CorruptWal { reason, .. } if reason.contains("page count")),
+        "{err}"
+    );
+    let bad_at: usize = recs[..i].iter().map(Vec::len).sum();
+    assert!(replica.apply_lsn().0 <= bad_at as u64);
+    replica.check_integrity().expect("the replica is whole");
+}
+
+/// A checkpoint record whose redo point lies after the record itself (which would make a
+/// replica release WAL it still needs) and an epoch record naming an impossible epoch are
+/// refused as corrupt.
+#[test]
+fn checkpoint_and_epoch_records_from_the_future_are_refused() {
+    let recs = primary_records().clone();
+    let at = recs.len() / 2;
+    for bad in [
+        {
+            let mut r = Vec::new();
+            record::encode_checkpoint(&mut r, Lsn(0), 1, Lsn(u64::MAX / 2));
+            r
+        },
+        {
+            let mut r = Vec::new();
+            record::encode_epoch_change(&mut r, Lsn(0), 1, u32::MAX);
+            r
+        },
+    ] {
+        let mut recs = recs.clone();
+        // Between two batches: after a commit.
+        let i = recs[..at]
+            .iter()
+            .rposition(|r| kind(r) == 3)
+            .expect("a commit")
+            + 1;
+        recs.insert(i, bad);
+        let stream = restamp(&recs);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let replica = Db::open(dir.path(), opts(true)).expect("open replica");
+        let err = replica.apply_wal(Lsn(0), &stream).unwrap_err();
+        assert!(matches!(&err, crate::Error::CorruptWal { .. }), "{err}");
+        let bad_at: usize = recs[..i].iter().map(Vec::len).sum();
+        assert_eq!(replica.apply_lsn().0, bad_at as u64, "{err}");
+    }
+}

@@ -192,6 +192,12 @@ impl Assembler {
                 if !self.pending.is_empty() {
                     return Err(misplaced("checkpoint record"));
                 }
+                // A checkpoint's redo point is where it started, before the record itself.
+                if redo_lsn > lsn {
+                    return Err(Stop::Invalid(format!(
+                        "checkpoint record at LSN {lsn} names redo LSN {redo_lsn}, after itself"
+                    )));
+                }
                 Some(Event::Checkpoint {
                     redo: redo_lsn,
                     end,
@@ -200,6 +206,12 @@ impl Assembler {
             Body::EpochChange { epoch } => {
                 if !self.pending.is_empty() {
                     return Err(misplaced("epoch change record"));
+                }
+                // Epochs start at 1; the last value could never be followed by a promotion.
+                if epoch < 2 || epoch == u32::MAX {
+                    return Err(Stop::Invalid(format!(
+                        "epoch change record at LSN {lsn} names epoch {epoch}"
+                    )));
                 }
                 Some(Event::Epoch {
                     epoch,

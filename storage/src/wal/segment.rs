@@ -267,8 +267,21 @@ impl Segments {
     pub fn remove_below(&mut self, lsn: u64, end: u64) -> io::Result<usize> {
         let keep_from = self.start_of(lsn);
         let all = self.list()?;
-        let mut next_future =
-            all.last().copied().unwrap_or(0).max(self.start_of(end)) + self.segment_bytes;
+        // A segment name near the end of the LSN space (a stray file) ends recycling: there
+        // is no name after it.
+        let overflow = || {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "WAL segment names reach the end of the LSN space",
+            )
+        };
+        let mut next_future = all
+            .last()
+            .copied()
+            .unwrap_or(0)
+            .max(self.start_of(end))
+            .checked_add(self.segment_bytes)
+            .ok_or_else(overflow)?;
         let mut n = 0;
         for s in all.into_iter().filter(|&s| s < keep_from) {
             self.open.remove(&s);
@@ -297,7 +310,9 @@ impl Segments {
                 // lock held here): records it then writes and syncs there would otherwise sit
                 // in a file a power loss could leave under its old name.
                 self.vfs.sync_dir(&self.dir)?;
-                next_future += self.segment_bytes;
+                next_future = next_future
+                    .checked_add(self.segment_bytes)
+                    .ok_or_else(overflow)?;
             } else {
                 self.vfs.remove_file(&self.path(s))?;
             }
