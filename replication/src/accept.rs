@@ -56,14 +56,13 @@ pub async fn serve_connection(node: Arc<Node>, mut conn: Conn) -> Result<()> {
 /// Accepts connections on `listener` until it closes or the node stops, serving each on a
 /// task of its own.
 pub async fn serve_local(node: Arc<Node>, mut listener: LocalListener) {
-    let mut stop = node.shutdown.subscribe();
     loop {
         let conn = tokio::select! {
             c = listener.accept() => match c {
                 Some(c) => c,
                 None => return,
             },
-            _ = stop.changed() => return,
+            _ = node.stopped() => return,
         };
         let node = node.clone();
         tokio::spawn(async move {

@@ -108,7 +108,7 @@ impl Node {
     ) -> Node {
         let wal_signal = Arc::new(WalSignal::default());
         let tracker = Tracker::new(sync_standbys);
-        let dir = NodeDir::new(config.dir.clone());
+        let dir = NodeDir::on(config.storage.vfs.clone(), config.dir.clone());
         let gate = Gate::load(&dir);
         let role = match primary {
             Some(primary) => Role::Replica {
@@ -145,6 +145,13 @@ impl Node {
         };
         node.attach(&node.db());
         node
+    }
+
+    /// Resolves once the node stops — at once if it has already (a task that starts after
+    /// the stop must not wait for a change that came before it).
+    pub async fn stopped(&self) {
+        let mut rx = self.shutdown.subscribe();
+        let _ = rx.wait_for(|stopped| *stopped).await;
     }
 
     /// The database now. Hold the handle only for the request at hand: a reseed or a

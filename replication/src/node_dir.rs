@@ -7,7 +7,7 @@
 //! | `consistent_at`    | `pending`, or the LSN a seeded replica is consistent from | a seed or swap-in; removed once reached |
 //! | `reseed-<ms>/`     | a base backup being laid down (`live` inside: swapped in) | a reseed or rewind; moved into place at the next start |
 //!
-//! Every file is replaced by `storage::durable::replace_file` (write, fsync, rename, fsync the
+//! Every file is replaced by `storage::durable::replace_file_in` (write, fsync, rename, fsync the
 //! directory), so a crash leaves the old or the new one. The gate fails closed: a gate file
 //! that cannot be read or parsed holds reads back, and a gate that cannot be written fails the
 //! seed or swap that needed it.
@@ -18,7 +18,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
+use std::sync::Arc;
 use storage::durable;
+use storage::vfs::{RealFs, Vfs};
 
 /// The file that remembers, across restarts, which primary a node follows when it became a
 /// replica by `REPLICAOF` (a `--replicaof` flag names it too and wins).
@@ -37,15 +39,22 @@ const LIVE_MARKER: &str = "live";
 /// The gate's value while the consistency point is not known yet.
 const PENDING: u64 = u64::MAX;
 
-/// A node's data directory.
+/// A node's data directory (on the file system its database uses).
 #[derive(Clone, Debug)]
 pub struct NodeDir {
     path: PathBuf,
+    vfs: Arc<dyn Vfs>,
 }
 
 impl NodeDir {
+    /// The directory `path` on the operating system's file system.
     pub fn new(path: PathBuf) -> NodeDir {
-        NodeDir { path }
+        NodeDir::on(Arc::new(RealFs), path)
+    }
+
+    /// The directory `path` on `vfs` (a simulated file system in power-loss tests).
+    pub fn on(vfs: Arc<dyn Vfs>, path: PathBuf) -> NodeDir {
+        NodeDir { path, vfs }
     }
 
     pub fn path(&self) -> &Path {
@@ -54,22 +63,28 @@ impl NodeDir {
 
     /// Whether a database was created here (its control file exists).
     pub fn has_database(&self) -> bool {
-        self.path.join(storage::CONTROL_FILE).exists()
+        self.vfs.exists(&self.path.join(storage::CONTROL_FILE))
     }
 
     /// The primary this directory was last told to follow, if any.
     pub fn load_role(&self) -> Option<String> {
-        std::fs::read_to_string(self.path.join(ROLE_FILE))
+        self.vfs
+            .read(&self.path.join(ROLE_FILE))
             .ok()
-            .map(|s| s.trim().to_string())
+            .map(|b| String::from_utf8_lossy(&b).trim().to_string())
             .filter(|s| !s.is_empty())
     }
 
     /// Remembers the primary to follow (`None`: this node is a primary).
     pub fn store_role(&self, primary: Option<&str>) -> io::Result<()> {
         match primary {
-            Some(p) => durable::replace_file(&self.path, ROLE_FILE, format!("{p}\n").as_bytes()),
-            None => durable::remove_file(&self.path, ROLE_FILE).map(|_| ()),
+            Some(p) => durable::replace_file_in(
+                &*self.vfs,
+                &self.path,
+                ROLE_FILE,
+                format!("{p}\n").as_bytes(),
+            ),
+            None => durable::remove_file_in(&*self.vfs, &self.path, ROLE_FILE).map(|_| ()),
         }
     }
 
@@ -83,9 +98,13 @@ impl NodeDir {
 
     /// Marks `side`'s backup as the node's data: the next start moves it into place.
     pub fn mark_live(&self, side: &Path) -> io::Result<()> {
-        let r = std::fs::write(side.join(LIVE_MARKER), b"").and_then(|()| durable::sync_dir(side));
+        let marker = side.join(LIVE_MARKER);
+        let r = self
+            .vfs
+            .open(&marker, storage::vfs::OpenMode::Truncate)
+            .and_then(|_| self.vfs.sync_dir(side));
         if r.is_err() {
-            let _ = std::fs::remove_file(side.join(LIVE_MARKER));
+            let _ = self.vfs.remove_file(&marker);
         }
         r
     }
@@ -97,68 +116,70 @@ impl NodeDir {
     /// only if it is still in the backup, so a crash at any point leaves either the old data,
     /// a directory that seeds itself anew, or a move this function finishes next time.
     pub fn finish_reseed(&self) -> io::Result<()> {
-        let dir = &self.path;
-        let Ok(entries) = std::fs::read_dir(dir) else {
+        let (dir, vfs) = (&self.path, &*self.vfs);
+        let Ok(names) = vfs.list(dir) else {
             return Ok(());
         };
-        let mut sides: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok())
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with(RESEED_PREFIX))
-            })
+        let mut sides: Vec<PathBuf> = names
+            .iter()
+            .filter(|n| n.starts_with(RESEED_PREFIX))
+            .map(|n| dir.join(n))
             .collect();
         sides.sort();
         let newest = sides
             .iter()
             .rev()
-            .find(|p| p.join(LIVE_MARKER).exists())
+            .find(|p| vfs.exists(&p.join(LIVE_MARKER)))
             .cloned();
         if let Some(side) = &newest {
             tracing::info!(from = %side.display(), "finishing a reseed: the backup replaces the old data");
-            if side.join(storage::CONTROL_FILE).exists() {
-                let _ = std::fs::remove_file(dir.join(storage::CONTROL_FILE));
+            if vfs.exists(&side.join(storage::CONTROL_FILE)) {
+                let _ = vfs.remove_file(&dir.join(storage::CONTROL_FILE));
             }
             for name in [storage::PAGE_FILE, storage::EPOCHS_FILE] {
-                if side.join(name).exists() {
-                    let _ = std::fs::remove_file(dir.join(name));
-                    std::fs::rename(side.join(name), dir.join(name))?;
+                if vfs.exists(&side.join(name)) {
+                    let _ = vfs.remove_file(&dir.join(name));
+                    vfs.rename(&side.join(name), &dir.join(name))?;
                 }
             }
-            if side.join(storage::WAL_DIR).exists() {
-                let _ = std::fs::remove_dir_all(dir.join(storage::WAL_DIR));
-                std::fs::rename(side.join(storage::WAL_DIR), dir.join(storage::WAL_DIR))?;
+            if vfs.exists(&side.join(storage::WAL_DIR)) {
+                let _ = vfs.remove_dir_all(&dir.join(storage::WAL_DIR));
+                vfs.rename(&side.join(storage::WAL_DIR), &dir.join(storage::WAL_DIR))?;
             }
-            if side.join(storage::CONTROL_FILE).exists() {
-                std::fs::rename(
-                    side.join(storage::CONTROL_FILE),
-                    dir.join(storage::CONTROL_FILE),
+            if vfs.exists(&side.join(storage::CONTROL_FILE)) {
+                vfs.rename(
+                    &side.join(storage::CONTROL_FILE),
+                    &dir.join(storage::CONTROL_FILE),
                 )?;
             }
-            durable::sync_dir(dir)?;
+            vfs.sync_dir(dir)?;
         }
         for side in sides {
-            std::fs::remove_dir_all(&side)?;
+            vfs.remove_dir_all(&side)?;
         }
         Ok(())
     }
 
     /// Writes (or, with `None`, removes) the gate file.
     pub fn store_gate(&self, gate: Option<u64>) -> io::Result<()> {
+        let vfs = &*self.vfs;
         match gate {
-            Some(PENDING) => durable::replace_file(&self.path, GATE_FILE, b"pending\n"),
-            Some(g) => durable::replace_file(&self.path, GATE_FILE, format!("{g}\n").as_bytes()),
-            None => durable::remove_file(&self.path, GATE_FILE).map(|_| ()),
+            Some(PENDING) => durable::replace_file_in(vfs, &self.path, GATE_FILE, b"pending\n"),
+            Some(g) => {
+                durable::replace_file_in(vfs, &self.path, GATE_FILE, format!("{g}\n").as_bytes())
+            }
+            None => durable::remove_file_in(vfs, &self.path, GATE_FILE).map(|_| ()),
         }
     }
 
     /// The gate file's value (0: none). Fails closed: a file that cannot be read or parsed
     /// is a gate whose point is not known (reads wait until the link sets it).
     pub fn load_gate(&self) -> u64 {
-        match std::fs::read_to_string(self.path.join(GATE_FILE)) {
-            Ok(s) => s.trim().parse().unwrap_or(PENDING),
+        match self.vfs.read(&self.path.join(GATE_FILE)) {
+            Ok(s) => String::from_utf8_lossy(&s)
+                .trim()
+                .parse()
+                .unwrap_or(PENDING),
             Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the consistency gate file: reads wait until the primary names the point again");

@@ -431,7 +431,6 @@ async fn wait_quorum(
         }
     }
     let wait = sh.node.tracker.wait(target);
-    let mut stop = sh.node.shutdown.subscribe();
     let outcome = tokio::select! {
         r = async {
             if timeout_ms == 0 {
@@ -441,7 +440,7 @@ async fn wait_quorum(
                 tokio::time::timeout(Duration::from_millis(timeout_ms), wait).await.is_ok()
             }
         } => if r { None } else { Some("timed out") },
-        _ = stop.changed() => Some("the server is shutting down"),
+        _ = sh.node.stopped() => Some("the server is shutting down"),
     };
     match outcome {
         None => Ok(()),
@@ -470,7 +469,6 @@ async fn wait_applied(
     timeout_ms: u64,
 ) -> Result<storage::Lsn, storage::Lsn> {
     let mut rx = sh.node.applied.subscribe();
-    let mut stop = sh.node.shutdown.subscribe();
     let deadline =
         (timeout_ms > 0).then(|| tokio::time::Instant::now() + Duration::from_millis(timeout_ms));
     loop {
@@ -486,7 +484,7 @@ async fn wait_applied(
         };
         tokio::select! {
             more = changed => if !more { return Err(sh.db().apply_lsn()) },
-            _ = stop.changed() => return Err(sh.db().apply_lsn()),
+            _ = sh.node.stopped() => return Err(sh.db().apply_lsn()),
         }
     }
 }
@@ -495,7 +493,6 @@ async fn wait_applied(
 /// how many have.
 async fn wait_replicas(sh: &Shared, lsn: storage::Lsn, n: usize, timeout_ms: u64) -> usize {
     let wait = sh.node.tracker.wait(Target::Count(lsn, n));
-    let mut stop = sh.node.shutdown.subscribe();
     tokio::select! {
         _ = async {
             if timeout_ms == 0 {
@@ -504,7 +501,7 @@ async fn wait_replicas(sh: &Shared, lsn: storage::Lsn, n: usize, timeout_ms: u64
                 let _ = tokio::time::timeout(Duration::from_millis(timeout_ms), wait).await;
             }
         } => {}
-        _ = stop.changed() => {}
+        _ = sh.node.stopped() => {}
     }
     sh.node.tracker.count_flushed(lsn)
 }

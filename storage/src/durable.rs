@@ -38,6 +38,18 @@ pub fn remove_file(dir: &Path, name: &str) -> io::Result<bool> {
     }
 }
 
+/// `remove_file` on the file system `vfs`.
+pub fn remove_file_in(vfs: &dyn Vfs, dir: &Path, name: &str) -> io::Result<bool> {
+    match vfs.remove_file(&dir.join(name)) {
+        Ok(()) => {
+            vfs.sync_dir(dir)?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// Makes the directory's entries (creations, renames, removals) durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     RealFs.sync_dir(dir)

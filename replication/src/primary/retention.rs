@@ -14,12 +14,11 @@ const RETENTION_TICK: Duration = Duration::from_millis(100);
 /// Applies the WAL retention rule (`update_retention`) every `RETENTION_TICK` for as long as
 /// the server runs: the floor moves with the log even when no replica reports.
 pub async fn keep_retention(node: Arc<Node>) {
-    let mut stop = node.shutdown.subscribe();
     loop {
         update_retention(&node);
         tokio::select! {
             _ = tokio::time::sleep(RETENTION_TICK) => {}
-            _ = stop.changed() => return,
+            _ = node.stopped() => return,
         }
     }
 }

@@ -126,10 +126,10 @@ pub async fn serve_replica(node: Arc<Node>, sock: Conn, mut buf: BytesMut) -> Re
                 let _ = done_tx.send(r);
             })?;
     }
-    let mut stop = node.shutdown.subscribe();
+    // A link accepted while the node was stopping ends at once, not when its peer leaves.
     let r = tokio::select! {
         r = done_rx => r.unwrap_or_else(|_| Err(peer!("the sender thread ended"))),
-        _ = stop.changed() => Ok(()),
+        _ = node.stopped() => Ok(()),
     };
     link.dead.store(true, Ordering::SeqCst);
     node.wal_signal.notify();

@@ -67,7 +67,7 @@ pub async fn seed_if_new(
     primary: &str,
     stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
-    if NodeDir::new(config.dir.clone()).has_database() {
+    if NodeDir::on(config.storage.vfs.clone(), config.dir.clone()).has_database() {
         return Ok(());
     }
     let mut backoff = Duration::from_millis(50);
@@ -142,7 +142,7 @@ pub(crate) async fn seed_once(
     // The gate first: once the control file exists the directory opens as a database. (A
     // reseed's directory gets none: the running node keeps its gate in its own directory.)
     if dir_for_gate == config.dir.as_path() {
-        NodeDir::new(config.dir.clone()).store_gate(Some(u64::MAX))?;
+        NodeDir::on(config.storage.vfs.clone(), config.dir.clone()).store_gate(Some(u64::MAX))?;
     }
     tokio::task::spawn_blocking(move || seeder.finish(&epochs)).await??;
     let secs = t0.elapsed().as_secs_f64();

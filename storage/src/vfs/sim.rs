@@ -257,9 +257,11 @@ impl Vfs for SimFs {
         if !st.dirs.contains(dir) {
             return Err(not_found(dir));
         }
+        // Files and subdirectories, as `read_dir` lists them.
         Ok(st
             .names
             .keys()
+            .chain(st.dirs.iter())
             .filter(|p| p.parent() == Some(dir))
             .filter_map(|p| p.file_name()?.to_str().map(str::to_string))
             .collect())
@@ -269,6 +271,20 @@ impl Vfs for SimFs {
         let mut st = self.st.lock();
         st.alive()?;
         st.parent_exists(to)?;
+        if st.dirs.contains(from) {
+            // A directory moves with everything in it, at once and durably (directories are
+            // durable at once here: see the module's documentation).
+            st.tick()?;
+            let moved = |p: &PathBuf| match p.strip_prefix(from) {
+                Ok(rest) if rest.as_os_str().is_empty() => to.to_path_buf(),
+                Ok(rest) => to.join(rest),
+                Err(_) => p.clone(),
+            };
+            st.dirs = st.dirs.iter().map(moved).collect();
+            st.names = st.names.iter().map(|(p, i)| (moved(p), *i)).collect();
+            st.durable = st.durable.iter().map(|(p, i)| (moved(p), *i)).collect();
+            return Ok(());
+        }
         if !st.names.contains_key(from) {
             return Err(not_found(from));
         }
