@@ -93,6 +93,29 @@ pub mod fuzzing {
         }
     }
 
+    /// `rewind_page_list`: the first four bytes are the serving node's page count, the rest
+    /// frames; every `page_list` among them goes into the rewind's list as the serving side
+    /// takes it. The list never holds a page the node lacks, nor more ids than it has pages,
+    /// whatever the peer sends.
+    #[cfg(not(loom))]
+    pub fn rewind_page_list(data: &[u8]) {
+        let Some((head, mut data)) = data.split_first_chunk::<4>() else {
+            return;
+        };
+        let pages_here = u64::from(u32::from_le_bytes(*head));
+        let mut wanted = Vec::new();
+        while let Ok(Some((f, len))) = decode(data) {
+            data = &data[len..];
+            if let Frame::PageList { pages } = f {
+                if crate::rewind::take_page_list(&mut wanted, pages, pages_here).is_err() {
+                    return;
+                }
+                assert!(wanted.iter().all(|&p| p < pages_here));
+                assert!(wanted.len() as u64 <= pages_here);
+            }
+        }
+    }
+
     /// `repl_frame_decode`: frames decoded one after another until an error or the end.
     pub fn frame_decode(mut data: &[u8]) {
         loop {

@@ -103,6 +103,29 @@ pub(crate) async fn rewind_pages(node: &Arc<Node>, primary: &str, fork: Lsn) -> 
     Ok((n_fetched, pages))
 }
 
+/// Ids in a rewind's page list at most (2 GiB of them).
+const MAX_WANTED: usize = 1 << 28;
+
+/// Adds a `page_list` frame's ids to a rewind's list: only pages this node has (`pages_here`)
+/// are kept, and duplicates are dropped once the list outgrows the page count, so the list
+/// never holds more ids than this node has pages (nor more than `MAX_WANTED`), whatever a
+/// peer sends.
+pub(crate) fn take_page_list(
+    wanted: &mut Vec<u64>,
+    pages: Vec<u64>,
+    pages_here: u64,
+) -> Result<()> {
+    wanted.extend(pages.into_iter().filter(|&p| p < pages_here));
+    if wanted.len() as u64 > pages_here {
+        wanted.sort_unstable();
+        wanted.dedup();
+    }
+    if wanted.len() > MAX_WANTED {
+        bail!("page list too long");
+    }
+    Ok(())
+}
+
 /// Primary side of a rewind (`REPLREWIND`): a base backup holding only the pages the node
 /// named and the pages changed here since the fork.
 pub async fn serve_rewind(node: Arc<Node>, sock: Conn, mut buf: BytesMut) -> Result<()> {
@@ -110,24 +133,13 @@ pub async fn serve_rewind(node: Arc<Node>, sock: Conn, mut buf: BytesMut) -> Res
     let (mut rd, mut wr) = tokio::io::split(sock);
     let hello = read_hello(&mut rd, &mut wr, &mut buf).await?;
     let name = hello.name.clone();
-    // Only pages this node has can be sent: others are dropped as they come, and duplicates
-    // once the list outgrows the page count, so the list stays within what this node holds
-    // (and 2^28 ids) whatever the peer sends.
     let pages_here = node.db().stats().page_count;
     let mut wanted: Vec<u64> = Vec::new();
     loop {
         match read_frame(&mut rd, &mut buf).await? {
             Frame::PageList { pages } if pages.is_empty() => break,
-            Frame::PageList { pages } => {
-                wanted.extend(pages.into_iter().filter(|&p| p < pages_here));
-                if wanted.len() as u64 > pages_here {
-                    wanted.sort_unstable();
-                    wanted.dedup();
-                }
-                if wanted.len() > (1 << 28) {
-                    bail!("{name}: page list too long");
-                }
-            }
+            Frame::PageList { pages } => take_page_list(&mut wanted, pages, pages_here)
+                .map_err(|e| e.context(format!("{name}")))?,
             other => bail!("{name}: expected page_list, got {other:?}"),
         }
     }

@@ -320,14 +320,16 @@ impl PageFile {
             if start_new {
                 runs.push((id.0, Vec::with_capacity(PAGE_SIZE)));
             }
+            // The second of a pair of checks (the first ran when the page was built, by the
+            // writer or by redo): a page is whole before it goes to the file, so a bug that
+            // broke it in memory fails this checkpoint (which is then refused until reopen,
+            // the WAL keeping everything) instead of reaching the disk.
+            page::check_structure(&f[..], *id).map_err(|e| {
+                Error::Invariant(format!("a checkpoint would write a broken page: {e}"))
+            })?;
             let bytes = &mut runs.last_mut().expect("a run").1;
             let at = bytes.len();
             bytes.extend_from_slice(&f[..]);
-            assert_eq!(
-                page::header(&bytes[at..]).page_id.get(),
-                id.0,
-                "frame holds another page"
-            );
             page::seal(&mut bytes[at..at + PAGE_SIZE]);
         }
         let ops: Vec<WriteOp<'_>> = runs
