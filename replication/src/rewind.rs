@@ -139,7 +139,7 @@ pub async fn serve_rewind(node: Arc<Node>, sock: Conn, mut buf: BytesMut) -> Res
         match read_frame(&mut rd, &mut buf).await? {
             Frame::PageList { pages } if pages.is_empty() => break,
             Frame::PageList { pages } => take_page_list(&mut wanted, pages, pages_here)
-                .map_err(|e| e.context(format!("{name}")))?,
+                .map_err(|e| e.context(name.clone()))?,
             other => bail!("{name}: expected page_list, got {other:?}"),
         }
     }
