@@ -66,7 +66,19 @@ enum Command {
     },
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // The error and its causes, one line: an expected failure (a damaged log, a port
+            // in use, a bad flag) is not a crash, and gets no backtrace.
+            eprintln!("Error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<()> {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cli.log_level))
@@ -218,6 +230,41 @@ fn open_existing(dir: &PathBuf) -> Result<Db> {
 }
 
 fn check(dir: PathBuf) -> Result<()> {
+    // The log first, read only: opening the database recovers, and recovery cuts the log
+    // back to its last complete record, damage included.
+    if dir.join(storage::CONTROL_FILE).exists() {
+        let w = storage::check_wal(&dir, &Options::default())
+            .with_context(|| format!("reading the WAL in {}", dir.display()))?;
+        if let Some(d) = &w.damage {
+            bail!(
+                "damaged WAL: segment {} ({}), byte offset {}, LSN {}: {}; valid records follow \
+                 from LSN {}, so this is not the tail of a crash and starting the node would \
+                 drop every commit after LSN {}. Keep the directory as it is: copy the data \
+                 from a replica that has this log, or restore from a backup. (After a power \
+                 loss, the tail of one unsynced flush can also look like this; nothing in it \
+                 was acknowledged.)",
+                d.segment,
+                dir.join(storage::WAL_DIR).join(&d.segment).display(),
+                d.offset,
+                d.lsn,
+                d.reason,
+                d.next_valid,
+                w.end
+            );
+        }
+        println!(
+            "wal: {} records ({} commits) from LSN {} to {}{}",
+            w.records,
+            w.commits,
+            w.redo,
+            w.end,
+            if w.discarded {
+                format!("; a torn tail after it ({}) is discarded at start", w.stop)
+            } else {
+                String::new()
+            }
+        );
+    }
     let db = open_existing(&dir)?;
     let r = db.check_integrity().context("integrity check failed")?;
     println!(

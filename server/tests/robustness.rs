@@ -297,3 +297,92 @@ fn a_multi_queue_past_its_bound_is_refused_and_the_transaction_discarded() {
     assert_eq!(n, 0);
     let _: () = cmd("SET").arg("after").arg("1").query(&mut c).unwrap();
 }
+
+/// The newest WAL segment of a stopped node and the end of what was written in it (the
+/// segments are preallocated with zeros).
+fn last_segment(dir: &std::path::Path) -> (std::path::PathBuf, usize) {
+    let mut segs: Vec<_> = std::fs::read_dir(dir.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    segs.sort();
+    let seg = segs.pop().expect("a WAL segment");
+    let bytes = std::fs::read(&seg).unwrap();
+    let end = bytes.iter().rposition(|&b| b != 0).expect("written log") + 1;
+    (seg, end)
+}
+
+fn check(dir: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_replidb"))
+        .args(["check", "--dir"])
+        .arg(dir)
+        .output()
+        .unwrap()
+}
+
+/// Writes keys and SIGKILLs the node: its log holds them, its page file does not.
+fn killed_node_with_keys(dir: &std::path::Path) {
+    let node = Node::start(dir, &[]);
+    let mut c = node.client();
+    let mut p = redis::pipe();
+    for i in 0..3000 {
+        p.cmd("SET")
+            .arg(format!("key:{i:05}"))
+            .arg(format!("value {i}"))
+            .ignore();
+    }
+    let _: () = p.query(&mut c).unwrap();
+    node.kill();
+}
+
+#[test]
+fn check_names_damage_in_the_middle_of_the_wal_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    killed_node_with_keys(dir.path());
+    let (seg, end) = last_segment(dir.path());
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = 512 + (end - 512) / 2;
+    bytes[at] ^= 0xff;
+    std::fs::write(&seg, &bytes).unwrap();
+    let out = check(dir.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "check passed a damaged WAL: {err}");
+    assert!(
+        err.contains("damaged WAL") && err.contains("valid records follow"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&seg.file_name().unwrap().to_string_lossy().to_string()),
+        "{err}"
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("backtrace"),
+        "{err}"
+    );
+    // It changed nothing: the damage and every record after it are still there.
+    assert_eq!(
+        std::fs::read(&seg).unwrap(),
+        bytes,
+        "check modified the log"
+    );
+}
+
+#[test]
+fn check_tells_a_torn_tail_from_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    killed_node_with_keys(dir.path());
+    let (seg, end) = last_segment(dir.path());
+    // The last record cut short, as a crash in the middle of a write leaves it.
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[end - 20..end].fill(0);
+    std::fs::write(&seg, &bytes).unwrap();
+    let out = check(dir.path());
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("torn tail"), "{stdout}");
+    assert!(stdout.contains("ok:"), "{stdout}");
+}

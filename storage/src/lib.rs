@@ -87,3 +87,4 @@ pub use page::{MAX_PAGES, PAGE_SIZE};
 pub use seed::Seeder;
 pub use types::{Lsn, PageId};
 pub use wal::io::{FaultInjector, WalIo};
+pub use wal::verify::{check_wal, WalCheck, WalDamage};

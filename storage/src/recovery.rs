@@ -33,7 +33,28 @@ pub(crate) struct Recovered {
     pub epochs_seen: Vec<(u32, Lsn)>,
 }
 
+/// Where replay stopped: the position of the first record it could not take, why, and
+/// whether what lies there is clean (zeroed, never-written log, or no more segments).
+pub(crate) struct Stopped {
+    pub at: Lsn,
+    pub reason: String,
+    pub clean: bool,
+    /// Records read and commits among them.
+    pub records: u64,
+    pub commits: u64,
+}
+
 pub(crate) fn recover(file: &PageFile, segs: &mut Segments, redo: Lsn) -> Result<Recovered> {
+    replay(Some(file), segs, redo).map(|(r, _)| r)
+}
+
+/// Replays the log from `redo`: with `file`, applies it and truncates what follows the last
+/// complete record (recovery); without, only reads (`check_wal`), changing nothing.
+pub(crate) fn replay(
+    file: Option<&PageFile>,
+    segs: &mut Segments,
+    redo: Lsn,
+) -> Result<(Recovered, Stopped)> {
     let t0 = Instant::now();
     let mut out = Recovered {
         pages: HashMap::new(),
@@ -72,8 +93,10 @@ pub(crate) fn recover(file: &PageFile, segs: &mut Segments, redo: Lsn) -> Result
                     match event {
                         None => {}
                         Some(Event::Commit { records, end, .. }) => {
-                            for rec in &records {
-                                apply(file, &mut out.pages, rec)?;
+                            if let Some(file) = file {
+                                for rec in &records {
+                                    apply(file, &mut out.pages, rec)?;
+                                }
                             }
                             commits += 1;
                             out.end = end;
@@ -106,6 +129,16 @@ pub(crate) fn recover(file: &PageFile, segs: &mut Segments, redo: Lsn) -> Result
         buf_start = pos;
         seg += segs.segment_bytes;
     };
+    let stopped = Stopped {
+        at: Lsn(pos),
+        reason: reason.clone(),
+        clean: tail_is_clean,
+        records,
+        commits,
+    };
+    if file.is_none() {
+        return Ok((out, stopped));
+    }
     let later_segments = present.iter().any(|&s| s > segs.start_of(out.end.0));
     if !tail_is_clean || out.end.0 != pos || later_segments {
         segs.truncate_after(out.end.0)?;
@@ -131,7 +164,43 @@ pub(crate) fn recover(file: &PageFile, segs: &mut Segments, redo: Lsn) -> Result
     } else {
         report!(info);
     }
-    Ok(out)
+    Ok((out, stopped))
+}
+
+/// The first position after `from` where a whole, valid record of that position lies (its
+/// header names that LSN and its checksum holds), searching the segments present. A log
+/// whose replay stopped at `from` and that has one is damaged, not cut: a crash leaves
+/// nothing valid after the tail it tore (but see `WalDamage` on power losses).
+pub(crate) fn next_valid_record(segs: &mut Segments, from: Lsn) -> Result<Option<Lsn>> {
+    let present = segs.list()?;
+    let seg_bytes = segs.segment_bytes;
+    for &seg in present.iter().filter(|&&s| s + seg_bytes > from.0) {
+        // The segment, plus the start of the next (a record may cross into it).
+        let mut buf = vec![0u8; seg_bytes as usize];
+        segs.read_at(seg, seg, &mut buf)?;
+        if present.contains(&(seg + seg_bytes)) {
+            let mut more = vec![0u8; record::MAX_RECORD];
+            segs.read_at(seg + seg_bytes, seg + seg_bytes, &mut more)?;
+            buf.extend_from_slice(&more);
+        }
+        let first = from.0.saturating_add(1).max(seg) - seg;
+        for off in first..seg_bytes {
+            let o = off as usize;
+            // The header's LSN field first: one comparison rejects almost every offset
+            // before a checksum is computed.
+            let Some(field) = buf.get(o + 8..o + 16) else {
+                break;
+            };
+            let q = seg + off;
+            if field != q.to_le_bytes() {
+                continue;
+            }
+            if record::decode(&buf[o..], Lsn(q)).is_ok() {
+                return Ok(Some(Lsn(q)));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Applies one page record from the log to the page it names, loading the page from the

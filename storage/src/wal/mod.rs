@@ -10,6 +10,7 @@ pub(crate) mod batch;
 pub mod io;
 pub mod record;
 pub(crate) mod segment;
+pub mod verify;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,0 +1,82 @@
+//! Reading a stopped database's log without changing it: where replay would stop, and
+//! whether that is the tail a crash tore (nothing valid after it) or damage (valid records
+//! follow). `replidb check` runs this before it opens a database, since opening recovers and
+//! recovery cuts the log back to its last complete record.
+
+use std::path::Path;
+
+use crate::control::Control;
+use crate::db::{Options, WAL_DIR};
+use crate::error::{Error, Result};
+use crate::types::Lsn;
+use crate::wal::segment::{segment_name, Segments, SEGMENT_HEADER};
+
+/// What a read of the log found.
+#[derive(Clone, Debug)]
+pub struct WalCheck {
+    /// Where replay starts (the last checkpoint's redo LSN).
+    pub redo: Lsn,
+    /// The end of the last complete record: where recovery would cut the log.
+    pub end: Lsn,
+    /// Records read, and commits among them.
+    pub records: u64,
+    pub commits: u64,
+    /// Why reading stopped.
+    pub stop: String,
+    /// Whether recovery would discard anything past `end` (a torn tail, or damage).
+    pub discarded: bool,
+    /// Set when valid records follow the point where reading stopped.
+    pub damage: Option<WalDamage>,
+}
+
+/// A record that cannot be read with valid records after it. After a process crash this is
+/// damage (a crash only tears the tail). After a power loss it can also be the tail of one
+/// unsynced flush whose later sectors reached the disk before its earlier ones — nothing in
+/// such a tail was acknowledged.
+#[derive(Clone, Debug)]
+pub struct WalDamage {
+    /// The first record that cannot be read.
+    pub lsn: Lsn,
+    /// Its segment file (name) and the byte offset in it.
+    pub segment: String,
+    pub offset: u64,
+    pub reason: String,
+    /// The first valid record after it.
+    pub next_valid: Lsn,
+}
+
+/// Reads the log of the stopped database in `dir` (on `options.vfs`) and classifies where it
+/// ends. Changes nothing.
+pub fn check_wal(dir: &Path, options: &Options) -> Result<WalCheck> {
+    let vfs = options.vfs.clone();
+    let control = Control::load(&*vfs, dir)?.ok_or_else(|| Error::Incompatible {
+        path: dir.to_path_buf(),
+        reason: "no control file: not a replidb data directory".into(),
+    })?;
+    let mut segs = Segments::new(vfs, &dir.join(WAL_DIR), control.segment_bytes, None);
+    let (rec, stopped) = crate::recovery::replay(None, &mut segs, control.redo_lsn)?;
+    let discarded = !stopped.clean || rec.end != stopped.at;
+    let damage = if stopped.clean {
+        None
+    } else {
+        crate::recovery::next_valid_record(&mut segs, stopped.at)?.map(|next| {
+            let seg = segs.start_of(stopped.at.0);
+            WalDamage {
+                lsn: stopped.at,
+                segment: segment_name(seg),
+                offset: SEGMENT_HEADER + (stopped.at.0 - seg),
+                reason: stopped.reason.clone(),
+                next_valid: next,
+            }
+        })
+    };
+    Ok(WalCheck {
+        redo: control.redo_lsn,
+        end: rec.end,
+        records: stopped.records,
+        commits: stopped.commits,
+        stop: stopped.reason,
+        discarded,
+        damage,
+    })
+}
