@@ -1,7 +1,9 @@
 //! The dispatch a server's connection loop does for replication connections, for nodes that
 //! run without one: over a [`LocalNet`](crate::wire::transport::LocalNet) a connection opens
 //! with one of the four commands `connect_as_replica` sends, and is handed to the role file
-//! that serves it (as PostgreSQL's postmaster hands a connection to a walsender).
+//! that serves it (as PostgreSQL's postmaster hands a connection to a walsender). No `AUTH`
+//! is taken here: nodes in one process need no password (a node configured with
+//! `primary_password` cannot follow over the local transport).
 
 use std::sync::Arc;
 

@@ -107,16 +107,18 @@ pub(crate) async fn rewind_pages(node: &Arc<Node>, primary: &str, fork: Lsn) -> 
 const MAX_WANTED: usize = 1 << 28;
 
 /// Adds a `page_list` frame's ids to a rewind's list: only pages this node has (`pages_here`)
-/// are kept, and duplicates are dropped once the list outgrows the page count, so the list
-/// never holds more ids than this node has pages (nor more than `MAX_WANTED`), whatever a
-/// peer sends.
+/// are kept, and duplicates are dropped once the list is twice the page count, so the list
+/// never holds more than twice as many ids as this node has pages (nor more than
+/// `MAX_WANTED`), whatever a peer sends.
 pub(crate) fn take_page_list(
     wanted: &mut Vec<u64>,
     pages: Vec<u64>,
     pages_here: u64,
 ) -> Result<()> {
     wanted.extend(pages.into_iter().filter(|&p| p < pages_here));
-    if wanted.len() as u64 > pages_here {
+    // Only once it is twice the page count (then it halves at least), so a peer sending many
+    // short lists does not make every one of them a sort of the whole list.
+    if wanted.len() as u64 > 2 * pages_here {
         wanted.sort_unstable();
         wanted.dedup();
     }

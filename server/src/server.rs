@@ -164,12 +164,11 @@ impl Server {
                             });
                             continue;
                         }
-                        sh.stats.connections_now.fetch_add(1, Ordering::Relaxed);
+                        let slot = ClientSlot::take(sh.clone());
                         conns.spawn(async move {
-                            if let Err(e) = connection(sh.clone(), sock).await {
+                            if let Err(e) = connection(slot.0.clone(), sock).await {
                                 tracing::debug!(%peer, error = %e, "connection ended with an error");
                             }
-                            sh.stats.connections_now.fetch_sub(1, Ordering::Relaxed);
                         });
                     }
                     Err(e) => {
@@ -206,6 +205,23 @@ impl Server {
         closed.context("closing the database")?;
         tracing::info!("shutdown complete");
         Ok(())
+    }
+}
+
+/// One of `--maxclients`' slots, given back when the connection's task ends — however it
+/// ends (a panic in a request included).
+struct ClientSlot(Arc<Shared>);
+
+impl ClientSlot {
+    fn take(sh: Arc<Shared>) -> ClientSlot {
+        sh.stats.connections_now.fetch_add(1, Ordering::Relaxed);
+        ClientSlot(sh)
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.stats.connections_now.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

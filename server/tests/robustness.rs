@@ -369,6 +369,19 @@ fn check_names_damage_in_the_middle_of_the_wal_and_changes_nothing() {
 }
 
 #[test]
+fn check_refuses_a_running_node_instead_of_reading_a_log_being_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let mut c = node.client();
+    let _: () = cmd("SET").arg("k").arg("v").query(&mut c).unwrap();
+    let out = check(dir.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "check read a live log: {err}");
+    assert!(err.contains("locked"), "{err}");
+    assert!(!err.contains("damaged"), "{err}");
+}
+
+#[test]
 fn check_tells_a_torn_tail_from_damage() {
     let dir = tempfile::tempdir().unwrap();
     killed_node_with_keys(dir.path());

@@ -47,7 +47,7 @@ impl Seeder {
             dir: dir.to_path_buf(),
             file,
             redo,
-            segment_bytes: options.wal_segment_bytes.max(64 * 1024),
+            segment_bytes: options.wal_segment_bytes.clamp(64 * 1024, 1 << 30),
             written: 0,
         })
     }

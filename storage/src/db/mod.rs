@@ -407,7 +407,7 @@ impl Db {
                 let c = Control {
                     redo_lsn: Lsn(0),
                     checkpoint_lsn: Lsn(0),
-                    segment_bytes: options.wal_segment_bytes.max(64 * 1024),
+                    segment_bytes: options.wal_segment_bytes.clamp(64 * 1024, 1 << 30),
                     node_id: random_u64(),
                     epoch: 1,
                 };

@@ -389,18 +389,21 @@ impl Db {
         let mut ck = inner.ckpt.lock();
         let rs_lock = inner.replica_state().ok_or(Error::NotReplica)?;
         let mut rs = rs_lock.lock();
+        // The next epoch, checked before anything changes: `u32::MAX` is never written (the
+        // log's readers refuse it as no epoch could follow).
+        let epoch = ck
+            .control
+            .epoch
+            .max(inner.writer.lock().epoch)
+            .checked_add(1)
+            .filter(|&e| e < u32::MAX)
+            .ok_or_else(|| Error::Invariant("the epoch counter is exhausted".into()))?;
         let at = rs.applied;
         let dropped = inner.wal.end().0 + rs.carry.len() as u64 - at.0;
         rs.batches.discard_open();
         rs.carry.clear();
         inner.wal.truncate(at)?;
         let mut w = inner.writer.lock();
-        let epoch = ck
-            .control
-            .epoch
-            .max(w.epoch)
-            .checked_add(1)
-            .ok_or_else(|| Error::Invariant("the epoch counter is exhausted".into()))?;
         // Pages last written before the point recovery starts from get a full image at their
         // next change (see `checkpoint`): that point is the replica's restartpoint.
         w.redo_lsn = ck.control.redo_lsn;
@@ -625,14 +628,17 @@ impl Inner {
                 .map_err(|reason| Error::CorruptWal { lsn: end, reason })?,
             None => guard.meta,
         };
-        // A database never shrinks, and grows by about the pages the batch writes (a new
-        // page's first record is its image; twice that, and some, leaves room for pages a
-        // transaction took and freed again): a count outside that is a peer's lie, and would
-        // leave reachable pages past the end or size memory by a number it chose.
+        // A database never shrinks, and grows only by pages the batch writes or names (a
+        // new page's first record is its image): a count outside that is a peer's lie, and
+        // would leave reachable pages past the end or size memory by a number it chose.
+        // A page the batch took and freed again is not written, but its id is named in a
+        // free-list page the batch does write (a trunk holds `TRUNK_CAPACITY` ids): so each
+        // page written accounts for at most that many new ids, and itself.
+        let per_page = crate::freelist::TRUNK_CAPACITY as u64 + 1;
         let most = guard
             .meta
             .page_count
-            .saturating_add(2 * pages.len() as u64 + 16);
+            .saturating_add((pages.len() as u64).saturating_mul(per_page) + 16);
         if meta.page_count < guard.meta.page_count || meta.page_count > most {
             return Err(Error::CorruptWal {
                 lsn: end,

@@ -304,3 +304,35 @@ fn checkpoint_and_epoch_records_from_the_future_are_refused() {
         assert_eq!(replica.apply_lsn().0, bad_at as u64, "{err}");
     }
 }
+
+/// A transaction that takes pages and frees them again (a large value put and deleted in one
+/// batch) grows the page count by pages it never writes: they sit in a free-list page. The
+/// replica's page-count bound must accept it (it once refused such a batch for good).
+#[test]
+fn a_batch_that_takes_and_frees_many_pages_replicates() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let primary = Db::open(dir.path(), opts(false)).expect("open primary");
+    primary.set_wal_retain_from(Some(Lsn(0)));
+    let mut b = WriteBatch::new();
+    b.put("small", "v");
+    primary.commit(&b, Durability::Local).expect("commit");
+    let mut b = WriteBatch::new();
+    b.put("big", vec![7u8; 400 * 1024])
+        .delete("big")
+        .put("after", "x");
+    primary.commit(&b, Durability::Local).expect("commit");
+    let mut log = Vec::new();
+    primary
+        .read_wal(Lsn(0), usize::MAX, &mut log)
+        .expect("read wal");
+    let rdir = tempfile::tempdir().expect("temp dir");
+    let replica = Db::open(rdir.path(), opts(true)).expect("open replica");
+    replica
+        .apply_wal(Lsn(0), &log)
+        .expect("the replica takes the batch");
+    assert_eq!(replica.read().digest(), primary.read().digest());
+    assert!(
+        replica.stats().page_count > 90,
+        "the batch grew the file by the big value's pages"
+    );
+}

@@ -10,8 +10,10 @@
 //!   file created, renamed or removed since is back under its old name, or gone.
 //!
 //! Two simplifications, both in the direction of fewer surprises than a disk could give:
-//! directories themselves (`create_dir_all`, `remove_dir_all`) are durable at once, and a
-//! sync makes a file's whole contents durable (`fdatasync` and `fsync` alike).
+//! directories themselves (`create_dir_all`, `remove_dir_all`, and renaming a directory) are
+//! durable at once, and a sync makes a file's whole contents durable (`fdatasync` and `fsync`
+//! alike). One thing is harsher: two unsynced writes that share a sector are kept or lost
+//! separately, so a sector can come back as a mix of them.
 //!
 //! A cut is planned with [`SimFs::cut_power_after`]: the n-th mutating operation from then
 //! on fails with EIO, and so does every operation after it, reads included (the process is
