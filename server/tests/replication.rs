@@ -718,3 +718,61 @@ fn a_replica_of_a_primary_that_has_written_nothing_serves_reads_at_once() {
     let v: Option<String> = cmd("GET").arg("a").query(&mut c1).unwrap();
     assert_eq!(v.as_deref(), Some("1"));
 }
+
+/// Issue-17's trial: a replica is killed, one byte in the middle of its WAL is flipped, and it
+/// restarts. Its recovery stops at the damage; it must then get the rest again from its
+/// primary and end byte-identical (same DIGEST), with every key — never rejoin with pages
+/// that differ from its primary's.
+#[test]
+fn a_replica_whose_wal_was_damaged_rejoins_byte_identical() {
+    for round in 0..3 {
+        let (pd, d1) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let primary = Node::start(pd.path(), &["--wal-segment-size", "1MiB"]);
+        let addr = format!("127.0.0.1:{}", primary.port);
+        let r1 = Node::start(d1.path(), &["--replicaof", &addr, "--name", "r1"]);
+        let mut p = primary.client();
+        let mut c1 = r1.client();
+        wait_for(20, "link up", || info(&mut c1)["primary_link"] == "up");
+        let mut pipe = redis::pipe();
+        for i in 0..4000 {
+            pipe.cmd("SET")
+                .arg(format!("key:{i:05}"))
+                .arg(format!("value {i} {}", "x".repeat(i % 50)))
+                .ignore();
+        }
+        let _: () = pipe.query(&mut p).unwrap();
+        wait_for(30, "r1 caught up", || caught_up(&mut p, &mut c1));
+        r1.kill();
+        let (seg, end) = common::last_segment(d1.path());
+        let mut bytes = std::fs::read(&seg).unwrap();
+        let at = 512 + (end - 512) * (round + 1) / 4;
+        bytes[at] ^= 0x5a;
+        std::fs::write(&seg, &bytes).unwrap();
+        // The flip is in log the replica's recovery reads (`check` calls it damage).
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_replidb"))
+            .args(["check", "--dir"])
+            .arg(d1.path())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("damaged WAL"),
+            "round {round}: {err}"
+        );
+        let r1 = Node::start(d1.path(), &["--replicaof", &addr, "--name", "r1"]);
+        let mut c1 = r1.client();
+        let _: () = cmd("SET").arg("after").arg("damage").query(&mut p).unwrap();
+        wait_for(30, "r1 caught up after the damage", || {
+            caught_up(&mut p, &mut c1)
+        });
+        let (pdig, rdig): (String, String) = (
+            cmd("DIGEST").query(&mut p).unwrap(),
+            cmd("DIGEST").query(&mut c1).unwrap(),
+        );
+        assert_eq!(
+            pdig, rdig,
+            "round {round}: the replica's pages differ from its primary's"
+        );
+        assert_eq!(everything(&mut c1), everything(&mut p), "round {round}");
+    }
+}

@@ -298,21 +298,6 @@ fn a_multi_queue_past_its_bound_is_refused_and_the_transaction_discarded() {
     let _: () = cmd("SET").arg("after").arg("1").query(&mut c).unwrap();
 }
 
-/// The newest WAL segment of a stopped node and the end of what was written in it (the
-/// segments are preallocated with zeros).
-fn last_segment(dir: &std::path::Path) -> (std::path::PathBuf, usize) {
-    let mut segs: Vec<_> = std::fs::read_dir(dir.join("wal"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
-        .collect();
-    segs.sort();
-    let seg = segs.pop().expect("a WAL segment");
-    let bytes = std::fs::read(&seg).unwrap();
-    let end = bytes.iter().rposition(|&b| b != 0).expect("written log") + 1;
-    (seg, end)
-}
-
 fn check(dir: &std::path::Path) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_replidb"))
         .args(["check", "--dir"])
@@ -340,7 +325,7 @@ fn killed_node_with_keys(dir: &std::path::Path) {
 fn check_names_damage_in_the_middle_of_the_wal_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     killed_node_with_keys(dir.path());
-    let (seg, end) = last_segment(dir.path());
+    let (seg, end) = common::last_segment(dir.path());
     let mut bytes = std::fs::read(&seg).unwrap();
     let at = 512 + (end - 512) / 2;
     bytes[at] ^= 0xff;
@@ -385,7 +370,7 @@ fn check_refuses_a_running_node_instead_of_reading_a_log_being_written() {
 fn check_tells_a_torn_tail_from_damage() {
     let dir = tempfile::tempdir().unwrap();
     killed_node_with_keys(dir.path());
-    let (seg, end) = last_segment(dir.path());
+    let (seg, end) = common::last_segment(dir.path());
     // The last record cut short, as a crash in the middle of a write leaves it.
     let mut bytes = std::fs::read(&seg).unwrap();
     bytes[end - 20..end].fill(0);

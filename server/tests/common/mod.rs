@@ -167,3 +167,18 @@ pub fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// The newest WAL segment of a stopped node and the end of what was written in it (the
+/// segments are preallocated with zeros).
+pub fn last_segment(dir: &std::path::Path) -> (std::path::PathBuf, usize) {
+    let mut segs: Vec<_> = std::fs::read_dir(dir.join("wal"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .collect();
+    segs.sort();
+    let seg = segs.pop().expect("a WAL segment");
+    let bytes = std::fs::read(&seg).unwrap();
+    let end = bytes.iter().rposition(|&b| b != 0).expect("written log") + 1;
+    (seg, end)
+}
