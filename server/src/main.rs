@@ -266,6 +266,18 @@ fn check(dir: PathBuf) -> Result<()> {
         );
     }
     let db = open_existing(&dir)?;
+    // Every damaged page, not only the first a walk of the tree meets.
+    let damaged = db.damaged_pages();
+    if !damaged.is_empty() {
+        for (id, why) in &damaged {
+            eprintln!("damaged page {id}: {why}");
+        }
+        bail!(
+            "{} damaged page(s) in {}: copy the data from a replica, or restore from a backup",
+            damaged.len(),
+            dir.join(storage::PAGE_FILE).display()
+        );
+    }
     let r = db.check_integrity().context("integrity check failed")?;
     println!(
         "ok: {} entries, depth {}, {} pages ({} branch, {} leaf, {} overflow, {} free)",

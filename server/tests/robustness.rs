@@ -384,3 +384,36 @@ fn check_tells_a_torn_tail_from_damage() {
     assert!(stdout.contains("torn tail"), "{stdout}");
     assert!(stdout.contains("ok:"), "{stdout}");
 }
+
+#[test]
+fn check_names_every_damaged_page_not_only_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &[]);
+    let mut c = node.client();
+    let mut p = redis::pipe();
+    for i in 0..3000 {
+        p.cmd("SET")
+            .arg(format!("key:{i:05}"))
+            .arg(format!("value {i}"))
+            .ignore();
+    }
+    let _: () = p.query(&mut c).unwrap();
+    node.signal("TERM");
+    assert!(node.wait_exit().success());
+    // Two pages damaged in the file (a stopped node's pages are all written back).
+    let path = dir.path().join("pages.db");
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert!(bytes.len() >= 8 * 4096, "enough pages for the test");
+    for id in [2usize, 6] {
+        bytes[id * 4096 + 1000] ^= 0x40;
+    }
+    std::fs::write(&path, &bytes).unwrap();
+    let out = check(dir.path());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("damaged page 2:") && err.contains("damaged page 6:"),
+        "{err}"
+    );
+    assert!(err.contains("2 damaged page(s)"), "{err}");
+}

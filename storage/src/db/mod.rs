@@ -653,6 +653,12 @@ impl Db {
     }
 
     /// Checks every invariant of the tree, the free list and the page accounting.
+    /// Every page that fails its checksum or structure checks (see `check_integrity` for the
+    /// tree's invariants, which stops at the first problem).
+    pub fn damaged_pages(&self) -> Vec<(crate::PageId, String)> {
+        self.inner.state.read().damaged_pages()
+    }
+
     pub fn check_integrity(&self) -> Result<IntegrityReport> {
         let g = self.inner.state.read();
         check::check(&*g, &g.meta)
