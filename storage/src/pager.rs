@@ -74,7 +74,13 @@ impl PageSource for Published {
 impl Published {
     /// Installs a batch's pages and meta: the moment the batch becomes visible.
     pub fn install(&mut self, pages: Vec<(PageId, PageArc)>, meta: Meta, last_lsn: Lsn) {
-        let need = meta.page_count as usize;
+        // The frame table grows to the pages installed, not to the page count: a count is a
+        // number a damaged file or a peer can make huge, pages are bytes that were sent.
+        let need = pages
+            .iter()
+            .map(|(id, _)| id.0 as usize + 1)
+            .max()
+            .unwrap_or(0);
         if self.frames.len() < need {
             self.frames.resize_with(need, || None);
         }

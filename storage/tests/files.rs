@@ -261,3 +261,33 @@ fn limits_are_typed_errors() {
         "the big value's pages are free"
     );
 }
+
+/// A meta page that claims the largest page count there is (its checksum made right, as a
+/// damaged-then-resealed file or a hostile base backup could) does not size memory by it: the
+/// database opens without allocating a frame per claimed page, and reads fail cleanly.
+#[test]
+fn a_meta_page_claiming_a_huge_page_count_sizes_nothing_by_it() {
+    use storage::internals::page;
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    db.put(b"k", b"v", Durability::Local).unwrap();
+    db.close().unwrap();
+    let path = dir.path().join(PAGE_FILE);
+    let mut bytes = std::fs::read(&path).unwrap();
+    // page_count: after the 40-byte page header, magic, version, page size and root.
+    bytes[64..72].copy_from_slice(&storage::MAX_PAGES.to_le_bytes());
+    page::seal(&mut bytes[..storage::PAGE_SIZE]);
+    std::fs::write(&path, &bytes).unwrap();
+    match Db::open(dir.path(), Options::default()) {
+        Ok(db) => {
+            // Whatever the reads say, they say it as values or errors.
+            let _ = db.get(b"k");
+            let _ = db.get(b"zzz");
+            assert!(db.stats().page_count == storage::MAX_PAGES);
+        }
+        Err(e) => assert!(
+            matches!(e, Error::Incompatible { .. } | Error::Corrupt { .. }),
+            "{e}"
+        ),
+    }
+}
