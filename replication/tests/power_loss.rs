@@ -184,7 +184,19 @@ fn check_model(
     Ok(())
 }
 
-async fn replica_loses_power(seed: u64) -> Result<(), String> {
+/// A primary holding some writes and a replica seeded from it, each on its own disk.
+struct Pair {
+    rng: StdRng,
+    pfs: SimFs,
+    rfs: SimFs,
+    net: LocalNet,
+    model: BTreeMap<Vec<u8>, Vec<u8>>,
+    nodes: Nodes,
+    p: Arc<Node>,
+    r: Arc<Node>,
+}
+
+async fn pair(seed: u64) -> Result<Pair, String> {
     let mut rng = StdRng::seed_from_u64(seed);
     let (pfs, rfs, net) = (SimFs::new(), SimFs::new(), LocalNet::new());
     let mut model = BTreeMap::new();
@@ -193,6 +205,29 @@ async fn replica_loses_power(seed: u64) -> Result<(), String> {
     let n = rng.gen_range(0..40);
     write(&p, &mut rng, n, &mut model).await;
     let r = nodes.add(start(&rfs, "/r", "r", &net, Some("p")).await?);
+    Ok(Pair {
+        rng,
+        pfs,
+        rfs,
+        net,
+        model,
+        nodes,
+        p,
+        r,
+    })
+}
+
+async fn replica_loses_power(seed: u64) -> Result<(), String> {
+    let Pair {
+        mut rng,
+        pfs: _,
+        rfs,
+        net,
+        mut model,
+        mut nodes,
+        p,
+        r,
+    } = pair(seed).await?;
     rfs.cut_power_after(rng.gen_range(0..80));
     let n = rng.gen_range(20..100);
     write(&p, &mut rng, n, &mut model).await;
@@ -219,14 +254,16 @@ async fn replica_loses_power(seed: u64) -> Result<(), String> {
 }
 
 async fn primary_loses_power(seed: u64) -> Result<(), String> {
-    let mut rng = StdRng::seed_from_u64(seed);
-    let (pfs, rfs, net) = (SimFs::new(), SimFs::new(), LocalNet::new());
-    let mut model = BTreeMap::new();
-    let mut nodes = Nodes::default();
-    let p = nodes.add(start(&pfs, "/p", "p", &net, None).await?);
-    let n = rng.gen_range(0..40);
-    write(&p, &mut rng, n, &mut model).await;
-    let r = nodes.add(start(&rfs, "/r", "r", &net, Some("p")).await?);
+    let Pair {
+        mut rng,
+        pfs,
+        rfs: _,
+        net,
+        mut model,
+        mut nodes,
+        p,
+        r,
+    } = pair(seed).await?;
     pfs.cut_power_after(rng.gen_range(0..300));
     let n = rng.gen_range(20..100);
     let doubt = write(&p, &mut rng, n, &mut model).await;

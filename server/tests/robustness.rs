@@ -306,8 +306,8 @@ fn check(dir: &std::path::Path) -> std::process::Output {
         .unwrap()
 }
 
-/// Writes keys and SIGKILLs the node: its log holds them, its page file does not.
-fn killed_node_with_keys(dir: &std::path::Path) {
+/// A node on `dir` holding 3,000 keys, written in one pipeline.
+fn node_with_keys(dir: &std::path::Path) -> Node {
     let node = Node::start(dir, &[]);
     let mut c = node.client();
     let mut p = redis::pipe();
@@ -318,7 +318,12 @@ fn killed_node_with_keys(dir: &std::path::Path) {
             .ignore();
     }
     let _: () = p.query(&mut c).unwrap();
-    node.kill();
+    node
+}
+
+/// Writes keys and SIGKILLs the node: its log holds them, its page file does not.
+fn killed_node_with_keys(dir: &std::path::Path) {
+    node_with_keys(dir).kill();
 }
 
 #[test]
@@ -388,16 +393,7 @@ fn check_tells_a_torn_tail_from_damage() {
 #[test]
 fn check_names_every_damaged_page_not_only_the_first() {
     let dir = tempfile::tempdir().unwrap();
-    let node = Node::start(dir.path(), &[]);
-    let mut c = node.client();
-    let mut p = redis::pipe();
-    for i in 0..3000 {
-        p.cmd("SET")
-            .arg(format!("key:{i:05}"))
-            .arg(format!("value {i}"))
-            .ignore();
-    }
-    let _: () = p.query(&mut c).unwrap();
+    let node = node_with_keys(dir.path());
     node.signal("TERM");
     assert!(node.wait_exit().success());
     // Two pages damaged in the file (a stopped node's pages are all written back).

@@ -523,8 +523,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_ring_round_that_fails_mid_way_reaps_every_completion_before_it_returns() {
+    /// An empty file in a directory of its own (kept while the guard lives).
+    fn scratch_file() -> (tempfile::TempDir, File) {
         let dir = tempfile::tempdir().unwrap();
         let file = File::options()
             .read(true)
@@ -533,6 +533,12 @@ mod tests {
             .truncate(true)
             .open(dir.path().join("f"))
             .unwrap();
+        (dir, file)
+    }
+
+    #[test]
+    fn a_ring_round_that_fails_mid_way_reaps_every_completion_before_it_returns() {
+        let (_dir, file) = scratch_file();
         let faults = Arc::new(FaultInjector::default());
         let Some(mut ring) = ring(&faults) else {
             return;
@@ -587,14 +593,7 @@ mod tests {
 
     #[test]
     fn a_round_larger_than_the_ring_goes_in_parts_and_lands_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("f"))
-            .unwrap();
+        let (_dir, file) = scratch_file();
         let faults = Arc::new(FaultInjector::default());
         let Some(mut ring) = ring(&faults) else {
             return;
