@@ -28,14 +28,7 @@ pub fn replace_file_in(vfs: &dyn Vfs, dir: &Path, name: &str, bytes: &[u8]) -> i
 
 /// Removes `dir/name` if it exists, durably. Returns whether it existed.
 pub fn remove_file(dir: &Path, name: &str) -> io::Result<bool> {
-    match std::fs::remove_file(dir.join(name)) {
-        Ok(()) => {
-            sync_dir(dir)?;
-            Ok(true)
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
-    }
+    remove_file_in(&RealFs, dir, name)
 }
 
 /// `remove_file` on the file system `vfs`.

@@ -41,19 +41,24 @@ impl PageSource for Published {
     #[inline]
     fn page(&self, id: PageId) -> Result<&[u8]> {
         let i = id.0 as usize;
-        if id.0 < self.meta.page_count {
-            if let Some(Some(f)) = self.frames.get(i) {
-                return Ok(&f[..]);
-            }
-        }
-        if id.0 >= self.meta.page_count || id.0 >= self.mapped_pages {
-            return Err(Error::corrupt(
+        // Past the count, or (below) neither in memory nor in the file.
+        let beyond = || {
+            Error::corrupt(
                 id,
                 format!(
                     "reference beyond the end of the file ({} pages)",
                     self.meta.page_count
                 ),
-            ));
+            )
+        };
+        if id.0 >= self.meta.page_count {
+            return Err(beyond());
+        }
+        if let Some(Some(f)) = self.frames.get(i) {
+            return Ok(&f[..]);
+        }
+        if id.0 >= self.mapped_pages {
+            return Err(beyond());
         }
         let map = match &self.map {
             Some(m) => m,
@@ -185,6 +190,18 @@ impl Published {
 /// The lock file inside a database directory.
 pub const LOCK_FILE: &str = "lock";
 
+/// Takes the exclusive lock of the database directory `dir` (flock on `dir/lock`), held for
+/// as long as the returned guard lives; `Error::Locked` if another process holds it.
+pub(crate) fn lock_dir(vfs: &dyn Vfs, dir: &Path) -> Result<Box<dyn std::any::Any + Send + Sync>> {
+    match vfs.lock(&dir.join(LOCK_FILE)) {
+        Ok(l) => Ok(l),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(Error::Locked {
+            path: dir.to_path_buf(),
+        }),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// The page file on disk.
 pub(crate) struct PageFile {
     file: Box<dyn VFile>,
@@ -202,16 +219,7 @@ impl PageFile {
         // The lock lives on a file of its own that no I/O ring ever touches: a ring's pending
         // references to the page file outlive a killed process for a moment, and would keep
         // a lock on the page file itself held after the process is gone.
-        let lock_path = path.with_file_name(LOCK_FILE);
-        let lock = match vfs.lock(&lock_path) {
-            Ok(l) => l,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                return Err(Error::Locked {
-                    path: path.parent().unwrap_or(path).to_path_buf(),
-                })
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let lock = lock_dir(vfs, path.parent().unwrap_or(path))?;
         let file = vfs.open(path, OpenMode::Create)?;
         let mut len = file.len()?;
         if len % PAGE_SIZE as u64 != 0 {

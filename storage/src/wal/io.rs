@@ -340,53 +340,47 @@ impl Backend for UringBackend {
                 f.check_write()?;
             }
         }
-        // The ring works on descriptors: only files of the operating system can go through it.
+        // The ring works on descriptors: only files of the operating system can go through it
+        // (checked before anything is submitted, without collecting them).
         let fd = |f: &dyn VFile| {
             f.fd()
                 .map(types::Fd)
                 .ok_or_else(|| io::Error::other("io_uring needs files of the operating system"))
         };
-        let write_fds = writes
+        if let Some(e) = writes
             .iter()
-            .map(|w| fd(w.file))
-            .collect::<io::Result<Vec<_>>>()?;
-        let sync_fds = sync
-            .iter()
-            .map(|f| fd(*f))
-            .collect::<io::Result<Vec<_>>>()?;
+            .map(|w| w.file)
+            .chain(sync.iter().copied())
+            .find_map(|f| fd(f).err())
+        {
+            return Err(e);
+        }
+        let write_entry = |w: &WriteOp<'_>| -> io::Result<squeue::Entry> {
+            Ok(
+                opcode::Write::new(fd(w.file)?, w.bytes.as_ptr(), w.bytes.len() as u32)
+                    .offset(w.offset)
+                    .build(),
+            )
+        };
         // Writes go in groups that fit the ring; the last group is linked to the syncs, so the
         // common case (one or two writes, one or two files) is a single submission.
         let per_round = (RING_ENTRIES as usize).saturating_sub(sync.len()).max(1);
-        let mut chunks: Vec<(&[WriteOp<'_>], &[types::Fd])> = writes
-            .chunks(per_round)
-            .zip(write_fds.chunks(per_round))
-            .collect();
-        let (last, last_fds) = chunks.pop().unwrap_or((&[], &[]));
-        for (chunk, fds) in chunks {
-            let entries: Vec<_> = chunk
+        let mut chunks: Vec<&[WriteOp<'_>]> = writes.chunks(per_round).collect();
+        let last = chunks.pop().unwrap_or(&[]);
+        for chunk in chunks {
+            let mut entries = chunk
                 .iter()
-                .zip(fds)
-                .map(|(w, fd)| {
-                    opcode::Write::new(*fd, w.bytes.as_ptr(), w.bytes.len() as u32)
-                        .offset(w.offset)
-                        .build()
-                })
-                .collect();
-            let mut entries = entries;
+                .map(write_entry)
+                .collect::<io::Result<Vec<_>>>()?;
             let res = self.run(&mut entries, &[], None)?;
             finish_writes(chunk, &res)?;
         }
         let mut entries = Vec::with_capacity(last.len() + sync.len());
-        for (w, fd) in last.iter().zip(last_fds) {
-            entries.push(
-                opcode::Write::new(*fd, w.bytes.as_ptr(), w.bytes.len() as u32)
-                    .offset(w.offset)
-                    .build()
-                    .flags(squeue::Flags::IO_LINK),
-            );
+        for w in last {
+            entries.push(write_entry(w)?.flags(squeue::Flags::IO_LINK));
         }
-        for (j, fd) in sync_fds.iter().enumerate() {
-            let mut e = opcode::Fsync::new(*fd)
+        for (j, f) in sync.iter().enumerate() {
+            let mut e = opcode::Fsync::new(fd(*f)?)
                 .flags(types::FsyncFlags::DATASYNC)
                 .build();
             if j + 1 < sync.len() {

@@ -51,15 +51,7 @@ pub fn check_wal(dir: &Path, options: &Options) -> Result<WalCheck> {
     let vfs = options.vfs.clone();
     // Held for the whole read: a running node's flusher writing meanwhile would make a record
     // being written look like damage with the records written after it.
-    let _lock = match vfs.lock(&dir.join(crate::pager::LOCK_FILE)) {
-        Ok(l) => l,
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-            return Err(Error::Locked {
-                path: dir.to_path_buf(),
-            })
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let _lock = crate::pager::lock_dir(&*vfs, dir)?;
     let control = Control::load(&*vfs, dir)?.ok_or_else(|| Error::Incompatible {
         path: dir.to_path_buf(),
         reason: "no control file: not a replidb data directory".into(),
