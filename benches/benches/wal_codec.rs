@@ -28,7 +28,7 @@ fn sample_log() -> Vec<u8> {
             record::encode_page_delta(&mut buf, lsn, 1, PageId(100 + p), &runs);
         }
         let lsn = Lsn(buf.len() as u64);
-        record::encode_commit(&mut buf, lsn, 1, 0, 21);
+        record::encode_commit(&mut buf, lsn, 1, 0, 21, Lsn(0));
     }
     buf
 }
@@ -67,8 +67,16 @@ fn codec(c: &mut Criterion) {
                     record::Body::Commit {
                         timestamp_us,
                         page_records,
+                        synced,
                     } => {
-                        record::encode_commit(&mut out, rec.lsn, 1, timestamp_us, page_records);
+                        record::encode_commit(
+                            &mut out,
+                            rec.lsn,
+                            1,
+                            timestamp_us,
+                            page_records,
+                            synced,
+                        );
                     }
                     _ => {}
                 }

@@ -84,6 +84,9 @@ pub struct Node {
     pub rewinds: AtomicU64,
     /// Replica: reseeds from a base backup since start.
     pub reseeds: AtomicU64,
+    /// Replica: databases opened since start whose damaged WAL recovery cut off (the rest
+    /// is refetched from the primary).
+    pub wal_repairs: AtomicU64,
     /// Primary: the retention floor last warned about.
     pub retention_warned: Mutex<Lsn>,
     /// Replica: whether the link to the primary is up, and the primary's flush LSN last heard.
@@ -135,6 +138,7 @@ impl Node {
             last_join: Mutex::new(String::new()),
             rewinds: AtomicU64::new(0),
             reseeds: AtomicU64::new(0),
+            wal_repairs: AtomicU64::new(0),
             retention_warned: Mutex::new(Lsn(0)),
             link_up: AtomicBool::new(false),
             primary_flush: AtomicU64::new(0),
@@ -143,8 +147,17 @@ impl Node {
             flush_times: Default::default(),
             config,
         };
+        node.note_opened(&node.db());
         node.attach(&node.db());
         node
+    }
+
+    /// Counts a database whose damaged WAL its recovery cut off (`wal_repairs`).
+    fn note_opened(&self, db: &Db) {
+        if let Some(d) = db.wal_damage_cut() {
+            self.wal_repairs.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(damage = %d, resume_from = db.apply_lsn().0, "WAL repair: the damaged log was cut; the rest comes again from the primary");
+        }
     }
 
     /// Resolves once the node stops — at once if it has already (a task that starts after
@@ -162,6 +175,7 @@ impl Node {
 
     /// Puts `db` in place of the running database; returns the old one.
     pub(crate) fn replace_db(&self, db: Db) -> Arc<Db> {
+        self.note_opened(&db);
         self.attach(&db);
         let old = std::mem::replace(&mut *self.db_slot.write(), Arc::new(db));
         self.db_gen.fetch_add(1, Ordering::Release);

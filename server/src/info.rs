@@ -110,11 +110,12 @@ pub fn render(sh: &Shared, section: Option<&str>) -> String {
                     let _ =
                         write!(
                         o,
-                        "primary_addr:{p}\r\nprimary_link:{}\r\nlag_bytes:{lag}\r\nlag_ms:{}\r\nreseeds:{}\r\nrewinds:{}\r\n",
+                        "primary_addr:{p}\r\nprimary_link:{}\r\nlag_bytes:{lag}\r\nlag_ms:{}\r\nreseeds:{}\r\nrewinds:{}\r\nwal_repairs:{}\r\n",
                         if sh.node.link_up.load(Ordering::Relaxed) { "up" } else { "down" },
                         sh.node.replica_lag_ms(),
                         sh.node.reseeds.load(Ordering::Relaxed),
-                        sh.node.rewinds.load(Ordering::Relaxed)
+                        sh.node.rewinds.load(Ordering::Relaxed),
+                        sh.node.wal_repairs.load(Ordering::Relaxed)
                     );
                 }
                 let role = sh.node.role.get();

@@ -51,12 +51,18 @@ enum Command {
     /// The commit-latency benchmark: starts a primary and replicas (or drives --target) and
     /// measures commits/s and latency percentiles per durability mode and client count.
     Bench(replidb_server::bench::BenchArgs),
-    /// Check every page and invariant of a stopped node's data directory. Exits non-zero
-    /// and names the damaged page if anything is wrong.
+    /// Check a stopped node's data directory: its WAL (damage, not only a torn tail), every
+    /// page's checksum and every invariant of the tree. Exits non-zero naming each damaged
+    /// WAL record and page.
     Check {
         /// Data directory.
         #[arg(long)]
         dir: PathBuf,
+        /// Cut the WAL at damage and keep what precedes it, losing every commit after it —
+        /// for when no replica or backup holds the log (with one, start this node as its
+        /// replica instead: it then takes the rest from it).
+        #[arg(long)]
+        cut_wal_at_damage: bool,
     },
     /// Print counters of a stopped node's data directory.
     Stats {
@@ -92,7 +98,10 @@ fn run() -> Result<()> {
         Command::Serve(args) => serve(Config::resolve(args)?, None),
         Command::Demo { dir, port } => demo(dir, port),
         Command::Bench(args) => replidb_server::bench::run(args),
-        Command::Check { dir } => check(dir),
+        Command::Check {
+            dir,
+            cut_wal_at_damage,
+        } => check(dir, cut_wal_at_damage),
         Command::Stats { dir } => stats(dir),
     }
 }
@@ -218,7 +227,7 @@ fn runtime_builder(default: usize) -> tokio::runtime::Builder {
     b
 }
 
-fn open_existing(dir: &PathBuf) -> Result<Db> {
+fn open_existing(dir: &PathBuf, options: Options) -> Result<Db> {
     if !dir.join(storage::PAGE_FILE).exists() {
         bail!(
             "{} holds no replidb data ({} is missing)",
@@ -226,29 +235,47 @@ fn open_existing(dir: &PathBuf) -> Result<Db> {
             storage::PAGE_FILE
         );
     }
-    Db::open(dir, Options::default()).with_context(|| format!("opening {}", dir.display()))
+    Db::open(dir, options).with_context(|| format!("opening {}", dir.display()))
 }
 
-fn check(dir: PathBuf) -> Result<()> {
-    // The log first, read only: opening the database recovers, and recovery cuts the log
-    // back to its last complete record, damage included.
+fn check(dir: PathBuf, cut_wal_at_damage: bool) -> Result<()> {
+    // The log first, read only: opening the database recovers, and recovery cuts a torn
+    // tail (and, on a replica or when told to, damage).
+    let mut options = Options::default();
     if dir.join(storage::CONTROL_FILE).exists() {
         let w = storage::check_wal(&dir, &Options::default())
             .with_context(|| format!("reading the WAL in {}", dir.display()))?;
         if let Some(d) = &w.damage {
-            bail!(
-                "damaged WAL: segment {} ({}), byte offset {}, LSN {}: {}; valid records follow \
-                 from LSN {}, so this is not the tail of a crash and starting the node would \
-                 drop every commit after LSN {}. Keep the directory as it is: copy the data \
-                 from a replica that has this log, or restore from a backup. (After a power \
-                 loss, the tail of one unsynced flush can also look like this; nothing in it \
-                 was acknowledged.)",
-                d.segment,
-                dir.join(storage::WAL_DIR).join(&d.segment).display(),
-                d.offset,
-                d.lsn,
-                d.reason,
-                d.next_valid,
+            eprintln!(
+                "damaged WAL record: {} (file {})",
+                d,
+                dir.join(storage::WAL_DIR).join(&d.segment).display()
+            );
+            if !cut_wal_at_damage {
+                bail!(
+                    "the WAL in {} is damaged at LSN {}; starting this node as a primary is \
+                     refused. Keep the directory as it is and get the log from a copy: promote \
+                     a replica that has it and start this node with --replicaof pointing at it \
+                     (it cuts the damaged log and takes the rest from there), or restore from \
+                     a backup. With no copy anywhere, `replidb check --dir {} \
+                     --cut-wal-at-damage` keeps the log up to LSN {} and loses every commit \
+                     after it.",
+                    dir.display(),
+                    d.lsn,
+                    dir.display(),
+                    w.end
+                );
+            }
+            options.truncate_damaged_wal = true;
+            println!(
+                "cutting the WAL at LSN {}: the commits after it are lost",
+                w.end
+            );
+        } else if let Some(next) = w.unproven_after {
+            println!(
+                "wal: valid records follow the end at LSN {} (from LSN {next}), but none was \
+                 written after the log was synced past it: the torn tail of an unsynced flush \
+                 (a power loss), discarded at start; nothing in it was acknowledged",
                 w.end
             );
         }
@@ -265,7 +292,7 @@ fn check(dir: PathBuf) -> Result<()> {
             }
         );
     }
-    let db = open_existing(&dir)?;
+    let db = open_existing(&dir, options)?;
     // Every damaged page, not only the first a walk of the tree meets.
     let damaged = db.damaged_pages();
     if !damaged.is_empty() {
@@ -293,7 +320,7 @@ fn check(dir: PathBuf) -> Result<()> {
 }
 
 fn stats(dir: PathBuf) -> Result<()> {
-    let db = open_existing(&dir)?;
+    let db = open_existing(&dir, Options::default())?;
     let s = db.stats();
     println!("entries:{}", s.entries);
     println!("page_count:{}", s.page_count);

@@ -71,6 +71,19 @@ impl Server {
             move || Db::open(&dir, options)
         })
         .await?
+        .map_err(|e| match e {
+            storage::Error::WalDamaged(d) => anyhow::anyhow!(
+                "{d}. Refusing to start as a primary: cutting the log there would drop those \
+                 commits. Ways out: if a replica has this log, promote it (REPLICAOF NO ONE) and \
+                 start this node with --replicaof pointing at it (it cuts the damaged log and \
+                 takes the rest from there); with no copy anywhere, `replidb check --dir {dir}` \
+                 lists the damage and `replidb check --dir {dir} --cut-wal-at-damage` keeps the \
+                 log up to LSN {lsn}, losing every commit after it",
+                dir = config.dir.display(),
+                lsn = d.lsn,
+            ),
+            e => anyhow::Error::new(e),
+        })
         .with_context(|| format!("opening the database in {}", config.dir.display()))?;
         let listener = TcpListener::bind((config.bind.as_str(), config.port))
             .await

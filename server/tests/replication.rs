@@ -761,6 +761,8 @@ fn a_replica_whose_wal_was_damaged_rejoins_byte_identical() {
         );
         let r1 = Node::start(d1.path(), &["--replicaof", &addr, "--name", "r1"]);
         let mut c1 = r1.client();
+        // Its recovery cut the log at the damage (said in INFO); the rest comes again.
+        assert_eq!(info(&mut c1)["wal_repairs"], "1", "round {round}");
         let _: () = cmd("SET").arg("after").arg("damage").query(&mut p).unwrap();
         wait_for(30, "r1 caught up after the damage", || {
             caught_up(&mut p, &mut c1)

@@ -41,6 +41,9 @@ pub enum Error {
         reason: String,
     },
 
+    #[error("{0}")]
+    WalDamaged(Box<crate::wal::verify::WalDamage>),
+
     #[error(
         "disk full: {0}; the commit is not acknowledged, and writes resume once space is freed"
     )]

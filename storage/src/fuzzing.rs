@@ -228,7 +228,7 @@ pub fn replica_apply(data: &[u8]) {
                 } else {
                     in_batch
                 };
-                record::encode_commit(&mut log, at, 1, 0, count);
+                record::encode_commit(&mut log, at, 1, 0, count, Lsn(input.u64() % (at.0 + 1)));
                 in_batch = 0;
             }
             4 => {

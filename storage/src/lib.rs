@@ -61,6 +61,9 @@ pub mod internals {
     pub mod record {
         pub use crate::wal::record::*;
     }
+    pub mod segment {
+        pub use crate::wal::segment::{segment_name, SEGMENT_HEADER};
+    }
 }
 mod le;
 mod node;

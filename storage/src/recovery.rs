@@ -3,9 +3,17 @@
 //! Records are replayed a batch at a time, assembled by `wal::batch` (the same rules a
 //! replica applies with): a batch's page records are held until its commit record is read, so
 //! a batch cut short by the crash is never half applied. Replay stops at the first record that
-//! is cut short, fails its checksum or breaks a batch rule (or at zeroed, never-written log); the log is truncated there — zeroed to the end of its segment, later segments
-//! deleted — so nothing after that point can ever be read as a record again.
-
+//! is cut short, fails its checksum or breaks a batch rule (or at zeroed, never-written log).
+//!
+//! Where it stopped is then classified (docs/wal.md, "Torn tail or damage"):
+//! - a **torn tail**: nothing valid follows, or what follows is no proof that the bad record
+//!   was ever synced (a power loss can keep later sectors of an unsynced flush and lose
+//!   earlier ones). Nothing in it was acknowledged; the log is cut there — zeroed to the end
+//!   of its segment, later segments deleted — so nothing after it is ever read again;
+//! - **damage**: a valid commit record after it says the log had been synced past the bad
+//!   record when it was written (`synced_lsn`). Acknowledged commits may lie beyond it, so
+//!   the log is never cut silently: a primary refuses to open ([`Error::WalDamaged`]), a
+//!   replica (`OnDamage::Truncate`) cuts it and refetches the rest from its primary.
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -16,6 +24,8 @@ use crate::types::{Lsn, PageId};
 use crate::wal::batch::{Assembler, Event, PageRecord, Stop};
 use crate::wal::record;
 use crate::wal::segment::Segments;
+use crate::wal::segment::{segment_name, SEGMENT_HEADER};
+use crate::wal::verify::WalDamage;
 
 pub(crate) struct Recovered {
     /// Pages changed by replay, in their replayed state (checksum field zero).
@@ -31,6 +41,18 @@ pub(crate) struct Recovered {
     /// Epoch records replayed (epoch, LSN): a crash may have come between one and the
     /// epochs and control files that record it.
     pub epochs_seen: Vec<(u32, Lsn)>,
+    /// Damage found and cut off (only with `OnDamage::Truncate`).
+    pub damage_cut: Option<WalDamage>,
+}
+
+/// What recovery does with damage (valid, synced log after a bad record).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum OnDamage {
+    /// Refuse to open: acknowledged commits may lie past it, and this node has nowhere to
+    /// get them from.
+    Refuse,
+    /// Cut the log there (a replica: it refetches the rest from its primary).
+    Truncate,
 }
 
 /// Where replay stopped: the position of the first record it could not take, why, and
@@ -42,16 +64,27 @@ pub(crate) struct Stopped {
     /// Records read and commits among them.
     pub records: u64,
     pub commits: u64,
+    /// Valid log after `at` that proves the bad record had been synced.
+    pub damage: Option<WalDamage>,
+    /// The first valid record after `at` when it proves nothing (a torn tail of a flush
+    /// whose later sectors reached the disk before its earlier ones).
+    pub unproven_after: Option<Lsn>,
 }
 
-pub(crate) fn recover(file: &PageFile, segs: &mut Segments, redo: Lsn) -> Result<Recovered> {
-    replay(Some(file), segs, redo).map(|(r, _)| r)
+pub(crate) fn recover(
+    file: &PageFile,
+    segs: &mut Segments,
+    redo: Lsn,
+    on_damage: OnDamage,
+) -> Result<Recovered> {
+    replay(Some((file, on_damage)), segs, redo).map(|(r, _)| r)
 }
 
 /// Replays the log from `redo`: with `file`, applies it and truncates what follows the last
-/// complete record (recovery); without, only reads (`check_wal`), changing nothing.
+/// complete record (recovery) unless that is damage to refuse; without, only reads
+/// (`check_wal`), changing nothing.
 pub(crate) fn replay(
-    file: Option<&PageFile>,
+    file: Option<(&PageFile, OnDamage)>,
     segs: &mut Segments,
     redo: Lsn,
 ) -> Result<(Recovered, Stopped)> {
@@ -62,6 +95,7 @@ pub(crate) fn replay(
         last_commit_end: None,
         last_checkpoint_redo: None,
         epochs_seen: Vec::new(),
+        damage_cut: None,
     };
     let present = segs.list()?;
     let mut pos = redo.0;
@@ -93,7 +127,7 @@ pub(crate) fn replay(
                     match event {
                         None => {}
                         Some(Event::Commit { records, end, .. }) => {
-                            if let Some(file) = file {
+                            if let Some((file, _)) = file {
                                 for rec in &records {
                                     apply(file, &mut out.pages, rec)?;
                                 }
@@ -129,20 +163,43 @@ pub(crate) fn replay(
         buf_start = pos;
         seg += segs.segment_bytes;
     };
+    // Zeroes to the end of the segment and no later segment: nothing can follow.
+    let later_segments = present.iter().any(|&s| s > segs.start_of(pos));
+    let (damage, unproven_after) = if tail_is_clean && !later_segments {
+        (None, None)
+    } else {
+        classify(segs, Lsn(pos), &reason)?
+    };
     let stopped = Stopped {
         at: Lsn(pos),
         reason: reason.clone(),
         clean: tail_is_clean,
         records,
         commits,
+        damage,
+        unproven_after,
     };
-    if file.is_none() {
+    let Some((_, on_damage)) = file else {
         return Ok((out, stopped));
+    };
+    if let Some(d) = &stopped.damage {
+        match on_damage {
+            OnDamage::Refuse => return Err(Error::WalDamaged(Box::new(d.clone()))),
+            OnDamage::Truncate => {
+                tracing::error!(damage = %d, "WAL damaged: cutting the log at the damage");
+                out.damage_cut = Some(d.clone());
+            }
+        }
+    } else if let Some(next) = stopped.unproven_after {
+        tracing::warn!(at = pos, next_valid = next.0, stop = %reason, "valid records follow the end of the log, but none says the log was synced past it: the tail of an unsynced flush torn by a power loss; discarded");
     }
     let later_segments = present.iter().any(|&s| s > segs.start_of(out.end.0));
     if !tail_is_clean || out.end.0 != pos || later_segments {
         segs.truncate_after(out.end.0)?;
     }
+    // What recovery kept may never have been synced (a process crash leaves it in the page
+    // cache): sync it before new commits say, in their `synced_lsn`, that it was.
+    segs.sync_range(redo.0, out.end.0)?;
     let quiet = commits == 0 && batches.open_records() == 0 && tail_is_clean;
     macro_rules! report {
         ($lvl:ident) => {
@@ -201,6 +258,69 @@ pub(crate) fn next_valid_record(segs: &mut Segments, from: Lsn) -> Result<Option
         }
     }
     Ok(None)
+}
+
+/// Classifies the log after a stop at `at`: damage (a valid commit record after it says the
+/// log was synced past `at` when it was written), or a torn tail — with the first valid
+/// record after `at`, if any, when it proves nothing.
+fn classify(
+    segs: &mut Segments,
+    at: Lsn,
+    reason: &str,
+) -> Result<(Option<WalDamage>, Option<Lsn>)> {
+    let Some(first) = next_valid_record(segs, at)? else {
+        return Ok((None, None));
+    };
+    let mut pos = first;
+    let mut buf = vec![0u8; record::MAX_RECORD];
+    loop {
+        // Walk the chain of valid records from `pos`; where it breaks, search again.
+        let n = read_stream(segs, pos, &mut buf)?;
+        match record::decode(&buf[..n], pos) {
+            Ok((rec, len)) => {
+                if let record::Body::Commit { synced, .. } = rec.body {
+                    if synced > at {
+                        let seg = segs.start_of(at.0);
+                        return Ok((
+                            Some(WalDamage {
+                                lsn: at,
+                                segment: segment_name(seg),
+                                offset: SEGMENT_HEADER + (at.0 - seg),
+                                reason: reason.to_string(),
+                                next_valid: first,
+                                proof: pos,
+                                synced,
+                            }),
+                            None,
+                        ));
+                    }
+                }
+                pos = Lsn(pos.0 + len as u64);
+            }
+            Err(_) => match next_valid_record(segs, pos)? {
+                Some(next) => pos = next,
+                None => return Ok((None, Some(first))),
+            },
+        }
+    }
+}
+
+/// Reads the stream bytes from `from` into `buf` (up to its length, across a segment
+/// boundary, stopping where the segments present end); returns how many were read.
+fn read_stream(segs: &mut Segments, from: Lsn, buf: &mut [u8]) -> Result<usize> {
+    let present = segs.list()?;
+    let mut done = 0usize;
+    while done < buf.len() {
+        let at = from.0 + done as u64;
+        let seg = segs.start_of(at);
+        if !present.contains(&seg) {
+            break;
+        }
+        let n = ((seg + segs.segment_bytes - at) as usize).min(buf.len() - done);
+        segs.read_at(seg, at, &mut buf[done..done + n])?;
+        done += n;
+    }
+    Ok(done)
 }
 
 /// Applies one page record from the log to the page it names, loading the page from the

@@ -117,7 +117,7 @@ fn a_torn_tail_is_cut_off_cleanly() {
 }
 
 #[test]
-fn a_corrupt_record_stops_recovery_there() {
+fn a_corrupt_record_with_synced_log_after_it_is_refused_or_cut_on_request() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path(), opts(WalIo::Auto)).unwrap();
     let lsns = commit_n(&db, 0, 100);
@@ -133,7 +133,20 @@ fn a_corrupt_record_stops_recovery_there() {
     f.read_exact_at(&mut b, off).unwrap();
     f.write_all_at(&[b[0] ^ 0xff], off).unwrap();
     drop(f);
-    let db = Db::open(dir.path(), opts(WalIo::Auto)).unwrap();
+    // Forty acknowledged commits follow it: that is damage, not a torn tail.
+    match Db::open(dir.path(), opts(WalIo::Auto)) {
+        Err(storage::Error::WalDamaged(d)) => assert_eq!(d.lsn, lsns[59]),
+        Err(e) => panic!("expected WalDamaged, got {e}"),
+        Ok(_) => panic!("opened a log damaged before forty synced commits"),
+    }
+    let db = Db::open(
+        dir.path(),
+        Options {
+            truncate_damaged_wal: true,
+            ..opts(WalIo::Auto)
+        },
+    )
+    .unwrap();
     assert_present(&db, 0..60);
     for i in 60..100 {
         assert_eq!(
@@ -309,8 +322,11 @@ proptest! {
                     expect.push((lsn, *epoch, Some(*page), runs));
                 }
                 2 => {
-                    record::encode_commit(&mut buf, lsn, *epoch, *page, bytes.len() as u32);
-                    expect.push((lsn, *epoch, None, page.to_le_bytes().to_vec()));
+                    let synced = Lsn(lsn.0 / 2);
+                    record::encode_commit(&mut buf, lsn, *epoch, *page, bytes.len() as u32, synced);
+                    let mut p = page.to_le_bytes().to_vec();
+                    p.extend_from_slice(&synced.0.to_le_bytes());
+                    expect.push((lsn, *epoch, None, p));
                 }
                 _ => {
                     record::encode_checkpoint(&mut buf, lsn, *epoch, Lsn(*page));
@@ -327,7 +343,11 @@ proptest! {
             match rec.body {
                 Body::PageImage { image, .. } => prop_assert_eq!(image, &payload[..]),
                 Body::PageDelta { runs, .. } => prop_assert_eq!(runs, &payload[..]),
-                Body::Commit { timestamp_us, .. } => prop_assert_eq!(timestamp_us.to_le_bytes().to_vec(), payload),
+                Body::Commit { timestamp_us, synced, .. } => {
+                    let mut got = timestamp_us.to_le_bytes().to_vec();
+                    got.extend_from_slice(&synced.0.to_le_bytes());
+                    prop_assert_eq!(got, payload)
+                }
                 Body::Checkpoint { redo_lsn } => prop_assert_eq!(redo_lsn.0.to_le_bytes().to_vec(), payload),
                 Body::EpochChange { .. } => prop_assert!(false),
             }

@@ -191,6 +191,11 @@ pub struct Options {
     /// Open as a replica: no local writes; the log grows only by [`Db::apply_wal`] with the
     /// primary's bytes, and checkpoints restart from the primary's checkpoint records.
     pub replica: bool,
+    /// Cut the log at WAL damage instead of refusing to open (a replica always does: it
+    /// refetches the rest from its primary). For an operator who has no copy of the log
+    /// anywhere and accepts losing the commits after the damage (`replidb check
+    /// --cut-wal-at-damage`).
+    pub truncate_damaged_wal: bool,
     /// Fault injection for tests of I/O error handling.
     #[doc(hidden)]
     pub faults: Option<Arc<FaultInjector>>,
@@ -208,6 +213,7 @@ impl Default for Options {
             wal_segment_bytes: 16 << 20,
             wal_io: WalIo::Auto,
             replica: false,
+            truncate_damaged_wal: false,
             faults: None,
             vfs: Arc::new(RealFs),
         }
@@ -323,6 +329,8 @@ struct Inner {
     bg_cv: Condvar,
     /// Batches waiting for the committer that applies them (see `Inner::commit_grouped`).
     queue: Mutex<CommitQueue>,
+    /// WAL damage recovery cut off at open (a replica: it refetches the rest).
+    wal_damage_cut: Option<crate::WalDamage>,
     /// Reads WAL segments for `read_wal` (its own open files).
     wal_reader: Mutex<Segments>,
     /// A replica's stream position (idle on a primary).
@@ -428,7 +436,13 @@ impl Db {
             options.faults.clone(),
         );
         segs.remove_leftovers()?;
-        let rec = recovery::recover(&file, &mut segs, control.redo_lsn)?;
+        let on_damage = if options.replica || options.truncate_damaged_wal {
+            recovery::OnDamage::Truncate
+        } else {
+            recovery::OnDamage::Refuse
+        };
+        let rec = recovery::recover(&file, &mut segs, control.redo_lsn, on_damage)?;
+        let wal_damage_cut = rec.damage_cut.clone();
         let replayed = !rec.pages.is_empty();
         // The pages reflect the log through its last complete record.
         let last_lsn = rec.end;
@@ -494,6 +508,7 @@ impl Db {
             checkpoints: AtomicU64::new(0),
             file_bytes: AtomicU64::new(file_bytes),
             checkpoint_io,
+            wal_damage_cut,
         });
         // A crash may have come between an epoch record and the files that record it (or
         // between the epochs file and the control file): the log and the history win.
@@ -652,13 +667,19 @@ impl Db {
         self.inner.checkpoint()
     }
 
-    /// Checks every invariant of the tree, the free list and the page accounting.
+    /// WAL damage that recovery cut off when this replica opened (a primary refuses to open
+    /// instead: `Error::WalDamaged`). The log past it is refetched from the primary.
+    pub fn wal_damage_cut(&self) -> Option<&crate::WalDamage> {
+        self.inner.wal_damage_cut.as_ref()
+    }
+
     /// Every page that fails its checksum or structure checks (see `check_integrity` for the
     /// tree's invariants, which stops at the first problem).
     pub fn damaged_pages(&self) -> Vec<(crate::PageId, String)> {
         self.inner.state.read().damaged_pages()
     }
 
+    /// Checks every invariant of the tree, the free list and the page accounting.
     pub fn check_integrity(&self) -> Result<IntegrityReport> {
         let g = self.inner.state.read();
         check::check(&*g, &g.meta)
@@ -933,7 +954,17 @@ impl Inner {
             };
             lsn += len as u64;
         }
-        let len = record::encode_commit(scratch, Lsn(lsn), *epoch, now_us(), pages.len() as u32);
+        // The commit vouches for everything synced before it: after a crash, a damaged record
+        // before that point is damage, not a torn tail (recovery.rs).
+        let synced = self.wal.flushed();
+        let len = record::encode_commit(
+            scratch,
+            Lsn(lsn),
+            *epoch,
+            now_us(),
+            pages.len() as u32,
+            synced,
+        );
         lsn += len as u64;
         // A `Local` committer flushes (or joins a flush) itself; `Off` leaves it to the
         // background flusher.

@@ -175,6 +175,7 @@ impl Assembler {
             Body::Commit {
                 timestamp_us,
                 page_records,
+                ..
             } => {
                 if page_records as usize != self.pending.len() {
                     return Err(Stop::Misplaced(format!(
@@ -248,7 +249,7 @@ mod tests {
 
     fn commit(out: &mut Vec<u8>, count: u32) -> usize {
         let lsn = Lsn(out.len() as u64);
-        record::encode_commit(out, lsn, 1, 7, count)
+        record::encode_commit(out, lsn, 1, 7, count, Lsn(0))
     }
 
     fn checkpoint(out: &mut Vec<u8>) -> usize {
@@ -379,7 +380,7 @@ mod tests {
         assert!(r.push(&s, Lsn(at as u64)).is_ok());
         // Its commit still closes the batch that is within the limit.
         s.clear();
-        record::encode_commit(&mut s, Lsn(at as u64), 1, 0, MAX_BATCH_PAGES as u32);
+        record::encode_commit(&mut s, Lsn(at as u64), 1, 0, MAX_BATCH_PAGES as u32, Lsn(0));
         assert!(matches!(
             a.push(&s, Lsn(at as u64)),
             Ok((_, Some(Event::Commit { .. })))

@@ -15,7 +15,10 @@
 //!
 //! page image    the page's 4096 bytes (checksum and page_lsn fields zero)
 //! page delta    runs: offset u16 | len u16 | bytes   (until the payload ends)
-//! commit        timestamp_us u64 | page_records u32
+//! commit        timestamp_us u64 | page_records u32 | synced_lsn u64
+//!               (synced_lsn: how far the writer's log was durable when it wrote this
+//!               record — proof, after a crash, that every byte before it had been synced;
+//!               logs of format 1 have 12-byte commits, read as synced_lsn 0)
 //! checkpoint    redo_lsn u64
 //! epoch change  epoch u32 | reserved u32
 //! ```
@@ -36,6 +39,8 @@ pub const RECORD_HEADER: usize = 32;
 /// The largest record: a page image (a delta larger than a page is logged as an image).
 pub const MAX_RECORD: usize = RECORD_HEADER + PAGE_SIZE;
 const DELTA_RUN_HEADER: usize = 4;
+/// A commit's payload: timestamp_us u64 | page_records u32 | synced_lsn u64.
+const COMMIT_PAYLOAD: usize = 20;
 /// Runs separated by fewer unchanged bytes than this are merged (a run header costs 4).
 const DELTA_MERGE_GAP: usize = 8;
 
@@ -99,6 +104,8 @@ pub enum Body<'a> {
     Commit {
         timestamp_us: u64,
         page_records: u32,
+        /// Everything before this LSN was durable on the writer when it wrote the record.
+        synced: Lsn,
     },
     Checkpoint {
         redo_lsn: Lsn,
@@ -190,12 +197,23 @@ pub fn decode(buf: &[u8], lsn: Lsn) -> Result<(Record<'_>, usize), DecodeError> 
             }
         }
         RecordKind::Commit => {
-            if payload.len() != 12 {
-                return Err(bad("payload is not 12 bytes"));
+            if payload.len() != COMMIT_PAYLOAD && payload.len() != 12 {
+                return Err(bad("payload is neither 20 nor 12 bytes"));
+            }
+            let synced = match payload.get(12..20) {
+                Some(b) => u64::from_le_bytes(b.try_into().expect("8 bytes")),
+                None => 0,
+            };
+            // Synced bytes lie before the record that says so.
+            if synced > lsn.0 {
+                return Err(bad(&format!(
+                    "claims the log synced to {synced}, past itself"
+                )));
             }
             Body::Commit {
                 timestamp_us: u64::from_le_bytes(payload[..8].try_into().expect("8 bytes")),
                 page_records: u32::from_le_bytes(payload[8..12].try_into().expect("4 bytes")),
+                synced: Lsn(synced),
             }
         }
         RecordKind::Checkpoint => {
@@ -291,16 +309,20 @@ pub fn encode_page_image(
     encode(out, lsn, epoch, RecordKind::PageImage, page, &[image])
 }
 
+/// Encodes a commit record. `synced`: how far the log is durable now (at most `lsn`).
 pub fn encode_commit(
     out: &mut Vec<u8>,
     lsn: Lsn,
     epoch: u32,
     timestamp_us: u64,
     page_records: u32,
+    synced: Lsn,
 ) -> usize {
-    let mut p = [0u8; 12];
+    debug_assert!(synced <= lsn);
+    let mut p = [0u8; COMMIT_PAYLOAD];
     p[..8].copy_from_slice(&timestamp_us.to_le_bytes());
-    p[8..].copy_from_slice(&page_records.to_le_bytes());
+    p[8..12].copy_from_slice(&page_records.to_le_bytes());
+    p[12..].copy_from_slice(&synced.0.min(lsn.0).to_le_bytes());
     encode(out, lsn, epoch, RecordKind::Commit, PageId::NONE, &[&p])
 }
 

@@ -28,7 +28,7 @@ const VERSION: u32 = 1;
 /// How many obsolete segments are kept (renamed) for reuse instead of deleted.
 const SPARES: usize = 2;
 
-pub(crate) fn segment_name(start: u64) -> String {
+pub fn segment_name(start: u64) -> String {
     format!("{start:016x}.wal")
 }
 
@@ -176,6 +176,20 @@ impl Segments {
             self.open.insert(start, f);
         }
         Ok(&**self.open.get(&start).expect("just inserted"))
+    }
+
+    /// Syncs the segments present that hold stream bytes in `[from, to)`.
+    pub fn sync_range(&mut self, from: u64, to: u64) -> io::Result<()> {
+        if to <= from {
+            return Ok(());
+        }
+        let (first, last) = (self.start_of(from), self.start_of(to - 1));
+        for s in self.list()? {
+            if (first..=last).contains(&s) {
+                self.ensure(s)?.sync_data()?;
+            }
+        }
+        Ok(())
     }
 
     /// Closes the files of segments before the one holding `lsn` (the writer moves forward).

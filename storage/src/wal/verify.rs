@@ -9,7 +9,7 @@ use crate::control::Control;
 use crate::db::{Options, WAL_DIR};
 use crate::error::{Error, Result};
 use crate::types::Lsn;
-use crate::wal::segment::{segment_name, Segments, SEGMENT_HEADER};
+use crate::wal::segment::Segments;
 
 /// What a read of the log found.
 #[derive(Clone, Debug)]
@@ -25,15 +25,17 @@ pub struct WalCheck {
     pub stop: String,
     /// Whether recovery would discard anything past `end` (a torn tail, or damage).
     pub discarded: bool,
-    /// Set when valid records follow the point where reading stopped.
+    /// Set when valid records follow the point where reading stopped and prove it damage.
     pub damage: Option<WalDamage>,
+    /// The first valid record after the stop when it proves nothing: the torn tail of an
+    /// unsynced flush (a power loss kept later sectors, lost earlier ones).
+    pub unproven_after: Option<Lsn>,
 }
 
-/// A record that cannot be read with valid records after it. After a process crash this is
-/// damage (a crash only tears the tail). After a power loss it can also be the tail of one
-/// unsynced flush whose later sectors reached the disk before its earlier ones — nothing in
-/// such a tail was acknowledged.
-#[derive(Clone, Debug)]
+/// A record that cannot be read, with a valid commit record after it that was written when
+/// the log had already been synced past it: the bad record had been durable, so this is
+/// damage (not a torn tail), and commits acknowledged after it may lie beyond.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WalDamage {
     /// The first record that cannot be read.
     pub lsn: Lsn,
@@ -43,6 +45,28 @@ pub struct WalDamage {
     pub reason: String,
     /// The first valid record after it.
     pub next_valid: Lsn,
+    /// The commit record that proves the damage, and how far it says the log was synced.
+    pub proof: Lsn,
+    pub synced: Lsn,
+}
+
+impl std::fmt::Display for WalDamage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "WAL damaged at LSN {} (segment {}, byte offset {}): {}; valid records follow from \
+             LSN {}, and the commit record at LSN {} was written when the log was synced \
+             through LSN {}, so the damaged bytes had been durable and acknowledged commits \
+             may lie past them",
+            self.lsn,
+            self.segment,
+            self.offset,
+            self.reason,
+            self.next_valid,
+            self.proof,
+            self.synced
+        )
+    }
 }
 
 /// Reads the log of the stopped database in `dir` (on `options.vfs`) and classifies where it
@@ -59,20 +83,6 @@ pub fn check_wal(dir: &Path, options: &Options) -> Result<WalCheck> {
     let mut segs = Segments::new(vfs, &dir.join(WAL_DIR), control.segment_bytes, None);
     let (rec, stopped) = crate::recovery::replay(None, &mut segs, control.redo_lsn)?;
     let discarded = !stopped.clean || rec.end != stopped.at;
-    let damage = if stopped.clean {
-        None
-    } else {
-        crate::recovery::next_valid_record(&mut segs, stopped.at)?.map(|next| {
-            let seg = segs.start_of(stopped.at.0);
-            WalDamage {
-                lsn: stopped.at,
-                segment: segment_name(seg),
-                offset: SEGMENT_HEADER + (stopped.at.0 - seg),
-                reason: stopped.reason.clone(),
-                next_valid: next,
-            }
-        })
-    };
     Ok(WalCheck {
         redo: control.redo_lsn,
         end: rec.end,
@@ -80,6 +90,7 @@ pub fn check_wal(dir: &Path, options: &Options) -> Result<WalCheck> {
         commits: stopped.commits,
         stop: stopped.reason,
         discarded,
-        damage,
+        damage: stopped.damage,
+        unproven_after: stopped.unproven_after,
     })
 }
