@@ -117,5 +117,50 @@ mod tests {
             check(3, h3, Lsn(2500), 2, H2, Lsn(2100)),
             Verdict::Diverged { fork: Lsn(2000) }
         );
+        // 8. The primary restarted after an unclean stop and resumed epoch 2 at 1400, the
+        //    end it recovered (it may have lost log past it that a replica received): a
+        //    node without the resume that stopped at or before 1400 streams (it receives the
+        //    resume record); one past 1400 holds log the primary lost and is diverged there,
+        //    even when the primary has since written past the node's end.
+        let resumed = &[(2, Lsn(1000)), (2, Lsn(1400))];
+        assert_eq!(
+            check(2, resumed, Lsn(3000), 2, H2, Lsn(1400)),
+            Verdict::Stream
+        );
+        assert_eq!(
+            check(2, resumed, Lsn(3000), 2, H2, Lsn(1450)),
+            Verdict::Diverged { fork: Lsn(1400) }
+        );
+        // 9. A node that has the resume too streams.
+        assert_eq!(
+            check(2, resumed, Lsn(3000), 2, resumed, Lsn(2000)),
+            Verdict::Stream
+        );
+        // 10. Resumes do not raise the epoch: a node promoted to 3 elsewhere still fences a
+        //     primary of epoch 2, however often it restarted.
+        let many = &[(2, Lsn(1000)), (2, Lsn(1400)), (2, Lsn(1800))];
+        assert_eq!(
+            check(
+                2,
+                many,
+                Lsn(3000),
+                3,
+                &[(2, Lsn(1000)), (3, Lsn(1300))],
+                Lsn(1350)
+            ),
+            Verdict::PrimaryStale {
+                node_epoch: 3,
+                primary_epoch: 2
+            }
+        );
+        // 11. Epoch 1 resumed (no promotion yet): the same rule.
+        assert_eq!(
+            check(1, &[(1, Lsn(700))], Lsn(900), 1, &[], Lsn(800)),
+            Verdict::Diverged { fork: Lsn(700) }
+        );
+        assert_eq!(
+            check(1, &[(1, Lsn(700))], Lsn(900), 1, &[], Lsn(650)),
+            Verdict::Stream
+        );
     }
 }

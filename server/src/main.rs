@@ -235,6 +235,11 @@ fn open_existing(dir: &PathBuf, options: Options) -> Result<Db> {
             storage::PAGE_FILE
         );
     }
+    // Inspecting a directory leaves a pending epoch resume to the node's next start.
+    let options = Options {
+        resume_epoch_after_crash: false,
+        ..options
+    };
     Db::open(dir, options).with_context(|| format!("opening {}", dir.display()))
 }
 

@@ -778,3 +778,86 @@ fn a_replica_whose_wal_was_damaged_rejoins_byte_identical() {
         assert_eq!(everything(&mut c1), everything(&mut p), "round {round}");
     }
 }
+
+/// SPEC: a primary that restarts after an unclean stop starts a new epoch entry at its
+/// recovered end, so a replica holding log the primary's disk lost is rewound, never mixed.
+/// The primary is SIGKILLed with its replica caught up, the tail of its WAL is cut (what a
+/// power loss does to an unsynced tail), and it restarts and writes more than it lost before
+/// the replica reconnects — the case where streaming from the replica's position would read
+/// the primary's new log from the middle of a record, or splice two logs.
+#[test]
+fn a_replica_holding_log_its_primary_lost_is_rewound_not_mixed() {
+    let (pd, d1) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let primary = Node::start(pd.path(), &["--wal-segment-size", "1MiB"]);
+    let addr = format!("127.0.0.1:{}", primary.port);
+    let r1 = Node::start(d1.path(), &["--replicaof", &addr, "--name", "r1"]);
+    let mut p = primary.client();
+    let mut c1 = r1.client();
+    wait_for(20, "link up", || info(&mut c1)["primary_link"] == "up");
+    for i in 0..300 {
+        let _: () = cmd("SET")
+            .arg(format!("a:{i:04}"))
+            .arg(format!("first {i}"))
+            .query(&mut p)
+            .unwrap();
+    }
+    wait_for(30, "r1 caught up", || caught_up(&mut p, &mut c1));
+    let held = lsn_field(&mut c1, "flush_lsn");
+    primary.kill();
+    let (seg, end) = common::last_segment(pd.path());
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let cut = end - (end - 512) / 3;
+    bytes[cut..end].fill(0);
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let primary = Node::start(pd.path(), &["--wal-segment-size", "1MiB"]);
+    let mut p = primary.client();
+    let pi = info(&mut p);
+    let recovered = lsn_field(&mut p, "flush_lsn");
+    assert!(
+        recovered < held,
+        "the primary lost log: {recovered} < {held}"
+    );
+    assert!(
+        pi["epoch_history"].starts_with("1@"),
+        "the restart resumed epoch 1 at its recovered end: {:?}",
+        pi["epoch_history"]
+    );
+    assert_eq!(pi["epoch"], "1", "a resume is not a promotion");
+    for i in 0..300 {
+        let _: () = cmd("SET")
+            .arg(format!("b:{i:04}"))
+            .arg(format!("second {i} {}", "y".repeat(40)))
+            .query(&mut p)
+            .unwrap();
+    }
+    assert!(
+        lsn_field(&mut p, "flush_lsn") > held,
+        "the primary wrote past what the replica holds"
+    );
+    let _: () = cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(primary.port)
+        .query(&mut c1)
+        .unwrap();
+    wait_for(30, "r1 caught up with the restarted primary", || {
+        caught_up(&mut p, &mut c1)
+    });
+    let ri = info(&mut c1);
+    assert!(
+        ri["last_join"].starts_with("rewound"),
+        "the replica was not rewound: {:?}",
+        ri["last_join"]
+    );
+    assert_eq!(ri["epoch_history"], info(&mut p)["epoch_history"]);
+    let (pdig, rdig): (String, String) = (
+        cmd("DIGEST").query(&mut p).unwrap(),
+        cmd("DIGEST").query(&mut c1).unwrap(),
+    );
+    assert_eq!(pdig, rdig, "the replica's pages differ from its primary's");
+    assert_eq!(everything(&mut c1), everything(&mut p));
+}
+
+fn lsn_field(c: &mut redis::Connection, field: &str) -> u64 {
+    info(c)[field].parse().unwrap()
+}

@@ -12,7 +12,11 @@
 //! +32 segment_bytes   u64  WAL segment size, fixed when the database is created
 //! +40 node_id         u64  random, chosen at creation
 //! +48 epoch           u32  the current epoch (timeline), 1 at creation
-//! +52 reserved        [u8; 12]
+//! +52 flags           u8   bit 0 OPEN: set while a process has the database open (found
+//!                          set at open: the last run did not close cleanly); bit 1
+//!                          RESUME_PENDING: an unclean stop has not yet been followed by a
+//!                          resumed epoch (see `Db::open`)
+//! +53 reserved        [u8; 11]
 //! ```
 
 use crate::vfs::Vfs;
@@ -33,7 +37,14 @@ pub struct Control {
     pub segment_bytes: u64,
     pub node_id: u64,
     pub epoch: u32,
+    /// `FLAG_OPEN` | `FLAG_RESUME_PENDING`.
+    pub flags: u8,
 }
+
+/// Set while a process has the database open.
+pub const FLAG_OPEN: u8 = 1;
+/// An unclean stop of a primary not yet followed by a resumed epoch.
+pub const FLAG_RESUME_PENDING: u8 = 2;
 
 impl Control {
     pub fn encode(&self) -> [u8; SIZE] {
@@ -45,6 +56,7 @@ impl Control {
         b[32..40].copy_from_slice(&self.segment_bytes.to_le_bytes());
         b[40..48].copy_from_slice(&self.node_id.to_le_bytes());
         b[48..52].copy_from_slice(&self.epoch.to_le_bytes());
+        b[52] = self.flags;
         let crc = crc32c::crc32c(&b[4..]);
         b[..4].copy_from_slice(&crc.to_le_bytes());
         b
@@ -68,6 +80,7 @@ impl Control {
             segment_bytes: u64_at(32),
             node_id: u64_at(40),
             epoch: u32_at(48),
+            flags: b[52] & (FLAG_OPEN | FLAG_RESUME_PENDING),
         };
         if c.epoch == 0 {
             return Err("epoch 0".into());
@@ -130,17 +143,36 @@ pub(crate) fn load_epochs(vfs: &dyn Vfs, dir: &Path) -> Result<Vec<(u32, Lsn)>> 
         };
         let e: u32 = e.parse().map_err(|_| bad("an epoch is not a number"))?;
         let l: u64 = l.parse().map_err(|_| bad("an LSN is not a number"))?;
-        if out.last().is_some_and(|(pe, pl)| *pe >= e || pl.0 > l) || e < 2 {
-            return Err(bad(
-                "epochs must grow from 2 on, their LSNs must not shrink",
-            ));
-        }
         out.push((e, Lsn(l)));
         if out.len() > MAX_EPOCHS {
             return Err(bad("more epochs than a history holds"));
         }
     }
+    check_history(&out).map_err(|why| bad(&why))?;
     Ok(out)
+}
+
+/// Whether `h` can be an epoch history: entries after epoch 1's implicit `(1, 0)`, each
+/// either a new epoch (a promotion: a greater number, from 2 up to `u32::MAX - 1`) or the
+/// same epoch resumed at a later LSN (a primary's restart after an unclean stop); LSNs never
+/// shrink; at most `MAX_EPOCHS` entries.
+pub fn check_history(h: &[(u32, Lsn)]) -> std::result::Result<(), String> {
+    if h.len() > MAX_EPOCHS {
+        return Err(format!("{} epochs, more than a history holds", h.len()));
+    }
+    let mut prev = (1u32, Lsn(0));
+    for &(e, l) in h {
+        let grows = e > prev.0 || (e == prev.0 && l > prev.1);
+        if !grows || l < prev.1 || e == u32::MAX {
+            return Err(format!(
+                "entry {e}@{l} after {}@{}: epochs must grow (or an epoch resume at a later \
+                 LSN), LSNs must not shrink",
+                prev.0, prev.1
+            ));
+        }
+        prev = (e, l);
+    }
+    Ok(())
 }
 
 /// Replaces the epochs file (write, sync, rename, sync the directory).
@@ -151,4 +183,39 @@ pub(crate) fn store_epochs(vfs: &dyn Vfs, dir: &Path, epochs: &[(u32, Lsn)]) -> 
     }
     crate::durable::replace_file_in(vfs, dir, EPOCHS_FILE, text.as_bytes())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histories_grow_by_promotion_or_resume() {
+        let ok = |h: &[(u32, u64)]| {
+            let h: Vec<(u32, Lsn)> = h.iter().map(|&(e, l)| (e, Lsn(l))).collect();
+            check_history(&h).is_ok()
+        };
+        assert!(ok(&[]));
+        assert!(ok(&[(2, 100), (3, 200)]));
+        assert!(ok(&[(1, 50), (2, 100), (2, 150), (3, 150)]));
+        assert!(!ok(&[(1, 0)]), "epoch 1 starts at 0 already");
+        assert!(!ok(&[(0, 10)]), "no epoch 0");
+        assert!(!ok(&[(3, 100), (2, 200)]), "epochs never shrink");
+        assert!(!ok(&[(2, 100), (2, 100)]), "a resume is at a later LSN");
+        assert!(!ok(&[(2, 200), (3, 100)]), "LSNs never shrink");
+        assert!(!ok(&[(u32::MAX, 1)]), "no epoch could follow");
+    }
+
+    #[test]
+    fn the_flags_survive_encoding() {
+        let c = Control {
+            redo_lsn: Lsn(1),
+            checkpoint_lsn: Lsn(2),
+            segment_bytes: 1 << 20,
+            node_id: 7,
+            epoch: 3,
+            flags: FLAG_OPEN | FLAG_RESUME_PENDING,
+        };
+        assert_eq!(Control::decode(&c.encode()), Ok(c));
+    }
 }

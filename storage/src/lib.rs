@@ -79,7 +79,7 @@ pub mod vfs;
 mod wal;
 
 pub use check::IntegrityReport;
-pub use control::{CONTROL_FILE, EPOCHS_FILE, MAX_EPOCHS};
+pub use control::{check_history, CONTROL_FILE, EPOCHS_FILE, MAX_EPOCHS};
 pub use db::{
     Db, Durability, Durable, Entry, Options, Range, ReadTxn, ReplicaProgress, ReplicaSync, Stats,
     TxnRange, WriteBatch, WriteTxn, PAGE_FILE, WAL_DIR,

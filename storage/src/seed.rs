@@ -84,6 +84,7 @@ impl Seeder {
             segment_bytes: self.segment_bytes,
             node_id: crate::db::random_node_id(),
             epoch: epochs.last().map_or(1, |(e, _)| *e),
+            flags: 0,
         };
         c.store(&*self.vfs, &self.dir)
     }

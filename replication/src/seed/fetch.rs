@@ -34,9 +34,8 @@ pub(crate) async fn read_snapshot_begin<R: AsyncReadExt + Unpin>(
             bail!("the primary's backup starts its log at LSN {redo_lsn}, past any log ({MAX_LSN})")
         }
         Frame::SnapshotBegin { epochs, .. }
-            if epochs
-                .iter()
-                .any(|&(e, l)| e < 2 || e == u32::MAX || l.0 > MAX_LSN) =>
+            if storage::check_history(&epochs).is_err()
+                || epochs.iter().any(|&(_, l)| l.0 > MAX_LSN) =>
         {
             bail!("the primary's backup carries an impossible epoch history: {epochs:?}")
         }

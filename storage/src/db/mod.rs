@@ -196,6 +196,10 @@ pub struct Options {
     /// anywhere and accepts losing the commits after the damage (`replidb check
     /// --cut-wal-at-damage`).
     pub truncate_damaged_wal: bool,
+    /// A primary opened after an unclean stop resumes its epoch at the recovered end (see
+    /// `Db::open`); off only for tools that inspect a directory (`replidb check`), which
+    /// leave that to the node's next start.
+    pub resume_epoch_after_crash: bool,
     /// Fault injection for tests of I/O error handling.
     #[doc(hidden)]
     pub faults: Option<Arc<FaultInjector>>,
@@ -214,6 +218,7 @@ impl Default for Options {
             wal_io: WalIo::Auto,
             replica: false,
             truncate_damaged_wal: false,
+            resume_epoch_after_crash: true,
             faults: None,
             vfs: Arc::new(RealFs),
         }
@@ -418,6 +423,7 @@ impl Db {
                     segment_bytes: options.wal_segment_bytes.clamp(64 * 1024, 1 << 30),
                     node_id: random_u64(),
                     epoch: 1,
+                    flags: 0,
                 };
                 c.store(&*vfs, &dir)?;
                 c
@@ -517,12 +523,25 @@ impl Db {
             let mut seen = rec.epochs_seen.clone();
             seen.extend(inner.epochs.lock().last().copied());
             for (e, at) in seen {
-                if e > ck.control.epoch {
-                    inner.enter_epoch(&mut ck, e, at)?;
-                }
+                inner.enter_epoch(&mut ck, e, at)?;
             }
             let mut w = inner.writer.lock();
             w.epoch = w.epoch.max(ck.control.epoch);
+        }
+        // A primary that did not close cleanly may have lost log it had already shipped (a
+        // power loss takes the unsynced tail): it resumes its epoch at the recovered end, so
+        // a replica holding more is rewound at the handshake, never mixed (docs/replication.md).
+        {
+            use crate::control::{FLAG_OPEN, FLAG_RESUME_PENDING};
+            let mut ck = inner.ckpt.lock();
+            let mut pending =
+                !inner.options.replica && ck.control.flags & (FLAG_OPEN | FLAG_RESUME_PENDING) != 0;
+            if pending && inner.options.resume_epoch_after_crash {
+                inner.resume_epoch(&mut ck)?;
+                pending = false;
+            }
+            ck.control.flags = FLAG_OPEN | if pending { FLAG_RESUME_PENDING } else { 0 };
+            ck.control.store(&*inner.options.vfs, &inner.dir)?;
         }
         if replayed {
             // Make the replayed pages durable now, so the next crash does not replay them.
@@ -742,7 +761,15 @@ impl Db {
             Ok(())
         };
         let r2 = self.inner.wal.shutdown();
-        r.and(r2)
+        let r3 = if r.is_ok() && r2.is_ok() {
+            // Closed cleanly: the next open has nothing to resume.
+            let mut ck = self.inner.ckpt.lock();
+            ck.control.flags &= !crate::control::FLAG_OPEN;
+            ck.control.store(&*self.inner.options.vfs, &self.inner.dir)
+        } else {
+            Ok(())
+        };
+        r.and(r2).and(r3)
     }
 }
 
@@ -764,25 +791,71 @@ impl Inner {
     }
 
     /// Records that this node's log entered `epoch` at `start` (an epoch record was
-    /// appended or received): the epochs file first, then the control file.
+    /// appended or received): the epochs file first, then the control file. An epoch
+    /// record of the current epoch at a later LSN than the epoch's last entry resumes it
+    /// (a primary's restart after an unclean stop). Records already in the history, and
+    /// older epochs, change nothing.
     fn enter_epoch(&self, ck: &mut Checkpointer, epoch: u32, start: Lsn) -> Result<()> {
-        if epoch <= ck.control.epoch {
+        if epoch < ck.control.epoch {
             return Ok(());
         }
         let mut h = self.epochs.lock();
-        h.retain(|(e, _)| *e < epoch);
+        if epoch == ck.control.epoch {
+            let last = h
+                .iter()
+                .rev()
+                .find(|(e, _)| *e == epoch)
+                .map(|(_, l)| *l)
+                .unwrap_or(Lsn(0));
+            if start <= last {
+                return Ok(());
+            }
+        }
+        h.retain(|&(e, l)| e < epoch || (e == epoch && l < start));
         if h.len() >= crate::control::MAX_EPOCHS {
             return Err(Error::Invariant(format!(
                 "epoch {epoch} would make the epoch history longer than {} epochs",
                 crate::control::MAX_EPOCHS
             )));
         }
+        let resumed = epoch == ck.control.epoch;
         h.push((epoch, start));
         crate::control::store_epochs(&*self.options.vfs, &self.dir, &h)?;
         ck.control.epoch = epoch;
+        // A new epoch (or a resumed one) is what a pending resume waited for.
+        ck.control.flags &= !crate::control::FLAG_RESUME_PENDING;
         ck.control.store(&*self.options.vfs, &self.dir)?;
-        tracing::info!(epoch, start = start.0, "entered a new epoch");
+        if resumed {
+            tracing::info!(epoch, start = start.0, "resumed the epoch at a new point");
+        } else {
+            tracing::info!(epoch, start = start.0, "entered a new epoch");
+        }
         Ok(())
+    }
+
+    /// Resumes the current epoch at the end of the log: an epoch record naming the epoch
+    /// it is in, synced and recorded in the history. After a primary's unclean stop (see
+    /// `Db::open`): its history now parts at this point from any replica's that holds log
+    /// past it, so the handshake rewinds that replica instead of streaming into it.
+    fn resume_epoch(&self, ck: &mut Checkpointer) -> Result<()> {
+        let w = self.writer.lock();
+        let epoch = w.epoch;
+        let at = self.wal.end();
+        let mut buf = Vec::with_capacity(64);
+        record::encode_epoch_change(&mut buf, at, epoch, epoch);
+        let end = self.wal.append(at, &buf, false)?;
+        self.wal.wait_flushed(end)?;
+        {
+            let mut g = self.state.write();
+            g.last_lsn = g.last_lsn.max(end);
+        }
+        drop(w);
+        tracing::warn!(
+            epoch,
+            at = at.0,
+            "the last run did not stop cleanly: resuming the epoch at the recovered end, so a replica that holds log this node lost is rewound, not mixed"
+        );
+        self.enter_epoch(ck, epoch, at)
     }
 
     /// Applies a batch, logs it and publishes it; returns its end LSN (not yet durable).

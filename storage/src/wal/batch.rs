@@ -208,8 +208,10 @@ impl Assembler {
                 if !self.pending.is_empty() {
                     return Err(misplaced("epoch change record"));
                 }
-                // Epochs start at 1; the last value could never be followed by a promotion.
-                if epoch < 2 || epoch == u32::MAX {
+                // Epochs start at 1 (a record naming the epoch it is in resumes it after a
+                // primary's unclean stop); the last value could never be followed by a
+                // promotion.
+                if epoch == 0 || epoch == u32::MAX {
                     return Err(Stop::Invalid(format!(
                         "epoch change record at LSN {lsn} names epoch {epoch}"
                     )));
