@@ -405,3 +405,107 @@ fn wal_applied_without_a_sync_is_synced_before_pages_and_before_promotion() {
     assert!(content(&again) == before);
     again.check_integrity().unwrap();
 }
+
+/// Damages page `id` of a stopped database's page file (bytes in its middle).
+fn damage_page(dir: &std::path::Path, id: u64) {
+    let path = dir.join(PAGE_FILE);
+    let mut b = std::fs::read(&path).unwrap();
+    let at = id as usize * PAGE_SIZE + 2000;
+    for x in &mut b[at..at + 16] {
+        *x ^= 0x5a;
+    }
+    std::fs::write(&path, b).unwrap();
+}
+
+/// A page with entries in it (a leaf or branch), found by reading it back from the file.
+fn some_tree_page(db: &Db) -> u64 {
+    let pages = db.stats().page_count;
+    (pages / 2..pages)
+        .find(|&i| {
+            let mut out = Vec::new();
+            db.read_current_pages(i, 1, &mut out);
+            matches!(out[4], 2 | 3) // kind: branch or leaf (page.rs)
+        })
+        .expect("a tree page")
+}
+
+#[test]
+fn a_replica_repairs_a_damaged_page_from_its_primary_which_is_ahead() {
+    let (pd, rd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+    let primary = Db::open(pd.path(), opts(false)).unwrap();
+    primary.set_wal_retain_from(Some(Lsn(0)));
+    let replica = Db::open(rd.path(), opts(true)).unwrap();
+    write_load(&primary, &mut rng, 200);
+    // A checkpoint last, so the replica's restart replays no page over the damage.
+    primary.checkpoint().unwrap();
+    catch_up(&primary, &replica, &mut rng);
+    let id = some_tree_page(&replica);
+    replica.close().unwrap();
+    damage_page(rd.path(), id);
+    let replica = Db::open(rd.path(), opts(true)).unwrap();
+    assert!(replica.page_damage(storage::PageId(id)).is_some());
+    // The primary moves on; the replica takes the page as the primary has it now.
+    write_load(&primary, &mut rng, 50);
+    let (at, image) = primary.pages_for_peer(&[id]).unwrap();
+    assert!(at > replica.apply_lsn(), "the primary is ahead");
+    let from = replica
+        .install_repaired_page(storage::PageId(id), &image, at)
+        .unwrap();
+    assert_eq!(
+        from, at,
+        "consistent once the replica's replay reaches the peer's LSN"
+    );
+    assert!(replica.page_damage(storage::PageId(id)).is_none());
+    catch_up(&primary, &replica, &mut rng);
+    assert_eq!(replica.read().digest(), primary.read().digest());
+    assert_eq!(content(&replica), content(&primary));
+    // The file is mended by the next restartpoint.
+    replica.close().unwrap();
+    let replica = Db::open(rd.path(), opts(true)).unwrap();
+    assert!(replica.damaged_pages().is_empty());
+    assert_eq!(content(&replica), content(&primary));
+}
+
+#[test]
+fn a_primary_repairs_a_damaged_page_from_a_replica_that_is_behind() {
+    let (pd, rd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(22);
+    let primary = Db::open(pd.path(), opts(false)).unwrap();
+    primary.set_wal_retain_from(Some(Lsn(0)));
+    let replica = Db::open(rd.path(), opts(true)).unwrap();
+    write_load(&primary, &mut rng, 200);
+    catch_up(&primary, &replica, &mut rng);
+    // The primary moves on without the replica, then stops cleanly.
+    write_load(&primary, &mut rng, 80);
+    let want = content(&primary);
+    let digest = primary.read().digest().1;
+    let id = some_tree_page(&primary);
+    primary.close().unwrap();
+    damage_page(pd.path(), id);
+    let primary = Db::open(pd.path(), opts(false)).unwrap();
+    primary.set_wal_retain_from(Some(Lsn(0)));
+    assert!(primary.page_damage(storage::PageId(id)).is_some());
+    let (at, image) = replica.pages_for_peer(&[id]).unwrap();
+    assert!(at < primary.last_lsn(), "the replica is behind");
+    let from = primary
+        .install_repaired_page(storage::PageId(id), &image, at)
+        .unwrap();
+    assert_eq!(
+        from,
+        primary.last_lsn(),
+        "brought forward by the primary's own log"
+    );
+    assert_eq!(
+        primary.read().digest().1,
+        digest,
+        "the page as it was before the damage"
+    );
+    assert_eq!(content(&primary), want);
+    primary.check_integrity().unwrap();
+    // A copy that is not the page is refused.
+    let (_, other) = replica.pages_for_peer(&[id - 1]).unwrap();
+    assert!(primary
+        .install_repaired_page(storage::PageId(id), &other, at)
+        .is_err());
+}
