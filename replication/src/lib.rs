@@ -36,6 +36,8 @@ pub mod node_dir;
 #[cfg(not(loom))]
 pub mod primary;
 #[cfg(not(loom))]
+pub mod repair;
+#[cfg(not(loom))]
 pub mod replica;
 #[cfg(not(loom))]
 pub mod rewind;

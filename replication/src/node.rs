@@ -87,6 +87,13 @@ pub struct Node {
     /// Replica: databases opened since start whose damaged WAL recovery cut off (the rest
     /// is refetched from the primary).
     pub wal_repairs: AtomicU64,
+    /// Pages repaired from a peer since start.
+    pub pages_repaired: AtomicU64,
+    /// Reads wait until the apply LSN reaches this: a page repaired from a primary that was
+    /// ahead is consistent with the rest only from there.
+    pub repair_gate: AtomicU64,
+    /// One page repair at a time.
+    pub(crate) repair_lock: tokio::sync::Mutex<()>,
     /// Primary: the retention floor last warned about.
     pub retention_warned: Mutex<Lsn>,
     /// Replica: whether the link to the primary is up, and the primary's flush LSN last heard.
@@ -139,6 +146,9 @@ impl Node {
             rewinds: AtomicU64::new(0),
             reseeds: AtomicU64::new(0),
             wal_repairs: AtomicU64::new(0),
+            pages_repaired: AtomicU64::new(0),
+            repair_gate: AtomicU64::new(0),
+            repair_lock: tokio::sync::Mutex::new(()),
             retention_warned: Mutex::new(Lsn(0)),
             link_up: AtomicBool::new(false),
             primary_flush: AtomicU64::new(0),

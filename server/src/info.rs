@@ -92,7 +92,7 @@ pub fn render(sh: &Shared, section: Option<&str>) -> String {
                 let (waiting, oldest) = sh.node.tracker.waiting();
                 let _ = write!(
                     o,
-                    "# Replication\r\nrole:{}\r\nepoch:{}\r\nepoch_history:{}\r\nnode_name:{}\r\nwrite_lsn:{}\r\nflush_lsn:{}\r\napply_lsn:{}\r\nsync_standbys:{cfg}\r\nsync_commit:{}\r\nsync_timeout_ms:{}\r\nsync_waiting_commits:{waiting}\r\nsync_waiting_oldest_lsn:{}\r\n",
+                    "# Replication\r\nrole:{}\r\nepoch:{}\r\nepoch_history:{}\r\nnode_name:{}\r\nwrite_lsn:{}\r\nflush_lsn:{}\r\napply_lsn:{}\r\nsync_standbys:{cfg}\r\nsync_commit:{}\r\nsync_timeout_ms:{}\r\nsync_waiting_commits:{waiting}\r\nsync_waiting_oldest_lsn:{}\r\npages_repaired:{}\r\nwal_repairs:{}\r\n",
                     if db.is_replica() { "replica" } else { "primary" },
                     db.epoch(),
                     db.epoch_history().iter().map(|(e, l)| format!("{e}@{l}")).collect::<Vec<_>>().join(","),
@@ -103,6 +103,8 @@ pub fn render(sh: &Shared, section: Option<&str>) -> String {
                     set.sync_commit.name(),
                     set.sync_timeout_ms,
                     oldest.map_or(0, |l| l.0),
+                    sh.node.pages_repaired.load(Ordering::Relaxed),
+                    sh.node.wal_repairs.load(Ordering::Relaxed),
                 );
                 if let Some(p) = &sh.node.replicaof() {
                     let primary_flush = sh.node.primary_flush.load(Ordering::Relaxed);
@@ -110,12 +112,11 @@ pub fn render(sh: &Shared, section: Option<&str>) -> String {
                     let _ =
                         write!(
                         o,
-                        "primary_addr:{p}\r\nprimary_link:{}\r\nlag_bytes:{lag}\r\nlag_ms:{}\r\nreseeds:{}\r\nrewinds:{}\r\nwal_repairs:{}\r\n",
+                        "primary_addr:{p}\r\nprimary_link:{}\r\nlag_bytes:{lag}\r\nlag_ms:{}\r\nreseeds:{}\r\nrewinds:{}\r\n",
                         if sh.node.link_up.load(Ordering::Relaxed) { "up" } else { "down" },
                         sh.node.replica_lag_ms(),
                         sh.node.reseeds.load(Ordering::Relaxed),
-                        sh.node.rewinds.load(Ordering::Relaxed),
-                        sh.node.wal_repairs.load(Ordering::Relaxed)
+                        sh.node.rewinds.load(Ordering::Relaxed)
                     );
                 }
                 let role = sh.node.role.get();

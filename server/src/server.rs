@@ -279,6 +279,7 @@ async fn connection(sh: Arc<Shared>, mut sock: TcpStream) -> Result<()> {
                     replication::primary::serve_replica(node, sock.into(), inbuf).await
                 }
                 After::Rewind => replication::rewind::serve_rewind(node, sock.into(), inbuf).await,
+                After::Pages => replication::repair::serve_pages(node, sock.into(), inbuf).await,
                 After::Snapshot => {
                     replication::seed::serve_snapshot(node, sock.into(), inbuf).await
                 }
@@ -383,6 +384,38 @@ async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut Out) -> Byte
                     &format!("TIMEOUT this node has applied up to LSN {at}, not yet {lsn}"),
                 ),
             },
+            Part::Retry { args, page } => {
+                let failed = match page {
+                    Some(p) => replication::repair::repair_page(&sh.node, p)
+                        .await
+                        .err()
+                        .map(|e| {
+                            format!("CORRUPT page {p} is damaged and was not repaired: {e:#}")
+                        }),
+                    None => None,
+                };
+                let gate = storage::Lsn(
+                    sh.node
+                        .repair_gate
+                        .load(std::sync::atomic::Ordering::Acquire),
+                );
+                let failed = match failed {
+                    Some(f) => Some(f),
+                    None => wait_applied(sh, gate, REPAIR_WAIT_MS).await.err().map(|at| {
+                        format!("TRYAGAIN a repaired page is consistent from LSN {gate}; this replica has applied up to {at}")
+                    }),
+                };
+                match failed {
+                    Some(msg) => session.enc.error(&mut reply, &msg),
+                    None => {
+                        let mut again = Out::default();
+                        session.no_repair = true;
+                        session.execute(args, &mut again);
+                        session.no_repair = false;
+                        reply.extend_from_slice(&again.buf);
+                    }
+                }
+            }
             Part::Wait {
                 replicas,
                 timeout_ms,
@@ -492,6 +525,9 @@ async fn wait_quorum(
 
 /// `WAITLSN`: until this node has applied `lsn` (its apply LSN then) or the timeout (0:
 /// none) passes (`Err` with the apply LSN reached).
+/// How long a read waits for a repaired page to become consistent before `-TRYAGAIN`.
+const REPAIR_WAIT_MS: u64 = 30_000;
+
 async fn wait_applied(
     sh: &Shared,
     lsn: storage::Lsn,

@@ -38,6 +38,12 @@ pub enum Part {
         lsn: Lsn,
         timeout_ms: u64,
     },
+    /// A read run again once the damaged page it hit is repaired from a peer (`page`) and
+    /// this node's replay has reached the point the repaired page is consistent from.
+    Retry {
+        args: Vec<Bytes>,
+        page: Option<storage::PageId>,
+    },
     /// A role change (`REPLICAOF`, `FAILOVER`), run once the writes before it are settled.
     Admin(Admin),
 }
@@ -90,6 +96,8 @@ pub enum After {
     Rewind,
     /// The connection carries a switchover's questions to its target (REPLCONTROL).
     Control,
+    /// The connection asks for pages to repair damaged copies (REPLPAGES).
+    Pages,
 }
 
 impl After {
@@ -97,7 +105,7 @@ impl After {
     pub fn hands_over(self) -> bool {
         matches!(
             self,
-            After::Replicate | After::Snapshot | After::Rewind | After::Control
+            After::Replicate | After::Snapshot | After::Rewind | After::Control | After::Pages
         )
     }
 }
@@ -123,6 +131,10 @@ pub struct Session {
     pub(crate) db_gen: u64,
     /// Commands run and not yet added to the shared count.
     pub(crate) commands: u64,
+    /// The damaged page the last read hit, if any (see `Part::Retry`).
+    pub(crate) corrupt: std::cell::Cell<Option<storage::PageId>>,
+    /// Set while a read is run again after a repair: it is not repaired twice.
+    pub(crate) no_repair: bool,
 }
 
 impl Session {
@@ -135,6 +147,8 @@ impl Session {
             db,
             db_gen,
             commands: 0,
+            corrupt: std::cell::Cell::new(None),
+            no_repair: false,
             shared,
             enc: Encoder::default(),
             id,
@@ -223,6 +237,20 @@ impl Session {
         self.enc.error(&mut out.buf, msg);
     }
 
+    /// Encodes an engine error of a read, noting a damaged page for repair.
+    pub(crate) fn storage_err(&self, buf: &mut BytesMut, e: &storage::Error) {
+        if let storage::Error::Corrupt { page, .. } = e {
+            self.corrupt.set(Some(*page));
+        }
+        self.enc.error(buf, &storage_error(e));
+    }
+
+    /// Whether reads here repair damaged pages from a peer (a replica, from its primary)
+    /// and wait for the repair instead of failing.
+    fn repairs(&self) -> bool {
+        !self.no_repair && self.shared.node.is_replica_role()
+    }
+
     /// Runs one request. Replies go to `out`; durable-write replies are marked pending.
     pub fn execute(&mut self, args: Vec<Bytes>, out: &mut Out) -> After {
         if args.is_empty() {
@@ -287,15 +315,42 @@ impl Session {
                     return After::Continue;
                 }
             }
+            // A page repaired from the primary is consistent with the rest only once the
+            // replay reaches the primary's position at the repair: reads wait until then.
+            if self.shared.node.repair_gate.load(Ordering::Acquire) > self.db.apply_lsn().0
+                && self.repairs()
+            {
+                out.parts.push(Part::Bytes(out.buf.split().freeze()));
+                out.parts.push(Part::Retry { args, page: None });
+                return After::Continue;
+            }
         }
+        let mark = out.buf.len();
+        self.corrupt.set(None);
         match (spec.family, access) {
-            (_, Access::Write) => self.write_commands(vec![args], out, false),
+            (_, Access::Write) => {
+                self.write_commands(vec![args], out, false);
+                return After::Continue;
+            }
             (Family::Strings, _) => self.string_read(name, &args, out),
             (Family::Keys, _) => self.keys_read(name, &args, out),
             (Family::Transactions, _) => self.transaction_command(name, out),
             (Family::Connection, _) => return self.connection_command(name, &args, out),
             (Family::Server, _) => return self.server_command(name, &args, out),
             (Family::Replication, _) => return self.replication_command(name, &args, out),
+        }
+        // A read that hit a damaged page: its error is replaced by the read run again once
+        // the page is repaired.
+        if let Some(page) = self.corrupt.take().filter(|_| access == Access::Read) {
+            if !self.repairs() {
+                return After::Continue;
+            }
+            out.buf.truncate(mark);
+            out.parts.push(Part::Bytes(out.buf.split().freeze()));
+            out.parts.push(Part::Retry {
+                args,
+                page: Some(page),
+            });
         }
         After::Continue
     }

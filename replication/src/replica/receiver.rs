@@ -87,6 +87,19 @@ pub async fn run_replica(node: Arc<Node>, primary: String, gen: u64) {
                 }
             }
             Err(e) => {
+                // A page this node needs to apply the stream is damaged here: take the
+                // primary's copy, then stream again.
+                if let Some(page) = crate::repair::damaged_page(&e) {
+                    match crate::repair::repair_page(&node, page).await {
+                        Ok(_) => {
+                            backoff = Duration::from_millis(50);
+                            continue;
+                        }
+                        Err(r) => {
+                            tracing::error!(primary = %primary, page = page.0, error = %format!("{r:#}"), "could not repair a damaged page")
+                        }
+                    }
+                }
                 tracing::warn!(primary = %primary, error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "replication link down")
             }
         }

@@ -7,7 +7,7 @@ use storage::WriteTxn;
 
 use super::{hex, parse_i64, unhex, upper, wrong_arity};
 use crate::glob;
-use crate::reply::{storage_error, Reply};
+use crate::reply::Reply;
 use crate::session::{Out, Session};
 
 impl Session {
@@ -24,7 +24,7 @@ impl Session {
                         Ok(v) => n += i64::from(v.is_some()),
                         Err(e) => {
                             drop(snap);
-                            self.enc.error(&mut out.buf, &storage_error(&e));
+                            self.storage_err(&mut out.buf, &e);
                             return;
                         }
                     }
@@ -82,7 +82,7 @@ impl Session {
             Ok(it) => it,
             Err(e) => {
                 drop(snap);
-                self.err(out, &storage_error(&e));
+                self.storage_err(&mut out.buf, &e);
                 return;
             }
         };
@@ -97,7 +97,7 @@ impl Session {
             let (k, _) = match e {
                 Ok(e) => e,
                 Err(e) => {
-                    self.enc.error(&mut out.buf, &storage_error(&e));
+                    self.storage_err(&mut out.buf, &e);
                     return;
                 }
             };
@@ -164,7 +164,7 @@ impl Session {
                     n += 2;
                 }
                 Err(e) => {
-                    self.err(out, &storage_error(&e));
+                    self.storage_err(&mut out.buf, &e);
                     return;
                 }
             }

@@ -107,6 +107,7 @@ pub const COMMANDS: &[Spec] = &[
     spec("REPLSNAPSHOT", 1, Family::Replication, Access::Other, false),
     spec("REPLREWIND", 1, Family::Replication, Access::Other, false),
     spec("REPLCONTROL", 1, Family::Replication, Access::Other, false),
+    spec("REPLPAGES", 1, Family::Replication, Access::Other, false),
     spec("DIGEST", 1, Family::Server, Access::Other, false),
 ];
 

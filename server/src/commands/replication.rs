@@ -147,6 +147,7 @@ impl Session {
             "REPLSTREAM" => return After::Replicate,
             "REPLSNAPSHOT" => return After::Snapshot,
             "REPLREWIND" => return After::Rewind,
+            "REPLPAGES" => return After::Pages,
             "REPLCONTROL" => return After::Control,
             _ => unreachable_command(name),
         }

@@ -4,7 +4,7 @@ use bytes::{Bytes, BytesMut};
 use storage::WriteTxn;
 
 use super::{parse_i64, upper};
-use crate::reply::{storage_error, Reply};
+use crate::reply::Reply;
 use crate::session::{Out, Session};
 
 impl Session {
@@ -16,7 +16,7 @@ impl Session {
                 let snap = db.read();
                 match snap.get(&args[1]) {
                     Ok(v) => self.enc.opt_bulk(&mut out.buf, v.as_deref()),
-                    Err(e) => self.enc.error(&mut out.buf, &storage_error(&e)),
+                    Err(e) => self.storage_err(&mut out.buf, &e),
                 }
             }
             "MGET" => {
@@ -27,7 +27,7 @@ impl Session {
                         Ok(v) => self.enc.opt_bulk(&mut tmp, v.as_deref()),
                         Err(e) => {
                             drop(snap);
-                            self.enc.error(&mut out.buf, &storage_error(&e));
+                            self.storage_err(&mut out.buf, &e);
                             return;
                         }
                     }
