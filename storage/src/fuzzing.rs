@@ -275,3 +275,171 @@ pub fn replica_apply(data: &[u8]) {
 fn input_len(input: &mut Bytes<'_>) -> u16 {
     input.u16() % (PAGE_SIZE as u16 + 1)
 }
+
+/// `wal_damage`: the recovery classifier (docs/wal.md, "Torn tail or damage") on a log the
+/// fuzzer damages. A database on [`SimFs`] takes fuzzer-chosen commits, each at `Local`
+/// (acknowledged after a sync), and stops as a killed process would. The fuzzer then flips
+/// bytes, zeroes runs or writes garbage at LSNs it chooses in the written log. Then:
+/// - `check_wal` and opening agree: damage reported by one exactly when the other refuses
+///   with `WalDamaged` at the same LSN, and a refused open changes no file;
+/// - opened (cut at the damage on request when refused), the database holds the state after
+///   a prefix of the commits, every commit that ended before the first damaged byte among
+///   them, and passes its integrity check.
+///
+/// A violation panics (the fuzzer's finding); nothing else may. Returns how the log was
+/// classified.
+pub fn wal_damage(data: &[u8]) -> LogVerdict {
+    use crate::vfs::{OpenMode, SimFs, Vfs};
+    use crate::wal::segment::SEGMENT_HEADER;
+    use crate::{check_wal, Db, Durability, Error, Options, WriteBatch};
+    use std::collections::BTreeMap;
+    type Model = BTreeMap<Vec<u8>, Vec<u8>>;
+    const SEG: u64 = 64 << 10;
+
+    let mut input = Bytes(data);
+    let fs = SimFs::new();
+    let options = || Options {
+        vfs: std::sync::Arc::new(fs.clone()),
+        wal_segment_bytes: SEG,
+        checkpoint_wal_bytes: 1 << 40,
+        checkpoint_interval: std::time::Duration::from_secs(3600),
+        ..Options::default()
+    };
+    let dir = std::path::Path::new("/db");
+    let wal = dir.join(crate::WAL_DIR);
+    let Ok(db) = Db::open(dir, options()) else {
+        panic!("a new database does not open on a simulated disk");
+    };
+    let mut issued: Vec<(Model, u64)> = vec![(Model::new(), 0)];
+    let commits = 1 + usize::from(input.u8() % 120);
+    for i in 0..commits {
+        let mut m = issued[issued.len() - 1].0.clone();
+        let mut b = WriteBatch::new();
+        for _ in 0..1 + input.u8() % 4 {
+            let key = format!("k{:02}", input.u8() % 40).into_bytes();
+            let len = match input.u8() % 8 {
+                0 => 2500 + usize::from(input.u8()) * 8,
+                n => usize::from(n) * 20,
+            };
+            let v = vec![i as u8; len];
+            m.insert(key.clone(), v.clone());
+            b.put(key, v);
+        }
+        match db.commit(&b, Durability::Local) {
+            Ok(end) => issued.push((m, end.0)),
+            Err(e) => panic!("a commit failed on a simulated disk: {e}"),
+        }
+    }
+    let end = db.last_lsn().0;
+    db.simulate_crash();
+
+    // Damage, at LSNs in the written log.
+    let mut first_damage = u64::MAX;
+    while !input.is_empty() {
+        let kind = input.u8() % 3;
+        let lsn = input.u64() % end.max(1);
+        let len = 1 + usize::from(input.u16() % 4096);
+        let seg = lsn - lsn % SEG;
+        let len = len.min((seg + SEG - lsn) as usize);
+        let path = wal.join(crate::wal::segment::segment_name(seg));
+        let Ok(f) = fs.open(&path, OpenMode::Existing) else {
+            continue;
+        };
+        let off = SEGMENT_HEADER + lsn - seg;
+        let mut bytes = vec![0u8; len];
+        if f.read_exact_at(&mut bytes, off).is_err() {
+            continue;
+        }
+        let before = bytes.clone();
+        match kind {
+            0 => bytes[0] ^= 1 << (input.u8() % 8),
+            1 => bytes.fill(0),
+            _ => {
+                for b in bytes.iter_mut() {
+                    *b = input.u8();
+                }
+            }
+        }
+        if bytes == before {
+            continue;
+        }
+        let changed = bytes.iter().zip(&before).position(|(a, b)| a != b);
+        first_damage = first_damage.min(lsn + changed.unwrap_or(0) as u64);
+        if f.write_all_at(&bytes, off)
+            .and_then(|()| f.sync_data())
+            .is_err()
+        {
+            panic!("the simulated disk refused a write");
+        }
+    }
+
+    let files = |fs: &SimFs| -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        for d in [dir.to_path_buf(), wal.clone()] {
+            for name in fs.list(&d).unwrap_or_default() {
+                if let Ok(b) = fs.read(&d.join(&name)) {
+                    out.push((name, b));
+                }
+            }
+        }
+        out.sort();
+        out
+    };
+    let w = match check_wal(dir, &options()) {
+        Ok(w) => w,
+        Err(e) => panic!("check_wal failed on a damaged log: {e}"),
+    };
+    let before = files(&fs);
+    let verdict = match (&w.damage, w.discarded) {
+        (Some(_), _) => LogVerdict::Damage,
+        (None, true) => LogVerdict::TornTail,
+        (None, false) => LogVerdict::Clean,
+    };
+    let db = match (Db::open(dir, options()), &w.damage) {
+        (Ok(db), None) => db,
+        (Err(Error::WalDamaged(d)), Some(c)) => {
+            assert_eq!(d.lsn, c.lsn, "check and open name different damage");
+            assert!(before == files(&fs), "a refused open changed the files");
+            let cut = Options {
+                truncate_damaged_wal: true,
+                ..options()
+            };
+            match Db::open(dir, cut) {
+                Ok(db) => db,
+                Err(e) => panic!("cutting at the damage failed: {e}"),
+            }
+        }
+        (Ok(_), Some(d)) => panic!("check calls {d} damage, open took the log"),
+        (Err(e), _) => panic!("open failed ({e}); check said {:?}", w.damage),
+    };
+    let got: Model = match db.range(..).collect::<crate::Result<_>>() {
+        Ok(m) => m,
+        Err(e) => panic!("the recovered database cannot be read: {e}"),
+    };
+    let Some(n) = issued.iter().position(|(m, _)| *m == got) else {
+        panic!(
+            "the recovered state ({} keys) is the state after no prefix of the commits",
+            got.len()
+        );
+    };
+    let before_damage = issued.iter().filter(|(_, e)| *e <= first_damage).count() - 1;
+    assert!(
+        n >= before_damage,
+        "{before_damage} commits ended before the first damaged byte (LSN {first_damage}), {n} recovered"
+    );
+    if let Err(e) = db.check_integrity() {
+        panic!("integrity check after damage: {e}");
+    }
+    verdict
+}
+
+/// How `wal_damage` found its log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogVerdict {
+    /// Nothing to discard.
+    Clean,
+    /// A torn tail, discarded.
+    TornTail,
+    /// Damage: refused, then cut on request.
+    Damage,
+}
