@@ -44,6 +44,8 @@ pub mod rewind;
 #[cfg(not(loom))]
 pub mod role;
 #[cfg(not(loom))]
+pub mod scrub;
+#[cfg(not(loom))]
 pub mod seed;
 #[cfg(not(loom))]
 pub use error::{Error, Result};

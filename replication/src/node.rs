@@ -92,8 +92,16 @@ pub struct Node {
     /// Reads wait until the apply LSN reaches this: a page repaired from a primary that was
     /// ahead is consistent with the rest only from there.
     pub repair_gate: AtomicU64,
+    /// Replica: pages compared with the primary's copies of the same version, and pages found
+    /// different (drift) and replaced, since start.
+    pub verified_pages: AtomicU64,
+    pub drifted_pages: AtomicU64,
     /// One page repair at a time.
     pub(crate) repair_lock: tokio::sync::Mutex<()>,
+    /// One scrub at a time; scrubs finished since start, and what the last one found.
+    pub(crate) scrub_lock: tokio::sync::Mutex<()>,
+    pub scrubs: AtomicU64,
+    pub last_scrub: Mutex<String>,
     /// Primary: the retention floor last warned about.
     pub retention_warned: Mutex<Lsn>,
     /// Replica: whether the link to the primary is up, and the primary's flush LSN last heard.
@@ -149,6 +157,11 @@ impl Node {
             pages_repaired: AtomicU64::new(0),
             repair_gate: AtomicU64::new(0),
             repair_lock: tokio::sync::Mutex::new(()),
+            verified_pages: AtomicU64::new(0),
+            drifted_pages: AtomicU64::new(0),
+            scrub_lock: tokio::sync::Mutex::new(()),
+            scrubs: AtomicU64::new(0),
+            last_scrub: Mutex::new(String::new()),
             retention_warned: Mutex::new(Lsn(0)),
             link_up: AtomicBool::new(false),
             primary_flush: AtomicU64::new(0),

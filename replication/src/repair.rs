@@ -27,8 +27,8 @@ pub const PAGES_COMMAND: &[u8] = b"*1\r\n$9\r\nREPLPAGES\r\n";
 /// Pages one request may name.
 const MAX_REQUEST: usize = 1024;
 
-/// Error code of a peer that cannot give the pages asked for.
-const CANNOT: u16 = 7;
+/// Error code of a peer that cannot give the pages asked for, or compare them.
+const CANNOT: u16 = 10;
 
 /// The damaged page an error names, if it is a damaged page (through any context).
 pub fn damaged_page(e: &Error) -> Option<PageId> {
@@ -126,9 +126,10 @@ pub async fn serve_pages(node: Arc<Node>, sock: Conn, mut buf: BytesMut) -> Resu
     Ok(())
 }
 
-/// Fetches page `id` from `peer` and puts it in place of this node's damaged copy. Returns
-/// the LSN from which the page is consistent with the rest of this node's state.
-pub async fn fetch_page(node: &Arc<Node>, peer: &str, id: PageId) -> Result<Lsn> {
+/// Fetches page `id` from `peer` and puts it in place of this node's damaged copy (with
+/// `drifted`, of its copy that differs from the peer's at the same version). Returns the LSN
+/// from which the page is consistent with the rest of this node's state.
+pub async fn fetch_page(node: &Arc<Node>, peer: &str, id: PageId, drifted: bool) -> Result<Lsn> {
     let db = node.db();
     let (mut rd, mut wr, mut buf) = connect_as_replica(&node.config, peer, PAGES_COMMAND).await?;
     write_frame(
@@ -152,8 +153,14 @@ pub async fn fetch_page(node: &Arc<Node>, peer: &str, id: PageId) -> Result<Lsn>
         Frame::SnapshotEnd => {}
         other => bail!("{peer}: expected snapshot_end, got {other:?}"),
     }
-    let from =
-        tokio::task::spawn_blocking(move || db.install_repaired_page(id, &image, at)).await??;
+    let from = tokio::task::spawn_blocking(move || {
+        if drifted {
+            db.replace_drifted_page(id, &image, at)
+        } else {
+            db.install_repaired_page(id, &image, at)
+        }
+    })
+    .await??;
     Ok(from)
 }
 
@@ -170,11 +177,157 @@ pub async fn repair_page(node: &Arc<Node>, id: PageId) -> Result<Lsn> {
         refuse!("page {id} is damaged ({why}) and this node has no peer to repair it from: a primary does not yet know its replicas' addresses; `replidb check` names the damage")
     };
     tracing::warn!(page = id.0, peer = %peer, damage = %why, "repairing a damaged page from the primary");
-    let from = fetch_page(node, &peer, id)
+    let from = fetch_page(node, &peer, id, false)
         .await
         .map_err(|e| e.context(format!("repairing page {id} from {peer}")))?;
     node.repair_gate.fetch_max(from.0, Ordering::AcqRel);
     node.pages_repaired.fetch_add(1, Ordering::Relaxed);
     tracing::warn!(page = id.0, peer = %peer, consistent_from = from.0, "page repaired");
     Ok(from)
+}
+
+/// The command that opens a drift check (`REPLVERIFY`).
+pub const VERIFY_COMMAND: &[u8] = b"*1\r\n$10\r\nREPLVERIFY\r\n";
+
+/// Pages compared per round of the background check.
+const VERIFY_PAGES: u64 = 1024;
+
+/// The pages of `first ..` whose version on the replica (`theirs`) cannot be this node's:
+/// the same page LSN with other bytes, or a page LSN this node's copy never had (past its
+/// own). A page changed here since (a higher LSN here) is not comparable and is skipped.
+pub fn drifted(first: u64, theirs: &[(u64, u32)], mine: &[(u64, u32)]) -> Vec<u64> {
+    theirs
+        .iter()
+        .enumerate()
+        .filter(|(i, &(lsn, crc))| {
+            let (my_lsn, my_crc) = mine.get(*i).copied().unwrap_or((0, 0));
+            (lsn == my_lsn && crc != my_crc) || lsn > my_lsn
+        })
+        .map(|(i, _)| first + i as u64)
+        .collect()
+}
+
+/// Serving side of `REPLVERIFY`: a hello, one `page_versions` frame, answered with a
+/// `page_list` of the pages that drifted (or an `error` frame).
+pub async fn serve_verify(node: Arc<Node>, sock: Conn, mut buf: BytesMut) -> Result<()> {
+    let (mut rd, mut wr) = tokio::io::split(sock);
+    let hello = read_hello(&mut rd, &mut wr, &mut buf).await?;
+    let Frame::PageVersions {
+        first_page,
+        versions,
+    } = read_frame(&mut rd, &mut buf).await?
+    else {
+        bail!("{}: expected page_versions", hello.name);
+    };
+    let db = node.db();
+    if !shares_history(&db, &hello) {
+        write_frame(
+            &mut wr,
+            &Frame::Error {
+                code: CANNOT,
+                message: "your log and this node's are not one history".into(),
+            },
+        )
+        .await?;
+        return Ok(());
+    }
+    let n = versions.len() as u64;
+    let mine = tokio::task::spawn_blocking(move || db.page_versions(first_page, n).1).await?;
+    let pages = drifted(first_page, &versions, &mine);
+    if !pages.is_empty() {
+        tracing::error!(replica = %hello.name, pages = ?pages, "a replica's pages differ from this node's at the same version");
+    }
+    write_frame(&mut wr, &Frame::PageList { pages }).await?;
+    Ok(())
+}
+
+/// Compares this replica's pages `[first, first + VERIFY_PAGES)` with its primary's copies
+/// of the same versions and replaces every page that drifted with the primary's. Returns
+/// the pages compared and the pages replaced.
+pub async fn verify_range(node: &Arc<Node>, first: u64) -> Result<(u64, Vec<u64>)> {
+    let Some(primary) = node.replicaof() else {
+        refuse!("only a replica compares its pages with its primary");
+    };
+    let db = node.db();
+    let db2 = db.clone();
+    let (_, versions) =
+        tokio::task::spawn_blocking(move || db2.page_versions(first, VERIFY_PAGES)).await?;
+    let (mut rd, mut wr, mut buf) =
+        connect_as_replica(&node.config, &primary, VERIFY_COMMAND).await?;
+    write_frame(
+        &mut wr,
+        &own_hello(&db, &node.config.name, frame::STREAM_VERSION),
+    )
+    .await?;
+    let compared = versions.len() as u64;
+    write_frame(
+        &mut wr,
+        &Frame::PageVersions {
+            first_page: first,
+            versions,
+        },
+    )
+    .await?;
+    let pages = match read_frame(&mut rd, &mut buf).await? {
+        Frame::PageList { pages } => pages,
+        Frame::Error { message, .. } => bail!("{primary} says: {message}"),
+        other => bail!("{primary}: expected page_list, got {other:?}"),
+    };
+    drop((rd, wr));
+    let _one = node.repair_lock.lock().await;
+    for &id in &pages {
+        tracing::error!(page = id, primary = %primary, "drift: this replica's page differs from its primary's at the same version; replacing it with the primary's copy");
+        let from = fetch_page(node, &primary, PageId(id), true)
+            .await
+            .map_err(|e| e.context(format!("replacing drifted page {id}")))?;
+        node.repair_gate.fetch_max(from.0, Ordering::AcqRel);
+        node.drifted_pages.fetch_add(1, Ordering::Relaxed);
+    }
+    node.verified_pages.fetch_add(compared, Ordering::Relaxed);
+    Ok((compared, pages))
+}
+
+/// On a replica: every `interval`, compares the next `VERIFY_PAGES` pages with the
+/// primary's (round the whole file, again and again) and replaces drifted ones.
+pub async fn verify_every(node: Arc<Node>, interval: std::time::Duration) {
+    let mut first = 0u64;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = node.stopped() => return,
+        }
+        if !node.is_replica_role() || !node.link_up.load(Ordering::Relaxed) {
+            continue;
+        }
+        match verify_range(&node, first).await {
+            Ok(_) => {
+                first += VERIFY_PAGES;
+                if first >= node.db().stats().page_count {
+                    first = 0;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "comparing pages with the primary failed")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::drifted;
+
+    #[test]
+    fn only_same_version_differences_and_versions_the_primary_never_had_are_drift() {
+        let mine = [(10, 1), (20, 2), (30, 3), (0, 0), (40, 4)];
+        let theirs = [
+            (10, 1), // same version, same bytes
+            (20, 9), // same version, other bytes: drift
+            (25, 7), // the primary changed it since: not comparable
+            (5, 5),  // a version the primary never had here: drift
+            (40, 4), // equal
+        ];
+        assert_eq!(drifted(100, &theirs, &mine), vec![101, 103]);
+        assert!(drifted(0, &[(0, 0)], &[(0, 0)]).is_empty());
+    }
 }

@@ -91,6 +91,23 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     pub maxclients: Option<usize>,
 
+    /// How often the background scrub reads every page and the WAL from disk and checks
+    /// their checksums (a replica repairs a damaged page from its primary), e.g. 1d, 12h,
+    /// 30m, 90s; 0 turns it off (SCRUB still runs one on demand). [default: 1d]
+    #[arg(long, value_name = "DURATION")]
+    pub scrub_interval: Option<String>,
+
+    /// How often a replica compares the next 1,024 of its pages with its primary's copies of
+    /// the same versions, round the whole file (drift check); a page that differs is
+    /// replaced with the primary's and counted (`drifted_pages` in INFO). 0 turns it off.
+    /// [default: 10s]
+    #[arg(long, value_name = "DURATION")]
+    pub verify_interval: Option<String>,
+
+    /// The most a scrub reads per second, e.g. 16MiB; 0 is unbounded. [default: 16MiB]
+    #[arg(long, value_name = "SIZE")]
+    pub scrub_rate: Option<String>,
+
     /// A TOML file with any of these settings (same names, e.g. `port = 6390`); flags win.
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
@@ -112,6 +129,11 @@ pub struct Config {
     pub min_replicas_max_lag_ms: u64,
     pub wal_segment_bytes: u64,
     pub maxclients: usize,
+    /// Background scrubs: every this often (`None`: off), at most this many bytes a second.
+    pub scrub_interval: Option<std::time::Duration>,
+    pub scrub_rate: u64,
+    /// Drift checks on a replica: every this often (`None`: off).
+    pub verify_interval: Option<std::time::Duration>,
     /// Set on a replica: the primary's HOST:PORT.
     pub replicaof: Option<String>,
     pub name: String,
@@ -209,6 +231,26 @@ impl Config {
                 None => 1 << 30,
                 Some(s) => parse_size(&s).with_context(|| format!("--max-retained-wal {s:?}"))?,
             },
+            scrub_interval: match flags.scrub_interval.or(file.scrub_interval) {
+                None => Some(std::time::Duration::from_secs(86_400)),
+                Some(s) => {
+                    let d =
+                        parse_duration(&s).with_context(|| format!("--scrub-interval {s:?}"))?;
+                    (!d.is_zero()).then_some(d)
+                }
+            },
+            verify_interval: match flags.verify_interval.or(file.verify_interval) {
+                None => Some(std::time::Duration::from_secs(10)),
+                Some(s) => {
+                    let d =
+                        parse_duration(&s).with_context(|| format!("--verify-interval {s:?}"))?;
+                    (!d.is_zero()).then_some(d)
+                }
+            },
+            scrub_rate: match flags.scrub_rate.or(file.scrub_rate) {
+                None => 16 << 20,
+                Some(s) => parse_size(&s).with_context(|| format!("--scrub-rate {s:?}"))?,
+            },
             wal_segment_bytes: match flags.wal_segment_size.or(file.wal_segment_size) {
                 None => storage::Options::default().wal_segment_bytes,
                 Some(s) => {
@@ -221,6 +263,27 @@ impl Config {
             },
         })
     }
+}
+
+/// `1d`, `12h`, `30m`, `90s`, `250ms`, `3600` (seconds): a duration.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| anyhow::anyhow!("expected a duration such as 1d, 12h, 30m, 90s or 250ms"))?;
+    let ms: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "ms" => 1,
+        "" | "s" => 1_000,
+        "m" | "min" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        u => bail!("unknown unit {u:?}: expected ms, s, m, h or d"),
+    };
+    Ok(std::time::Duration::from_millis(
+        n.checked_mul(ms).context("duration too long")?,
+    ))
 }
 
 /// `1GiB`, `512MiB`, `64KiB`, `1048576`, `2G`, `10mb`: a byte count (binary units).
@@ -245,6 +308,18 @@ pub fn parse_size(s: &str) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86_400));
+        assert_eq!(parse_duration("12h").unwrap(), Duration::from_secs(43_200));
+        assert_eq!(parse_duration("30m").unwrap(), Duration::from_secs(1_800));
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5 fortnights").is_err());
+    }
 
     #[test]
     fn sizes_parse_with_binary_units() {

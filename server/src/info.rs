@@ -55,8 +55,10 @@ pub fn render(sh: &Shared, section: Option<&str>) -> String {
                 let st = db.stats();
                 let _ = write!(
                     o,
-                    "# Persistence\r\nwal_io:{}\r\nlast_lsn:{}\r\nflush_lsn:{}\r\nredo_lsn:{}\r\ncheckpoints:{}\r\nwal_flushes:{}\r\ndirty_pages:{}\r\npage_count:{}\r\nfree_pages:{}\r\npage_file_bytes:{}\r\n",
-                    st.wal_io, st.last_lsn, st.flush_lsn, st.redo_lsn, st.checkpoints, st.wal_flushes, st.dirty_pages, st.page_count, st.free_pages, st.file_bytes
+                    "# Persistence\r\nwal_io:{}\r\nlast_lsn:{}\r\nflush_lsn:{}\r\nredo_lsn:{}\r\ncheckpoints:{}\r\nwal_flushes:{}\r\ndirty_pages:{}\r\npage_count:{}\r\nfree_pages:{}\r\npage_file_bytes:{}\r\nscrubs:{}\r\nlast_scrub:{}\r\n",
+                    st.wal_io, st.last_lsn, st.flush_lsn, st.redo_lsn, st.checkpoints, st.wal_flushes, st.dirty_pages, st.page_count, st.free_pages, st.file_bytes,
+                    sh.node.scrubs.load(Ordering::Relaxed),
+                    sh.node.last_scrub.lock()
                 );
             }
             "stats" => {
@@ -92,7 +94,7 @@ pub fn render(sh: &Shared, section: Option<&str>) -> String {
                 let (waiting, oldest) = sh.node.tracker.waiting();
                 let _ = write!(
                     o,
-                    "# Replication\r\nrole:{}\r\nepoch:{}\r\nepoch_history:{}\r\nnode_name:{}\r\nwrite_lsn:{}\r\nflush_lsn:{}\r\napply_lsn:{}\r\nsync_standbys:{cfg}\r\nsync_commit:{}\r\nsync_timeout_ms:{}\r\nsync_waiting_commits:{waiting}\r\nsync_waiting_oldest_lsn:{}\r\npages_repaired:{}\r\nwal_repairs:{}\r\n",
+                    "# Replication\r\nrole:{}\r\nepoch:{}\r\nepoch_history:{}\r\nnode_name:{}\r\nwrite_lsn:{}\r\nflush_lsn:{}\r\napply_lsn:{}\r\nsync_standbys:{cfg}\r\nsync_commit:{}\r\nsync_timeout_ms:{}\r\nsync_waiting_commits:{waiting}\r\nsync_waiting_oldest_lsn:{}\r\npages_repaired:{}\r\nwal_repairs:{}\r\nverified_pages:{}\r\ndrifted_pages:{}\r\n",
                     if db.is_replica() { "replica" } else { "primary" },
                     db.epoch(),
                     db.epoch_history().iter().map(|(e, l)| format!("{e}@{l}")).collect::<Vec<_>>().join(","),
@@ -105,6 +107,8 @@ pub fn render(sh: &Shared, section: Option<&str>) -> String {
                     oldest.map_or(0, |l| l.0),
                     sh.node.pages_repaired.load(Ordering::Relaxed),
                     sh.node.wal_repairs.load(Ordering::Relaxed),
+                    sh.node.verified_pages.load(Ordering::Relaxed),
+                    sh.node.drifted_pages.load(Ordering::Relaxed),
                 );
                 if let Some(p) = &sh.node.replicaof() {
                     let primary_flush = sh.node.primary_flush.load(Ordering::Relaxed);

@@ -109,6 +109,16 @@ impl Server {
             applying: parking_lot::Mutex::new(()),
         });
         tokio::spawn(replication::primary::keep_retention(node.clone()));
+        if let Some(every) = shared.config.verify_interval {
+            tokio::spawn(replication::repair::verify_every(node.clone(), every));
+        }
+        if let Some(every) = shared.config.scrub_interval {
+            tokio::spawn(replication::scrub::scrub_every(
+                node.clone(),
+                every,
+                shared.config.scrub_rate,
+            ));
+        }
         if let Some(primary) = role {
             replication::replica::start_replica(&node, primary, 0);
         }
@@ -280,6 +290,7 @@ async fn connection(sh: Arc<Shared>, mut sock: TcpStream) -> Result<()> {
                 }
                 After::Rewind => replication::rewind::serve_rewind(node, sock.into(), inbuf).await,
                 After::Pages => replication::repair::serve_pages(node, sock.into(), inbuf).await,
+                After::Verify => replication::repair::serve_verify(node, sock.into(), inbuf).await,
                 After::Snapshot => {
                     replication::seed::serve_snapshot(node, sock.into(), inbuf).await
                 }
@@ -363,6 +374,7 @@ async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut Out) -> Byte
             Part::Bytes(b) => reply.extend_from_slice(&b),
             Part::Admin(op) => {
                 let sh = session.shared.clone();
+                let scrub = matches!(op, Admin::Scrub);
                 let r = match op {
                     Admin::Promote => replication::role::promote(&sh.node).await,
                     Admin::Follow(addr) => replication::role::follow(&sh.node, addr)
@@ -371,8 +383,13 @@ async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut Out) -> Byte
                     Admin::Failover(addr, ms) => {
                         replication::role::failover(&sh.node, addr, Duration::from_millis(ms)).await
                     }
+                    Admin::Scrub => replication::scrub::scrub(&sh.node, sh.config.scrub_rate)
+                        .await
+                        .map(|r| r.to_string()),
                 };
                 match r {
+                    // SCRUB answers with what it found.
+                    Ok(report) if scrub => session.enc.bulk(&mut reply, report.as_bytes()),
                     Ok(_) => session.enc.simple(&mut reply, "OK"),
                     Err(e) => session.enc.error(&mut reply, &format!("ERR {e:#}")),
                 }

@@ -80,6 +80,8 @@ pub enum Admin {
     Follow(String),
     /// `FAILOVER TO host port [TIMEOUT ms]`.
     Failover(String, u64),
+    /// `SCRUB`: read and check every page and the WAL now.
+    Scrub,
 }
 
 /// What the connection does after a command.
@@ -98,6 +100,8 @@ pub enum After {
     Control,
     /// The connection asks for pages to repair damaged copies (REPLPAGES).
     Pages,
+    /// The connection compares a replica's page versions with this node's (REPLVERIFY).
+    Verify,
 }
 
 impl After {
@@ -105,7 +109,12 @@ impl After {
     pub fn hands_over(self) -> bool {
         matches!(
             self,
-            After::Replicate | After::Snapshot | After::Rewind | After::Control | After::Pages
+            After::Replicate
+                | After::Snapshot
+                | After::Rewind
+                | After::Control
+                | After::Pages
+                | After::Verify
         )
     }
 }

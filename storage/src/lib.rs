@@ -81,8 +81,8 @@ mod wal;
 pub use check::IntegrityReport;
 pub use control::{check_history, CONTROL_FILE, EPOCHS_FILE, MAX_EPOCHS};
 pub use db::{
-    Db, Durability, Durable, Entry, Options, Range, ReadTxn, ReplicaProgress, ReplicaSync, Stats,
-    TxnRange, WriteBatch, WriteTxn, PAGE_FILE, WAL_DIR,
+    Db, Durability, Durable, Entry, Options, PageScrub, Range, ReadTxn, ReplicaProgress,
+    ReplicaSync, Stats, TxnRange, WalScrub, WriteBatch, WriteTxn, PAGE_FILE, WAL_DIR,
 };
 pub use error::{Error, Result};
 pub use node::{MAX_KEY, MAX_VALUE};

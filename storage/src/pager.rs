@@ -145,6 +145,20 @@ impl Published {
         self.frame_count
     }
 
+    /// Forgets that page `id` passed its checks, so the next read checks it again (a scrub
+    /// found its bytes in the file damaged since).
+    pub fn forget_verified(&self, id: PageId) {
+        let i = id.0 as usize;
+        if let Some(w) = self.verified.get(i / 64) {
+            w.fetch_and(!(1u64 << (i % 64)), Ordering::Relaxed);
+        }
+    }
+
+    /// Whether page `id` is in memory (changed since the last checkpoint).
+    pub fn has_frame(&self, id: PageId) -> bool {
+        matches!(self.frames.get(id.0 as usize), Some(Some(_)))
+    }
+
     /// The frames as they are now, for a checkpoint to write.
     pub fn frames_snapshot(&self) -> Vec<(PageId, Arc<PageBuf>)> {
         let mut v = Vec::with_capacity(self.frame_count);

@@ -8,7 +8,8 @@
 //! +4  crc      u32  crc32c of bytes 8..12+len (kind, flags, reserved and payload)
 //! +8  kind     u8   1 hello, 2 welcome, 3 wal, 4 feedback, 5 keepalive, 6 error,
 //!                   7 snapshot_begin, 8 snapshot_pages, 9 snapshot_end, 10 diverged,
-//!                   11 page_list, 12 catch_up, 13 promote, 14 role_query, 15 role_report
+//!                   11 page_list, 12 catch_up, 13 promote, 14 role_query, 15 role_report,
+//!                   16 page_versions
 //! +9  flags    u8   wal frames: bit 0 = sync, bit 1 = eager (below); 0 in every other kind
 //! +10 reserved [u8; 2]  0
 //! +12 payload
@@ -32,6 +33,7 @@
 //! role_query     (switching primary -> target)  (empty)
 //! role_report    (target -> switching primary)  primary u8 | reserved [u8; 3] | epoch u32 |
 //!                                               apply_lsn u64 | message (UTF-8)
+//! page_versions  (replica -> primary)  first_page u64 | count u32 | (page_lsn u64 | crc u32) ...
 //! ```
 //! All integers little-endian.
 //!
@@ -67,6 +69,8 @@ pub const MIN_VERSION: u32 = 4;
 pub const STREAM_VERSION: u32 = 4;
 /// Page ids in one `page_list` frame.
 pub const MAX_PAGE_LIST: usize = MAX_WAL_CHUNK / 8;
+/// Entries in one `page_versions` frame.
+pub const MAX_PAGE_VERSIONS: usize = 4096;
 /// Entries of an epoch history a frame may carry.
 pub const MAX_EPOCHS: usize = storage::MAX_EPOCHS;
 
@@ -148,6 +152,13 @@ pub enum Frame {
         apply_lsn: Lsn,
         message: String,
     },
+    /// A replica's pages `first_page ..` as it has them: each page's LSN and the crc32c of
+    /// its bytes after the checksum field (`REPLVERIFY`); answered by a `page_list` of the
+    /// pages that differ from the primary's copy of the same version.
+    PageVersions {
+        first_page: u64,
+        versions: Vec<(u64, u32)>,
+    },
 }
 
 /// Bit of a wal frame's flags byte: sync before acknowledging.
@@ -196,6 +207,7 @@ impl Frame {
             Frame::Promote => 13,
             Frame::RoleQuery => 14,
             Frame::RoleReport { .. } => 15,
+            Frame::PageVersions { .. } => 16,
         }
     }
 
@@ -308,6 +320,21 @@ impl Frame {
                 out.extend_from_slice(&epoch.to_le_bytes());
                 out.extend_from_slice(&apply_lsn.0.to_le_bytes());
                 put_message(out, message);
+            }
+            Frame::PageVersions {
+                first_page,
+                versions,
+            } => {
+                assert!(
+                    versions.len() <= MAX_PAGE_VERSIONS,
+                    "too many page versions"
+                );
+                out.extend_from_slice(&first_page.to_le_bytes());
+                out.extend_from_slice(&(versions.len() as u32).to_le_bytes());
+                for (lsn, crc) in versions {
+                    out.extend_from_slice(&lsn.to_le_bytes());
+                    out.extend_from_slice(&crc.to_le_bytes());
+                }
             }
         }
         seal(out, start, self.kind());
@@ -555,6 +582,21 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
                 message,
             }
         }
+        16 => {
+            if p.len() < 12 {
+                return Err(bad("page_versions", "payload cut short"));
+            }
+            let n = u32_at(p, 8) as usize;
+            if n > MAX_PAGE_VERSIONS || p.len() != 12 + 12 * n {
+                return Err(bad("page_versions", "bad length"));
+            }
+            Frame::PageVersions {
+                first_page: u64_at(p, 0),
+                versions: (0..n)
+                    .map(|i| (u64_at(p, 12 + 12 * i), u32_at(p, 20 + 12 * i)))
+                    .collect(),
+            }
+        }
         k => return Err(FrameError::Kind(k)),
     };
     Ok(Some((frame, HEADER + len)))
@@ -631,6 +673,14 @@ mod tests {
                     message
                 }
             ),
+            (
+                any::<u64>(),
+                prop::collection::vec((any::<u64>(), any::<u32>()), 0..50)
+            )
+                .prop_map(|(first_page, versions)| Frame::PageVersions {
+                    first_page,
+                    versions
+                }),
         ]
     }
 

@@ -1,4 +1,4 @@
-//! Server commands: INFO, CONFIG, CHECKPOINT, DURABILITY, LSN, DIGEST, SHUTDOWN.
+//! Server commands: INFO, CONFIG, CHECKPOINT, DURABILITY, LSN, DIGEST, SCRUB, SHUTDOWN.
 
 use bytes::Bytes;
 
@@ -41,6 +41,13 @@ impl Session {
             "DIGEST" => {
                 let (lsn, d) = self.db().read().digest();
                 self.enc.bulk(&mut out.buf, format!("{lsn} {d:016x}").as_bytes());
+            }
+            "SCRUB" => {
+                // Reads the whole page file and the WAL at --scrub-rate: answered when done.
+                out.parts
+                    .push(crate::session::Part::Bytes(out.buf.split().freeze()));
+                out.parts
+                    .push(crate::session::Part::Admin(crate::session::Admin::Scrub));
             }
             "SHUTDOWN" => {
                 tracing::info!(client = self.id, "SHUTDOWN requested by a client");

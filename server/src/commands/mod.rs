@@ -108,7 +108,9 @@ pub const COMMANDS: &[Spec] = &[
     spec("REPLREWIND", 1, Family::Replication, Access::Other, false),
     spec("REPLCONTROL", 1, Family::Replication, Access::Other, false),
     spec("REPLPAGES", 1, Family::Replication, Access::Other, false),
+    spec("REPLVERIFY", 1, Family::Replication, Access::Other, false),
     spec("DIGEST", 1, Family::Server, Access::Other, false),
+    spec("SCRUB", 1, Family::Server, Access::Other, false),
 ];
 
 /// The command named by `b` (case-insensitive), without allocating.

@@ -148,6 +148,7 @@ impl Session {
             "REPLSNAPSHOT" => return After::Snapshot,
             "REPLREWIND" => return After::Rewind,
             "REPLPAGES" => return After::Pages,
+            "REPLVERIFY" => return After::Verify,
             "REPLCONTROL" => return After::Control,
             _ => unreachable_command(name),
         }

@@ -33,8 +33,10 @@ mod repair;
 mod replica;
 #[cfg(test)]
 mod replica_tests;
+mod scrub;
 
 pub use read::{Entry, Range, ReadTxn, TxnRange};
+pub use scrub::{PageScrub, WalScrub};
 
 use replica::ReplicaState;
 pub use replica::{ReplicaProgress, ReplicaSync};

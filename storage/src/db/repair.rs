@@ -43,12 +43,43 @@ impl Db {
         Ok((g.last_lsn, out))
     }
 
+    /// Each page of `[first, first + count)` as this node has it now (in memory or in the
+    /// file): its page LSN and the crc32c of its bytes after the checksum field — what two
+    /// nodes compare to find a page that differs at the same version (drift). Never-written
+    /// pages are `(0, 0)`.
+    pub fn page_versions(&self, first: u64, count: u64) -> (Lsn, Vec<(u64, u32)>) {
+        let g = self.inner.state.read();
+        let end = first.saturating_add(count).min(g.meta.page_count);
+        let v = (first..end)
+            .map(|i| {
+                let p = g.page_raw(PageId(i));
+                if p.iter().all(|&b| b == 0) {
+                    (0, 0)
+                } else {
+                    (page::header(p).page_lsn.get(), crc32c::crc32c(&p[4..]))
+                }
+            })
+            .collect();
+        (g.last_lsn, v)
+    }
+
     /// Puts `image` — page `id` as a peer had it at LSN `at`, sealed — in place of this
     /// node's damaged copy. Returns the LSN from which the page is consistent with the rest
     /// of this node's state: `at` when the peer was ahead (reads must wait until the apply
     /// LSN reaches it), this node's last commit when the peer was behind. A page that reads
     /// fine by now (repaired meanwhile) is left alone.
     pub fn install_repaired_page(&self, id: PageId, image: &[u8], at: Lsn) -> Result<Lsn> {
+        self.install_page(id, image, at, false)
+    }
+
+    /// As `install_repaired_page`, for a page that reads fine here but differs from the
+    /// peer's copy of the same version (drift found by comparing `page_versions`): replaced
+    /// whatever it reads as.
+    pub fn replace_drifted_page(&self, id: PageId, image: &[u8], at: Lsn) -> Result<Lsn> {
+        self.install_page(id, image, at, true)
+    }
+
+    fn install_page(&self, id: PageId, image: &[u8], at: Lsn, force: bool) -> Result<Lsn> {
         if image.len() != PAGE_SIZE {
             return Err(Error::corrupt(id, "a repair image is not one page"));
         }
@@ -63,7 +94,7 @@ impl Db {
         if id.0 >= g.meta.page_count {
             return Err(Error::corrupt(id, "no such page here"));
         }
-        if g.page(id).is_ok() {
+        if !force && g.page(id).is_ok() {
             return Ok(g.last_lsn);
         }
         let mut p = page::page_copy(image);
