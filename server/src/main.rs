@@ -235,9 +235,9 @@ fn open_existing(dir: &PathBuf, options: Options) -> Result<Db> {
             storage::PAGE_FILE
         );
     }
-    // Inspecting a directory leaves a pending epoch resume to the node's next start.
+    // Only to look: nothing is appended to the log (see `Options::inspect`).
     let options = Options {
-        resume_epoch_after_crash: false,
+        inspect: true,
         ..options
     };
     Db::open(dir, options).with_context(|| format!("opening {}", dir.display()))

@@ -332,3 +332,38 @@ fn a_bad_record_that_no_later_record_vouches_for_is_a_torn_tail() {
     assert!(w.unproven_after.is_some(), "{w:?}");
     assert_torn_tail(dir.path(), synced_before, &ends);
 }
+
+/// Opening only to look (`Options::inspect`, what `replidb check` does) after a crash
+/// appends nothing to the log: a record written there would fork this node's log from what
+/// its replica holds at the same LSNs with no history entry saying so (found by the
+/// randomized fault test: `check` checkpointed a crashed primary's log, which then streamed
+/// into a mixed log as a replica). The next real start resumes the epoch instead.
+#[test]
+fn opening_to_inspect_after_a_crash_appends_nothing_to_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path(), 50);
+    let before = stream(dir.path());
+    let last = *records(dir.path()).last().unwrap();
+    let db = Db::open(
+        dir.path(),
+        Options {
+            inspect: true,
+            ..options()
+        },
+    )
+    .unwrap();
+    assert_eq!(db.get(&key(49)).unwrap(), Some(value(49)));
+    assert!(db.epoch_history().is_empty());
+    db.close().unwrap();
+    assert!(
+        stream(dir.path()) == before,
+        "inspecting appended to the log"
+    );
+    // A real start afterwards resumes the epoch at the end it recovered.
+    let db = Db::open(dir.path(), options()).unwrap();
+    assert_eq!(
+        db.epoch_history(),
+        vec![(1, Lsn(last.lsn + last.len))],
+        "resumed where the log ended"
+    );
+}

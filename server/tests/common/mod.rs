@@ -1,6 +1,8 @@
 //! Starting real `replidb` processes for tests, and talking to them.
 #![allow(dead_code)]
 
+pub mod faults;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -18,9 +20,18 @@ pub struct Node {
 impl Node {
     /// Starts `replidb serve --dir DIR --port 0 EXTRA...` and waits until it listens.
     pub fn start(dir: &Path, extra: &[&str]) -> Node {
+        match Node::try_start(dir, extra) {
+            Ok(n) => n,
+            Err(log) => panic!("replidb did not become ready:\n{log}"),
+        }
+    }
+
+    /// As `start`, but a node that exits instead of listening is an `Err` with its log.
+    pub fn try_start(dir: &Path, extra: &[&str]) -> Result<Node, String> {
         let (mut child, rx) = Node::spawn_raw(dir, extra);
         // The server logs its bound address once it accepts connections.
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut seen = Vec::new();
         let port = loop {
             match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
                 Ok(line) => {
@@ -37,19 +48,22 @@ impl Node {
                                 .expect("port in the log");
                         }
                     }
+                    seen.push(line);
                 }
                 Err(e) => {
                     let _ = child.kill();
-                    panic!("replidb did not become ready: {e}");
+                    let _ = child.wait();
+                    seen.push(format!("({e})"));
+                    return Err(seen.join("\n"));
                 }
             }
         };
-        Node {
+        Ok(Node {
             child,
             port,
             dir: dir.to_path_buf(),
             log: rx,
-        }
+        })
     }
 
     /// Starts `replidb serve` without waiting for it to listen (for nodes that must not get

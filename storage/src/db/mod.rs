@@ -200,10 +200,11 @@ pub struct Options {
     /// anywhere and accepts losing the commits after the damage (`replidb check
     /// --cut-wal-at-damage`).
     pub truncate_damaged_wal: bool,
-    /// A primary opened after an unclean stop resumes its epoch at the recovered end (see
-    /// `Db::open`); off only for tools that inspect a directory (`replidb check`), which
-    /// leave that to the node's next start.
-    pub resume_epoch_after_crash: bool,
+    /// Open only to look (`replidb check`, `stats`): nothing is appended to the log — no
+    /// epoch resume after an unclean stop (left to the node's next start), no checkpoint at
+    /// open, in the background or at close. A record appended here would fork this log from
+    /// what its peers hold at the same LSNs without the history saying so.
+    pub inspect: bool,
     /// Fault injection for tests of I/O error handling.
     #[doc(hidden)]
     pub faults: Option<Arc<FaultInjector>>,
@@ -222,7 +223,7 @@ impl Default for Options {
             wal_io: WalIo::Auto,
             replica: false,
             truncate_damaged_wal: false,
-            resume_epoch_after_crash: true,
+            inspect: false,
             faults: None,
             vfs: Arc::new(RealFs),
         }
@@ -540,24 +541,30 @@ impl Db {
             let mut ck = inner.ckpt.lock();
             let mut pending =
                 !inner.options.replica && ck.control.flags & (FLAG_OPEN | FLAG_RESUME_PENDING) != 0;
-            if pending && inner.options.resume_epoch_after_crash {
+            if pending && !inner.options.inspect {
                 inner.resume_epoch(&mut ck)?;
                 pending = false;
             }
             ck.control.flags = FLAG_OPEN | if pending { FLAG_RESUME_PENDING } else { 0 };
             ck.control.store(&*inner.options.vfs, &inner.dir)?;
         }
-        if replayed {
+        if replayed && !inner.options.inspect {
             // Make the replayed pages durable now, so the next crash does not replay them.
             inner.checkpoint()?;
         }
-        let bg = inner.clone();
-        let checkpointer = std::thread::Builder::new()
-            .name("replidb-checkpointer".into())
-            .spawn(move || bg.checkpointer_loop())?;
+        let checkpointer = if inner.options.inspect {
+            None
+        } else {
+            let bg = inner.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("replidb-checkpointer".into())
+                    .spawn(move || bg.checkpointer_loop())?,
+            )
+        };
         Ok(Db {
             inner,
-            checkpointer: Some(checkpointer),
+            checkpointer,
             closed: false,
         })
     }
@@ -759,7 +766,9 @@ impl Db {
         if let Some(t) = self.checkpointer.take() {
             let _ = t.join();
         }
-        let r = if self.inner.wal.failure().is_none() && self.inner.ckpt.lock().failed.is_none() {
+        let r = if self.inner.options.inspect {
+            Ok(())
+        } else if self.inner.wal.failure().is_none() && self.inner.ckpt.lock().failed.is_none() {
             self.inner.checkpoint()
         } else {
             Ok(())
