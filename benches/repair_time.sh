@@ -60,18 +60,23 @@ echo "one damaged page: the GET that hit it answered in $(( ($(date +%s%N) - t) 
 redis-cli -p 6793 CHECKPOINT >/dev/null
 redis-benchmark -p 6792 -t set -n 6000 -c 8 -r "$n" -d 1000 -q >/dev/null 2>&1
 caught_up
+flush=$(field 6793 replication flush_lsn)
 kill -9 "$pid_b"; wait "$pid_b" 2>/dev/null || true
-python3 - "$work/b/wal" <<'EOF'
+# 1 MiB of log ending 2 MiB before the replica's end (inside what its recovery replays),
+# zeroed in whichever segment files hold it (spare segments ahead are not the log).
+python3 - "$work/b/wal" "$flush" <<'EOF'
 import os, sys
-d = sys.argv[1]
-segs = sorted(f for f in os.listdir(d) if f.endswith('.wal'))
-path = os.path.join(d, segs[-1])
-data = open(path, 'rb').read()
-end = len(data.rstrip(b'\0'))
-start = max(512, end // 2 - (1 << 19))
-with open(path, 'r+b') as f:
-    f.seek(start)
-    f.write(b'\0' * (1 << 20))
+d, flush = sys.argv[1], int(sys.argv[2])
+seg_bytes = 16 << 20
+start, end = flush - (3 << 20), flush - (2 << 20)
+lsn = start
+while lsn < end:
+    seg = lsn - lsn % seg_bytes
+    n = min(end, seg + seg_bytes) - lsn
+    with open(os.path.join(d, '%016x.wal' % seg), 'r+b') as f:
+        f.seek(512 + lsn - seg)
+        f.write(b'\0' * n)
+    lsn += n
 EOF
 t=$(date +%s%N)
 restart_b
