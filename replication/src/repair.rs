@@ -203,7 +203,7 @@ pub fn drifted(first: u64, theirs: &[(u64, u32)], mine: &[(u64, u32)]) -> Vec<u6
             let (my_lsn, my_crc) = mine.get(*i).copied().unwrap_or((0, 0));
             (lsn == my_lsn && crc != my_crc) || lsn > my_lsn
         })
-        .map(|(i, _)| first + i as u64)
+        .filter_map(|(i, _)| first.checked_add(i as u64))
         .collect()
 }
 
@@ -232,6 +232,13 @@ pub async fn serve_verify(node: Arc<Node>, sock: Conn, mut buf: BytesMut) -> Res
         return Ok(());
     }
     let n = versions.len() as u64;
+    let pages_here = db.stats().page_count;
+    if first_page >= pages_here {
+        bail!(
+            "{}: page versions from page {first_page}, past this node's {pages_here} pages",
+            hello.name
+        );
+    }
     let mine = tokio::task::spawn_blocking(move || db.page_versions(first_page, n).1).await?;
     let pages = drifted(first_page, &versions, &mine);
     if !pages.is_empty() {
@@ -277,11 +284,16 @@ pub async fn verify_range(node: &Arc<Node>, first: u64) -> Result<(u64, Vec<u64>
     let _one = node.repair_lock.lock().await;
     for &id in &pages {
         tracing::error!(page = id, primary = %primary, "drift: this replica's page differs from its primary's at the same version; replacing it with the primary's copy");
-        let from = fetch_page(node, &primary, PageId(id), true)
-            .await
-            .map_err(|e| e.context(format!("replacing drifted page {id}")))?;
-        node.repair_gate.fetch_max(from.0, Ordering::AcqRel);
         node.drifted_pages.fetch_add(1, Ordering::Relaxed);
+        // One page that cannot be replaced does not keep the others from it.
+        match fetch_page(node, &primary, PageId(id), true).await {
+            Ok(from) => {
+                node.repair_gate.fetch_max(from.0, Ordering::AcqRel);
+            }
+            Err(e) => {
+                tracing::error!(page = id, error = %format!("{e:#}"), "could not replace a drifted page")
+            }
+        }
     }
     node.verified_pages.fetch_add(compared, Ordering::Relaxed);
     Ok((compared, pages))
@@ -299,16 +311,13 @@ pub async fn verify_every(node: Arc<Node>, interval: std::time::Duration) {
         if !node.is_replica_role() || !node.link_up.load(Ordering::Relaxed) {
             continue;
         }
-        match verify_range(&node, first).await {
-            Ok(_) => {
-                first += VERIFY_PAGES;
-                if first >= node.db().stats().page_count {
-                    first = 0;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "comparing pages with the primary failed")
-            }
+        if let Err(e) = verify_range(&node, first).await {
+            tracing::warn!(first_page = first, error = %format!("{e:#}"), "comparing pages with the primary failed");
+        }
+        // On to the next range either way: one range that fails does not stop the rest.
+        first += VERIFY_PAGES;
+        if first >= node.db().stats().page_count {
+            first = 0;
         }
     }
 }

@@ -43,6 +43,9 @@ pub(crate) struct Recovered {
     pub epochs_seen: Vec<(u32, Lsn)>,
     /// Damage found and cut off (only with `OnDamage::Truncate`).
     pub damage_cut: Option<WalDamage>,
+    /// Recovery threw log away: a torn tail (bytes that were not zeros past the end) or
+    /// damage. A peer may hold what was thrown away.
+    pub discarded: bool,
 }
 
 /// What recovery does with damage (valid, synced log after a bad record).
@@ -96,6 +99,7 @@ pub(crate) fn replay(
         last_checkpoint_redo: None,
         epochs_seen: Vec::new(),
         damage_cut: None,
+        discarded: false,
     };
     let present = segs.list()?;
     let mut pos = redo.0;
@@ -193,6 +197,7 @@ pub(crate) fn replay(
     } else if let Some(next) = stopped.unproven_after {
         tracing::warn!(at = pos, next_valid = next.0, stop = %reason, "valid records follow the end of the log, but none says the log was synced past it: the tail of an unsynced flush torn by a power loss; discarded");
     }
+    out.discarded = !tail_is_clean || out.end.0 != pos;
     let later_segments = present.iter().any(|&s| s > segs.start_of(out.end.0));
     if !tail_is_clean || out.end.0 != pos || later_segments {
         segs.truncate_after(out.end.0)?;

@@ -36,6 +36,11 @@ pub(crate) async fn promote_locked(node: &Arc<Node>) -> Result<String> {
     if let Some((at, target)) = node.loading() {
         refuse!("this replica is not consistent yet after its base backup (applied up to LSN {at}, consistent from {target}); let it catch up first");
     }
+    let gate = node.repair_gate.load(std::sync::atomic::Ordering::Acquire);
+    let applied = node.db().apply_lsn().0;
+    if gate > applied {
+        refuse!("a page this replica repaired from its primary is consistent only from LSN {gate}, and it has applied up to LSN {applied}; let it catch up first");
+    }
     let gen = stop_replica(node).await;
     let db = node.db();
     let epoch_before = db.epoch();

@@ -55,6 +55,15 @@ impl Inner {
     /// `Db::open`): its history now parts at this point from any replica's that holds log
     /// past it, so the handshake rewinds that replica instead of streaming into it.
     pub(super) fn resume_epoch(&self, ck: &mut Checkpointer) -> Result<()> {
+        if self.epochs.lock().len() + 1 >= crate::control::MAX_EPOCHS {
+            // A full history must not keep the node from opening: the resume is skipped,
+            // said loudly (promote a replica or reseed this node to start a fresh history).
+            tracing::error!(
+                max = crate::control::MAX_EPOCHS,
+                "the epoch history is full: not resuming the epoch after this unclean stop; a replica that holds log this node lost would not be told apart — reseed this node or promote a replica"
+            );
+            return Ok(());
+        }
         let w = self.writer.lock();
         let epoch = w.epoch;
         let at = self.wal.end();

@@ -454,6 +454,7 @@ impl Db {
         };
         let rec = recovery::recover(&file, &mut segs, control.redo_lsn, on_damage)?;
         let wal_damage_cut = rec.damage_cut.clone();
+        let discarded = rec.discarded;
         let replayed = !rec.pages.is_empty();
         // The pages reflect the log through its last complete record.
         let last_lsn = rec.end;
@@ -539,8 +540,10 @@ impl Db {
         {
             use crate::control::{FLAG_OPEN, FLAG_RESUME_PENDING};
             let mut ck = inner.ckpt.lock();
-            let mut pending =
-                !inner.options.replica && ck.control.flags & (FLAG_OPEN | FLAG_RESUME_PENDING) != 0;
+            // After an unclean stop — or whenever recovery threw log away (a torn tail after a
+            // clean stop, damage cut on request): a replica may hold what was thrown away.
+            let mut pending = !inner.options.replica
+                && (discarded || ck.control.flags & (FLAG_OPEN | FLAG_RESUME_PENDING) != 0);
             if pending && !inner.options.inspect {
                 inner.resume_epoch(&mut ck)?;
                 pending = false;

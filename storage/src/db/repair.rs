@@ -90,6 +90,14 @@ impl Db {
                 format!("the peer's copy claims a page LSN past its own position {at}"),
             ));
         }
+        if id.0 == 0 {
+            // The meta page is read into the published state itself (page count, root):
+            // one from another position would not match the rest.
+            return Err(Error::corrupt(
+                id,
+                "the meta page is not repaired from a peer",
+            ));
+        }
         let mut g = self.inner.state.write();
         if id.0 >= g.meta.page_count {
             return Err(Error::corrupt(id, "no such page here"));

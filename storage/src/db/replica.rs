@@ -552,6 +552,14 @@ impl Inner {
         // The WAL rule: the log behind every page's LSN is durable before the page is written
         // (a replica may have replayed records it has only written).
         self.wal.wait_flushed(self.wal.end())?;
+        // A page repaired from the primary as of a position this replica has not reached yet
+        // stays in memory until the log catches up with it: on disk it would be a page from
+        // the future after a restart.
+        let end = self.wal.end().0;
+        let snapshot: Vec<_> = snapshot
+            .into_iter()
+            .filter(|(_, p)| page::header(&p[..]).page_lsn.get() <= end)
+            .collect();
         let Checkpointer { file, backend, .. } = ck;
         if let Err(e) = file.write_pages(backend.as_mut(), &snapshot, page_count) {
             tracing::error!(error = %e, "replica checkpoint write-back failed; refusing further checkpoints");
