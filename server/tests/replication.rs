@@ -890,9 +890,7 @@ fn a_replica_repairs_a_damaged_page_from_its_primary_and_reads_wait_for_it() {
     assert!(r1.wait_exit().success());
     let path = d1.path().join("pages.db");
     let mut bytes = std::fs::read(&path).unwrap();
-    let leaves: Vec<usize> = (1..bytes.len() / 4096)
-        .filter(|&i| bytes[i * 4096 + 4] == 3)
-        .collect();
+    let leaves = leaf_pages(&bytes);
     assert!(leaves.len() > 10, "{} leaf pages", leaves.len());
     let leaf = leaves[leaves.len() / 2];
     bytes[leaf * 4096 + 2000] ^= 0x10;
@@ -964,9 +962,7 @@ fn scrub_finds_bit_rot_on_a_running_replica_and_repairs_it() {
     let rot = |dir: &std::path::Path| {
         let path = dir.join("pages.db");
         let bytes = std::fs::read(&path).unwrap();
-        let leaves: Vec<usize> = (1..bytes.len() / 4096)
-            .filter(|&i| bytes[i * 4096 + 4] == 3)
-            .collect();
+        let leaves = leaf_pages(&bytes);
         let leaf = leaves[leaves.len() / 3];
         let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         use std::os::unix::fs::FileExt;
@@ -1010,11 +1006,7 @@ fn scrub_finds_bit_rot_on_a_running_replica_and_repairs_it() {
 }
 
 fn persistence(c: &mut redis::Connection) -> std::collections::HashMap<String, String> {
-    let text: String = cmd("INFO").arg("persistence").query(c).unwrap();
-    text.lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
-        .collect()
+    common::info_section(c, "persistence")
 }
 
 /// A replica never drifts silently: a page of a running replica changed on disk and
@@ -1057,9 +1049,7 @@ fn a_drifted_replica_page_is_found_by_the_background_check_and_replaced() {
     // Change one value's digit in a leaf of r1's page file and reseal the page.
     let path = d1.path().join("pages.db");
     let bytes = std::fs::read(&path).unwrap();
-    let leaves: Vec<usize> = (1..bytes.len() / 4096)
-        .filter(|&i| bytes[i * 4096 + 4] == 3)
-        .collect();
+    let leaves = leaf_pages(&bytes);
     let leaf = leaves[leaves.len() / 2];
     let mut page = bytes[leaf * 4096..(leaf + 1) * 4096].to_vec();
     let at = page
@@ -1089,4 +1079,11 @@ fn a_drifted_replica_page_is_found_by_the_background_check_and_replaced() {
         assert_eq!(v, Some(format!("value {i:05}")), "key {i}");
     }
     assert_ne!(info(&mut c1)["verified_pages"], "0");
+}
+
+/// The leaf pages of a page file's bytes (kind byte 3 at offset 4 of a page).
+fn leaf_pages(bytes: &[u8]) -> Vec<usize> {
+    (1..bytes.len() / 4096)
+        .filter(|&i| bytes[i * 4096 + 4] == 3)
+        .collect()
 }

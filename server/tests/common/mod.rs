@@ -163,7 +163,15 @@ impl Drop for Node {
 
 /// `INFO replication` as a map.
 pub fn info(c: &mut redis::Connection) -> std::collections::HashMap<String, String> {
-    let text: String = redis::cmd("INFO").arg("replication").query(c).unwrap();
+    info_section(c, "replication")
+}
+
+/// `INFO section` as a map.
+pub fn info_section(
+    c: &mut redis::Connection,
+    section: &str,
+) -> std::collections::HashMap<String, String> {
+    let text: String = redis::cmd("INFO").arg(section).query(c).unwrap();
     text.lines()
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.to_string(), v.trim().to_string()))

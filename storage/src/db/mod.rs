@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Condvar, Mutex, RwLock, RwLockUpgradableReadGuard};
 
@@ -20,14 +20,14 @@ use crate::recovery;
 use crate::tree_write;
 use crate::txn::WriteCtx;
 use crate::types::Lsn;
-use crate::vfs::{RealFs, Vfs};
-use crate::wal::io::{self as walio, Backend, FaultInjector, WalIo};
+use crate::wal::io::{self as walio, Backend, WalIo};
 use crate::wal::record;
 use crate::wal::segment::Segments;
 use crate::wal::Wal;
 
 mod checkpoint;
 mod epochs;
+mod options;
 mod read;
 mod repair;
 mod replica;
@@ -35,6 +35,7 @@ mod replica;
 mod replica_tests;
 mod scrub;
 
+pub use options::Options;
 pub use read::{Entry, Range, ReadTxn, TxnRange};
 pub use scrub::{PageScrub, WalScrub};
 
@@ -179,54 +180,6 @@ impl Durability {
     /// Whether a commit at this level waits for this node's WAL sync.
     pub fn syncs_locally(self) -> bool {
         self != Durability::Off
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct Options {
-    /// A checkpoint starts once this much WAL has been written since the last one.
-    pub checkpoint_wal_bytes: u64,
-    /// ... or when this much time has passed with changes pending.
-    pub checkpoint_interval: Duration,
-    /// Size of a WAL segment file (fixed when the database is created).
-    pub wal_segment_bytes: u64,
-    /// Which I/O path the WAL and checkpoints use.
-    pub wal_io: WalIo,
-    /// Open as a replica: no local writes; the log grows only by [`Db::apply_wal`] with the
-    /// primary's bytes, and checkpoints restart from the primary's checkpoint records.
-    pub replica: bool,
-    /// Cut the log at WAL damage instead of refusing to open (a replica always does: it
-    /// refetches the rest from its primary). For an operator who has no copy of the log
-    /// anywhere and accepts losing the commits after the damage (`replidb check
-    /// --cut-wal-at-damage`).
-    pub truncate_damaged_wal: bool,
-    /// Open only to look (`replidb check`, `stats`): nothing is appended to the log — no
-    /// epoch resume after an unclean stop (left to the node's next start), no checkpoint at
-    /// open, in the background or at close. A record appended here would fork this log from
-    /// what its peers hold at the same LSNs without the history saying so.
-    pub inspect: bool,
-    /// Fault injection for tests of I/O error handling.
-    #[doc(hidden)]
-    pub faults: Option<Arc<FaultInjector>>,
-    /// The file system the database lives on: the operating system's ([`RealFs`]), or a
-    /// simulated one for power-loss tests ([`crate::vfs::SimFs`], which forces
-    /// `WalIo::Sync`).
-    pub vfs: Arc<dyn Vfs>,
-}
-
-impl Default for Options {
-    fn default() -> Options {
-        Options {
-            checkpoint_wal_bytes: 64 << 20,
-            checkpoint_interval: Duration::from_secs(60),
-            wal_segment_bytes: 16 << 20,
-            wal_io: WalIo::Auto,
-            replica: false,
-            truncate_damaged_wal: false,
-            inspect: false,
-            faults: None,
-            vfs: Arc::new(RealFs),
-        }
     }
 }
 

@@ -11,15 +11,13 @@
 //! Either way the page goes into memory at once (a frame, read before the file) and into the
 //! file at the next checkpoint.
 
+use super::scrub::LogStop;
 use super::Db;
 use crate::error::{Error, Result};
 use crate::page::{self, PAGE_SIZE};
 use crate::pager::PageSource;
 use crate::types::{Lsn, PageId};
 use crate::wal::record;
-
-/// WAL read per step while bringing a page forward.
-const CHUNK: usize = 1 << 20;
 
 impl Db {
     /// Why page `id` cannot be read here now (its checksum or structure fails), if it cannot.
@@ -133,34 +131,21 @@ impl Db {
 
     /// Applies this node's WAL records of page `id` in `[from, to)` to `p`.
     fn redo_page_from_log(&self, id: PageId, p: &mut [u8], from: Lsn, to: Lsn) -> Result<()> {
-        let mut buf: Vec<u8> = Vec::new();
-        let (mut buf_start, mut pos) = (from.0, from.0);
-        while pos < to.0 {
-            let read_to = buf_start + buf.len() as u64;
-            if read_to - pos < record::MAX_RECORD as u64 && read_to < to.0 {
-                buf.drain(..(pos - buf_start) as usize);
-                buf_start = pos;
-                let want = CHUNK.min((to.0 - read_to) as usize);
-                let before = buf.len();
-                self.read_wal(Lsn(read_to), want, &mut buf)?;
-                if buf.len() == before {
-                    return Err(Error::WalUnavailable {
-                        lsn: Lsn(read_to),
-                        reason: "not written yet".into(),
-                    });
-                }
-            }
-            let off = (pos - buf_start) as usize;
-            let (rec, len) =
-                record::decode(&buf[off..], Lsn(pos)).map_err(|e| Error::CorruptWal {
-                    lsn: Lsn(pos),
-                    reason: format!("bringing repaired page {id} forward: {e:?}"),
-                })?;
+        let walk = self.walk_log(from, to, |rec| {
             if rec.page() == Some(id) {
-                record::redo(p, &rec);
+                record::redo(p, rec);
             }
-            pos += len as u64;
+        })?;
+        match walk.stop {
+            None => Ok(()),
+            Some(LogStop::Bad(lsn, why)) => Err(Error::CorruptWal {
+                lsn,
+                reason: format!("bringing repaired page {id} forward: {why}"),
+            }),
+            Some(LogStop::Gone(lsn)) => Err(Error::WalUnavailable {
+                lsn,
+                reason: format!("bringing repaired page {id} forward: not here"),
+            }),
         }
-        Ok(())
     }
 }

@@ -70,14 +70,34 @@ impl Db {
     /// Reads the log recovery would replay — from the redo LSN to what is written — and
     /// checks every record.
     pub fn scrub_wal(&self) -> Result<WalScrub> {
-        const CHUNK: usize = 1 << 20;
         let from = self.inner.ckpt.lock().control.redo_lsn;
         let to = self.inner.wal.written();
-        let mut out = WalScrub {
+        let walk = self.walk_log(from, to, |_| {})?;
+        Ok(WalScrub {
             from,
             to,
+            records: walk.records,
+            // A checkpoint that removed a segment meanwhile is not damage: what was left
+            // is checked.
+            damage: match walk.stop {
+                Some(LogStop::Bad(lsn, why)) => Some((lsn, why)),
+                Some(LogStop::Gone(_)) | None => None,
+            },
+        })
+    }
+
+    /// Decodes this node's log in `[from, to)` (`from` a record boundary) a chunk at a time,
+    /// handing each record to `f`, until `to` or the first record that cannot be read.
+    pub(super) fn walk_log(
+        &self,
+        from: Lsn,
+        to: Lsn,
+        mut f: impl FnMut(&record::Record<'_>),
+    ) -> Result<LogWalk> {
+        const CHUNK: usize = 1 << 20;
+        let mut walk = LogWalk {
             records: 0,
-            damage: None,
+            stop: None,
         };
         let mut buf: Vec<u8> = Vec::new();
         let (mut buf_start, mut pos) = (from.0, from.0);
@@ -87,25 +107,43 @@ impl Db {
                 buf.drain(..(pos - buf_start) as usize);
                 buf_start = pos;
                 let want = CHUNK.min((to.0 - read_to) as usize);
+                let before = buf.len();
                 match self.read_wal(Lsn(read_to), want, &mut buf) {
-                    Ok(_) => {}
-                    // A checkpoint removed the segment meanwhile: what was left is checked.
-                    Err(Error::WalUnavailable { .. }) => break,
+                    Ok(_) if buf.len() > before => {}
+                    Ok(_) | Err(Error::WalUnavailable { .. }) => {
+                        walk.stop = Some(LogStop::Gone(Lsn(read_to)));
+                        break;
+                    }
                     Err(e) => return Err(e),
                 }
             }
             let off = (pos - buf_start) as usize;
             match record::decode(&buf[off..], Lsn(pos)) {
-                Ok((_, len)) => {
-                    out.records += 1;
+                Ok((rec, len)) => {
+                    f(&rec);
+                    walk.records += 1;
                     pos += len as u64;
                 }
                 Err(e) => {
-                    out.damage = Some((Lsn(pos), format!("{e:?}")));
+                    walk.stop = Some(LogStop::Bad(Lsn(pos), format!("{e:?}")));
                     break;
                 }
             }
         }
-        Ok(out)
+        Ok(walk)
     }
+}
+
+/// What `walk_log` read.
+pub(super) struct LogWalk {
+    pub records: u64,
+    /// Why it stopped before the end, if it did.
+    pub stop: Option<LogStop>,
+}
+
+pub(super) enum LogStop {
+    /// The record at this LSN cannot be read.
+    Bad(Lsn, String),
+    /// The log from this LSN is not here (removed by a checkpoint, or not written).
+    Gone(Lsn),
 }
