@@ -12,6 +12,7 @@
 //! - [`primary`]: a primary's links — senders, the WAL flusher's pushes, feedback, retention;
 //! - [`replica`]: a replica's stream — reconnects, apply, acknowledgements;
 //! - [`seed`]: base backups — serving, fetching, swapping in; [`rewind`]: rewinds;
+//! - [`cluster`]: automatic failover on etcd — the election rule, the fencing lease, the loop;
 //! - [`node_dir`]: the data directory's role, gate and reseed files;
 //! - [`wire`]: frames (fuzzed), socket I/O, the handshake, and the transport seam (TCP, or an
 //!   in-process network for tests); [`accept`]: dispatching a connection to its role file;
@@ -27,6 +28,8 @@ pub mod wire;
 pub mod accept;
 // The parts that move bytes over sockets. A `--cfg loom` build (the model checks of the
 // tracker, tests/loom.rs) leaves them out: tokio has no networking under loom.
+#[cfg(not(loom))]
+pub mod cluster;
 #[cfg(not(loom))]
 pub mod error;
 #[cfg(not(loom))]

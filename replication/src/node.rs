@@ -111,6 +111,8 @@ pub struct Node {
     pub last_heard_us: AtomicU64,
     /// Replica: when (µs since the epoch) it last noticed it was behind, 0 if caught up.
     pub behind_since_us: AtomicU64,
+    /// In a cluster, writes are taken only while this lease is known alive (`cluster::lease`).
+    pub lease: crate::cluster::Lease,
     /// When this node's log came to hold each stretch of WAL (see `note_written`): how
     /// `lag_ms` learns when a replica's first unapplied record was written.
     flush_times: Arc<Mutex<VecDeque<(Lsn, Instant)>>>,
@@ -168,6 +170,7 @@ impl Node {
             last_heard_us: AtomicU64::new(0),
             behind_since_us: AtomicU64::new(0),
             flush_times: Default::default(),
+            lease: crate::cluster::Lease::new(),
             config,
         };
         node.note_opened(&node.db());
@@ -188,6 +191,15 @@ impl Node {
     pub async fn stopped(&self) {
         let mut rx = self.shutdown.subscribe();
         let _ = rx.wait_for(|stopped| *stopped).await;
+    }
+
+    /// Why a write cannot be taken now, if it cannot: the role, then (in a cluster) the
+    /// leader's lease.
+    pub fn write_refusal(&self) -> Option<crate::role::WriteRefusal> {
+        if let Some(r) = self.role.read().write_refusal() {
+            return Some(r);
+        }
+        (!self.lease.holds()).then_some(crate::role::WriteRefusal::NoLease)
     }
 
     /// The database now. Hold the handle only for the request at hand: a reseed or a

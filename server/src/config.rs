@@ -108,6 +108,29 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SIZE")]
     pub scrub_rate: Option<String>,
 
+    /// Join a cluster coordinated by etcd at these endpoints (comma-separated, e.g.
+    /// 127.0.0.1:2379,127.0.0.1:22379): the members elect the primary through a leader key
+    /// under /replidb/CLUSTER/ and the others follow it (no --replicaof). Needs --cluster and
+    /// --name.
+    #[arg(long, value_name = "URL[,URL...]")]
+    pub etcd: Option<String>,
+
+    /// The cluster's name: its keys live under /replidb/CLUSTER/ in etcd, and Sentinel
+    /// clients ask for it as the master's name (SENTINEL GET-MASTER-ADDR-BY-NAME CLUSTER).
+    #[arg(long, value_name = "CLUSTER")]
+    pub cluster: Option<String>,
+
+    /// How long the leader's etcd lease lives without renewal: a primary that cannot renew
+    /// it stops taking writes before it runs out, and another member takes over after it.
+    /// etcd counts whole seconds (rounded up). [default: 5000]
+    #[arg(long, value_name = "MS")]
+    pub failover_ttl_ms: Option<u64>,
+
+    /// The HOST:PORT other members and clients reach this node at (what the leader key and
+    /// SENTINEL replies give). [default: --bind:--port, which must then not be 0.0.0.0]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub advertise: Option<String>,
+
     /// A TOML file with any of these settings (same names, e.g. `port = 6390`); flags win.
     #[arg(long, value_name = "FILE")]
     #[serde(skip)]
@@ -136,6 +159,8 @@ pub struct Config {
     pub verify_interval: Option<std::time::Duration>,
     /// Set on a replica: the primary's HOST:PORT.
     pub replicaof: Option<String>,
+    /// Set on a cluster member (--etcd).
+    pub cluster: Option<replication::cluster::ClusterConfig>,
     pub name: String,
     pub primary_password: Option<String>,
 }
@@ -183,6 +208,7 @@ impl Config {
                 bail!("--replicaof {r:?}: expected HOST:PORT");
             }
         }
+        let explicit_name = flags.name.clone().or(file.name.clone()).is_some();
         let name = flags.name.or(file.name).unwrap_or_else(|| {
             if replicaof.is_some() {
                 "replica".into()
@@ -198,19 +224,78 @@ impl Config {
         {
             bail!("--name {name:?}: 1 to 64 letters, digits, '_', '-' or '.'");
         }
+        let bind = flags
+            .bind
+            .or(file.bind)
+            .unwrap_or_else(|| "127.0.0.1".into());
+        let port = flags.port.or(file.port).unwrap_or(6380);
+        let cluster = match (flags.etcd.or(file.etcd), flags.cluster.or(file.cluster)) {
+            (None, None) => None,
+            (None, Some(_)) => bail!("--cluster needs --etcd (the etcd endpoints)"),
+            (Some(_), None) => bail!("--etcd needs --cluster (the cluster's name)"),
+            (Some(etcd), Some(cluster)) => {
+                if replicaof.is_some() {
+                    bail!("--replicaof and --etcd exclude each other: a cluster member follows whoever holds the leader key");
+                }
+                if !explicit_name {
+                    bail!("a cluster member needs --name (unique in the cluster)");
+                }
+                if cluster.is_empty()
+                    || !cluster
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+                {
+                    bail!("--cluster {cluster:?}: letters, digits, '_', '-' or '.'");
+                }
+                let endpoints: Vec<String> = etcd
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|e| !e.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                if endpoints.is_empty() {
+                    bail!("--etcd {etcd:?}: expected HOST:PORT[,HOST:PORT...]");
+                }
+                let ttl_ms = flags
+                    .failover_ttl_ms
+                    .or(file.failover_ttl_ms)
+                    .unwrap_or(5000);
+                if !(1000..=600_000).contains(&ttl_ms) {
+                    bail!("--failover-ttl-ms {ttl_ms}: between 1000 and 600000");
+                }
+                let advertise = match flags.advertise.or(file.advertise) {
+                    Some(a) => a,
+                    None if bind == "0.0.0.0" || bind == "::" => {
+                        bail!("--bind {bind} needs --advertise HOST:PORT: the address other members and clients reach this node at")
+                    }
+                    None => format!("{bind}:{port}"),
+                };
+                if !advertise
+                    .rsplit_once(':')
+                    .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+                {
+                    bail!("--advertise {advertise:?}: expected HOST:PORT");
+                }
+                Some(replication::cluster::ClusterConfig {
+                    endpoints,
+                    cluster,
+                    name: name.clone(),
+                    advertise,
+                    ttl: std::time::Duration::from_millis(ttl_ms),
+                })
+            }
+        };
         Ok(Config {
             replicaof,
+            cluster,
             name,
             primary_password: flags
                 .primary_password
                 .or(file.primary_password)
                 .filter(|p| !p.is_empty()),
             dir,
-            bind: flags
-                .bind
-                .or(file.bind)
-                .unwrap_or_else(|| "127.0.0.1".into()),
-            port: flags.port.or(file.port).unwrap_or(6380),
+            bind,
+            port,
             requirepass,
             sync_commit,
             sync_standbys,

@@ -16,6 +16,7 @@ const SECTIONS: &[&str] = &[
     "persistence",
     "stats",
     "replication",
+    "cluster",
     "keyspace",
 ];
 
@@ -83,6 +84,7 @@ pub fn render(sh: &Shared, section: Option<&str>) -> String {
                     if h.is_empty() { 0 } else { h.max() }
                 );
             }
+            "cluster" => cluster_section(sh, &mut o),
             "replication" => {
                 let st = db.stats();
                 let set = sh.settings.read();
@@ -174,6 +176,51 @@ pub fn render(sh: &Shared, section: Option<&str>) -> String {
 }
 
 /// Parameters CONFIG GET can show; the settable ones are marked.
+/// `INFO cluster`: the etcd-coordinated cluster this node is a member of, if any.
+/// (`cluster_enabled:0` always: this is not Redis Cluster, and clients read that field.)
+fn cluster_section(sh: &Shared, o: &mut String) {
+    o.push_str("# Cluster\r\ncluster_enabled:0\r\n");
+    let Some(view) = &sh.cluster else {
+        o.push_str("cluster:\r\n");
+        return;
+    };
+    let v = view.state();
+    let (leader, leader_addr, leader_state) = v
+        .leader
+        .as_ref()
+        .map_or((String::new(), String::new(), String::new()), |l| {
+            (l.name.clone(), l.addr.clone(), l.state.clone())
+        });
+    let term = v
+        .term
+        .clone()
+        .unwrap_or(replication::cluster::records::Term {
+            leader: String::new(),
+            addr: String::new(),
+            epoch: 0,
+            sync_standbys: String::new(),
+            failovers: 0,
+            last_failover: String::new(),
+        });
+    let _ = write!(
+        o,
+        "cluster:{}\r\nmember:{}\r\nadvertise:{}\r\netcd:{}\r\netcd_error:{}\r\nleader:{leader}\r\nleader_addr:{leader_addr}\r\nleader_state:{leader_state}\r\nlease_ttl_ms:{}\r\nlease_remaining_ms:{}\r\nmembers:{}\r\nmembers_reporting:{}\r\nfailovers:{}\r\nlast_failover:{}\r\nleader_changes_seen:{}\r\nfailover_blocked:{}\r\n",
+        view.config.cluster,
+        view.config.name,
+        view.config.advertise,
+        if v.etcd_up { "up" } else { "down" },
+        v.etcd_error,
+        view.config.ttl.as_millis(),
+        sh.node.lease.remaining_ms(),
+        v.members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(","),
+        v.statuses.len(),
+        term.failovers,
+        term.last_failover,
+        v.leader_changes,
+        v.failover_blocked,
+    );
+}
+
 fn params(sh: &Shared) -> Vec<(&'static str, String, bool)> {
     let set = sh.settings.read();
     vec![

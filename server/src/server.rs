@@ -52,7 +52,21 @@ impl Server {
         let dir = replication::node_dir::NodeDir::new(config.dir.clone());
         // The role: --replicaof, else what a REPLICAOF of an earlier run left in the data
         // directory (so a demoted primary never comes back as a primary by itself).
-        let role = config.replicaof.clone().or_else(|| dir.load_role());
+        let mut role = config.replicaof.clone().or_else(|| dir.load_role());
+        // A cluster member registers and asks etcd whom to follow: the leader key decides,
+        // not a role file of an earlier run.
+        let cluster = config
+            .cluster
+            .clone()
+            .map(|c| Arc::new(replication::cluster::ClusterView::new(c)));
+        if let Some(view) = &cluster {
+            let (_tx, mut stop_rx) = watch::channel(false);
+            let joined = replication::cluster::join(view, dir.has_database(), &mut stop_rx).await?;
+            if joined.primary.is_some() {
+                role = joined.primary;
+            }
+            tracing::info!(cluster = %view.config.cluster, follows = role.as_deref().unwrap_or("nobody (a candidate)"), "joined the cluster");
+        }
         // A backup swapped in by a reseed or rewind of an earlier run is the node's data,
         // whatever its role now (it may have been promoted since).
         dir.finish_reseed()
@@ -94,8 +108,13 @@ impl Server {
             role.clone(),
             config.sync_standbys.clone(),
         ));
+        if cluster.is_some() {
+            // No write is taken until this member holds the leader key and its lease.
+            node.lease.enable();
+        }
         let shared = Arc::new(Shared {
             node: node.clone(),
+            cluster: cluster.clone(),
             settings: RwLock::new(Settings {
                 requirepass: config.requirepass.clone(),
                 sync_commit: config.sync_commit,
@@ -121,6 +140,9 @@ impl Server {
         }
         if let Some(primary) = role {
             replication::replica::start_replica(&node, primary, 0);
+        }
+        if let Some(view) = cluster {
+            tokio::spawn(replication::cluster::run(node.clone(), view));
         }
         Ok(Server { shared, listener })
     }
@@ -367,6 +389,8 @@ async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut Out) -> Byte
     if let (Some((remote, level)), Some(lsn), Ok(())) = (remote, max, &durable) {
         quorum = wait_quorum(sh, remote, level, lsn).await;
     }
+    // Checked after every wait above, just before the replies go out.
+    let lease_held = sh.node.lease.holds();
     let now = Instant::now();
     let mut reply = BytesMut::new();
     for (p, r) in out.parts.drain(..).zip(results) {
@@ -381,7 +405,12 @@ async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut Out) -> Byte
                         .await
                         .map(|()| "OK".into()),
                     Admin::Failover(addr, ms) => {
-                        replication::role::failover(&sh.node, addr, Duration::from_millis(ms)).await
+                        let r = replication::role::failover(&sh.node, addr.clone(), Duration::from_millis(ms)).await;
+                        if let (Ok(_), Some(view)) = (&r, &sh.cluster) {
+                            // The new primary holds the leader key from here.
+                            view.hand_over(addr);
+                        }
+                        r
                     }
                     Admin::Scrub => replication::scrub::scrub(&sh.node, sh.config.scrub_rate)
                         .await
@@ -441,6 +470,12 @@ async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut Out) -> Byte
                 session.enc.int(&mut reply, n as i64);
             }
             Part::Write(d) => match r {
+                // A cluster's primary whose lease lapsed while the write waited: another
+                // member may be elected by now, so it is not acknowledged.
+                Some(Ok((_, lsn))) if !lease_held => session.enc.error(
+                    &mut reply,
+                    &format!("TRYAGAIN committed locally at LSN {lsn}, but this member's leader lease in etcd lapsed before the acknowledgement: not acknowledged; retry on the cluster's primary"),
+                ),
                 Some(Ok(_))
                     if replication::quorum::Level::of(d.level).is_some() && quorum.is_err() =>
                 {

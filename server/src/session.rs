@@ -223,7 +223,7 @@ impl Session {
     fn write_refusal(&self) -> Option<String> {
         let sh = &self.shared;
         // The role alone decides: it becomes Primary only once the database is a primary's.
-        if let Some(refusal) = sh.node.role.read().write_refusal() {
+        if let Some(refusal) = sh.node.write_refusal() {
             return Some(crate::shared::role_refusal_message(&refusal));
         }
         let need = sh.config.min_replicas_to_write;
@@ -347,6 +347,7 @@ impl Session {
             (Family::Connection, _) => return self.connection_command(name, &args, out),
             (Family::Server, _) => return self.server_command(name, &args, out),
             (Family::Replication, _) => return self.replication_command(name, &args, out),
+            (Family::Sentinel, _) => return self.sentinel_command(&args, out),
         }
         // A read that hit a damaged page: its error is replaced by the read run again once
         // the page is repaired.

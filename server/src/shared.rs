@@ -61,6 +61,8 @@ impl Default for Stats {
 pub struct Shared {
     /// The node: its database, role, replica links and what it knows of its primary.
     pub node: Arc<replication::Node>,
+    /// What this member knows of its cluster (`--etcd`), if it is in one.
+    pub cluster: Option<Arc<replication::cluster::ClusterView>>,
     pub config: Config,
     pub settings: RwLock<Settings>,
     pub stats: Stats,
@@ -85,6 +87,7 @@ pub fn role_refusal_message(refusal: &replication::role::WriteRefusal) -> String
         WriteRefusal::SwitchingOver => {
             "TRYAGAIN writes are paused for a switchover; retry on the new primary".into()
         }
+        WriteRefusal::NoLease => "TRYAGAIN this member has not renewed its leader lease in etcd within --failover-ttl-ms: it takes no writes until it does, or another member takes over".into(),
     }
 }
 
@@ -126,7 +129,7 @@ impl Shared {
         // (fenced, switching over, told to follow) is refused, never committed after it. (Not
         // held while the group is applied: an append can wait on a full disk, and a role
         // change must not wait behind it; a demotion waits for a running write in the engine.)
-        let refusal = self.node.role.read().write_refusal();
+        let refusal = self.node.write_refusal();
         if let Some(refusal) = refusal {
             let msg = role_refusal_message(&refusal);
             for q in &reqs {

@@ -45,6 +45,8 @@ pub enum WriteRefusal {
     Fenced(String),
     /// Writes are paused for a switchover.
     SwitchingOver,
+    /// A cluster's primary whose leader lease is not known alive (`cluster::lease`).
+    NoLease,
 }
 
 impl Role {

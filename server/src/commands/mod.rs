@@ -1,12 +1,13 @@
 //! The commands, one file per family, as Redis keeps them (t_string.c, t_hash.c, ...):
 //! `strings`, `keys`, `transactions`, `connection`, `admin` (server commands) and
-//! `replication`. A new family is a new file and rows in [`COMMANDS`]: the session dispatches
+//! `replication`, `sentinel`. A new family is a new file and rows in [`COMMANDS`]: the session dispatches
 //! by the row's family, and takes a command down the read or the write path by its access.
 
 pub(crate) mod admin;
 pub(crate) mod connection;
 pub(crate) mod keys;
 pub(crate) mod replication;
+pub(crate) mod sentinel;
 pub(crate) mod strings;
 pub(crate) mod transactions;
 
@@ -24,6 +25,8 @@ pub enum Family {
     Connection,
     Server,
     Replication,
+    /// Discovery for Sentinel clients (`sentinel`).
+    Sentinel,
 }
 
 /// How a command touches the data.
@@ -111,6 +114,7 @@ pub const COMMANDS: &[Spec] = &[
     spec("REPLVERIFY", 1, Family::Replication, Access::Other, false),
     spec("DIGEST", 1, Family::Server, Access::Other, false),
     spec("SCRUB", 1, Family::Server, Access::Other, false),
+    spec("SENTINEL", -2, Family::Sentinel, Access::Other, false),
 ];
 
 /// The command named by `b` (case-insensitive), without allocating.

@@ -18,6 +18,14 @@ impl Session {
         out: &mut Out,
     ) -> After {
         match name {
+            "REPLICAOF" | "SLAVEOF" if self.shared.cluster.is_some() => {
+                let cluster = self
+                    .shared
+                    .cluster
+                    .as_ref()
+                    .map_or("", |c| c.config.cluster.as_str());
+                self.err(out, &format!("ERR this node is a member of cluster {cluster}: etcd's leader key decides who is primary. For a planned switchover run FAILOVER TO host port on the primary"));
+            }
             "REPLICAOF" | "SLAVEOF" => {
                 let op = if args[1].eq_ignore_ascii_case(b"no")
                     && args[2].eq_ignore_ascii_case(b"one")

@@ -1,6 +1,7 @@
 //! Starting real `replidb` processes for tests, and talking to them.
 #![allow(dead_code)]
 
+pub mod etcd;
 pub mod faults;
 
 use std::io::{BufRead, BufReader};
@@ -69,10 +70,16 @@ impl Node {
     /// Starts `replidb serve` without waiting for it to listen (for nodes that must not get
     /// that far); returns the child and its log lines.
     pub fn spawn_raw(dir: &Path, extra: &[&str]) -> (Child, mpsc::Receiver<String>) {
+        // A free port unless the caller names one (cluster members advertise theirs).
+        let port: &[&str] = if extra.contains(&"--port") {
+            &[]
+        } else {
+            &["--port", "0"]
+        };
         let mut child = Command::new(env!("CARGO_BIN_EXE_replidb"))
             .args(["serve", "--dir"])
             .arg(dir)
-            .args(["--port", "0"])
+            .args(port)
             .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
