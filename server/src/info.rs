@@ -279,6 +279,13 @@ pub fn config(s: &mut Session, args: &[Bytes], out: &mut Out) {
                         s.shared.settings.write().requirepass = Some(value).filter(|v| !v.is_empty());
                         s.set_requirepass();
                     }
+                    // In a cluster the election proves writes against the quorum recorded
+                    // in etcd; changing it here first would leave a window where the record
+                    // claims a stronger quorum than the primary used.
+                    "sync-standbys" | "sync_standbys" if s.shared.cluster.is_some() => {
+                        enc.error(&mut out.buf, "ERR sync-standbys cannot change at run time in a cluster: the election reads it from etcd; restart the members with the new --sync-standbys");
+                        return;
+                    }
                     "sync-standbys" | "sync_standbys" => {
                         match replication::quorum::SyncStandbys::parse(&value) {
                             Ok(cfg) => {

@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod client;
+pub mod cluster_demo;
 pub mod commands;
 pub mod config;
 pub mod glob;

@@ -47,6 +47,15 @@ enum Command {
         /// The primary's port (the replicas take the next two).
         #[arg(long, default_value_t = 6380)]
         port: u16,
+        /// Instead: a three-member etcd (needs etcd on the PATH) and a three-member cluster
+        /// with automatic failover, each member its own process on PORT, PORT+1, PORT+2;
+        /// prints how to kill the primary and watch a replica take over.
+        #[arg(long)]
+        etcd: bool,
+        /// With --etcd: the first etcd member's client port (the others take +2 and +4; each
+        /// peer port is one above its client port).
+        #[arg(long, default_value_t = 2379, requires = "etcd")]
+        etcd_port: u16,
     },
     /// The commit-latency benchmark: starts a primary and replicas (or drives --target) and
     /// measures commits/s and latency percentiles per durability mode and client count.
@@ -96,7 +105,13 @@ fn run() -> Result<()> {
         .init();
     match cli.command {
         Command::Serve(args) => serve(Config::resolve(args)?, None),
-        Command::Demo { dir, port } => demo(dir, port),
+        Command::Demo {
+            dir,
+            port,
+            etcd: true,
+            etcd_port,
+        } => replidb_server::cluster_demo::run(dir, port, etcd_port),
+        Command::Demo { dir, port, .. } => demo(dir, port),
         Command::Bench(args) => replidb_server::bench::run(args),
         Command::Check {
             dir,

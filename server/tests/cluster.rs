@@ -414,17 +414,21 @@ fn sentinel_replies_have_redis_shapes() {
     assert_eq!(masters[0]["flags"], "master");
     assert_eq!(masters[0]["num-slaves"], "2");
     assert_eq!(masters[0]["num-other-sentinels"], "2");
-    let replicas: Vec<HashMap<String, String>> = cmd("SENTINEL")
-        .arg("replicas")
-        .arg(CLUSTER)
-        .query(&mut c)
-        .unwrap();
+    // Every member's status reaches this one's view shortly after it starts.
+    let mut replicas: Vec<HashMap<String, String>> = Vec::new();
+    wait_for(30, "both replicas to be reported up", || {
+        replicas = cmd("SENTINEL")
+            .arg("replicas")
+            .arg(CLUSTER)
+            .query(&mut c)
+            .unwrap();
+        replicas.iter().all(|r| r["flags"] == "slave")
+    });
     let mut ports: Vec<String> = replicas.iter().map(|r| r["port"].clone()).collect();
     ports.sort();
     let mut want = vec![specs[1].port.to_string(), specs[2].port.to_string()];
     want.sort();
     assert_eq!(ports, want);
-    assert!(replicas.iter().all(|r| r["flags"] == "slave"));
     let sentinels: Vec<HashMap<String, String>> = cmd("SENTINEL")
         .arg("sentinels")
         .arg(CLUSTER)
@@ -509,3 +513,38 @@ else:
                 raise
             time.sleep(0.05)
 "#;
+
+/// A three-member etcd that loses one member keeps its quorum: a failover still happens,
+/// and the cluster keeps going when that etcd member returns.
+#[test]
+fn a_failover_with_one_etcd_member_down() {
+    let root = tempfile::tempdir().unwrap();
+    let mut etcd = Etcd::start(root.path(), 3);
+    let specs = members(root.path(), &etcd, &["--sync-standbys", "ANY 1 (*)"]);
+    let ports: Vec<u16> = specs.iter().map(|s| s.port).collect();
+    let mut nodes = start_all(&specs);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = sentinel_writers(ports.clone(), 2, stop.clone());
+    wait_for(30, "writes to be acknowledged", || {
+        acked.lock().unwrap().len() > 100
+    });
+    etcd.kill(0);
+    let before = acked.lock().unwrap().len();
+    wait_for(30, "writes to go on without one etcd member", || {
+        acked.lock().unwrap().len() > before + 100
+    });
+    nodes[0].take().unwrap().kill();
+    let next = wait_primary(&ports[1..], Some(&specs[0].addr()), 30);
+    etcd.restart(0);
+    nodes[0] = Some(specs[0].start());
+    wait_streaming(nodes[0].as_ref().unwrap());
+    let before = acked.lock().unwrap().len();
+    wait_for(30, "writes on the new primary", || {
+        acked.lock().unwrap().len() > before + 100
+    });
+    stop.store(true, Ordering::SeqCst);
+    let primary = wait_primary(&ports, None, 30);
+    assert_eq!(primary, next);
+    check_acked(&primary, &acked.lock().unwrap().clone());
+    check_digests(&ports, &primary);
+}

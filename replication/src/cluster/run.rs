@@ -383,9 +383,7 @@ async fn act(
                         st.leading = true;
                         tracing::info!(cluster = %cfg.cluster, "this member leads the cluster");
                     }
-                    if let Some(sent) = st.renewed {
-                        node.lease.renewed(sent, cfg.ttl);
-                    }
+                    // The term first: no write is taken under a quorum etcd does not hold.
                     let epoch = node.db().epoch();
                     let q = quorum_string(node);
                     let stale = snap.term.as_ref().is_none_or(|(t, _)| {
@@ -393,6 +391,9 @@ async fn act(
                     });
                     if l.state != "primary" || l.epoch != epoch || stale {
                         establish(node, client, keys, lease, snap, cfg).await?;
+                    }
+                    if let Some(sent) = st.renewed {
+                        node.lease.renewed(sent, cfg.ttl);
                     }
                 }
                 // Promoting or handing over: the step in progress finishes it.
