@@ -113,6 +113,9 @@ pub struct Node {
     pub behind_since_us: AtomicU64,
     /// In a cluster, writes are taken only while this lease is known alive (`cluster::lease`).
     pub lease: crate::cluster::Lease,
+    /// A cluster's primary: the advertised addresses of the members streaming from it, which
+    /// a damaged page is repaired from (a replica repairs from its primary).
+    pub repair_peers: Mutex<Vec<String>>,
     /// When this node's log came to hold each stretch of WAL (see `note_written`): how
     /// `lag_ms` learns when a replica's first unapplied record was written.
     flush_times: Arc<Mutex<VecDeque<(Lsn, Instant)>>>,
@@ -171,6 +174,7 @@ impl Node {
             behind_since_us: AtomicU64::new(0),
             flush_times: Default::default(),
             lease: crate::cluster::Lease::new(),
+            repair_peers: Mutex::new(Vec::new()),
             config,
         };
         node.note_opened(&node.db());
@@ -200,6 +204,15 @@ impl Node {
             return Some(r);
         }
         (!self.lease.holds()).then_some(crate::role::WriteRefusal::NoLease)
+    }
+
+    /// The peers a damaged page of this node can be repaired from: a replica's primary, or
+    /// a cluster primary's streaming members.
+    pub fn repair_sources(&self) -> Vec<String> {
+        match self.replicaof() {
+            Some(p) => vec![p],
+            None => self.repair_peers.lock().clone(),
+        }
     }
 
     /// The database now. Hold the handle only for the request at hand: a reseed or a

@@ -173,17 +173,32 @@ pub async fn repair_page(node: &Arc<Node>, id: PageId) -> Result<Lsn> {
     let Some(why) = db.page_damage(id) else {
         return Ok(Lsn(node.repair_gate.load(Ordering::Acquire)));
     };
-    let Some(peer) = node.replicaof() else {
-        refuse!("page {id} is damaged ({why}) and this node has no peer to repair it from: a primary does not yet know its replicas' addresses; `replidb check` names the damage")
-    };
-    tracing::warn!(page = id.0, peer = %peer, damage = %why, "repairing a damaged page from the primary");
-    let from = fetch_page(node, &peer, id, false)
-        .await
-        .map_err(|e| e.context(format!("repairing page {id} from {peer}")))?;
-    node.repair_gate.fetch_max(from.0, Ordering::AcqRel);
-    node.pages_repaired.fetch_add(1, Ordering::Relaxed);
-    tracing::warn!(page = id.0, peer = %peer, consistent_from = from.0, "page repaired");
-    Ok(from)
+    let peers = node.repair_sources();
+    if peers.is_empty() {
+        refuse!("page {id} is damaged ({why}) and this node has no peer to repair it from (a primary repairs from the members of its cluster; outside one it does not know its replicas' addresses); `replidb check` names the damage")
+    }
+    // A replica asks its primary; a cluster's primary asks each streaming member in turn
+    // (their older copy is brought forward with this node's own WAL).
+    let mut failures = Vec::new();
+    for peer in peers {
+        tracing::warn!(page = id.0, peer = %peer, damage = %why, "repairing a damaged page from a peer");
+        match fetch_page(node, &peer, id, false).await {
+            Ok(from) => {
+                node.repair_gate.fetch_max(from.0, Ordering::AcqRel);
+                node.pages_repaired.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(page = id.0, peer = %peer, consistent_from = from.0, "page repaired");
+                return Ok(from);
+            }
+            Err(e) => {
+                tracing::warn!(page = id.0, peer = %peer, error = %format!("{e:#}"), "this peer could not repair the page");
+                failures.push(format!("{peer}: {e:#}"));
+            }
+        }
+    }
+    refuse!(
+        "repairing page {id}: no peer could give it ({})",
+        failures.join("; ")
+    )
 }
 
 /// The command that opens a drift check (`REPLVERIFY`).

@@ -1,7 +1,7 @@
 //! Scrubbing a node: every page of its page file and the WAL recovery would replay, read
 //! from disk and checked, at a bounded rate so foreground latency barely moves; a damaged
-//! page is repaired from a peer when the node has one (a replica, from its primary), and
-//! reported otherwise (docs/operations.md, "Scrubbing").
+//! page is repaired from a peer when the node has one (a replica, from its primary; a
+//! cluster's primary, from a member streaming from it), and reported otherwise (docs/operations.md, "Scrubbing").
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -66,7 +66,7 @@ pub async fn scrub(node: &Arc<Node>, rate: u64) -> Result<ScrubReport> {
         for (id, why) in s.damaged {
             report.damaged_pages += 1;
             tracing::error!(page = id.0, damage = %why, "scrub: a damaged page in the page file");
-            if node.is_replica_role() {
+            if !node.repair_sources().is_empty() {
                 match crate::repair::repair_page(node, id).await {
                     Ok(_) => report.repaired_pages += 1,
                     Err(e) => {

@@ -254,10 +254,13 @@ impl Session {
         self.enc.error(buf, &storage_error(e));
     }
 
-    /// Whether reads here repair damaged pages from a peer (a replica, from its primary)
-    /// and wait for the repair instead of failing.
+    /// Whether reads here repair damaged pages from a peer (a replica, from its primary; a
+    /// cluster's primary, from a member streaming from it) and wait for the repair instead
+    /// of failing.
     fn repairs(&self) -> bool {
-        !self.no_repair && self.shared.node.is_replica_role()
+        !self.no_repair
+            && (self.shared.node.is_replica_role()
+                || !self.shared.node.repair_peers.lock().is_empty())
     }
 
     /// Runs one request. Replies go to `out`; durable-write replies are marked pending.

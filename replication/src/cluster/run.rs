@@ -501,6 +501,16 @@ async fn act(
         tracing::warn!(cluster = %cfg.cluster, "no failover yet: {blocked}");
     }
     st.blocked.clone_from(&blocked);
+    // A leader repairs damaged pages from the members streaming from it.
+    *node.repair_peers.lock() = if st.leading {
+        snap.statuses
+            .iter()
+            .filter(|(s, _)| s.name != me && s.following == cfg.advertise && s.link_up)
+            .map(|(s, _)| s.addr.clone())
+            .collect()
+    } else {
+        Vec::new()
+    };
     // Refreshed on change, at most every keepalive period (a vacancy answers at once, above).
     let mine = my_status(node, cfg, vacant_rev);
     let due = st.published.as_ref().is_none_or(|(p, at)| {
