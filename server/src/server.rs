@@ -389,8 +389,6 @@ async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut Out) -> Byte
     if let (Some((remote, level)), Some(lsn), Ok(())) = (remote, max, &durable) {
         quorum = wait_quorum(sh, remote, level, lsn).await;
     }
-    // Checked after every wait above, just before the replies go out.
-    let lease_held = sh.node.lease.holds();
     let now = Instant::now();
     let mut reply = BytesMut::new();
     for (p, r) in out.parts.drain(..).zip(results) {
@@ -470,9 +468,10 @@ async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut Out) -> Byte
                 session.enc.int(&mut reply, n as i64);
             }
             Part::Write(d) => match r {
-                // A cluster's primary whose lease lapsed while the write waited: another
-                // member may be elected by now, so it is not acknowledged.
-                Some(Ok((_, lsn))) if !lease_held => session.enc.error(
+                // A cluster's primary whose lease lapsed while the write waited (checked
+                // here, after every wait of the batch before this reply): another member may
+                // be elected by now, so it is not acknowledged.
+                Some(Ok((_, lsn))) if !sh.node.lease.holds() => session.enc.error(
                     &mut reply,
                     &format!("TRYAGAIN committed locally at LSN {lsn}, but this member's leader lease in etcd lapsed before the acknowledgement: not acknowledged; retry on the cluster's primary"),
                 ),

@@ -289,12 +289,19 @@ fn no_promotion_without_proof_when_the_primary_and_a_replica_die_together() {
         blocked = info_section(&mut c, "cluster");
         blocked["failover_blocked"].contains("need the flush positions of 2")
     });
-    // Held for three TTLs: it stays a replica the whole time.
+    // Held for three TTLs: it stays a replica the whole time, and a blocked election does
+    // not keep writing to etcd (its status is written once per vacancy, not at every wake).
+    let rev = etcd.revision();
     let t = Instant::now();
     while t.elapsed() < Duration::from_millis(6000) {
         assert_eq!(info(&mut c)["role"], "replica", "promoted without proof");
         std::thread::sleep(Duration::from_millis(100));
     }
+    let writes = etcd.revision() - rev;
+    assert!(
+        writes < 10,
+        "{writes} etcd writes in 6 s of a blocked election"
+    );
     assert_eq!(master_addr(specs[2].port, CLUSTER), Some(specs[0].addr()));
     // The other replica returns: the proof is complete, the most advanced takes over.
     nodes[1] = Some(specs[1].start());

@@ -9,7 +9,10 @@
 //! same count works. The old primary's own position, if it reports one, covers everything
 //! on its own. A position counts only if it was read after the vacancy began (`fresh`): a
 //! report made while the old primary was still acknowledging could be older than a write
-//! it acknowledged. Ranking is by (epoch, flush LSN), ties broken by the smallest name.
+//! it acknowledged. Ranking is by (epoch, where that epoch began, flush LSN) — a primary
+//! that resumed its epoch after an unclean stop starts a later branch of the same number,
+//! and a member still on the abandoned branch must not outrank it — ties broken by the
+//! smallest name.
 
 use crate::quorum::{Method, SyncStandbys};
 
@@ -18,6 +21,8 @@ use crate::quorum::{Method, SyncStandbys};
 pub struct Report {
     pub name: String,
     pub epoch: u32,
+    /// Where its epoch began in its history (see `records::Status::epoch_start`).
+    pub epoch_start: u64,
     pub flush_lsn: u64,
     /// Read after the current vacancy began (see the module docs).
     pub fresh: bool,
@@ -139,8 +144,8 @@ pub fn decide(
     }
     // The most advanced of every fresh report, ties to the smallest name.
     let Some(best) = fresh.iter().max_by(|a, b| {
-        (a.epoch, a.flush_lsn)
-            .cmp(&(b.epoch, b.flush_lsn))
+        (a.epoch, a.epoch_start, a.flush_lsn)
+            .cmp(&(b.epoch, b.epoch_start, b.flush_lsn))
             .then_with(|| b.name.cmp(&a.name))
     }) else {
         return Decision::Blocked("no member has reported".into());
@@ -168,6 +173,7 @@ mod tests {
         Report {
             name: name.into(),
             epoch,
+            epoch_start: 0,
             flush_lsn: lsn,
             fresh: true,
             can_promote: true,
@@ -327,6 +333,20 @@ mod tests {
                 vec![stale(r("b", 1, 900)), r("c", 1, 800)],
                 false,
                 Err("b has not reported its own position"),
+            ),
+            (
+                "17 same epoch, later branch (a resumed primary's): ranks first",
+                "ANY 1 (b, c)",
+                abc.clone(),
+                vec![
+                    Report {
+                        epoch_start: 4000,
+                        ..r("b", 1, 4500)
+                    },
+                    r("c", 1, 9000),
+                ],
+                false,
+                Ok(Decision::TakeOver),
             ),
             (
                 "16 an async member ahead of the proof set takes over",

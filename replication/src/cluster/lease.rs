@@ -47,9 +47,15 @@ impl Lease {
     /// A keepalive sent at `sent` was answered with the lease alive for `ttl`: writes may be
     /// acknowledged until `sent + ttl - margin`.
     pub fn renewed(&self, sent: Instant, ttl: Duration) {
-        let until = sent.saturating_duration_since(self.base) + ttl.saturating_sub(margin(ttl));
-        self.deadline_ms
-            .store(until.as_millis() as u64, Ordering::SeqCst);
+        let valid = ttl.saturating_sub(margin(ttl));
+        // Milliseconds after `base`; a keepalive sent before `base` counts from further back.
+        let until = match sent.checked_duration_since(self.base) {
+            Some(after) => (after + valid).as_millis() as u64,
+            None => valid
+                .saturating_sub(self.base.duration_since(sent))
+                .as_millis() as u64,
+        };
+        self.deadline_ms.store(until, Ordering::SeqCst);
     }
 
     /// Not the leader (any more): no writes until `renewed` again.

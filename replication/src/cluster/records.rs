@@ -5,6 +5,7 @@
 //! |---------------------|--------------|----------------------------|------------------|
 //! | `leader`            | the leader's | the member that takes over | [`Leader`]       |
 //! | `term`              | none         | the leader, as it starts   | [`Term`]         |
+//! | `bootstrap`         | none         | the first member, once     | its name         |
 //! | `members/NAME`      | none         | each member, at start      | [`Member`]       |
 //! | `status/NAME`       | the member's | each member, on change     | [`Status`]       |
 
@@ -51,6 +52,10 @@ pub struct Status {
     pub addr: String,
     pub role: String,
     pub epoch: u32,
+    /// Where its current epoch began in its history: two branches of one epoch number (a
+    /// primary that resumed after an unclean stop) rank by the later start.
+    #[serde(default)]
+    pub epoch_start: u64,
     pub flush_lsn: u64,
     pub apply_lsn: u64,
     /// The etcd revision at which this member saw the leader key vacant before it read the
@@ -79,6 +84,9 @@ impl Keys {
     }
     pub fn term(&self) -> String {
         format!("{}term", self.prefix)
+    }
+    pub fn bootstrap(&self) -> String {
+        format!("{}bootstrap", self.prefix)
     }
     pub fn member(&self, name: &str) -> String {
         format!("{}members/{name}", self.prefix)

@@ -43,6 +43,11 @@ struct Snapshot {
     term: Option<(Term, i64)>,
     members: Vec<Member>,
     statuses: Vec<(Status, i64)>,
+    /// A leader or term key exists but this version cannot read it: nobody may treat the
+    /// leader key as vacant, nor prove anything against the term.
+    unreadable: Option<String>,
+    /// The member that bootstrapped the cluster (the first member), if any.
+    bootstrap: Option<String>,
 }
 
 async fn read(client: &mut Client, keys: &Keys) -> Res<Snapshot> {
@@ -65,13 +70,27 @@ async fn read(client: &mut Client, keys: &Keys) -> Res<Snapshot> {
         if rest == "leader" {
             match serde_json::from_slice(v) {
                 Ok(l) => s.leader = Some((l, kv.create_revision(), kv.lease())),
-                Err(e) => bad(e),
+                Err(e) => {
+                    s.unreadable = Some(format!("the leader key is unreadable ({e})"));
+                    bad(e)
+                }
             }
         } else if rest == "term" {
-            match serde_json::from_slice(v) {
+            match serde_json::from_slice::<Term>(v) {
+                Ok(t) if SyncStandbys::parse(&t.sync_standbys).is_err() => {
+                    s.unreadable = Some(format!(
+                        "the term's sync_standbys {:?} does not parse",
+                        t.sync_standbys
+                    ));
+                }
                 Ok(t) => s.term = Some((t, kv.mod_revision())),
-                Err(e) => bad(e),
+                Err(e) => {
+                    s.unreadable = Some(format!("the term key is unreadable ({e})"));
+                    bad(e)
+                }
             }
+        } else if rest == "bootstrap" {
+            s.bootstrap = Some(String::from_utf8_lossy(v).into_owned());
         } else if rest.starts_with("members/") {
             match serde_json::from_slice(v) {
                 Ok(m) => s.members.push(m),
@@ -118,6 +137,19 @@ pub async fn join(
             c.put(keys.member(&cfg.name), json(&member), None)
                 .await
                 .map_err(etcd_err("registering this member"))?;
+            // One member, once, may start a cluster that never had a term: the first to
+            // claim this key. (Two started together would otherwise both open as primaries
+            // of epoch 1 with different data.)
+            c.txn(
+                Txn::new()
+                    .when([
+                        Compare::create_revision(keys.bootstrap(), CompareOp::Equal, 0),
+                        Compare::create_revision(keys.term(), CompareOp::Equal, 0),
+                    ])
+                    .and_then([TxnOp::put(keys.bootstrap(), cfg.name.as_str(), None)]),
+            )
+            .await
+            .map_err(etcd_err("claiming the cluster's bootstrap"))?;
             read(&mut c, &keys).await
         }
         .await;
@@ -141,7 +173,14 @@ pub async fn join(
                 (Some((l, ..)), _) if l.name == cfg.name && has_database => {
                     return Ok(Joined { primary: None })
                 }
-                (_, None) => return Ok(Joined { primary: None }),
+                (_, None) if s.bootstrap.as_deref() == Some(cfg.name.as_str()) => {
+                    return Ok(Joined { primary: None })
+                }
+                (_, None) if has_database => return Ok(Joined { primary: None }),
+                (_, None) => format!(
+                    "this member has no data yet; waiting for the first member ({}) to lead so as to seed from it",
+                    s.bootstrap.as_deref().unwrap_or("?")
+                ),
                 (None, Some(_)) if has_database => return Ok(Joined { primary: None }),
                 (Some((l, ..)), _) => format!(
                     "this member has no data yet; waiting for the leader ({}) to become primary to seed from it",
@@ -219,6 +258,14 @@ struct LoopState {
     vacant_since: Option<Instant>,
     /// The blocked reason last logged.
     blocked: String,
+    /// The revision at which this member saw the current vacancy (0: none). Kept for the
+    /// whole vacancy — every put moves etcd's revision, and a status that changed with it
+    /// would be rewritten at every wake.
+    vacant_rev: i64,
+    /// After a failed promotion, this member reports it cannot promote until then.
+    no_promote_until: Option<Instant>,
+    /// After a failed follow, the next attempt waits until then.
+    follow_retry_at: Option<Instant>,
 }
 
 async fn session(
@@ -328,11 +375,13 @@ async fn session(
 
 /// This member's status now. `vacant_rev`: the revision at which it saw the leader key
 /// vacant, read before the positions are.
-fn my_status(node: &Node, cfg: &ClusterConfig, vacant_rev: i64) -> Status {
+fn my_status(node: &Node, cfg: &ClusterConfig, vacant_rev: i64, st: &LoopState) -> Status {
     let db = node.db();
     let role = node.role.get();
     let applied = db.apply_lsn().0;
-    let can_promote = node.loading().is_none()
+    let backing_off = st.no_promote_until.is_some_and(|t| Instant::now() < t);
+    let can_promote = !backing_off
+        && node.loading().is_none()
         && node.repair_gate.load(Ordering::Acquire) <= applied
         && matches!(role, Role::Replica { .. } | Role::Primary);
     Status {
@@ -340,6 +389,7 @@ fn my_status(node: &Node, cfg: &ClusterConfig, vacant_rev: i64) -> Status {
         addr: cfg.advertise.clone(),
         role: role.name().into(),
         epoch: db.epoch(),
+        epoch_start: db.epoch_history().last().map_or(0, |(_, l)| l.0),
         flush_lsn: db.flush_lsn().0,
         apply_lsn: applied,
         vacant_rev,
@@ -368,7 +418,27 @@ async fn act(
     let cfg = &view.config;
     let me = cfg.name.as_str();
     let mut blocked = String::new();
-    let mut vacant_rev = 0;
+    view.update(|s| {
+        s.leader = snap.leader.as_ref().map(|(l, ..)| l.clone());
+        s.term = snap.term.as_ref().map(|(t, _)| t.clone());
+        s.members = snap.members.clone();
+        s.statuses = snap.statuses.iter().map(|(s, _)| s.clone()).collect();
+    });
+    if let Some(why) = &snap.unreadable {
+        // Not a vacancy: the key is there. Nobody acts on what cannot be read.
+        let why = format!(
+            "{why}: written by another replidb version? Nothing is decided until it can be read"
+        );
+        if why != st.blocked {
+            tracing::error!(cluster = %cfg.cluster, "{why}");
+        }
+        st.blocked.clone_from(&why);
+        view.update(|s| s.failover_blocked = why);
+        return Ok(());
+    }
+    if snap.leader.is_some() {
+        st.vacant_rev = 0;
+    }
     let handover = view.handover.lock().take();
     if let Some(target) = handover {
         hand_over(node, client, keys, lease, snap, &target).await?;
@@ -426,11 +496,18 @@ async fn act(
                     Role::Primary | Role::Fenced { .. } => l.epoch >= epoch,
                     Role::SwitchingOver { .. } => false,
                 };
-                if follow {
+                let due = st.follow_retry_at.is_none_or(|t| Instant::now() >= t);
+                if follow && due {
                     tracing::info!(leader = %l.name, addr = %l.addr, epoch = l.epoch, "following the cluster's leader");
-                    view.update(|s| s.leader_changes += 1);
-                    if let Err(e) = crate::role::follow(node, l.addr.clone()).await {
-                        tracing::warn!(error = %format!("{e:#}"), leader = %l.name, "could not follow the leader yet");
+                    match crate::role::follow(node, l.addr.clone()).await {
+                        Ok(()) => {
+                            st.follow_retry_at = None;
+                            view.update(|s| s.leader_changes += 1);
+                        }
+                        Err(e) => {
+                            st.follow_retry_at = Some(Instant::now() + cfg.keepalive_every());
+                            tracing::warn!(error = %format!("{e:#}"), leader = %l.name, "could not follow the leader yet");
+                        }
                     }
                 }
             }
@@ -443,16 +520,28 @@ async fn act(
                 st.leading = false;
             }
             node.lease.revoke();
-            vacant_rev = snap.rev;
+            // The revision this member first saw the vacancy at — renewed only if it is not
+            // past the term's (a vacancy seen before the last leader's term was written).
+            let term_rev = snap.term.as_ref().map_or(0, |(_, r)| *r);
+            if st.vacant_rev <= term_rev {
+                st.vacant_rev = snap.rev;
+            }
             let since = *st.vacant_since.get_or_insert_with(Instant::now);
-            let mine = my_status(node, cfg, vacant_rev);
+            let mine = my_status(node, cfg, st.vacant_rev, st);
             put_status(client, keys, lease, &mine, st).await?;
             match &snap.term {
-                None => {
-                    // A cluster that never had a leader: the first member takes it.
+                None if snap.bootstrap.as_deref() == Some(me) => {
+                    // A cluster that never had a leader: the member that claimed its
+                    // bootstrap takes it.
                     if take_over(node, view, client, keys, lease, snap, st, true).await? {
                         return Ok(());
                     }
+                }
+                None => {
+                    blocked = format!(
+                        "the cluster has never had a leader; waiting for its first member ({}) to take the key",
+                        snap.bootstrap.as_deref().unwrap_or("none yet")
+                    );
                 }
                 Some((term, term_rev)) => {
                     let old = OldPrimary {
@@ -468,6 +557,7 @@ async fn act(
                         .map(|(s, _)| Report {
                             name: s.name.clone(),
                             epoch: s.epoch,
+                            epoch_start: s.epoch_start,
                             flush_lsn: s.flush_lsn,
                             fresh: s.vacant_rev > *term_rev,
                             can_promote: s.can_promote,
@@ -476,6 +566,7 @@ async fn act(
                     reports.push(Report {
                         name: me.to_string(),
                         epoch: mine.epoch,
+                        epoch_start: mine.epoch_start,
                         flush_lsn: mine.flush_lsn,
                         fresh: true,
                         can_promote: mine.can_promote,
@@ -512,20 +603,14 @@ async fn act(
         Vec::new()
     };
     // Refreshed on change, at most every keepalive period (a vacancy answers at once, above).
-    let mine = my_status(node, cfg, vacant_rev);
+    let mine = my_status(node, cfg, st.vacant_rev, st);
     let due = st.published.as_ref().is_none_or(|(p, at)| {
         *p != mine && (at.elapsed() >= cfg.keepalive_every() || p.role != mine.role)
     });
     if due {
         put_status(client, keys, lease, &mine, st).await?;
     }
-    view.update(|s| {
-        s.leader = snap.leader.as_ref().map(|(l, ..)| l.clone());
-        s.term = snap.term.as_ref().map(|(t, _)| t.clone());
-        s.members = snap.members.clone();
-        s.statuses = snap.statuses.iter().map(|(s, _)| s.clone()).collect();
-        s.failover_blocked = blocked;
-    });
+    view.update(|s| s.failover_blocked = blocked);
     Ok(())
 }
 
@@ -604,7 +689,8 @@ async fn take_over(
     let role = node.role.get();
     if let Role::Replica { .. } = role {
         if let Err(e) = crate::role::promote(node).await {
-            tracing::error!(error = %format!("{e:#}"), "won the election but could not promote: releasing the leader key");
+            tracing::error!(error = %format!("{e:#}"), "won the election but could not promote: releasing the leader key (this member reports it cannot promote for one TTL)");
+            st.no_promote_until = Some(Instant::now() + cfg.ttl);
             release(client, keys, lease).await?;
             return Ok(true);
         }
@@ -614,6 +700,8 @@ async fn take_over(
     }
     establish(node, client, keys, lease, snap, cfg).await?;
     st.leading = true;
+    st.vacant_rev = 0;
+    view.update(|s| s.failover_blocked.clear());
     if let Some(sent) = st.renewed {
         node.lease.renewed(sent, cfg.ttl);
     }
@@ -707,7 +795,7 @@ async fn hand_over(
         epoch: node.db().epoch().max(status.epoch),
         state: "primary".into(),
     };
-    client
+    let moved = client
         .txn(
             Txn::new()
                 .when([Compare::lease(keys.leader(), CompareOp::Equal, lease)])
@@ -718,7 +806,12 @@ async fn hand_over(
                 )]),
         )
         .await
-        .map_err(etcd_err("handing the leader key over"))?;
-    tracing::info!(to = %status.name, "FAILOVER: the leader key moved to the new primary");
+        .map_err(etcd_err("handing the leader key over"))?
+        .succeeded();
+    if moved {
+        tracing::info!(to = %status.name, "FAILOVER: the leader key moved to the new primary");
+    } else {
+        tracing::warn!(to = %status.name, "FAILOVER: this node no longer held the leader key; the election decides");
+    }
     Ok(())
 }

@@ -48,7 +48,8 @@ fn common(name: String, addr: &str, flags: &str) -> Fields {
 
 fn master_fields(cluster: &str, v: &ViewState, ttl_ms: u128) -> Option<Fields> {
     let addr = master_addr(v)?;
-    let up = v.leader.as_ref().is_some_and(|l| l.state == "primary");
+    // A member that cannot reach etcd does not vouch for the last leader it saw.
+    let up = v.etcd_up && v.leader.as_ref().is_some_and(|l| l.state == "primary");
     let flags = if up { "master" } else { "s_down,o_down,master" };
     let members = v.members.len().max(1);
     let mut f = common(cluster.to_string(), &addr, flags);
@@ -85,9 +86,11 @@ fn replicas(v: &ViewState) -> Vec<Fields> {
         }
         let st: Option<&records::Status> = v.statuses.iter().find(|s| s.name == m.name);
         let ok = st.is_some_and(|s| s.role == "replica" && s.following == primary && s.link_up);
-        let flags = match st {
-            None => "s_down,slave,disconnected",
-            Some(_) => "slave",
+        // Only a member streaming from the primary is offered to clients for reads.
+        let flags = if ok {
+            "slave"
+        } else {
+            "s_down,slave,disconnected"
         };
         let mut f = common(m.addr.clone(), &m.addr, flags);
         f.extend([

@@ -111,6 +111,26 @@ impl Etcd {
         self.wait_healthy();
     }
 
+    /// etcd's current revision (every write moves it).
+    pub fn revision(&self) -> u64 {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(["--endpoints", &self.endpoints(), "get", "/", "-w", "json"])
+            .output()
+            .expect("etcdctl");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let i = text
+            .find("\"revision\":")
+            .expect("a revision in etcdctl's answer")
+            + 11;
+        text[i..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .expect("a revision")
+    }
+
     /// `etcdctl get --prefix KEY` output, for failure messages.
     pub fn dump(&self, prefix: &str) -> String {
         Command::new("etcdctl")
