@@ -216,6 +216,14 @@ impl Encoder {
         out.put_slice(b"\r\n");
     }
 
+    /// An out-of-band push of `n` elements (pub/sub messages): `>` in RESP3, an array in
+    /// RESP2.
+    pub fn push(&self, out: &mut BytesMut, n: usize) {
+        out.put_u8(if self.resp3 { b'>' } else { b'*' });
+        out.put_slice(itoa::Buffer::new().format(n).as_bytes());
+        out.put_slice(b"\r\n");
+    }
+
     /// A map of `n` pairs (a flat array of 2n elements in RESP2).
     pub fn map(&self, out: &mut BytesMut, n: usize) {
         if self.resp3 {

@@ -114,6 +114,10 @@ impl Server {
         }
         let shared = Arc::new(Shared {
             node: node.clone(),
+            events: cluster.as_ref().map_or_else(
+                || tokio::sync::broadcast::channel(64).0,
+                |c| c.events.clone(),
+            ),
             cluster: cluster.clone(),
             settings: RwLock::new(Settings {
                 requirepass: config.requirepass.clone(),
@@ -332,8 +336,32 @@ async fn connection(sh: Arc<Shared>, mut sock: TcpStream) -> Result<()> {
                     return Ok(());
                 }
             }
+            ev = next_event(&mut session.events) => {
+                if let Some((channel, payload)) = ev {
+                    let mut b = BytesMut::new();
+                    session.deliver(&mut b, &channel, &payload);
+                    if !b.is_empty() {
+                        sock.write_all(&b).await?;
+                    }
+                }
+            }
             _ = stop.changed() => return Ok(()),
         }
+    }
+}
+
+/// The next pub/sub event for a subscribed connection (never, for one that is not).
+async fn next_event(
+    rx: &mut Option<tokio::sync::broadcast::Receiver<(String, String)>>,
+) -> Option<(String, String)> {
+    match rx {
+        None => std::future::pending().await,
+        Some(rx) => match rx.recv().await {
+            Ok(ev) => Some(ev),
+            // Too slow to keep up: the missed events are gone, as in Redis.
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => None,
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => std::future::pending().await,
+        },
     }
 }
 

@@ -144,6 +144,10 @@ pub struct Session {
     pub(crate) corrupt: std::cell::Cell<Option<storage::PageId>>,
     /// Set while a read is run again after a repair: it is not repaired twice.
     pub(crate) no_repair: bool,
+    /// Subscribed channels and patterns (`pubsub`), and the events they listen on.
+    pub(crate) channels: std::collections::BTreeSet<Vec<u8>>,
+    pub(crate) patterns: std::collections::BTreeSet<Vec<u8>>,
+    pub events: Option<tokio::sync::broadcast::Receiver<(String, String)>>,
 }
 
 impl Session {
@@ -158,6 +162,9 @@ impl Session {
             commands: 0,
             corrupt: std::cell::Cell::new(None),
             no_repair: false,
+            channels: Default::default(),
+            patterns: Default::default(),
+            events: None,
             shared,
             enc: Encoder::default(),
             id,
@@ -308,6 +315,13 @@ impl Session {
             self.err(out, &msg);
             return After::Continue;
         }
+        if self.subscriptions() > 0
+            && !self.enc.resp3
+            && !crate::commands::pubsub::allowed_while_subscribed(name)
+        {
+            self.err(out, &format!("ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context", name.to_ascii_lowercase()));
+            return After::Continue;
+        }
         if access == Access::Read {
             if let Some((at, target)) = self.shared.loading() {
                 self.err(out, &format!("LOADING this replica is catching up after a base backup: applied up to LSN {at}, consistent from LSN {}", if target == u64::MAX { "(not known yet)".to_string() } else { target.to_string() }));
@@ -351,6 +365,7 @@ impl Session {
             (Family::Server, _) => return self.server_command(name, &args, out),
             (Family::Replication, _) => return self.replication_command(name, &args, out),
             (Family::Sentinel, _) => return self.sentinel_command(&args, out),
+            (Family::PubSub, _) => return self.pubsub_command(name, &args, out),
         }
         // A read that hit a damaged page: its error is replaced by the read run again once
         // the page is repaired.

@@ -63,6 +63,9 @@ pub struct Shared {
     pub node: Arc<replication::Node>,
     /// What this member knows of its cluster (`--etcd`), if it is in one.
     pub cluster: Option<Arc<replication::cluster::ClusterView>>,
+    /// Pub/sub events (channel, payload) for subscribed connections: the cluster's Sentinel
+    /// events (`+switch-master`).
+    pub events: tokio::sync::broadcast::Sender<(String, String)>,
     pub config: Config,
     pub settings: RwLock<Settings>,
     pub stats: Stats,

@@ -632,3 +632,36 @@ fn a_cluster_primary_repairs_a_damaged_page_from_a_member() {
     assert!(again.contains("damaged_pages=0"), "{again}");
     check_digests(&ports, &specs[0].addr());
 }
+
+/// Sentinel's `+switch-master` event: a client subscribed on a member (as Jedis's
+/// `JedisSentinelPool` subscribes on each sentinel) is told when the primary moves, with
+/// the old and new addresses.
+#[test]
+fn subscribers_hear_switch_master() {
+    let root = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(root.path(), 1);
+    let specs = members(root.path(), &etcd, &["--sync-standbys", "ANY 1 (*)"]);
+    let ports: Vec<u16> = specs.iter().map(|s| s.port).collect();
+    let mut nodes = start_all(&specs);
+    let mut sub = nodes[2].as_ref().unwrap().client();
+    let mut ps = sub.as_pubsub();
+    ps.subscribe("+switch-master").unwrap();
+    ps.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    nodes[0].take().unwrap().kill();
+    let next = wait_primary(&ports[1..], Some(&specs[0].addr()), 30);
+    let msg = ps.get_message().expect("+switch-master within 30 s");
+    assert_eq!(msg.get_channel_name(), "+switch-master");
+    let payload: String = msg.get_payload().unwrap();
+    let (host, port) = next.rsplit_once(':').unwrap();
+    assert_eq!(
+        payload,
+        format!("{CLUSTER} 127.0.0.1 {} {host} {port}", specs[0].port)
+    );
+    drop(ps);
+    // Subscribed (RESP2), other commands are refused as Redis refuses them.
+    let mut c = nodes[1].as_ref().unwrap().client();
+    let mut p = redis::pipe();
+    p.cmd("SUBSCRIBE").arg("x").cmd("GET").arg("k");
+    let err = p.query::<redis::Value>(&mut c).unwrap_err();
+    assert!(format!("{err}").contains("only (P|S)SUBSCRIBE"), "{err}");
+}

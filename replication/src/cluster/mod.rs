@@ -57,6 +57,8 @@ pub struct ViewState {
     pub failover_blocked: String,
     /// Leader changes this member took part in (promoted itself, or followed a new leader).
     pub leader_changes: u64,
+    /// The last primary's address this member saw (for `+switch-master`).
+    pub last_primary: Option<String>,
 }
 
 pub struct ClusterView {
@@ -65,6 +67,11 @@ pub struct ClusterView {
     /// `FAILOVER TO` finished: hand the leader key to the member at this address.
     handover: Mutex<Option<String>>,
     wake: tokio::sync::Notify,
+    /// The etcd endpoint sessions start with (the one that answered last).
+    endpoint: std::sync::atomic::AtomicUsize,
+    /// Sentinel events for subscribers: `("+switch-master", "<cluster> <old ip> <old port>
+    /// <new ip> <new port>")` when this member sees the leader key move to a new primary.
+    pub events: tokio::sync::broadcast::Sender<(String, String)>,
 }
 
 impl ClusterView {
@@ -74,6 +81,29 @@ impl ClusterView {
             state: Mutex::new(ViewState::default()),
             handover: Mutex::new(None),
             wake: tokio::sync::Notify::new(),
+            endpoint: std::sync::atomic::AtomicUsize::new(0),
+            events: tokio::sync::broadcast::channel(64).0,
+        }
+    }
+
+    /// Records the leader the loop just read; announces `+switch-master` when the primary
+    /// moved from one address to another.
+    pub(crate) fn saw_leader(&self, leader: Option<&records::Leader>) {
+        let Some(l) = leader.filter(|l| l.state == "primary") else {
+            return;
+        };
+        let old = self.state.lock().last_primary.replace(l.addr.clone());
+        if let Some(old) = old.filter(|o| *o != l.addr) {
+            let split = |a: &str| {
+                a.rsplit_once(':')
+                    .map_or((a.to_string(), "0".to_string()), |(h, p)| {
+                        (h.to_string(), p.to_string())
+                    })
+            };
+            let ((oh, op), (nh, np)) = (split(&old), split(&l.addr));
+            let msg = format!("{} {oh} {op} {nh} {np}", self.config.cluster);
+            tracing::info!(event = %msg, "+switch-master");
+            let _ = self.events.send(("+switch-master".into(), msg));
         }
     }
 

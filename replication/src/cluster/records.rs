@@ -6,6 +6,7 @@
 //! | `leader`            | the leader's | the member that takes over | [`Leader`]       |
 //! | `term`              | none         | the leader, as it starts   | [`Term`]         |
 //! | `bootstrap`         | none         | the first member, once     | its name         |
+//! | `epoch`             | none         | each claim of the leader   | highest epoch handed out |
 //! | `members/NAME`      | none         | each member, at start      | [`Member`]       |
 //! | `status/NAME`       | the member's | each member, on change     | [`Status`]       |
 
@@ -87,6 +88,9 @@ impl Keys {
     }
     pub fn bootstrap(&self) -> String {
         format!("{}bootstrap", self.prefix)
+    }
+    pub fn epoch(&self) -> String {
+        format!("{}epoch", self.prefix)
     }
     pub fn member(&self, name: &str) -> String {
         format!("{}members/{name}", self.prefix)

@@ -3,7 +3,7 @@
 //! lead, follow the leader, or, with the leader key vacant, report this member's position
 //! and run the election (`election::decide`).
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -24,13 +24,35 @@ fn etcd_err(what: &str) -> impl Fn(etcd_client::Error) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
 
-async fn connect(cfg: &ClusterConfig) -> Res<Client> {
-    let opts = ConnectOptions::new()
-        .with_connect_timeout(cfg.ttl / 2)
-        .with_timeout(cfg.ttl / 2);
-    Client::connect(&cfg.endpoints, Some(opts))
-        .await
-        .map_err(etcd_err("connecting to etcd"))
+/// A client of one etcd endpoint that answers a linearizable read (so it is part of a
+/// working quorum), trying them in turn from the one last used. One endpoint at a time: a
+/// client balanced over all of them sends some requests to a dead member, and every such
+/// failure would end the session.
+async fn connect(view: &ClusterView) -> Res<Client> {
+    let cfg = &view.config;
+    let n = cfg.endpoints.len().max(1);
+    let first = view.endpoint.load(Ordering::Relaxed);
+    let mut errors = Vec::new();
+    for i in 0..n {
+        let at = (first + i) % n;
+        let ep = &cfg.endpoints[at];
+        let opts = ConnectOptions::new()
+            .with_connect_timeout(cfg.ttl / 2)
+            .with_timeout(cfg.ttl / 2);
+        let probe = async {
+            let mut c = Client::connect([ep.as_str()], Some(opts)).await?;
+            c.get(Keys::new(&cfg.cluster).leader(), None).await?;
+            Ok::<_, etcd_client::Error>(c)
+        };
+        match probe.await {
+            Ok(c) => {
+                view.endpoint.store(at, Ordering::Relaxed);
+                return Ok(c);
+            }
+            Err(e) => errors.push(format!("{ep}: {e}")),
+        }
+    }
+    Err(format!("connecting to etcd: {}", errors.join("; ")))
 }
 
 /// One read of the cluster's keys.
@@ -48,6 +70,8 @@ struct Snapshot {
     unreadable: Option<String>,
     /// The member that bootstrapped the cluster (the first member), if any.
     bootstrap: Option<String>,
+    /// The highest epoch a claim of the leader key handed out, and the key's mod revision.
+    epoch: Option<(u32, i64)>,
 }
 
 async fn read(client: &mut Client, keys: &Keys) -> Res<Snapshot> {
@@ -91,6 +115,14 @@ async fn read(client: &mut Client, keys: &Keys) -> Res<Snapshot> {
             }
         } else if rest == "bootstrap" {
             s.bootstrap = Some(String::from_utf8_lossy(v).into_owned());
+        } else if rest == "epoch" {
+            match std::str::from_utf8(v)
+                .ok()
+                .and_then(|t| t.parse::<u32>().ok())
+            {
+                Some(e) => s.epoch = Some((e, kv.mod_revision())),
+                None => s.unreadable = Some("the epoch key is unreadable".into()),
+            }
         } else if rest.starts_with("members/") {
             match serde_json::from_slice(v) {
                 Ok(m) => s.members.push(m),
@@ -129,7 +161,7 @@ pub async fn join(
     let mut said = String::new();
     loop {
         let attempt = async {
-            let mut c = connect(cfg).await?;
+            let mut c = connect(view).await?;
             let member = Member {
                 name: cfg.name.clone(),
                 addr: cfg.advertise.clone(),
@@ -217,7 +249,9 @@ pub async fn run(node: Arc<Node>, view: Arc<ClusterView>) {
         match session(&node, &view, &mut stop, &mut lease_id, &mut st).await {
             Ok(()) => break,
             Err(e) => {
-                st.leading = false;
+                // The next session starts with the next endpoint.
+                view.endpoint.fetch_add(1, Ordering::Relaxed);
+                st.set_leading(false);
                 view.update(|s| {
                     s.etcd_up = false;
                     s.etcd_error = e.clone();
@@ -239,19 +273,26 @@ pub async fn run(node: Arc<Node>, view: Arc<ClusterView>) {
     }
     // A clean stop hands the leadership on at once rather than after the TTL.
     node.lease.revoke();
-    if let (Some(id), true) = (lease_id, st.leading) {
-        if let Ok(mut c) = connect(&view.config).await {
+    if let (Some(id), true) = (lease_id, st.leading()) {
+        if let Ok(mut c) = connect(&view).await {
             let _ = c.lease_revoke(id).await;
             tracing::info!("stopping: released the leader key");
         }
     }
 }
 
+/// What the loop shares with its keepalive task.
+#[derive(Default)]
+struct Keep {
+    /// This member leads: each renewal moves the fencing deadline.
+    leading: AtomicBool,
+    /// When the last successful keepalive was sent.
+    renewed: parking_lot::Mutex<Option<Instant>>,
+}
+
 #[derive(Default)]
 struct LoopState {
-    leading: bool,
-    /// When the last successful keepalive was sent.
-    renewed: Option<Instant>,
+    keep: Arc<Keep>,
     /// The status last published, and when.
     published: Option<(Status, Instant)>,
     /// When this member first saw the current vacancy.
@@ -268,6 +309,63 @@ struct LoopState {
     follow_retry_at: Option<Instant>,
 }
 
+impl LoopState {
+    fn leading(&self) -> bool {
+        self.keep.leading.load(Ordering::SeqCst)
+    }
+
+    fn set_leading(&self, on: bool) {
+        self.keep.leading.store(on, Ordering::SeqCst);
+    }
+
+    fn renewed(&self) -> Option<Instant> {
+        *self.keep.renewed.lock()
+    }
+}
+
+/// Aborts the keepalive task when the session ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Renews the lease every TTL/4 on its own task — never held up by a promotion or a follow
+/// the loop is waiting on — and, while the member leads, moves the fencing deadline. Sends
+/// why it stopped (and whether the lease is gone) when a renewal fails.
+async fn keep_alive(
+    node: Arc<Node>,
+    keep: Arc<Keep>,
+    ttl: std::time::Duration,
+    every: std::time::Duration,
+    mut keeper: etcd_client::LeaseKeeper,
+    mut alive: etcd_client::LeaseKeepAliveStream,
+    failed: tokio::sync::oneshot::Sender<(String, bool)>,
+) {
+    let why = loop {
+        let sent = Instant::now();
+        if let Err(e) = keeper.keep_alive().await {
+            break (format!("renewing the lease: {e}"), false);
+        }
+        match tokio::time::timeout(ttl / 3, alive.message()).await {
+            Ok(Ok(Some(r))) if r.ttl() > 0 => {
+                *keep.renewed.lock() = Some(sent);
+                if keep.leading.load(Ordering::SeqCst) {
+                    node.lease.renewed(sent, ttl);
+                }
+            }
+            Ok(Ok(Some(_))) => break ("this member's lease expired in etcd".into(), true),
+            Ok(Ok(None)) => break ("etcd closed the lease's keepalive stream".into(), false),
+            Ok(Err(e)) => break (format!("renewing the lease: {e}"), false),
+            Err(_) => break ("etcd did not answer a lease renewal in time".into(), false),
+        }
+        tokio::time::sleep_until(tokio::time::Instant::from_std(sent + every)).await;
+    };
+    let _ = failed.send(why);
+}
+
 async fn session(
     node: &Arc<Node>,
     view: &Arc<ClusterView>,
@@ -277,7 +375,7 @@ async fn session(
 ) -> Res<()> {
     let cfg = &view.config;
     let keys = Keys::new(&cfg.cluster);
-    let mut client = connect(cfg).await?;
+    let mut client = connect(view).await?;
     // The lease of an earlier session, if etcd still has it (etcd restarted, or a short
     // outage): the leader key is bound to it.
     let mut kept = None;
@@ -287,14 +385,14 @@ async fn session(
             if k.keep_alive().await.is_ok() {
                 if let Ok(Ok(Some(r))) = tokio::time::timeout(cfg.ttl / 2, s.message()).await {
                     if r.ttl() > 0 {
-                        st.renewed = Some(sent);
+                        *st.keep.renewed.lock() = Some(sent);
                         kept = Some((k, s));
                     }
                 }
             }
         }
     }
-    let (mut keeper, mut alive) = match kept {
+    let (keeper, alive) = match kept {
         Some(k) => k,
         None => {
             let g = client
@@ -332,35 +430,34 @@ async fn session(
         s.etcd_up = true;
         s.etcd_error.clear();
     });
-    let mut next_keepalive = Instant::now();
+    let (failed_tx, mut failed) = tokio::sync::oneshot::channel();
+    let _keeping = AbortOnDrop(tokio::spawn(keep_alive(
+        node.clone(),
+        st.keep.clone(),
+        cfg.ttl,
+        cfg.keepalive_every(),
+        keeper,
+        alive,
+        failed_tx,
+    )));
     loop {
-        if Instant::now() >= next_keepalive {
-            let sent = Instant::now();
-            keeper
-                .keep_alive()
-                .await
-                .map_err(etcd_err("renewing the lease"))?;
-            match tokio::time::timeout(cfg.ttl / 3, alive.message()).await {
-                Ok(Ok(Some(r))) if r.ttl() > 0 => {
-                    st.renewed = Some(sent);
-                    if st.leading {
-                        node.lease.renewed(sent, cfg.ttl);
-                    }
-                }
-                Ok(Ok(Some(_))) => {
-                    *lease_id = None;
-                    return Err("this member's lease expired in etcd".into());
-                }
-                Ok(Ok(None)) => return Err("etcd closed the lease's keepalive stream".into()),
-                Ok(Err(e)) => return Err(format!("renewing the lease: {e}")),
-                Err(_) => return Err("etcd did not answer a lease renewal in time".into()),
+        if let Ok((why, expired)) = failed.try_recv() {
+            if expired {
+                *lease_id = None;
             }
-            next_keepalive = sent + cfg.keepalive_every();
+            return Err(why);
         }
         let snap = read(&mut client, &keys).await?;
         act(node, view, &mut client, &keys, lease, &snap, st).await?;
-        let until = tokio::time::Instant::from_std(next_keepalive);
+        let until = tokio::time::Instant::now() + cfg.keepalive_every();
         tokio::select! {
+            r = &mut failed => {
+                let (why, expired) = r.unwrap_or_else(|_| ("the lease's keepalive task ended".into(), false));
+                if expired {
+                    *lease_id = None;
+                }
+                return Err(why);
+            }
             m = watch.message() => match m {
                 Ok(Some(_)) => {}
                 Ok(None) => return Err("etcd closed the watch".into()),
@@ -424,6 +521,7 @@ async fn act(
         s.members = snap.members.clone();
         s.statuses = snap.statuses.iter().map(|(s, _)| s.clone()).collect();
     });
+    view.saw_leader(snap.leader.as_ref().map(|(l, ..)| l));
     if let Some(why) = &snap.unreadable {
         // Not a vacancy: the key is there. Nobody acts on what cannot be read.
         let why = format!(
@@ -449,8 +547,8 @@ async fn act(
             st.vacant_since = None;
             match node.role.get() {
                 Role::Primary => {
-                    if !st.leading {
-                        st.leading = true;
+                    if !st.leading() {
+                        st.set_leading(true);
                         tracing::info!(cluster = %cfg.cluster, "this member leads the cluster");
                     }
                     // The term first: no write is taken under a quorum etcd does not hold.
@@ -462,7 +560,7 @@ async fn act(
                     if l.state != "primary" || l.epoch != epoch || stale {
                         establish(node, client, keys, lease, snap, cfg).await?;
                     }
-                    if let Some(sent) = st.renewed {
+                    if let Some(sent) = st.renewed() {
                         node.lease.renewed(sent, cfg.ttl);
                     }
                 }
@@ -475,15 +573,15 @@ async fn act(
                         "this member holds the leader key but is not a primary: releasing it"
                     );
                     release(client, keys, lease).await?;
-                    st.leading = false;
+                    st.set_leading(false);
                     node.lease.revoke();
                 }
             }
         }
         Some((l, ..)) => {
-            if st.leading {
+            if st.leading() {
                 tracing::error!(leader = %l.name, "another member holds the leader key: this node stops taking writes");
-                st.leading = false;
+                st.set_leading(false);
             }
             node.lease.revoke();
             st.vacant_since = None;
@@ -513,11 +611,11 @@ async fn act(
             }
         }
         None => {
-            if st.leading {
+            if st.leading() {
                 tracing::error!(
                     "the leader key is gone (this member's lease lapsed): it stops taking writes"
                 );
-                st.leading = false;
+                st.set_leading(false);
             }
             node.lease.revoke();
             // The revision this member first saw the vacancy at — renewed only if it is not
@@ -593,7 +691,7 @@ async fn act(
     }
     st.blocked.clone_from(&blocked);
     // A leader repairs damaged pages from the members streaming from it.
-    *node.repair_peers.lock() = if st.leading {
+    *node.repair_peers.lock() = if st.leading() {
         snap.statuses
             .iter()
             .filter(|(s, _)| s.name != me && s.following == cfg.advertise && s.link_up)
@@ -663,22 +761,35 @@ async fn take_over(
     first: bool,
 ) -> Res<bool> {
     let cfg = &view.config;
+    let role = node.role.get();
+    let promoting = matches!(role, Role::Replica { .. });
+    // The epoch this claim hands out: past every one handed out before, so two members
+    // promoted in turn (one that lost the key part-way, then another) never share a number.
+    let mine = node.db().epoch();
+    let (handed, epoch_rev) = snap.epoch.unwrap_or((0, 0));
+    let epoch = handed.max(mine) + u32::from(promoting);
     let claim = Leader {
         name: cfg.name.clone(),
         addr: cfg.advertise.clone(),
-        epoch: node.db().epoch(),
+        epoch,
         state: "promoting".into(),
     };
-    let mut when = vec![Compare::create_revision(keys.leader(), CompareOp::Equal, 0)];
+    let mut when = vec![
+        Compare::create_revision(keys.leader(), CompareOp::Equal, 0),
+        Compare::mod_revision(keys.epoch(), CompareOp::Equal, epoch_rev),
+    ];
     if first {
         when.push(Compare::create_revision(keys.term(), CompareOp::Equal, 0));
     }
     let won = client
-        .txn(Txn::new().when(when).and_then([TxnOp::put(
-            keys.leader(),
-            json(&claim),
-            Some(PutOptions::new().with_lease(lease)),
-        )]))
+        .txn(Txn::new().when(when).and_then([
+            TxnOp::put(
+                keys.leader(),
+                json(&claim),
+                Some(PutOptions::new().with_lease(lease)),
+            ),
+            TxnOp::put(keys.epoch(), epoch.to_string(), None),
+        ]))
         .await
         .map_err(etcd_err("claiming the leader key"))?
         .succeeded();
@@ -686,9 +797,8 @@ async fn take_over(
         return Ok(false);
     }
     let t0 = Instant::now();
-    let role = node.role.get();
-    if let Role::Replica { .. } = role {
-        if let Err(e) = crate::role::promote(node).await {
+    if promoting {
+        if let Err(e) = crate::role::promote_at_least(node, epoch).await {
             tracing::error!(error = %format!("{e:#}"), "won the election but could not promote: releasing the leader key (this member reports it cannot promote for one TTL)");
             st.no_promote_until = Some(Instant::now() + cfg.ttl);
             release(client, keys, lease).await?;
@@ -698,11 +808,18 @@ async fn take_over(
         release(client, keys, lease).await?;
         return Ok(true);
     }
+    if !promoting && handed > mine {
+        tracing::warn!(
+            epoch = mine,
+            handed_out = handed,
+            "leading in an older epoch than one handed out before (a member promoted to it never took writes)"
+        );
+    }
     establish(node, client, keys, lease, snap, cfg).await?;
-    st.leading = true;
+    st.set_leading(true);
     st.vacant_rev = 0;
     view.update(|s| s.failover_blocked.clear());
-    if let Some(sent) = st.renewed {
+    if let Some(sent) = st.renewed() {
         node.lease.renewed(sent, cfg.ttl);
     }
     view.update(|s| s.leader_changes += 1);

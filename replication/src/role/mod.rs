@@ -15,7 +15,7 @@ mod promote;
 mod switchover;
 
 pub use follow::follow;
-pub use promote::promote;
+pub use promote::{promote, promote_at_least};
 pub use switchover::{failover, serve_control};
 
 use parking_lot::{RwLock, RwLockReadGuard};

@@ -12,12 +12,17 @@ use crate::replica::{start_replica, stop_replica};
 /// `REPLICAOF NO ONE`: a replica stops following, finishes what it has (an incomplete batch
 /// is dropped), starts a new epoch and takes writes. Returns what happened, for the reply.
 pub async fn promote(node: &Arc<Node>) -> Result<String> {
+    promote_at_least(node, 0).await
+}
+
+/// `promote` to an epoch of at least `min_epoch` (a cluster's election hands it out).
+pub async fn promote_at_least(node: &Arc<Node>, min_epoch: u32) -> Result<String> {
     let _g = node.role_change.lock().await;
-    promote_locked(node).await
+    promote_locked(node, min_epoch).await
 }
 
 /// `promote`, for a caller that holds `Node::role_change`.
-pub(crate) async fn promote_locked(node: &Arc<Node>) -> Result<String> {
+pub(crate) async fn promote_locked(node: &Arc<Node>, min_epoch: u32) -> Result<String> {
     let t0 = Instant::now();
     match &*node.role.read() {
         // A fenced primary stays fenced: another node was promoted, and this one must follow.
@@ -46,7 +51,7 @@ pub(crate) async fn promote_locked(node: &Arc<Node>) -> Result<String> {
     let epoch_before = db.epoch();
     let promoted = tokio::task::spawn_blocking({
         let db = db.clone();
-        move || db.promote()
+        move || db.promote_at_least(min_epoch)
     })
     .await
     .map_err(Error::from)

@@ -219,7 +219,7 @@ pub async fn serve_control(node: Arc<Node>, sock: Conn, mut buf: BytesMut) -> Re
                     },
                     None => {
                         tracing::info!(from = %hello.name, %peer, "promoting for a switchover");
-                        match promote_locked(&node).await {
+                        match promote_locked(&node, 0).await {
                             Ok(msg) => report(&node, msg),
                             Err(e) => Frame::Error {
                                 code: PROMOTE_FAILED,

@@ -1,11 +1,12 @@
 //! The commands, one file per family, as Redis keeps them (t_string.c, t_hash.c, ...):
 //! `strings`, `keys`, `transactions`, `connection`, `admin` (server commands) and
-//! `replication`, `sentinel`. A new family is a new file and rows in [`COMMANDS`]: the session dispatches
+//! `replication`, `sentinel`, `pubsub`. A new family is a new file and rows in [`COMMANDS`]: the session dispatches
 //! by the row's family, and takes a command down the read or the write path by its access.
 
 pub(crate) mod admin;
 pub(crate) mod connection;
 pub(crate) mod keys;
+pub(crate) mod pubsub;
 pub(crate) mod replication;
 pub(crate) mod sentinel;
 pub(crate) mod strings;
@@ -27,6 +28,8 @@ pub enum Family {
     Replication,
     /// Discovery for Sentinel clients (`sentinel`).
     Sentinel,
+    /// Subscriptions (`pubsub`).
+    PubSub,
 }
 
 /// How a command touches the data.
@@ -115,6 +118,10 @@ pub const COMMANDS: &[Spec] = &[
     spec("DIGEST", 1, Family::Server, Access::Other, false),
     spec("SCRUB", 1, Family::Server, Access::Other, false),
     spec("SENTINEL", -2, Family::Sentinel, Access::Other, false),
+    spec("SUBSCRIBE", -2, Family::PubSub, Access::Other, false),
+    spec("PSUBSCRIBE", -2, Family::PubSub, Access::Other, false),
+    spec("UNSUBSCRIBE", -1, Family::PubSub, Access::Other, false),
+    spec("PUNSUBSCRIBE", -1, Family::PubSub, Access::Other, false),
 ];
 
 /// The command named by `b` (case-insensitive), without allocating.

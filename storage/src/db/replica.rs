@@ -385,6 +385,12 @@ impl Db {
     /// before this returns. Returns the new epoch and the LSN it starts at. Writes are taken
     /// from here on. The caller stops feeding `apply_wal` first.
     pub fn promote(&self) -> Result<(u32, Lsn)> {
+        self.promote_at_least(0)
+    }
+
+    /// `promote`, to an epoch of at least `min` (a cluster's coordinator hands out epoch
+    /// numbers, so two members promoted in turn never take the same one).
+    pub fn promote_at_least(&self, min: u32) -> Result<(u32, Lsn)> {
         let inner = &self.inner;
         let mut ck = inner.ckpt.lock();
         let rs_lock = inner.replica_state().ok_or(Error::NotReplica)?;
@@ -396,6 +402,7 @@ impl Db {
             .epoch
             .max(inner.writer.lock().epoch)
             .checked_add(1)
+            .map(|e| e.max(min))
             .filter(|&e| e < u32::MAX)
             .ok_or_else(|| Error::Invariant("the epoch counter is exhausted".into()))?;
         let at = rs.applied;
