@@ -57,6 +57,8 @@ pub struct Status {
     /// primary that resumed after an unclean stop) rank by the later start.
     #[serde(default)]
     pub epoch_start: u64,
+    /// How far its WAL reaches: written, synced or not (a `remote_write` acknowledgement
+    /// counts a standby's written WAL).
     pub flush_lsn: u64,
     pub apply_lsn: u64,
     /// The etcd revision at which this member saw the leader key vacant before it read the

@@ -487,7 +487,9 @@ fn my_status(node: &Node, cfg: &ClusterConfig, vacant_rev: i64, st: &LoopState) 
         role: role.name().into(),
         epoch: db.epoch(),
         epoch_start: db.epoch_history().last().map_or(0, |(_, l)| l.0),
-        flush_lsn: db.flush_lsn().0,
+        // Written, not only fsynced: a write acknowledged at remote_write is on a standby's
+        // WAL before its sync, and a promotion keeps it (it syncs what it has).
+        flush_lsn: db.flush_lsn().max(db.written_lsn()).0,
         apply_lsn: applied,
         vacant_rev,
         can_promote,
