@@ -76,29 +76,47 @@ impl Server {
             let (_tx, mut stop_rx) = watch::channel(false);
             replication::seed::seed_if_new(&node_config, primary, &mut stop_rx).await?;
         }
-        let options = Options {
-            replica: role.is_some(),
-            ..node_config.storage.clone()
-        };
-        let db = tokio::task::spawn_blocking({
+        let open = |replica: bool| {
+            let options = Options {
+                replica,
+                ..node_config.storage.clone()
+            };
             let dir = config.dir.clone();
-            move || Db::open(&dir, options)
-        })
-        .await?
-        .map_err(|e| match e {
-            storage::Error::WalDamaged(d) => anyhow::anyhow!(
-                "{d}. Refusing to start as a primary: cutting the log there would drop those \
+            tokio::task::spawn_blocking(move || Db::open(&dir, options))
+        };
+        let mut opened = open(role.is_some()).await?;
+        // A cluster member whose WAL is damaged does not start as a primary: it waits for
+        // another member to take over, then opens as that one's replica (its recovery cuts
+        // the log at the damage and the rest comes again from the new primary).
+        if let (Err(storage::Error::WalDamaged(d)), Some(view)) = (&opened, &cluster) {
+            tracing::error!(damage = %d, "this member's WAL is damaged: it will not lead; waiting for another member to take over, then rejoining as its replica");
+            let (_tx, mut stop_rx) = watch::channel(false);
+            loop {
+                let joined =
+                    replication::cluster::join(view, dir.has_database(), &mut stop_rx).await?;
+                if let Some(p) = joined.primary {
+                    role = Some(p);
+                    break;
+                }
+                tokio::time::sleep(view.config.keepalive_every()).await;
+            }
+            opened = open(true).await?;
+        }
+        let db = opened
+            .map_err(|e| match e {
+                storage::Error::WalDamaged(d) => anyhow::anyhow!(
+                    "{d}. Refusing to start as a primary: cutting the log there would drop those \
                  commits. Ways out: if a replica has this log, promote it (REPLICAOF NO ONE) and \
                  start this node with --replicaof pointing at it (it cuts the damaged log and \
                  takes the rest from there); with no copy anywhere, `replidb check --dir {dir}` \
                  lists the damage and `replidb check --dir {dir} --cut-wal-at-damage` keeps the \
                  log up to LSN {lsn}, losing every commit after it",
-                dir = config.dir.display(),
-                lsn = d.lsn,
-            ),
-            e => anyhow::Error::new(e),
-        })
-        .with_context(|| format!("opening the database in {}", config.dir.display()))?;
+                    dir = config.dir.display(),
+                    lsn = d.lsn,
+                ),
+                e => anyhow::Error::new(e),
+            })
+            .with_context(|| format!("opening the database in {}", config.dir.display()))?;
         let listener = TcpListener::bind((config.bind.as_str(), config.port))
             .await
             .with_context(|| format!("binding {}:{}", config.bind, config.port))?;

@@ -665,3 +665,62 @@ fn subscribers_hear_switch_master() {
     let err = p.query::<redis::Value>(&mut c).unwrap_err();
     assert!(format!("{err}").contains("only (P|S)SUBSCRIBE"), "{err}");
 }
+
+/// A cluster's primary whose WAL is damaged (SIGKILL, then a flipped byte in log its
+/// recovery replays) does not start as a primary again, and does not give up either: it
+/// waits for another member to take over, opens as its replica — its recovery cuts the log
+/// at the damage — takes the rest from the new primary and ends with its digest.
+#[test]
+fn a_primary_with_a_damaged_wal_rejoins_as_a_replica() {
+    let root = tempfile::tempdir().unwrap();
+    let etcd = Etcd::start(root.path(), 1);
+    let specs = members(
+        root.path(),
+        &etcd,
+        &["--sync-standbys", "ANY 1 (*)", "--wal-segment-size", "1MiB"],
+    );
+    let ports: Vec<u16> = specs.iter().map(|s| s.port).collect();
+    let mut nodes = start_all(&specs);
+    let mut p = nodes[0].as_ref().unwrap().client();
+    let mut pipe = redis::pipe();
+    for i in 0..4000 {
+        pipe.cmd("SET")
+            .arg(format!("key:{i:05}"))
+            .arg(format!("value {i} {}", "x".repeat(i % 50)))
+            .ignore();
+    }
+    let _: () = pipe.query(&mut p).unwrap();
+    nodes[0].take().unwrap().kill();
+    let (seg, end) = common::last_segment(&specs[0].dir);
+    let mut bytes = std::fs::read(&seg).unwrap();
+    let at = 512 + (end - 512) / 2;
+    bytes[at] ^= 0x5a;
+    std::fs::write(&seg, &bytes).unwrap();
+    // The flip is in log its recovery reads, and later commits prove it was synced.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_replidb"))
+        .args(["check", "--dir"])
+        .arg(&specs[0].dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("damaged WAL"),
+        "{err}"
+    );
+    // Started again at once, while its own lease still names it leader.
+    nodes[0] = Some(specs[0].start());
+    let n1 = nodes[0].as_ref().unwrap();
+    let mut c = n1.client();
+    assert_eq!(info(&mut c)["wal_repairs"], "1");
+    wait_streaming(n1);
+    let primary = wait_primary(&ports[1..], Some(&specs[0].addr()), 30);
+    let mut q = redis::Client::open(format!("redis://{primary}/"))
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    for i in (0..4000).step_by(13) {
+        let v: Option<String> = cmd("GET").arg(format!("key:{i:05}")).query(&mut q).unwrap();
+        assert_eq!(v, Some(format!("value {i} {}", "x".repeat(i % 50))));
+    }
+    check_digests(&ports, &primary);
+}
