@@ -171,6 +171,18 @@ fn check_digests(ports: &[u16], primary: &str) {
     }
 }
 
+/// `n` SETs of `key:NNNNN` in one pipeline, each value `value(i)`.
+fn fill(c: &mut redis::Connection, n: usize, value: impl Fn(usize) -> String) {
+    let mut pipe = redis::pipe();
+    for i in 0..n {
+        pipe.cmd("SET")
+            .arg(format!("key:{i:05}"))
+            .arg(value(i))
+            .ignore();
+    }
+    let _: () = pipe.query(c).unwrap();
+}
+
 #[test]
 fn a_killed_primary_is_replaced_and_nothing_acknowledged_is_lost() {
     let root = tempfile::tempdir().unwrap();
@@ -573,14 +585,7 @@ fn a_cluster_primary_repairs_a_damaged_page_from_a_member() {
     let ports: Vec<u16> = specs.iter().map(|s| s.port).collect();
     let nodes = start_all(&specs);
     let mut p = nodes[0].as_ref().unwrap().client();
-    let mut pipe = redis::pipe();
-    for i in 0..3000 {
-        pipe.cmd("SET")
-            .arg(format!("key:{i:05}"))
-            .arg(format!("value {i}"))
-            .ignore();
-    }
-    let _: () = pipe.query(&mut p).unwrap();
+    fill(&mut p, 3000, |i| format!("value {i}"));
     let _: () = cmd("CHECKPOINT").query(&mut p).unwrap();
     // More writes after the checkpoint: the replicas' copies may be older than the primary's.
     for i in 0..3000 {
@@ -596,19 +601,7 @@ fn a_cluster_primary_repairs_a_damaged_page_from_a_member() {
     wait_for(30, "the primary to know its members' addresses", || {
         info_section(&mut p, "cluster")["members_reporting"] == "3"
     });
-    let path = specs[0].dir.join("pages.db");
-    let bytes = std::fs::read(&path).unwrap();
-    let leaves: Vec<usize> = (1..bytes.len() / 4096)
-        .filter(|&i| bytes[i * 4096 + 4] == 3)
-        .collect();
-    let leaf = leaves[leaves.len() / 3];
-    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-    use std::os::unix::fs::FileExt;
-    f.write_all_at(
-        &[bytes[leaf * 4096 + 3000] ^ 0x04],
-        (leaf * 4096 + 3000) as u64,
-    )
-    .unwrap();
+    common::faults::rot_leaf(&specs[0].dir);
     let mut report = String::new();
     wait_for(30, "SCRUB on the primary to repair the page", || {
         report = cmd("SCRUB").query(&mut p).unwrap();
@@ -682,14 +675,9 @@ fn a_primary_with_a_damaged_wal_rejoins_as_a_replica() {
     let ports: Vec<u16> = specs.iter().map(|s| s.port).collect();
     let mut nodes = start_all(&specs);
     let mut p = nodes[0].as_ref().unwrap().client();
-    let mut pipe = redis::pipe();
-    for i in 0..4000 {
-        pipe.cmd("SET")
-            .arg(format!("key:{i:05}"))
-            .arg(format!("value {i} {}", "x".repeat(i % 50)))
-            .ignore();
-    }
-    let _: () = pipe.query(&mut p).unwrap();
+    fill(&mut p, 4000, |i| {
+        format!("value {i} {}", "x".repeat(i % 50))
+    });
     nodes[0].take().unwrap().kill();
     let (seg, end) = common::last_segment(&specs[0].dir);
     let mut bytes = std::fs::read(&seg).unwrap();

@@ -890,7 +890,7 @@ fn a_replica_repairs_a_damaged_page_from_its_primary_and_reads_wait_for_it() {
     assert!(r1.wait_exit().success());
     let path = d1.path().join("pages.db");
     let mut bytes = std::fs::read(&path).unwrap();
-    let leaves = leaf_pages(&bytes);
+    let leaves = common::faults::leaf_pages(&bytes);
     assert!(leaves.len() > 10, "{} leaf pages", leaves.len());
     let leaf = leaves[leaves.len() / 2];
     bytes[leaf * 4096 + 2000] ^= 0x10;
@@ -959,20 +959,7 @@ fn scrub_finds_bit_rot_on_a_running_replica_and_repairs_it() {
     });
     // The replica's restartpoint has written its pages: rot one of them.
     let _: () = cmd("CHECKPOINT").query(&mut c1).unwrap();
-    let rot = |dir: &std::path::Path| {
-        let path = dir.join("pages.db");
-        let bytes = std::fs::read(&path).unwrap();
-        let leaves = leaf_pages(&bytes);
-        let leaf = leaves[leaves.len() / 3];
-        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        use std::os::unix::fs::FileExt;
-        f.write_all_at(
-            &[bytes[leaf * 4096 + 3000] ^ 0x04],
-            (leaf * 4096 + 3000) as u64,
-        )
-        .unwrap();
-    };
-    rot(d1.path());
+    common::faults::rot_leaf(d1.path());
     let report: String = cmd("SCRUB").query(&mut c1).unwrap();
     assert!(
         report.contains("damaged_pages=1") && report.contains("repaired_pages=1"),
@@ -996,7 +983,7 @@ fn scrub_finds_bit_rot_on_a_running_replica_and_repairs_it() {
         assert_eq!(v, Some(format!("value {i}")));
     }
     // The primary has no peer to repair from: it finds and reports.
-    rot(pd.path());
+    common::faults::rot_leaf(pd.path());
     let report: String = cmd("SCRUB").query(&mut p).unwrap();
     assert!(
         report.contains("damaged_pages=1") && report.contains("repaired_pages=0"),
@@ -1049,7 +1036,7 @@ fn a_drifted_replica_page_is_found_by_the_background_check_and_replaced() {
     // Change one value's digit in a leaf of r1's page file and reseal the page.
     let path = d1.path().join("pages.db");
     let bytes = std::fs::read(&path).unwrap();
-    let leaves = leaf_pages(&bytes);
+    let leaves = common::faults::leaf_pages(&bytes);
     let leaf = leaves[leaves.len() / 2];
     let mut page = bytes[leaf * 4096..(leaf + 1) * 4096].to_vec();
     let at = page
@@ -1079,11 +1066,4 @@ fn a_drifted_replica_page_is_found_by_the_background_check_and_replaced() {
         assert_eq!(v, Some(format!("value {i:05}")), "key {i}");
     }
     assert_ne!(info(&mut c1)["verified_pages"], "0");
-}
-
-/// The leaf pages of a page file's bytes (kind byte 3 at offset 4 of a page).
-fn leaf_pages(bytes: &[u8]) -> Vec<usize> {
-    (1..bytes.len() / 4096)
-        .filter(|&i| bytes[i * 4096 + 4] == 3)
-        .collect()
 }

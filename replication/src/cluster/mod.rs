@@ -94,13 +94,7 @@ impl ClusterView {
         };
         let old = self.state.lock().last_primary.replace(l.addr.clone());
         if let Some(old) = old.filter(|o| *o != l.addr) {
-            let split = |a: &str| {
-                a.rsplit_once(':')
-                    .map_or((a.to_string(), "0".to_string()), |(h, p)| {
-                        (h.to_string(), p.to_string())
-                    })
-            };
-            let ((oh, op), (nh, np)) = (split(&old), split(&l.addr));
+            let ((oh, op), (nh, np)) = (records::split_addr(&old), records::split_addr(&l.addr));
             let msg = format!("{} {oh} {op} {nh} {np}", self.config.cluster);
             tracing::info!(event = %msg, "+switch-master");
             let _ = self.events.send(("+switch-master".into(), msg));

@@ -101,3 +101,11 @@ impl Keys {
         format!("{}status/{name}", self.prefix)
     }
 }
+
+/// `HOST:PORT` as (host, port); a string without a port is all host, port "0".
+pub fn split_addr(addr: &str) -> (String, String) {
+    match addr.rsplit_once(':') {
+        Some((h, p)) => (h.to_string(), p.to_string()),
+        None => (addr.to_string(), "0".into()),
+    }
+}

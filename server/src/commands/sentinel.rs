@@ -8,17 +8,11 @@
 use bytes::Bytes;
 
 use crate::session::{After, Out, Session};
-use replication::cluster::{records, ViewState};
+use replication::cluster::records::{self, split_addr};
+use replication::cluster::ViewState;
 
 /// One instance's fields, in Redis's order.
 type Fields = Vec<(&'static str, String)>;
-
-fn split_addr(addr: &str) -> (String, String) {
-    match addr.rsplit_once(':') {
-        Some((h, p)) => (h.to_string(), p.to_string()),
-        None => (addr.to_string(), "0".into()),
-    }
-}
 
 /// The address Sentinel reports for the master: the leader once it is a primary; during a
 /// vacancy, the last primary's (as Sentinel keeps the old master until a failover ends).

@@ -85,3 +85,24 @@ pub fn flip_page_bit(dir: &Path, rng: &mut impl Rng) -> String {
     std::fs::write(&path, b).unwrap();
     format!("flipped bit {bit} of page {page} in {}", path.display())
 }
+
+/// The leaf pages of a page file's bytes (page type 3 at byte 4 of the header).
+pub fn leaf_pages(bytes: &[u8]) -> Vec<usize> {
+    (1..bytes.len() / PAGE)
+        .filter(|&i| bytes[i * PAGE + 4] == 3)
+        .collect()
+}
+
+/// Flips one bit in a leaf a third of the way through the page file of a node — running
+/// or not: written in place, as bit rot is — and returns the leaf's page number.
+pub fn rot_leaf(dir: &Path) -> usize {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join("pages.db");
+    let bytes = std::fs::read(&path).unwrap();
+    let leaves = leaf_pages(&bytes);
+    let leaf = leaves[leaves.len() / 3];
+    let at = leaf * PAGE + 3000;
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all_at(&[bytes[at] ^ 0x04], at as u64).unwrap();
+    leaf
+}
