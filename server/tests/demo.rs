@@ -4,22 +4,33 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::wait_for;
 use rand::Rng;
 use redis::cmd;
 
-#[test]
-fn the_demo_starts_a_primary_and_two_replicas_from_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let port: u16 = rand::thread_rng().gen_range(20000..60000);
+/// A base port whose next two are free too, below Linux's ephemeral range (32768 and up) so
+/// that no outgoing connection of another process takes one between the check and the bind.
+fn three_free_ports() -> u16 {
+    let mut rng = rand::thread_rng();
+    loop {
+        let base: u16 = rng.gen_range(20000..32000);
+        if (base..base + 3).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()) {
+            return base;
+        }
+    }
+}
+
+/// Starts the demo and waits for its banner; `Err` with its log when it exits first.
+fn start_demo(dir: &std::path::Path, port: u16) -> Result<Child, String> {
+    let log = dir.join(format!("demo-{port}.log"));
     let mut child = Command::new(env!("CARGO_BIN_EXE_replidb"))
         .args(["demo", "--port", &port.to_string(), "--dir"])
-        .arg(dir.path().join("demo"))
+        .arg(dir.join("demo"))
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     // The banner comes once all three are up.
@@ -36,10 +47,31 @@ fn the_demo_starts_a_primary_and_two_replicas_from_nothing() {
             Ok(l) => banner.push_str(&l),
             Err(e) => {
                 let _ = child.kill();
-                panic!("no banner from the demo: {e}; got {banner:?}");
+                let _ = child.wait();
+                let log = std::fs::read_to_string(&log).unwrap_or_default();
+                return Err(format!(
+                    "no banner from the demo on port {port}: {e}; got {banner:?}\n{log}"
+                ));
             }
         }
     }
+    Ok(child)
+}
+
+#[test]
+fn the_demo_starts_a_primary_and_two_replicas_from_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    // Another process may still take a port between the check and the demo's bind: then
+    // the demo exits saying so, and we try other ports (three tries, then the logs).
+    let mut failures = Vec::new();
+    let (mut child, port) = loop {
+        let port = three_free_ports();
+        match start_demo(dir.path(), port) {
+            Ok(child) => break (child, port),
+            Err(e) if failures.len() < 2 && e.contains("in use") => failures.push(e),
+            Err(e) => panic!("{}\n{e}", failures.join("\n")),
+        }
+    };
     let conn = |p: u16| {
         redis::Client::open(format!("redis://127.0.0.1:{p}/"))
             .unwrap()
