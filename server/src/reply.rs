@@ -7,7 +7,7 @@ use crate::resp::Encoder;
 
 /// A reply value. Reads encode straight into the output buffer; writes and transactions
 /// produce these first, because their replies depend on the transaction's outcome.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Reply {
     Ok,
     Null,
@@ -15,7 +15,36 @@ pub enum Reply {
     Bulk(Vec<u8>),
     Error(String),
     Array(Vec<Reply>),
+    /// A status line (`+hash`).
+    Status(String),
+    /// A double: `,` in RESP3, a bulk string as Redis 7 prints it in RESP2.
+    Double(f64),
+    /// Field-value pairs, flat: a map in RESP3, an array in RESP2 (HGETALL).
+    Map(Vec<Reply>),
+    /// A set in RESP3, an array in RESP2 (SMEMBERS).
+    Set(Vec<Reply>),
+    /// Members with scores: `[[m, s], ...]` in RESP3, `[m, s, ...]` in RESP2 (WITHSCORES).
+    Scored(Vec<(Vec<u8>, f64)>),
 }
+
+impl Reply {
+    pub fn bulk(b: &[u8]) -> Reply {
+        Reply::Bulk(b.to_vec())
+    }
+
+    pub fn wrong_type() -> Reply {
+        Reply::Error(WRONGTYPE.into())
+    }
+
+    pub fn err(msg: &str) -> Reply {
+        Reply::Error(msg.into())
+    }
+}
+
+pub const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
+pub const NOT_INT: &str = "ERR value is not an integer or out of range";
+pub const NOT_FLOAT: &str = "ERR value is not a valid float";
+pub const SYNTAX: &str = "ERR syntax error";
 
 impl Reply {
     pub fn encode(&self, enc: &Encoder, out: &mut BytesMut) {
@@ -29,6 +58,36 @@ impl Reply {
                 enc.array(out, v.len());
                 for r in v {
                     r.encode(enc, out);
+                }
+            }
+            Reply::Status(s) => enc.simple(out, s),
+            Reply::Double(d) => enc.double(out, *d),
+            Reply::Map(v) => {
+                enc.map(out, v.len() / 2);
+                for r in v {
+                    r.encode(enc, out);
+                }
+            }
+            Reply::Set(v) => {
+                enc.set(out, v.len());
+                for r in v {
+                    r.encode(enc, out);
+                }
+            }
+            Reply::Scored(v) => {
+                if enc.resp3 {
+                    enc.array(out, v.len());
+                    for (m, s) in v {
+                        enc.array(out, 2);
+                        enc.bulk(out, m);
+                        enc.double(out, *s);
+                    }
+                } else {
+                    enc.array(out, 2 * v.len());
+                    for (m, s) in v {
+                        enc.bulk(out, m);
+                        enc.double(out, *s);
+                    }
                 }
             }
         }

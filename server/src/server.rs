@@ -16,7 +16,6 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::Config;
-use crate::reply::Reply;
 use crate::resp::{self, Parsed};
 use crate::session::{Admin, After, Out, Part, Session, Settings, Shared, Stats, WriteResult};
 use replication::tracker::Target;
@@ -130,12 +129,34 @@ impl Server {
             // No write is taken until this member holds the leader key and its lease.
             node.lease.enable();
         }
+        let events = tokio::sync::broadcast::channel(1024).0;
+        if let Some(c) = &cluster {
+            // The cluster's Sentinel events reach subscribers as any published message.
+            let (mut rx, tx) = (c.events.subscribe(), events.clone());
+            tokio::spawn(async move {
+                loop {
+                    match rx.recv().await {
+                        Ok((ch, msg)) => {
+                            let _ = tx.send((Bytes::from(ch), Bytes::from(msg)));
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            });
+        }
+        if crate::model::foreign_layout(&node.db().read())? {
+            anyhow::bail!(
+                "{}: this data directory holds keys written before replidb's typed data model (no format marker): this version cannot read it; keep using the older binary or reload the data into a new directory",
+                node.db().dir().display()
+            );
+        }
         let shared = Arc::new(Shared {
             node: node.clone(),
-            events: cluster.as_ref().map_or_else(
-                || tokio::sync::broadcast::channel(64).0,
-                |c| c.events.clone(),
-            ),
+            events,
+            subs: Default::default(),
+            watches: Default::default(),
+            changed: tokio::sync::watch::channel(0).0,
             cluster: cluster.clone(),
             settings: RwLock::new(Settings {
                 requirepass: config.requirepass.clone(),
@@ -150,6 +171,7 @@ impl Server {
             applying: parking_lot::Mutex::new(()),
         });
         tokio::spawn(replication::primary::keep_retention(node.clone()));
+        tokio::spawn(crate::sweep::run(shared.clone()));
         if let Some(every) = shared.config.verify_interval {
             tokio::spawn(replication::repair::verify_every(node.clone(), every));
         }
@@ -321,7 +343,16 @@ async fn connection(sh: Arc<Shared>, mut sock: TcpStream) -> Result<()> {
             }
         }
         session.count_commands();
-        let reply = finish_batch(&sh, &mut session, &mut out).await;
+        let blocked = out.parts.iter().any(|p| matches!(p, Part::Block { .. }));
+        let reply = if blocked {
+            // A blocked pop ends when its client goes away.
+            tokio::select! {
+                r = finish_batch(&sh, &mut session, &mut out) => r,
+                _ = peer_closed(&sock) => return Ok(()),
+            }
+        } else {
+            finish_batch(&sh, &mut session, &mut out).await
+        };
         if !reply.is_empty() {
             sock.write_all(&reply).await?;
         }
@@ -370,8 +401,8 @@ async fn connection(sh: Arc<Shared>, mut sock: TcpStream) -> Result<()> {
 
 /// The next pub/sub event for a subscribed connection (never, for one that is not).
 async fn next_event(
-    rx: &mut Option<tokio::sync::broadcast::Receiver<(String, String)>>,
-) -> Option<(String, String)> {
+    rx: &mut Option<tokio::sync::broadcast::Receiver<(Bytes, Bytes)>>,
+) -> Option<(Bytes, Bytes)> {
     match rx {
         None => std::future::pending().await,
         Some(rx) => match rx.recv().await {
@@ -506,6 +537,10 @@ async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut Out) -> Byte
                     }
                 }
             }
+            Part::Block { args, deadline } => {
+                let got = block(sh, session, args, deadline).await;
+                reply.extend_from_slice(&got);
+            }
             Part::Wait {
                 replicas,
                 timeout_ms,
@@ -529,12 +564,8 @@ async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut Out) -> Byte
                         .error(&mut reply, quorum.as_ref().err().map_or("", |e| e.as_str()))
                 }
                 Some(Ok((replies, lsn))) if durable.is_ok() || lsn <= flushed => {
-                    if d.as_array {
-                        Reply::Array(replies).encode(&session.enc, &mut reply);
-                    } else {
-                        for r in &replies {
-                            r.encode(&session.enc, &mut reply);
-                        }
+                    for r in &replies {
+                        r.encode(&session.enc, &mut reply);
                     }
                     let _ = sh
                         .stats
@@ -558,6 +589,64 @@ async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut Out) -> Byte
     }
     reply.extend_from_slice(&out.buf.split());
     reply
+}
+
+/// A blocking pop: tries it whenever one of its keys may have an item (at once, then after
+/// every applied write that changed keys), and answers with the first try that pops, or nil
+/// at the deadline. Other connections run meanwhile: this waits on the connection's task.
+async fn block(
+    sh: &Shared,
+    session: &mut Session,
+    args: Vec<Bytes>,
+    deadline: Option<Instant>,
+) -> BytesMut {
+    let name = crate::commands::command_name(&args[0]).unwrap_or("");
+    let mut changed = sh.changed.subscribe();
+    let mut stop = sh.node.shutdown.subscribe();
+    let mut null = BytesMut::new();
+    session.enc.null(&mut null);
+    loop {
+        changed.mark_unchanged();
+        let ready = {
+            let db = session.db();
+            let snap = db.read();
+            crate::commands::list::block_ready(&snap, crate::shared::now_ms(), name, &args)
+        };
+        if ready {
+            let mut out = Out::default();
+            session.write_commands(vec![args.clone()], &mut out, false);
+            let got = Box::pin(finish_batch(sh, session, &mut out)).await;
+            // Nil: another connection popped it first; keep waiting.
+            if got != null {
+                return got;
+            }
+        }
+        let woke = async {
+            tokio::select! {
+                r = changed.changed() => r.is_ok(),
+                _ = stop.changed() => false,
+            }
+        };
+        let woke = match deadline {
+            Some(d) => tokio::time::timeout_at(d.into(), woke)
+                .await
+                .unwrap_or(false),
+            None => woke.await,
+        };
+        if !woke {
+            return null;
+        }
+    }
+}
+
+/// Resolves when the client has closed its end (EOF), and never while it has sent more
+/// requests (they wait in the socket for the blocked one to finish, as in Redis).
+async fn peer_closed(sock: &TcpStream) {
+    let mut b = [0u8; 1];
+    match sock.peek(&mut b).await {
+        Ok(0) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
+    }
 }
 
 /// Waits until the sync-standbys quorum has reached `lsn` at `remote` (at once if no quorum is

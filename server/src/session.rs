@@ -11,7 +11,7 @@ use parking_lot::Mutex;
 use storage::{Db, Durability, Lsn};
 
 use crate::commands::{self, arity_error, lookup, preview, size_error, Access, Family};
-use crate::reply::{storage_error, Reply};
+use crate::reply::storage_error;
 use crate::resp::Encoder;
 pub use crate::shared::{now_us, Queued, Settings, Shared, Stats, WriteResult};
 
@@ -46,14 +46,18 @@ pub enum Part {
     },
     /// A role change (`REPLICAOF`, `FAILOVER`), run once the writes before it are settled.
     Admin(Admin),
+    /// A blocking pop (BLPOP, BRPOP, BLMOVE) waiting for an item until `deadline` (None:
+    /// forever).
+    Block {
+        args: Vec<Bytes>,
+        deadline: Option<Instant>,
+    },
 }
 
 pub struct Deferred {
     pub slot: Arc<Mutex<Option<WriteResult>>>,
     /// The durability the write asked for.
     pub level: Durability,
-    /// EXEC: the replies form one array.
-    pub as_array: bool,
     pub since: Instant,
     /// Held from queueing until the reply: the WAL sent meanwhile asks the replicas for
     /// what this write waits for.
@@ -147,7 +151,18 @@ pub struct Session {
     /// Subscribed channels and patterns (`pubsub`), and the events they listen on.
     pub(crate) channels: std::collections::BTreeSet<Vec<u8>>,
     pub(crate) patterns: std::collections::BTreeSet<Vec<u8>>,
-    pub events: Option<tokio::sync::broadcast::Receiver<(String, String)>>,
+    pub events: Option<tokio::sync::broadcast::Receiver<(Bytes, Bytes)>>,
+    /// WATCHed keys, until EXEC, DISCARD or UNWATCH.
+    pub(crate) watch: Option<crate::watch::Watch>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        if let Some(w) = self.watch.take() {
+            self.shared.watches.unwatch(&w);
+        }
+        self.drop_subscriptions();
+    }
 }
 
 impl Session {
@@ -165,6 +180,7 @@ impl Session {
             channels: Default::default(),
             patterns: Default::default(),
             events: None,
+            watch: None,
             shared,
             enc: Encoder::default(),
             id,
@@ -291,13 +307,14 @@ impl Session {
             self.err(out, "NOAUTH Authentication required.");
             return After::Continue;
         }
-        if access == Access::Write || matches!(name, "EXEC" | "MULTI") {
+        if access == Access::Write || matches!(name, "EXEC" | "MULTI" | "PUBLISH") {
             if let Some(msg) = self.write_refusal() {
                 self.err(out, &msg);
                 return After::Continue;
             }
         }
-        if self.multi.is_some() && !matches!(name, "EXEC" | "DISCARD" | "MULTI" | "QUIT") {
+        if self.multi.is_some() && !matches!(name, "EXEC" | "DISCARD" | "MULTI" | "QUIT" | "WATCH")
+        {
             return self.queue(name, args, out);
         }
         let Some(spec) = spec else {
@@ -354,18 +371,28 @@ impl Session {
         let mark = out.buf.len();
         self.corrupt.set(None);
         match (spec.family, access) {
+            (_, Access::Write) if commands::is_blocking(name) => {
+                match crate::commands::list::block_deadline(&args[args.len() - 1]) {
+                    Ok(deadline) => {
+                        out.parts.push(Part::Bytes(out.buf.split().freeze()));
+                        out.parts.push(Part::Block { args, deadline });
+                    }
+                    Err(msg) => self.err(out, msg),
+                }
+                return After::Continue;
+            }
             (_, Access::Write) => {
                 self.write_commands(vec![args], out, false);
                 return After::Continue;
             }
-            (Family::Strings, _) => self.string_read(name, &args, out),
-            (Family::Keys, _) => self.keys_read(name, &args, out),
-            (Family::Transactions, _) => self.transaction_command(name, out),
+            (_, Access::Read) => self.data_read(spec, &args, out),
+            (Family::Transactions, _) => self.transaction_command(name, &args, out),
             (Family::Connection, _) => return self.connection_command(name, &args, out),
             (Family::Server, _) => return self.server_command(name, &args, out),
             (Family::Replication, _) => return self.replication_command(name, &args, out),
             (Family::Sentinel, _) => return self.sentinel_command(&args, out),
             (Family::PubSub, _) => return self.pubsub_command(name, &args, out),
+            _ => self.err(out, "ERR command cannot run here"),
         }
         // A read that hit a damaged page: its error is replaced by the read run again once
         // the page is repaired.
@@ -383,14 +410,48 @@ impl Session {
         After::Continue
     }
 
+    /// A data read from one snapshot, encoded straight into the reply.
+    fn data_read(&mut self, spec: &commands::Spec, args: &[Bytes], out: &mut Out) {
+        let now = crate::shared::now_ms();
+        let snap = self.db.read();
+        // GET, the hottest read, encodes from the page without a copy.
+        if spec.name == "GET" {
+            match crate::model::lookup(&snap, &args[1], now) {
+                Ok(Some(f)) if f.meta.kind == crate::model::Kind::String => {
+                    self.enc.bulk(&mut out.buf, f.value());
+                }
+                Ok(Some(_)) => self.err(out, crate::reply::WRONGTYPE),
+                Ok(None) => self.enc.null(&mut out.buf),
+                Err(e) => {
+                    drop(snap);
+                    self.model_err(out, e);
+                }
+            }
+            return;
+        }
+        let r = commands::read(&snap, now, spec, args);
+        drop(snap);
+        match r {
+            Ok(reply) => reply.encode(&self.enc, &mut out.buf),
+            Err(e) => self.model_err(out, e),
+        }
+    }
+
+    fn model_err(&self, out: &mut Out, e: crate::model::Error) {
+        match e {
+            crate::model::Error::Storage(e) => self.storage_err(&mut out.buf, &e),
+            crate::model::Error::BadMeta(e) => self.err(out, &format!("CORRUPT {e}")),
+        }
+    }
+
     /// Runs data commands as one atomic transaction (one commit), marking the reply pending
-    /// until the connection's durability level is met. `as_array`: reply with an array of
-    /// every command's reply (EXEC).
-    pub(crate) fn write_commands(&mut self, cmds: Vec<Vec<Bytes>>, out: &mut Out, as_array: bool) {
+    /// until the connection's durability level is met. `exec`: EXEC's commands, answered with
+    /// one array (or nil when a key it watches changed first).
+    pub(crate) fn write_commands(&mut self, cmds: Vec<Vec<Bytes>>, out: &mut Out, exec: bool) {
         // Limits are checked before the transaction so the error names the command's input.
         for c in &cmds {
             if let Some(msg) = size_error(commands::command_name(&c[0]).unwrap_or(""), c) {
-                if as_array {
+                if exec {
                     self.err(out, &format!("EXECABORT {msg}"));
                 } else {
                     self.err(out, &msg);
@@ -400,6 +461,18 @@ impl Session {
         }
         let since = Instant::now();
         let level = self.level();
+        let exec = exec.then(|| {
+            self.watch.take().map(|w| {
+                // The registry keeps flagging it until the EXEC is applied.
+                let held = std::sync::Arc::new(crate::watch::Watch {
+                    dirty: w.dirty.clone(),
+                    keys: Vec::new(),
+                    deadline: w.deadline,
+                });
+                self.shared.watches.unwatch_later(w);
+                held
+            })
+        });
         if level != Durability::Off {
             // Queued: applied together with the other connections' writes once every ready
             // connection has run its pipeline (`connection` in server.rs).
@@ -409,12 +482,12 @@ impl Session {
             self.shared.queue.lock().push(Queued {
                 cmds,
                 slot: slot.clone(),
+                exec,
             });
             out.parts.push(Part::Bytes(out.buf.split().freeze()));
             out.parts.push(Part::Write(Deferred {
                 slot: slot.clone(),
                 level,
-                as_array,
                 since,
                 _sync: sync,
             }));
@@ -422,21 +495,20 @@ impl Session {
             return;
         }
         // At `off` nobody waits: apply now; the background flusher writes it.
-        let r = self.shared.db().update(Durability::Off, |tx| {
-            let mut replies = Vec::with_capacity(cmds.len());
-            for c in &cmds {
-                replies.push(commands::apply(tx, c)?);
-            }
-            Ok(replies)
+        let sh = self.shared.clone();
+        let _in_order = sh.applying.lock();
+        let mut touched = Vec::new();
+        let now = crate::shared::now_ms();
+        let r = sh.db().update(Durability::Off, |tx| {
+            crate::shared::run_queued(tx, now, &mut touched, &sh.watches, &cmds, exec.as_ref())
         });
+        if !touched.is_empty() {
+            sh.changed.send_modify(|n| *n += 1);
+        }
         match r {
             Ok((replies, lsn)) => {
-                if as_array {
-                    Reply::Array(replies).encode(&self.enc, &mut out.buf);
-                } else {
-                    for r in &replies {
-                        r.encode(&self.enc, &mut out.buf);
-                    }
+                for r in &replies {
+                    r.encode(&self.enc, &mut out.buf);
                 }
                 self.last_lsn = lsn;
                 self.shared.stats.commits.fetch_add(1, Ordering::Relaxed);

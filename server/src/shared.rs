@@ -65,7 +65,10 @@ pub struct Shared {
     pub cluster: Option<Arc<replication::cluster::ClusterView>>,
     /// Pub/sub events (channel, payload) for subscribed connections: the cluster's Sentinel
     /// events (`+switch-master`).
-    pub events: tokio::sync::broadcast::Sender<(String, String)>,
+    /// and what clients PUBLISH.
+    pub events: tokio::sync::broadcast::Sender<(Bytes, Bytes)>,
+    /// Subscriptions per channel and pattern (PUBLISH's count).
+    pub subs: Mutex<crate::commands::pubsub::Subscribers>,
     pub config: Config,
     pub settings: RwLock<Settings>,
     pub stats: Stats,
@@ -77,6 +80,10 @@ pub struct Shared {
     /// they were queued, so a connection's writes commit in the order it sent them even when
     /// two event-loop threads apply groups (`REPLIDB_THREADS=2`).
     pub applying: Mutex<()>,
+    /// Who watches which keys (WATCH).
+    pub watches: crate::watch::Watches,
+    /// Counts applied groups that changed some key: blocked pops wait on it.
+    pub changed: tokio::sync::watch::Sender<u64>,
 }
 
 pub use replication::node::now_us;
@@ -114,6 +121,46 @@ pub type WriteResult = Result<(Vec<Reply>, Lsn), String>;
 pub struct Queued {
     pub(crate) cmds: Vec<Vec<Bytes>>,
     pub(crate) slot: Arc<Mutex<Option<WriteResult>>>,
+    /// EXEC: the replies form one array, or nil when a watched key changed first.
+    pub(crate) exec: Option<Option<Arc<crate::watch::Watch>>>,
+}
+
+/// Milliseconds since the Unix epoch: the clock expiry is measured on.
+pub fn now_ms() -> u64 {
+    now_us() / 1000
+}
+
+/// Runs one queued write inside the group's transaction: its replies (one array for EXEC,
+/// nil for an EXEC whose watched keys changed).
+pub(crate) fn run_queued(
+    tx: &mut WriteTxn<'_>,
+    now_ms: u64,
+    touched: &mut Vec<Vec<u8>>,
+    watches: &crate::watch::Watches,
+    cmds: &[Vec<Bytes>],
+    exec: Option<&Option<Arc<crate::watch::Watch>>>,
+) -> storage::Result<Vec<Reply>> {
+    if let Some(Some(w)) = exec {
+        // Writes earlier in this group flagged it already (touched below, command by command).
+        if w.broken(now_ms) {
+            return Ok(vec![Reply::Null]);
+        }
+    }
+    let mut v = Vec::with_capacity(cmds.len());
+    for c in cmds {
+        let mut w = crate::model::Writer {
+            tx: &mut *tx,
+            now_ms,
+            touched: &mut *touched,
+        };
+        let before = w.touched.len();
+        v.push(crate::commands::apply(&mut w, c)?);
+        watches.touch(&touched[before..]);
+    }
+    Ok(match exec {
+        Some(_) => vec![Reply::Array(v)],
+        None => v,
+    })
 }
 
 impl Shared {
@@ -140,18 +187,16 @@ impl Shared {
             }
             return;
         }
-        let run = |tx: &mut WriteTxn<'_>, q: &Queued| -> storage::Result<Vec<Reply>> {
-            let mut v = Vec::with_capacity(q.cmds.len());
-            for c in &q.cmds {
-                v.push(crate::commands::apply(tx, c)?);
-            }
-            Ok(v)
+        let now = now_ms();
+        let mut touched = Vec::new();
+        let run = |tx: &mut WriteTxn<'_>, q: &Queued, touched: &mut Vec<Vec<u8>>| {
+            run_queued(tx, now, touched, &self.watches, &q.cmds, q.exec.as_ref())
         };
         let db = self.db();
         let all = db.update_deferred(|tx| {
             let mut all = Vec::with_capacity(reqs.len());
             for q in &reqs {
-                all.push(run(tx, q)?);
+                all.push(run(tx, q, &mut touched)?);
             }
             Ok(all)
         });
@@ -166,11 +211,14 @@ impl Shared {
             Err(_) => {
                 for q in &reqs {
                     let r = db
-                        .update_deferred(|tx| run(tx, q))
+                        .update_deferred(|tx| run(tx, q, &mut touched))
                         .map_err(|e| storage_error(&e));
                     *q.slot.lock() = Some(r);
                 }
             }
+        }
+        if !touched.is_empty() {
+            self.changed.send_modify(|n| *n += 1);
         }
         self.stats
             .commits

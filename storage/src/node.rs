@@ -45,7 +45,9 @@ pub const MIN_FILL: usize = USABLE / 4;
 pub const KEY_INLINE_MAX: usize = 384;
 /// A longer key keeps this many leading bytes in the cell and the rest in overflow pages.
 pub const KEY_LOCAL: usize = 256;
-pub const MAX_KEY: usize = 8 * 1024;
+/// The engine's limit; the server keeps user keys to 8 KiB and uses the rest for the data
+/// model's composite keys (a collection's key, version and member).
+pub const MAX_KEY: usize = 16 * 1024 + 64;
 pub const MAX_VALUE: usize = 64 * 1024 * 1024;
 const VAL_OVF_FLAG: u32 = 1 << 31;
 

@@ -1,202 +1,291 @@
-//! The keyspace: DEL, EXISTS, DBSIZE, SCAN (cursor over keys) and RANGE (an ordered range).
+//! The keyspace: EXISTS, DBSIZE, TYPE, KEYS, SCAN (cursor over keys, `TYPE t`), RANGE (an
+//! ordered range of strings); DEL, UNLINK, RENAME, RENAMENX, FLUSHDB, FLUSHALL.
 
 use std::ops::Bound;
 
-use bytes::{Bytes, BytesMut};
-use storage::WriteTxn;
+use bytes::Bytes;
 
-use super::{hex, parse_i64, unhex, upper, wrong_arity};
+use super::{hex, parse_i64, unhex, upper, Store};
 use crate::glob;
-use crate::reply::Reply;
-use crate::session::{Out, Session};
+use crate::model::layout::{self, meta_bounds, user_key, COUNT_KEY, FORMAT_KEY, VERSION_KEY};
+use crate::model::{self, visit, Kind, Meta, Writer};
+use crate::reply::{Reply, NOT_INT, SYNTAX};
 
-impl Session {
-    /// EXISTS, DBSIZE, SCAN or RANGE, each from one snapshot (SCAN and RANGE: one per
-    /// chunk).
-    pub(crate) fn keys_read(&mut self, name: &str, args: &[Bytes], out: &mut Out) {
-        let db = &self.db;
-        match name {
-            "EXISTS" => {
-                let snap = db.read();
-                let mut n = 0;
-                for k in &args[1..] {
-                    match snap.get(k) {
-                        Ok(v) => n += i64::from(v.is_some()),
-                        Err(e) => {
-                            drop(snap);
-                            self.storage_err(&mut out.buf, &e);
-                            return;
-                        }
-                    }
-                }
-                self.enc.int(&mut out.buf, n);
-            }
-            "DBSIZE" => self.enc.int(&mut out.buf, db.len() as i64),
-            "SCAN" => self.scan(args, out),
-            "RANGE" => self.range(args, out),
-            _ => super::unreachable_command(name),
-        }
-    }
+/// Redis's error for SCAN's and friends' bad cursor.
+const BAD_CURSOR: &str = "ERR invalid cursor";
 
-    fn scan(&mut self, args: &[Bytes], out: &mut Out) {
-        if args.len() < 2 || !args.len().is_multiple_of(2) {
-            self.err(out, &wrong_arity("scan"));
-            return;
-        }
-        let after = match &args[1][..] {
-            b"0" => None,
-            c => match c.strip_prefix(b"k").and_then(unhex) {
-                Some(k) => Some(k),
-                None => {
-                    self.err(out, "ERR invalid cursor");
-                    return;
-                }
-            },
-        };
-        let mut pattern: Option<&[u8]> = None;
-        let mut count = 10usize;
-        for opt in args[2..].chunks(2) {
-            match upper(&opt[0]).as_str() {
-                "MATCH" => pattern = Some(&opt[1]),
-                "COUNT" => match parse_i64(&opt[1]) {
-                    Some(n) if n >= 1 => count = (n as usize).min(100_000),
-                    _ => {
-                        self.err(out, "ERR value is not an integer or out of range");
-                        return;
-                    }
-                },
-                "TYPE" => {}
-                _ => {
-                    self.err(out, "ERR syntax error");
-                    return;
-                }
-            }
-        }
-        let lower = match &after {
-            Some(k) => Bound::Excluded(k.as_slice()),
-            None => Bound::Unbounded,
-        };
-        let db = self.db();
-        let snap = db.read();
-        let it = match snap.range::<(Bound<&[u8]>, Bound<&[u8]>)>((lower, Bound::Unbounded)) {
-            Ok(it) => it,
-            Err(e) => {
-                drop(snap);
-                self.storage_err(&mut out.buf, &e);
-                return;
-            }
-        };
-        let mut keys = Vec::new();
-        let mut last: Option<Vec<u8>> = None;
-        let mut done = true;
-        for (examined, e) in it.enumerate() {
-            if examined == count {
-                done = false;
-                break;
-            }
-            let (k, _) = match e {
-                Ok(e) => e,
-                Err(e) => {
-                    self.storage_err(&mut out.buf, &e);
-                    return;
-                }
-            };
-            if pattern.is_none_or(|p| glob::matches(p, &k)) {
-                keys.push(k.to_vec());
-            }
-            last = Some(k.into_owned());
-        }
-        drop(snap);
-        let cursor = match (done, last) {
-            (false, Some(k)) => format!("k{}", hex(&k)),
-            _ => "0".to_string(),
-        };
-        self.enc.array(&mut out.buf, 2);
-        self.enc.bulk(&mut out.buf, cursor.as_bytes());
-        self.enc.array(&mut out.buf, keys.len());
-        for k in &keys {
-            self.enc.bulk(&mut out.buf, k);
-        }
-    }
-
-    fn range(&mut self, args: &[Bytes], out: &mut Out) {
-        if args.len() != 3 && args.len() != 5 {
-            self.err(out, &wrong_arity("range"));
-            return;
-        }
-        let mut limit = usize::MAX;
-        if args.len() == 5 {
-            if upper(&args[3]) != "LIMIT" {
-                self.err(out, "ERR syntax error");
-                return;
-            }
-            match parse_i64(&args[4]) {
-                Some(n) if n >= 0 => limit = n as usize,
-                _ => {
-                    self.err(out, "ERR value is not an integer or out of range");
-                    return;
-                }
-            }
-        }
-        let lo: Bound<&[u8]> = if &args[1][..] == b"-" {
-            Bound::Unbounded
-        } else {
-            Bound::Included(&args[1])
-        };
-        let hi: Bound<&[u8]> = if &args[2][..] == b"+" {
-            Bound::Unbounded
-        } else {
-            Bound::Excluded(&args[2])
-        };
-        if let (Bound::Included(a), Bound::Excluded(b)) = (lo, hi) {
-            if a >= b {
-                self.enc.array(&mut out.buf, 0);
-                return;
-            }
-        }
-        let mut tmp = BytesMut::new();
-        let mut n = 0;
-        for e in self.db().range((lo, hi)).take(limit) {
-            match e {
-                Ok((k, v)) => {
-                    self.enc.bulk(&mut tmp, &k);
-                    self.enc.bulk(&mut tmp, &v);
-                    n += 2;
-                }
-                Err(e) => {
-                    self.storage_err(&mut out.buf, &e);
-                    return;
-                }
-            }
-        }
-        self.enc.array(&mut out.buf, n);
-        out.buf.extend_from_slice(&tmp);
-    }
-}
-
-/// A keyspace command against a write transaction (DEL, or EXISTS and DBSIZE inside EXEC).
-pub(crate) fn apply(tx: &mut WriteTxn<'_>, name: &str, args: &[Bytes]) -> storage::Result<Reply> {
+pub(crate) fn read<S: Store + ?Sized>(
+    s: &S,
+    now: u64,
+    name: &str,
+    args: &[Bytes],
+) -> model::Result<Reply> {
     Ok(match name {
-        "DEL" => {
-            let mut n = 0;
-            for k in &args[1..] {
-                n += i64::from(tx.delete(k)?);
-            }
-            Reply::Int(n)
-        }
         "EXISTS" => {
             let mut n = 0;
             for k in &args[1..] {
-                n += i64::from(tx.get(k)?.is_some());
+                n += i64::from(model::lookup(s, k, now)?.is_some());
             }
             Reply::Int(n)
         }
-        "DBSIZE" => Reply::Int(tx.len() as i64),
-        other => Reply::Error(format!(
-            "ERR command '{}' cannot run here",
-            other.to_ascii_lowercase()
-        )),
+        "DBSIZE" => Reply::Int(model::key_count(s)? as i64),
+        "TYPE" => Reply::Status(
+            model::lookup(s, &args[1], now)?
+                .map_or("none", |f| f.meta.kind.name())
+                .into(),
+        ),
+        "KEYS" => {
+            let mut keys = Vec::new();
+            let mut bad = None;
+            visit(s, &meta_bounds(None), false, &mut |k, v| {
+                let key = user_key(k);
+                if glob::matches(&args[1], key) {
+                    match Meta::decode(v) {
+                        Ok((m, _)) if !m.expired(now) => keys.push(Reply::bulk(key)),
+                        Ok(_) => {}
+                        Err(e) => {
+                            bad = Some(e);
+                            return false;
+                        }
+                    }
+                }
+                true
+            })?;
+            if let Some(e) = bad {
+                return Err(e.into());
+            }
+            Reply::Array(keys)
+        }
+        "SCAN" => scan(s, now, args)?,
+        "RANGE" => range(s, now, args)?,
+        _ => super::cannot_run_here(name),
     })
+}
+
+/// SCAN cursor [MATCH p] [COUNT n] [TYPE t]: the cursor is `k` + the hex of the last key
+/// examined, so every key present for the whole scan comes exactly once, in key order.
+fn scan<S: Store + ?Sized>(s: &S, now: u64, args: &[Bytes]) -> model::Result<Reply> {
+    if !args.len().is_multiple_of(2) {
+        return Ok(Reply::err(&super::wrong_arity("scan")));
+    }
+    let after = match &args[1][..] {
+        b"0" => None,
+        c => match c.strip_prefix(b"k").and_then(unhex) {
+            Some(k) => Some(k),
+            None => return Ok(Reply::err(BAD_CURSOR)),
+        },
+    };
+    let mut pattern: Option<&[u8]> = None;
+    let mut count = 10usize;
+    let mut kind = None;
+    for opt in args[2..].chunks(2) {
+        match upper(&opt[0]).as_str() {
+            "MATCH" => pattern = Some(&opt[1]),
+            "COUNT" => match parse_i64(&opt[1]) {
+                Some(n) if n >= 1 => count = (n as usize).min(100_000),
+                _ => return Ok(Reply::err(NOT_INT)),
+            },
+            // An unknown type matches nothing, as in Redis.
+            "TYPE" => kind = Some(Kind::parse(&upper(&opt[1]))),
+            _ => return Ok(Reply::err(SYNTAX)),
+        }
+    }
+    let mut keys = Vec::new();
+    let mut last: Option<Vec<u8>> = None;
+    let mut examined = 0;
+    let mut done = true;
+    let mut bad = None;
+    visit(s, &meta_bounds(after.as_deref()), false, &mut |k, v| {
+        if examined == count {
+            done = false;
+            return false;
+        }
+        examined += 1;
+        let key = user_key(k);
+        last = Some(key.to_vec());
+        let meta = match Meta::decode(v) {
+            Ok((m, _)) => m,
+            Err(e) => {
+                bad = Some(e);
+                return false;
+            }
+        };
+        if !meta.expired(now)
+            && kind.is_none_or(|t| t == Some(meta.kind))
+            && pattern.is_none_or(|p| glob::matches(p, key))
+        {
+            keys.push(Reply::bulk(key));
+        }
+        true
+    })?;
+    if let Some(e) = bad {
+        return Err(e.into());
+    }
+    let cursor = match (done, last) {
+        (false, Some(k)) => format!("k{}", hex(&k)),
+        _ => "0".to_string(),
+    };
+    Ok(Reply::Array(vec![
+        Reply::Bulk(cursor.into_bytes()),
+        Reply::Array(keys),
+    ]))
+}
+
+/// RANGE start end [LIMIT n]: strings with start <= key < end, as a flat k v array (`-`,
+/// `+`: unbounded). Keys of other types are skipped.
+fn range<S: Store + ?Sized>(s: &S, now: u64, args: &[Bytes]) -> model::Result<Reply> {
+    if args.len() != 3 && args.len() != 5 {
+        return Ok(Reply::err(&super::wrong_arity("range")));
+    }
+    let mut limit = usize::MAX;
+    if args.len() == 5 {
+        if upper(&args[3]) != "LIMIT" {
+            return Ok(Reply::err(SYNTAX));
+        }
+        match parse_i64(&args[4]) {
+            Some(n) if n >= 0 => limit = n as usize,
+            _ => return Ok(Reply::err(NOT_INT)),
+        }
+    }
+    let lo = if &args[1][..] == b"-" {
+        Bound::Included(vec![layout::META])
+    } else {
+        Bound::Included(layout::meta_key(&args[1]))
+    };
+    let hi = if &args[2][..] == b"+" {
+        Bound::Excluded(vec![layout::META + 1])
+    } else {
+        Bound::Excluded(layout::meta_key(&args[2]))
+    };
+    if let (Bound::Included(a), Bound::Excluded(b)) = (&lo, &hi) {
+        if a >= b {
+            return Ok(Reply::Array(Vec::new()));
+        }
+    }
+    let mut v = Vec::new();
+    let mut bad = None;
+    visit(s, &(lo, hi), false, &mut |k, raw| {
+        if v.len() / 2 >= limit {
+            return false;
+        }
+        match Meta::decode(raw) {
+            Ok((m, at)) if m.kind == Kind::String && !m.expired(now) => {
+                v.push(Reply::bulk(user_key(k)));
+                v.push(Reply::bulk(&raw[at..]));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                bad = Some(e);
+                return false;
+            }
+        }
+        true
+    })?;
+    if let Some(e) = bad {
+        return Err(e.into());
+    }
+    Ok(Reply::Array(v))
+}
+
+pub(crate) fn write(w: &mut Writer<'_, '_>, name: &str, args: &[Bytes]) -> model::Result<Reply> {
+    Ok(match name {
+        "DEL" | "UNLINK" => {
+            let mut n = 0;
+            for k in &args[1..] {
+                if let Some((m, _)) = w.lookup(k)? {
+                    w.delete(k, &m)?;
+                    n += 1;
+                }
+            }
+            Reply::Int(n)
+        }
+        "RENAME" | "RENAMENX" => {
+            let (src, dst) = (&args[1][..], &args[2][..]);
+            let Some((m, v)) = w.lookup(src)? else {
+                return Ok(Reply::err("ERR no such key"));
+            };
+            let nx = name == "RENAMENX";
+            if src == dst {
+                return Ok(if nx { Reply::Int(0) } else { Reply::Ok });
+            }
+            if let Some((d, _)) = w.lookup(dst)? {
+                if nx {
+                    return Ok(Reply::Int(0));
+                }
+                w.delete(dst, &d)?;
+            }
+            rename(w, src, dst, &m, &v)?;
+            if nx {
+                Reply::Int(1)
+            } else {
+                Reply::Ok
+            }
+        }
+        "FLUSHDB" | "FLUSHALL" => {
+            match args.get(1).map(|a| upper(a)) {
+                None => {}
+                Some(o) if o == "SYNC" || o == "ASYNC" => {}
+                Some(_) => return Ok(Reply::err(SYNTAX)),
+            }
+            flush(w)?;
+            Reply::Ok
+        }
+        _ => super::cannot_run_here(name),
+    })
+}
+
+/// Moves a live key to `dst` (free): a string at once; a collection's members copied under a
+/// new version, the old ones deleted like any deleted collection's.
+fn rename(
+    w: &mut Writer<'_, '_>,
+    src: &[u8],
+    dst: &[u8],
+    m: &Meta,
+    value: &[u8],
+) -> model::Result<()> {
+    let mut n = m.clone();
+    if m.kind != Kind::String {
+        n.version = w.new_version()?;
+        let mut spaces = vec![layout::SUB];
+        if m.kind == Kind::ZSet {
+            spaces.push(layout::SCORE);
+        }
+        for space in spaces {
+            let from = layout::prefix(space, src, m.version);
+            let to = layout::prefix(space, dst, n.version);
+            let mut moved = Vec::new();
+            visit(&*w.tx, &layout::prefix_bounds(&from), false, &mut |k, v| {
+                moved.push((k[from.len()..].to_vec(), v.to_vec()));
+                true
+            })?;
+            for (sub, v) in moved {
+                let mut k = to.clone();
+                k.extend_from_slice(&sub);
+                w.tx.put(&k, &v)?;
+            }
+        }
+    }
+    w.delete(src, m)?;
+    w.put(dst, None, &n, value)
+}
+
+/// Deletes every key (and every member, and every index entry) at once.
+fn flush(w: &mut Writer<'_, '_>) -> model::Result<()> {
+    let mut keys = Vec::new();
+    w.tx.visit(Bound::Unbounded, Bound::Unbounded, false, &mut |k, _| {
+        if k != VERSION_KEY && k != FORMAT_KEY {
+            keys.push(k.to_vec());
+        }
+        true
+    })?;
+    for k in &keys {
+        if k.first() == Some(&layout::META) {
+            w.touch(user_key(k));
+        }
+        w.tx.delete(k)?;
+    }
+    debug_assert!(!keys.is_empty() || w.tx.get(COUNT_KEY)?.is_none());
+    Ok(())
 }
 
 #[cfg(test)]

@@ -4,24 +4,40 @@
 //! by the row's family, and takes a command down the read or the write path by its access.
 
 pub(crate) mod admin;
+pub(crate) mod collection;
 pub(crate) mod connection;
+pub(crate) mod expiry;
+pub(crate) mod hash;
 pub(crate) mod keys;
+pub(crate) mod list;
 pub(crate) mod pubsub;
 pub(crate) mod replication;
 pub(crate) mod sentinel;
+pub(crate) mod set;
 pub(crate) mod strings;
 pub(crate) mod transactions;
+pub(crate) mod zset;
 
 use bytes::Bytes;
-use storage::{WriteTxn, MAX_KEY, MAX_VALUE};
+use storage::MAX_VALUE;
 
+use crate::model::layout::MAX_USER_KEY as MAX_KEY;
+pub(crate) use crate::model::Store;
+use crate::model::{self, Writer};
 use crate::reply::Reply;
+pub(crate) use expiry::expire_at_arg;
 
 /// Which file a command lives in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
     Strings,
     Keys,
+    /// TTLs (`expiry`).
+    Expiry,
+    Hash,
+    Set,
+    ZSet,
+    List,
     Transactions,
     Connection,
     Server,
@@ -74,20 +90,122 @@ const fn spec(
 pub const COMMANDS: &[Spec] = &[
     spec("GET", 2, Family::Strings, Access::Read, true),
     spec("SET", -3, Family::Strings, Access::Write, true),
-    spec("DEL", -2, Family::Keys, Access::Write, true),
-    spec("EXISTS", -2, Family::Keys, Access::Read, true),
     spec("MGET", -2, Family::Strings, Access::Read, true),
     spec("MSET", -3, Family::Strings, Access::Write, true),
+    spec("MSETNX", -3, Family::Strings, Access::Write, true),
     spec("INCR", 2, Family::Strings, Access::Write, true),
     spec("INCRBY", 3, Family::Strings, Access::Write, true),
     spec("DECR", 2, Family::Strings, Access::Write, true),
     spec("DECRBY", 3, Family::Strings, Access::Write, true),
+    spec("INCRBYFLOAT", 3, Family::Strings, Access::Write, true),
+    spec("SETNX", 3, Family::Strings, Access::Write, true),
+    spec("SETEX", 4, Family::Strings, Access::Write, true),
+    spec("PSETEX", 4, Family::Strings, Access::Write, true),
+    spec("GETSET", 3, Family::Strings, Access::Write, true),
+    spec("GETDEL", 2, Family::Strings, Access::Write, true),
+    spec("GETEX", -2, Family::Strings, Access::Write, true),
+    spec("APPEND", 3, Family::Strings, Access::Write, true),
+    spec("STRLEN", 2, Family::Strings, Access::Read, true),
+    spec("GETRANGE", 4, Family::Strings, Access::Read, true),
+    spec("SUBSTR", 4, Family::Strings, Access::Read, true),
+    spec("SETRANGE", 4, Family::Strings, Access::Write, true),
+    spec("DEL", -2, Family::Keys, Access::Write, true),
+    spec("UNLINK", -2, Family::Keys, Access::Write, true),
+    spec("EXISTS", -2, Family::Keys, Access::Read, true),
     spec("DBSIZE", 1, Family::Keys, Access::Read, true),
     spec("SCAN", -2, Family::Keys, Access::Read, false),
     spec("RANGE", -3, Family::Keys, Access::Read, false),
+    spec("KEYS", 2, Family::Keys, Access::Read, true),
+    spec("TYPE", 2, Family::Keys, Access::Read, true),
+    spec("RENAME", 3, Family::Keys, Access::Write, true),
+    spec("RENAMENX", 3, Family::Keys, Access::Write, true),
+    spec("FLUSHDB", -1, Family::Keys, Access::Write, true),
+    spec("FLUSHALL", -1, Family::Keys, Access::Write, true),
+    spec("EXPIRE", -3, Family::Expiry, Access::Write, true),
+    spec("PEXPIRE", -3, Family::Expiry, Access::Write, true),
+    spec("EXPIREAT", -3, Family::Expiry, Access::Write, true),
+    spec("PEXPIREAT", -3, Family::Expiry, Access::Write, true),
+    spec("PERSIST", 2, Family::Expiry, Access::Write, true),
+    spec("TTL", 2, Family::Expiry, Access::Read, true),
+    spec("PTTL", 2, Family::Expiry, Access::Read, true),
+    spec("EXPIRETIME", 2, Family::Expiry, Access::Read, true),
+    spec("PEXPIRETIME", 2, Family::Expiry, Access::Read, true),
+    spec("HSET", -4, Family::Hash, Access::Write, true),
+    spec("HMSET", -4, Family::Hash, Access::Write, true),
+    spec("HSETNX", 4, Family::Hash, Access::Write, true),
+    spec("HGET", 3, Family::Hash, Access::Read, true),
+    spec("HMGET", -3, Family::Hash, Access::Read, true),
+    spec("HGETALL", 2, Family::Hash, Access::Read, true),
+    spec("HKEYS", 2, Family::Hash, Access::Read, true),
+    spec("HVALS", 2, Family::Hash, Access::Read, true),
+    spec("HLEN", 2, Family::Hash, Access::Read, true),
+    spec("HEXISTS", 3, Family::Hash, Access::Read, true),
+    spec("HSTRLEN", 3, Family::Hash, Access::Read, true),
+    spec("HDEL", -3, Family::Hash, Access::Write, true),
+    spec("HINCRBY", 4, Family::Hash, Access::Write, true),
+    spec("HINCRBYFLOAT", 4, Family::Hash, Access::Write, true),
+    spec("HSCAN", -3, Family::Hash, Access::Read, true),
+    spec("SADD", -3, Family::Set, Access::Write, true),
+    spec("SREM", -3, Family::Set, Access::Write, true),
+    spec("SISMEMBER", 3, Family::Set, Access::Read, true),
+    spec("SMISMEMBER", -3, Family::Set, Access::Read, true),
+    spec("SMEMBERS", 2, Family::Set, Access::Read, true),
+    spec("SCARD", 2, Family::Set, Access::Read, true),
+    spec("SPOP", -2, Family::Set, Access::Write, true),
+    spec("SRANDMEMBER", -2, Family::Set, Access::Read, true),
+    spec("SMOVE", 4, Family::Set, Access::Write, true),
+    spec("SINTER", -2, Family::Set, Access::Read, true),
+    spec("SUNION", -2, Family::Set, Access::Read, true),
+    spec("SDIFF", -2, Family::Set, Access::Read, true),
+    spec("SINTERSTORE", -3, Family::Set, Access::Write, true),
+    spec("SUNIONSTORE", -3, Family::Set, Access::Write, true),
+    spec("SDIFFSTORE", -3, Family::Set, Access::Write, true),
+    spec("SSCAN", -3, Family::Set, Access::Read, true),
+    spec("ZADD", -4, Family::ZSet, Access::Write, true),
+    spec("ZINCRBY", 4, Family::ZSet, Access::Write, true),
+    spec("ZREM", -3, Family::ZSet, Access::Write, true),
+    spec("ZSCORE", 3, Family::ZSet, Access::Read, true),
+    spec("ZMSCORE", -3, Family::ZSet, Access::Read, true),
+    spec("ZCARD", 2, Family::ZSet, Access::Read, true),
+    spec("ZCOUNT", 4, Family::ZSet, Access::Read, true),
+    spec("ZLEXCOUNT", 4, Family::ZSet, Access::Read, true),
+    spec("ZRANK", 3, Family::ZSet, Access::Read, true),
+    spec("ZREVRANK", 3, Family::ZSet, Access::Read, true),
+    spec("ZRANGE", -4, Family::ZSet, Access::Read, true),
+    spec("ZRANGEBYSCORE", -4, Family::ZSet, Access::Read, true),
+    spec("ZREVRANGE", -4, Family::ZSet, Access::Read, true),
+    spec("ZREVRANGEBYSCORE", -4, Family::ZSet, Access::Read, true),
+    spec("ZRANGEBYLEX", -4, Family::ZSet, Access::Read, true),
+    spec("ZREVRANGEBYLEX", -4, Family::ZSet, Access::Read, true),
+    spec("ZREMRANGEBYSCORE", 4, Family::ZSet, Access::Write, true),
+    spec("ZREMRANGEBYRANK", 4, Family::ZSet, Access::Write, true),
+    spec("ZREMRANGEBYLEX", 4, Family::ZSet, Access::Write, true),
+    spec("ZPOPMIN", -2, Family::ZSet, Access::Write, true),
+    spec("ZPOPMAX", -2, Family::ZSet, Access::Write, true),
+    spec("ZSCAN", -3, Family::ZSet, Access::Read, true),
+    spec("LPUSH", -3, Family::List, Access::Write, true),
+    spec("RPUSH", -3, Family::List, Access::Write, true),
+    spec("LPUSHX", -3, Family::List, Access::Write, true),
+    spec("RPUSHX", -3, Family::List, Access::Write, true),
+    spec("LPOP", -2, Family::List, Access::Write, true),
+    spec("RPOP", -2, Family::List, Access::Write, true),
+    spec("LLEN", 2, Family::List, Access::Read, true),
+    spec("LRANGE", 4, Family::List, Access::Read, true),
+    spec("LINDEX", 3, Family::List, Access::Read, true),
+    spec("LSET", 4, Family::List, Access::Write, true),
+    spec("LREM", 4, Family::List, Access::Write, true),
+    spec("LTRIM", 4, Family::List, Access::Write, true),
+    spec("LINSERT", 5, Family::List, Access::Write, true),
+    spec("LMOVE", 5, Family::List, Access::Write, true),
+    spec("RPOPLPUSH", 3, Family::List, Access::Write, true),
+    spec("BLPOP", -3, Family::List, Access::Write, true),
+    spec("BRPOP", -3, Family::List, Access::Write, true),
+    spec("BLMOVE", 6, Family::List, Access::Write, true),
     spec("MULTI", 1, Family::Transactions, Access::Other, false),
     spec("EXEC", 1, Family::Transactions, Access::Other, false),
     spec("DISCARD", 1, Family::Transactions, Access::Other, false),
+    spec("WATCH", -2, Family::Transactions, Access::Other, false),
+    spec("UNWATCH", 1, Family::Transactions, Access::Other, false),
     spec("PING", -1, Family::Connection, Access::Other, true),
     spec("ECHO", 2, Family::Connection, Access::Other, true),
     spec("HELLO", -1, Family::Connection, Access::Other, false),
@@ -122,6 +240,7 @@ pub const COMMANDS: &[Spec] = &[
     spec("PSUBSCRIBE", -2, Family::PubSub, Access::Other, false),
     spec("UNSUBSCRIBE", -1, Family::PubSub, Access::Other, false),
     spec("PUNSUBSCRIBE", -1, Family::PubSub, Access::Other, false),
+    spec("PUBLISH", 3, Family::PubSub, Access::Other, false),
 ];
 
 /// The command named by `b` (case-insensitive), without allocating.
@@ -141,20 +260,90 @@ pub(crate) fn unreachable_command(name: &str) {
     unreachable!("command {name} routed to the wrong family")
 }
 
-/// One data command against a write transaction (a write, or any command queued in MULTI):
-/// its family's `apply`.
-pub(crate) fn apply(tx: &mut WriteTxn<'_>, args: &[Bytes]) -> storage::Result<Reply> {
-    let Some(spec) = lookup(&args[0]) else {
-        return Ok(Reply::Error("ERR unknown command".into()));
-    };
+/// The engine's name for the background sweep's step (`model::sweep`): not a command a
+/// client can send (lookup fails on it), only one the server queues.
+pub const SWEEP: &[u8] = b"\x00sweep";
+/// Keys the sweep deletes or members it collects per step.
+pub const SWEEP_BUDGET: usize = 256;
+
+/// A data command's read, against a snapshot or a write transaction.
+pub(crate) fn read<S: Store + ?Sized>(
+    s: &S,
+    now: u64,
+    spec: &Spec,
+    args: &[Bytes],
+) -> model::Result<Reply> {
+    let name = spec.name;
     match spec.family {
-        Family::Strings => strings::apply(tx, spec.name, args),
-        Family::Keys => keys::apply(tx, spec.name, args),
-        Family::Connection => Ok(connection::apply(spec.name, args)),
-        _ => Ok(Reply::Error(format!(
-            "ERR command '{}' cannot run here",
-            spec.name.to_ascii_lowercase()
-        ))),
+        Family::Strings => strings::read(s, now, name, args),
+        Family::Keys => keys::read(s, now, name, args),
+        Family::Expiry => expiry::read(s, now, name, args),
+        Family::Hash => hash::read(s, now, name, args),
+        Family::Set => set::read(s, now, name, args),
+        Family::ZSet => zset::read(s, now, name, args),
+        Family::List => list::read(s, now, name, args),
+        _ => Ok(cannot_run_here(name)),
+    }
+}
+
+/// One data command against a write transaction (a write, or any command queued in MULTI):
+/// its family's `write`, or its `read` for a read inside EXEC. Command errors are replies
+/// (the rest of an EXEC still runs, as in Redis); only engine errors abort the transaction.
+pub(crate) fn apply(w: &mut Writer<'_, '_>, args: &[Bytes]) -> storage::Result<Reply> {
+    let r = if &args[0][..] == SWEEP {
+        model::sweep(w, SWEEP_BUDGET).map(|n| Reply::Int(n as i64))
+    } else {
+        let Some(spec) = lookup(&args[0]) else {
+            return Ok(Reply::Error("ERR unknown command".into()));
+        };
+        let name = spec.name;
+        match (spec.family, spec.access) {
+            (Family::Connection, _) => return Ok(connection::apply(name, args)),
+            (_, Access::Read) => read(&*w.tx, w.now_ms, spec, args),
+            (Family::Strings, _) => strings::write(w, name, args),
+            (Family::Keys, _) => keys::write(w, name, args),
+            (Family::Expiry, _) => expiry::write(w, name, args),
+            (Family::Hash, _) => hash::write(w, name, args),
+            (Family::Set, _) => set::write(w, name, args),
+            (Family::ZSet, _) => zset::write(w, name, args),
+            // Inside EXEC a blocking pop does not block: nil when there is nothing to pop.
+            (Family::List, _) if name.starts_with('B') => {
+                list::try_blocking(w, name, args).map(|r| r.unwrap_or(Reply::Null))
+            }
+            (Family::List, _) => list::write(w, name, args),
+            _ => Ok(cannot_run_here(name)),
+        }
+    };
+    match r {
+        Ok(r) => Ok(r),
+        Err(model::Error::Storage(e)) => Err(e),
+        Err(model::Error::BadMeta(e)) => Ok(Reply::Error(format!("CORRUPT {e}"))),
+    }
+}
+
+/// The reply of a command routed to a transaction that cannot run it.
+pub(crate) fn cannot_run_here(name: &str) -> Reply {
+    Reply::Error(format!(
+        "ERR command '{}' cannot run here",
+        name.to_ascii_lowercase()
+    ))
+}
+
+/// Whether a command is a blocking pop (BLPOP, BRPOP, BLMOVE).
+pub fn is_blocking(name: &str) -> bool {
+    matches!(name, "BLPOP" | "BRPOP" | "BLMOVE")
+}
+
+/// Whether argument `i` of a data command is a key (at most 8 KiB; the rest are values, at
+/// most 64 MiB, or members, which their command checks).
+fn is_key(name: &str, i: usize, argc: usize) -> bool {
+    match name {
+        "DEL" | "UNLINK" | "EXISTS" | "MGET" | "WATCH" | "SINTER" | "SUNION" | "SDIFF"
+        | "SINTERSTORE" | "SUNIONSTORE" | "SDIFFSTORE" => true,
+        "BLPOP" | "BRPOP" => i < argc - 1,
+        "RENAME" | "RENAMENX" | "SMOVE" | "LMOVE" | "RPOPLPUSH" | "BLMOVE" => i <= 2,
+        "MSET" | "MSETNX" => i % 2 == 1,
+        _ => i == 1,
     }
 }
 
@@ -166,7 +355,7 @@ pub(crate) fn arity_error(name: &str, argc: usize) -> Option<String> {
         argc as i64 >= -arity
     };
     let extra = match name {
-        "MSET" => argc.is_multiple_of(2),
+        "MSET" | "MSETNX" => argc.is_multiple_of(2),
         _ => false,
     };
     if !ok || extra {
@@ -182,14 +371,25 @@ pub(crate) fn wrong_arity(name: &str) -> String {
 
 /// Key and value limits of a data command, checked before anything runs.
 pub(crate) fn size_error(name: &str, args: &[Bytes]) -> Option<String> {
-    // Which arguments are keys and which values: SET k v [opts], MSET k v k v ..., INCRBY k n;
-    // everything else takes only keys.
+    let data = lookup(name.as_bytes()).is_some_and(|s| {
+        matches!(
+            s.family,
+            Family::Strings
+                | Family::Keys
+                | Family::Expiry
+                | Family::Hash
+                | Family::Set
+                | Family::ZSet
+                | Family::List
+        ) || s.name == "WATCH"
+    });
     for (i, a) in args.iter().enumerate().skip(1) {
-        let is_value = match name {
-            "SET" | "INCRBY" | "DECRBY" => i >= 2,
-            "MSET" => i % 2 == 0,
-            "PING" | "ECHO" => true,
-            _ => false,
+        // Outside the data commands every argument is held to the key limit, but PING's and
+        // ECHO's and PUBLISH's message.
+        let is_value = if data {
+            !is_key(name, i, args.len())
+        } else {
+            matches!(name, "PING" | "ECHO") || (name == "PUBLISH" && i == 2)
         };
         if !is_value && a.len() > MAX_KEY {
             return Some(format!(

@@ -1,90 +1,222 @@
-//! Strings: GET, MGET, SET, MSET, INCR, INCRBY, DECR, DECRBY.
+//! Strings: GET, MGET, STRLEN, GETRANGE; SET (NX XX EX PX EXAT PXAT KEEPTTL GET), SETNX,
+//! SETEX, PSETEX, GETSET, GETDEL, GETEX, APPEND, SETRANGE, MSET, MSETNX, INCR, INCRBY, DECR,
+//! DECRBY, INCRBYFLOAT. A string is its metadata entry with the value after it.
 
-use bytes::{Bytes, BytesMut};
-use storage::WriteTxn;
+use bytes::Bytes;
 
-use super::{parse_i64, upper};
-use crate::reply::Reply;
-use crate::session::{Out, Session};
+use super::{expire_at_arg, parse_i64, upper, Store};
+use crate::model::number::{fmt_human, parse_f64};
+use crate::model::{self, Kind, Meta, Writer};
+use crate::reply::{Reply, NOT_FLOAT, NOT_INT, SYNTAX};
 
-impl Session {
-    /// GET or MGET, from one snapshot.
-    pub(crate) fn string_read(&mut self, name: &str, args: &[Bytes], out: &mut Out) {
-        let db = &self.db;
-        match name {
-            "GET" => {
-                let snap = db.read();
-                match snap.get(&args[1]) {
-                    Ok(v) => self.enc.opt_bulk(&mut out.buf, v.as_deref()),
-                    Err(e) => self.storage_err(&mut out.buf, &e),
-                }
-            }
-            "MGET" => {
-                let snap = db.read();
-                let mut tmp = BytesMut::new();
-                for k in &args[1..] {
-                    match snap.get(k) {
-                        Ok(v) => self.enc.opt_bulk(&mut tmp, v.as_deref()),
-                        Err(e) => {
-                            drop(snap);
-                            self.storage_err(&mut out.buf, &e);
-                            return;
-                        }
-                    }
-                }
-                self.enc.array(&mut out.buf, args.len() - 1);
-                out.buf.extend_from_slice(&tmp);
-            }
-            _ => super::unreachable_command(name),
-        }
-    }
-}
+/// The longest string SETRANGE and APPEND may make (the engine's value limit).
+const MAX_STRING: usize = storage::MAX_VALUE;
 
-/// A string command against a write transaction (a write, or a read inside EXEC). Command
-/// errors are replies (the rest of an EXEC still runs, as in Redis); only engine errors abort
-/// the transaction.
-pub(crate) fn apply(tx: &mut WriteTxn<'_>, name: &str, args: &[Bytes]) -> storage::Result<Reply> {
+/// A string read, from a snapshot or inside a transaction.
+pub(crate) fn read<S: Store + ?Sized>(
+    s: &S,
+    now: u64,
+    name: &str,
+    args: &[Bytes],
+) -> model::Result<Reply> {
     Ok(match name {
-        "GET" => tx.get(&args[1])?.map_or(Reply::Null, Reply::Bulk),
+        "GET" => match model::lookup(s, &args[1], now)? {
+            None => Reply::Null,
+            Some(f) if f.meta.kind == Kind::String => Reply::bulk(f.value()),
+            Some(_) => Reply::wrong_type(),
+        },
         "MGET" => {
             let mut v = Vec::with_capacity(args.len() - 1);
             for k in &args[1..] {
-                v.push(tx.get(k)?.map_or(Reply::Null, Reply::Bulk));
+                v.push(match model::lookup(s, k, now)? {
+                    Some(f) if f.meta.kind == Kind::String => Reply::bulk(f.value()),
+                    _ => Reply::Null,
+                });
             }
             Reply::Array(v)
         }
-        "SET" => {
-            let (mut nx, mut xx) = (false, false);
-            for opt in &args[3..] {
-                match upper(opt).as_str() {
-                    "NX" => nx = true,
-                    "XX" => xx = true,
-                    "EX" | "PX" | "EXAT" | "PXAT" | "KEEPTTL" | "GET" => {
-                        return Ok(Reply::Error(format!(
-                            "ERR SET option {} is not supported by replidb (no expiry)",
-                            upper(opt)
-                        )))
+        "STRLEN" => match model::lookup(s, &args[1], now)? {
+            None => Reply::Int(0),
+            Some(f) if f.meta.kind == Kind::String => Reply::Int(f.value().len() as i64),
+            Some(_) => Reply::wrong_type(),
+        },
+        "GETRANGE" | "SUBSTR" => {
+            let (Some(a), Some(b)) = (parse_i64(&args[2]), parse_i64(&args[3])) else {
+                return Ok(Reply::err(NOT_INT));
+            };
+            match model::lookup(s, &args[1], now)? {
+                None => Reply::bulk(b""),
+                Some(f) if f.meta.kind == Kind::String => {
+                    let v = f.value();
+                    match crate::model::number::index_range(a, b, v.len() as u64) {
+                        // Redis: both negative and start past stop is empty.
+                        Some((x, y)) if !(a < 0 && b < 0 && a > b) => {
+                            Reply::bulk(&v[x as usize..=y as usize])
+                        }
+                        _ => Reply::bulk(b""),
                     }
-                    _ => return Ok(Reply::Error("ERR syntax error".into())),
                 }
+                Some(_) => Reply::wrong_type(),
             }
-            if nx && xx {
-                return Ok(Reply::Error("ERR syntax error".into()));
+        }
+        _ => super::cannot_run_here(name),
+    })
+}
+
+/// The string under `key` for a write: `Ok(None)` when absent, `Err(WRONGTYPE)` when another
+/// type.
+/// A live string: its metadata and value.
+type StringValue = Option<(Meta, Vec<u8>)>;
+
+fn string_of(w: &mut Writer<'_, '_>, key: &[u8]) -> model::Result<Result<StringValue, Reply>> {
+    Ok(match w.lookup(key)? {
+        Some((m, v)) if m.kind == Kind::String => Ok(Some((m, v))),
+        Some(_) => Err(Reply::wrong_type()),
+        None => Ok(None),
+    })
+}
+
+/// Stores `value` as the string under `key`, replacing whatever is there (a collection's
+/// members go to the garbage collector). `expire_at`: the new expiry; a past one deletes.
+pub(crate) fn set_string(
+    w: &mut Writer<'_, '_>,
+    key: &[u8],
+    old: Option<&Meta>,
+    value: &[u8],
+    expire_at: Option<u64>,
+) -> model::Result<()> {
+    let old = match old {
+        Some(m) if m.kind != Kind::String => {
+            w.delete(key, m)?;
+            None
+        }
+        other => other,
+    };
+    if expire_at.is_some_and(|at| at <= w.now_ms) {
+        if let Some(m) = old {
+            w.delete(key, m)?;
+        }
+        return Ok(());
+    }
+    let mut meta = Meta::new(Kind::String, 0);
+    meta.expire_at = expire_at;
+    w.put(key, old, &meta, value)
+}
+
+/// A string write.
+pub(crate) fn write(w: &mut Writer<'_, '_>, name: &str, args: &[Bytes]) -> model::Result<Reply> {
+    let key = args.get(1).map_or(&b""[..], |k| &k[..]);
+    Ok(match name {
+        "SET" => return set(w, args),
+        "SETNX" => match w.lookup(key)? {
+            Some(_) => Reply::Int(0),
+            None => {
+                set_string(w, key, None, &args[2], None)?;
+                Reply::Int(1)
             }
-            if nx || xx {
-                let exists = tx.get(&args[1])?.is_some();
-                if (nx && exists) || (xx && !exists) {
-                    return Ok(Reply::Null);
-                }
-            }
-            tx.put(&args[1], &args[2])?;
+        },
+        "SETEX" | "PSETEX" => {
+            let unit = if name == "SETEX" { "EX" } else { "PX" };
+            let at = match expire_at_arg(unit, &args[2], w.now_ms, &name.to_ascii_lowercase()) {
+                Ok(at) => at,
+                Err(r) => return Ok(r),
+            };
+            let old = w.lookup(key)?.map(|(m, _)| m);
+            set_string(w, key, old.as_ref(), &args[3], Some(at))?;
             Reply::Ok
+        }
+        "GETSET" => match string_of(w, key)? {
+            Err(r) => r,
+            Ok(old) => {
+                set_string(w, key, old.as_ref().map(|(m, _)| m), &args[2], None)?;
+                old.map_or(Reply::Null, |(_, v)| Reply::Bulk(v))
+            }
+        },
+        "GETDEL" => match string_of(w, key)? {
+            Err(r) => r,
+            Ok(None) => Reply::Null,
+            Ok(Some((m, v))) => {
+                w.delete(key, &m)?;
+                Reply::Bulk(v)
+            }
+        },
+        "GETEX" => {
+            // GETEX key [EX s | PX ms | EXAT t | PXAT t | PERSIST]
+            let change = match &args[2..] {
+                [] => None,
+                [p] if upper(p) == "PERSIST" => Some(None),
+                [u, n] => match expire_at_arg(&upper(u), n, w.now_ms, "getex") {
+                    Ok(at) => Some(Some(at)),
+                    Err(r) => return Ok(r),
+                },
+                _ => return Ok(Reply::err(SYNTAX)),
+            };
+            match string_of(w, key)? {
+                Err(r) => r,
+                Ok(None) => Reply::Null,
+                Ok(Some((m, v))) => {
+                    if let Some(at) = change {
+                        set_string(w, key, Some(&m), &v, at)?;
+                    }
+                    Reply::Bulk(v)
+                }
+            }
+        }
+        "APPEND" => match string_of(w, key)? {
+            Err(r) => r,
+            Ok(old) => {
+                let (meta, mut v) = old.map_or((None, Vec::new()), |(m, v)| (Some(m), v));
+                if v.len() + args[2].len() > MAX_STRING {
+                    return Ok(Reply::err("ERR string exceeds maximum allowed size"));
+                }
+                v.extend_from_slice(&args[2]);
+                let at = meta.as_ref().and_then(|m| m.expire_at);
+                set_string(w, key, meta.as_ref(), &v, at)?;
+                Reply::Int(v.len() as i64)
+            }
+        },
+        "SETRANGE" => {
+            let Some(off) = parse_i64(&args[2]).filter(|&o| o >= 0) else {
+                return Ok(Reply::err("ERR offset is out of range"));
+            };
+            let off = off as usize;
+            if off + args[3].len() > MAX_STRING {
+                return Ok(Reply::err("ERR string exceeds maximum allowed size"));
+            }
+            match string_of(w, key)? {
+                Err(r) => r,
+                Ok(old) => {
+                    let (meta, mut v) = old.map_or((None, Vec::new()), |(m, v)| (Some(m), v));
+                    if args[3].is_empty() {
+                        return Ok(Reply::Int(v.len() as i64));
+                    }
+                    if v.len() < off + args[3].len() {
+                        v.resize(off + args[3].len(), 0);
+                    }
+                    v[off..off + args[3].len()].copy_from_slice(&args[3]);
+                    let at = meta.as_ref().and_then(|m| m.expire_at);
+                    set_string(w, key, meta.as_ref(), &v, at)?;
+                    Reply::Int(v.len() as i64)
+                }
+            }
         }
         "MSET" => {
             for kv in args[1..].chunks(2) {
-                tx.put(&kv[0], &kv[1])?;
+                let old = w.lookup(&kv[0])?.map(|(m, _)| m);
+                set_string(w, &kv[0], old.as_ref(), &kv[1], None)?;
             }
             Reply::Ok
+        }
+        "MSETNX" => {
+            for kv in args[1..].chunks(2) {
+                if w.lookup(&kv[0])?.is_some() {
+                    return Ok(Reply::Int(0));
+                }
+            }
+            for kv in args[1..].chunks(2) {
+                set_string(w, &kv[0], None, &kv[1], None)?;
+            }
+            Reply::Int(1)
         }
         "INCR" | "DECR" | "INCRBY" | "DECRBY" => {
             let by = match name {
@@ -94,37 +226,111 @@ pub(crate) fn apply(tx: &mut WriteTxn<'_>, name: &str, args: &[Bytes]) -> storag
                     Some(n) if name == "INCRBY" => n,
                     Some(n) => match n.checked_neg() {
                         Some(n) => n,
-                        None => return Ok(Reply::Error("ERR decrement would overflow".into())),
+                        None => return Ok(Reply::err("ERR decrement would overflow")),
                     },
-                    None => {
-                        return Ok(Reply::Error(
-                            "ERR value is not an integer or out of range".into(),
-                        ))
-                    }
+                    None => return Ok(Reply::err(NOT_INT)),
                 },
             };
-            let cur = match tx.get(&args[1])? {
+            let old = match string_of(w, key)? {
+                Err(r) => return Ok(r),
+                Ok(o) => o,
+            };
+            let cur = match &old {
                 None => 0,
-                Some(v) => match parse_i64(&v) {
+                Some((_, v)) => match parse_i64(v) {
                     Some(n) => n,
-                    None => {
-                        return Ok(Reply::Error(
-                            "ERR value is not an integer or out of range".into(),
-                        ))
-                    }
+                    None => return Ok(Reply::err(NOT_INT)),
                 },
             };
             match cur.checked_add(by) {
                 Some(n) => {
-                    tx.put(&args[1], n.to_string().as_bytes())?;
+                    let m = old.map(|(m, _)| m);
+                    let at = m.as_ref().and_then(|m| m.expire_at);
+                    set_string(w, key, m.as_ref(), n.to_string().as_bytes(), at)?;
                     Reply::Int(n)
                 }
-                None => Reply::Error("ERR increment or decrement would overflow".into()),
+                None => Reply::err("ERR increment or decrement would overflow"),
             }
         }
-        other => Reply::Error(format!(
-            "ERR command '{}' cannot run here",
-            other.to_ascii_lowercase()
-        )),
+        "INCRBYFLOAT" => {
+            let Some(by) = parse_f64(&args[2]) else {
+                return Ok(Reply::err(NOT_FLOAT));
+            };
+            let old = match string_of(w, key)? {
+                Err(r) => return Ok(r),
+                Ok(o) => o,
+            };
+            let cur = match &old {
+                None => 0.0,
+                Some((_, v)) => match parse_f64(v) {
+                    Some(n) => n,
+                    None => return Ok(Reply::err(NOT_FLOAT)),
+                },
+            };
+            let n = cur + by;
+            if !n.is_finite() {
+                return Ok(Reply::err("ERR increment would produce NaN or Infinity"));
+            }
+            let text = fmt_human(n);
+            let m = old.map(|(m, _)| m);
+            let at = m.as_ref().and_then(|m| m.expire_at);
+            set_string(w, key, m.as_ref(), text.as_bytes(), at)?;
+            Reply::Bulk(text.into_bytes())
+        }
+        _ => super::cannot_run_here(name),
     })
+}
+
+/// SET key value [NX | XX] [GET] [EX s | PX ms | EXAT t | PXAT t | KEEPTTL]
+fn set(w: &mut Writer<'_, '_>, args: &[Bytes]) -> model::Result<Reply> {
+    let key = &args[1][..];
+    let (mut nx, mut xx, mut get, mut keep) = (false, false, false, false);
+    let mut at: Option<u64> = None;
+    let mut expiry_opts = 0;
+    let mut i = 3;
+    while i < args.len() {
+        match upper(&args[i]).as_str() {
+            "NX" => nx = true,
+            "XX" => xx = true,
+            "GET" => get = true,
+            "KEEPTTL" => {
+                keep = true;
+                expiry_opts += 1;
+            }
+            u @ ("EX" | "PX" | "EXAT" | "PXAT") => {
+                let Some(n) = args.get(i + 1) else {
+                    return Ok(Reply::err(SYNTAX));
+                };
+                match expire_at_arg(u, n, w.now_ms, "set") {
+                    Ok(t) => at = Some(t),
+                    Err(r) => return Ok(r),
+                }
+                expiry_opts += 1;
+                i += 1;
+            }
+            _ => return Ok(Reply::err(SYNTAX)),
+        }
+        i += 1;
+    }
+    if (nx && xx) || expiry_opts > 1 {
+        return Ok(Reply::err(SYNTAX));
+    }
+    let old = match w.lookup(key)? {
+        Some((m, _)) if get && m.kind != Kind::String => return Ok(Reply::wrong_type()),
+        o => o,
+    };
+    let exists = old.is_some();
+    let previous = || match &old {
+        Some((_, v)) => Reply::Bulk(v.clone()),
+        None => Reply::Null,
+    };
+    if (nx && exists) || (xx && !exists) {
+        return Ok(if get { previous() } else { Reply::Null });
+    }
+    let meta = old.as_ref().map(|(m, _)| m.clone());
+    if keep {
+        at = meta.as_ref().and_then(|m| m.expire_at);
+    }
+    set_string(w, key, meta.as_ref(), &args[2], at)?;
+    Ok(if get { previous() } else { Reply::Ok })
 }

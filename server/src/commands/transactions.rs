@@ -1,4 +1,5 @@
-//! Transactions: MULTI, EXEC, DISCARD (the queued commands run as one commit at EXEC).
+//! Transactions: MULTI, EXEC, DISCARD (the queued commands run as one commit at EXEC), and
+//! WATCH / UNWATCH (EXEC answers nil when a watched key changed — or expired — after WATCH).
 
 use bytes::Bytes;
 
@@ -13,9 +14,53 @@ pub const MAX_MULTI_BYTES: usize = 512 << 20;
 const MULTI_ARG_COST: usize = 64;
 
 impl Session {
-    /// MULTI, EXEC or DISCARD.
-    pub(crate) fn transaction_command(&mut self, name: &str, out: &mut Out) {
+    fn unwatch(&mut self) {
+        if let Some(w) = self.watch.take() {
+            self.shared.watches.unwatch(&w);
+        }
+    }
+
+    /// MULTI, EXEC, DISCARD, WATCH or UNWATCH.
+    pub(crate) fn transaction_command(&mut self, name: &str, args: &[Bytes], out: &mut Out) {
         match name {
+            "WATCH" => {
+                if self.multi.is_some() {
+                    self.err(out, "ERR WATCH inside MULTI is not allowed");
+                    return;
+                }
+                let now = crate::shared::now_ms();
+                let mut deadlines = Vec::new();
+                {
+                    let snap = self.db.read();
+                    for k in &args[1..] {
+                        match crate::model::lookup(&snap, k, now) {
+                            Ok(f) => deadlines.push(f.and_then(|f| f.meta.expire_at)),
+                            Err(e) => {
+                                drop(snap);
+                                self.err(out, &format!("ERR {e}"));
+                                return;
+                            }
+                        }
+                    }
+                }
+                let sh = self.shared.clone();
+                let w = self.watch.get_or_insert_with(|| crate::watch::Watch {
+                    dirty: Default::default(),
+                    keys: Vec::new(),
+                    deadline: None,
+                });
+                for (k, d) in args[1..].iter().zip(deadlines) {
+                    sh.watches.watch(w, k);
+                    if let Some(d) = d {
+                        w.deadline = Some(w.deadline.map_or(d, |x| x.min(d)));
+                    }
+                }
+                self.enc.simple(&mut out.buf, "OK");
+            }
+            "UNWATCH" => {
+                self.unwatch();
+                self.enc.simple(&mut out.buf, "OK");
+            }
             "MULTI" => {
                 if self.multi.is_some() {
                     self.err(out, "ERR MULTI calls can not be nested");
@@ -28,6 +73,7 @@ impl Session {
             }
             "EXEC" => self.exec(out),
             "DISCARD" => {
+                self.unwatch();
                 if self.multi.take().is_some() {
                     self.enc.simple(&mut out.buf, "OK");
                 } else {
@@ -78,6 +124,7 @@ impl Session {
             return;
         };
         if self.multi_error {
+            self.unwatch();
             self.err(
                 out,
                 "EXECABORT Transaction discarded because of previous errors.",

@@ -76,6 +76,18 @@ impl WriteTxn<'_> {
         Ok(())
     }
 
+    /// Calls `f` on each entry inside (`lower`, `upper`) in key order (descending if
+    /// `reverse`) until it returns false, this transaction's own changes included.
+    pub fn visit(
+        &self,
+        lower: std::ops::Bound<&[u8]>,
+        upper: std::ops::Bound<&[u8]>,
+        reverse: bool,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        read::visit(&self.ctx, self.ctx.meta.root, lower, upper, reverse, f)
+    }
+
     /// Number of keys, including this transaction's own changes.
     pub fn len(&self) -> u64 {
         self.ctx.meta.entries

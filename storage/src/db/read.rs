@@ -11,7 +11,7 @@ use super::Db;
 use crate::btree;
 use crate::cursor::Cursor;
 use crate::error::Result;
-use crate::pager::Published;
+use crate::pager::{PageSource, Published};
 use crate::types::{Lsn, PageId};
 
 impl Db {
@@ -92,6 +92,18 @@ impl ReadTxn<'_> {
         (g.last_lsn, (u64::from(a) << 32) | u64::from(b))
     }
 
+    /// Calls `f` on each entry inside (`lower`, `upper`) in key order (descending if
+    /// `reverse`) until it returns false.
+    pub fn visit(
+        &self,
+        lower: Bound<&[u8]>,
+        upper: Bound<&[u8]>,
+        reverse: bool,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<()> {
+        visit(&*self.g, self.g.meta.root, lower, upper, reverse, f)
+    }
+
     /// Ordered iteration over `range` within this snapshot; entries borrow from the pages
     /// where they can.
     pub fn range<'a, R: RangeBounds<&'a [u8]>>(&self, range: R) -> Result<TxnRange<'_>> {
@@ -116,6 +128,56 @@ impl ReadTxn<'_> {
             done,
         })
     }
+}
+
+/// Calls `f` on each entry inside (`lower`, `upper`) in key order (descending if `reverse`)
+/// until it returns false: the scan of `ReadTxn::visit` and `WriteTxn::visit`, with no
+/// allocation per entry for keys and values that fit in their leaf.
+pub(crate) fn visit<S: PageSource>(
+    src: &S,
+    root: PageId,
+    lower: Bound<&[u8]>,
+    upper: Bound<&[u8]>,
+    reverse: bool,
+    f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+) -> Result<()> {
+    let inside_upper = |k: &[u8]| match upper {
+        Bound::Included(u) => k <= u,
+        Bound::Excluded(u) => k < u,
+        Bound::Unbounded => true,
+    };
+    let inside_lower = |k: &[u8]| match lower {
+        Bound::Included(l) => k >= l,
+        Bound::Excluded(l) => k > l,
+        Bound::Unbounded => true,
+    };
+    let mut c = if reverse {
+        Cursor::seek_last(src, root, upper)?
+    } else {
+        Cursor::seek_first(src, root, lower)?
+    };
+    while c.is_valid() {
+        let (k, v) = c.entry();
+        let k = btree::load_key(src, k)?;
+        let inside = if reverse {
+            inside_lower(&k)
+        } else {
+            inside_upper(&k)
+        };
+        if !inside {
+            break;
+        }
+        let v = btree::load_value(src, v)?;
+        if !f(&k, &v) {
+            break;
+        }
+        if reverse {
+            c.prev(src)?;
+        } else {
+            c.next(src)?;
+        }
+    }
+    Ok(())
 }
 
 /// Iterator of a `ReadTxn::range`.

@@ -1,0 +1,196 @@
+//! What hashes, sets, sorted sets and lists share: finding a live collection of the right
+//! type, creating and saving its metadata, walking its members, and `*SCAN` cursors.
+
+use bytes::Bytes;
+
+use super::{hex, parse_i64, unhex, upper, Store};
+use crate::glob;
+use crate::model::layout::{self, MAX_MEMBER};
+use crate::model::{self, visit, Kind, Meta, Writer};
+use crate::reply::{Reply, NOT_INT, SYNTAX};
+
+/// The collection under `key` for a read: `Ok(None)` when absent or expired, `Err` with
+/// WRONGTYPE when another type.
+pub(crate) fn get<S: Store + ?Sized>(
+    s: &S,
+    key: &[u8],
+    now: u64,
+    kind: Kind,
+) -> model::Result<Result<Option<Meta>, Reply>> {
+    Ok(match model::lookup(s, key, now)? {
+        None => Ok(None),
+        Some(f) if f.meta.kind == kind => Ok(Some(f.meta)),
+        Some(_) => Err(Reply::wrong_type()),
+    })
+}
+
+/// As [`get`], for a write (an expired key is deleted on the way).
+pub(crate) fn get_w(
+    w: &mut Writer<'_, '_>,
+    key: &[u8],
+    kind: Kind,
+) -> model::Result<Result<Option<Meta>, Reply>> {
+    Ok(match w.lookup(key)? {
+        None => Ok(None),
+        Some((m, _)) if m.kind == kind => Ok(Some(m)),
+        Some(_) => Err(Reply::wrong_type()),
+    })
+}
+
+/// The collection to add to: the live one, or a new empty one with a fresh version.
+pub(crate) fn get_or_new(
+    w: &mut Writer<'_, '_>,
+    key: &[u8],
+    kind: Kind,
+) -> model::Result<Result<(Option<Meta>, Meta), Reply>> {
+    Ok(match get_w(w, key, kind)? {
+        Err(r) => Err(r),
+        Ok(Some(m)) => Ok((Some(m.clone()), m)),
+        Ok(None) => Ok((None, Meta::new(kind, w.new_version()?))),
+    })
+}
+
+/// Writes a collection's metadata after its members changed; an empty collection is deleted,
+/// as Redis deletes empty collections.
+pub(crate) fn save(
+    w: &mut Writer<'_, '_>,
+    key: &[u8],
+    old: Option<&Meta>,
+    meta: &Meta,
+) -> model::Result<()> {
+    if meta.size == 0 {
+        if old.is_some() {
+            w.delete(key, meta)?;
+        }
+        Ok(())
+    } else {
+        w.put(key, old, meta, b"")
+    }
+}
+
+/// Unwraps a `Result<_, Reply>` from a helper above, answering with the reply.
+macro_rules! typed {
+    ($e:expr) => {
+        match $e? {
+            Ok(v) => v,
+            Err(reply) => return Ok(reply),
+        }
+    };
+}
+pub(crate) use typed;
+
+/// The engine key of member `m` of a collection version.
+pub(crate) fn member(key: &[u8], meta: &Meta, m: &[u8]) -> Vec<u8> {
+    layout::sub_key(key, meta.version, m)
+}
+
+/// Members (or fields) longer than a composite key can hold.
+pub(crate) fn too_long<'a>(ms: impl IntoIterator<Item = &'a Bytes>) -> Option<Reply> {
+    ms.into_iter().find(|m| m.len() > MAX_MEMBER).map(|m| {
+        Reply::err(&format!(
+            "ERR member too large ({} bytes; the limit is {MAX_MEMBER})",
+            m.len()
+        ))
+    })
+}
+
+/// Every (member, value) of a collection version, in member order.
+pub(crate) fn all<S: Store + ?Sized>(
+    s: &S,
+    key: &[u8],
+    meta: &Meta,
+) -> storage::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    let p = layout::prefix(layout::SUB, key, meta.version);
+    let mut v = Vec::with_capacity(meta.size.min(1 << 20) as usize);
+    visit(s, &layout::prefix_bounds(&p), false, &mut |k, val| {
+        v.push((k[p.len()..].to_vec(), val.to_vec()));
+        true
+    })?;
+    Ok(v)
+}
+
+/// A `*SCAN key cursor [MATCH p] [COUNT n] [NOVALUES]` request: the cursor is `m` + the hex of
+/// the last member examined (`0` starts and ends), so every member present for the whole scan
+/// comes exactly once.
+pub(crate) struct ScanArgs<'a> {
+    pub after: Option<Vec<u8>>,
+    pub pattern: Option<&'a [u8]>,
+    pub count: usize,
+    pub novalues: bool,
+}
+
+pub(crate) fn scan_args(args: &[Bytes], novalues_ok: bool) -> Result<ScanArgs<'_>, Reply> {
+    let after = match &args[2][..] {
+        b"0" => None,
+        c => Some(
+            c.strip_prefix(b"m")
+                .and_then(unhex)
+                .ok_or_else(|| Reply::err("ERR invalid cursor"))?,
+        ),
+    };
+    let mut a = ScanArgs {
+        after,
+        pattern: None,
+        count: 10,
+        novalues: false,
+    };
+    let mut i = 3;
+    while i < args.len() {
+        match upper(&args[i]).as_str() {
+            "NOVALUES" if novalues_ok => {
+                a.novalues = true;
+                i += 1;
+                continue;
+            }
+            "MATCH" if i + 1 < args.len() => a.pattern = Some(&args[i + 1]),
+            "COUNT" if i + 1 < args.len() => match parse_i64(&args[i + 1]) {
+                Some(n) if n >= 1 => a.count = (n as usize).min(100_000),
+                _ => return Err(Reply::err(NOT_INT)),
+            },
+            _ => return Err(Reply::err(SYNTAX)),
+        }
+        i += 2;
+    }
+    Ok(a)
+}
+
+/// The next cursor and the (member, value) pairs of one `*SCAN` page.
+pub(crate) type ScanPage = (Vec<u8>, Vec<(Vec<u8>, Vec<u8>)>);
+
+/// One page of a `*SCAN`: the next cursor and the (member, value) pairs matched.
+pub(crate) fn scan_page<S: Store + ?Sized>(
+    s: &S,
+    key: &[u8],
+    meta: &Meta,
+    a: &ScanArgs<'_>,
+) -> storage::Result<ScanPage> {
+    let p = layout::prefix(layout::SUB, key, meta.version);
+    let (mut lo, hi) = layout::prefix_bounds(&p);
+    if let Some(after) = &a.after {
+        let mut k = p.clone();
+        k.extend_from_slice(after);
+        lo = std::ops::Bound::Excluded(k);
+    }
+    let mut got = Vec::new();
+    let mut examined = 0;
+    let mut last = None;
+    let mut more = false;
+    visit(s, &(lo, hi), false, &mut |k, v| {
+        if examined == a.count {
+            more = true;
+            return false;
+        }
+        examined += 1;
+        let m = &k[p.len()..];
+        last = Some(m.to_vec());
+        if a.pattern.is_none_or(|pat| glob::matches(pat, m)) {
+            got.push((m.to_vec(), v.to_vec()));
+        }
+        true
+    })?;
+    let cursor = match (more, last) {
+        (true, Some(m)) => format!("m{}", hex(&m)).into_bytes(),
+        _ => b"0".to_vec(),
+    };
+    Ok((cursor, got))
+}

@@ -1,0 +1,480 @@
+//! The Redis data model on the one B+tree, as Apache Kvrocks lays it on RocksDB: one
+//! metadata entry per key (type, expiry, and for a collection its version and size) and one
+//! entry per member under the key's current version. Deleting or expiring a collection
+//! removes its metadata only — O(1) — and leaves a marker from which `collect_garbage`
+//! removes the members in bounded steps. WAL, replication, DIGEST, base backups, rewind and
+//! recovery see engine keys and pages only, so they cover every type unchanged.
+//!
+//! [`layout`] places the entries; this module reads and writes metadata; the commands in
+//! `commands/` build each type on it.
+
+pub mod layout;
+pub mod number;
+#[cfg(test)]
+mod tests;
+
+use std::borrow::Cow;
+use std::ops::Bound;
+
+use storage::{ReadTxn, WriteTxn};
+
+use layout::{garbage_key, meta_key, COUNT_KEY, FORMAT, FORMAT_KEY, VERSION_KEY};
+
+/// A key's type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    String = 0,
+    Hash = 1,
+    Set = 2,
+    ZSet = 3,
+    List = 4,
+}
+
+impl Kind {
+    fn from_u8(b: u8) -> Option<Kind> {
+        Some(match b {
+            0 => Kind::String,
+            1 => Kind::Hash,
+            2 => Kind::Set,
+            3 => Kind::ZSet,
+            4 => Kind::List,
+            _ => return None,
+        })
+    }
+
+    /// The name `TYPE` answers.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::String => "string",
+            Kind::Hash => "hash",
+            Kind::Set => "set",
+            Kind::ZSet => "zset",
+            Kind::List => "list",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Kind> {
+        Some(match s {
+            "STRING" => Kind::String,
+            "HASH" => Kind::Hash,
+            "SET" => Kind::Set,
+            "ZSET" => Kind::ZSet,
+            "LIST" => Kind::List,
+            _ => return None,
+        })
+    }
+}
+
+/// Where a list's first item sits when it is created: items are pushed at both ends.
+pub const LIST_MIDDLE: u64 = 1 << 63;
+
+/// A key's metadata.
+///
+/// ```text
+/// byte 0: kind (bits 0-6) | has-expiry (bit 7)
+/// [u64 LE: expiry, ms since the Unix epoch]   if has-expiry
+/// string:      the value
+/// collections: version u64 LE, size u64 LE    (list: + head u64 LE; items at head..head+size)
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Meta {
+    pub kind: Kind,
+    pub expire_at: Option<u64>,
+    pub version: u64,
+    pub size: u64,
+    pub head: u64,
+}
+
+/// A metadata entry that does not decode: a bug or damage, reported, never a panic.
+#[derive(Debug, thiserror::Error)]
+#[error("the metadata of a key does not decode ({0}); run `replidb check`")]
+pub struct BadMeta(&'static str);
+
+impl Meta {
+    pub fn new(kind: Kind, version: u64) -> Meta {
+        Meta {
+            kind,
+            expire_at: None,
+            version,
+            size: 0,
+            head: LIST_MIDDLE,
+        }
+    }
+
+    /// Decodes a metadata value: the metadata and, for a string, where its value starts.
+    pub fn decode(b: &[u8]) -> std::result::Result<(Meta, usize), BadMeta> {
+        let first = *b.first().ok_or(BadMeta("empty"))?;
+        let kind = Kind::from_u8(first & 0x7f).ok_or(BadMeta("unknown type"))?;
+        let mut at = 1;
+        let u64_at = |at: usize| -> std::result::Result<u64, BadMeta> {
+            b.get(at..at + 8)
+                .and_then(|s| s.try_into().ok())
+                .map(u64::from_le_bytes)
+                .ok_or(BadMeta("short"))
+        };
+        let expire_at = if first & 0x80 != 0 {
+            at += 8;
+            Some(u64_at(1)?)
+        } else {
+            None
+        };
+        let mut m = Meta::new(kind, 0);
+        m.expire_at = expire_at;
+        if kind != Kind::String {
+            m.version = u64_at(at)?;
+            m.size = u64_at(at + 8)?;
+            at += 16;
+            if kind == Kind::List {
+                m.head = u64_at(at)?;
+                at += 8;
+            }
+        }
+        Ok((m, at))
+    }
+
+    /// The encoded metadata; a string's value follows.
+    pub fn encode(&self, value: &[u8]) -> Vec<u8> {
+        let mut v = Vec::with_capacity(1 + 8 + 24 + value.len());
+        v.push(self.kind as u8 | if self.expire_at.is_some() { 0x80 } else { 0 });
+        if let Some(at) = self.expire_at {
+            v.extend_from_slice(&at.to_le_bytes());
+        }
+        if self.kind != Kind::String {
+            v.extend_from_slice(&self.version.to_le_bytes());
+            v.extend_from_slice(&self.size.to_le_bytes());
+            if self.kind == Kind::List {
+                v.extend_from_slice(&self.head.to_le_bytes());
+            }
+        }
+        v.extend_from_slice(value);
+        v
+    }
+
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.expire_at.is_some_and(|at| at <= now_ms)
+    }
+}
+
+/// An engine error, or metadata that does not decode.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Storage(#[from] storage::Error),
+    #[error(transparent)]
+    BadMeta(#[from] BadMeta),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// What reads need of the tree: a snapshot (`ReadTxn`) or a write transaction.
+pub trait Store {
+    fn get_raw(&self, k: &[u8]) -> storage::Result<Option<Cow<'_, [u8]>>>;
+    fn visit_raw(
+        &self,
+        lo: Bound<&[u8]>,
+        hi: Bound<&[u8]>,
+        reverse: bool,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> storage::Result<()>;
+}
+
+impl Store for ReadTxn<'_> {
+    fn get_raw(&self, k: &[u8]) -> storage::Result<Option<Cow<'_, [u8]>>> {
+        self.get(k)
+    }
+    fn visit_raw(
+        &self,
+        lo: Bound<&[u8]>,
+        hi: Bound<&[u8]>,
+        reverse: bool,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> storage::Result<()> {
+        self.visit(lo, hi, reverse, f)
+    }
+}
+
+impl Store for WriteTxn<'_> {
+    fn get_raw(&self, k: &[u8]) -> storage::Result<Option<Cow<'_, [u8]>>> {
+        Ok(self.get(k)?.map(Cow::Owned))
+    }
+    fn visit_raw(
+        &self,
+        lo: Bound<&[u8]>,
+        hi: Bound<&[u8]>,
+        reverse: bool,
+        f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> storage::Result<()> {
+        self.visit(lo, hi, reverse, f)
+    }
+}
+
+fn as_ref(b: &Bound<Vec<u8>>) -> Bound<&[u8]> {
+    match b {
+        Bound::Included(k) => Bound::Included(k.as_slice()),
+        Bound::Excluded(k) => Bound::Excluded(k.as_slice()),
+        Bound::Unbounded => Bound::Unbounded,
+    }
+}
+
+/// Visits owned bounds (see [`Store::visit_raw`]).
+pub fn visit<S: Store + ?Sized>(
+    s: &S,
+    (lo, hi): &(Bound<Vec<u8>>, Bound<Vec<u8>>),
+    reverse: bool,
+    f: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+) -> storage::Result<()> {
+    s.visit_raw(as_ref(lo), as_ref(hi), reverse, f)
+}
+
+/// A live key: its metadata and raw metadata value (a string's value at `.2..`).
+pub struct Found<'a> {
+    pub meta: Meta,
+    pub raw: Cow<'a, [u8]>,
+    pub value_at: usize,
+}
+
+impl Found<'_> {
+    /// A string's value.
+    pub fn value(&self) -> &[u8] {
+        &self.raw[self.value_at..]
+    }
+}
+
+/// The key's metadata if it exists and has not expired by `now_ms` (expired keys are absent
+/// to every reader, on a primary and on a replica, whether or not their delete has come).
+pub fn lookup<'s, S: Store + ?Sized>(
+    s: &'s S,
+    key: &[u8],
+    now_ms: u64,
+) -> Result<Option<Found<'s>>> {
+    let Some(raw) = s.get_raw(&meta_key(key))? else {
+        return Ok(None);
+    };
+    let (meta, value_at) = Meta::decode(&raw)?;
+    if meta.expired(now_ms) {
+        return Ok(None);
+    }
+    Ok(Some(Found {
+        meta,
+        raw,
+        value_at,
+    }))
+}
+
+/// The key's metadata as stored, expired or not.
+pub fn lookup_any<S: Store + ?Sized>(s: &S, key: &[u8]) -> Result<Option<Meta>> {
+    match s.get_raw(&meta_key(key))? {
+        Some(raw) => Ok(Some(Meta::decode(&raw)?.0)),
+        None => Ok(None),
+    }
+}
+
+/// The number of keys (expired ones whose delete has not come yet included, as Redis's
+/// DBSIZE counts them).
+pub fn key_count<S: Store + ?Sized>(s: &S) -> Result<u64> {
+    Ok(read_u64(s, COUNT_KEY)?)
+}
+
+fn read_u64<S: Store + ?Sized>(s: &S, k: &[u8]) -> storage::Result<u64> {
+    Ok(s.get_raw(k)?
+        .and_then(|v| v.get(..8).and_then(|b| b.try_into().ok()))
+        .map_or(0, u64::from_le_bytes))
+}
+
+/// Whether the tree holds data of another layout: entries but no format marker (a directory
+/// written before the data model had one). Such a directory is refused, not misread.
+pub fn foreign_layout<S: Store + ?Sized>(s: &S) -> storage::Result<bool> {
+    let mut any = false;
+    s.visit_raw(Bound::Unbounded, Bound::Unbounded, false, &mut |_, _| {
+        any = true;
+        false
+    })?;
+    Ok(any && s.get_raw(FORMAT_KEY)?.as_deref() != Some(FORMAT))
+}
+
+/// Collections with at most this many members are deleted at once; larger ones leave a
+/// marker for `collect_garbage`.
+pub const DELETE_INLINE: u64 = 64;
+
+/// Write-side operations: the metadata of keys, their count and expiry index, and the
+/// deletion of collections.
+pub struct Writer<'t, 'a> {
+    pub tx: &'t mut WriteTxn<'a>,
+    pub now_ms: u64,
+    /// Keys whose value changed (WATCH), in order.
+    pub touched: &'t mut Vec<Vec<u8>>,
+}
+
+impl Writer<'_, '_> {
+    /// The key's metadata if it exists and has not expired; an expired key is deleted here
+    /// (the lazy half of expiry: on a primary, through the WAL like any write).
+    pub fn lookup(&mut self, key: &[u8]) -> Result<Option<(Meta, Vec<u8>)>> {
+        let Some(raw) = self.tx.get(&meta_key(key))? else {
+            return Ok(None);
+        };
+        let (meta, at) = Meta::decode(&raw)?;
+        if meta.expired(self.now_ms) {
+            self.delete(key, &meta)?;
+            return Ok(None);
+        }
+        Ok(Some((meta, raw[at..].to_vec())))
+    }
+
+    /// Writes a key's metadata (and a string's value). `old` is what the key had (None: a
+    /// new key): the key count and the expiry index follow the change.
+    pub fn put(&mut self, key: &[u8], old: Option<&Meta>, meta: &Meta, value: &[u8]) -> Result<()> {
+        self.tx.put(&meta_key(key), &meta.encode(value))?;
+        if old.is_none() {
+            self.add_count(1)?;
+        }
+        let before = old.and_then(|m| m.expire_at);
+        if before != meta.expire_at {
+            if let Some(at) = before {
+                self.tx.delete(&layout::expiry_key(at, key))?;
+            }
+            if let Some(at) = meta.expire_at {
+                self.tx.put(&layout::expiry_key(at, key), b"")?;
+            }
+        }
+        self.touch(key);
+        Ok(())
+    }
+
+    pub fn touch(&mut self, key: &[u8]) {
+        if self.touched.last().map(Vec::as_slice) != Some(key) {
+            self.touched.push(key.to_vec());
+        }
+    }
+
+    fn add_count(&mut self, d: i64) -> Result<()> {
+        let n = read_u64(&*self.tx, COUNT_KEY)?;
+        if n == 0 && d > 0 {
+            // The first key of a new keyspace marks its layout.
+            self.tx.put(FORMAT_KEY, FORMAT)?;
+        }
+        self.tx
+            .put(COUNT_KEY, &n.saturating_add_signed(d).to_le_bytes())?;
+        Ok(())
+    }
+
+    /// A version no collection has had: members of a deleted collection that are not
+    /// collected yet never show through a new one under the same key.
+    pub fn new_version(&mut self) -> Result<u64> {
+        let v = read_u64(&*self.tx, VERSION_KEY)? + 1;
+        self.tx.put(VERSION_KEY, &v.to_le_bytes())?;
+        Ok(v)
+    }
+
+    /// Deletes a key: its metadata and expiry entry at once; a collection's members at once
+    /// when it is small, in the background (`collect_garbage`) otherwise.
+    pub fn delete(&mut self, key: &[u8], meta: &Meta) -> Result<()> {
+        self.tx.delete(&meta_key(key))?;
+        if let Some(at) = meta.expire_at {
+            self.tx.delete(&layout::expiry_key(at, key))?;
+        }
+        self.add_count(-1)?;
+        self.touch(key);
+        if meta.kind != Kind::String {
+            if meta.size <= DELETE_INLINE {
+                self.delete_members(meta.kind, key, meta.version, usize::MAX)?;
+            } else {
+                self.tx
+                    .put(&garbage_key(meta.version, meta.kind as u8, key), b"")?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes up to `limit` members of one collection version; returns how many it did.
+    pub fn delete_members(
+        &mut self,
+        kind: Kind,
+        key: &[u8],
+        version: u64,
+        limit: usize,
+    ) -> Result<usize> {
+        let mut n = 0;
+        let mut spaces = vec![layout::SUB];
+        if kind == Kind::ZSet {
+            spaces.push(layout::SCORE);
+        }
+        for space in spaces {
+            let b = layout::prefix_bounds(&layout::prefix(space, key, version));
+            let mut doomed = Vec::new();
+            visit(&*self.tx, &b, false, &mut |k, _| {
+                doomed.push(k.to_vec());
+                doomed.len() + n < limit
+            })?;
+            for k in &doomed {
+                self.tx.delete(k)?;
+            }
+            n += doomed.len();
+            if n >= limit {
+                break;
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// One step of the background sweep on a primary: deletes up to `budget` keys whose expiry
+/// has passed and up to `budget` members of deleted collections. Returns the work done (0:
+/// nothing left to do now).
+pub fn sweep(w: &mut Writer<'_, '_>, budget: usize) -> Result<usize> {
+    let mut due = Vec::new();
+    let hi = layout::expiry_key(w.now_ms.saturating_add(1), b"");
+    w.tx.visit(
+        Bound::Included(&[layout::EXPIRY][..]),
+        Bound::Excluded(&hi),
+        false,
+        &mut |k, _| {
+            due.push(k.to_vec());
+            due.len() < budget
+        },
+    )?;
+    let mut done = 0;
+    for entry in &due {
+        let Some((at, key)) = layout::parse_expiry_key(entry) else {
+            w.tx.delete(entry)?;
+            continue;
+        };
+        match lookup_any(&*w.tx, key)? {
+            Some(meta) if meta.expire_at == Some(at) => w.delete(key, &meta)?,
+            // An entry no key points to any more: drop it.
+            _ => {
+                w.tx.delete(entry)?;
+            }
+        }
+        done += 1;
+    }
+    done += collect_garbage(w, budget)?;
+    Ok(done)
+}
+
+/// Removes up to `budget` members of deleted collections, oldest first.
+pub fn collect_garbage(w: &mut Writer<'_, '_>, budget: usize) -> Result<usize> {
+    let mut marker = None;
+    w.tx.visit(
+        Bound::Included(&[layout::GARBAGE][..]),
+        Bound::Excluded(&[layout::GARBAGE + 1][..]),
+        false,
+        &mut |k, _| {
+            marker = Some(k.to_vec());
+            false
+        },
+    )?;
+    let Some(m) = marker else {
+        return Ok(0);
+    };
+    let Some((version, kind, key)) = layout::parse_garbage_key(&m) else {
+        w.tx.delete(&m)?;
+        return Ok(1);
+    };
+    let kind = Kind::from_u8(kind).unwrap_or(Kind::Hash);
+    let key = key.to_vec();
+    let n = w.delete_members(kind, &key, version, budget)?;
+    if n < budget {
+        w.tx.delete(&m)?;
+    }
+    Ok(n.max(1))
+}

@@ -1,0 +1,533 @@
+//! Each type's commands against an in-memory model of it (proptest): random operations on a
+//! real database, every reply and the whole collection compared after each step; and the
+//! background work (expiry, garbage collection) leaving no entry behind.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::Bound;
+
+use bytes::Bytes;
+use proptest::prelude::*;
+use storage::{Db, Durability, Options};
+
+use crate::commands::{self, Access};
+use crate::model::Writer;
+use crate::reply::Reply;
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    db: Db,
+    now: u64,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), Options::default()).unwrap();
+        Harness {
+            _dir: dir,
+            db,
+            now: 1_000_000,
+        }
+    }
+
+    fn run(&self, args: &[&[u8]]) -> Reply {
+        let args: Vec<Bytes> = args.iter().map(|a| Bytes::copy_from_slice(a)).collect();
+        let spec = commands::lookup(&args[0]).expect("a known command");
+        if let Some(e) = commands::arity_error(spec.name, args.len()) {
+            return Reply::Error(e);
+        }
+        if spec.access == Access::Read {
+            return commands::read(&self.db.read(), self.now, spec, &args).unwrap();
+        }
+        self.write(&args)
+    }
+
+    fn write(&self, args: &[Bytes]) -> Reply {
+        self.db
+            .update(Durability::Off, |tx| {
+                let mut touched = Vec::new();
+                let mut w = Writer {
+                    tx,
+                    now_ms: self.now,
+                    touched: &mut touched,
+                };
+                commands::apply(&mut w, args)
+            })
+            .unwrap()
+            .0
+    }
+
+    fn sweep(&self) -> i64 {
+        match self.write(&[Bytes::from_static(commands::SWEEP)]) {
+            Reply::Int(n) => n,
+            other => panic!("sweep: {other:?}"),
+        }
+    }
+
+    /// Every engine key outside the internal records (0x00 ...).
+    fn data_entries(&self) -> usize {
+        let mut n = 0;
+        self.db
+            .read()
+            .visit(
+                Bound::Included(&[1u8][..]),
+                Bound::Unbounded,
+                false,
+                &mut |_, _| {
+                    n += 1;
+                    true
+                },
+            )
+            .unwrap();
+        n
+    }
+}
+
+fn bulks(v: &[&[u8]]) -> Vec<Reply> {
+    v.iter().map(|b| Reply::bulk(b)).collect()
+}
+
+fn key(i: u8) -> Vec<u8> {
+    format!("k{i}").into_bytes()
+}
+
+#[derive(Clone, Debug)]
+enum HashOp {
+    Set(u8, u8, u8),
+    Del(u8, Vec<u8>),
+    Incr(u8, u8, i8),
+    DelKey(u8),
+}
+
+fn hash_op() -> impl Strategy<Value = HashOp> {
+    prop_oneof![
+        4 => (0..3u8, 0..6u8, any::<u8>()).prop_map(|(k, f, v)| HashOp::Set(k, f, v)),
+        2 => (0..3u8, prop::collection::vec(0..6u8, 1..3)).prop_map(|(k, f)| HashOp::Del(k, f)),
+        1 => (0..3u8, 6..8u8, any::<i8>()).prop_map(|(k, f, n)| HashOp::Incr(k, f, n)),
+        1 => (0..3u8).prop_map(HashOp::DelKey),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn hashes_behave_like_a_map(ops in prop::collection::vec(hash_op(), 1..60)) {
+        let h = Harness::new();
+        let mut model: BTreeMap<u8, BTreeMap<Vec<u8>, Vec<u8>>> = BTreeMap::new();
+        for op in ops {
+            match op {
+                HashOp::Set(k, f, v) => {
+                    let (f, v) = (format!("f{f}").into_bytes(), v.to_string().into_bytes());
+                    let new = model.entry(k).or_default().insert(f.clone(), v.clone()).is_none();
+                    prop_assert_eq!(h.run(&[b"HSET", &key(k), &f, &v]), Reply::Int(i64::from(new)));
+                }
+                HashOp::Del(k, fs) => {
+                    let fs: Vec<Vec<u8>> = fs.iter().map(|f| format!("f{f}").into_bytes()).collect();
+                    let kk = key(k);
+                    let mut args: Vec<&[u8]> = vec![b"HDEL", &kk];
+                    args.extend(fs.iter().map(|f| f.as_slice()));
+                    let m = model.entry(k).or_default();
+                    let mut gone = 0;
+                    for f in &fs {
+                        gone += i64::from(m.remove(f).is_some());
+                    }
+                    prop_assert_eq!(h.run(&args), Reply::Int(gone));
+                }
+                HashOp::Incr(k, f, n) => {
+                    let f = format!("f{f}").into_bytes();
+                    let m = model.entry(k).or_default();
+                    let cur: i64 = m.get(&f).map_or(0, |v| String::from_utf8_lossy(v).parse().unwrap());
+                    m.insert(f.clone(), (cur + i64::from(n)).to_string().into_bytes());
+                    prop_assert_eq!(
+                        h.run(&[b"HINCRBY", &key(k), &f, n.to_string().as_bytes()]),
+                        Reply::Int(cur + i64::from(n))
+                    );
+                }
+                HashOp::DelKey(k) => {
+                    let had = model.remove(&k).is_some_and(|m| !m.is_empty());
+                    prop_assert_eq!(h.run(&[b"DEL", &key(k)]), Reply::Int(i64::from(had)));
+                }
+            }
+            model.retain(|_, m| !m.is_empty());
+            for k in 0..3u8 {
+                let want = model.get(&k).cloned().unwrap_or_default();
+                let flat: Vec<Reply> = want.iter().flat_map(|(f, v)| [Reply::bulk(f), Reply::bulk(v)]).collect();
+                prop_assert_eq!(h.run(&[b"HGETALL", &key(k)]), Reply::Map(flat));
+                prop_assert_eq!(h.run(&[b"HLEN", &key(k)]), Reply::Int(want.len() as i64));
+            }
+            prop_assert_eq!(h.run(&[b"DBSIZE"]), Reply::Int(model.len() as i64));
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum SetOp {
+    Add(u8, Vec<u8>),
+    Rem(u8, Vec<u8>),
+    Pop(u8),
+    Store(u8, u8, u8, u8),
+}
+
+fn set_op() -> impl Strategy<Value = SetOp> {
+    prop_oneof![
+        4 => (0..3u8, prop::collection::vec(0..8u8, 1..4)).prop_map(|(k, m)| SetOp::Add(k, m)),
+        2 => (0..3u8, prop::collection::vec(0..8u8, 1..3)).prop_map(|(k, m)| SetOp::Rem(k, m)),
+        1 => (0..3u8).prop_map(SetOp::Pop),
+        1 => (0..3u8, 0..3u8, 0..3u8, 0..3u8).prop_map(|(d, a, b, op)| SetOp::Store(d, a, b, op)),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn sets_behave_like_a_set(ops in prop::collection::vec(set_op(), 1..60)) {
+        let h = Harness::new();
+        let mut model: BTreeMap<u8, BTreeSet<Vec<u8>>> = BTreeMap::new();
+        let mem = |m: u8| format!("m{m}").into_bytes();
+        for op in ops {
+            match op {
+                SetOp::Add(k, ms) => {
+                    let kk = key(k);
+                    let ms: Vec<Vec<u8>> = ms.into_iter().map(mem).collect();
+                    let s = model.entry(k).or_default();
+                    let mut added = 0;
+                    for m in &ms {
+                        added += i64::from(s.insert(m.clone()));
+                    }
+                    let mut args: Vec<&[u8]> = vec![b"SADD", &kk];
+                    args.extend(ms.iter().map(|m| m.as_slice()));
+                    prop_assert_eq!(h.run(&args), Reply::Int(added));
+                }
+                SetOp::Rem(k, ms) => {
+                    let kk = key(k);
+                    let ms: Vec<Vec<u8>> = ms.into_iter().map(mem).collect();
+                    let s = model.entry(k).or_default();
+                    let mut gone = 0;
+                    for m in &ms {
+                        gone += i64::from(s.remove(m));
+                    }
+                    let mut args: Vec<&[u8]> = vec![b"SREM", &kk];
+                    args.extend(ms.iter().map(|m| m.as_slice()));
+                    prop_assert_eq!(h.run(&args), Reply::Int(gone));
+                }
+                SetOp::Pop(k) => match h.run(&[b"SPOP", &key(k)]) {
+                    Reply::Null => prop_assert!(model.get(&k).is_none_or(|s| s.is_empty())),
+                    Reply::Bulk(m) => prop_assert!(model.entry(k).or_default().remove(&m), "popped a non-member"),
+                    other => prop_assert!(false, "SPOP: {other:?}"),
+                },
+                SetOp::Store(d, a, b, op) => {
+                    let (sa, sb) = (model.get(&a).cloned().unwrap_or_default(), model.get(&b).cloned().unwrap_or_default());
+                    let (name, r): (&[u8], BTreeSet<Vec<u8>>) = match op {
+                        0 => (b"SINTERSTORE", sa.intersection(&sb).cloned().collect()),
+                        1 => (b"SUNIONSTORE", sa.union(&sb).cloned().collect()),
+                        _ => (b"SDIFFSTORE", sa.difference(&sb).cloned().collect()),
+                    };
+                    prop_assert_eq!(h.run(&[name, &key(d), &key(a), &key(b)]), Reply::Int(r.len() as i64));
+                    model.insert(d, r);
+                }
+            }
+            model.retain(|_, s| !s.is_empty());
+            for k in 0..3u8 {
+                let want = model.get(&k).cloned().unwrap_or_default();
+                prop_assert_eq!(h.run(&[b"SMEMBERS", &key(k)]), Reply::Set(want.iter().map(|m| Reply::bulk(m)).collect()));
+                prop_assert_eq!(h.run(&[b"SCARD", &key(k)]), Reply::Int(want.len() as i64));
+            }
+            prop_assert_eq!(h.run(&[b"DBSIZE"]), Reply::Int(model.len() as i64));
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum ZOp {
+    Add(u8, i8),
+    Incr(u8, i8),
+    Rem(u8),
+    RemByScore(i8, i8),
+    PopMin,
+    PopMax,
+}
+
+fn z_op() -> impl Strategy<Value = ZOp> {
+    prop_oneof![
+        4 => (0..8u8, -6..6i8).prop_map(|(m, s)| ZOp::Add(m, s)),
+        2 => (0..8u8, -3..3i8).prop_map(|(m, s)| ZOp::Incr(m, s)),
+        2 => (0..8u8).prop_map(ZOp::Rem),
+        1 => (-6..6i8, -6..6i8).prop_map(|(a, b)| ZOp::RemByScore(a, b)),
+        1 => Just(ZOp::PopMin),
+        1 => Just(ZOp::PopMax),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn sorted_sets_order_by_score_then_member(
+        ops in prop::collection::vec(z_op(), 1..60),
+        (lo, hi, lo_x, hi_x) in (-7..7i8, -7..7i8, any::<bool>(), any::<bool>()),
+    ) {
+        let h = Harness::new();
+        let mut model: BTreeMap<Vec<u8>, f64> = BTreeMap::new();
+        let mem = |m: u8| format!("m{m}").into_bytes();
+        let sorted = |model: &BTreeMap<Vec<u8>, f64>| {
+            let mut v: Vec<(Vec<u8>, f64)> = model.iter().map(|(m, s)| (m.clone(), *s)).collect();
+            v.sort_by(|a, b| a.1.total_cmp(&b.1).then(a.0.cmp(&b.0)));
+            v
+        };
+        for op in ops {
+            match op {
+                ZOp::Add(m, s) => {
+                    let s = f64::from(s) / 2.0;
+                    let new = model.insert(mem(m), s).is_none();
+                    prop_assert_eq!(h.run(&[b"ZADD", b"z", s.to_string().as_bytes(), &mem(m)]), Reply::Int(i64::from(new)));
+                }
+                ZOp::Incr(m, s) => {
+                    let e = model.entry(mem(m)).or_insert(0.0);
+                    *e += f64::from(s);
+                    prop_assert_eq!(h.run(&[b"ZINCRBY", b"z", s.to_string().as_bytes(), &mem(m)]), Reply::Double(*e));
+                }
+                ZOp::Rem(m) => {
+                    let had = model.remove(&mem(m)).is_some();
+                    prop_assert_eq!(h.run(&[b"ZREM", b"z", &mem(m)]), Reply::Int(i64::from(had)));
+                }
+                ZOp::RemByScore(a, b) => {
+                    let (a, b) = (f64::from(a), f64::from(b));
+                    let before = model.len();
+                    model.retain(|_, s| !(*s >= a && *s <= b));
+                    prop_assert_eq!(
+                        h.run(&[b"ZREMRANGEBYSCORE", b"z", a.to_string().as_bytes(), b.to_string().as_bytes()]),
+                        Reply::Int((before - model.len()) as i64)
+                    );
+                }
+                ZOp::PopMin | ZOp::PopMax => {
+                    let s = sorted(&model);
+                    let top = if matches!(op, ZOp::PopMin) { s.first() } else { s.last() };
+                    let want = match top {
+                        Some((m, sc)) => vec![Reply::bulk(m), Reply::Double(*sc)],
+                        None => vec![],
+                    };
+                    if let Some((m, _)) = top {
+                        model.remove(m);
+                    }
+                    let name: &[u8] = if matches!(op, ZOp::PopMin) { b"ZPOPMIN" } else { b"ZPOPMAX" };
+                    prop_assert_eq!(h.run(&[name, b"z"]), Reply::Array(want));
+                }
+            }
+            let all = sorted(&model);
+            prop_assert_eq!(h.run(&[b"ZRANGE", b"z", b"0", b"-1", b"WITHSCORES"]), Reply::Scored(all.clone()));
+            let rev: Vec<(Vec<u8>, f64)> = all.iter().rev().cloned().collect();
+            prop_assert_eq!(h.run(&[b"ZREVRANGE", b"z", b"0", b"-1", b"WITHSCORES"]), Reply::Scored(rev));
+            prop_assert_eq!(h.run(&[b"ZCARD", b"z"]), Reply::Int(all.len() as i64));
+            // A score range with open or closed ends, both directions, and its count.
+            let (a, b) = (f64::from(lo) / 2.0, f64::from(hi) / 2.0);
+            let inside = |s: f64| (if lo_x { s > a } else { s >= a }) && (if hi_x { s < b } else { s <= b });
+            let want: Vec<Reply> = all.iter().filter(|(_, s)| inside(*s)).map(|(m, _)| Reply::bulk(m)).collect();
+            let fa = format!("{}{a}", if lo_x { "(" } else { "" });
+            let fb = format!("{}{b}", if hi_x { "(" } else { "" });
+            prop_assert_eq!(h.run(&[b"ZRANGEBYSCORE", b"z", fa.as_bytes(), fb.as_bytes()]), Reply::Array(want.clone()));
+            let mut back = want.clone();
+            back.reverse();
+            prop_assert_eq!(h.run(&[b"ZREVRANGEBYSCORE", b"z", fb.as_bytes(), fa.as_bytes()]), Reply::Array(back));
+            prop_assert_eq!(h.run(&[b"ZCOUNT", b"z", fa.as_bytes(), fb.as_bytes()]), Reply::Int(want.len() as i64));
+            for (i, (m, _)) in all.iter().enumerate() {
+                prop_assert_eq!(h.run(&[b"ZRANK", b"z", m]), Reply::Int(i as i64));
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+enum ListOp {
+    Push(bool, u8),
+    Pop(bool),
+    Set(i8, u8),
+    Rem(i8, u8),
+    Trim(i8, i8),
+    Insert(bool, u8, u8),
+}
+
+fn list_op() -> impl Strategy<Value = ListOp> {
+    prop_oneof![
+        5 => (any::<bool>(), 0..5u8).prop_map(|(l, v)| ListOp::Push(l, v)),
+        2 => any::<bool>().prop_map(ListOp::Pop),
+        1 => (-6..6i8, 0..5u8).prop_map(|(i, v)| ListOp::Set(i, v)),
+        1 => (-2..3i8, 0..5u8).prop_map(|(c, v)| ListOp::Rem(c, v)),
+        1 => (-8..8i8, -8..8i8).prop_map(|(a, b)| ListOp::Trim(a, b)),
+        1 => (any::<bool>(), 0..5u8, 0..5u8).prop_map(|(b, p, v)| ListOp::Insert(b, p, v)),
+    ]
+}
+
+/// Redis's LRANGE/LTRIM rule, written out independently of the server's.
+fn model_range(len: usize, a: i64, b: i64) -> Option<(usize, usize)> {
+    let n = len as i64;
+    let a = if a < 0 { (n + a).max(0) } else { a };
+    let b = if b < 0 { n + b } else { b.min(n - 1) };
+    if a > b || a >= n || b < 0 {
+        None
+    } else {
+        Some((a as usize, b as usize))
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn lists_behave_like_a_deque(
+        ops in prop::collection::vec(list_op(), 1..60),
+        (ra, rb) in (-8..8i64, -8..8i64),
+    ) {
+        let h = Harness::new();
+        let mut model: VecDeque<Vec<u8>> = VecDeque::new();
+        let val = |v: u8| format!("v{v}").into_bytes();
+        for op in ops {
+            match op {
+                ListOp::Push(left, v) => {
+                    if left { model.push_front(val(v)) } else { model.push_back(val(v)) }
+                    let name: &[u8] = if left { b"LPUSH" } else { b"RPUSH" };
+                    prop_assert_eq!(h.run(&[name, b"l", &val(v)]), Reply::Int(model.len() as i64));
+                }
+                ListOp::Pop(left) => {
+                    let want = if left { model.pop_front() } else { model.pop_back() };
+                    let name: &[u8] = if left { b"LPOP" } else { b"RPOP" };
+                    prop_assert_eq!(h.run(&[name, b"l"]), want.map_or(Reply::Null, Reply::Bulk));
+                }
+                ListOp::Set(i, v) => {
+                    let n = model.len() as i64;
+                    let at = if i < 0 { n + i64::from(i) } else { i64::from(i) };
+                    let r = h.run(&[b"LSET", b"l", i.to_string().as_bytes(), &val(v)]);
+                    if n == 0 {
+                        prop_assert_eq!(r, Reply::err("ERR no such key"));
+                    } else if at < 0 || at >= n {
+                        prop_assert_eq!(r, Reply::err("ERR index out of range"));
+                    } else {
+                        model[at as usize] = val(v);
+                        prop_assert_eq!(r, Reply::Ok);
+                    }
+                }
+                ListOp::Rem(c, v) => {
+                    let target = val(v);
+                    let limit = if c == 0 { usize::MAX } else { c.unsigned_abs() as usize };
+                    let mut removed = 0;
+                    let idx: Vec<usize> = if c >= 0 { (0..model.len()).collect() } else { (0..model.len()).rev().collect() };
+                    let mut doomed = BTreeSet::new();
+                    for i in idx {
+                        if removed < limit && model[i] == target {
+                            doomed.insert(i);
+                            removed += 1;
+                        }
+                    }
+                    model = model.into_iter().enumerate().filter(|(i, _)| !doomed.contains(i)).map(|(_, v)| v).collect();
+                    prop_assert_eq!(h.run(&[b"LREM", b"l", c.to_string().as_bytes(), &target]), Reply::Int(removed as i64));
+                }
+                ListOp::Trim(a, b) => {
+                    model = match model_range(model.len(), a.into(), b.into()) {
+                        Some((x, y)) => model.range(x..=y).cloned().collect(),
+                        None => VecDeque::new(),
+                    };
+                    prop_assert_eq!(h.run(&[b"LTRIM", b"l", a.to_string().as_bytes(), b.to_string().as_bytes()]), Reply::Ok);
+                }
+                ListOp::Insert(before, p, v) => {
+                    let where_: &[u8] = if before { b"BEFORE" } else { b"AFTER" };
+                    let want = if model.is_empty() {
+                        0
+                    } else {
+                        match model.iter().position(|x| *x == val(p)) {
+                            None => -1,
+                            Some(i) => {
+                                model.insert(if before { i } else { i + 1 }, val(v));
+                                model.len() as i64
+                            }
+                        }
+                    };
+                    prop_assert_eq!(h.run(&[b"LINSERT", b"l", where_, &val(p), &val(v)]), Reply::Int(want));
+                }
+            }
+            let all: Vec<Reply> = model.iter().map(|v| Reply::bulk(v)).collect();
+            prop_assert_eq!(h.run(&[b"LRANGE", b"l", b"0", b"-1"]), Reply::Array(all));
+            prop_assert_eq!(h.run(&[b"LLEN", b"l"]), Reply::Int(model.len() as i64));
+            let part: Vec<Reply> = match model_range(model.len(), ra, rb) {
+                Some((x, y)) => model.range(x..=y).map(|v| Reply::bulk(v)).collect(),
+                None => vec![],
+            };
+            prop_assert_eq!(h.run(&[b"LRANGE", b"l", ra.to_string().as_bytes(), rb.to_string().as_bytes()]), Reply::Array(part));
+            prop_assert_eq!(h.run(&[b"EXISTS", b"l"]), Reply::Int(i64::from(!model.is_empty())));
+        }
+    }
+}
+
+#[test]
+fn a_deleted_big_collection_is_collected_in_bounded_steps() {
+    let h = Harness::new();
+    for kind in ["hash", "set", "zset", "list"] {
+        for i in 0..600u32 {
+            let m = format!("member-{i:05}");
+            let r = match kind {
+                "hash" => h.run(&[b"HSET", b"big", m.as_bytes(), b"v"]),
+                "set" => h.run(&[b"SADD", b"big", m.as_bytes()]),
+                "zset" => h.run(&[b"ZADD", b"big", i.to_string().as_bytes(), m.as_bytes()]),
+                _ => h.run(&[b"RPUSH", b"big", m.as_bytes()]),
+            };
+            assert!(matches!(r, Reply::Int(_)), "{kind}: {r:?}");
+        }
+        assert_eq!(h.run(&[b"TYPE", b"big"]), Reply::Status(kind.into()));
+        assert_eq!(h.run(&[b"DEL", b"big"]), Reply::Int(1));
+        // The key is gone at once; its members are not yet.
+        assert_eq!(h.run(&[b"EXISTS", b"big"]), Reply::Int(0));
+        assert!(
+            h.data_entries() >= 600,
+            "{kind}: members were deleted inline"
+        );
+        // A new collection under the same key never shows the old members.
+        assert_eq!(h.run(&[b"SADD", b"big", b"fresh"]), Reply::Int(1));
+        assert_eq!(
+            h.run(&[b"SMEMBERS", b"big"]),
+            Reply::Set(bulks(&[b"fresh"]))
+        );
+        let mut steps = 0;
+        while h.sweep() > 0 {
+            steps += 1;
+            assert!(steps < 100, "the collector does not finish");
+        }
+        assert!(steps >= 3, "{kind}: {steps} steps for 600+ members");
+        assert_eq!(
+            h.run(&[b"SMEMBERS", b"big"]),
+            Reply::Set(bulks(&[b"fresh"]))
+        );
+        assert_eq!(h.run(&[b"DEL", b"big"]), Reply::Int(1));
+        assert_eq!(h.data_entries(), 0, "{kind}: entries left behind");
+    }
+}
+
+#[test]
+fn expired_keys_are_hidden_then_swept() {
+    let mut h = Harness::new();
+    assert_eq!(h.run(&[b"SET", b"s", b"v", b"PX", b"500"]), Reply::Ok);
+    assert_eq!(h.run(&[b"HSET", b"h", b"f", b"v"]), Reply::Int(1));
+    assert_eq!(h.run(&[b"PEXPIRE", b"h", b"800"]), Reply::Int(1));
+    assert_eq!(h.run(&[b"SET", b"keep", b"v"]), Reply::Ok);
+    assert_eq!(h.run(&[b"PTTL", b"s"]), Reply::Int(500));
+    assert_eq!(h.run(&[b"TTL", b"h"]), Reply::Int(1));
+    h.now += 600;
+    // Past its deadline a key is absent to reads, before any delete.
+    assert_eq!(h.run(&[b"GET", b"s"]), Reply::Null);
+    assert_eq!(h.run(&[b"TTL", b"s"]), Reply::Int(-2));
+    assert_eq!(h.run(&[b"HGET", b"h", b"f"]), Reply::bulk(b"v"));
+    assert_eq!(h.run(&[b"DBSIZE"]), Reply::Int(3));
+    assert_eq!(h.sweep(), 1);
+    assert_eq!(h.run(&[b"DBSIZE"]), Reply::Int(2));
+    h.now += 300;
+    assert_eq!(h.run(&[b"HGET", b"h", b"f"]), Reply::Null);
+    // A write to an expired key deletes it first (the lazy half): HSET starts a new hash.
+    assert_eq!(h.run(&[b"HSET", b"h", b"g", b"w"]), Reply::Int(1));
+    assert_eq!(h.run(&[b"HGETALL", b"h"]), Reply::Map(bulks(&[b"g", b"w"])));
+    assert_eq!(h.run(&[b"TTL", b"h"]), Reply::Int(-1));
+    assert_eq!(h.sweep(), 0);
+    assert_eq!(h.run(&[b"PERSIST", b"keep"]), Reply::Int(0));
+    assert_eq!(h.run(&[b"EXPIRE", b"keep", b"-1"]), Reply::Int(1));
+    assert_eq!(h.run(&[b"EXISTS", b"keep"]), Reply::Int(0));
+    // Only h remains: its metadata and its one field.
+    assert_eq!(h.data_entries(), 2);
+}
