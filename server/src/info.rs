@@ -48,8 +48,9 @@ pub fn render(sh: &Shared, section: Option<&str>) -> String {
             "clients" => {
                 let _ = write!(
                     o,
-                    "# Clients\r\nconnected_clients:{}\r\n",
-                    sh.stats.connections_now.load(Ordering::Relaxed)
+                    "# Clients\r\nconnected_clients:{}\r\nblocked_clients:{}\r\n",
+                    sh.stats.connections_now.load(Ordering::Relaxed),
+                    sh.stats.blocked_clients.load(Ordering::Relaxed)
                 );
             }
             "persistence" => {
@@ -73,7 +74,7 @@ pub fn render(sh: &Shared, section: Option<&str>) -> String {
                 };
                 let _ = write!(
                     o,
-                    "# Stats\r\ntotal_connections_received:{}\r\nrejected_connections:{}\r\ntotal_commands_processed:{}\r\ntotal_commits:{}\r\ncommit_latency_p50_us:{}\r\ncommit_latency_p99_us:{}\r\ncommit_latency_p999_us:{}\r\ncommit_latency_max_us:{}\r\n",
+                    "# Stats\r\ntotal_connections_received:{}\r\nrejected_connections:{}\r\ntotal_commands_processed:{}\r\ntotal_commits:{}\r\ncommit_latency_p50_us:{}\r\ncommit_latency_p99_us:{}\r\ncommit_latency_p999_us:{}\r\ncommit_latency_max_us:{}\r\nexpired_keys:{}\r\ncollected_members:{}\r\n",
                     sh.stats.connections_total.load(Ordering::Relaxed),
                     sh.stats.rejected_connections.load(Ordering::Relaxed),
                     sh.stats.commands.load(Ordering::Relaxed),
@@ -81,10 +82,22 @@ pub fn render(sh: &Shared, section: Option<&str>) -> String {
                     q(0.5),
                     q(0.99),
                     q(0.999),
-                    if h.is_empty() { 0 } else { h.max() }
+                    if h.is_empty() { 0 } else { h.max() },
+                    sh.stats.expired_keys.load(Ordering::Relaxed),
+                    sh.stats.collected_members.load(Ordering::Relaxed)
                 );
             }
             "cluster" => cluster_section(sh, &mut o),
+            "keyspace" => {
+                let snap = db.read();
+                let keys = crate::model::key_count(&snap).unwrap_or(0);
+                let expires = crate::model::expires_count(&snap).unwrap_or(0);
+                drop(snap);
+                o.push_str("# Keyspace\r\n");
+                if keys > 0 {
+                    let _ = write!(o, "db0:keys={keys},expires={expires},avg_ttl=0\r\n");
+                }
+            }
             "replication" => {
                 let st = db.stats();
                 let set = sh.settings.read();
@@ -165,9 +178,6 @@ pub fn render(sh: &Shared, section: Option<&str>) -> String {
                         if p.apply_lsn >= st.flush_lsn { 0 } else { sh.node.lag_ms_since(p.apply_lsn) }
                     );
                 }
-            }
-            "keyspace" => {
-                let _ = write!(o, "# Keyspace\r\ndb0:keys={}\r\n", db.len());
             }
             _ => {}
         }

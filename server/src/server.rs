@@ -605,6 +605,14 @@ async fn block(
     let mut stop = sh.node.shutdown.subscribe();
     let mut null = BytesMut::new();
     session.enc.null(&mut null);
+    struct Blocked<'a>(&'a Shared);
+    impl Drop for Blocked<'_> {
+        fn drop(&mut self) {
+            self.0.stats.blocked_clients.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    sh.stats.blocked_clients.fetch_add(1, Ordering::Relaxed);
+    let _blocked = Blocked(sh);
     loop {
         changed.mark_unchanged();
         let ready = {

@@ -30,6 +30,12 @@ pub struct Stats {
     /// Connections refused at `--maxclients`.
     pub rejected_connections: AtomicU64,
     pub commits: AtomicU64,
+    /// Keys the background sweep deleted at their expiry.
+    pub expired_keys: AtomicU64,
+    /// Members of deleted collections the background sweep removed.
+    pub collected_members: AtomicU64,
+    /// Connections waiting in BLPOP, BRPOP or BLMOVE.
+    pub blocked_clients: AtomicU64,
     /// Commit latency in µs: from the command's execution to its durability being met.
     pub commit_latency: Mutex<hdrhistogram::Histogram<u64>>,
 }
@@ -42,6 +48,9 @@ impl Stats {
             connections_now: AtomicU64::new(0),
             rejected_connections: AtomicU64::new(0),
             commits: AtomicU64::new(0),
+            expired_keys: AtomicU64::new(0),
+            collected_members: AtomicU64::new(0),
+            blocked_clients: AtomicU64::new(0),
             commit_latency: Mutex::new(
                 hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
                     .expect("valid histogram bounds"),

@@ -5,6 +5,7 @@
 //! WATCH. A replica sweeps nothing (its primary's deletes arrive as WAL; meanwhile its reads
 //! hide expired keys) and starts sweeping the moment it is promoted.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,15 +36,16 @@ pub async fn run(sh: Arc<Shared>) {
                 break;
             }
             match step(&sh).await {
-                Some(n) if n >= SWEEP_BUDGET => continue,
+                Some((e, c)) if e >= SWEEP_BUDGET || c >= SWEEP_BUDGET => continue,
                 _ => break,
             }
         }
     }
 }
 
-/// One sweep step as a queued write; the work it did, once durable.
-async fn step(sh: &Arc<Shared>) -> Option<usize> {
+/// One sweep step as a queued write; the work it did (expired keys, collected members),
+/// once durable.
+async fn step(sh: &Arc<Shared>) -> Option<(usize, usize)> {
     let slot = Arc::new(Mutex::new(None));
     sh.queue.lock().push(Queued {
         cmds: vec![vec![Bytes::from_static(SWEEP)]],
@@ -58,21 +60,28 @@ async fn step(sh: &Arc<Shared>) -> Option<usize> {
     let result = slot.lock().take();
     match result {
         Some(Ok((replies, lsn))) => {
-            let n = match replies.first() {
-                Some(Reply::Int(n)) => *n as usize,
+            let (e, c) = match replies.first() {
+                Some(Reply::Array(v)) => match v[..] {
+                    [Reply::Int(e), Reply::Int(c)] => (e as usize, c as usize),
+                    _ => (0, 0),
+                },
                 Some(Reply::Error(e)) => {
                     tracing::warn!(error = %e, "the expiry sweep failed");
                     return None;
                 }
-                _ => 0,
+                _ => (0, 0),
             };
-            if n > 0 {
+            sh.stats.expired_keys.fetch_add(e as u64, Ordering::Relaxed);
+            sh.stats
+                .collected_members
+                .fetch_add(c as u64, Ordering::Relaxed);
+            if e + c > 0 {
                 if let Err(e) = sh.db().durable(lsn).await {
                     tracing::warn!(error = %e, "the expiry sweep's deletes are not durable");
                     return None;
                 }
             }
-            Some(n)
+            Some((e, c))
         }
         Some(Err(e)) => {
             tracing::debug!(error = %e, "the expiry sweep was refused");

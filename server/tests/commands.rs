@@ -7,6 +7,11 @@ use std::collections::BTreeMap;
 use common::Node;
 use redis::{cmd, Value};
 
+/// The longest key a client may use (SPEC: 8 KiB).
+const MAX_KEY: usize = 8 * 1024;
+/// The longest value (SPEC: 64 MiB).
+const MAX_VALUE: usize = 64 * 1024 * 1024;
+
 fn q<T: redis::FromRedisValue>(c: &mut redis::Connection, args: &[&[u8]]) -> redis::RedisResult<T> {
     let mut k = cmd(std::str::from_utf8(args[0]).unwrap());
     for a in &args[1..] {
@@ -463,23 +468,32 @@ fn errors_leave_the_connection_usable() {
     assert!(err_of(q(&mut c, &[b"INCRBY", b"a", b"ten"])).contains("not an integer"));
     assert!(err_of(q(&mut c, &[b"FLY", b"me", b"away"])).contains("unknown command 'FLY'"));
     ping(&mut c);
-    let big_key = vec![b'k'; storage::MAX_KEY + 1];
+    let big_key = vec![b'k'; MAX_KEY + 1];
     assert!(err_of(q(&mut c, &[b"SET", &big_key, b"v"])).contains("key too large"));
     assert!(err_of(q(&mut c, &[b"GET", &big_key])).contains("key too large"));
     assert!(err_of(q(&mut c, &[b"DEL", b"ok", &big_key])).contains("key too large"));
     ping(&mut c);
-    let max_key = vec![b'k'; storage::MAX_KEY];
+    let max_key = vec![b'k'; MAX_KEY];
     let _: () = q(&mut c, &[b"SET", &max_key, b"v"]).unwrap();
-    let big_val = vec![b'v'; storage::MAX_VALUE + 1];
+    let big_val = vec![b'v'; MAX_VALUE + 1];
     assert!(err_of(q(&mut c, &[b"SET", b"bigv", &big_val])).contains("value too large"));
     ping(&mut c);
-    let max_val = vec![b'v'; storage::MAX_VALUE];
+    let max_val = vec![b'v'; MAX_VALUE];
     let _: () = q(&mut c, &[b"SET", b"maxv", &max_val]).unwrap();
     assert_eq!(
         q::<Vec<u8>>(&mut c, &[b"GET", b"maxv"]).unwrap().len(),
-        storage::MAX_VALUE
+        MAX_VALUE
     );
-    assert!(err_of(q(&mut c, &[b"SET", b"a", b"b", b"EX", b"10"])).contains("not supported"));
+    assert!(err_of(q(&mut c, &[b"SET", b"a", b"b", b"EX", b"0"])).contains("invalid expire time"));
+    assert!(err_of(q(&mut c, &[b"SET", b"a", b"b", b"EX", b"ten"])).contains("not an integer"));
+    assert!(
+        err_of(q(&mut c, &[b"SET", b"a", b"b", b"EX", b"1", b"PX", b"5"])).contains("syntax error")
+    );
+    let _: () = q(&mut c, &[b"HSET", b"hash", b"f", b"v"]).unwrap();
+    assert!(err_of(q(&mut c, &[b"GET", b"hash"])).contains("wrong kind of value"));
+    assert!(err_of(q(&mut c, &[b"LPUSH", b"hash", b"x"])).contains("wrong kind of value"));
+    let long_member = vec![b'm'; 9000];
+    assert!(err_of(q(&mut c, &[b"SADD", b"set", &long_member])).contains("member too large"));
     assert!(err_of(q(&mut c, &[b"SET", b"a", b"b", b"NX", b"XX"])).contains("syntax error"));
     ping(&mut c);
 }

@@ -48,7 +48,8 @@ pub const KEY_LOCAL: usize = 256;
 /// The engine's limit; the server keeps user keys to 8 KiB and uses the rest for the data
 /// model's composite keys (a collection's key, version and member).
 pub const MAX_KEY: usize = 16 * 1024 + 64;
-pub const MAX_VALUE: usize = 64 * 1024 * 1024;
+/// The engine's limit: 64 MiB for the server's values plus room for a key's metadata.
+pub const MAX_VALUE: usize = 64 * 1024 * 1024 + 64;
 const VAL_OVF_FLAG: u32 = 1 << 31;
 
 const _: () = assert!(MAX_KEY < 1 << 15 && MAX_VALUE < 1 << 31);

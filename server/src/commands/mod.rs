@@ -19,9 +19,8 @@ pub(crate) mod transactions;
 pub(crate) mod zset;
 
 use bytes::Bytes;
-use storage::MAX_VALUE;
 
-use crate::model::layout::MAX_USER_KEY as MAX_KEY;
+use crate::model::layout::{MAX_USER_KEY as MAX_KEY, MAX_USER_VALUE as MAX_VALUE};
 pub(crate) use crate::model::Store;
 use crate::model::{self, Writer};
 use crate::reply::Reply;
@@ -291,7 +290,8 @@ pub(crate) fn read<S: Store + ?Sized>(
 /// (the rest of an EXEC still runs, as in Redis); only engine errors abort the transaction.
 pub(crate) fn apply(w: &mut Writer<'_, '_>, args: &[Bytes]) -> storage::Result<Reply> {
     let r = if &args[0][..] == SWEEP {
-        model::sweep(w, SWEEP_BUDGET).map(|n| Reply::Int(n as i64))
+        model::sweep(w, SWEEP_BUDGET)
+            .map(|(e, c)| Reply::Array(vec![Reply::Int(e as i64), Reply::Int(c as i64)]))
     } else {
         let Some(spec) = lookup(&args[0]) else {
             return Ok(Reply::Error("ERR unknown command".into()));

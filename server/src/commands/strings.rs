@@ -10,7 +10,7 @@ use crate::model::{self, Kind, Meta, Writer};
 use crate::reply::{Reply, NOT_FLOAT, NOT_INT, SYNTAX};
 
 /// The longest string SETRANGE and APPEND may make (the engine's value limit).
-const MAX_STRING: usize = storage::MAX_VALUE;
+const MAX_STRING: usize = crate::model::layout::MAX_USER_VALUE;
 
 /// A string read, from a snapshot or inside a transaction.
 pub(crate) fn read<S: Store + ?Sized>(

@@ -4,6 +4,7 @@
 //! ```text
 //! 0x00 'n'                                   → u64 LE: the number of keys (DBSIZE)
 //! 0x00 'v'                                   → u64 LE: the last collection version given out
+//! 0x00 'e'                                   → u64 LE: the number of keys with an expiry
 //! 0x00 'f'                                   → the data model's format ("replidb-data 1")
 //! 0x01 at_ms(u64 BE) key                     → ∅   expiry index: keys by deadline
 //! 0x02 version(u64 BE) kind key              → ∅   a deleted collection's members to collect
@@ -17,6 +18,7 @@ use std::ops::Bound;
 
 pub const COUNT_KEY: &[u8] = b"\x00n";
 pub const VERSION_KEY: &[u8] = b"\x00v";
+pub const EXPIRES_KEY: &[u8] = b"\x00e";
 pub const FORMAT_KEY: &[u8] = b"\x00f";
 pub const FORMAT: &[u8] = b"replidb-data 1";
 pub const EXPIRY: u8 = 0x01;
@@ -27,6 +29,8 @@ pub const SCORE: u8 = 0x12;
 
 /// The longest user key (SPEC: 8 KiB).
 pub const MAX_USER_KEY: usize = 8 * 1024;
+/// The longest value (SPEC: 64 MiB); the engine's limit leaves room for the metadata.
+pub const MAX_USER_VALUE: usize = 64 * 1024 * 1024;
 /// The longest member, field or lexicographic bound a collection takes: a composite key
 /// (prefix, key, version, score, member) must fit the engine's key limit.
 pub const MAX_MEMBER: usize = storage::MAX_KEY - MAX_USER_KEY - 32;

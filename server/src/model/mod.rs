@@ -18,7 +18,7 @@ use std::ops::Bound;
 
 use storage::{ReadTxn, WriteTxn};
 
-use layout::{garbage_key, meta_key, COUNT_KEY, FORMAT, FORMAT_KEY, VERSION_KEY};
+use layout::{garbage_key, meta_key, COUNT_KEY, EXPIRES_KEY, FORMAT, FORMAT_KEY, VERSION_KEY};
 
 /// A key's type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -275,6 +275,11 @@ pub fn key_count<S: Store + ?Sized>(s: &S) -> Result<u64> {
     Ok(read_u64(s, COUNT_KEY)?)
 }
 
+/// The number of keys with an expiry (INFO keyspace's `expires`).
+pub fn expires_count<S: Store + ?Sized>(s: &S) -> Result<u64> {
+    Ok(read_u64(s, EXPIRES_KEY)?)
+}
+
 fn read_u64<S: Store + ?Sized>(s: &S, k: &[u8]) -> storage::Result<u64> {
     Ok(s.get_raw(k)?
         .and_then(|v| v.get(..8).and_then(|b| b.try_into().ok()))
@@ -335,6 +340,11 @@ impl Writer<'_, '_> {
             if let Some(at) = meta.expire_at {
                 self.tx.put(&layout::expiry_key(at, key), b"")?;
             }
+            match (before, meta.expire_at) {
+                (None, Some(_)) => self.add(EXPIRES_KEY, 1)?,
+                (Some(_), None) => self.add(EXPIRES_KEY, -1)?,
+                _ => {}
+            }
         }
         self.touch(key);
         Ok(())
@@ -347,13 +357,20 @@ impl Writer<'_, '_> {
     }
 
     fn add_count(&mut self, d: i64) -> Result<()> {
-        let n = read_u64(&*self.tx, COUNT_KEY)?;
-        if n == 0 && d > 0 {
+        if d > 0 && self.tx.get(FORMAT_KEY)?.is_none() {
             // The first key of a new keyspace marks its layout.
             self.tx.put(FORMAT_KEY, FORMAT)?;
         }
-        self.tx
-            .put(COUNT_KEY, &n.saturating_add_signed(d).to_le_bytes())?;
+        self.add(COUNT_KEY, d)
+    }
+
+    fn add(&mut self, counter: &[u8], d: i64) -> Result<()> {
+        let n = read_u64(&*self.tx, counter)?.saturating_add_signed(d);
+        if n == 0 {
+            self.tx.delete(counter)?;
+        } else {
+            self.tx.put(counter, &n.to_le_bytes())?;
+        }
         Ok(())
     }
 
@@ -371,6 +388,7 @@ impl Writer<'_, '_> {
         self.tx.delete(&meta_key(key))?;
         if let Some(at) = meta.expire_at {
             self.tx.delete(&layout::expiry_key(at, key))?;
+            self.add(EXPIRES_KEY, -1)?;
         }
         self.add_count(-1)?;
         self.touch(key);
@@ -418,9 +436,9 @@ impl Writer<'_, '_> {
 }
 
 /// One step of the background sweep on a primary: deletes up to `budget` keys whose expiry
-/// has passed and up to `budget` members of deleted collections. Returns the work done (0:
-/// nothing left to do now).
-pub fn sweep(w: &mut Writer<'_, '_>, budget: usize) -> Result<usize> {
+/// has passed and up to `budget` members of deleted collections. Returns (expired keys
+/// deleted, members collected); (0, 0) is nothing left to do now.
+pub fn sweep(w: &mut Writer<'_, '_>, budget: usize) -> Result<(usize, usize)> {
     let mut due = Vec::new();
     let hi = layout::expiry_key(w.now_ms.saturating_add(1), b"");
     w.tx.visit(
@@ -439,16 +457,17 @@ pub fn sweep(w: &mut Writer<'_, '_>, budget: usize) -> Result<usize> {
             continue;
         };
         match lookup_any(&*w.tx, key)? {
-            Some(meta) if meta.expire_at == Some(at) => w.delete(key, &meta)?,
+            Some(meta) if meta.expire_at == Some(at) => {
+                w.delete(key, &meta)?;
+                done += 1;
+            }
             // An entry no key points to any more: drop it.
             _ => {
                 w.tx.delete(entry)?;
             }
         }
-        done += 1;
     }
-    done += collect_garbage(w, budget)?;
-    Ok(done)
+    Ok((done, collect_garbage(w, budget)?))
 }
 
 /// Removes up to `budget` members of deleted collections, oldest first.

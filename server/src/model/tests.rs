@@ -59,7 +59,10 @@ impl Harness {
 
     fn sweep(&self) -> i64 {
         match self.write(&[Bytes::from_static(commands::SWEEP)]) {
-            Reply::Int(n) => n,
+            Reply::Array(v) => match v[..] {
+                [Reply::Int(e), Reply::Int(c)] => e + c,
+                _ => panic!("sweep: {v:?}"),
+            },
             other => panic!("sweep: {other:?}"),
         }
     }

@@ -1,0 +1,375 @@
+//! The Redis data model on real processes, through the `redis` crate: every type replicated
+//! page for page (equal DIGESTs), carried by a base backup and a restart; expiry on a
+//! primary, on a replica whose primary is stopped, and on a promoted replica; WATCH; blocking
+//! pops; PUBLISH.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use common::{info, info_section, wait_for, Node};
+use redis::{cmd, Commands};
+
+fn caught_up(primary: &mut redis::Connection, replica: &mut redis::Connection) -> bool {
+    let p = info(primary);
+    let r = info(replica);
+    r["apply_lsn"] == p["flush_lsn"] && r["flush_lsn"] == p["flush_lsn"]
+}
+
+fn digest(c: &mut redis::Connection) -> String {
+    cmd("DIGEST").query(c).unwrap()
+}
+
+/// What a client sees of every type: the same on every node.
+#[derive(Debug, PartialEq)]
+struct View {
+    s: Option<String>,
+    h: BTreeMap<String, String>,
+    set: BTreeSet<String>,
+    z: Vec<(String, f64)>,
+    l: Vec<String>,
+    ttl_set: bool,
+    dbsize: i64,
+}
+
+fn view(c: &mut redis::Connection) -> View {
+    let ttl: i64 = c.ttl("session").unwrap();
+    View {
+        s: c.get("greeting").unwrap(),
+        h: c.hgetall("user:1").unwrap(),
+        set: c.smembers("tags").unwrap(),
+        z: c.zrange_withscores("board", 0, -1).unwrap(),
+        l: c.lrange("feed", 0, -1).unwrap(),
+        ttl_set: ttl > 0,
+        dbsize: cmd("DBSIZE").query(c).unwrap(),
+    }
+}
+
+fn fill(c: &mut redis::Connection) {
+    let _: () = c.set("greeting", "hello").unwrap();
+    let _: () = c.set_ex("session", "token", 3600).unwrap();
+    let _: () = c
+        .hset_multiple(
+            "user:1",
+            &[("name", "ann"), ("plan", "pro"), ("visits", "1")],
+        )
+        .unwrap();
+    let _: i64 = c.hincr("user:1", "visits", 41).unwrap();
+    let _: () = c.sadd("tags", &["a", "b", "c", "d"]).unwrap();
+    let _: () = c.srem("tags", "b").unwrap();
+    let _: () = c
+        .zadd_multiple("board", &[(10.5, "ann"), (3.0, "bob"), (7.25, "cy")])
+        .unwrap();
+    let _: f64 = c.zincr("board", "bob", 10).unwrap();
+    let _: () = c.rpush("feed", &["e1", "e2", "e3"]).unwrap();
+    let _: () = c.lpush("feed", "e0").unwrap();
+    let _: Option<String> = c.rpop("feed", None).unwrap();
+    // A collection big enough to be collected in the background once deleted.
+    let members: Vec<String> = (0..500).map(|i| format!("m{i}")).collect();
+    let _: () = c.sadd("doomed", &members).unwrap();
+    let _: () = c.del("doomed").unwrap();
+}
+
+#[test]
+fn every_type_replicates_page_for_page_and_survives_a_restart_and_a_base_backup() {
+    let (dp, d1, d2) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let primary = Node::start(dp.path(), &["--name", "p"]);
+    let addr = format!("127.0.0.1:{}", primary.port);
+    let r1 = Node::start(d1.path(), &["--replicaof", &addr, "--name", "r1"]);
+    let mut p = primary.client();
+    fill(&mut p);
+    let want = View {
+        s: Some("hello".into()),
+        h: [("name", "ann"), ("plan", "pro"), ("visits", "42")]
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect(),
+        set: ["a", "c", "d"].iter().map(|s| s.to_string()).collect(),
+        z: vec![
+            ("cy".into(), 7.25),
+            ("ann".into(), 10.5),
+            ("bob".into(), 13.0),
+        ],
+        l: vec!["e0".into(), "e1".into(), "e2".into()],
+        ttl_set: true,
+        dbsize: 6,
+    };
+    assert_eq!(view(&mut p), want);
+    // The background collector removes the deleted set's members, and the replica follows.
+    wait_for(20, "the deleted set's members to be collected", || {
+        info_section(&mut p, "stats")["collected_members"] == "500"
+    });
+    let mut c1 = r1.client();
+    wait_for(20, "r1 to catch up", || caught_up(&mut p, &mut c1));
+    assert_eq!(view(&mut c1), want);
+    assert_eq!(digest(&mut c1), digest(&mut p));
+    // A new replica seeded by a base backup holds every type, TTLs included.
+    let r2 = Node::start(d2.path(), &["--replicaof", &addr, "--name", "r2"]);
+    let mut c2 = r2.client();
+    wait_for(30, "r2 to seed and catch up", || {
+        caught_up(&mut p, &mut c2) && cmd("GET").arg("greeting").query::<String>(&mut c2).is_ok()
+    });
+    assert_eq!(view(&mut c2), want);
+    assert_eq!(digest(&mut c2), digest(&mut p));
+    // Killed and started again, the primary has all of it.
+    drop((c1, c2, r1, r2));
+    drop(p);
+    primary.kill();
+    let primary = Node::start(dp.path(), &["--name", "p"]);
+    let mut p = primary.client();
+    assert_eq!(view(&mut p), want);
+    let pttl: i64 = p.pttl("session").unwrap();
+    assert!(pttl > 3_500_000 && pttl <= 3_600_000, "{pttl}");
+    let ks = info_section(&mut p, "keyspace");
+    assert_eq!(ks["db0"], "keys=6,expires=1,avg_ttl=0");
+}
+
+#[test]
+fn a_replica_hides_expired_keys_while_its_primary_is_stopped_and_a_promoted_one_expires_them() {
+    let (dp, d1) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let primary = Node::start(dp.path(), &["--name", "p"]);
+    let addr = format!("127.0.0.1:{}", primary.port);
+    let r1 = Node::start(d1.path(), &["--replicaof", &addr, "--name", "r1"]);
+    let mut p = primary.client();
+    let mut c1 = r1.client();
+    let set_at = Instant::now();
+    let _: () = p.pset_ex("soon", "v", 1500).unwrap();
+    let _: () = p.hset("hsoon", "f", "v").unwrap();
+    let _: () = p.pexpire("hsoon", 1500).unwrap();
+    let _: () = p.set_ex("later", "v", 3600).unwrap();
+    let _: () = p.set("forever", "v").unwrap();
+    wait_for(20, "r1 to catch up", || caught_up(&mut p, &mut c1));
+    assert_eq!(
+        c1.get::<_, Option<String>>("soon").unwrap().as_deref(),
+        Some("v")
+    );
+    // The primary stops: no delete can reach the replica from here on.
+    primary.signal("STOP");
+    let lsn_before = info(&mut c1)["apply_lsn"].clone();
+    wait_for(10, "the deadline to pass on the replica", || {
+        c1.get::<_, Option<String>>("soon").unwrap().is_none()
+    });
+    assert!(
+        set_at.elapsed() >= Duration::from_millis(1500),
+        "hidden too early"
+    );
+    assert_eq!(c1.hget::<_, _, Option<String>>("hsoon", "f").unwrap(), None);
+    assert_eq!(c1.exists::<_, i64>("soon").unwrap(), 0);
+    assert_eq!(c1.ttl::<_, i64>("soon").unwrap(), -2);
+    assert_eq!(
+        c1.get::<_, Option<String>>("later").unwrap().as_deref(),
+        Some("v")
+    );
+    // Nothing arrived: the replica hid them by itself; the keys are still in its pages.
+    assert_eq!(info(&mut c1)["apply_lsn"], lsn_before);
+    assert_eq!(cmd("DBSIZE").query::<i64>(&mut c1).unwrap(), 4);
+    // The primary is lost; the replica is promoted and deletes the expired keys itself.
+    primary.kill();
+    let _: () = cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query(&mut c1)
+        .unwrap();
+    wait_for(
+        20,
+        "the promoted replica to delete the expired keys",
+        || cmd("DBSIZE").query::<i64>(&mut c1).unwrap() == 2,
+    );
+    assert_eq!(info_section(&mut c1, "stats")["expired_keys"], "2");
+    let ttl: i64 = c1.ttl("later").unwrap();
+    assert!(ttl > 3500, "{ttl}");
+}
+
+#[test]
+fn the_primary_deletes_expired_keys_in_the_background_through_the_wal() {
+    let (dp, d1) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let primary = Node::start(dp.path(), &["--name", "p"]);
+    let addr = format!("127.0.0.1:{}", primary.port);
+    let r1 = Node::start(d1.path(), &["--replicaof", &addr, "--name", "r1"]);
+    let mut p = primary.client();
+    let mut c1 = r1.client();
+    for i in 0..300 {
+        let _: () = p.pset_ex(format!("k{i}"), "v", 300).unwrap();
+    }
+    let _: () = p.set("stays", "v").unwrap();
+    // Nobody reads them: the sweep alone deletes them, and the deletes replicate.
+    wait_for(20, "the sweep to delete 300 keys", || {
+        cmd("DBSIZE").query::<i64>(&mut p).unwrap() == 1
+    });
+    wait_for(20, "the replica to apply the deletes", || {
+        caught_up(&mut p, &mut c1)
+    });
+    assert_eq!(cmd("DBSIZE").query::<i64>(&mut c1).unwrap(), 1);
+    assert_eq!(digest(&mut c1), digest(&mut p));
+    assert_eq!(info_section(&mut p, "stats")["expired_keys"], "300");
+}
+
+#[test]
+fn watch_aborts_exec_when_another_connection_changes_or_expiry_removes_a_key() {
+    let d = tempfile::tempdir().unwrap();
+    let node = Node::start(d.path(), &[]);
+    let mut a = node.client();
+    let mut b = node.client();
+    let exec = |c: &mut redis::Connection| -> Option<Vec<String>> {
+        let _: () = cmd("MULTI").query(c).unwrap();
+        let _: () = cmd("SET").arg("k").arg("from-a").query(c).unwrap();
+        let _: () = cmd("GET").arg("k").query(c).unwrap();
+        cmd("EXEC").query(c).unwrap()
+    };
+    // Untouched: EXEC runs.
+    let _: () = a.set("k", "0").unwrap();
+    let _: () = cmd("WATCH").arg("k").query(&mut a).unwrap();
+    assert_eq!(exec(&mut a), Some(vec!["OK".into(), "from-a".into()]));
+    // Another connection writes the key: EXEC answers nil and runs nothing.
+    let _: () = cmd("WATCH").arg("k").query(&mut a).unwrap();
+    let _: () = b.set("k", "from-b").unwrap();
+    assert_eq!(exec(&mut a), None);
+    assert_eq!(b.get::<_, String>("k").unwrap(), "from-b");
+    // A DEL counts too.
+    let _: () = cmd("WATCH").arg("k").query(&mut a).unwrap();
+    let _: () = b.del("k").unwrap();
+    assert_eq!(exec(&mut a), None);
+    // UNWATCH forgets it.
+    let _: () = cmd("WATCH").arg("k").query(&mut a).unwrap();
+    let _: () = b.set("k", "x").unwrap();
+    let _: () = cmd("UNWATCH").query(&mut a).unwrap();
+    assert!(exec(&mut a).is_some());
+    // A watched key that expires before EXEC aborts it.
+    let _: () = a.pset_ex("k", "short", 200).unwrap();
+    let _: () = cmd("WATCH").arg("k").query(&mut a).unwrap();
+    wait_for(10, "the key to expire", || {
+        b.get::<_, Option<String>>("k").unwrap().is_none()
+    });
+    assert_eq!(exec(&mut a), None);
+    // The redis crate's optimistic-locking helper retries until it wins.
+    let _: () = a.set("counter", 0).unwrap();
+    let mut tries = 0;
+    let (n,): (i64,) = redis::transaction(&mut a, &["counter"], |con, pipe| {
+        tries += 1;
+        let v: i64 = con.get("counter")?;
+        if tries == 1 {
+            let _: () = b.set("counter", 100).unwrap();
+        }
+        pipe.set("counter", v + 1)
+            .ignore()
+            .get("counter")
+            .query(con)
+    })
+    .unwrap();
+    assert_eq!((n, tries), (101, 2));
+}
+
+#[test]
+fn blocking_pops_wake_on_a_push_time_out_and_leave_the_server_free() {
+    let d = tempfile::tempdir().unwrap();
+    let node = Node::start(d.path(), &[]);
+    let url = node.url();
+    let blocked = |secs: f64, args: &'static [&'static str]| {
+        let url = url.clone();
+        std::thread::spawn(move || {
+            let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+            let t = Instant::now();
+            let mut k = cmd(args[0]);
+            for a in &args[1..] {
+                k.arg(*a);
+            }
+            k.arg(secs);
+            let r: Option<Vec<String>> = k.query(&mut c).unwrap();
+            (r, t.elapsed())
+        })
+    };
+    let mut c = node.client();
+    let blocked_clients =
+        |c: &mut redis::Connection| info_section(c, "clients")["blocked_clients"].clone();
+    // A push from another connection wakes the blocked pop.
+    let waiter = blocked(10.0, &["BLPOP", "jobs", "other"]);
+    wait_for(10, "BLPOP to block", || blocked_clients(&mut c) == "1");
+    // The server answers everyone else meanwhile.
+    assert_eq!(cmd("PING").query::<String>(&mut c).unwrap(), "PONG");
+    let _: () = c.rpush("other", "job-1").unwrap();
+    let (r, took) = waiter.join().unwrap();
+    assert_eq!(r, Some(vec!["other".to_string(), "job-1".to_string()]));
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert_eq!(
+        c.exists::<_, i64>("other").unwrap(),
+        0,
+        "popped, so deleted"
+    );
+    // Nothing comes: nil at the timeout.
+    let waiter = blocked(0.3, &["BRPOP", "empty"]);
+    let (r, took) = waiter.join().unwrap();
+    assert_eq!(r, None);
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    // Two waiters, two pushes: each gets one item, in the order pushed.
+    let w1 = blocked(10.0, &["BLPOP", "q"]);
+    let w2 = blocked(10.0, &["BLPOP", "q"]);
+    wait_for(10, "both to block", || blocked_clients(&mut c) == "2");
+    let _: () = c.rpush("q", &["x", "y"]).unwrap();
+    let mut got: Vec<String> = [w1.join().unwrap().0, w2.join().unwrap().0]
+        .into_iter()
+        .map(|r| r.unwrap()[1].clone())
+        .collect();
+    got.sort();
+    assert_eq!(got, vec!["x".to_string(), "y".to_string()]);
+    // BLMOVE moves the item atomically once it comes.
+    let mover = {
+        let url = node.url();
+        std::thread::spawn(move || {
+            let mut m = redis::Client::open(url).unwrap().get_connection().unwrap();
+            cmd("BLMOVE")
+                .arg("src")
+                .arg("dst")
+                .arg("LEFT")
+                .arg("RIGHT")
+                .arg(10)
+                .query::<Option<String>>(&mut m)
+                .unwrap()
+        })
+    };
+    wait_for(10, "BLMOVE to block", || blocked_clients(&mut c) == "1");
+    let _: () = c.lpush("src", "item").unwrap();
+    assert_eq!(mover.join().unwrap().as_deref(), Some("item"));
+    assert_eq!(
+        c.lrange::<_, Vec<String>>("dst", 0, -1).unwrap(),
+        vec!["item"]
+    );
+    assert_eq!(blocked_clients(&mut c), "0");
+    // A client that goes away while blocked is forgotten.
+    {
+        let mut gone = node.client();
+        let _ = gone.set_read_timeout(Some(Duration::from_millis(100)));
+        let _ = cmd("BLPOP")
+            .arg("never")
+            .arg(0)
+            .query::<Option<Vec<String>>>(&mut gone);
+    }
+    wait_for(10, "the closed client to stop blocking", || {
+        blocked_clients(&mut c) == "0"
+    });
+}
+
+#[test]
+fn publish_reaches_subscribers() {
+    let d = tempfile::tempdir().unwrap();
+    let node = Node::start(d.path(), &[]);
+    let client = redis::Client::open(node.url()).unwrap();
+    let mut sub = client.get_connection().unwrap();
+    let mut c = node.client();
+    let mut ps = sub.as_pubsub();
+    ps.subscribe("news").unwrap();
+    ps.psubscribe("n*").unwrap();
+    // One subscription to the channel, one pattern: two receivers.
+    let n: i64 = c.publish("news", &b"bin\x00ary"[..]).unwrap();
+    assert_eq!(n, 2);
+    let m = ps.get_message().unwrap();
+    assert_eq!(m.get_channel_name(), "news");
+    assert_eq!(m.get_payload_bytes(), b"bin\x00ary");
+    let m = ps.get_message().unwrap();
+    assert_eq!(m.get_pattern::<String>().unwrap(), "n*");
+    assert_eq!(c.publish::<_, _, i64>("other", "x").unwrap(), 0);
+}
