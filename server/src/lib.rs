@@ -9,6 +9,7 @@ pub mod client;
 pub mod cluster_demo;
 pub mod commands;
 pub mod config;
+pub mod cursor;
 pub mod glob;
 pub mod info;
 pub mod model;

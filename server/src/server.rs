@@ -155,6 +155,7 @@ impl Server {
             node: node.clone(),
             events,
             subs: Default::default(),
+            cursors: Default::default(),
             watches: Default::default(),
             changed: tokio::sync::watch::channel(0).0,
             cluster: cluster.clone(),

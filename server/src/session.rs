@@ -429,8 +429,41 @@ impl Session {
             }
             return;
         }
-        let r = commands::read(&snap, now, spec, args);
+        // SCAN-family cursors: the client's number stands for a position the server keeps.
+        let scan_at = match spec.name {
+            "SCAN" => Some(1),
+            "HSCAN" | "SSCAN" | "ZSCAN" => Some(2),
+            _ => None,
+        };
+        let mut translated;
+        let mut args = args;
+        if let Some(i) = scan_at.filter(|&i| &args[i][..] != b"0") {
+            let pos =
+                commands::parse_i64(&args[i]).and_then(|id| self.shared.cursors.get(id as u64));
+            let Some(pos) = pos else {
+                drop(snap);
+                self.err(
+                    out,
+                    "ERR invalid cursor (unknown or expired: start again from 0)",
+                );
+                return;
+            };
+            translated = args.to_vec();
+            translated[i] = Bytes::from(pos);
+            args = &translated;
+        }
+        let mut r = commands::read(&snap, now, spec, args);
         drop(snap);
+        if scan_at.is_some() {
+            if let Ok(crate::reply::Reply::Array(v)) = &mut r {
+                if let Some(crate::reply::Reply::Bulk(c)) = v.first_mut() {
+                    if c.as_slice() != b"0" {
+                        let id = self.shared.cursors.put(std::mem::take(c));
+                        *c = id.to_string().into_bytes();
+                    }
+                }
+            }
+        }
         match r {
             Ok(reply) => reply.encode(&self.enc, &mut out.buf),
             Err(e) => self.model_err(out, e),

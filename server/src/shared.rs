@@ -89,6 +89,8 @@ pub struct Shared {
     /// they were queued, so a connection's writes commit in the order it sent them even when
     /// two event-loop threads apply groups (`REPLIDB_THREADS=2`).
     pub applying: Mutex<()>,
+    /// SCAN-family cursors handed out.
+    pub cursors: crate::cursor::Cursors,
     /// Who watches which keys (WATCH).
     pub watches: crate::watch::Watches,
     /// Counts applied groups that changed some key: blocked pops wait on it.

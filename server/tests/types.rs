@@ -373,3 +373,37 @@ fn publish_reaches_subscribers() {
     assert_eq!(m.get_pattern::<String>().unwrap(), "n*");
     assert_eq!(c.publish::<_, _, i64>("other", "x").unwrap(), 0);
 }
+
+#[test]
+fn scans_page_with_numeric_cursors_through_the_redis_crate() {
+    let d = tempfile::tempdir().unwrap();
+    let node = Node::start(d.path(), &[]);
+    let mut c = node.client();
+    let pairs: Vec<(String, i64)> = (0..250).map(|i| (format!("key:{i}"), i)).collect();
+    let _: () = c.mset(&pairs).unwrap();
+    let fields: Vec<(String, i64)> = (0..300).map(|i| (format!("f{i}"), i)).collect();
+    let _: () = c.hset_multiple("h", &fields).unwrap();
+    let members: Vec<String> = (0..300).map(|i| format!("m{i}")).collect();
+    let _: () = c.sadd("s", &members).unwrap();
+    // The crate parses cursors as integers and pages until 0: every key once.
+    let keys: Vec<String> = c.scan_match("key:*").unwrap().collect();
+    assert_eq!(keys.len(), 250);
+    assert_eq!(keys.iter().collect::<BTreeSet<_>>().len(), 250);
+    let h: Vec<(String, i64)> = c.hscan("h").unwrap().collect();
+    assert_eq!(h.len(), 300);
+    let s: BTreeSet<String> = c.sscan("s").unwrap().collect();
+    assert_eq!(s.len(), 300);
+    // A page of 10 hands out a number; an unknown number is refused, not misread.
+    let (cursor, page): (u64, Vec<String>) = cmd("SCAN")
+        .arg(0)
+        .arg("COUNT")
+        .arg(10)
+        .query(&mut c)
+        .unwrap();
+    assert!(cursor > 0 && page.len() == 10);
+    let err = cmd("SCAN")
+        .arg(cursor + 1_000_000)
+        .query::<(u64, Vec<String>)>(&mut c)
+        .unwrap_err();
+    assert!(err.to_string().contains("invalid cursor"), "{err}");
+}
