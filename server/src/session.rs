@@ -429,6 +429,16 @@ impl Session {
             }
             return;
         }
+        // Whole collections go from the pages to the reply in one copy.
+        if let Some(r) =
+            commands::collection::stream(&snap, now, spec.name, args, &self.enc, &mut out.buf)
+        {
+            drop(snap);
+            if let Err(e) = r {
+                self.model_err(out, e);
+            }
+            return;
+        }
         // SCAN-family cursors: the client's number stands for a position the server keeps.
         let scan_at = match spec.name {
             "SCAN" => Some(1),

@@ -194,3 +194,114 @@ pub(crate) fn scan_page<S: Store + ?Sized>(
     };
     Ok((cursor, got))
 }
+
+/// Whole-collection reads (HGETALL, HKEYS, HVALS, SMEMBERS, LRANGE) encoded straight from
+/// the snapshot's pages into the reply: one copy of a million-member reply, not a list of
+/// replies and then its encoding. `None` for other commands. The header's count comes from
+/// the metadata; a collection whose members disagree with it is reported, never sent
+/// malformed.
+pub(crate) fn stream<S: Store + ?Sized>(
+    s: &S,
+    now: u64,
+    name: &str,
+    args: &[Bytes],
+    enc: &crate::resp::Encoder,
+    buf: &mut bytes::BytesMut,
+) -> Option<model::Result<()>> {
+    let kind = match name {
+        "HGETALL" | "HKEYS" | "HVALS" => Kind::Hash,
+        "SMEMBERS" => Kind::Set,
+        "LRANGE" => Kind::List,
+        _ => return None,
+    };
+    Some(stream_inner(s, now, name, kind, args, enc, buf))
+}
+
+fn stream_inner<S: Store + ?Sized>(
+    s: &S,
+    now: u64,
+    name: &str,
+    kind: Kind,
+    args: &[Bytes],
+    enc: &crate::resp::Encoder,
+    buf: &mut bytes::BytesMut,
+) -> model::Result<()> {
+    let key = &args[1][..];
+    let meta = match get(s, key, now, kind)? {
+        Err(r) => {
+            r.encode(enc, buf);
+            return Ok(());
+        }
+        Ok(m) => m,
+    };
+    // The members to send: all of them, or LRANGE's positions.
+    let (lo, hi, count) = match (&meta, name) {
+        (None, _) => (Vec::new(), Vec::new(), 0),
+        (Some(m), "LRANGE") => {
+            let (Some(a), Some(b)) = (parse_i64(&args[2]), parse_i64(&args[3])) else {
+                Reply::err(NOT_INT).encode(enc, buf);
+                return Ok(());
+            };
+            match crate::model::number::index_range(a, b, m.size) {
+                Some((x, y)) => {
+                    let at = |o: u64| layout::sub_key(key, m.version, &(m.head + o).to_be_bytes());
+                    let mut hi = at(y);
+                    hi.push(0);
+                    (at(x), hi, y - x + 1)
+                }
+                None => (Vec::new(), Vec::new(), 0),
+            }
+        }
+        (Some(m), _) => {
+            let p = layout::prefix(layout::SUB, key, m.version);
+            let hi = match layout::prefix_end(&p) {
+                std::ops::Bound::Excluded(e) => e,
+                _ => vec![0xff; p.len() + 1],
+            };
+            (p, hi, m.size)
+        }
+    };
+    let mark = buf.len();
+    match name {
+        "HGETALL" => enc.map(buf, count as usize),
+        "SMEMBERS" => enc.set(buf, count as usize),
+        _ => enc.array(buf, count as usize),
+    }
+    if count == 0 {
+        return Ok(());
+    }
+    let skip = match name {
+        "LRANGE" => 0,
+        _ => lo.len(),
+    };
+    let mut n = 0u64;
+    let visited = s.visit_raw(
+        std::ops::Bound::Included(&lo),
+        std::ops::Bound::Excluded(&hi),
+        false,
+        &mut |k, v| {
+            match name {
+                "HGETALL" => {
+                    enc.bulk(buf, &k[skip..]);
+                    enc.bulk(buf, v);
+                }
+                "HKEYS" | "SMEMBERS" => enc.bulk(buf, &k[skip..]),
+                _ => enc.bulk(buf, v),
+            }
+            n += 1;
+            n < count
+        },
+    );
+    if let Err(e) = visited {
+        buf.truncate(mark);
+        return Err(e.into());
+    }
+    if n != count {
+        buf.truncate(mark);
+        enc.error(
+            buf,
+            &format!("CORRUPT the metadata of this key counts {count} members, its entries {n}; run `replidb check`"),
+        );
+    }
+    Ok(())
+}
