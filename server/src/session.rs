@@ -307,7 +307,7 @@ impl Session {
             self.err(out, "NOAUTH Authentication required.");
             return After::Continue;
         }
-        if access == Access::Write || matches!(name, "EXEC" | "MULTI" | "PUBLISH") {
+        if access == Access::Write || matches!(name, "EXEC" | "MULTI") {
             if let Some(msg) = self.write_refusal() {
                 self.err(out, &msg);
                 return After::Continue;

@@ -407,3 +407,21 @@ fn scans_page_with_numeric_cursors_through_the_redis_crate() {
         .unwrap_err();
     assert!(err.to_string().contains("invalid cursor"), "{err}");
 }
+
+#[test]
+fn a_directory_of_raw_keys_from_before_the_data_model_is_refused_not_misread() {
+    let d = tempfile::tempdir().unwrap();
+    {
+        // What an older replidb wrote: user keys straight into the tree.
+        let db = storage::Db::open(d.path(), storage::Options::default()).unwrap();
+        let mut b = storage::WriteBatch::new();
+        b.put("user:1", "ada").put("user:2", "grace");
+        db.commit(&b, storage::Durability::Local).unwrap();
+        db.close().unwrap();
+    }
+    let err = match Node::try_start(d.path(), &[]) {
+        Ok(_) => panic!("the server started on raw keys"),
+        Err(log) => log,
+    };
+    assert!(err.contains("before replidb's typed data model"), "{err}");
+}

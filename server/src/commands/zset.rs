@@ -67,6 +67,22 @@ fn select<S: Store + ?Sized>(
             let Some((x, y)) = index_range(*a, *b, m.size) else {
                 return Ok(Vec::new());
             };
+            // Ranks near the far end are reached from that end: walk the other way and
+            // turn the result around.
+            let from_end = m.size - 1 - y;
+            if from_end < x {
+                let mut v = select(
+                    s,
+                    key,
+                    m,
+                    &Sel::Rank(from_end as i64, (m.size - 1 - x) as i64),
+                    !rev,
+                    0,
+                    None,
+                )?;
+                v.reverse();
+                return Ok(v);
+            }
             skip = x as usize;
             take = (y - x + 1) as usize;
         }
@@ -429,17 +445,21 @@ pub(crate) fn write(w: &mut Writer<'_, '_>, name: &str, args: &[Bytes]) -> model
                 return Ok(Reply::Array(Vec::new()));
             };
             let old = m.clone();
-            let n = count.unwrap_or(1);
-            let popped = select(
-                &*w.tx,
-                key,
-                &m,
-                &Sel::Rank(0, -1),
-                name == "ZPOPMAX",
-                0,
-                Some(n),
-            )?;
-            let popped: Vec<_> = popped.into_iter().take(n).collect();
+            let n = count.unwrap_or(1).min(m.size as usize);
+            // The first n by rank from the chosen end: n entries read, not the whole set.
+            let popped = if n == 0 {
+                Vec::new()
+            } else {
+                select(
+                    &*w.tx,
+                    key,
+                    &m,
+                    &Sel::Rank(0, n as i64 - 1),
+                    name == "ZPOPMAX",
+                    0,
+                    None,
+                )?
+            };
             for (x, sc) in &popped {
                 remove_member(w, key, &m, x, *sc)?;
             }

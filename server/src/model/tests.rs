@@ -265,6 +265,10 @@ proptest! {
     }
 }
 
+fn rev_all(v: &[(Vec<u8>, f64)]) -> Vec<(Vec<u8>, f64)> {
+    v.iter().rev().cloned().collect()
+}
+
 #[derive(Clone, Debug)]
 enum ZOp {
     Add(u8, i8),
@@ -360,6 +364,18 @@ proptest! {
             for (i, (m, _)) in all.iter().enumerate() {
                 prop_assert_eq!(h.run(&[b"ZRANK", b"z", m]), Reply::Int(i as i64));
             }
+            // Rank ranges, from either end, both directions.
+            let (ra, rb) = (i64::from(lo), i64::from(hi));
+            let want: Vec<Reply> = match model_range(all.len(), ra, rb) {
+                Some((x, y)) => all[x..=y].iter().map(|(m, _)| Reply::bulk(m)).collect(),
+                None => vec![],
+            };
+            prop_assert_eq!(h.run(&[b"ZRANGE", b"z", ra.to_string().as_bytes(), rb.to_string().as_bytes()]), Reply::Array(want));
+            let want: Vec<Reply> = match model_range(all.len(), ra, rb) {
+                Some((x, y)) => rev_all(&all)[x..=y].iter().map(|(m, _)| Reply::bulk(m)).collect(),
+                None => vec![],
+            };
+            prop_assert_eq!(h.run(&[b"ZREVRANGE", b"z", ra.to_string().as_bytes(), rb.to_string().as_bytes()]), Reply::Array(want));
         }
     }
 }
