@@ -39,7 +39,7 @@ for round in $(seq "$rounds"); do
         if [ $sys = replidb ]; then start_replidb; port=6390; pid="$work/r.pid"; else start_redis; port=6391; pid="$work/d.pid"; fi
         # CSV: "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms",...
         redis-benchmark -p $port -t $tests -n "$n" -c "$clients" -r 100000 -d 100 --csv 2>/dev/null |
-            tr -d '"' | awk -F, -v s=$sys 'NR > 1 { print s, $1, $2, $5 }' | tee -a "$work/results"
+            tr -d '"' | awk -F, -v s=$sys 'NR > 1 { print s "|" $1 "|" $2 "|" $5 }' | tee -a "$work/results"
         stop "$pid"
     done
 done
@@ -47,7 +47,7 @@ echo
 echo "medians over $rounds rounds (requests: $n, clients: $clients, values: 100 bytes, keyspace 100k)"
 python3 - "$work/results" <<'PY'
 import sys, statistics
-rows = [l.split(maxsplit=3) for l in open(sys.argv[1])]
+rows = [l.strip().split("|") for l in open(sys.argv[1])]
 tests = []
 for r in rows:
     if len(r) == 4 and r[1] not in tests:

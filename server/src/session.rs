@@ -540,12 +540,12 @@ impl Session {
         // At `off` nobody waits: apply now; the background flusher writes it.
         let sh = self.shared.clone();
         let _in_order = sh.applying.lock();
-        let mut touched = Vec::new();
+        let mut touched = crate::model::Touched::default();
         let now = crate::shared::now_ms();
         let r = sh.db().update(Durability::Off, |tx| {
             crate::shared::run_queued(tx, now, &mut touched, &sh.watches, &cmds, exec.as_ref())
         });
-        if !touched.is_empty() {
+        if touched.count > 0 {
             sh.changed.send_modify(|n| *n += 1);
         }
         match r {

@@ -146,7 +146,7 @@ pub fn now_ms() -> u64 {
 pub(crate) fn run_queued(
     tx: &mut WriteTxn<'_>,
     now_ms: u64,
-    touched: &mut Vec<Vec<u8>>,
+    touched: &mut crate::model::Touched,
     watches: &crate::watch::Watches,
     cmds: &[Vec<Bytes>],
     exec: Option<&Option<Arc<crate::watch::Watch>>>,
@@ -164,9 +164,10 @@ pub(crate) fn run_queued(
             now_ms,
             touched: &mut *touched,
         };
-        let before = w.touched.len();
+        w.touched.keep = watches.active();
+        let before = w.touched.keys.len();
         v.push(crate::commands::apply(&mut w, c)?);
-        watches.touch(&touched[before..]);
+        watches.touch(&touched.keys[before..]);
     }
     Ok(match exec {
         Some(_) => vec![Reply::Array(v)],
@@ -199,8 +200,8 @@ impl Shared {
             return;
         }
         let now = now_ms();
-        let mut touched = Vec::new();
-        let run = |tx: &mut WriteTxn<'_>, q: &Queued, touched: &mut Vec<Vec<u8>>| {
+        let mut touched = crate::model::Touched::default();
+        let run = |tx: &mut WriteTxn<'_>, q: &Queued, touched: &mut crate::model::Touched| {
             run_queued(tx, now, touched, &self.watches, &q.cmds, q.exec.as_ref())
         };
         let db = self.db();
@@ -228,7 +229,7 @@ impl Shared {
                 }
             }
         }
-        if !touched.is_empty() {
+        if touched.count > 0 {
             self.changed.send_modify(|n| *n += 1);
         }
         self.stats

@@ -64,6 +64,11 @@ impl Watches {
         drop(w);
     }
 
+    /// Whether any connection watches a key (writes keep the keys they change only then).
+    pub fn active(&self) -> bool {
+        self.count.load(Ordering::Acquire) > 0
+    }
+
     /// Flags every connection watching one of `keys` (and drops watches nobody holds).
     pub fn touch(&self, keys: &[Vec<u8>]) {
         if keys.is_empty() || self.count.load(Ordering::Acquire) == 0 {

@@ -425,3 +425,235 @@ fn a_directory_of_raw_keys_from_before_the_data_model_is_refused_not_misread() {
     };
     assert!(err.contains("before replidb's typed data model"), "{err}");
 }
+
+/// Redis 7's answers for the edge cases clients lean on, through the `redis` crate.
+#[test]
+fn edge_cases_answer_as_redis_7_does() {
+    let d = tempfile::tempdir().unwrap();
+    let node = Node::start(d.path(), &[]);
+    let mut c = node.client();
+    let raw = |c: &mut redis::Connection, args: &[&str]| -> redis::Value {
+        let mut k = cmd(args[0]);
+        for a in &args[1..] {
+            k.arg(*a);
+        }
+        k.query(c).unwrap()
+    };
+    let strings = |c: &mut redis::Connection, args: &[&str]| -> Vec<String> {
+        let mut k = cmd(args[0]);
+        for a in &args[1..] {
+            k.arg(*a);
+        }
+        k.query(c).unwrap()
+    };
+    // Scores: Redis 7's shortest round-trip text, exponents past 1e17, inf.
+    let _: () = c
+        .zadd_multiple("z", &[(1.1, "a"), (2.0, "b"), (1e20, "c"), (3.5, "d")])
+        .unwrap();
+    let _: () = cmd("ZADD")
+        .arg("z")
+        .arg("-inf")
+        .arg("lo")
+        .query(&mut c)
+        .unwrap();
+    let _: () = cmd("ZADD")
+        .arg("z")
+        .arg("+inf")
+        .arg("hi")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(strings(&mut c, &["ZSCORE", "z", "a"]), vec!["1.1"]);
+    assert_eq!(strings(&mut c, &["ZSCORE", "z", "c"]), vec!["1e+20"]);
+    assert_eq!(strings(&mut c, &["ZSCORE", "z", "lo"]), vec!["-inf"]);
+    assert_eq!(strings(&mut c, &["ZINCRBY", "z", "0.1", "b"]), vec!["2.1"]);
+    // Exclusive and infinite bounds, LIMIT, REV.
+    assert_eq!(
+        strings(&mut c, &["ZRANGEBYSCORE", "z", "(1.1", "3.5"]),
+        vec!["b", "d"]
+    );
+    assert_eq!(
+        strings(
+            &mut c,
+            &["ZRANGE", "z", "+inf", "-inf", "BYSCORE", "REV", "LIMIT", "1", "2"]
+        ),
+        vec!["c", "d"]
+    );
+    assert_eq!(
+        strings(&mut c, &["ZRANGE", "z", "(-inf", "(+inf", "BYSCORE"]),
+        vec!["a", "b", "d", "c"]
+    );
+    assert_eq!(
+        strings(&mut c, &["ZRANGE", "z", "-2", "-1"]),
+        vec!["c", "hi"]
+    );
+    assert_eq!(c.zcount::<_, _, _, i64>("z", "-inf", "+inf").unwrap(), 6);
+    assert!(cmd("ZRANGE")
+        .arg("z")
+        .arg(0)
+        .arg(1)
+        .arg("LIMIT")
+        .arg(0)
+        .arg(1)
+        .query::<Vec<String>>(&mut c)
+        .unwrap_err()
+        .to_string()
+        .contains("LIMIT is only supported"));
+    assert!(cmd("ZADD")
+        .arg("z")
+        .arg("nan")
+        .arg("x")
+        .query::<i64>(&mut c)
+        .unwrap_err()
+        .to_string()
+        .contains("not a valid float"));
+    // By lex, with equal scores.
+    let _: () = c
+        .zadd_multiple("lex", &[(0, "apple"), (0, "banana"), (0, "cherry")])
+        .unwrap();
+    assert_eq!(
+        strings(&mut c, &["ZRANGEBYLEX", "lex", "(apple", "+"]),
+        vec!["banana", "cherry"]
+    );
+    assert_eq!(
+        strings(
+            &mut c,
+            &["ZRANGE", "lex", "[cherry", "[banana", "BYLEX", "REV"]
+        ),
+        vec!["cherry", "banana"]
+    );
+    // Lists: negative and out-of-range indices clamp; an emptied collection deletes its key.
+    let _: () = c.rpush("l", &["a", "b", "c", "d", "e"]).unwrap();
+    assert_eq!(
+        c.lrange::<_, Vec<String>>("l", -3, -2).unwrap(),
+        vec!["c", "d"]
+    );
+    assert_eq!(
+        c.lrange::<_, Vec<String>>("l", -100, 1).unwrap(),
+        vec!["a", "b"]
+    );
+    assert_eq!(
+        c.lrange::<_, Vec<String>>("l", 3, 100).unwrap(),
+        vec!["d", "e"]
+    );
+    assert_eq!(
+        c.lrange::<_, Vec<String>>("l", 4, 2).unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        c.lindex::<_, Option<String>>("l", -1).unwrap().as_deref(),
+        Some("e")
+    );
+    let _: () = c.ltrim("l", 1, -2).unwrap();
+    assert_eq!(
+        c.lrange::<_, Vec<String>>("l", 0, -1).unwrap(),
+        vec!["b", "c", "d"]
+    );
+    let popped: Vec<String> = cmd("LPOP").arg("l").arg(5).query(&mut c).unwrap();
+    assert_eq!(popped, vec!["b", "c", "d"]);
+    assert_eq!(c.exists::<_, i64>("l").unwrap(), 0);
+    let _: () = c.sadd("s", "only").unwrap();
+    let _: () = c.srem("s", "only").unwrap();
+    let _: () = c.hset("h", "f", "v").unwrap();
+    let _: () = c.hdel("h", "f").unwrap();
+    assert_eq!(c.exists::<_, i64>(&["s", "h"]).unwrap(), 0);
+    assert_eq!(
+        raw(&mut c, &["TYPE", "s"]),
+        redis::Value::SimpleString("none".into())
+    );
+    // Missing keys: empty answers, not errors.
+    assert_eq!(
+        c.hgetall::<_, BTreeMap<String, String>>("nope")
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(c.llen::<_, i64>("nope").unwrap(), 0);
+    assert_eq!(c.zrank::<_, _, Option<i64>>("nope", "x").unwrap(), None);
+    // Strings: SET's options, GETEX, INCRBYFLOAT's text, GETRANGE's negative indices.
+    let _: () = c.set("k", "hello world").unwrap();
+    assert_eq!(
+        strings(&mut c, &["GETRANGE", "k", "-5", "-1"]),
+        vec!["world"]
+    );
+    let old: Option<String> = cmd("SET")
+        .arg("k")
+        .arg("v2")
+        .arg("GET")
+        .arg("EX")
+        .arg(100)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(old.as_deref(), Some("hello world"));
+    let _: () = cmd("SET")
+        .arg("k")
+        .arg("v3")
+        .arg("KEEPTTL")
+        .query(&mut c)
+        .unwrap();
+    assert!(c.ttl::<_, i64>("k").unwrap() > 90);
+    let _: () = c.set("k", "v4").unwrap();
+    assert_eq!(
+        c.ttl::<_, i64>("k").unwrap(),
+        -1,
+        "a plain SET clears the TTL"
+    );
+    assert_eq!(strings(&mut c, &["INCRBYFLOAT", "f", "10.5"]), vec!["10.5"]);
+    assert_eq!(
+        strings(&mut c, &["INCRBYFLOAT", "f", "5.0e3"]),
+        vec!["5010.5"]
+    );
+    let v: Option<String> = cmd("GETEX")
+        .arg("k")
+        .arg("PX")
+        .arg(5000)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(v.as_deref(), Some("v4"));
+    assert!(c.pttl::<_, i64>("k").unwrap() > 4000);
+    assert_eq!(
+        cmd("EXPIRE")
+            .arg("k")
+            .arg(10)
+            .arg("GT")
+            .query::<i64>(&mut c)
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        cmd("EXPIRE")
+            .arg("k")
+            .arg(5)
+            .arg("GT")
+            .query::<i64>(&mut c)
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        cmd("EXPIRE")
+            .arg("k")
+            .arg(5)
+            .arg("NX")
+            .query::<i64>(&mut c)
+            .unwrap(),
+        0
+    );
+    let at: i64 = cmd("EXPIRETIME").arg("k").query(&mut c).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!((now + 8..=now + 11).contains(&at), "{at} vs {now}");
+    assert_eq!(c.persist::<_, i64>("k").unwrap(), 1);
+    assert_eq!(c.ttl::<_, i64>("k").unwrap(), -1);
+    // RESP3: a map for HGETALL, doubles for scores.
+    let _: redis::Value = cmd("HELLO").arg(3).query(&mut c).unwrap();
+    let _: () = c.hset("h3", "f", "v").unwrap();
+    assert!(matches!(
+        raw(&mut c, &["HGETALL", "h3"]),
+        redis::Value::Map(_)
+    ));
+    assert_eq!(
+        raw(&mut c, &["ZSCORE", "z", "d"]),
+        redis::Value::Double(3.5)
+    );
+}

@@ -242,11 +242,38 @@ pub const COMMANDS: &[Spec] = &[
     spec("PUBLISH", 3, Family::PubSub, Access::Other, false),
 ];
 
+/// Command names are at most this long.
+const MAX_NAME: usize = 24;
+
+/// The table by (name length, first letter): a lookup compares a handful of names, not the
+/// whole table (it ran on every command several times and showed in profiles).
+fn index() -> &'static Vec<Vec<&'static Spec>> {
+    static INDEX: std::sync::OnceLock<Vec<Vec<&'static Spec>>> = std::sync::OnceLock::new();
+    INDEX.get_or_init(|| {
+        let mut v = vec![Vec::new(); (MAX_NAME + 1) * 26];
+        for s in COMMANDS {
+            let b = s.name.as_bytes();
+            assert!(
+                b.len() <= MAX_NAME && b[0].is_ascii_uppercase(),
+                "{}",
+                s.name
+            );
+            v[b.len() * 26 + usize::from(b[0] - b'A')].push(s);
+        }
+        v
+    })
+}
+
 /// The command named by `b` (case-insensitive), without allocating.
 pub fn lookup(b: &[u8]) -> Option<&'static Spec> {
-    COMMANDS
+    let first = b.first()?.to_ascii_uppercase();
+    if b.len() > MAX_NAME || !first.is_ascii_uppercase() {
+        return None;
+    }
+    index()[b.len() * 26 + usize::from(first - b'A')]
         .iter()
-        .find(|s| s.name.len() == b.len() && s.name.as_bytes().eq_ignore_ascii_case(b))
+        .copied()
+        .find(|s| s.name.as_bytes().eq_ignore_ascii_case(b))
 }
 
 /// The canonical name of a known command.
@@ -348,7 +375,7 @@ fn is_key(name: &str, i: usize, argc: usize) -> bool {
 }
 
 pub(crate) fn arity_error(name: &str, argc: usize) -> Option<String> {
-    let arity = COMMANDS.iter().find(|s| s.name == name)?.arity;
+    let arity = lookup(name.as_bytes())?.arity;
     let ok = if arity >= 0 {
         argc as i64 == arity
     } else {

@@ -301,13 +301,22 @@ pub fn foreign_layout<S: Store + ?Sized>(s: &S) -> storage::Result<bool> {
 /// marker for `collect_garbage`.
 pub const DELETE_INLINE: u64 = 64;
 
+/// What a group of writes changed: how many key changes, and which keys while someone
+/// WATCHes (otherwise the keys are not kept: no allocation per write).
+#[derive(Default)]
+pub struct Touched {
+    pub count: usize,
+    pub keep: bool,
+    pub keys: Vec<Vec<u8>>,
+}
+
 /// Write-side operations: the metadata of keys, their count and expiry index, and the
 /// deletion of collections.
 pub struct Writer<'t, 'a> {
     pub tx: &'t mut WriteTxn<'a>,
     pub now_ms: u64,
-    /// Keys whose value changed (WATCH), in order.
-    pub touched: &'t mut Vec<Vec<u8>>,
+    /// What the writes changed (for WATCH and blocked pops).
+    pub touched: &'t mut Touched,
 }
 
 impl Writer<'_, '_> {
@@ -351,17 +360,25 @@ impl Writer<'_, '_> {
     }
 
     pub fn touch(&mut self, key: &[u8]) {
-        if self.touched.last().map(Vec::as_slice) != Some(key) {
-            self.touched.push(key.to_vec());
+        self.touched.count += 1;
+        if self.touched.keep && self.touched.keys.last().map(Vec::as_slice) != Some(key) {
+            self.touched.keys.push(key.to_vec());
         }
     }
 
     fn add_count(&mut self, d: i64) -> Result<()> {
-        if d > 0 && self.tx.get(FORMAT_KEY)?.is_none() {
+        let n = read_u64(&*self.tx, COUNT_KEY)?;
+        if n == 0 && d > 0 && self.tx.get(FORMAT_KEY)?.is_none() {
             // The first key of a new keyspace marks its layout.
             self.tx.put(FORMAT_KEY, FORMAT)?;
         }
-        self.add(COUNT_KEY, d)
+        let n = n.saturating_add_signed(d);
+        if n == 0 {
+            self.tx.delete(COUNT_KEY)?;
+        } else {
+            self.tx.put(COUNT_KEY, &n.to_le_bytes())?;
+        }
+        Ok(())
     }
 
     fn add(&mut self, counter: &[u8], d: i64) -> Result<()> {

@@ -64,7 +64,7 @@ impl Harness {
     fn write(&self, args: &[Bytes]) -> Reply {
         self.db
             .update(Durability::Off, |tx| {
-                let mut touched = Vec::new();
+                let mut touched = crate::model::Touched::default();
                 let mut w = Writer {
                     tx,
                     now_ms: self.now,
