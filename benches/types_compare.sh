@@ -19,19 +19,7 @@ bin=target/release/replidb
 work=$(mktemp -d -p "$PWD/target" types.XXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
 
-start_replidb() {
-    rm -rf "$work/r"; "$bin" serve --dir "$work/r" --port 6390 --log-level warn & echo $! > "$work/r.pid"
-    for _ in $(seq 100); do redis-cli -p 6390 PING >/dev/null 2>&1 && return; sleep 0.1; done
-    echo "replidb did not start" >&2; exit 1
-}
-start_redis() {
-    rm -rf "$work/d"; mkdir -p "$work/d"
-    redis-server --port 6391 --dir "$work/d" --appendonly yes --appendfsync always --save '' \
-        --daemonize no --logfile "$work/redis.log" & echo $! > "$work/d.pid"
-    for _ in $(seq 100); do redis-cli -p 6391 PING >/dev/null 2>&1 && return; sleep 0.1; done
-    echo "redis-server did not start" >&2; exit 1
-}
-stop() { kill "$(cat "$1")"; wait "$(cat "$1")" 2>/dev/null || true; }
+. benches/redis_pair.sh
 
 : > "$work/results"
 for round in $(seq "$rounds"); do

@@ -543,7 +543,16 @@ impl Session {
         let mut touched = crate::model::Touched::default();
         let now = crate::shared::now_ms();
         let r = sh.db().update(Durability::Off, |tx| {
-            crate::shared::run_queued(tx, now, &mut touched, &sh.watches, &cmds, exec.as_ref())
+            let r = crate::shared::run_queued(
+                tx,
+                now,
+                &mut touched,
+                &sh.watches,
+                &cmds,
+                exec.as_ref(),
+            )?;
+            crate::shared::counts(tx, &mut touched)?;
+            Ok(r)
         });
         if touched.count > 0 {
             sh.changed.send_modify(|n| *n += 1);

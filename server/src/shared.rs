@@ -136,6 +136,16 @@ pub struct Queued {
     pub(crate) exec: Option<Option<Arc<crate::watch::Watch>>>,
 }
 
+/// Writes a group's pending key counts (`model::flush_counts`) as an engine result.
+pub(crate) fn counts(tx: &mut WriteTxn<'_>, t: &mut crate::model::Touched) -> storage::Result<()> {
+    match crate::model::flush_counts(tx, t) {
+        Ok(()) => Ok(()),
+        Err(crate::model::Error::Storage(e)) => Err(e),
+        // The counters are plain u64s: they always decode.
+        Err(crate::model::Error::BadMeta(_)) => Ok(()),
+    }
+}
+
 /// Milliseconds since the Unix epoch: the clock expiry is measured on.
 pub fn now_ms() -> u64 {
     now_us() / 1000
@@ -210,6 +220,7 @@ impl Shared {
             for q in &reqs {
                 all.push(run(tx, q, &mut touched)?);
             }
+            counts(tx, &mut touched)?;
             Ok(all)
         });
         match all {
@@ -221,9 +232,16 @@ impl Shared {
             // An engine error (a damaged page, say) failed the group and changed nothing:
             // apply the writes one by one so only the affected ones fail.
             Err(_) => {
+                // The failed group changed nothing: its pending counts go with it.
+                touched.keys_delta = 0;
+                touched.expires_delta = 0;
                 for q in &reqs {
                     let r = db
-                        .update_deferred(|tx| run(tx, q, &mut touched))
+                        .update_deferred(|tx| {
+                            let r = run(tx, q, &mut touched)?;
+                            counts(tx, &mut touched)?;
+                            Ok(r)
+                        })
                         .map_err(|e| storage_error(&e));
                     *q.slot.lock() = Some(r);
                 }

@@ -426,26 +426,23 @@ fn a_directory_of_raw_keys_from_before_the_data_model_is_refused_not_misread() {
     assert!(err.contains("before replidb's typed data model"), "{err}");
 }
 
+/// `args` as one command, its reply as `T`.
+fn q<T: redis::FromRedisValue>(c: &mut redis::Connection, args: &[&str]) -> T {
+    let mut k = cmd(args[0]);
+    for a in &args[1..] {
+        k.arg(*a);
+    }
+    k.query(c).unwrap()
+}
+
 /// Redis 7's answers for the edge cases clients lean on, through the `redis` crate.
 #[test]
 fn edge_cases_answer_as_redis_7_does() {
     let d = tempfile::tempdir().unwrap();
     let node = Node::start(d.path(), &[]);
     let mut c = node.client();
-    let raw = |c: &mut redis::Connection, args: &[&str]| -> redis::Value {
-        let mut k = cmd(args[0]);
-        for a in &args[1..] {
-            k.arg(*a);
-        }
-        k.query(c).unwrap()
-    };
-    let strings = |c: &mut redis::Connection, args: &[&str]| -> Vec<String> {
-        let mut k = cmd(args[0]);
-        for a in &args[1..] {
-            k.arg(*a);
-        }
-        k.query(c).unwrap()
-    };
+    let raw = |c: &mut redis::Connection, args: &[&str]| -> redis::Value { q(c, args) };
+    let strings = |c: &mut redis::Connection, args: &[&str]| -> Vec<String> { q(c, args) };
     // Scores: Redis 7's shortest round-trip text, exponents past 1e17, inf.
     let _: () = c
         .zadd_multiple("z", &[(1.1, "a"), (2.0, "b"), (1e20, "c"), (3.5, "d")])
@@ -645,6 +642,16 @@ fn edge_cases_answer_as_redis_7_does() {
     assert!((now + 8..=now + 11).contains(&at), "{at} vs {now}");
     assert_eq!(c.persist::<_, i64>("k").unwrap(), 1);
     assert_eq!(c.ttl::<_, i64>("k").unwrap(), -1);
+    // DBSIZE inside a transaction counts the transaction's own new keys.
+    let before: i64 = cmd("DBSIZE").query(&mut c).unwrap();
+    let (_, _, n): ((), (), i64) = redis::pipe()
+        .atomic()
+        .set("tx:1", 1)
+        .set("tx:2", 2)
+        .cmd("DBSIZE")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(n, before + 2);
     // RESP3: a map for HGETALL, doubles for scores.
     let _: redis::Value = cmd("HELLO").arg(3).query(&mut c).unwrap();
     let _: () = c.hset("h3", "f", "v").unwrap();

@@ -63,6 +63,10 @@ pub(crate) fn save(
             w.delete(key, meta)?;
         }
         Ok(())
+    } else if old == Some(meta) {
+        // Members changed, the metadata did not (an overwrite): nothing to rewrite.
+        w.touch(key);
+        Ok(())
     } else {
         w.put(key, old, meta, b"")
     }
@@ -152,6 +156,30 @@ pub(crate) fn scan_args(args: &[Bytes], novalues_ok: bool) -> Result<ScanArgs<'_
         i += 2;
     }
     Ok(a)
+}
+
+/// A whole `*SCAN` reply: `[cursor, items]`, the items made from the page's (member, value)
+/// pairs by `items`; an absent collection is one empty page.
+pub(crate) fn scan<S: Store + ?Sized>(
+    s: &S,
+    key: &[u8],
+    meta: Option<&Meta>,
+    args: &[Bytes],
+    novalues_ok: bool,
+    items: impl Fn(&ScanArgs<'_>, Vec<(Vec<u8>, Vec<u8>)>) -> Vec<Reply>,
+) -> model::Result<Reply> {
+    let a = match scan_args(args, novalues_ok) {
+        Ok(a) => a,
+        Err(r) => return Ok(r),
+    };
+    let (cursor, got) = match meta {
+        Some(m) => scan_page(s, key, m, &a)?,
+        None => (b"0".to_vec(), Vec::new()),
+    };
+    Ok(Reply::Array(vec![
+        Reply::Bulk(cursor),
+        Reply::Array(items(&a, got)),
+    ]))
 }
 
 /// The next cursor and the (member, value) pairs of one `*SCAN` page.

@@ -27,7 +27,7 @@ pub(crate) fn read<S: Store + ?Sized>(
             "HMGET" => Reply::Array(vec![Reply::Null; args.len() - 2]),
             "HGETALL" => Reply::Map(Vec::new()),
             "HKEYS" | "HVALS" => Reply::Array(Vec::new()),
-            "HSCAN" => Reply::Array(vec![Reply::bulk(b"0"), Reply::Array(Vec::new())]),
+            "HSCAN" => return coll::scan(s, key, None, args, true, |_, _| Vec::new()),
             _ => Reply::Int(0),
         });
     };
@@ -55,21 +55,15 @@ pub(crate) fn read<S: Store + ?Sized>(
                 _ => Reply::Array(all.into_iter().map(|(_, v)| Reply::Bulk(v)).collect()),
             }
         }
-        "HSCAN" => {
-            let a = match coll::scan_args(args, true) {
-                Ok(a) => a,
-                Err(r) => return Ok(r),
-            };
-            let (cursor, got) = coll::scan_page(s, key, &m, &a)?;
-            let items = if a.novalues {
+        "HSCAN" => coll::scan(s, key, Some(&m), args, true, |a, got| {
+            if a.novalues {
                 got.into_iter().map(|(f, _)| Reply::Bulk(f)).collect()
             } else {
                 got.into_iter()
                     .flat_map(|(f, v)| [Reply::Bulk(f), Reply::Bulk(v)])
                     .collect()
-            };
-            Reply::Array(vec![Reply::Bulk(cursor), Reply::Array(items)])
-        }
+            }
+        })?,
         _ => super::cannot_run_here(name),
     })
 }

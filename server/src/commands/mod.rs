@@ -324,6 +324,15 @@ pub(crate) fn apply(w: &mut Writer<'_, '_>, args: &[Bytes]) -> storage::Result<R
             return Ok(Reply::Error("ERR unknown command".into()));
         };
         let name = spec.name;
+        if name == "DBSIZE" {
+            // The group's pending count changes first (they are written once per group).
+            if let Err(e) = model::flush_counts(w.tx, w.touched) {
+                return match e {
+                    model::Error::Storage(e) => Err(e),
+                    model::Error::BadMeta(e) => Ok(Reply::Error(format!("CORRUPT {e}"))),
+                };
+            }
+        }
         match (spec.family, spec.access) {
             (Family::Connection, _) => return Ok(connection::apply(name, args)),
             (_, Access::Read) => read(&*w.tx, w.now_ms, spec, args),

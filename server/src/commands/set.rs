@@ -182,23 +182,9 @@ pub(crate) fn read<S: Store + ?Sized>(
                 }
             }
         }
-        "SSCAN" => {
-            let Some(m) = meta else {
-                return Ok(Reply::Array(vec![
-                    Reply::bulk(b"0"),
-                    Reply::Array(Vec::new()),
-                ]));
-            };
-            let a = match coll::scan_args(args, false) {
-                Ok(a) => a,
-                Err(r) => return Ok(r),
-            };
-            let (cursor, got) = coll::scan_page(s, key, &m, &a)?;
-            Reply::Array(vec![
-                Reply::Bulk(cursor),
-                Reply::Array(got.into_iter().map(|(k, _)| Reply::Bulk(k)).collect()),
-            ])
-        }
+        "SSCAN" => coll::scan(s, key, meta.as_ref(), args, false, |_, got| {
+            got.into_iter().map(|(k, _)| Reply::Bulk(k)).collect()
+        })?,
         _ => super::cannot_run_here(name),
     })
 }

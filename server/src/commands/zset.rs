@@ -311,27 +311,14 @@ pub(crate) fn read<S: Store + ?Sized>(
                 None => reply_of(Vec::new(), r.withscores),
             }
         }
-        "ZSCAN" => {
-            let Some(m) = meta else {
-                return Ok(Reply::Array(vec![
-                    Reply::bulk(b"0"),
-                    Reply::Array(Vec::new()),
-                ]));
-            };
-            let a = match coll::scan_args(args, false) {
-                Ok(a) => a,
-                Err(r) => return Ok(r),
-            };
-            let (cursor, got) = coll::scan_page(s, key, &m, &a)?;
-            let items = got
-                .into_iter()
+        "ZSCAN" => coll::scan(s, key, meta.as_ref(), args, false, |_, got| {
+            got.into_iter()
                 .flat_map(|(x, v)| {
                     let score = score_from(&v).unwrap_or(f64::NAN);
                     [Reply::Bulk(x), Reply::Bulk(fmt_score(score).into_bytes())]
                 })
-                .collect();
-            Reply::Array(vec![Reply::Bulk(cursor), Reply::Array(items)])
-        }
+                .collect()
+        })?,
         _ => super::cannot_run_here(name),
     })
 }

@@ -301,13 +301,41 @@ pub fn foreign_layout<S: Store + ?Sized>(s: &S) -> storage::Result<bool> {
 /// marker for `collect_garbage`.
 pub const DELETE_INLINE: u64 = 64;
 
-/// What a group of writes changed: how many key changes, and which keys while someone
-/// WATCHes (otherwise the keys are not kept: no allocation per write).
+/// What a group of writes changed: how many key changes, which keys while someone WATCHes
+/// (otherwise the keys are not kept: no allocation per write), and the changes to the key
+/// counts not written yet (`flush_counts`: once per group, not once per key).
 #[derive(Default)]
 pub struct Touched {
     pub count: usize,
     pub keep: bool,
     pub keys: Vec<Vec<u8>>,
+    pub keys_delta: i64,
+    pub expires_delta: i64,
+}
+
+/// Writes the key counts' pending changes (at the end of a group's transaction, and before
+/// DBSIZE reads them inside one).
+pub fn flush_counts(tx: &mut WriteTxn<'_>, t: &mut Touched) -> Result<()> {
+    for (counter, d) in [
+        (COUNT_KEY, std::mem::take(&mut t.keys_delta)),
+        (EXPIRES_KEY, std::mem::take(&mut t.expires_delta)),
+    ] {
+        if d == 0 {
+            continue;
+        }
+        let n = read_u64(&*tx, counter)?;
+        if counter == COUNT_KEY && n == 0 && d > 0 && tx.get(FORMAT_KEY)?.is_none() {
+            // The first key of a new keyspace marks its layout.
+            tx.put(FORMAT_KEY, FORMAT)?;
+        }
+        let n = n.saturating_add_signed(d);
+        if n == 0 {
+            tx.delete(counter)?;
+        } else {
+            tx.put(counter, &n.to_le_bytes())?;
+        }
+    }
+    Ok(())
 }
 
 /// Write-side operations: the metadata of keys, their count and expiry index, and the
@@ -339,7 +367,7 @@ impl Writer<'_, '_> {
     pub fn put(&mut self, key: &[u8], old: Option<&Meta>, meta: &Meta, value: &[u8]) -> Result<()> {
         self.tx.put(&meta_key(key), &meta.encode(value))?;
         if old.is_none() {
-            self.add_count(1)?;
+            self.touched.keys_delta += 1;
         }
         let before = old.and_then(|m| m.expire_at);
         if before != meta.expire_at {
@@ -350,8 +378,8 @@ impl Writer<'_, '_> {
                 self.tx.put(&layout::expiry_key(at, key), b"")?;
             }
             match (before, meta.expire_at) {
-                (None, Some(_)) => self.add(EXPIRES_KEY, 1)?,
-                (Some(_), None) => self.add(EXPIRES_KEY, -1)?,
+                (None, Some(_)) => self.touched.expires_delta += 1,
+                (Some(_), None) => self.touched.expires_delta -= 1,
                 _ => {}
             }
         }
@@ -364,31 +392,6 @@ impl Writer<'_, '_> {
         if self.touched.keep && self.touched.keys.last().map(Vec::as_slice) != Some(key) {
             self.touched.keys.push(key.to_vec());
         }
-    }
-
-    fn add_count(&mut self, d: i64) -> Result<()> {
-        let n = read_u64(&*self.tx, COUNT_KEY)?;
-        if n == 0 && d > 0 && self.tx.get(FORMAT_KEY)?.is_none() {
-            // The first key of a new keyspace marks its layout.
-            self.tx.put(FORMAT_KEY, FORMAT)?;
-        }
-        let n = n.saturating_add_signed(d);
-        if n == 0 {
-            self.tx.delete(COUNT_KEY)?;
-        } else {
-            self.tx.put(COUNT_KEY, &n.to_le_bytes())?;
-        }
-        Ok(())
-    }
-
-    fn add(&mut self, counter: &[u8], d: i64) -> Result<()> {
-        let n = read_u64(&*self.tx, counter)?.saturating_add_signed(d);
-        if n == 0 {
-            self.tx.delete(counter)?;
-        } else {
-            self.tx.put(counter, &n.to_le_bytes())?;
-        }
-        Ok(())
     }
 
     /// A version no collection has had: members of a deleted collection that are not
@@ -405,9 +408,9 @@ impl Writer<'_, '_> {
         self.tx.delete(&meta_key(key))?;
         if let Some(at) = meta.expire_at {
             self.tx.delete(&layout::expiry_key(at, key))?;
-            self.add(EXPIRES_KEY, -1)?;
+            self.touched.expires_delta -= 1;
         }
-        self.add_count(-1)?;
+        self.touched.keys_delta -= 1;
         self.touch(key);
         if meta.kind != Kind::String {
             if meta.size <= DELETE_INLINE {

@@ -70,7 +70,9 @@ impl Harness {
                     now_ms: self.now,
                     touched: &mut touched,
                 };
-                commands::apply(&mut w, args)
+                let r = commands::apply(&mut w, args)?;
+                crate::shared::counts(tx, &mut touched)?;
+                Ok(r)
             })
             .unwrap()
             .0
