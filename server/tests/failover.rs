@@ -167,6 +167,20 @@ fn the_old_primary_comes_back_fenced_and_rejoins_the_new_one() {
     for i in 0..200 {
         set(&mut p, &format!("k{i}"), "v").unwrap();
     }
+    // An expiry and a collection travel through failover and rewind like any write.
+    let _: () = cmd("SET")
+        .arg("session")
+        .arg("s")
+        .arg("EX")
+        .arg(3600)
+        .query(&mut p)
+        .unwrap();
+    let _: () = cmd("HSET")
+        .arg("h")
+        .arg("f")
+        .arg("v")
+        .query(&mut p)
+        .unwrap();
     let Trio { mut nodes, _dirs } = t;
     let old = nodes.remove(0);
     old.kill();
@@ -243,6 +257,15 @@ fn the_old_primary_comes_back_fenced_and_rejoins_the_new_one() {
     );
     assert_eq!(get(&mut o, "newer").as_deref(), Some("2"));
     wait_for(20, "equal digests", || digest(&mut r1) == digest(&mut o));
+    for c in [&mut r1, &mut o] {
+        let ttl: i64 = cmd("TTL").arg("session").query(c).unwrap();
+        assert!(
+            (3000..=3600).contains(&ttl),
+            "TTL after failover and rewind: {ttl}"
+        );
+        let v: Option<String> = cmd("HGET").arg("h").arg("f").query(c).unwrap();
+        assert_eq!(v.as_deref(), Some("v"));
+    }
     // Restarted without flags, it is still a replica of the new primary.
     oldp.signal("TERM");
     oldp.wait_exit();
