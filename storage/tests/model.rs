@@ -100,6 +100,40 @@ fn run(style: u8, keyspace: u32, batches: Vec<Vec<Op>>) {
                     };
                     assert_eq!(got.len(), want.len(), "scan length, batch {bi}");
                     assert!(got == want, "scan content differs, batch {bi}");
+                    // The callback scan, with each kind of bound, both directions, and a
+                    // visitor that stops early.
+                    for (lb, hb) in [
+                        (Bound::Included(&lo[..]), Bound::Excluded(&hi[..])),
+                        (Bound::Excluded(&lo[..]), Bound::Included(&hi[..])),
+                        (Bound::Unbounded, Bound::Included(&hi[..])),
+                        (Bound::Excluded(&lo[..]), Bound::Unbounded),
+                    ] {
+                        let want: Vec<_> = model
+                            .range::<[u8], _>((lb, hb))
+                            .map(|(k, v)| (k.clone(), v.clone()))
+                            .collect();
+                        for reverse in [false, true] {
+                            let mut got = Vec::new();
+                            db.read()
+                                .visit(lb, hb, reverse, &mut |k, v| {
+                                    got.push((k.to_vec(), v.to_vec()));
+                                    true
+                                })
+                                .unwrap();
+                            if reverse {
+                                got.reverse();
+                            }
+                            assert!(got == want, "visit differs, batch {bi}, reverse {reverse}");
+                            let mut first = Vec::new();
+                            db.read()
+                                .visit(lb, hb, reverse, &mut |k, _| {
+                                    first.push(k.to_vec());
+                                    first.len() < 3
+                                })
+                                .unwrap();
+                            assert_eq!(first.len(), want.len().min(3), "an early stop");
+                        }
+                    }
                 }
             }
         }
