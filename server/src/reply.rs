@@ -11,6 +11,8 @@ use crate::resp::Encoder;
 pub enum Reply {
     Ok,
     Null,
+    /// A null array (`*-1` in RESP2): BLPOP's timeout, an aborted EXEC, LPOP n of nothing.
+    NullArray,
     Int(i64),
     Bulk(Vec<u8>),
     Error(String),
@@ -51,6 +53,7 @@ impl Reply {
         match self {
             Reply::Ok => enc.simple(out, "OK"),
             Reply::Null => enc.null(out),
+            Reply::NullArray => enc.null_array(out),
             Reply::Int(n) => enc.int(out, *n),
             Reply::Bulk(b) => enc.bulk(out, b),
             Reply::Error(e) => enc.error(out, e),

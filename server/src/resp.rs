@@ -210,6 +210,15 @@ impl Encoder {
         }
     }
 
+    /// A null array: `*-1` in RESP2, `_` in RESP3.
+    pub fn null_array(&self, out: &mut BytesMut) {
+        if self.resp3 {
+            out.put_slice(b"_\r\n");
+        } else {
+            out.put_slice(b"*-1\r\n");
+        }
+    }
+
     pub fn array(&self, out: &mut BytesMut, n: usize) {
         out.put_u8(b'*');
         out.put_slice(itoa::Buffer::new().format(n).as_bytes());

@@ -332,6 +332,10 @@ async fn connection(sh: Arc<Shared>, mut sock: TcpStream) -> Result<()> {
                     let args: Vec<Bytes> = args.into_iter().map(|r| frame.slice(r)).collect();
                     need = 1;
                     after = session.execute(args, &mut out);
+                    if matches!(out.parts.last(), Some(Part::Block { .. })) {
+                        // Requests after a blocking pop wait for it, as in Redis.
+                        break;
+                    }
                 }
                 Ok(Parsed::Incomplete { need: n }) => {
                     need = n;
@@ -346,10 +350,19 @@ async fn connection(sh: Arc<Shared>, mut sock: TcpStream) -> Result<()> {
         session.count_commands();
         let blocked = out.parts.iter().any(|p| matches!(p, Part::Block { .. }));
         let reply = if blocked {
-            // A blocked pop ends when its client goes away.
-            tokio::select! {
-                r = finish_batch(&sh, &mut session, &mut out) => r,
-                _ = peer_closed(&sock) => return Ok(()),
+            // A blocked pop ends when its client goes away: the socket is read meanwhile
+            // (what arrives waits in the buffer for the pop to finish), and EOF ends it.
+            let fut = finish_batch(&sh, &mut session, &mut out);
+            tokio::pin!(fut);
+            loop {
+                tokio::select! {
+                    r = &mut fut => break r,
+                    n = sock.read_buf(&mut inbuf), if inbuf.len() < resp::MAX_REQUEST => {
+                        if matches!(n, Ok(0) | Err(_)) {
+                            return Ok(());
+                        }
+                    }
+                }
             }
         } else {
             finish_batch(&sh, &mut session, &mut out).await
@@ -376,6 +389,10 @@ async fn connection(sh: Arc<Shared>, mut sock: TcpStream) -> Result<()> {
         }
         if after == After::Close || *stop.borrow() {
             return Ok(());
+        }
+        if blocked {
+            // Requests that came behind the blocking pop are in the buffer: run them first.
+            continue;
         }
         if inbuf.capacity() - inbuf.len() < 4096 {
             inbuf.reserve(16 * 1024.max(need.saturating_sub(inbuf.len()).min(resp::MAX_REQUEST)));
@@ -605,7 +622,7 @@ async fn block(
     let mut changed = sh.changed.subscribe();
     let mut stop = sh.node.shutdown.subscribe();
     let mut null = BytesMut::new();
-    session.enc.null(&mut null);
+    crate::commands::blocking_nil(name).encode(&session.enc, &mut null);
     struct Blocked<'a>(&'a Shared);
     impl Drop for Blocked<'_> {
         fn drop(&mut self) {
@@ -645,16 +662,6 @@ async fn block(
         if !woke {
             return null;
         }
-    }
-}
-
-/// Resolves when the client has closed its end (EOF), and never while it has sent more
-/// requests (they wait in the socket for the blocked one to finish, as in Redis).
-async fn peer_closed(sock: &TcpStream) {
-    let mut b = [0u8; 1];
-    match sock.peek(&mut b).await {
-        Ok(0) | Err(_) => {}
-        Ok(_) => std::future::pending().await,
     }
 }
 

@@ -495,6 +495,9 @@ impl Session {
         for c in &cmds {
             if let Some(msg) = size_error(commands::command_name(&c[0]).unwrap_or(""), c) {
                 if exec {
+                    if let Some(w) = self.watch.take() {
+                        self.shared.watches.unwatch(&w);
+                    }
                     self.err(out, &format!("EXECABORT {msg}"));
                 } else {
                     self.err(out, &msg);
@@ -504,18 +507,8 @@ impl Session {
         }
         let since = Instant::now();
         let level = self.level();
-        let exec = exec.then(|| {
-            self.watch.take().map(|w| {
-                // The registry keeps flagging it until the EXEC is applied.
-                let held = std::sync::Arc::new(crate::watch::Watch {
-                    dirty: w.dirty.clone(),
-                    keys: Vec::new(),
-                    deadline: w.deadline,
-                });
-                self.shared.watches.unwatch_later(w);
-                held
-            })
-        });
+        // The registry keeps flagging the watch until the EXEC is applied (`run_queued`).
+        let exec = exec.then(|| self.watch.take().map(std::sync::Arc::new));
         if level != Durability::Off {
             // Queued: applied together with the other connections' writes once every ready
             // connection has run its pipeline (`connection` in server.rs).

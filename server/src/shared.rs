@@ -162,9 +162,11 @@ pub(crate) fn run_queued(
     exec: Option<&Option<Arc<crate::watch::Watch>>>,
 ) -> storage::Result<Vec<Reply>> {
     if let Some(Some(w)) = exec {
+        // Its turn has come: from here on no write can change what it saw.
+        watches.unwatch(w);
         // Writes earlier in this group flagged it already (touched below, command by command).
         if w.broken(now_ms) {
-            return Ok(vec![Reply::Null]);
+            return Ok(vec![Reply::NullArray]);
         }
     }
     let mut v = Vec::with_capacity(cmds.len());
@@ -238,6 +240,9 @@ impl Shared {
                 for q in &reqs {
                     let r = db
                         .update_deferred(|tx| {
+                            // A request that failed part-way leaves no pending counts behind.
+                            touched.keys_delta = 0;
+                            touched.expires_delta = 0;
                             let r = run(tx, q, &mut touched)?;
                             counts(tx, &mut touched)?;
                             Ok(r)

@@ -57,13 +57,6 @@ impl Watches {
         self.count.store(map.len(), Ordering::Release);
     }
 
-    /// Forgets `w` once nothing holds its flag any more (an EXEC hands the flag to its
-    /// queued write, which must still be flagged until it is applied): its entries go at the
-    /// next touch of their keys.
-    pub fn unwatch_later(&self, w: Watch) {
-        drop(w);
-    }
-
     /// Whether any connection watches a key (writes keep the keys they change only then).
     pub fn active(&self) -> bool {
         self.count.load(Ordering::Acquire) > 0

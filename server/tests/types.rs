@@ -351,6 +351,43 @@ fn blocking_pops_wake_on_a_push_time_out_and_leave_the_server_free() {
     wait_for(10, "the closed client to stop blocking", || {
         blocked_clients(&mut c) == "0"
     });
+    // Requests pipelined behind a blocking pop wait for it, as in Redis: the LPUSH sent
+    // after the BLPOP does not feed it.
+    use std::io::{Read, Write};
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", node.port)).unwrap();
+    raw.write_all(b"BLPOP piped 0\r\nLPUSH piped mine\r\n")
+        .unwrap();
+    wait_for(10, "the pipelined BLPOP to block", || {
+        blocked_clients(&mut c) == "1"
+    });
+    assert_eq!(
+        c.llen::<_, i64>("piped").unwrap(),
+        0,
+        "the LPUSH ran before the BLPOP"
+    );
+    let _: () = c.rpush("piped", "theirs").unwrap();
+    let want = b"*2\r\n$5\r\npiped\r\n$6\r\ntheirs\r\n:1\r\n";
+    let mut got = vec![0u8; want.len()];
+    raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    raw.read_exact(&mut got).unwrap();
+    assert_eq!(got, want.to_vec(), "{}", String::from_utf8_lossy(&got));
+    assert_eq!(
+        c.lrange::<_, Vec<String>>("piped", 0, -1).unwrap(),
+        vec!["mine"]
+    );
+    // A client that sent more and then closed is forgotten too; a later push is not lost.
+    let mut raw = std::net::TcpStream::connect(("127.0.0.1", node.port)).unwrap();
+    raw.write_all(b"BLPOP lost 0\r\nPING\r\n").unwrap();
+    wait_for(10, "the BLPOP to block", || blocked_clients(&mut c) == "1");
+    drop(raw);
+    wait_for(10, "the closed client to stop blocking", || {
+        blocked_clients(&mut c) == "0"
+    });
+    let _: () = c.rpush("lost", "kept").unwrap();
+    assert_eq!(
+        c.lrange::<_, Vec<String>>("lost", 0, -1).unwrap(),
+        vec!["kept"]
+    );
 }
 
 #[test]

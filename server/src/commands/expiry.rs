@@ -22,7 +22,8 @@ pub(crate) fn read<S: Store + ?Sized>(
     };
     let left = at.saturating_sub(now);
     Ok(Reply::Int(match name {
-        "TTL" => left.div_ceil(1000).min(i64::MAX as u64) as i64,
+        // Rounded to the nearest second, as Redis does.
+        "TTL" => (left.saturating_add(500) / 1000).min(i64::MAX as u64) as i64,
         "PTTL" => left as i64,
         "EXPIRETIME" => (at / 1000) as i64,
         "PEXPIRETIME" => at as i64,

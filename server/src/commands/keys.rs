@@ -284,7 +284,11 @@ fn flush(w: &mut Writer<'_, '_>) -> model::Result<()> {
         }
         w.tx.delete(k)?;
     }
-    debug_assert!(!keys.is_empty() || w.tx.get(COUNT_KEY)?.is_none());
+    // The counters are gone with the rest: changes pending from earlier in the group must
+    // not be written on top of zero.
+    w.touched.keys_delta = 0;
+    w.touched.expires_delta = 0;
+    debug_assert!(w.tx.get(COUNT_KEY)?.is_none());
     Ok(())
 }
 

@@ -182,6 +182,37 @@ pub(crate) fn lmove(
     let Some(sm) = typed!(coll::get_w(w, src, Kind::List)) else {
         return Ok(Reply::Null);
     };
+    if src == dst {
+        // A rotation: the list keeps its metadata (and its expiry) throughout.
+        let from = if from_left {
+            sm.head
+        } else {
+            sm.head + sm.size - 1
+        };
+        let Some(v) = w.tx.get(&item_key(src, &sm, from))? else {
+            return Ok(Reply::Null);
+        };
+        w.touch(src);
+        if from_left == to_left {
+            return Ok(Reply::Bulk(v));
+        }
+        w.tx.delete(&item_key(src, &sm, from))?;
+        let mut m = sm.clone();
+        if from_left {
+            m.head += 1;
+        }
+        m.size -= 1;
+        let to = if to_left {
+            m.head -= 1;
+            m.head
+        } else {
+            m.head + m.size
+        };
+        m.size += 1;
+        w.tx.put(&item_key(src, &m, to), &v)?;
+        coll::save(w, src, Some(&sm), &m)?;
+        return Ok(Reply::Bulk(v));
+    }
     // The destination's type is checked before anything moves.
     typed!(coll::get_w(w, dst, Kind::List));
     let got = pop(w, src, &sm, from_left, 1)?;
@@ -213,7 +244,11 @@ pub(crate) fn write(w: &mut Writer<'_, '_>, name: &str, args: &[Bytes]) -> model
                 },
             };
             let Some(m) = typed!(coll::get_w(w, key, Kind::List)) else {
-                return Ok(Reply::Null);
+                return Ok(if count.is_some() {
+                    Reply::NullArray
+                } else {
+                    Reply::Null
+                });
             };
             let got = pop(w, key, &m, name == "LPOP", count.unwrap_or(1))?;
             Ok(match count {

@@ -344,7 +344,7 @@ pub(crate) fn apply(w: &mut Writer<'_, '_>, args: &[Bytes]) -> storage::Result<R
             (Family::ZSet, _) => zset::write(w, name, args),
             // Inside EXEC a blocking pop does not block: nil when there is nothing to pop.
             (Family::List, _) if name.starts_with('B') => {
-                list::try_blocking(w, name, args).map(|r| r.unwrap_or(Reply::Null))
+                list::try_blocking(w, name, args).map(|r| r.unwrap_or(blocking_nil(name)))
             }
             (Family::List, _) => list::write(w, name, args),
             _ => Ok(cannot_run_here(name)),
@@ -363,6 +363,16 @@ pub(crate) fn cannot_run_here(name: &str) -> Reply {
         "ERR command '{}' cannot run here",
         name.to_ascii_lowercase()
     ))
+}
+
+/// What a blocking pop answers when there is nothing: BLMOVE a null bulk, BLPOP and BRPOP a
+/// null array.
+pub fn blocking_nil(name: &str) -> Reply {
+    if name == "BLMOVE" {
+        Reply::Null
+    } else {
+        Reply::NullArray
+    }
 }
 
 /// Whether a command is a blocking pop (BLPOP, BRPOP, BLMOVE).

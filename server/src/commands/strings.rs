@@ -46,21 +46,28 @@ pub(crate) fn read<S: Store + ?Sized>(
             };
             match model::lookup(s, &args[1], now)? {
                 None => Reply::bulk(b""),
-                Some(f) if f.meta.kind == Kind::String => {
-                    let v = f.value();
-                    match crate::model::number::index_range(a, b, v.len() as u64) {
-                        // Redis: both negative and start past stop is empty.
-                        Some((x, y)) if !(a < 0 && b < 0 && a > b) => {
-                            Reply::bulk(&v[x as usize..=y as usize])
-                        }
-                        _ => Reply::bulk(b""),
-                    }
-                }
+                Some(f) if f.meta.kind == Kind::String => Reply::bulk(getrange(f.value(), a, b)),
                 Some(_) => Reply::wrong_type(),
             }
         }
         _ => super::cannot_run_here(name),
     })
+}
+
+/// GETRANGE's slice, by Redis 7's rule: negative indices count from the end, both clamp to
+/// the string (an end before the start clamps to 0), both negative with start past end is
+/// empty.
+fn getrange(v: &[u8], a: i64, b: i64) -> &[u8] {
+    let n = v.len() as i64;
+    if n == 0 || (a < 0 && b < 0 && a > b) {
+        return b"";
+    }
+    let a = if a < 0 { (n + a).max(0) } else { a };
+    let b = if b < 0 { (n + b).max(0) } else { b.min(n - 1) };
+    if a > b {
+        return b"";
+    }
+    &v[a as usize..=b as usize]
 }
 
 /// The string under `key` for a write: `Ok(None)` when absent, `Err(WRONGTYPE)` when another
@@ -213,8 +220,10 @@ pub(crate) fn write(w: &mut Writer<'_, '_>, name: &str, args: &[Bytes]) -> model
                     return Ok(Reply::Int(0));
                 }
             }
+            // A key named twice is created by its first pair and overwritten by its last.
             for kv in args[1..].chunks(2) {
-                set_string(w, &kv[0], None, &kv[1], None)?;
+                let old = w.lookup(&kv[0])?.map(|(m, _)| m);
+                set_string(w, &kv[0], old.as_ref(), &kv[1], None)?;
             }
             Reply::Int(1)
         }

@@ -28,6 +28,10 @@ impl Session {
                     self.err(out, "ERR WATCH inside MULTI is not allowed");
                     return;
                 }
+                // No group is applied between reading the keys and registering the watch: a
+                // write in between would flag nothing and be missed.
+                let sh = self.shared.clone();
+                let _no_group = sh.applying.lock();
                 let now = crate::shared::now_ms();
                 let mut deadlines = Vec::new();
                 {
@@ -43,7 +47,6 @@ impl Session {
                         }
                     }
                 }
-                let sh = self.shared.clone();
                 let w = self.watch.get_or_insert_with(|| crate::watch::Watch {
                     dirty: Default::default(),
                     keys: Vec::new(),

@@ -286,13 +286,14 @@ fn read_u64<S: Store + ?Sized>(s: &S, k: &[u8]) -> storage::Result<u64> {
         .map_or(0, u64::from_le_bytes))
 }
 
-/// Whether the tree holds data of another layout: entries but no format marker (a directory
-/// written before the data model had one). Such a directory is refused, not misread.
+/// Whether the tree holds data of another layout: keys outside this layout's internal
+/// records but no format marker (a directory written before the data model had one). Such a
+/// directory is refused, not misread.
 pub fn foreign_layout<S: Store + ?Sized>(s: &S) -> storage::Result<bool> {
     let mut any = false;
-    s.visit_raw(Bound::Unbounded, Bound::Unbounded, false, &mut |_, _| {
-        any = true;
-        false
+    s.visit_raw(Bound::Unbounded, Bound::Unbounded, false, &mut |k, _| {
+        any = !matches!(k, COUNT_KEY | EXPIRES_KEY | VERSION_KEY | FORMAT_KEY);
+        !any
     })?;
     Ok(any && s.get_raw(FORMAT_KEY)?.as_deref() != Some(FORMAT))
 }
@@ -399,6 +400,10 @@ impl Writer<'_, '_> {
     pub fn new_version(&mut self) -> Result<u64> {
         let v = read_u64(&*self.tx, VERSION_KEY)? + 1;
         self.tx.put(VERSION_KEY, &v.to_le_bytes())?;
+        if v == 1 && self.tx.get(FORMAT_KEY)?.is_none() {
+            // The tree's first record of this layout marks it, whatever writes it.
+            self.tx.put(FORMAT_KEY, FORMAT)?;
+        }
         Ok(v)
     }
 

@@ -78,6 +78,28 @@ impl Harness {
             .0
     }
 
+    /// Several commands in one transaction, as a group commit applies them.
+    fn run_group(&self, cmds: &[&[&[u8]]]) -> Vec<Reply> {
+        self.db
+            .update(Durability::Off, |tx| {
+                let mut touched = crate::model::Touched::default();
+                let mut out = Vec::new();
+                for c in cmds {
+                    let args: Vec<Bytes> = c.iter().map(|a| Bytes::copy_from_slice(a)).collect();
+                    let mut w = Writer {
+                        tx: &mut *tx,
+                        now_ms: self.now,
+                        touched: &mut touched,
+                    };
+                    out.push(commands::apply(&mut w, &args)?);
+                }
+                crate::shared::counts(tx, &mut touched)?;
+                Ok(out)
+            })
+            .unwrap()
+            .0
+    }
+
     fn sweep(&self) -> i64 {
         match self.write(&[Bytes::from_static(commands::SWEEP)]) {
             Reply::Array(v) => match v[..] {
@@ -576,4 +598,81 @@ fn expired_keys_are_hidden_then_swept() {
     assert_eq!(h.run(&[b"EXISTS", b"keep"]), Reply::Int(0));
     // Only h remains: its metadata and its one field.
     assert_eq!(h.data_entries(), 2);
+}
+
+#[test]
+fn counts_stay_right_across_flushes_repeats_and_rotations() {
+    let h = Harness::new();
+    // FLUSHDB after other writes in the same group: the counts start again from zero.
+    h.run_group(&[
+        &[b"SET", b"a", b"1", b"EX", b"100"],
+        &[b"SET", b"b", b"2"],
+        &[b"FLUSHDB"],
+    ]);
+    assert_eq!(h.run(&[b"DBSIZE"]), Reply::Int(0));
+    let snap = h.db.read();
+    assert_eq!(crate::model::expires_count(&snap).unwrap(), 0);
+    drop(snap);
+    h.run_group(&[&[b"FLUSHDB"], &[b"SET", b"c", b"3", b"EX", b"100"]]);
+    assert_eq!(h.run(&[b"DBSIZE"]), Reply::Int(1));
+    assert_eq!(crate::model::expires_count(&h.db.read()).unwrap(), 1);
+    // MSETNX naming a key twice creates it once.
+    assert_eq!(h.run(&[b"MSETNX", b"x", b"1", b"x", b"2"]), Reply::Int(1));
+    assert_eq!(h.run(&[b"GET", b"x"]), Reply::bulk(b"2"));
+    assert_eq!(h.run(&[b"DBSIZE"]), Reply::Int(2));
+    // LMOVE within one list rotates it and keeps its expiry, even with one item.
+    h.run(&[b"RPUSH", b"one", b"a"]);
+    h.run(&[b"EXPIRE", b"one", b"100"]);
+    assert_eq!(
+        h.run(&[b"LMOVE", b"one", b"one", b"LEFT", b"RIGHT"]),
+        Reply::bulk(b"a")
+    );
+    assert_eq!(h.run(&[b"TTL", b"one"]), Reply::Int(100));
+    h.run(&[b"RPUSH", b"l", b"a", b"b", b"c"]);
+    assert_eq!(
+        h.run(&[b"LMOVE", b"l", b"l", b"LEFT", b"RIGHT"]),
+        Reply::bulk(b"a")
+    );
+    assert_eq!(
+        h.run(&[b"LRANGE", b"l", b"0", b"-1"]),
+        Reply::Array(bulks(&[b"b", b"c", b"a"]))
+    );
+    assert_eq!(h.run(&[b"RPOPLPUSH", b"l", b"l"]), Reply::bulk(b"a"));
+    assert_eq!(
+        h.run(&[b"LRANGE", b"l", b"0", b"-1"]),
+        Reply::Array(bulks(&[b"a", b"b", b"c"]))
+    );
+    assert_eq!(h.run(&[b"DBSIZE"]), Reply::Int(4));
+    // Replies Redis gives: TTL to the nearest second, GETRANGE's clamped end, a null array.
+    h.run(&[b"SET", b"t", b"v", b"PX", b"1400"]);
+    assert_eq!(h.run(&[b"TTL", b"t"]), Reply::Int(1));
+    h.run(&[b"SET", b"s", b"hello"]);
+    assert_eq!(
+        h.run(&[b"GETRANGE", b"s", b"0", b"-100"]),
+        Reply::bulk(b"h")
+    );
+    assert_eq!(
+        h.run(&[b"GETRANGE", b"s", b"-3", b"-1"]),
+        Reply::bulk(b"llo")
+    );
+    assert_eq!(h.run(&[b"GETRANGE", b"s", b"-1", b"-3"]), Reply::bulk(b""));
+    assert_eq!(h.run(&[b"LPOP", b"nothing", b"2"]), Reply::NullArray);
+}
+
+#[test]
+fn writes_that_leave_no_key_still_mark_the_layout() {
+    for cmd in [
+        &[&b"LPUSHX"[..], b"k", b"a"][..],
+        &[b"HINCRBY", b"h", b"f", b"abc"],
+        &[b"SINTERSTORE", b"d", b"x", b"y"],
+    ] {
+        let h = Harness::new();
+        h.run(cmd);
+        assert_eq!(h.run(&[b"DBSIZE"]), Reply::Int(0));
+        assert!(
+            !crate::model::foreign_layout(&h.db.read()).unwrap(),
+            "{:?} left a tree that reads as another layout",
+            String::from_utf8_lossy(cmd[0])
+        );
+    }
 }
