@@ -83,6 +83,17 @@ macro_rules! typed {
 }
 pub(crate) use typed;
 
+/// The optional count of SPOP, LPOP, RPOP, ZPOPMIN and ZPOPMAX: absent, or a number >= 0.
+pub(crate) fn count_arg(arg: Option<&Bytes>) -> Result<Option<u64>, Reply> {
+    match arg {
+        None => Ok(None),
+        Some(c) => match parse_i64(c) {
+            Some(n) if n >= 0 => Ok(Some(n as u64)),
+            _ => Err(Reply::err("ERR value is out of range, must be positive")),
+        },
+    }
+}
+
 /// The engine key of member `m` of a collection version.
 pub(crate) fn member(key: &[u8], meta: &Meta, m: &[u8]) -> Vec<u8> {
     layout::sub_key(key, meta.version, m)

@@ -114,7 +114,9 @@ pub(crate) fn write(w: &mut Writer<'_, '_>, name: &str, args: &[Bytes]) -> model
             let old = m.clone();
             let mut n = 0;
             for f in &args[2..] {
-                if f.len() <= layout_max() && w.tx.delete(&coll::member(key, &m, f))? {
+                if f.len() <= crate::model::layout::MAX_MEMBER
+                    && w.tx.delete(&coll::member(key, &m, f))?
+                {
                     n += 1;
                 }
             }
@@ -176,8 +178,4 @@ pub(crate) fn write(w: &mut Writer<'_, '_>, name: &str, args: &[Bytes]) -> model
         }
         _ => Ok(super::cannot_run_here(name)),
     }
-}
-
-fn layout_max() -> usize {
-    crate::model::layout::MAX_MEMBER
 }

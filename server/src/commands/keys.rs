@@ -36,24 +36,12 @@ pub(crate) fn read<S: Store + ?Sized>(
         ),
         "KEYS" => {
             let mut keys = Vec::new();
-            let mut bad = None;
-            visit(s, &meta_bounds(None), false, &mut |k, v| {
-                let key = user_key(k);
-                if glob::matches(&args[1], key) {
-                    match Meta::decode(v) {
-                        Ok((m, _)) if !m.expired(now) => keys.push(Reply::bulk(key)),
-                        Ok(_) => {}
-                        Err(e) => {
-                            bad = Some(e);
-                            return false;
-                        }
-                    }
+            model::visit_keys(s, &meta_bounds(None), &mut |key, m, _| {
+                if !m.expired(now) && glob::matches(&args[1], key) {
+                    keys.push(Reply::bulk(key));
                 }
                 true
             })?;
-            if let Some(e) = bad {
-                return Err(e.into());
-            }
             Reply::Array(keys)
         }
         "SCAN" => scan(s, now, args)?,
@@ -94,22 +82,13 @@ fn scan<S: Store + ?Sized>(s: &S, now: u64, args: &[Bytes]) -> model::Result<Rep
     let mut last: Option<Vec<u8>> = None;
     let mut examined = 0;
     let mut done = true;
-    let mut bad = None;
-    visit(s, &meta_bounds(after.as_deref()), false, &mut |k, v| {
+    model::visit_keys(s, &meta_bounds(after.as_deref()), &mut |key, meta, _| {
         if examined == count {
             done = false;
             return false;
         }
         examined += 1;
-        let key = user_key(k);
         last = Some(key.to_vec());
-        let meta = match Meta::decode(v) {
-            Ok((m, _)) => m,
-            Err(e) => {
-                bad = Some(e);
-                return false;
-            }
-        };
         if !meta.expired(now)
             && kind.is_none_or(|t| t == Some(meta.kind))
             && pattern.is_none_or(|p| glob::matches(p, key))
@@ -118,9 +97,6 @@ fn scan<S: Store + ?Sized>(s: &S, now: u64, args: &[Bytes]) -> model::Result<Rep
         }
         true
     })?;
-    if let Some(e) = bad {
-        return Err(e.into());
-    }
     let cursor = match (done, last) {
         (false, Some(k)) => format!("k{}", hex(&k)),
         _ => "0".to_string(),
@@ -163,27 +139,16 @@ fn range<S: Store + ?Sized>(s: &S, now: u64, args: &[Bytes]) -> model::Result<Re
         }
     }
     let mut v = Vec::new();
-    let mut bad = None;
-    visit(s, &(lo, hi), false, &mut |k, raw| {
+    model::visit_keys(s, &(lo, hi), &mut |key, m, value| {
         if v.len() / 2 >= limit {
             return false;
         }
-        match Meta::decode(raw) {
-            Ok((m, at)) if m.kind == Kind::String && !m.expired(now) => {
-                v.push(Reply::bulk(user_key(k)));
-                v.push(Reply::bulk(&raw[at..]));
-            }
-            Ok(_) => {}
-            Err(e) => {
-                bad = Some(e);
-                return false;
-            }
+        if m.kind == Kind::String && !m.expired(now) {
+            v.push(Reply::bulk(key));
+            v.push(Reply::bulk(value));
         }
         true
     })?;
-    if let Some(e) = bad {
-        return Err(e.into());
-    }
     Ok(Reply::Array(v))
 }
 

@@ -256,12 +256,9 @@ pub(crate) fn write(w: &mut Writer<'_, '_>, name: &str, args: &[Bytes]) -> model
             Ok(Reply::Int(n as i64))
         }
         "SPOP" => {
-            let count = match args.get(2) {
-                None => None,
-                Some(c) => match parse_i64(c) {
-                    Some(n) if n >= 0 => Some(n as u64),
-                    _ => return Ok(Reply::err("ERR value is out of range, must be positive")),
-                },
+            let count = match coll::count_arg(args.get(2)) {
+                Ok(c) => c,
+                Err(r) => return Ok(r),
             };
             let Some(mut m) = typed!(coll::get_w(w, key, Kind::Set)) else {
                 return Ok(if count.is_some() {

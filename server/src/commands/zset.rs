@@ -421,18 +421,15 @@ pub(crate) fn write(w: &mut Writer<'_, '_>, name: &str, args: &[Bytes]) -> model
             Ok(Reply::Int(doomed.len() as i64))
         }
         "ZPOPMIN" | "ZPOPMAX" => {
-            let count = match args.get(2) {
-                None => None,
-                Some(c) => match parse_i64(c) {
-                    Some(n) if n >= 0 => Some(n as usize),
-                    _ => return Ok(Reply::err("ERR value is out of range, must be positive")),
-                },
+            let count = match coll::count_arg(args.get(2)) {
+                Ok(c) => c,
+                Err(r) => return Ok(r),
             };
             let Some(mut m) = typed!(coll::get_w(w, key, Kind::ZSet)) else {
                 return Ok(Reply::Array(Vec::new()));
             };
             let old = m.clone();
-            let n = count.unwrap_or(1).min(m.size as usize);
+            let n = count.unwrap_or(1).min(m.size) as usize;
             // The first n by rank from the chosen end: n entries read, not the whole set.
             let popped = if n == 0 {
                 Vec::new()

@@ -226,6 +226,31 @@ pub fn visit<S: Store + ?Sized>(
     s.visit_raw(as_ref(lo), as_ref(hi), reverse, f)
 }
 
+/// `visit_keys`'s callback: (user key, metadata, a string's value) → go on?
+pub type KeyVisitor<'a> = dyn FnMut(&[u8], &Meta, &[u8]) -> bool + 'a;
+
+/// Walks the metadata entries inside `bounds` in key order: `f` gets each user key, its
+/// metadata (expired or not) and, for a string, its value, and says whether to go on. An
+/// entry that does not decode ends the walk with its error.
+pub fn visit_keys<S: Store + ?Sized>(
+    s: &S,
+    bounds: &(Bound<Vec<u8>>, Bound<Vec<u8>>),
+    f: &mut KeyVisitor<'_>,
+) -> Result<()> {
+    let mut bad = None;
+    visit(s, bounds, false, &mut |k, v| match Meta::decode(v) {
+        Ok((m, at)) => f(layout::user_key(k), &m, &v[at..]),
+        Err(e) => {
+            bad = Some(e);
+            false
+        }
+    })?;
+    match bad {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
 /// A live key: its metadata and raw metadata value (a string's value at `.2..`).
 pub struct Found<'a> {
     pub meta: Meta,
