@@ -5,6 +5,8 @@ use anyhow::{bail, Context, Result};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
+use crate::reply::Reply;
+
 /// Bulk replies larger than this are refused (INFO and the like are far smaller).
 const MAX_BULK: usize = 1 << 20;
 
@@ -86,6 +88,58 @@ impl Conn {
             }
             _ => bail!("unexpected reply to {}: {:?}", args[0], text(&self.line)),
         }
+    }
+
+    /// Sends a command and reads its whole reply, whatever its shape (nested arrays at most
+    /// four deep, bulk strings up to `max_bulk` bytes). An error reply is `Reply::Error`.
+    pub async fn call_reply(&mut self, args: &[&[u8]], max_bulk: usize) -> Result<Reply> {
+        self.send(args).await?;
+        self.read_reply(max_bulk, 0).await
+    }
+
+    async fn read_reply(&mut self, max_bulk: usize, depth: usize) -> Result<Reply> {
+        self.read_line().await?;
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let Some(&tag) = self.line.first() else {
+            bail!("an empty reply line");
+        };
+        let n = || -> Result<i64> {
+            std::str::from_utf8(&self.line[1..])?
+                .parse::<i64>()
+                .with_context(|| format!("a bad length or number: {:?}", text(&self.line)))
+        };
+        Ok(match tag {
+            b'+' => Reply::Status(text(&self.line[1..])),
+            b'-' => Reply::Error(text(&self.line[1..])),
+            b':' => Reply::Int(n()?),
+            b'_' => Reply::Null,
+            b'$' => match n()? {
+                -1 => Reply::Null,
+                len if len < 0 || len as usize > max_bulk => {
+                    bail!("a bulk reply of {len} bytes (the limit is {max_bulk})")
+                }
+                len => {
+                    let mut body = vec![0u8; len as usize + 2];
+                    self.rd.read_exact(&mut body).await?;
+                    body.truncate(len as usize);
+                    Reply::Bulk(body)
+                }
+            },
+            b'*' => match n()? {
+                -1 => Reply::NullArray,
+                len if !(0..=1024).contains(&len) || depth >= 4 => {
+                    bail!("an array reply of {len} elements at depth {depth}")
+                }
+                len => {
+                    let mut items = Vec::with_capacity(len as usize);
+                    for _ in 0..len {
+                        items.push(Box::pin(self.read_reply(max_bulk, depth + 1)).await?);
+                    }
+                    Reply::Array(items)
+                }
+            },
+            _ => bail!("an unexpected reply: {:?}", text(&self.line)),
+        })
     }
 
     /// SET; `Ok(false)` for an error reply (-NOQUORUM, say). The benchmark's hot path: no

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod blocking;
 pub mod client;
 pub mod cluster_demo;
 pub mod commands;

@@ -436,7 +436,7 @@ async fn next_event(
 /// connection's), waits until they are durable at their level — locally, then at the
 /// sync-standbys quorum for the remote levels — and encodes their replies, or for writes that
 /// did not reach their level the error. Answers `WAIT`s. Returns the bytes to send.
-async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut Out) -> BytesMut {
+pub(crate) async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut Out) -> BytesMut {
     if !out.has_pending() {
         return out.buf.split();
     }
@@ -556,7 +556,7 @@ async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut Out) -> Byte
                 }
             }
             Part::Block { args, deadline } => {
-                let got = block(sh, session, args, deadline).await;
+                let got = crate::blocking::block(sh, session, args, deadline).await;
                 reply.extend_from_slice(&got);
             }
             Part::Wait {
@@ -607,62 +607,6 @@ async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut Out) -> Byte
     }
     reply.extend_from_slice(&out.buf.split());
     reply
-}
-
-/// A blocking pop: tries it whenever one of its keys may have an item (at once, then after
-/// every applied write that changed keys), and answers with the first try that pops, or nil
-/// at the deadline. Other connections run meanwhile: this waits on the connection's task.
-async fn block(
-    sh: &Shared,
-    session: &mut Session,
-    args: Vec<Bytes>,
-    deadline: Option<Instant>,
-) -> BytesMut {
-    let name = crate::commands::command_name(&args[0]).unwrap_or("");
-    let mut changed = sh.changed.subscribe();
-    let mut stop = sh.node.shutdown.subscribe();
-    let mut null = BytesMut::new();
-    crate::commands::blocking_nil(name).encode(&session.enc, &mut null);
-    struct Blocked<'a>(&'a Shared);
-    impl Drop for Blocked<'_> {
-        fn drop(&mut self) {
-            self.0.stats.blocked_clients.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-    sh.stats.blocked_clients.fetch_add(1, Ordering::Relaxed);
-    let _blocked = Blocked(sh);
-    loop {
-        changed.mark_unchanged();
-        let ready = {
-            let db = session.db();
-            let snap = db.read();
-            crate::commands::list::block_ready(&snap, crate::shared::now_ms(), name, &args)
-        };
-        if ready {
-            let mut out = Out::default();
-            session.write_commands(vec![args.clone()], &mut out, false);
-            let got = Box::pin(finish_batch(sh, session, &mut out)).await;
-            // Nil: another connection popped it first; keep waiting.
-            if got != null {
-                return got;
-            }
-        }
-        let woke = async {
-            tokio::select! {
-                r = changed.changed() => r.is_ok(),
-                _ = stop.changed() => false,
-            }
-        };
-        let woke = match deadline {
-            Some(d) => tokio::time::timeout_at(d.into(), woke)
-                .await
-                .unwrap_or(false),
-            None => woke.await,
-        };
-        if !woke {
-            return null;
-        }
-    }
 }
 
 /// Waits until the sync-standbys quorum has reached `lsn` at `remote` (at once if no quorum is

@@ -307,7 +307,15 @@ impl Session {
             self.err(out, "NOAUTH Authentication required.");
             return After::Continue;
         }
-        if access == Access::Write || matches!(name, "EXEC" | "MULTI") {
+        // A blocking pop on a replica waits for a replicated push and takes the item on the
+        // primary (`blocking`); inside MULTI it would pop here, so it is refused there.
+        let waits_on_replica = self.multi.is_none()
+            && commands::is_blocking(name)
+            && matches!(
+                self.shared.node.write_refusal(),
+                Some(replication::role::WriteRefusal::ReadOnly)
+            );
+        if (access == Access::Write || matches!(name, "EXEC" | "MULTI")) && !waits_on_replica {
             if let Some(msg) = self.write_refusal() {
                 self.err(out, &msg);
                 return After::Continue;

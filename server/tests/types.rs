@@ -391,6 +391,116 @@ fn blocking_pops_wake_on_a_push_time_out_and_leave_the_server_free() {
 }
 
 #[test]
+fn blocking_pops_on_a_replica_wait_for_replicated_pushes_and_take_the_item_once() {
+    let (dp, d1) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let primary = Node::start(dp.path(), &["--name", "p"]);
+    let addr = format!("127.0.0.1:{}", primary.port);
+    let replica = Node::start(d1.path(), &["--replicaof", &addr, "--name", "r1"]);
+    let mut p = primary.client();
+    let mut r = replica.client();
+    let blocked_on = |c: &mut redis::Connection| {
+        info_section(c, "clients")["blocked_clients"]
+            .parse::<u32>()
+            .unwrap()
+    };
+    let pop = |url: String, args: Vec<&'static str>, secs: f64| {
+        std::thread::spawn(move || {
+            let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+            let mut k = cmd(args[0]);
+            for a in &args[1..] {
+                k.arg(*a);
+            }
+            k.arg(secs);
+            k.query::<redis::Value>(&mut c)
+        })
+    };
+    // A push on the primary reaches the replica, which takes the item on the primary.
+    let waiter = pop(replica.url(), vec!["BLPOP", "jobs"], 10.0);
+    wait_for(10, "BLPOP to block on the replica", || {
+        blocked_on(&mut r) == 1
+    });
+    let _: () = p.rpush("jobs", "j1").unwrap();
+    let got = redis::from_redis_value::<Vec<String>>(&waiter.join().unwrap().unwrap()).unwrap();
+    assert_eq!(got, vec!["jobs", "j1"]);
+    assert_eq!(
+        p.llen::<_, i64>("jobs").unwrap(),
+        0,
+        "popped on the primary"
+    );
+    wait_for(20, "the replica to catch up", || caught_up(&mut p, &mut r));
+    assert_eq!(r.exists::<_, i64>("jobs").unwrap(), 0);
+    // One item, a waiter on each node: exactly one of them gets it.
+    let on_replica = pop(replica.url(), vec!["BRPOP", "q"], 3.0);
+    let on_primary = pop(primary.url(), vec!["BRPOP", "q"], 3.0);
+    wait_for(10, "both to block", || {
+        blocked_on(&mut r) == 1 && blocked_on(&mut p) == 1
+    });
+    let _: () = p.lpush("q", "only").unwrap();
+    let results = [on_replica.join().unwrap(), on_primary.join().unwrap()];
+    let winners: Vec<Vec<String>> = results
+        .iter()
+        .filter_map(|v| {
+            redis::from_redis_value::<Option<Vec<String>>>(v.as_ref().unwrap()).unwrap()
+        })
+        .collect();
+    assert_eq!(
+        winners,
+        vec![vec!["q".to_string(), "only".to_string()]],
+        "{results:?}"
+    );
+    // BLMOVE: the move happens on the primary and replicates back.
+    let mover = pop(
+        replica.url(),
+        vec!["BLMOVE", "src", "dst", "LEFT", "RIGHT"],
+        10.0,
+    );
+    wait_for(10, "BLMOVE to block on the replica", || {
+        blocked_on(&mut r) == 1
+    });
+    let _: () = p.rpush("src", "item").unwrap();
+    let moved = redis::from_redis_value::<String>(&mover.join().unwrap().unwrap()).unwrap();
+    assert_eq!(moved, "item");
+    wait_for(20, "the replica to catch up", || caught_up(&mut p, &mut r));
+    assert_eq!(
+        r.lrange::<_, Vec<String>>("dst", 0, -1).unwrap(),
+        vec!["item"]
+    );
+    assert_eq!(r.exists::<_, i64>("src").unwrap(), 0);
+    // A key of another type answers WRONGTYPE, as on the primary.
+    let _: () = p.set("text", "v").unwrap();
+    wait_for(20, "the replica to catch up", || caught_up(&mut p, &mut r));
+    let e = cmd("BLPOP")
+        .arg("text")
+        .arg(1)
+        .query::<redis::Value>(&mut r)
+        .unwrap_err();
+    assert_eq!(e.code(), Some("WRONGTYPE"), "{e}");
+    // Inside MULTI a blocking pop does not block: refused on a replica like any write.
+    let e = redis::pipe()
+        .atomic()
+        .cmd("BLPOP")
+        .arg("jobs")
+        .arg(1)
+        .query::<redis::Value>(&mut r)
+        .unwrap_err();
+    assert!(
+        e.kind() == redis::ErrorKind::ReadOnly || e.code() == Some("EXECABORT"),
+        "{e}"
+    );
+    // An item is there but the primary is gone: an error that says so, not a silent wait.
+    let _: () = p.rpush("stranded", "s").unwrap();
+    wait_for(20, "the replica to catch up", || caught_up(&mut p, &mut r));
+    primary.kill();
+    let e = cmd("BLPOP")
+        .arg("stranded")
+        .arg(5)
+        .query::<redis::Value>(&mut r)
+        .unwrap_err();
+    assert_eq!(e.code(), Some("TRYAGAIN"), "{e}");
+    assert!(format!("{e}").contains(&addr), "{e}");
+}
+
+#[test]
 fn publish_reaches_subscribers() {
     let d = tempfile::tempdir().unwrap();
     let node = Node::start(d.path(), &[]);
