@@ -3,7 +3,7 @@
 # appendfsync always: Redis's durable setting), alternating the two servers round by round on
 # the same machine, one redis-benchmark run of every test per server per round.
 #
-#   benches/types_compare.sh [rounds] [requests] [clients]
+#   [TESTS=set,zadd,...] benches/types_compare.sh [rounds] [requests] [clients]
 #
 # Needs redis-server and redis-benchmark and a release build of replidb (cargo build
 # --release). Prints the medians per test and the rps ratio; the numbers go to
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 rounds=${1:-3}
 n=${2:-100000}
 clients=${3:-50}
-tests=set,get,incr,hset,lpush,rpush,lpop,rpop,sadd,spop,zadd,zpopmin,lrange_100,lrange_600,mset
+tests=${TESTS:-set,get,incr,hset,lpush,rpush,lpop,rpop,sadd,spop,zadd,zpopmin,lrange_100,lrange_600,mset}
 bin=target/release/replidb
 [ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 work=$(mktemp -d -p "$PWD/target" types.XXXX)
