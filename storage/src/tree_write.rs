@@ -19,9 +19,28 @@ type Cell = Vec<u8>;
 
 /// Inserts or overwrites `key`. Returns true if the key is new.
 pub(crate) fn put(ctx: &mut WriteCtx<'_>, key: &[u8], value: &[u8]) -> Result<bool> {
+    put_keeping(ctx, key, value, None)
+}
+
+/// Inserts or overwrites `key`; returns the value it replaced (one descent where a get and
+/// a put took two).
+pub(crate) fn replace(ctx: &mut WriteCtx<'_>, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>> {
+    let mut old = None;
+    put_keeping(ctx, key, value, Some(&mut old))?;
+    Ok(old)
+}
+
+/// Inserts or overwrites `key`, copying the value it replaces into `old` when asked. Returns
+/// true if the key is new.
+fn put_keeping(
+    ctx: &mut WriteCtx<'_>,
+    key: &[u8],
+    value: &[u8],
+    old: Option<&mut Option<Vec<u8>>>,
+) -> Result<bool> {
     let cell = build_leaf_cell(ctx, key, value)?;
     let root = ctx.meta.root;
-    let (out, inserted) = put_rec(ctx, root, key, &cell, 0)?;
+    let (out, inserted) = put_rec(ctx, root, key, &cell, 0, old)?;
     if let Some(up) = out.split {
         grow_root(ctx, root, up)?;
     }
@@ -87,6 +106,7 @@ fn put_rec(
     key: &[u8],
     cell: &[u8],
     depth: usize,
+    keep: Option<&mut Option<Vec<u8>>>,
 ) -> Result<(Outcome, bool)> {
     check_depth(id, depth)?;
     let p = ctx.page(id)?;
@@ -94,11 +114,16 @@ fn put_rec(
         PageKind::Branch => {
             let ci = btree::search_branch(ctx, p, key)?;
             let c = node::child(p, ci);
-            let (out, inserted) = put_rec(ctx, c, key, cell, depth + 1)?;
+            let (out, inserted) = put_rec(ctx, c, key, cell, depth + 1, keep)?;
             Ok((fix_child(ctx, id, ci, out)?, inserted))
         }
         _ => match btree::search_leaf(ctx, p, key)? {
             Ok(i) => {
+                if let Some(keep) = keep {
+                    // Read before its overflow chain (if any) is freed below.
+                    let (_, v) = node::leaf_entry(p, i);
+                    *keep = Some(btree::load_value(ctx, v)?.into_owned());
+                }
                 let old = node::cell(p, PageKind::Leaf, i).to_vec();
                 free_leaf_cell_chains(ctx, &old)?;
                 let pm = ctx.page_mut(id)?;

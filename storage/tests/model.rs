@@ -209,6 +209,41 @@ proptest! {
 
 /// A deterministic deep tree: enough long-ish keys for three or more levels, then a drain in
 /// an interleaved order that forces merges and redistributions at every level.
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+    /// `WriteTxn::replace` hands back exactly what it overwrote (values in overflow pages
+    /// too: read before their chain is freed), and leaves the tree as a put would.
+    #[test]
+    fn replace_returns_the_value_it_overwrote(
+        style in 0u8..4,
+        ops in prop::collection::vec((0u32..200, any::<u32>(), any::<bool>()), 1..400),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(dir.path(), Options::default()).unwrap();
+        let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        for chunk in ops.chunks(37) {
+            db.update(Durability::Off, |tx| {
+                for &(k, v, del) in chunk {
+                    let k = key(style, k);
+                    if del {
+                        assert_eq!(tx.delete(&k)?, model.remove(&k).is_some());
+                    } else {
+                        let old = tx.replace(&k, &value(v))?;
+                        assert_eq!(old, model.insert(k, value(v)));
+                    }
+                }
+                Ok(())
+            })
+            .unwrap();
+        }
+        let report = db.check_integrity().unwrap();
+        prop_assert_eq!(report.entries, model.len() as u64);
+        let all: Vec<_> = db.range(..).map(|e| e.unwrap()).collect();
+        let want: Vec<_> = model.into_iter().collect();
+        prop_assert!(all == want, "content differs");
+    }
+}
+
 #[test]
 fn deep_tree_grows_and_shrinks() {
     let dir = tempfile::tempdir().unwrap();

@@ -209,8 +209,7 @@ pub(crate) fn write(w: &mut Writer<'_, '_>, name: &str, args: &[Bytes]) -> model
         }
         "MSET" => {
             for kv in args[1..].chunks(2) {
-                let old = w.lookup(&kv[0])?.map(|(m, _)| m);
-                set_string(w, &kv[0], old.as_ref(), &kv[1], None)?;
+                w.set_plain(&kv[0], &kv[1])?;
             }
             Reply::Ok
         }
@@ -293,6 +292,10 @@ pub(crate) fn write(w: &mut Writer<'_, '_>, name: &str, args: &[Bytes]) -> model
 /// SET key value [NX | XX] [GET] [EX s | PX ms | EXAT t | PXAT t | KEEPTTL]
 fn set(w: &mut Writer<'_, '_>, args: &[Bytes]) -> model::Result<Reply> {
     let key = &args[1][..];
+    if args.len() == 3 {
+        w.set_plain(key, &args[2])?;
+        return Ok(Reply::Ok);
+    }
     let (mut nx, mut xx, mut get, mut keep) = (false, false, false, false);
     let mut at: Option<u64> = None;
     let mut expiry_opts = 0;

@@ -521,6 +521,26 @@ fn zadd(w: &mut Writer<'_, '_>, args: &[Bytes]) -> model::Result<Reply> {
     let (mut added, mut changed) = (0i64, 0i64);
     let mut result = None;
     for (sc, member) in parsed {
+        if !(nx || xx || gt || lt || incr) {
+            // The plain form sets the score whatever it was: the member's entry is written
+            // first and hands back the old score (one descent instead of a get and a put).
+            let old =
+                w.tx.replace(&coll::member(key, &m, member), &score_bytes(sc))?;
+            match old.as_deref().and_then(score_from) {
+                Some(o) if score_bytes(o) == score_bytes(sc) => {}
+                Some(o) => {
+                    w.tx.delete(&layout::score_key(key, m.version, o, member))?;
+                    w.tx.put(&layout::score_key(key, m.version, sc, member), b"")?;
+                    changed += 1;
+                }
+                None => {
+                    w.tx.put(&layout::score_key(key, m.version, sc, member), b"")?;
+                    added += 1;
+                    m.size += 1;
+                }
+            }
+            continue;
+        }
         let cur = score_of(&*w.tx, key, &m, member)?;
         if (nx && cur.is_some()) || (xx && cur.is_none()) {
             continue;

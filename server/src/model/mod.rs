@@ -442,6 +442,32 @@ impl Writer<'_, '_> {
         }
         self.touched.keys_delta -= 1;
         self.touch(key);
+        self.drop_members(key, meta)
+    }
+
+    /// Sets `key` to `value`, a string with no expiry, whatever it held, expired or not
+    /// (`SET` without options, `MSET`): the put hands back the old entry, so this is one
+    /// descent where a lookup and a put took two. The counts and the expiry index follow.
+    pub fn set_plain(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        let meta = Meta::new(Kind::String, 0);
+        match self.tx.replace(&meta_key(key), &meta.encode(value))? {
+            None => self.touched.keys_delta += 1,
+            Some(raw) => {
+                let (old, _) = Meta::decode(&raw)?;
+                if let Some(at) = old.expire_at {
+                    self.tx.delete(&layout::expiry_key(at, key))?;
+                    self.touched.expires_delta -= 1;
+                }
+                self.drop_members(key, &old)?;
+            }
+        }
+        self.touch(key);
+        Ok(())
+    }
+
+    /// The members of a collection whose metadata entry is gone or overwritten: deleted now
+    /// if few, else left to the background collection behind a garbage marker.
+    fn drop_members(&mut self, key: &[u8], meta: &Meta) -> Result<()> {
         if meta.kind != Kind::String {
             if meta.size <= DELETE_INLINE {
                 self.delete_members(meta.kind, key, meta.version, usize::MAX)?;

@@ -676,3 +676,36 @@ fn writes_that_leave_no_key_still_mark_the_layout() {
         );
     }
 }
+
+#[test]
+fn a_plain_set_over_any_key_keeps_the_counts_the_expiry_index_and_no_orphans() {
+    let mut h = Harness::new();
+    let members: Vec<Vec<u8>> = (0..100).map(|i| format!("m{i}").into_bytes()).collect();
+    let mut sadd: Vec<&[u8]> = vec![b"SADD", b"big"];
+    sadd.extend(members.iter().map(Vec::as_slice));
+    h.run(&sadd);
+    h.run(&[b"HSET", b"small", b"f", b"v"]);
+    h.run(&[b"SET", b"ttl", b"v", b"EX", b"100"]);
+    h.run(&[b"SET", b"gone", b"v", b"PX", b"10"]);
+    h.now += 20;
+    assert_eq!(h.run(&[b"DBSIZE"]), Reply::Int(4));
+    // SET without options and MSET overwrite a big set, a small hash, a key with a TTL, an
+    // expired key, and make a new one.
+    assert_eq!(h.run(&[b"SET", b"big", b"s"]), Reply::Ok);
+    assert_eq!(
+        h.run(&[b"MSET", b"small", b"s", b"ttl", b"s", b"gone", b"s", b"new", b"s"]),
+        Reply::Ok
+    );
+    assert_eq!(h.run(&[b"DBSIZE"]), Reply::Int(5));
+    for k in [&b"big"[..], b"small", b"ttl", b"gone", b"new"] {
+        assert_eq!(h.run(&[b"GET", k]), Reply::bulk(b"s"));
+        assert_eq!(h.run(&[b"TTL", k]), Reply::Int(-1));
+    }
+    let snap = h.db.read();
+    assert_eq!(crate::model::expires_count(&snap).unwrap(), 0);
+    drop(snap);
+    // The big set's members go in the background; then only the five strings remain (no
+    // member, expiry entry or marker left behind).
+    while h.sweep() > 0 {}
+    assert_eq!(h.data_entries(), 5);
+}

@@ -59,6 +59,13 @@ impl WriteTxn<'_> {
         tree_write::put(&mut self.ctx, key, value)
     }
 
+    /// Inserts or overwrites; returns the value it replaced (`None`: the key is new). One
+    /// descent where `get` then `put` take two.
+    pub fn replace(&mut self, key: &[u8], value: &[u8]) -> Result<Option<Vec<u8>>> {
+        check_sizes(key, Some(value))?;
+        tree_write::replace(&mut self.ctx, key, value)
+    }
+
     /// Deletes; returns true if the key was present.
     pub fn delete(&mut self, key: &[u8]) -> Result<bool> {
         check_sizes(key, None)?;
