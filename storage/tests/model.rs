@@ -207,8 +207,6 @@ proptest! {
     }
 }
 
-/// A deterministic deep tree: enough long-ish keys for three or more levels, then a drain in
-/// an interleaved order that forces merges and redistributions at every level.
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
     /// `WriteTxn::replace` hands back exactly what it overwrote (values in overflow pages
@@ -244,6 +242,8 @@ proptest! {
     }
 }
 
+/// A deterministic deep tree: enough long-ish keys for three or more levels, then a drain in
+/// an interleaved order that forces merges and redistributions at every level.
 #[test]
 fn deep_tree_grows_and_shrinks() {
     let dir = tempfile::tempdir().unwrap();
