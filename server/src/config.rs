@@ -91,6 +91,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N")]
     pub maxclients: Option<usize>,
 
+    /// Serve Prometheus metrics (text format) over HTTP at http://HOST:PORT/metrics: role,
+    /// epoch, LSNs, commits and their latency by level, replicas and their lag, repairs,
+    /// failovers, WAL and checkpoint activity, clients. Off unless set.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
+
     /// How often the background scrub reads every page and the WAL from disk and checks
     /// their checksums (a replica repairs a damaged page from its primary), e.g. 1d, 12h,
     /// 30m, 90s; 0 turns it off (SCRUB still runs one on demand). [default: 1d]
@@ -163,6 +169,8 @@ pub struct Config {
     pub cluster: Option<replication::cluster::ClusterConfig>,
     pub name: String,
     pub primary_password: Option<String>,
+    /// Where /metrics is served, if anywhere.
+    pub metrics_addr: Option<String>,
 }
 
 impl Config {
@@ -300,6 +308,7 @@ impl Config {
             sync_commit,
             sync_standbys,
             sync_timeout_ms: flags.sync_timeout_ms.or(file.sync_timeout_ms).unwrap_or(0),
+            metrics_addr: flags.metrics_addr.or(file.metrics_addr),
             maxclients: match flags.maxclients.or(file.maxclients).unwrap_or(10_000) {
                 0 => bail!("--maxclients 0: at least one connection must be allowed"),
                 n => n,

@@ -64,7 +64,7 @@ pub fn render(sh: &Shared, section: Option<&str>) -> String {
                 );
             }
             "stats" => {
-                let h = sh.stats.commit_latency.lock();
+                let h = sh.stats.commit_latency_all();
                 let q = |x: f64| {
                     if h.is_empty() {
                         0
@@ -337,7 +337,9 @@ pub fn config(s: &mut Session, args: &[Bytes], out: &mut Out) {
             enc.simple(&mut out.buf, "OK");
         }
         ("RESETSTAT", 2) => {
-            s.shared.stats.commit_latency.lock().reset();
+            for h in &s.shared.stats.commit_latency {
+                h.lock().reset();
+            }
             enc.simple(&mut out.buf, "OK");
         }
         _ => enc.error(&mut out.buf, "ERR unknown subcommand or wrong number of arguments for 'config'. Try CONFIG GET, SET, RESETSTAT."),

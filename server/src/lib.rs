@@ -13,6 +13,7 @@ pub mod config;
 pub mod cursor;
 pub mod glob;
 pub mod info;
+pub mod metrics;
 pub mod model;
 pub mod reply;
 pub mod resp;

@@ -119,6 +119,16 @@ impl Server {
         let listener = TcpListener::bind((config.bind.as_str(), config.port))
             .await
             .with_context(|| format!("binding {}:{}", config.bind, config.port))?;
+        let metrics = match &config.metrics_addr {
+            Some(addr) => {
+                let l = crate::metrics::bind(addr).await?;
+                if let Ok(at) = l.local_addr() {
+                    tracing::info!(metrics_addr = %at, "serving Prometheus metrics at /metrics");
+                }
+                Some(l)
+            }
+            None => None,
+        };
         let node = Arc::new(replication::Node::new(
             node_config,
             db,
@@ -173,6 +183,9 @@ impl Server {
         });
         tokio::spawn(replication::primary::keep_retention(node.clone()));
         tokio::spawn(crate::sweep::run(shared.clone()));
+        if let Some(listener) = metrics {
+            tokio::spawn(crate::metrics::serve(shared.clone(), listener));
+        }
         if let Some(every) = shared.config.verify_interval {
             tokio::spawn(replication::repair::verify_every(node.clone(), every));
         }
@@ -585,11 +598,8 @@ pub(crate) async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut O
                     for r in &replies {
                         r.encode(&session.enc, &mut reply);
                     }
-                    let _ = sh
-                        .stats
-                        .commit_latency
-                        .lock()
-                        .record((now - d.since).as_micros().max(1) as u64);
+                    sh.stats
+                        .record_commit(d.level, (now - d.since).as_micros() as u64);
                 }
                 Some(Ok(_)) => session.enc.error(
                     &mut reply,

@@ -36,8 +36,10 @@ pub struct Stats {
     pub collected_members: AtomicU64,
     /// Connections waiting in BLPOP, BRPOP or BLMOVE.
     pub blocked_clients: AtomicU64,
-    /// Commit latency in µs: from the command's execution to its durability being met.
-    pub commit_latency: Mutex<hdrhistogram::Histogram<u64>>,
+    /// Commit latency in µs, from the command's execution to its durability being met, one
+    /// histogram per durability level (`Durability::ALL`'s order): one lock per write, as
+    /// with a single histogram; INFO merges them, /metrics labels them.
+    pub commit_latency: [Mutex<hdrhistogram::Histogram<u64>>; 5],
 }
 
 impl Stats {
@@ -51,12 +53,31 @@ impl Stats {
             expired_keys: AtomicU64::new(0),
             collected_members: AtomicU64::new(0),
             blocked_clients: AtomicU64::new(0),
-            commit_latency: Mutex::new(
-                hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3)
-                    .expect("valid histogram bounds"),
-            ),
+            commit_latency: std::array::from_fn(|_| Mutex::new(latency_histogram())),
         }
     }
+
+    /// Notes one acknowledged write's commit latency at its level.
+    pub fn record_commit(&self, level: storage::Durability, micros: u64) {
+        let i = storage::Durability::ALL
+            .iter()
+            .position(|l| *l == level)
+            .unwrap_or(0);
+        let _ = self.commit_latency[i].lock().record(micros.max(1));
+    }
+
+    /// Every level's commit latencies in one histogram.
+    pub fn commit_latency_all(&self) -> hdrhistogram::Histogram<u64> {
+        let mut all = latency_histogram();
+        for h in &self.commit_latency {
+            let _ = all.add(&*h.lock());
+        }
+        all
+    }
+}
+
+fn latency_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
 }
 
 impl Default for Stats {

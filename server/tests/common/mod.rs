@@ -16,6 +16,8 @@ pub struct Node {
     pub port: u16,
     pub dir: PathBuf,
     log: mpsc::Receiver<String>,
+    /// The log lines before it was ready.
+    pub early_log: Vec<String>,
 }
 
 impl Node {
@@ -64,6 +66,7 @@ impl Node {
             port,
             dir: dir.to_path_buf(),
             log: rx,
+            early_log: seen,
         })
     }
 
