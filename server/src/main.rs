@@ -23,8 +23,9 @@ use storage::{Db, Options};
 )]
 struct Cli {
     /// Log level (error, warn, info, debug, trace) or a tracing filter; RUST_LOG overrides it.
-    #[arg(long, global = true, default_value = "info")]
-    log_level: String,
+    /// [default: info; warn for backup, whose progress bars it would break up]
+    #[arg(long, global = true)]
+    log_level: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -73,6 +74,11 @@ enum Command {
         #[arg(long)]
         cut_wal_at_damage: bool,
     },
+    /// Copy a running node into a new data directory while it takes writes (an online base
+    /// backup over the replication protocol), with progress; the copy is consistent at the
+    /// LSN the last line names, and `replidb serve --dir DIR` serves it as a standalone
+    /// primary of a new epoch.
+    Backup(replidb_server::backup::BackupArgs),
     /// Print counters of a stopped node's data directory.
     Stats {
         /// Data directory.
@@ -96,7 +102,11 @@ fn main() -> std::process::ExitCode {
 fn run() -> Result<()> {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&cli.log_level))
+        .or_else(|_| {
+            let quiet = matches!(cli.command, Command::Backup(_));
+            let default = if quiet { "warn" } else { "info" };
+            tracing_subscriber::EnvFilter::try_new(cli.log_level.as_deref().unwrap_or(default))
+        })
         .context("bad --log-level")?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -118,6 +128,7 @@ fn run() -> Result<()> {
             cut_wal_at_damage,
         } => check(dir, cut_wal_at_damage),
         Command::Stats { dir } => stats(dir),
+        Command::Backup(args) => replidb_server::backup::run(args),
     }
 }
 

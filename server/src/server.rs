@@ -205,6 +205,11 @@ impl Server {
         Ok(Server { shared, listener })
     }
 
+    /// What the server's connections share (its node, settings and counters).
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
     pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
         self.listener.local_addr()
     }
@@ -243,6 +248,10 @@ impl Server {
     pub async fn run(self) -> Result<()> {
         let Server { shared, listener } = self;
         let mut stop = shared.node.shutdown.subscribe();
+        if *stop.borrow() {
+            // A shutdown asked for before this started counts too.
+            stop.mark_changed();
+        }
         let mut conns = JoinSet::new();
         tracing::info!(
             addr = %listener.local_addr()?,

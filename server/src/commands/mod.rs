@@ -224,6 +224,13 @@ pub const COMMANDS: &[Spec] = &[
     spec("WAITLSN", 3, Family::Replication, Access::Other, false),
     spec("MAXLAG", -1, Family::Replication, Access::Other, false),
     spec("ROLE", 1, Family::Replication, Access::Other, false),
+    spec(
+        "FORGETREPLICA",
+        2,
+        Family::Replication,
+        Access::Other,
+        false,
+    ),
     spec("QUIT", 1, Family::Connection, Access::Other, false),
     spec("SHUTDOWN", -1, Family::Server, Access::Other, false),
     spec("REPLSTREAM", 1, Family::Replication, Access::Other, false),

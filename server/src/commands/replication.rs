@@ -152,6 +152,25 @@ impl Session {
                     }
                 }
             }
+            "FORGETREPLICA" => {
+                // A replica that will not come back (a finished backup, a retired node): its
+                // entry goes, and with it the WAL kept for it.
+                let name = String::from_utf8_lossy(&args[1]).to_string();
+                let node = &self.shared.node;
+                let known = node.tracker.snapshot();
+                match known.iter().find(|(r, _)| r.pos.name == name) {
+                    None => self.enc.int(&mut out.buf, 0),
+                    Some((r, _)) if r.pos.connected => self.err(
+                        out,
+                        &format!("ERR replica {name} is connected: a replica is forgotten only once its link is down"),
+                    ),
+                    Some(_) => {
+                        node.tracker.forget(&name);
+                        replication::primary::update_retention(node);
+                        self.enc.int(&mut out.buf, 1);
+                    }
+                }
+            }
             "REPLSTREAM" => return After::Replicate,
             "REPLSNAPSHOT" => return After::Snapshot,
             "REPLREWIND" => return After::Rewind,
