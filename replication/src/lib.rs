@@ -26,6 +26,8 @@ pub mod wire;
 
 #[cfg(not(loom))]
 pub mod accept;
+#[cfg(not(loom))]
+pub mod archive;
 // The parts that move bytes over sockets. A `--cfg loom` build (the model checks of the
 // tracker, tests/loom.rs) leaves them out: tokio has no networking under loom.
 #[cfg(not(loom))]

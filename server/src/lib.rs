@@ -4,6 +4,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod archive;
 pub mod backup;
 pub mod bench;
 pub mod blocking;

@@ -79,6 +79,10 @@ enum Command {
     /// LSN the last line names, and `replidb serve --dir DIR` serves it as a standalone
     /// primary of a new epoch.
     Backup(replidb_server::backup::BackupArgs),
+    /// Keep a primary's WAL in a directory, streaming like a replica that stores only the
+    /// log (it can be a named sync standby); resumes where it stopped; runs until SIGINT or
+    /// SIGTERM. With a backup taken after it began, the archive restores to any point.
+    Archive(replidb_server::archive::ArchiveArgs),
     /// Print counters of a stopped node's data directory.
     Stats {
         /// Data directory.
@@ -129,6 +133,7 @@ fn run() -> Result<()> {
         } => check(dir, cut_wal_at_damage),
         Command::Stats { dir } => stats(dir),
         Command::Backup(args) => replidb_server::backup::run(args),
+        Command::Archive(args) => replidb_server::archive::run(args),
     }
 }
 
