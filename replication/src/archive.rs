@@ -95,29 +95,7 @@ impl Archive {
                 dir.display()
             );
         }
-        let mut files = Vec::new();
-        for e in std::fs::read_dir(dir).map_err(io(format!("reading {}", dir.display())))? {
-            let e = e.map_err(io(format!("reading {}", dir.display())))?;
-            let name = e.file_name().to_string_lossy().to_string();
-            if let Some(start) = parse_name(&name) {
-                let len = e.metadata().map_err(io(format!("reading {name}")))?.len();
-                files.push((start, len));
-            }
-        }
-        files.sort();
-        for w in files.windows(2) {
-            let (a, b) = (w[0], w[1]);
-            if a.0 .0 + a.1 != b.0 .0 {
-                bail!(
-                    "the archive in {} has a gap: {} ends at LSN {}, the next file starts at LSN {}",
-                    dir.display(),
-                    file_name(a.0),
-                    a.0 .0 + a.1,
-                    b.0 .0
-                );
-            }
-        }
-        let epochs = read_epochs(&dir.join("epochs"))?;
+        let (files, epochs) = scan(dir)?;
         let mut a = Archive {
             dir: dir.to_path_buf(),
             _lock: lock,
@@ -129,9 +107,16 @@ impl Archive {
             partial: Vec::new(),
             dir_dirty: false,
         };
+        a.cut_torn_tail()?;
+        Ok(a)
+    }
+
+    /// Whole records from the last file's start (where one always begins); a torn tail
+    /// from a crash in the middle of a write is cut off. Sets the end.
+    fn cut_torn_tail(&mut self) -> Result<()> {
+        let dir = self.dir.clone();
+        let a = self;
         if let Some(&(start, len)) = a.files.last() {
-            // Whole records from the last file's start (where one always begins); a torn
-            // tail from a crash in the middle of a write is cut off.
             let path = dir.join(file_name(start));
             let bytes = std::fs::read(&path).map_err(io(format!("reading {}", path.display())))?;
             let mut at = 0usize;
@@ -162,7 +147,7 @@ impl Archive {
             a.end = Lsn(start.0 + at as u64);
             a.synced = a.end;
         }
-        Ok(a)
+        Ok(())
     }
 
     /// Where the archive begins (`None`: empty).
@@ -277,6 +262,121 @@ impl Archive {
             self.synced = self.end;
         }
         Ok(self.synced)
+    }
+}
+
+/// The archive's files — (first LSN, length), in order, checked contiguous — and history.
+type Files = Vec<(Lsn, u64)>;
+
+fn scan(dir: &Path) -> Result<(Files, Vec<(u32, Lsn)>)> {
+    let mut files = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(io(format!("reading {}", dir.display())))? {
+        let e = e.map_err(io(format!("reading {}", dir.display())))?;
+        let name = e.file_name().to_string_lossy().to_string();
+        if let Some(start) = parse_name(&name) {
+            let len = e.metadata().map_err(io(format!("reading {name}")))?.len();
+            files.push((start, len));
+        }
+    }
+    files.sort();
+    for w in files.windows(2) {
+        let (a, b) = (w[0], w[1]);
+        if a.0 .0 + a.1 != b.0 .0 {
+            bail!(
+                "the archive in {} has a gap: {} ends at LSN {}, the next file starts at LSN {}",
+                dir.display(),
+                file_name(a.0),
+                a.0 .0 + a.1,
+                b.0 .0
+            );
+        }
+    }
+    Ok((files, read_epochs(&dir.join("epochs"))?))
+}
+
+/// An archive read, not written (a restore): no lock taken, nothing cut.
+pub struct ArchiveReader {
+    dir: PathBuf,
+    files: Files,
+    epochs: Vec<(u32, Lsn)>,
+}
+
+impl ArchiveReader {
+    pub fn open(dir: &Path) -> Result<ArchiveReader> {
+        if !dir.join("epochs").exists() && !dir.is_dir() {
+            bail!("{} is not an archive (no such directory)", dir.display());
+        }
+        let (files, epochs) = scan(dir)?;
+        if files.is_empty() {
+            bail!("the archive in {} holds no WAL", dir.display());
+        }
+        Ok(ArchiveReader {
+            dir: dir.to_path_buf(),
+            files,
+            epochs,
+        })
+    }
+
+    /// Where it begins and ends (a torn record at the very end included: readers stop at
+    /// the last whole one).
+    pub fn range(&self) -> (Lsn, Lsn) {
+        let first = self.files[0].0;
+        let last = self.files[self.files.len() - 1];
+        (first, Lsn(last.0 .0 + last.1))
+    }
+
+    /// The history of its records.
+    pub fn epochs(&self) -> &[(u32, Lsn)] {
+        &self.epochs
+    }
+
+    /// The whole record that ends exactly at `point` (`None` if the archive begins there);
+    /// an error if no record of the archive ends there.
+    pub fn record_ending_at(&self, point: Lsn) -> Result<Option<(Lsn, Vec<u8>)>> {
+        // Every file begins on a record boundary: walk the one that holds the byte before.
+        let Some(&(start, len)) = self
+            .files
+            .iter()
+            .find(|&&(s, l)| s < point && point.0 <= s.0 + l)
+        else {
+            return Ok(None);
+        };
+        let bytes = self.read(start, len as usize)?;
+        let mut at = 0usize;
+        while (start.0 + at as u64) < point.0 {
+            match record::decode(&bytes[at..], Lsn(start.0 + at as u64)) {
+                Ok((_, n)) if start.0 + (at + n) as u64 == point.0 => {
+                    return Ok(Some((Lsn(start.0 + at as u64), bytes[at..at + n].to_vec())))
+                }
+                Ok((_, n)) => at += n,
+                Err(e) => bail!(
+                    "the archive has no record boundary at LSN {point} (at LSN {}: {e:?})",
+                    start.0 + at as u64
+                ),
+            }
+        }
+        bail!("the archive has no record boundary at LSN {point}")
+    }
+
+    /// Up to `max` bytes of the stream from `from`.
+    pub fn read(&self, from: Lsn, max: usize) -> Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut at = from.0;
+        for &(start, len) in &self.files {
+            if out.len() >= max {
+                break;
+            }
+            if at < start.0 || at >= start.0 + len {
+                continue;
+            }
+            let path = self.dir.join(file_name(start));
+            let bytes = std::fs::read(&path).map_err(io(format!("reading {}", path.display())))?;
+            let off = (at - start.0) as usize;
+            let take = (bytes.len().saturating_sub(off)).min(max - out.len());
+            out.extend_from_slice(&bytes[off..off + take]);
+            at += take as u64;
+        }
+        Ok(out)
     }
 }
 

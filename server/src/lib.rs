@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod model;
 pub mod reply;
 pub mod resp;
+pub mod restore;
 pub mod server;
 pub mod session;
 pub mod shared;

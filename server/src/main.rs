@@ -83,6 +83,10 @@ enum Command {
     /// log (it can be a named sync standby); resumes where it stopped; runs until SIGINT or
     /// SIGTERM. With a backup taken after it began, the archive restores to any point.
     Archive(replidb_server::archive::ArchiveArgs),
+    /// Point-in-time restore: a backup rolled forward through a WAL archive to the last
+    /// commit at or before --until-time or --until-lsn (default: the archive's end), into a
+    /// new directory that serves as a standalone primary of a new epoch.
+    Restore(replidb_server::restore::RestoreArgs),
     /// Print counters of a stopped node's data directory.
     Stats {
         /// Data directory.
@@ -107,7 +111,7 @@ fn run() -> Result<()> {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| {
-            let quiet = matches!(cli.command, Command::Backup(_));
+            let quiet = matches!(cli.command, Command::Backup(_) | Command::Restore(_));
             let default = if quiet { "warn" } else { "info" };
             tracing_subscriber::EnvFilter::try_new(cli.log_level.as_deref().unwrap_or(default))
         })
@@ -134,6 +138,7 @@ fn run() -> Result<()> {
         Command::Stats { dir } => stats(dir),
         Command::Backup(args) => replidb_server::backup::run(args),
         Command::Archive(args) => replidb_server::archive::run(args),
+        Command::Restore(args) => replidb_server::restore::run(args),
     }
 }
 

@@ -52,6 +52,7 @@ mod error;
 mod freelist;
 #[doc(hidden)]
 pub mod fuzzing;
+mod inspect;
 /// Formats for the project's own benches, fuzzers and tests: not API.
 #[doc(hidden)]
 pub mod internals {
@@ -85,6 +86,7 @@ pub use db::{
     ReplicaSync, Stats, TxnRange, WalScrub, WriteBatch, WriteTxn, PAGE_FILE, WAL_DIR,
 };
 pub use error::{Error, Result};
+pub use inspect::{inspect, read_wal_at, DirInfo};
 pub use node::{MAX_KEY, MAX_VALUE};
 pub use page::{MAX_PAGES, PAGE_SIZE};
 pub use seed::Seeder;
