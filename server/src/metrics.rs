@@ -38,6 +38,7 @@ type Hist = (Labels, f64, u64, Vec<(f64, u64)>);
 enum Values {
     Gauge(Vec<(Labels, f64)>),
     Counter(u64),
+    Counters(Vec<(Labels, u64)>),
     Histogram(Vec<Hist>),
 }
 
@@ -80,12 +81,18 @@ impl Collector for Scrape {
         for f in &self.0 {
             let kind = match f.values {
                 Values::Gauge(_) => MetricType::Gauge,
-                Values::Counter(_) => MetricType::Counter,
+                Values::Counter(_) | Values::Counters(_) => MetricType::Counter,
                 Values::Histogram(_) => MetricType::Histogram,
             };
             let mut m = enc.encode_descriptor(f.name, f.help, None, kind)?;
             match &f.values {
                 Values::Counter(v) => m.encode_counter::<NoLabelSet, _, u64>(v, None)?,
+                Values::Counters(vs) => {
+                    for (labels, v) in vs {
+                        m.encode_family(labels)?
+                            .encode_counter::<NoLabelSet, _, u64>(v, None)?;
+                    }
+                }
                 Values::Gauge(vs) => {
                     for (labels, v) in vs {
                         if labels.is_empty() {
@@ -342,6 +349,17 @@ pub fn render(sh: &Shared) -> String {
         "Connections refused at --maxclients.",
         sh.stats.rejected_connections.load(Ordering::Relaxed),
     );
+    s.0.push(Family {
+        name: "replidb_errors",
+        help: "Error replies sent to clients, by kind (the error's first word: ERR, WRONGTYPE, NOQUORUM, READONLY, FENCED, TRYAGAIN, ...).",
+        values: Values::Counters(
+            crate::resp::ERROR_KINDS
+                .iter()
+                .zip(&crate::resp::ERRORS)
+                .map(|(k, n)| (vec![("kind", k.to_string())], n.load(Ordering::Relaxed)))
+                .collect(),
+        ),
+    });
     let snap = db.read();
     let keys = crate::model::key_count(&snap).unwrap_or(0);
     let expires = crate::model::expires_count(&snap).unwrap_or(0);

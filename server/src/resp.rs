@@ -179,6 +179,7 @@ impl Encoder {
 
     /// An error reply; `msg` starts with its code (`ERR ...`, `WRONGTYPE ...`).
     pub fn error(&self, out: &mut BytesMut, msg: &str) {
+        count_error(msg);
         out.put_u8(b'-');
         // An error line cannot hold CR or LF.
         for &b in msg.as_bytes() {
@@ -374,4 +375,38 @@ mod tests {
         e3.bulk(&mut b, b"hi");
         assert_eq!(&b[..], b"_\r\n%1\r\n:-7\r\n$2\r\nhi\r\n");
     }
+}
+
+/// The kinds of error reply counted for `/metrics` (`replidb_errors_total{kind}`): the first
+/// word of the error line; anything else is `OTHER`.
+pub const ERROR_KINDS: [&str; 16] = [
+    "ERR",
+    "WRONGTYPE",
+    "NOQUORUM",
+    "NOREPLICAS",
+    "READONLY",
+    "FENCED",
+    "TRYAGAIN",
+    "LOADING",
+    "STALE",
+    "TIMEOUT",
+    "NOAUTH",
+    "CORRUPT",
+    "EXECABORT",
+    "BUSY",
+    "UNBLOCKED",
+    "OTHER",
+];
+
+/// Error replies sent by this process, by `ERROR_KINDS` index.
+pub static ERRORS: [std::sync::atomic::AtomicU64; ERROR_KINDS.len()] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; ERROR_KINDS.len()];
+
+fn count_error(msg: &str) {
+    let word = msg.split(' ').next().unwrap_or("");
+    let i = ERROR_KINDS
+        .iter()
+        .position(|k| *k == word)
+        .unwrap_or(ERROR_KINDS.len() - 1);
+    ERRORS[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }

@@ -180,6 +180,64 @@ fn metrics_are_scraped_parsed_and_move_with_load() {
     assert_eq!(r.get("replidb_primary_link_up"), 1.0);
     assert!(r.get("replidb_replay_lag_bytes") >= 0.0);
     assert_eq!(r.get("replidb_epoch"), after.get("replidb_epoch"));
+    // Errors are counted by kind.
+    let wrongtype = |s: &Scrape| s.get("replidb_errors_total{kind=\"WRONGTYPE\"}");
+    let before_err = wrongtype(&scrape(&pm));
+    let _ = redis::cmd("LPUSH")
+        .arg("h")
+        .arg("x")
+        .query::<i64>(&mut c)
+        .unwrap_err();
+    assert_eq!(wrongtype(&scrape(&pm)), before_err + 1.0);
+    let mut rc = replica.client();
+    let _ = redis::cmd("SET")
+        .arg("x")
+        .arg("y")
+        .query::<()>(&mut rc)
+        .unwrap_err();
+    assert!(scrape(&rm).get("replidb_errors_total{kind=\"READONLY\"}") >= 1.0);
+    // Every metric the shipped alert rules and dashboard use is one a node serves (the
+    // cluster's only on a cluster member).
+    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/monitoring");
+    let served: std::collections::HashSet<String> = [scrape(&pm), scrape(&rm)]
+        .iter()
+        .flat_map(|s| s.types.keys().cloned().collect::<Vec<_>>())
+        .collect();
+    for file in ["alerts.yml", "grafana-dashboard.json"] {
+        let text = std::fs::read_to_string(docs.join(file)).unwrap();
+        let mut names = 0;
+        for (i, _) in text.match_indices("replidb_") {
+            let name: String = text[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let family = ["_bucket", "_count", "_sum", "_total"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(&name)
+                .to_string();
+            let family = if served.contains(&name) {
+                name.clone()
+            } else {
+                family
+            };
+            let cluster_only = matches!(
+                family.as_str(),
+                "replidb_etcd_up" | "replidb_lease_remaining_seconds"
+            );
+            if name == "replidb_" || name.starts_with("replidb_overview") {
+                continue;
+            }
+            names += 1;
+            assert!(
+                served.contains(&family)
+                    || served.contains(&format!("{family}_total"))
+                    || cluster_only,
+                "{file} uses {name}, which no node serves"
+            );
+        }
+        assert!(names > 10, "{file}: {names} metric names");
+    }
     // HTTP that is not a scrape gets an HTTP answer; garbage a 400; the node stays up.
     assert_eq!(http(&pm, b"GET /nope HTTP/1.1\r\n\r\n").0, 404);
     assert_eq!(http(&pm, b"POST /metrics HTTP/1.1\r\n\r\n").0, 405);
