@@ -297,6 +297,40 @@ pub fn fuzz_parse_all(mut data: &[u8]) {
     }
 }
 
+/// The kinds of error reply counted for `/metrics` (`replidb_errors_total{kind}`): the first
+/// word of the error line; anything else is `OTHER`.
+pub const ERROR_KINDS: [&str; 16] = [
+    "ERR",
+    "WRONGTYPE",
+    "NOQUORUM",
+    "NOREPLICAS",
+    "READONLY",
+    "FENCED",
+    "TRYAGAIN",
+    "LOADING",
+    "STALE",
+    "TIMEOUT",
+    "NOAUTH",
+    "CORRUPT",
+    "EXECABORT",
+    "BUSY",
+    "UNBLOCKED",
+    "OTHER",
+];
+
+/// Error replies sent by this process, by `ERROR_KINDS` index.
+pub static ERRORS: [std::sync::atomic::AtomicU64; ERROR_KINDS.len()] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; ERROR_KINDS.len()];
+
+fn count_error(msg: &str) {
+    let word = msg.split(' ').next().unwrap_or("");
+    let i = ERROR_KINDS
+        .iter()
+        .position(|k| *k == word)
+        .unwrap_or(ERROR_KINDS.len() - 1);
+    ERRORS[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -375,38 +409,4 @@ mod tests {
         e3.bulk(&mut b, b"hi");
         assert_eq!(&b[..], b"_\r\n%1\r\n:-7\r\n$2\r\nhi\r\n");
     }
-}
-
-/// The kinds of error reply counted for `/metrics` (`replidb_errors_total{kind}`): the first
-/// word of the error line; anything else is `OTHER`.
-pub const ERROR_KINDS: [&str; 16] = [
-    "ERR",
-    "WRONGTYPE",
-    "NOQUORUM",
-    "NOREPLICAS",
-    "READONLY",
-    "FENCED",
-    "TRYAGAIN",
-    "LOADING",
-    "STALE",
-    "TIMEOUT",
-    "NOAUTH",
-    "CORRUPT",
-    "EXECABORT",
-    "BUSY",
-    "UNBLOCKED",
-    "OTHER",
-];
-
-/// Error replies sent by this process, by `ERROR_KINDS` index.
-pub static ERRORS: [std::sync::atomic::AtomicU64; ERROR_KINDS.len()] =
-    [const { std::sync::atomic::AtomicU64::new(0) }; ERROR_KINDS.len()];
-
-fn count_error(msg: &str) {
-    let word = msg.split(' ').next().unwrap_or("");
-    let i = ERROR_KINDS
-        .iter()
-        .position(|k| *k == word)
-        .unwrap_or(ERROR_KINDS.len() - 1);
-    ERRORS[i].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
