@@ -74,6 +74,11 @@ fn parse_name(name: &str) -> Option<Lsn> {
         .map(Lsn)
 }
 
+/// A local failure the archiver must not retry past (its files would be wrong).
+fn fatal(what: String) -> Error {
+    Error::State(format!("the archive cannot go on: {what}"))
+}
+
 fn io(what: String) -> impl FnOnce(std::io::Error) -> Error {
     move |e| Error::from(e).context(what)
 }
@@ -223,7 +228,13 @@ impl Archive {
         let roll = self.files.last().is_none_or(|&(_, len)| len >= FILE_BYTES);
         if roll || self.current.is_none() {
             if roll {
-                self.current = None;
+                // What the file being closed holds is synced before a later sync of the next
+                // one can acknowledge past it.
+                if let Some(f) = self.current.take() {
+                    f.sync_data().map_err(|e| {
+                        fatal(format!("syncing the archive file being closed: {e}"))
+                    })?;
+                }
                 self.files.push((self.end, 0));
                 self.dir_dirty = true;
             }
@@ -239,8 +250,19 @@ impl Archive {
             self.current = Some(f);
         }
         if let (Some(f), Some(last)) = (self.current.as_mut(), self.files.last_mut()) {
-            f.write_all(bytes)
-                .map_err(io(format!("writing {}", file_name(last.0))))?;
+            if let Err(e) = f.write_all(bytes) {
+                // A partial append is cut back off, and the archiver stops: retrying after a
+                // full disk would put the bytes after garbage.
+                let cut = f.set_len(last.1).and_then(|()| f.sync_data());
+                return Err(fatal(format!(
+                    "writing {}: {e}{}",
+                    file_name(last.0),
+                    match cut {
+                        Ok(()) => String::new(),
+                        Err(c) => format!(" (and cutting the partial write off failed: {c}; the next start cuts it)"),
+                    }
+                )));
+            }
             last.1 += bytes.len() as u64;
         }
         self.end = Lsn(self.end.0 + bytes.len() as u64);
@@ -250,13 +272,16 @@ impl Archive {
     /// Syncs what was written (and the directory, after a new file); returns the synced end.
     pub fn sync(&mut self) -> Result<Lsn> {
         if self.synced < self.end {
+            // A failed fsync is not retried (the kernel may have dropped the pages): the
+            // archiver stops.
             if let Some(f) = &self.current {
-                f.sync_data().map_err(io("syncing the archive".into()))?;
+                f.sync_data()
+                    .map_err(|e| fatal(format!("syncing the archive: {e}")))?;
             }
             if self.dir_dirty {
                 File::open(&self.dir)
                     .and_then(|d| d.sync_all())
-                    .map_err(io(format!("syncing {}", self.dir.display())))?;
+                    .map_err(|e| fatal(format!("syncing {}: {e}", self.dir.display())))?;
                 self.dir_dirty = false;
             }
             self.synced = self.end;
@@ -372,7 +397,13 @@ impl ArchiveReader {
             let path = self.dir.join(file_name(start));
             let bytes = std::fs::read(&path).map_err(io(format!("reading {}", path.display())))?;
             let off = (at - start.0) as usize;
-            let take = (bytes.len().saturating_sub(off)).min(max - out.len());
+            if off > bytes.len() {
+                bail!(
+                    "{} is shorter than the archive's listing said (an archiver cut it meanwhile?)",
+                    path.display()
+                );
+            }
+            let take = (bytes.len() - off).min(max - out.len());
             out.extend_from_slice(&bytes[off..off + take]);
             at += take as u64;
         }
@@ -414,10 +445,11 @@ fn write_epochs(dir: &Path, epochs: &[(u32, Lsn)]) -> Result<()> {
 }
 
 /// What stops an archiver for good: the primary's log forks from the archive, or no longer
-/// holds the WAL from its end (anything else: reconnect and go on).
+/// holds the WAL from its end, or the archive's own files failed a write or a sync (anything
+/// else: reconnect and go on).
 pub fn is_fatal(e: &Error) -> bool {
     match e {
-        Error::WalGone(_) => true,
+        Error::WalGone(_) | Error::State(_) => true,
         Error::Context { source, .. } => is_fatal(source),
         _ => false,
     }

@@ -136,9 +136,22 @@ async fn backup(args: BackupArgs) -> Result<()> {
     let pages_file = args.out.join("pages.db");
     let start = Server::start(config);
     tokio::pin!(start);
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
     let server = loop {
         tokio::select! {
-            r = &mut start => break r.context("copying the source's pages")?,
+            r = &mut start => match r {
+                Ok(s) => break s,
+                Err(e) => {
+                    // The copy may have registered on the source before it failed.
+                    forget(&mut source, &name).await;
+                    return Err(e.context("copying the source's pages"));
+                }
+            },
+            _ = &mut interrupted => {
+                forget(&mut source, &name).await;
+                bail!("interrupted");
+            }
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
                 let done = std::fs::metadata(&pages_file).map_or(0, |m| m.len());
                 bar.set_length(total.max(done));
@@ -149,6 +162,27 @@ async fn backup(args: BackupArgs) -> Result<()> {
     let done = std::fs::metadata(&pages_file).map_or(0, |m| m.len());
     bar.set_length(done);
     bar.finish_with_message("pages");
+    // Phases 2 and 3; whatever happens, the source forgets the backup afterwards.
+    let r = catch_up_and_promote(server, &mut interrupted).await;
+    forget(&mut source, &name).await;
+    let (begun, epoch) = r?;
+    println!(
+        "backup of {from} (epoch {source_epoch}) in {}: consistent at LSN {begun}; `replidb serve --dir {}` serves it as a standalone primary of epoch {epoch}",
+        args.out.display(),
+        args.out.display(),
+    );
+    Ok(())
+}
+
+/// How long the copy may go without a link to the source before it gives up.
+const LINK_PATIENCE: Duration = Duration::from_secs(30);
+
+/// Streams the copy to its consistency gate, promotes it and closes it; returns the LSN its
+/// own epoch begins at (the consistent point) and that epoch.
+async fn catch_up_and_promote(
+    server: Server,
+    interrupted: &mut std::pin::Pin<&mut impl std::future::Future>,
+) -> Result<(u64, u32)> {
     // Phase 2: the WAL from the copy's checkpoint until the pages are consistent.
     let shared = server.shared();
     let wal = ProgressBar::new(0);
@@ -161,9 +195,20 @@ async fn backup(args: BackupArgs) -> Result<()> {
     let ready = server.ready();
     tokio::pin!(ready);
     let mut first: Option<u64> = None;
+    let mut linked = std::time::Instant::now();
     loop {
+        if shared
+            .node
+            .link_up
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            linked = std::time::Instant::now();
+        } else if linked.elapsed() > LINK_PATIENCE {
+            bail!("lost the source for {LINK_PATIENCE:?} before the copy was consistent");
+        }
         tokio::select! {
             () = &mut ready => break,
+            _ = interrupted.as_mut() => bail!("interrupted"),
             _ = tokio::time::sleep(Duration::from_millis(200)) => {
                 if let Some((at, target)) = shared.loading() {
                     let from = *first.get_or_insert(at);
@@ -188,17 +233,12 @@ async fn backup(args: BackupArgs) -> Result<()> {
     let (lsn, epoch) = (db.apply_lsn(), db.epoch());
     let begun = db.epoch_history().last().map_or(lsn.0, |&(_, at)| at.0);
     drop(db);
-    let _ = server.shutdown_handle().send(true);
-    server.run().await.context("closing the backup")?;
+    // Only the server holds the database now, so closing it closes the files.
     drop(node);
     drop(shared);
-    forget(&mut source, &name).await;
-    println!(
-        "backup of {from} (epoch {source_epoch}) in {}: consistent at LSN {begun}; `replidb serve --dir {}` serves it as a standalone primary of epoch {epoch}",
-        args.out.display(),
-        args.out.display(),
-    );
-    Ok(())
+    let _ = server.shutdown_handle().send(true);
+    server.run().await.context("closing the backup")?;
+    Ok((begun, epoch))
 }
 
 /// Asks the source to forget the backup's replica entry (it keeps WAL for known replicas).

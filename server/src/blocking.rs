@@ -22,6 +22,10 @@ use crate::session::{Out, Session, Shared};
 /// won costs little before the replica waits again.
 const FORWARD_TIMEOUT: &str = "0.05";
 
+/// How long a replica waits for its primary to answer a forwarded pop (connecting
+/// included) before it answers `-TRYAGAIN`.
+const FORWARD_LIMIT: Duration = Duration::from_secs(5);
+
 /// How often a waiting pop looks at the node's role, for a replica promoted meanwhile (a
 /// promotion changes no key, so nothing else wakes it).
 const ROLE_CHECK: Duration = Duration::from_secs(1);
@@ -74,10 +78,13 @@ pub(crate) async fn block(
                 return got;
             }
         }
+        // A primary wakes on groups that changed keys; a replica on applied records (a
+        // primary's `applied` moves with every WAL write, too often to re-read on).
+        let replica = sh.node.is_replica_role();
         let woke = async {
             tokio::select! {
                 r = changed.changed() => r.is_ok(),
-                r = applied.changed() => r.is_ok(),
+                r = applied.changed(), if replica => r.is_ok(),
                 _ = tokio::time::sleep(ROLE_CHECK) => true,
                 _ = stop.changed() => false,
             }
@@ -106,7 +113,7 @@ async fn take_on_primary(
 ) -> BytesMut {
     let mut forwarded: Vec<&[u8]> = args[..args.len() - 1].iter().map(|a| &a[..]).collect();
     forwarded.push(FORWARD_TIMEOUT.as_bytes());
-    let reply = async {
+    let reply = tokio::time::timeout(FORWARD_LIMIT, async {
         if upstream.as_ref().is_none_or(|(addr, _)| addr != primary) {
             let conn = Conn::connect(primary, sh.config.primary_password.as_deref()).await?;
             *upstream = Some((primary.to_string(), conn));
@@ -116,8 +123,9 @@ async fn take_on_primary(
         };
         conn.call_reply(&forwarded, crate::model::layout::MAX_USER_VALUE + 64)
             .await
-    }
-    .await;
+    })
+    .await
+    .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {FORWARD_LIMIT:?}")));
     let reply = reply.unwrap_or_else(|e| {
         *upstream = None;
         Reply::Error(format!(

@@ -38,6 +38,8 @@ type Hist = (Labels, f64, u64, Vec<(f64, u64)>);
 enum Values {
     Gauge(Vec<(Labels, f64)>),
     Counter(u64),
+    /// A counter of seconds.
+    Seconds(f64),
     Counters(Vec<(Labels, u64)>),
     Histogram(Vec<Hist>),
 }
@@ -81,12 +83,15 @@ impl Collector for Scrape {
         for f in &self.0 {
             let kind = match f.values {
                 Values::Gauge(_) => MetricType::Gauge,
-                Values::Counter(_) | Values::Counters(_) => MetricType::Counter,
+                Values::Counter(_) | Values::Seconds(_) | Values::Counters(_) => {
+                    MetricType::Counter
+                }
                 Values::Histogram(_) => MetricType::Histogram,
             };
             let mut m = enc.encode_descriptor(f.name, f.help, None, kind)?;
             match &f.values {
                 Values::Counter(v) => m.encode_counter::<NoLabelSet, _, u64>(v, None)?,
+                Values::Seconds(v) => m.encode_counter::<NoLabelSet, _, f64>(v, None)?,
                 Values::Counters(vs) => {
                     for (labels, v) in vs {
                         m.encode_family(labels)?
@@ -211,6 +216,21 @@ pub fn render(sh: &Shared) -> String {
         "Checkpoints: dirty pages written back so the WAL before them can go.",
         st.checkpoints,
     );
+    s.0.push(Family {
+        name: "replidb_checkpoint_duration_seconds",
+        help: "Time spent in checkpoints since the node opened its database.",
+        values: Values::Seconds(st.checkpoint_us as f64 / 1e6),
+    });
+    s.gauge(
+        "replidb_last_checkpoint_duration_seconds",
+        "How long the last checkpoint took.",
+        st.last_checkpoint_us as f64 / 1e6,
+    );
+    s.gauge(
+        "replidb_wal_retained_bytes",
+        "WAL kept on disk: for recovery since the last checkpoint, and for replicas and archives that are behind (bounded by --max-retained-wal).",
+        st.last_lsn.0.saturating_sub(st.wal_kept_from.0) as f64,
+    );
     s.gauge(
         "replidb_dirty_pages",
         "Pages changed since the last checkpoint.",
@@ -276,10 +296,22 @@ pub fn render(sh: &Shared) -> String {
             "This replica's replay lag.",
             sh.node.replica_lag_ms() as f64 / 1e3,
         );
+        let loading = sh.loading();
         s.gauge(
             "replidb_loading",
             "1 while a seeded replica replays towards its consistent point (reads get -LOADING).",
-            flag(sh.loading().is_some()),
+            flag(loading.is_some()),
+        );
+        s.gauge(
+            "replidb_loading_remaining_bytes",
+            "WAL a seeded or rewound replica still replays before it serves reads (0 once consistent, or while the target is not known yet).",
+            loading.map_or(0, |(at, target)| {
+                if target == u64::MAX {
+                    0
+                } else {
+                    target.saturating_sub(at)
+                }
+            }) as f64,
         );
         s.counter(
             "replidb_reseeds",
@@ -397,9 +429,16 @@ pub async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
         .with_context(|| format!("binding --metrics-addr {addr}"))
 }
 
+/// Scrapes answered at once, at most (more connections wait in the accept queue).
+const MAX_SCRAPERS: usize = 16;
+
 /// Answers HTTP requests on `listener` until the process ends.
 pub async fn serve(sh: Arc<Shared>, listener: TcpListener) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPERS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         match listener.accept().await {
             Ok((sock, _)) => {
                 let sh = sh.clone();
@@ -407,6 +446,7 @@ pub async fn serve(sh: Arc<Shared>, listener: TcpListener) {
                     if let Err(e) = answer(&sh, sock).await {
                         tracing::debug!("metrics request: {e}");
                     }
+                    drop(slot);
                 });
             }
             Err(e) => {
@@ -421,8 +461,10 @@ pub async fn serve(sh: Arc<Shared>, listener: TcpListener) {
 async fn answer(sh: &Shared, mut sock: TcpStream) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
+    // The whole head within REQUEST_TIMEOUT, not each read of it.
+    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
     let (status, body) = loop {
-        let n = match tokio::time::timeout(REQUEST_TIMEOUT, sock.read(&mut chunk)).await {
+        let n = match tokio::time::timeout_at(deadline, sock.read(&mut chunk)).await {
             Ok(r) => r?,
             Err(_) => return Ok(()),
         };

@@ -83,17 +83,21 @@ pub fn run(args: RestoreArgs) -> Result<()> {
             args.out.display()
         );
     }
-    let existed = args.out.exists();
-    let r = restore(&args, target);
+    // Built beside it and renamed into place at the end: an interrupted restore leaves no
+    // directory that `serve` would open at some point short of the target.
+    let work = PathBuf::from(format!("{}.restoring", args.out.display()));
+    if work.exists() {
+        std::fs::remove_dir_all(&work)
+            .with_context(|| format!("removing an interrupted restore's {}", work.display()))?;
+    }
+    let r = restore(&args, target, &work).and_then(|line| {
+        std::fs::rename(&work, &args.out)
+            .with_context(|| format!("moving {} to {}", work.display(), args.out.display()))?;
+        println!("{line}");
+        Ok(())
+    });
     if r.is_err() {
-        if existed {
-            for e in std::fs::read_dir(&args.out).into_iter().flatten().flatten() {
-                let p = e.path();
-                let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
-            }
-        } else {
-            let _ = std::fs::remove_dir_all(&args.out);
-        }
+        let _ = std::fs::remove_dir_all(&work);
     }
     r
 }
@@ -118,20 +122,28 @@ fn backup_point(dir: &Path) -> Result<Base> {
             dir.display()
         );
     };
-    // Its own log after the point: its epoch's start and checkpoints, nothing else.
+    // Its own log after the point: its epoch's start and checkpoints, nothing else, all the
+    // way to its last checkpoint (a log cut short there is one that was served and
+    // checkpointed past the point: its pages are no longer the point's).
+    let served = |from: u64| {
+        anyhow::anyhow!(
+            "{} has been served since it was taken (its log from LSN {from} is not just the start of its own epoch {own}): a restore needs the backup as it was taken",
+            dir.display()
+        )
+    };
     let tail = storage::read_wal_at(dir, &info, point, 1 << 20)?;
     let mut at = 0usize;
-    while at < tail.len() {
-        let Ok((rec, n)) = record::decode(&tail[at..], Lsn(point.0 + at as u64)) else {
-            break;
+    loop {
+        let lsn = point.0 + at as u64;
+        let Ok((rec, n)) = record::decode(&tail[at.min(tail.len())..], Lsn(lsn)) else {
+            if lsn > info.checkpoint_lsn.0 {
+                break;
+            }
+            return Err(served(lsn));
         };
         match rec.body {
             Body::EpochChange { .. } | Body::Checkpoint { .. } => at += n,
-            _ => bail!(
-                "{} has been served since it was taken (it holds writes of its own epoch {own} from LSN {}): a restore needs the backup as it was taken",
-                dir.display(),
-                point.0 + at as u64
-            ),
+            _ => return Err(served(lsn)),
         }
     }
     Ok(Base {
@@ -142,7 +154,8 @@ fn backup_point(dir: &Path) -> Result<Base> {
     })
 }
 
-fn restore(args: &RestoreArgs, target: Target) -> Result<()> {
+/// Restores into `work`; returns the line to print once it is in place.
+fn restore(args: &RestoreArgs, target: Target, work: &Path) -> Result<String> {
     let Base {
         point,
         own_epoch,
@@ -177,16 +190,20 @@ fn restore(args: &RestoreArgs, target: Target) -> Result<()> {
     // it caught up): the same source, not a look-alike of another cluster's at the same
     // positions.
     match arch.record_ending_at(point) {
+        Err(e @ replication::Error::Io(_)) => {
+            return Err(anyhow::Error::new(e).context("reading the archive"))
+        }
         Err(e) => bail!(
-            "the backup's point (LSN {point}) is not a record boundary of the archive ({e}): they are of different clusters"
+            "the backup's point (LSN {point}) is not a record boundary of the archive ({e}): they are of different clusters, or the archive is damaged there"
         ),
         Ok(None) => {}
         Ok(Some((at, theirs))) => {
             let mine = storage::read_wal_at(&args.backup, &info, at, theirs.len())?;
-            if mine.len() == theirs.len()
-                && record::decode(&mine, at).is_ok()
-                && mine != theirs
-            {
+            if mine.len() < theirs.len() {
+                eprintln!(
+                    "warning: the backup no longer holds its log before LSN {point}: that the archive is of the same cluster could not be checked"
+                );
+            } else if mine != theirs {
                 bail!(
                     "the backup's log and the archive hold different records at LSN {at}, just before the backup's point (LSN {point}): they are of different clusters"
                 );
@@ -202,19 +219,29 @@ fn restore(args: &RestoreArgs, target: Target) -> Result<()> {
     }
     // Phase 1: find where to stop — the end of the last commit at or before the target.
     let (stop, stop_time, first_after) = find_stop(&arch, point, a_end, target)?;
-    if let (Target::Time(t), Some(first)) = (target, first_after) {
-        if stop == point && first > t {
-            // Nothing after the backup is before the target: is the backup itself after it?
-            if let Some(before) = last_commit_before(&arch, a_start, point)? {
-                if before > t {
-                    bail!(
-                        "--until-time {} is before the backup's point (its last commit was at {}): restore from an older backup",
-                        rfc3339(t),
-                        rfc3339(before)
-                    );
-                }
+    if let Target::Time(t) = target {
+        if stop == point {
+            // Nothing after the backup is replayed: the backup itself must not be after the
+            // target — proven by its last commit's time (in the archive, before the point).
+            match last_commit_before(&arch, a_start, point)? {
+                Some(before) if before > t => bail!(
+                    "--until-time {} is before the backup's point (its last commit was at {}): restore from an older backup",
+                    rfc3339(t),
+                    rfc3339(before)
+                ),
+                Some(_) => {}
+                None => bail!(
+                    "--until-time {}: no commit after the backup's point (LSN {point}) is before it, and the archive holds none before the point to show that the backup is not after it; use --until-lsn {point} to restore the backup as it is",
+                    rfc3339(t)
+                ),
             }
         }
+    }
+    // A target past the archive's last commit: the archive may be missing what came after.
+    if first_after.is_none() && !matches!(target, Target::End) {
+        eprintln!(
+            "warning: the archive ends (LSN {a_end}) before reaching the target: restored to its last commit; if the archiver was down, later commits are missing"
+        );
     }
     // Phase 2: the backup's pages, laid down as a replica at the point.
     let page_file = args.backup.join(storage::PAGE_FILE);
@@ -222,7 +249,7 @@ fn restore(args: &RestoreArgs, target: Target) -> Result<()> {
         .with_context(|| format!("reading {}", page_file.display()))?
         .len();
     let bar = bar(total, "pages");
-    let mut seeder = Seeder::create(&args.out, point, &Options::default())?;
+    let mut seeder = Seeder::create(work, point, &Options::default())?;
     {
         use std::io::Read;
         let mut f = std::fs::File::open(&page_file)?;
@@ -253,7 +280,7 @@ fn restore(args: &RestoreArgs, target: Target) -> Result<()> {
     bar.finish();
     // Phase 3: the archive from the point to the stop, replayed.
     let db = storage::Db::open(
-        &args.out,
+        work,
         Options {
             replica: true,
             ..Options::default()
@@ -282,7 +309,7 @@ fn restore(args: &RestoreArgs, target: Target) -> Result<()> {
     let newest = own_epoch.max(arch.epochs().last().map_or(1, |e| e.0));
     let (epoch, _) = db.promote_at_least(newest + 1)?;
     db.close()?;
-    println!(
+    Ok(format!(
         "restored {} + {} into {}: LSN {stop}{}; `replidb serve --dir {}` serves it as a standalone primary of epoch {epoch}",
         args.backup.display(),
         args.wal.display(),
@@ -292,8 +319,7 @@ fn restore(args: &RestoreArgs, target: Target) -> Result<()> {
             None => " (the backup's point: no commit replayed)".into(),
         },
         args.out.display(),
-    );
-    Ok(())
+    ))
 }
 
 /// Scans the archive from `from` (a record boundary) to `end`: the end of the last commit at

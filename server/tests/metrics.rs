@@ -180,6 +180,14 @@ fn metrics_are_scraped_parsed_and_move_with_load() {
     assert_eq!(r.get("replidb_primary_link_up"), 1.0);
     assert!(r.get("replidb_replay_lag_bytes") >= 0.0);
     assert_eq!(r.get("replidb_epoch"), after.get("replidb_epoch"));
+    // Checkpoints are counted and timed; the WAL kept on disk is reported.
+    let _: () = redis::cmd("CHECKPOINT").query(&mut c).unwrap();
+    let ck = scrape(&pm);
+    assert!(ck.get("replidb_checkpoints_total") > after.get("replidb_checkpoints_total"));
+    assert!(ck.get("replidb_checkpoint_duration_seconds_total") > 0.0);
+    assert!(ck.get("replidb_last_checkpoint_duration_seconds") > 0.0);
+    assert!(ck.get("replidb_wal_retained_bytes") >= 0.0);
+    assert_eq!(r.get("replidb_loading_remaining_bytes"), 0.0);
     // Errors are counted by kind.
     let wrongtype = |s: &Scrape| s.get("replidb_errors_total{kind=\"WRONGTYPE\"}");
     let before_err = wrongtype(&scrape(&pm));

@@ -9,15 +9,25 @@ use crate::error::{Error, Result};
 use crate::wal::record;
 
 impl Inner {
+    /// Counts a finished checkpoint: its time, and the WAL it kept (from `kept`).
+    pub(super) fn note_checkpoint(&self, t0: std::time::Instant, kept: u64) {
+        let us = t0.elapsed().as_micros() as u64;
+        self.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.checkpoint_us.fetch_add(us, Ordering::Relaxed);
+        self.last_checkpoint_us.store(us, Ordering::Relaxed);
+        self.wal_kept_from.store(kept, Ordering::Relaxed);
+    }
+
     pub(super) fn checkpoint(&self) -> Result<()> {
         let mut ck = self.ckpt.lock();
+        let t0 = std::time::Instant::now();
         if let Some(why) = &ck.failed {
             return Err(Error::PreviousIo(why.clone()));
         }
         // 1. Fix the redo point and take the frames to write. From here on, a page's next
         //    change logs a full image again (its LSN is <= redo).
         if let Some(rs) = self.replica_state() {
-            return self.replica_checkpoint(&mut ck, rs);
+            return self.replica_checkpoint(&mut ck, rs, t0);
         }
         let (redo, snapshot, page_count) = {
             let mut w = self.writer.lock();
@@ -68,7 +78,7 @@ impl Inner {
         let keep = redo.0.min(self.retain_from.load(Ordering::SeqCst));
         let end = self.wal.end().0;
         let removed = ck.segs.remove_below(keep, end)?;
-        self.checkpoints.fetch_add(1, Ordering::Relaxed);
+        self.note_checkpoint(t0, ck.segs.start_of(keep.min(end)));
         self.file_bytes
             .store(ck.file.len_bytes(), Ordering::Relaxed);
         tracing::debug!(

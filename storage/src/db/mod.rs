@@ -268,6 +268,12 @@ pub struct Stats {
     /// Recovery replays from here (the start of the last checkpoint).
     pub redo_lsn: Lsn,
     pub checkpoints: u64,
+    /// Time spent in checkpoints since open, and in the last one (µs).
+    pub checkpoint_us: u64,
+    pub last_checkpoint_us: u64,
+    /// The first LSN the WAL files still hold: `last_lsn` minus this is the log kept on
+    /// disk (for recovery, and for replicas and archives that are behind).
+    pub wal_kept_from: Lsn,
     /// WAL write+sync rounds since open; with group commit, fewer than durable commits.
     pub wal_flushes: u64,
     /// The log's I/O path: "io_uring" or "pwrite+fdatasync".
@@ -324,6 +330,11 @@ struct Inner {
     epochs: Mutex<Vec<(u32, Lsn)>>,
     /// Counters for `stats` that must not wait for a running checkpoint.
     checkpoints: AtomicU64,
+    /// Time spent in checkpoints in all, and in the last one (µs).
+    checkpoint_us: AtomicU64,
+    last_checkpoint_us: AtomicU64,
+    /// The first LSN the WAL files still hold (what the last checkpoint kept).
+    wal_kept_from: AtomicU64,
     file_bytes: AtomicU64,
     checkpoint_io: &'static str,
 }
@@ -490,6 +501,11 @@ impl Db {
             primary,
             epochs: Mutex::new(epochs),
             checkpoints: AtomicU64::new(0),
+            checkpoint_us: AtomicU64::new(0),
+            last_checkpoint_us: AtomicU64::new(0),
+            wal_kept_from: AtomicU64::new(
+                control.redo_lsn.0 - control.redo_lsn.0 % control.segment_bytes.max(1),
+            ),
             file_bytes: AtomicU64::new(file_bytes),
             checkpoint_io,
             wal_damage_cut,
@@ -703,6 +719,9 @@ impl Db {
             flush_lsn: self.inner.wal.flushed(),
             redo_lsn: redo,
             checkpoints: self.inner.checkpoints.load(Ordering::Relaxed),
+            checkpoint_us: self.inner.checkpoint_us.load(Ordering::Relaxed),
+            last_checkpoint_us: self.inner.last_checkpoint_us.load(Ordering::Relaxed),
+            wal_kept_from: Lsn(self.inner.wal_kept_from.load(Ordering::Relaxed)),
             wal_flushes: self.inner.wal.flushes(),
             wal_io: self.inner.wal.backend_name(),
             checkpoint_io: self.inner.checkpoint_io,

@@ -547,6 +547,7 @@ impl Inner {
         &self,
         ck: &mut Checkpointer,
         rs: &Mutex<ReplicaState>,
+        t0: std::time::Instant,
     ) -> Result<()> {
         let redo = rs.lock().restart_redo;
         let (snapshot, page_count) = {
@@ -582,8 +583,9 @@ impl Inner {
             ck.file.finish_checkpoint(&mut g, &snapshot)?;
         }
         let keep = redo.0.min(self.retain_from.load(Ordering::SeqCst));
-        ck.segs.remove_below(keep, self.wal.end().0)?;
-        self.checkpoints.fetch_add(1, Ordering::Relaxed);
+        let end = self.wal.end().0;
+        ck.segs.remove_below(keep, end)?;
+        self.note_checkpoint(t0, ck.segs.start_of(keep.min(end)));
         self.file_bytes
             .store(ck.file.len_bytes(), Ordering::Relaxed);
         self.writer.lock().redo_lsn = redo;
