@@ -151,8 +151,13 @@ fn a_replica_hides_expired_keys_while_its_primary_is_stopped_and_a_promoted_one_
     // The primary stops: no delete can reach the replica from here on.
     primary.signal("STOP");
     let lsn_before = info(&mut c1)["apply_lsn"].clone();
-    wait_for(10, "the deadline to pass on the replica", || {
+    // (hsoon's PEXPIRE ran a moment after soon's SET: its deadline is that much later.)
+    wait_for(10, "the deadlines to pass on the replica", || {
         c1.get::<_, Option<String>>("soon").unwrap().is_none()
+            && c1
+                .hget::<_, _, Option<String>>("hsoon", "f")
+                .unwrap()
+                .is_none()
     });
     assert!(
         set_at.elapsed() >= Duration::from_millis(1500),
