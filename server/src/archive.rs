@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use replication::archive::{self, Archive};
 use storage::Lsn;
 
-use crate::client::Conn;
+use crate::client::{info_field, Conn};
 
 #[derive(clap::Args, Debug)]
 pub struct ArchiveArgs {
@@ -29,15 +29,6 @@ pub struct ArchiveArgs {
     pub password: Option<String>,
 }
 
-/// One INFO field.
-fn field(info: &str, name: &str) -> Option<String> {
-    info.lines().find_map(|l| {
-        l.strip_prefix(name)
-            .and_then(|r| r.strip_prefix(':'))
-            .map(|v| v.trim().to_string())
-    })
-}
-
 /// A new archive begins where the primary's durable log ends now, on its history.
 async fn begin(args: &ArchiveArgs, archive: &mut Archive) -> Result<()> {
     let from = args.from.as_str();
@@ -48,16 +39,16 @@ async fn begin(args: &ArchiveArgs, archive: &mut Archive) -> Result<()> {
         .call(&["INFO", "replication"])
         .await
         .with_context(|| format!("asking {from} where its log ends"))?;
-    match field(&info, "role").as_deref() {
+    match info_field(&info, "role").as_deref() {
         Some("primary") => {}
         Some(role) => bail!("{from} is a {role}: a new archive starts from a primary"),
         None => bail!("{from} is not a replidb node (its INFO has no role)"),
     }
-    let flush: u64 = field(&info, "flush_lsn")
+    let flush: u64 = info_field(&info, "flush_lsn")
         .and_then(|v| v.parse().ok())
         .with_context(|| format!("{from}'s INFO has no flush_lsn"))?;
     let mut epochs = Vec::new();
-    for e in field(&info, "epoch_history")
+    for e in info_field(&info, "epoch_history")
         .unwrap_or_default()
         .split(',')
         .filter(|e| !e.is_empty())

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::client::Conn;
+use crate::client::{info_field, Conn};
 use crate::config::{Config, ServeArgs};
 use crate::reply::Reply;
 use crate::server::Server;
@@ -37,22 +37,13 @@ pub struct BackupArgs {
     pub password: Option<String>,
 }
 
-/// Whether `dir` is absent or an empty directory.
-fn is_new(dir: &Path) -> Result<bool> {
+/// Whether `dir` is absent or an empty directory (where a new data directory may go).
+pub(crate) fn is_new(dir: &Path) -> Result<bool> {
     match std::fs::read_dir(dir) {
         Ok(mut entries) => Ok(entries.next().is_none()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
         Err(e) => Err(e).with_context(|| format!("reading {}", dir.display())),
     }
-}
-
-/// One INFO field of the source.
-fn field(info: &str, name: &str) -> Option<String> {
-    info.lines().find_map(|l| {
-        l.strip_prefix(name)
-            .and_then(|r| r.strip_prefix(':'))
-            .map(|v| v.trim().to_string())
-    })
 }
 
 fn bytes_bar(total: u64) -> ProgressBar {
@@ -105,13 +96,13 @@ async fn backup(args: BackupArgs) -> Result<()> {
         .call(&["INFO", "everything"])
         .await
         .with_context(|| format!("asking {from} what it is"))?;
-    if field(&info, "replidb_version").is_none() {
+    if info_field(&info, "replidb_version").is_none() {
         bail!("{from} is not a replidb node (its INFO has no replidb_version): a backup copies a replidb node over its replication protocol");
     }
-    let total: u64 = field(&info, "page_file_bytes")
+    let total: u64 = info_field(&info, "page_file_bytes")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let source_epoch = field(&info, "epoch").unwrap_or_default();
+    let source_epoch = info_field(&info, "epoch").unwrap_or_default();
     let name = args.name.clone().unwrap_or_else(|| {
         let ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)

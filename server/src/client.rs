@@ -7,6 +7,15 @@ use tokio::net::TcpStream;
 
 use crate::reply::Reply;
 
+/// One field of an INFO reply (`name:value` lines), trimmed.
+pub fn info_field(info: &str, name: &str) -> Option<String> {
+    info.lines().find_map(|l| {
+        l.strip_prefix(name)
+            .and_then(|r| r.strip_prefix(':'))
+            .map(|v| v.trim().to_string())
+    })
+}
+
 /// Bulk replies larger than this are refused (INFO and the like are far smaller).
 const MAX_BULK: usize = 1 << 20;
 

@@ -51,14 +51,6 @@ enum Target {
 /// Bytes read from the archive (or the backup's log) at a time.
 const CHUNK: usize = 4 << 20;
 
-fn is_new(dir: &Path) -> Result<bool> {
-    match std::fs::read_dir(dir) {
-        Ok(mut entries) => Ok(entries.next().is_none()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
-        Err(e) => Err(e).with_context(|| format!("reading {}", dir.display())),
-    }
-}
-
 fn rfc3339(us: u64) -> String {
     humantime::format_rfc3339_micros(UNIX_EPOCH + Duration::from_micros(us)).to_string()
 }
@@ -77,7 +69,7 @@ pub fn run(args: RestoreArgs) -> Result<()> {
         (None, Some(n)) => Target::Lsn(n),
         (None, None) => Target::End,
     };
-    if !is_new(&args.out)? {
+    if !crate::backup::is_new(&args.out)? {
         bail!(
             "{} is not empty: a restore goes into a new (or empty) directory",
             args.out.display()

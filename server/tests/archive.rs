@@ -6,21 +6,10 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-use common::{info, wait_for, Node};
+use common::{archived, flush_lsn, start_archive, wait_for, Node};
 use redis::Commands;
-
-fn start_archive(from: &str, dir: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_replidb"))
-        .args(["archive", "--from", from, "--dir"])
-        .arg(dir)
-        .args(["--name", "arch"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn replidb archive")
-}
 
 /// (first LSN, total bytes) of the archive's files, checking they are contiguous.
 fn files(dir: &Path) -> (u64, u64) {
@@ -39,22 +28,6 @@ fn files(dir: &Path) -> (u64, u64) {
         assert_eq!(w[0].0 + w[0].1, w[1].0, "a gap between archive files");
     }
     (v[0].0, v.iter().map(|f| f.1).sum())
-}
-
-/// The archive's flush position as the primary sees it (`INFO replication`).
-fn archived(c: &mut redis::Connection) -> Option<u64> {
-    let text: String = redis::cmd("INFO").arg("replication").query(c).unwrap();
-    text.lines()
-        .find(|l| l.contains("name=arch,"))
-        .and_then(|l| {
-            l.split(',')
-                .find_map(|kv| kv.strip_prefix("flush_lsn="))
-                .and_then(|v| v.parse().ok())
-        })
-}
-
-fn flush_lsn(c: &mut redis::Connection) -> u64 {
-    info(c)["flush_lsn"].parse().unwrap()
 }
 
 #[test]

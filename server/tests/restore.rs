@@ -7,10 +7,9 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 
-use common::{info, wait_for, Node};
+use common::{archived, flush_lsn, info, start_archive, wait_for, Node};
 use redis::Commands;
 
 fn replidb(args: &[&str]) -> Output {
@@ -18,32 +17,6 @@ fn replidb(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("run replidb")
-}
-
-fn archive(from: &str, dir: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_replidb"))
-        .args(["archive", "--from", from, "--dir"])
-        .arg(dir)
-        .args(["--name", "arch"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn replidb archive")
-}
-
-fn archived(c: &mut redis::Connection) -> Option<u64> {
-    let text: String = redis::cmd("INFO").arg("replication").query(c).unwrap();
-    text.lines()
-        .find(|l| l.contains("name=arch,"))
-        .and_then(|l| {
-            l.split(',')
-                .find_map(|kv| kv.strip_prefix("flush_lsn="))
-                .and_then(|v| v.parse().ok())
-        })
-}
-
-fn flush_lsn(c: &mut redis::Connection) -> u64 {
-    info(c)["flush_lsn"].parse().unwrap()
 }
 
 /// Every key and its value (strings only here).
@@ -83,7 +56,7 @@ fn restores_to_a_point_before_a_mistake_by_lsn_and_by_time_and_to_the_end() {
     let addr = format!("127.0.0.1:{}", primary.port);
     let mut c = primary.client();
     let arch = work.path().join("arch");
-    let mut a = archive(&addr, &arch);
+    let mut a = start_archive(&addr, &arch);
     wait_for(20, "the archive to start", || archived(&mut c).is_some());
     for i in 0..200 {
         let _: () = c.set(format!("a{i}"), format!("first {i}")).unwrap();
@@ -208,7 +181,7 @@ fn a_backup_of_another_cluster_is_refused() {
     );
     let (mut c1, mut c2) = (one.client(), two.client());
     let arch = work.path().join("arch");
-    let mut a = archive(&a1, &arch);
+    let mut a = start_archive(&a1, &arch);
     wait_for(20, "the archive to start", || archived(&mut c1).is_some());
     // The same writes on both, so their logs run to similar positions.
     for i in 0..100 {

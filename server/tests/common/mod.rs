@@ -214,3 +214,33 @@ pub fn last_segment(dir: &std::path::Path) -> (std::path::PathBuf, usize) {
     let end = bytes.iter().rposition(|&b| b != 0).expect("written log") + 1;
     (seg, end)
 }
+
+/// Starts `replidb archive --from FROM --dir DIR --name arch` (stdout and stderr piped).
+pub fn start_archive(from: &str, dir: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_replidb"))
+        .args(["archive", "--from", from, "--dir"])
+        .arg(dir)
+        .args(["--name", "arch"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn replidb archive")
+}
+
+/// The flush position of the archive named `arch` as its primary sees it (`INFO
+/// replication`); `None` until it has connected.
+pub fn archived(c: &mut redis::Connection) -> Option<u64> {
+    let text: String = redis::cmd("INFO").arg("replication").query(c).unwrap();
+    text.lines()
+        .find(|l| l.contains("name=arch,"))
+        .and_then(|l| {
+            l.split(',')
+                .find_map(|kv| kv.strip_prefix("flush_lsn="))
+                .and_then(|v| v.parse().ok())
+        })
+}
+
+/// The node's `flush_lsn` (INFO).
+pub fn flush_lsn(c: &mut redis::Connection) -> u64 {
+    info(c)["flush_lsn"].parse().unwrap()
+}
