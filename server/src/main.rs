@@ -348,13 +348,16 @@ fn check(dir: PathBuf, cut_wal_at_damage: bool) -> Result<()> {
     }
     let r = db.check_integrity().context("integrity check failed")?;
     println!(
-        "ok: {} entries, depth {}, {} pages ({} branch, {} leaf, {} overflow, {} free)",
+        "ok: {} entries, depth {}, {} pages ({} branch, {} leaf, {} overflow, {} heap \
+         holding {} value bytes, {} free)",
         r.entries,
         r.depth,
         r.page_count,
         r.branch_pages,
         r.leaf_pages,
         r.overflow_pages,
+        r.heap_pages,
+        r.heap_bytes,
         r.free_pages
     );
     Ok(())

@@ -37,9 +37,9 @@ pub fn load_key<'a, S: PageSource>(src: &'a S, k: KeyRef<'a>) -> Result<Cow<'a, 
 pub fn load_value<'a, S: PageSource>(src: &'a S, v: ValRef<'a>) -> Result<Cow<'a, [u8]>> {
     match v {
         ValRef::Inline(b) => Ok(Cow::Borrowed(b)),
-        ValRef::Overflow { len, first } => {
+        ValRef::Heap(r) => {
             let mut out = Vec::new();
-            overflow::read_chain(src, first, len, &mut out)?;
+            crate::heap::read(src, r, &mut out)?;
             Ok(Cow::Owned(out))
         }
     }

@@ -2,10 +2,12 @@
 //! from the meta page. Used by tests after every step and by operators (`Db::check_integrity`).
 
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 
 use crate::btree::{load_key, node_kind, MAX_DEPTH};
 use crate::error::{Error, Result};
 use crate::freelist;
+use crate::heap::{self, HeapRef};
 use crate::node::{self, ValRef, KEY_LOCAL, MIN_FILL};
 use crate::overflow;
 use crate::page::{self, PageKind, PAGE_SIZE};
@@ -19,6 +21,9 @@ pub struct IntegrityReport {
     pub branch_pages: u64,
     pub leaf_pages: u64,
     pub overflow_pages: u64,
+    /// Pages of the value heap, and the bytes of values on them.
+    pub heap_pages: u64,
+    pub heap_bytes: u64,
     pub free_pages: u64,
     pub depth: usize,
     pub entries: u64,
@@ -29,6 +34,7 @@ enum Owner {
     Unseen,
     Tree,
     Overflow,
+    Heap,
     Free,
 }
 
@@ -37,6 +43,8 @@ struct Checker<'a, S: PageSource> {
     owner: Vec<Owner>,
     report: IntegrityReport,
     leaf_depth: Option<usize>,
+    /// Bytes of referenced heap values on each heap page.
+    heap: BTreeMap<PageId, usize>,
 }
 
 fn fail(msg: String) -> Error {
@@ -52,9 +60,11 @@ pub(crate) fn check<S: PageSource>(src: &S, meta: &page::Meta) -> Result<Integri
             ..Default::default()
         },
         leaf_depth: None,
+        heap: BTreeMap::new(),
     };
     c.owner[0] = Owner::Tree;
     c.node(meta.root, None, None, 0, true)?;
+    c.heap_pages(meta.heap_tail)?;
     for id in freelist::walk(src, meta.freelist_head, meta.page_count)? {
         c.claim(id, Owner::Free)?;
         c.report.free_pages += 1;
@@ -98,6 +108,35 @@ impl<S: PageSource> Checker<'_, S> {
         for id in ids {
             self.claim(id, Owner::Overflow)?;
             self.report.overflow_pages += 1;
+        }
+        Ok(())
+    }
+
+    fn heap_value(&mut self, r: HeapRef) -> Result<()> {
+        let heap = &mut self.heap;
+        heap::walk(self.src, r, |id, b| *heap.entry(id).or_default() += b.len())
+    }
+
+    /// Every heap page holds exactly the live bytes it counts; the tail may hold none.
+    fn heap_pages(&mut self, tail: PageId) -> Result<()> {
+        if !tail.is_none() {
+            self.heap.entry(tail).or_default();
+        }
+        let pages = std::mem::take(&mut self.heap);
+        for (id, bytes) in pages {
+            self.claim(id, Owner::Heap)?;
+            let p = self.src.page(id)?;
+            if page::kind(p) != Some(PageKind::Heap) {
+                return Err(fail(format!("heap page {id} is not a heap page")));
+            }
+            let live = heap::live_bytes(p);
+            if live != bytes {
+                return Err(fail(format!(
+                    "heap page {id} counts {live} live bytes, values hold {bytes} there"
+                )));
+            }
+            self.report.heap_pages += 1;
+            self.report.heap_bytes += bytes as u64;
         }
         Ok(())
     }
@@ -163,8 +202,8 @@ impl<S: PageSource> Checker<'_, S> {
                     if k.is_long() {
                         self.chain(k.ovf, k.len - KEY_LOCAL)?;
                     }
-                    if let ValRef::Overflow { len, first } = v {
-                        self.chain(first, len)?;
+                    if let ValRef::Heap(r) = v {
+                        self.heap_value(r)?;
                     }
                     prev = Some(key);
                 }

@@ -42,6 +42,7 @@
 //!
 //! Layout and invariants: `docs/storage.md` in the repository.
 
+mod balance;
 mod btree;
 mod check;
 mod control;
@@ -52,6 +53,7 @@ mod error;
 mod freelist;
 #[doc(hidden)]
 pub mod fuzzing;
+mod heap;
 mod inspect;
 /// Formats for the project's own benches, fuzzers and tests: not API.
 #[doc(hidden)]

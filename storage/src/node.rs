@@ -11,8 +11,8 @@
 //!
 //! key field     short (len <= 384):   len u16 | key bytes
 //!               long  (len  > 384):   len u16 | first 256 bytes | overflow page u64 (the rest)
-//! value field   inline:               len u32 (bit 31 clear) | value bytes
-//!               overflow:             len u32 (bit 31 set)   | overflow page u64 (all bytes)
+//! value field   inline:               len u16 (bit 15 clear) | value bytes
+//!               heap:                 0x8000 u16 | len u32 | page u64 | offset u16 (heap.rs)
 //! leaf cell     key field | value field
 //! branch cell   child u64 | key field      (keys >= this key live under child)
 //! ```
@@ -31,6 +31,7 @@
 //! a rebalance always leave both halves at least `MIN_FILL` full.
 
 use crate::error::{Error, Result};
+use crate::heap::HeapRef;
 use crate::le::{get_u16, get_u32, get_u64, put_u16, put_u64, try_u16, try_u32};
 use crate::page::{self, header, header_mut, PageKind, HEADER_SIZE, PAGE_SIZE, USABLE};
 use crate::types::PageId;
@@ -50,13 +51,17 @@ pub const KEY_LOCAL: usize = 256;
 pub const MAX_KEY: usize = 16 * 1024 + 64;
 /// The engine's limit: 64 MiB for the server's values plus room for a key's metadata.
 pub const MAX_VALUE: usize = 64 * 1024 * 1024 + 64;
-const VAL_OVF_FLAG: u32 = 1 << 31;
+/// The first two bytes of a value field that refers to the heap (an inline value's length
+/// is below it: inline values are under an eighth of a page).
+const HEAP_MARK: u16 = 0x8000;
+/// Size of a value field that refers to the heap.
+pub const HEAP_FIELD: usize = 16;
 
 const _: () = assert!(MAX_KEY < 1 << 15 && MAX_VALUE < 1 << 31);
-// The largest branch cell and the largest leaf cell with an overflowed value must fit the
+// The largest branch cell and the largest leaf cell with a heap value must fit the
 // per-cell budget, or a split could fail to make room.
 const _: () = assert!(8 + 2 + KEY_INLINE_MAX + SLOT <= MAX_CELL_COST);
-const _: () = assert!(2 + KEY_INLINE_MAX + 12 + SLOT <= MAX_CELL_COST);
+const _: () = assert!(2 + KEY_INLINE_MAX + HEAP_FIELD + SLOT <= MAX_CELL_COST);
 const _: () = assert!(KEY_LOCAL < KEY_INLINE_MAX);
 const _: () = assert!(2 * MAX_CELL_COST <= MIN_FILL + MAX_CELL_COST);
 
@@ -106,25 +111,25 @@ pub fn key_at(p: &[u8], off: usize) -> KeyRef<'_> {
 #[derive(Clone, Copy, Debug)]
 pub enum ValRef<'a> {
     Inline(&'a [u8]),
-    Overflow { len: usize, first: PageId },
+    Heap(HeapRef),
 }
 
 /// Value field at `off`, and the field's size.
 #[inline]
 pub fn val_at(p: &[u8], off: usize) -> (ValRef<'_>, usize) {
-    let raw = get_u32(p, off);
-    if raw & VAL_OVF_FLAG != 0 {
-        let len = (raw & !VAL_OVF_FLAG) as usize;
+    let raw = get_u16(p, off);
+    if raw & HEAP_MARK != 0 {
         (
-            ValRef::Overflow {
-                len,
-                first: PageId(get_u64(p, off + 4)),
-            },
-            12,
+            ValRef::Heap(HeapRef {
+                len: get_u32(p, off + 2) as usize,
+                page: PageId(get_u64(p, off + 6)),
+                off: get_u16(p, off + 14) as usize,
+            }),
+            HEAP_FIELD,
         )
     } else {
         let len = raw as usize;
-        (ValRef::Inline(&p[off + 4..off + 4 + len]), 4 + len)
+        (ValRef::Inline(&p[off + 2..off + 2 + len]), 2 + len)
     }
 }
 
@@ -403,18 +408,21 @@ pub fn encode_key_field(key: &[u8], ovf: PageId, out: &mut Vec<u8>) {
 }
 
 pub fn encode_inline_value(value: &[u8], out: &mut Vec<u8>) {
-    out.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    debug_assert!(value.len() < HEAP_MARK as usize);
+    out.extend_from_slice(&(value.len() as u16).to_le_bytes());
     out.extend_from_slice(value);
 }
 
-pub fn encode_overflow_value(len: usize, first: PageId, out: &mut Vec<u8>) {
-    out.extend_from_slice(&(len as u32 | VAL_OVF_FLAG).to_le_bytes());
-    out.extend_from_slice(&first.0.to_le_bytes());
+pub fn encode_heap_value(r: HeapRef, out: &mut Vec<u8>) {
+    out.extend_from_slice(&HEAP_MARK.to_le_bytes());
+    out.extend_from_slice(&(r.len as u32).to_le_bytes());
+    out.extend_from_slice(&r.page.0.to_le_bytes());
+    out.extend_from_slice(&(r.off as u16).to_le_bytes());
 }
 
 /// Whether a value of `vlen` bytes stays inside a leaf cell next to a key of `klen` bytes.
 pub fn value_fits_inline(klen: usize, vlen: usize) -> bool {
-    key_field_size(klen) + 4 + vlen + SLOT <= MAX_CELL_COST
+    key_field_size(klen) + 2 + vlen + SLOT <= MAX_CELL_COST
 }
 
 /// Structural check of a slotted page read from disk (after its checksum passed): every slot
@@ -481,14 +489,15 @@ pub fn validate(p: &[u8], id: PageId) -> Result<()> {
             return Err(bad("slot key head does not match the key"));
         }
         if kind == PageKind::Leaf {
-            let raw = try_u32(p, kend).ok_or_else(|| bad("value length cut off"))?;
-            let vend = if raw & VAL_OVF_FLAG != 0 {
-                if (raw & !VAL_OVF_FLAG) as usize > MAX_VALUE {
-                    return Err(bad("value longer than the limit"));
+            let raw = try_u16(p, kend).ok_or_else(|| bad("value length cut off"))?;
+            let vend = if raw & HEAP_MARK != 0 {
+                let len = try_u32(p, kend + 2).ok_or_else(|| bad("value length cut off"))?;
+                if raw != HEAP_MARK || len as usize > MAX_VALUE {
+                    return Err(bad("heap value field damaged or longer than the limit"));
                 }
-                kend + 12
+                kend + HEAP_FIELD
             } else {
-                kend + 4 + raw as usize
+                kend + 2 + raw as usize
             };
             if vend > PAGE_SIZE {
                 return Err(bad("value runs past the page end"));

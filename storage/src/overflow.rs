@@ -1,4 +1,4 @@
-//! Overflow chains: long values, and the tails of long keys, in linked pages.
+//! Overflow chains: the tails of long keys, in linked pages (long values live in the heap).
 //!
 //! ```text
 //! overflow page: header (kind 4, count = bytes used here, link = next page or 0) | bytes

@@ -3,13 +3,14 @@
 //! ```text
 //! every page (4096 bytes)
 //! +0  checksum      u32  crc32c of bytes 4..4096
-//! +4  kind          u8   1 meta, 2 branch, 3 leaf, 4 overflow, 5 free-list trunk
+//! +4  kind          u8   1 meta, 2 branch, 3 leaf, 4 overflow, 5 free-list trunk, 6 heap
 //! +5  head_skip     u8   slotted pages: key bytes every key shares, skipped by key heads
-//! +6  count         u16  cells (branch/leaf), bytes used (overflow), ids (trunk)
+//! +6  count         u16  cells (branch/leaf), bytes used (overflow), ids (trunk),
+//!                        live bytes (heap)
 //! +8  page_id       u64  this page's own id (catches misdirected writes)
 //! +16 page_lsn      u64  LSN of the last change applied to this page
-//! +24 link          u64  branch: leftmost child; overflow: next page; trunk: next trunk
-//! +32 content_start u16  slotted pages: start of the cell area
+//! +24 link          u64  branch: leftmost child; overflow, heap: next page; trunk: next trunk
+//! +32 content_start u16  slotted pages: start of the cell area; heap: end of the bytes written
 //! +34 garbage       u16  slotted pages: bytes of dead cells inside the cell area
 //! +36 reserved      u32  0
 //! +40 body
@@ -81,6 +82,7 @@ pub enum PageKind {
     Leaf = 3,
     Overflow = 4,
     FreeTrunk = 5,
+    Heap = 6,
 }
 
 impl PageKind {
@@ -91,6 +93,7 @@ impl PageKind {
             3 => PageKind::Leaf,
             4 => PageKind::Overflow,
             5 => PageKind::FreeTrunk,
+            6 => PageKind::Heap,
             _ => return None,
         })
     }
@@ -206,6 +209,7 @@ pub fn check_structure(p: &[u8], id: PageId) -> Result<()> {
             }
             Ok(())
         }
+        Some(PageKind::Heap) => crate::heap::validate(p, id),
         Some(PageKind::Meta) => Ok(()),
     }
 }
@@ -214,13 +218,14 @@ pub fn check_structure(p: &[u8], id: PageId) -> Result<()> {
 ///
 /// ```text
 /// +40 magic          [u8; 8]  "REPLIDB\0"
-/// +48 format_version u32      1
+/// +48 format_version u32      2 (1: long values in overflow chains, no heap)
 /// +52 page_size      u32      4096
 /// +56 root           u64      root page of the B+tree
 /// +64 page_count     u64      pages 0..page_count are in use or free
 /// +72 freelist_head  u64      first free-list trunk page (0 = none)
 /// +80 free_count     u64      pages on the free list (trunks included)
 /// +88 entries        u64      keys in the tree
+/// +96 heap_tail      u64      the value heap's tail page (0 = no heap yet)
 /// ```
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Debug, Clone, PartialEq, Eq)]
 #[repr(C)]
@@ -233,10 +238,11 @@ pub struct MetaBody {
     pub freelist_head: U64,
     pub free_count: U64,
     pub entries: U64,
+    pub heap_tail: U64,
 }
 
 pub const MAGIC: [u8; 8] = *b"REPLIDB\0";
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// The engine's in-memory view of the meta page.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -246,6 +252,7 @@ pub struct Meta {
     pub freelist_head: PageId,
     pub free_count: u64,
     pub entries: u64,
+    pub heap_tail: PageId,
 }
 
 impl Meta {
@@ -257,12 +264,20 @@ impl Meta {
         if body.magic != MAGIC {
             return Err("bad magic (not a replidb page file)".into());
         }
-        if body.format_version.get() != FORMAT_VERSION {
-            return Err(format!(
-                "format version {} (this build reads {})",
-                body.format_version.get(),
-                FORMAT_VERSION
-            ));
+        let version = body.format_version.get();
+        if version != FORMAT_VERSION {
+            return Err(if version < FORMAT_VERSION {
+                format!(
+                    "page format {version}, written by an older replidb; this build reads \
+                     format {FORMAT_VERSION} only. Serve it with the replidb that wrote it; to \
+                     move to this build, copy its keys through a client into a new directory"
+                )
+            } else {
+                format!(
+                    "page format {version}, written by a newer replidb; this build reads \
+                     format {FORMAT_VERSION} only"
+                )
+            });
         }
         if body.page_size.get() as usize != PAGE_SIZE {
             return Err(format!(
@@ -277,6 +292,7 @@ impl Meta {
             freelist_head: PageId(body.freelist_head.get()),
             free_count: body.free_count.get(),
             entries: body.entries.get(),
+            heap_tail: PageId(body.heap_tail.get()),
         };
         if m.page_count > MAX_PAGES {
             return Err(format!(
@@ -293,6 +309,9 @@ impl Meta {
         if m.freelist_head.0 >= m.page_count || m.free_count >= m.page_count {
             return Err("free list outside the file".into());
         }
+        if m.heap_tail.0 >= m.page_count {
+            return Err("heap tail outside the file".into());
+        }
         Ok(m)
     }
 
@@ -306,6 +325,7 @@ impl Meta {
             freelist_head: U64::new(self.freelist_head.0),
             free_count: U64::new(self.free_count),
             entries: U64::new(self.entries),
+            heap_tail: U64::new(self.heap_tail.0),
         };
         let n = std::mem::size_of::<MetaBody>();
         p[HEADER_SIZE..HEADER_SIZE + n].copy_from_slice(body.as_bytes());
@@ -352,7 +372,7 @@ pub fn inspect(p: &[u8], id: PageId) -> Result<PageSummary> {
                 s.overflow_refs += usize::from(k.is_long());
                 match v {
                     crate::node::ValRef::Inline(b) => s.local_bytes += b.len(),
-                    crate::node::ValRef::Overflow { .. } => s.overflow_refs += 1,
+                    crate::node::ValRef::Heap(_) => s.overflow_refs += 1,
                 }
             }
         }
@@ -366,7 +386,7 @@ pub fn inspect(p: &[u8], id: PageId) -> Result<PageSummary> {
         PageKind::Meta => {
             Meta::read(p).map_err(|reason| Error::corrupt(id, reason))?;
         }
-        PageKind::Overflow | PageKind::FreeTrunk => {}
+        PageKind::Overflow | PageKind::FreeTrunk | PageKind::Heap => {}
     }
     Ok(s)
 }

@@ -272,6 +272,7 @@ impl PageFile {
             freelist_head: PageId::NONE,
             free_count: 0,
             entries: 0,
+            heap_tail: PageId::NONE,
         };
         let mut p0 = page::new_page_buf();
         page::init(&mut p0[..], page::PageKind::Meta, PageId(0));

@@ -15,7 +15,7 @@ use crate::pager::PageSource;
 use crate::txn::WriteCtx;
 use crate::types::PageId;
 
-type Cell = Vec<u8>;
+pub(crate) type Cell = Vec<u8>;
 
 /// Inserts or overwrites `key`. Returns true if the key is new.
 pub(crate) fn put(ctx: &mut WriteCtx<'_>, key: &[u8], value: &[u8]) -> Result<bool> {
@@ -40,7 +40,11 @@ fn put_keeping(
 ) -> Result<bool> {
     let cell = build_leaf_cell(ctx, key, value)?;
     let root = ctx.meta.root;
-    let (out, inserted) = put_rec(ctx, root, key, &cell, 0, old)?;
+    let (mut out, inserted) = put_rec(ctx, root, key, &cell, 0, old)?;
+    if let Some((idx, cell)) = out.full.take() {
+        // A root leaf has no siblings: it splits.
+        out.split = split_with(ctx, root, PageKind::Leaf, idx, cell)?;
+    }
     if let Some(up) = out.split {
         grow_root(ctx, root, up)?;
     }
@@ -138,50 +142,50 @@ fn put_rec(
                     let underflow = node::used(pm) < MIN_FILL;
                     return Ok((
                         Outcome {
-                            split: None,
                             underflow,
+                            ..Outcome::default()
                         },
                         false,
                     ));
                 }
-                let split = split_with(ctx, id, PageKind::Leaf, i, cell.to_vec())?;
-                Ok((
-                    Outcome {
-                        split,
-                        underflow: false,
-                    },
-                    false,
-                ))
+                Ok((Outcome::full(i, cell), false))
             }
             Err(i) => {
                 let pm = ctx.page_mut(id)?;
                 if node::insert_cell(pm, PageKind::Leaf, i, cell) {
                     return Ok((Outcome::default(), true));
                 }
-                let split = split_with(ctx, id, PageKind::Leaf, i, cell.to_vec())?;
-                Ok((
-                    Outcome {
-                        split,
-                        underflow: false,
-                    },
-                    true,
-                ))
+                Ok((Outcome::full(i, cell), true))
             }
         },
     }
 }
 
-/// What a change did to a node: split off a sibling (the cell for the parent), or left the
-/// node underfull. Never both: halves of a split are well above the minimum.
+/// What a change did to a node: split off a sibling (the cell for the parent), left the
+/// node underfull, or (a leaf) found no room for a cell, which its parent makes among the
+/// leaf's siblings. Never two: halves of a split are well above the minimum.
 #[derive(Default)]
 struct Outcome {
     split: Option<Cell>,
     underflow: bool,
+    /// The leaf's cells, with this cell inserted at this slot, need more than its page.
+    full: Option<(usize, Cell)>,
+}
+
+impl Outcome {
+    fn full(idx: usize, cell: &[u8]) -> Outcome {
+        Outcome {
+            full: Some((idx, cell.to_vec())),
+            ..Outcome::default()
+        }
+    }
 }
 
 /// Applies a child's outcome to branch `id` (child `ci`), returning the branch's own outcome.
 fn fix_child(ctx: &mut WriteCtx<'_>, id: PageId, ci: usize, out: Outcome) -> Result<Outcome> {
-    let split = if let Some(up) = out.split {
+    let split = if let Some((idx, cell)) = out.full {
+        crate::balance::balance_leaves(ctx, id, ci, idx, cell)?
+    } else if let Some(up) = out.split {
         insert_branch_cell(ctx, id, ci, up)?
     } else if out.underflow {
         rebalance(ctx, id, ci)?
@@ -189,7 +193,11 @@ fn fix_child(ctx: &mut WriteCtx<'_>, id: PageId, ci: usize, out: Outcome) -> Res
         return Ok(Outcome::default());
     };
     let underflow = split.is_none() && node::used(ctx.page(id)?) < MIN_FILL;
-    Ok(Outcome { split, underflow })
+    Ok(Outcome {
+        split,
+        underflow,
+        full: None,
+    })
 }
 
 fn del_rec(
@@ -216,8 +224,8 @@ fn del_rec(
                 let underflow = node::used(pm) < MIN_FILL;
                 Ok((
                     Outcome {
-                        split: None,
                         underflow,
+                        ..Outcome::default()
                     },
                     true,
                 ))
@@ -256,7 +264,7 @@ fn split_with(
     write_node(ctx, id, kind, link, cells)
 }
 
-fn cells_of(p: &[u8], kind: PageKind) -> Vec<Cell> {
+pub(crate) fn cells_of(p: &[u8], kind: PageKind) -> Vec<Cell> {
     (0..node::count(p))
         .map(|i| node::cell(p, kind, i).to_vec())
         .collect()
@@ -264,7 +272,7 @@ fn cells_of(p: &[u8], kind: PageKind) -> Vec<Cell> {
 
 /// Makes page `id` hold `cells`; if they do not fit, splits them over `id` and a new right
 /// sibling and returns the branch cell that routes to the sibling.
-fn write_node(
+pub(crate) fn write_node(
     ctx: &mut WriteCtx<'_>,
     id: PageId,
     kind: PageKind,
@@ -412,7 +420,11 @@ fn rebalance(ctx: &mut WriteCtx<'_>, pid: PageId, ci: usize) -> Result<Option<Ce
 
 /// The shortest key `s` with `left_last < s <= right_first` (suffix truncation), so branch
 /// pages hold short separators however long the keys are.
-fn separator(ctx: &WriteCtx<'_>, left_cell: &[u8], right_cell: &[u8]) -> Result<Vec<u8>> {
+pub(crate) fn separator(
+    ctx: &WriteCtx<'_>,
+    left_cell: &[u8],
+    right_cell: &[u8],
+) -> Result<Vec<u8>> {
     let lk = load_key(ctx, node::key_at(left_cell, 0))?;
     let rk = load_key(ctx, node::key_at(right_cell, 0))?;
     debug_assert_eq!(lk.as_ref().cmp(rk.as_ref()), Ordering::Less);
@@ -430,7 +442,7 @@ fn encode_key(ctx: &mut WriteCtx<'_>, key: &[u8], out: &mut Vec<u8>) -> Result<(
     Ok(())
 }
 
-fn make_branch_cell(ctx: &mut WriteCtx<'_>, child: PageId, key: &[u8]) -> Result<Cell> {
+pub(crate) fn make_branch_cell(ctx: &mut WriteCtx<'_>, child: PageId, key: &[u8]) -> Result<Cell> {
     let mut c = Vec::with_capacity(8 + node::key_field_size(key.len()));
     c.extend_from_slice(&child.0.to_le_bytes());
     encode_key(ctx, key, &mut c)?;
@@ -443,8 +455,8 @@ fn build_leaf_cell(ctx: &mut WriteCtx<'_>, key: &[u8], value: &[u8]) -> Result<C
     if node::value_fits_inline(key.len(), value.len()) {
         node::encode_inline_value(value, &mut c);
     } else {
-        let first = overflow::write_chain(ctx, value)?;
-        node::encode_overflow_value(value.len(), first, &mut c);
+        let r = crate::heap::append(ctx, value)?;
+        node::encode_heap_value(r, &mut c);
     }
     Ok(c)
 }
@@ -457,7 +469,7 @@ fn free_key_chain(ctx: &mut WriteCtx<'_>, field: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn free_branch_cell_chain(ctx: &mut WriteCtx<'_>, cell: &[u8]) -> Result<()> {
+pub(crate) fn free_branch_cell_chain(ctx: &mut WriteCtx<'_>, cell: &[u8]) -> Result<()> {
     free_key_chain(ctx, node::branch_cell_key_field(cell))
 }
 
@@ -465,8 +477,8 @@ fn free_leaf_cell_chains(ctx: &mut WriteCtx<'_>, cell: &[u8]) -> Result<()> {
     let kf = node::leaf_cell_key_field(cell);
     let klen = kf.len();
     free_key_chain(ctx, kf)?;
-    if let (ValRef::Overflow { len, first }, _) = node::val_at(cell, klen) {
-        overflow::free_chain(ctx, first, len)?;
+    if let (ValRef::Heap(r), _) = node::val_at(cell, klen) {
+        crate::heap::release(ctx, r)?;
     }
     Ok(())
 }

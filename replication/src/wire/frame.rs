@@ -59,14 +59,15 @@ pub const MAX_MESSAGE: usize = 1024;
 /// Protocol version a hello names; both ends must speak the same one. 4: wal frames may
 /// carry the eager flag (bit 1), which version 3 replicas refuse. 5: a switchover asks its
 /// target over the replication protocol (catch_up, promote, role_query, role_report).
-pub const VERSION: u32 = 5;
-/// The oldest version whose hello is accepted: a version-4 node streams, seeds and rewinds as
-/// before (those frames did not change); only a switchover needs both ends at 5. So a
-/// cluster can be upgraded one node at a time.
-pub const MIN_VERSION: u32 = 4;
+/// 6: pages of format 2 (long values in the value heap): a node of format 1 cannot replay
+/// them, nor this one its pages, so older nodes are refused.
+pub const VERSION: u32 = 6;
+/// The oldest version whose hello is accepted. Pages and WAL page records are replayed as
+/// they are, so both ends must share the page format: the version that changed it.
+pub const MIN_VERSION: u32 = 6;
 /// The version a hello names on a stream, seed or rewind connection — the oldest that speaks
 /// them, so that a node of either version accepts it; a control connection names `VERSION`.
-pub const STREAM_VERSION: u32 = 4;
+pub const STREAM_VERSION: u32 = 6;
 /// Page ids in one `page_list` frame.
 pub const MAX_PAGE_LIST: usize = MAX_WAL_CHUNK / 8;
 /// Entries in one `page_versions` frame.

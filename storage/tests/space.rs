@@ -1,0 +1,205 @@
+//! Space: leaves stay full under random inserts; long values share heap pages byte by byte
+//! and their space comes back when they go; a damaged heap page is a typed error; a page
+//! file of the older format is refused.
+
+use std::os::unix::fs::FileExt;
+
+use rand::{Rng, SeedableRng};
+use storage::internals::page::{self, PageKind, PAGE_SIZE};
+use storage::{Db, Durability, Error, Options, WriteBatch, PAGE_FILE};
+
+const USABLE: usize = PAGE_SIZE - 40;
+
+fn value(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..len).map(|_| rng.gen()).collect()
+}
+
+/// 1,000- and 3,000-byte values take their own bytes of heap pages, not a page each; the
+/// live-byte counts stay exact through overwrites and deletes, and all space comes back.
+#[test]
+fn long_values_share_heap_pages_and_their_space_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut want = std::collections::BTreeMap::new();
+    let mut b = WriteBatch::new();
+    for i in 0..600u64 {
+        let len = if i % 2 == 0 { 1000 } else { 3000 };
+        let k = rng.gen::<[u8; 16]>().to_vec();
+        let v = value(i, len);
+        b.put(k.clone(), v.clone());
+        want.insert(k, v);
+    }
+    db.commit(&b, Durability::Local).unwrap();
+    let bytes: usize = want.values().map(Vec::len).sum();
+    let r = db.check_integrity().unwrap();
+    assert_eq!(r.heap_bytes as usize, bytes);
+    assert!(
+        (r.heap_pages as usize) <= bytes.div_ceil(USABLE) + 1,
+        "{} heap pages for {bytes} bytes ({} would hold them)",
+        r.heap_pages,
+        bytes.div_ceil(USABLE)
+    );
+    // Overwrite half (with other lengths, some short enough to go inline), delete a quarter.
+    let keys: Vec<Vec<u8>> = want.keys().cloned().collect();
+    for (round, chunk) in keys.chunks(50).enumerate() {
+        let mut b = WriteBatch::new();
+        for (j, k) in chunk.iter().enumerate() {
+            match j % 4 {
+                0 => {
+                    b.delete(k.clone());
+                    want.remove(k);
+                }
+                1 | 2 => {
+                    let v = value(1000 + j as u64, [20, 700, 2500, 9000][round % 4]);
+                    b.put(k.clone(), v.clone());
+                    want.insert(k.clone(), v);
+                }
+                _ => {}
+            }
+        }
+        db.commit(&b, Durability::Off).unwrap();
+        let r = db.check_integrity().unwrap();
+        let heap_values: usize = want.values().map(Vec::len).filter(|&n| n > 500).sum();
+        assert_eq!(r.heap_bytes as usize, heap_values, "round {round}");
+    }
+    for (k, v) in &want {
+        assert_eq!(db.get(k).unwrap().as_deref(), Some(&v[..]));
+    }
+    db.close().unwrap();
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    for (k, v) in &want {
+        assert_eq!(db.get(k).unwrap().as_deref(), Some(&v[..]), "after reopen");
+    }
+    let mut b = WriteBatch::new();
+    for k in want.keys() {
+        b.delete(k.clone());
+    }
+    db.commit(&b, Durability::Local).unwrap();
+    let r = db.check_integrity().unwrap();
+    assert_eq!(r.heap_bytes, 0);
+    assert!(r.heap_pages <= 1, "only the heap's tail page is kept");
+    assert_eq!(r.free_pages, r.page_count - 2 - r.heap_pages);
+}
+
+fn heap_pages_on_disk(bytes: &[u8]) -> Vec<usize> {
+    bytes
+        .chunks(PAGE_SIZE)
+        .enumerate()
+        .filter(|(_, p)| p[4] == PageKind::Heap as u8)
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// A heap page whose fill was damaged (and its checksum made right again, as a bad write
+/// resealed would) makes reads of the values on it `Corrupt` naming the page; nothing panics.
+#[test]
+fn a_damaged_heap_page_is_a_typed_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    db.put(b"long", &value(1, 2000), Durability::Local).unwrap();
+    db.put(b"short", b"inline", Durability::Local).unwrap();
+    db.checkpoint().unwrap();
+    db.close().unwrap();
+    let path = dir.path().join(PAGE_FILE);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let heap = heap_pages_on_disk(&bytes);
+    assert_eq!(heap.len(), 1, "one heap page holds the value");
+    let at = heap[0] * PAGE_SIZE;
+    let p = &mut bytes[at..at + PAGE_SIZE];
+    // content_start (the fill) at +32: as if only 100 bytes had been written.
+    p[32..34].copy_from_slice(&140u16.to_le_bytes());
+    p[6..8].copy_from_slice(&100u16.to_le_bytes());
+    page::seal(p);
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all_at(p, at as u64).unwrap();
+    drop(f);
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    match db.get(b"long") {
+        Err(Error::Corrupt { page, .. }) => assert_eq!(page.0, heap[0] as u64),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert_eq!(db.get(b"short").unwrap().as_deref(), Some(&b"inline"[..]));
+    assert!(db.check_integrity().is_err());
+}
+
+/// A page file of format 1 (overflow chains for long values) is refused at open with a
+/// message that says what it is and what to do, not read as if it were format 2.
+#[test]
+fn a_page_file_of_the_older_format_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    db.put(b"k", b"v", Durability::Local).unwrap();
+    db.close().unwrap();
+    let path = dir.path().join(PAGE_FILE);
+    let mut bytes = std::fs::read(&path).unwrap();
+    // format_version: after the 40-byte page header and the 8-byte magic.
+    assert_eq!(
+        bytes[48..52],
+        2u32.to_le_bytes(),
+        "this build writes format 2"
+    );
+    bytes[48..52].copy_from_slice(&1u32.to_le_bytes());
+    page::seal(&mut bytes[..PAGE_SIZE]);
+    std::fs::write(&path, &bytes).unwrap();
+    let err = Db::open(dir.path(), Options::default())
+        .err()
+        .expect("a format-1 file must be refused");
+    assert!(matches!(err, Error::Incompatible { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("page format 1") && msg.contains("older replidb"),
+        "{msg}"
+    );
+    // And one from a newer build.
+    bytes[48..52].copy_from_slice(&3u32.to_le_bytes());
+    page::seal(&mut bytes[..PAGE_SIZE]);
+    std::fs::write(&path, &bytes).unwrap();
+    let err = Db::open(dir.path(), Options::default()).err().unwrap();
+    assert!(err.to_string().contains("newer replidb"), "{err}");
+}
+
+/// Random inserts leave leaves well filled: full leaves share their cells with their
+/// siblings before a new page is taken (a plain split in two leaves them ~69% full).
+#[test]
+fn random_inserts_leave_leaves_more_than_80_percent_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let n = 30_000;
+    for _ in 0..n / 1000 {
+        let mut b = WriteBatch::new();
+        for _ in 0..1000 {
+            b.put(rng.gen::<[u8; 16]>().to_vec(), vec![b'v'; 100]);
+        }
+        db.commit(&b, Durability::Off).unwrap();
+    }
+    let r = db.check_integrity().unwrap();
+    // A cell: key (2 + 16), value (2 + 100), slot 6.
+    let bytes = r.entries as usize * (2 + 16 + 2 + 100 + 6);
+    let fill = bytes as f64 / (r.leaf_pages as usize * USABLE) as f64;
+    eprintln!("random inserts: leaves {:.1}% full", fill * 100.0);
+    assert!(fill > 0.8, "leaves {:.0}% full", fill * 100.0);
+}
+
+/// An ordered load packs leaves full: appends after a parent's last key fill the pages to
+/// the left and leave room only in the last (a split in two would leave them half full).
+#[test]
+fn ordered_inserts_pack_leaves_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    let n = 30_000u64;
+    for chunk in 0..n / 1000 {
+        let mut b = WriteBatch::new();
+        for i in chunk * 1000..(chunk + 1) * 1000 {
+            b.put(i.to_be_bytes().to_vec(), vec![b'v'; 100]);
+        }
+        db.commit(&b, Durability::Off).unwrap();
+    }
+    let r = db.check_integrity().unwrap();
+    let bytes = r.entries as usize * (2 + 8 + 2 + 100 + 6);
+    let fill = bytes as f64 / (r.leaf_pages as usize * USABLE) as f64;
+    eprintln!("ordered inserts: leaves {:.1}% full", fill * 100.0);
+    assert!(fill > 0.95, "leaves {:.0}% full", fill * 100.0);
+}
