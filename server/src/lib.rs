@@ -11,6 +11,7 @@ pub mod blocking;
 pub mod client;
 pub mod cluster_demo;
 pub mod commands;
+pub mod compaction;
 pub mod config;
 pub mod cursor;
 pub mod glob;

@@ -246,6 +246,16 @@ pub fn render(sh: &Shared) -> String {
         "Pages on the free list.",
         st.free_pages as f64,
     );
+    s.gauge(
+        "replidb_heap_pages",
+        "Pages of the value heap (long values).",
+        st.heap_pages as f64,
+    );
+    s.gauge(
+        "replidb_heap_live_bytes",
+        "Bytes of live values in the value heap's pages.",
+        st.heap_live as f64,
+    );
     let replicas = sh.node.tracker.snapshot();
     s.gauge(
         "replidb_connected_replicas",

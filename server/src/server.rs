@@ -183,6 +183,7 @@ impl Server {
         });
         tokio::spawn(replication::primary::keep_retention(node.clone()));
         tokio::spawn(crate::sweep::run(shared.clone()));
+        tokio::spawn(crate::compaction::auto(shared.clone()));
         if let Some(listener) = metrics {
             tokio::spawn(crate::metrics::serve(shared.clone(), listener));
         }
@@ -513,7 +514,7 @@ pub(crate) async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut O
             Part::Bytes(b) => reply.extend_from_slice(&b),
             Part::Admin(op) => {
                 let sh = session.shared.clone();
-                let scrub = matches!(op, Admin::Scrub);
+                let scrub = matches!(op, Admin::Scrub | Admin::Compact);
                 let r = match op {
                     Admin::Promote => replication::role::promote(&sh.node).await,
                     Admin::Follow(addr) => replication::role::follow(&sh.node, addr)
@@ -530,9 +531,14 @@ pub(crate) async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut O
                     Admin::Scrub => replication::scrub::scrub(&sh.node, sh.config.scrub_rate)
                         .await
                         .map(|r| r.to_string()),
+                    Admin::Compact => {
+                        crate::compaction::run(&sh, crate::compaction::COMMAND_SPARSE_PCT)
+                            .await
+                            .map_err(|e| replication::Error::State(format!("{e:#}")))
+                    }
                 };
                 match r {
-                    // SCRUB answers with what it found.
+                    // SCRUB and COMPACT answer with what they found or did.
                     Ok(report) if scrub => session.enc.bulk(&mut reply, report.as_bytes()),
                     Ok(_) => session.enc.simple(&mut reply, "OK"),
                     Err(e) => session.enc.error(&mut reply, &format!("ERR {e:#}")),

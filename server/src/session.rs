@@ -86,6 +86,8 @@ pub enum Admin {
     Failover(String, u64),
     /// `SCRUB`: read and check every page and the WAL now.
     Scrub,
+    /// `COMPACT`: give the value heap's dead bytes back (a whole pass).
+    Compact,
 }
 
 /// What the connection does after a command.

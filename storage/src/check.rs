@@ -65,6 +65,12 @@ pub(crate) fn check<S: PageSource>(src: &S, meta: &page::Meta) -> Result<Integri
     c.owner[0] = Owner::Tree;
     c.node(meta.root, None, None, 0, true)?;
     c.heap_pages(meta.heap_tail)?;
+    if (c.report.heap_pages, c.report.heap_bytes) != (meta.heap_pages, meta.heap_live) {
+        return Err(fail(format!(
+            "meta counts {} heap pages holding {} live bytes, the heap has {} holding {}",
+            meta.heap_pages, meta.heap_live, c.report.heap_pages, c.report.heap_bytes
+        )));
+    }
     for id in freelist::walk(src, meta.freelist_head, meta.page_count)? {
         c.claim(id, Owner::Free)?;
         c.report.free_pages += 1;

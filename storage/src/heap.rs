@@ -51,6 +51,7 @@ fn new_page(ctx: &mut WriteCtx<'_>) -> Result<PageId> {
     let id = ctx.alloc(PageKind::Heap)?;
     let p = ctx.page_mut(id)?;
     page::header_mut(p).content_start.set(HEADER_SIZE as u16);
+    ctx.meta.heap_pages += 1;
     Ok(id)
 }
 
@@ -87,6 +88,7 @@ pub(crate) fn append(ctx: &mut WriteCtx<'_>, data: &[u8]) -> Result<HeapRef> {
         let h = page::header_mut(p);
         h.content_start.set((at + n) as u16);
         h.count.set(h.count.get() + n as u16);
+        ctx.meta.heap_live += n as u64;
         rest = &rest[n..];
         if rest.is_empty() {
             return Ok(start);
@@ -153,6 +155,7 @@ pub(crate) fn release(ctx: &mut WriteCtx<'_>, r: HeapRef) -> Result<()> {
     let mut parts: Vec<(PageId, usize)> = Vec::with_capacity(r.len / USABLE + 2);
     walk(ctx, r, |id, b| parts.push((id, b.len())))?;
     let tail = ctx.meta.heap_tail;
+    ctx.meta.heap_live = ctx.meta.heap_live.saturating_sub(r.len as u64);
     for (id, n) in parts {
         let p = ctx.page_mut(id)?;
         let h = page::header_mut(p);
@@ -171,6 +174,7 @@ pub(crate) fn release(ctx: &mut WriteCtx<'_>, r: HeapRef) -> Result<()> {
             h.link.set(0);
         } else {
             ctx.free(id)?;
+            ctx.meta.heap_pages = ctx.meta.heap_pages.saturating_sub(1);
         }
     }
     Ok(())

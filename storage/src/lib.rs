@@ -45,6 +45,7 @@
 mod balance;
 mod btree;
 mod check;
+mod compact;
 mod control;
 mod cursor;
 mod db;
@@ -82,10 +83,12 @@ pub mod vfs;
 mod wal;
 
 pub use check::IntegrityReport;
+pub use compact::CompactStep;
 pub use control::{check_history, CONTROL_FILE, EPOCHS_FILE, MAX_EPOCHS};
 pub use db::{
-    Db, Durability, Durable, Entry, Options, PageScrub, Range, ReadTxn, ReplicaProgress,
-    ReplicaSync, Stats, TxnRange, WalScrub, WriteBatch, WriteTxn, PAGE_FILE, WAL_DIR,
+    CompactReport, Db, Durability, Durable, Entry, Options, PageScrub, Range, ReadTxn,
+    ReplicaProgress, ReplicaSync, Stats, TxnRange, WalScrub, WriteBatch, WriteTxn,
+    COMPACT_STEP_ENTRIES, PAGE_FILE, WAL_DIR,
 };
 pub use error::{Error, Result};
 pub use inspect::{inspect, read_wal_at, DirInfo};

@@ -226,6 +226,8 @@ pub fn check_structure(p: &[u8], id: PageId) -> Result<()> {
 /// +80 free_count     u64      pages on the free list (trunks included)
 /// +88 entries        u64      keys in the tree
 /// +96 heap_tail      u64      the value heap's tail page (0 = no heap yet)
+/// +104 heap_pages    u64      pages of the value heap
+/// +112 heap_live     u64      bytes of live values in them
 /// ```
 #[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned, Debug, Clone, PartialEq, Eq)]
 #[repr(C)]
@@ -239,6 +241,8 @@ pub struct MetaBody {
     pub free_count: U64,
     pub entries: U64,
     pub heap_tail: U64,
+    pub heap_pages: U64,
+    pub heap_live: U64,
 }
 
 pub const MAGIC: [u8; 8] = *b"REPLIDB\0";
@@ -253,6 +257,8 @@ pub struct Meta {
     pub free_count: u64,
     pub entries: u64,
     pub heap_tail: PageId,
+    pub heap_pages: u64,
+    pub heap_live: u64,
 }
 
 impl Meta {
@@ -293,6 +299,8 @@ impl Meta {
             free_count: body.free_count.get(),
             entries: body.entries.get(),
             heap_tail: PageId(body.heap_tail.get()),
+            heap_pages: body.heap_pages.get(),
+            heap_live: body.heap_live.get(),
         };
         if m.page_count > MAX_PAGES {
             return Err(format!(
@@ -326,6 +334,8 @@ impl Meta {
             free_count: U64::new(self.free_count),
             entries: U64::new(self.entries),
             heap_tail: U64::new(self.heap_tail.0),
+            heap_pages: U64::new(self.heap_pages),
+            heap_live: U64::new(self.heap_live),
         };
         let n = std::mem::size_of::<MetaBody>();
         p[HEADER_SIZE..HEADER_SIZE + n].copy_from_slice(body.as_bytes());

@@ -273,6 +273,8 @@ impl PageFile {
             free_count: 0,
             entries: 0,
             heap_tail: PageId::NONE,
+            heap_pages: 0,
+            heap_live: 0,
         };
         let mut p0 = page::new_page_buf();
         page::init(&mut p0[..], page::PageKind::Meta, PageId(0));

@@ -1,4 +1,5 @@
-//! Server commands: INFO, CONFIG, CHECKPOINT, DURABILITY, LSN, DIGEST, SCRUB, SHUTDOWN.
+//! Server commands: INFO, CONFIG, CHECKPOINT, DURABILITY, LSN, DIGEST, SCRUB, COMPACT,
+//! SHUTDOWN.
 
 use bytes::Bytes;
 
@@ -48,6 +49,18 @@ impl Session {
                     .push(crate::session::Part::Bytes(out.buf.split().freeze()));
                 out.parts
                     .push(crate::session::Part::Admin(crate::session::Admin::Scrub));
+            }
+            "COMPACT" => {
+                // A primary's write (logged, replicated): refused at once where writes are.
+                if let Some(r) = self.shared.node.write_refusal() {
+                    self.err(out, &crate::shared::role_refusal_message(&r));
+                } else {
+                    // Runs step by step off the event loop: answered when the pass is done.
+                    out.parts
+                        .push(crate::session::Part::Bytes(out.buf.split().freeze()));
+                    out.parts
+                        .push(crate::session::Part::Admin(crate::session::Admin::Compact));
+                }
             }
             "SHUTDOWN" => {
                 tracing::info!(client = self.id, "SHUTDOWN requested by a client");

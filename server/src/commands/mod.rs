@@ -241,6 +241,7 @@ pub const COMMANDS: &[Spec] = &[
     spec("REPLVERIFY", 1, Family::Replication, Access::Other, false),
     spec("DIGEST", 1, Family::Server, Access::Other, false),
     spec("SCRUB", 1, Family::Server, Access::Other, false),
+    spec("COMPACT", 1, Family::Server, Access::Other, false),
     spec("SENTINEL", -2, Family::Sentinel, Access::Other, false),
     spec("SUBSCRIBE", -2, Family::PubSub, Access::Other, false),
     spec("PSUBSCRIBE", -2, Family::PubSub, Access::Other, false),

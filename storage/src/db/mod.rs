@@ -26,6 +26,7 @@ use crate::wal::segment::Segments;
 use crate::wal::Wal;
 
 mod checkpoint;
+mod compact;
 mod epochs;
 mod options;
 mod read;
@@ -36,6 +37,7 @@ mod replica_tests;
 mod scrub;
 mod stats;
 
+pub use compact::{CompactReport, COMPACT_STEP_ENTRIES};
 pub use options::Options;
 pub use read::{Entry, Range, ReadTxn, TxnRange};
 pub use scrub::{PageScrub, WalScrub};

@@ -12,6 +12,10 @@ pub struct Stats {
     pub entries: u64,
     pub page_count: u64,
     pub free_pages: u64,
+    /// Pages of the value heap, and the bytes of live values in them: the heap's garbage is
+    /// `heap_pages * (PAGE_SIZE - 40) - heap_live` (`Db::compact` gives it back).
+    pub heap_pages: u64,
+    pub heap_live: u64,
     /// Pages changed since the last checkpoint (held in memory).
     pub dirty_pages: u64,
     pub file_bytes: u64,
@@ -44,6 +48,8 @@ impl Db {
             entries: g.meta.entries,
             page_count: g.meta.page_count,
             free_pages: g.meta.free_count,
+            heap_pages: g.meta.heap_pages,
+            heap_live: g.meta.heap_live,
             dirty_pages: g.dirty_pages() as u64,
             file_bytes: self.inner.file_bytes.load(Ordering::Relaxed),
             last_lsn: g.last_lsn,

@@ -1,0 +1,107 @@
+//! `Db::compact`: a whole pass of heap compaction (compact.rs), step by step.
+
+use super::{Db, WriteTxn};
+use crate::compact::{self, CompactStep};
+use crate::error::Result;
+use crate::Durability;
+
+/// Entries one compaction step looks at: a step is one write transaction, so this bounds how
+/// long other writers wait behind it.
+pub const COMPACT_STEP_ENTRIES: usize = 2048;
+
+/// What a compaction pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CompactReport {
+    pub steps: u64,
+    pub entries_seen: u64,
+    pub values_moved: u64,
+    pub bytes_moved: u64,
+    pub heap_pages_before: u64,
+    pub heap_pages_after: u64,
+    pub heap_live: u64,
+    pub free_pages: u64,
+    /// Whether the pass reached the end (false: `go_on` stopped it).
+    pub complete: bool,
+}
+
+impl std::fmt::Display for CompactReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}moved {} values ({} bytes) after looking at {} keys; heap pages {} -> {} \
+             holding {} live bytes; {} pages free for reuse",
+            if self.complete { "" } else { "stopped early: " },
+            self.values_moved,
+            self.bytes_moved,
+            self.entries_seen,
+            self.heap_pages_before,
+            self.heap_pages_after,
+            self.heap_live,
+            self.free_pages
+        )
+    }
+}
+
+impl WriteTxn<'_> {
+    /// One step of heap compaction: looks at up to `budget` entries after `after` (from the
+    /// first if `None`) and copies each long value that touches a heap page less than
+    /// `sparse_pct` percent live to the heap's tail. `next` in the result is where the next
+    /// step starts (`None`: the pass is done).
+    pub fn compact_heap(
+        &mut self,
+        after: Option<&[u8]>,
+        budget: usize,
+        sparse_pct: usize,
+    ) -> Result<CompactStep> {
+        compact::step(&mut self.ctx, after, budget, sparse_pct)
+    }
+
+    /// Heap pages, and the bytes of live values in them.
+    pub fn heap_usage(&self) -> (u64, u64) {
+        (self.ctx.meta.heap_pages, self.ctx.meta.heap_live)
+    }
+}
+
+impl Db {
+    /// A whole compaction pass: every long value on a heap page less than `sparse_pct`
+    /// percent live is moved to the heap's tail, so those pages empty and are freed. Each
+    /// step is its own durable commit, so writers go on between steps. `go_on` is asked
+    /// before each step (with the step before, if any); false stops the pass there.
+    pub fn compact(
+        &self,
+        sparse_pct: usize,
+        mut go_on: impl FnMut(Option<&CompactStep>) -> bool,
+    ) -> Result<CompactReport> {
+        let before = self.stats();
+        let mut r = CompactReport {
+            heap_pages_before: before.heap_pages,
+            ..CompactReport::default()
+        };
+        let mut after: Option<Vec<u8>> = None;
+        let mut last: Option<CompactStep> = None;
+        loop {
+            if !go_on(last.as_ref()) {
+                break;
+            }
+            let (s, _) = self.update(Durability::Local, |t| {
+                t.compact_heap(after.as_deref(), COMPACT_STEP_ENTRIES, sparse_pct)
+            })?;
+            r.steps += 1;
+            r.entries_seen += s.entries_seen;
+            r.values_moved += s.values_moved;
+            r.bytes_moved += s.bytes_moved;
+            after = s.next.clone();
+            let done = after.is_none();
+            last = Some(s);
+            if done {
+                r.complete = true;
+                break;
+            }
+        }
+        let now = self.stats();
+        r.heap_pages_after = now.heap_pages;
+        r.heap_live = now.heap_live;
+        r.free_pages = now.free_pages;
+        Ok(r)
+    }
+}
