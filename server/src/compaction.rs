@@ -37,7 +37,9 @@ pub async fn run(sh: &Arc<Shared>, sparse_pct: usize) -> anyhow::Result<String> 
     let sh2 = sh.clone();
     let report = tokio::task::spawn_blocking(move || {
         let db = sh2.db();
-        db.compact(sparse_pct, |_| sh2.node.write_refusal().is_none())
+        db.compact(sparse_pct, |_| {
+            sh2.node.write_refusal().is_none() && !*sh2.node.shutdown.borrow()
+        })
     })
     .await
     .context("the compaction task failed")?

@@ -83,7 +83,11 @@ pub(crate) fn balance_leaves(
         let mut best: Option<(usize, usize)> = None;
         for j in [ci.wrapping_sub(1), ci + 1] {
             if j <= n {
-                let used = node::used(ctx.page(node::child(p, j))?);
+                let (id, kp) = (node::child(p, j), ctx.page(node::child(p, j))?);
+                if node_kind(kp, id)? != PageKind::Leaf {
+                    return Err(Error::corrupt(id, "a leaf's sibling is not a leaf"));
+                }
+                let used = node::used(kp);
                 if best.is_none_or(|(_, u)| used < u) {
                     best = Some((j, used));
                 }

@@ -6,7 +6,7 @@
 //!   content_start  u16  fill: bytes are appended at this offset (40 ..= 4096)
 //!   link           u64  the next heap page, where a value that reached this page's end goes on
 //!
-//! leaf value field:  len u32 (bit 31 set) | page u64 | offset u16     (14 bytes)
+//! leaf value field:  0x8000 u16 | len u32 | page u64 | offset u16     (16 bytes)
 //! ```
 //!
 //! New values go to the tail page (`meta.heap_tail`) at its fill; a value longer than the room

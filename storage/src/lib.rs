@@ -3,7 +3,7 @@
 //! A page-based B+tree key-value engine that works on its own, embedded, like redb or LMDB:
 //! open a directory, commit batches of puts and deletes atomically, read points and ordered
 //! ranges while a commit is being applied. Keys are byte strings up to 8 KiB, values up to
-//! 64 MiB (long ones live in overflow pages). Every page carries a crc32c checksum; a
+//! 64 MiB (long ones packed into the value heap). Every page carries a crc32c checksum; a
 //! damaged page is reported as [`Error::Corrupt`] naming it.
 //!
 //! ```

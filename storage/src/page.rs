@@ -350,7 +350,7 @@ pub struct PageSummary {
     pub page_lsn: Lsn,
     /// Key and value bytes stored on this page (slotted pages).
     pub local_bytes: usize,
-    /// Cells pointing at overflow chains.
+    /// Cells pointing elsewhere: a long key's overflow chain or a value in the heap.
     pub overflow_refs: usize,
 }
 

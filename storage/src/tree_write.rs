@@ -124,7 +124,7 @@ fn put_rec(
         _ => match btree::search_leaf(ctx, p, key)? {
             Ok(i) => {
                 if let Some(keep) = keep {
-                    // Read before its overflow chain (if any) is freed below.
+                    // Read before its heap bytes (if any) are released below.
                     let (_, v) = node::leaf_entry(p, i);
                     *keep = Some(btree::load_value(ctx, v)?.into_owned());
                 }

@@ -160,6 +160,14 @@ fn a_page_file_of_the_older_format_is_refused_clearly() {
     assert!(err.to_string().contains("newer replidb"), "{err}");
 }
 
+/// How full the leaves are, every entry being a `key_len`-byte key with a 100-byte value:
+/// a cell is key (2 + key_len), value (2 + 100) and a 6-byte slot.
+fn leaf_fill(db: &Db, key_len: usize) -> f64 {
+    let r = db.check_integrity().unwrap();
+    let bytes = r.entries as usize * (2 + key_len + 2 + 100 + 6);
+    bytes as f64 / (r.leaf_pages as usize * USABLE) as f64
+}
+
 /// Random inserts leave leaves better filled than splits alone: a full leaf shares its cells
 /// with an emptier neighbour before a new page is taken (a plain split in two leaves them
 /// ~69% full).
@@ -176,10 +184,7 @@ fn random_inserts_leave_leaves_more_than_75_percent_full() {
         }
         db.commit(&b, Durability::Off).unwrap();
     }
-    let r = db.check_integrity().unwrap();
-    // A cell: key (2 + 16), value (2 + 100), slot 6.
-    let bytes = r.entries as usize * (2 + 16 + 2 + 100 + 6);
-    let fill = bytes as f64 / (r.leaf_pages as usize * USABLE) as f64;
+    let fill = leaf_fill(&db, 16);
     eprintln!("random inserts: leaves {:.1}% full", fill * 100.0);
     assert!(fill > 0.75, "leaves {:.0}% full", fill * 100.0);
 }
@@ -198,9 +203,7 @@ fn ordered_inserts_pack_leaves_full() {
         }
         db.commit(&b, Durability::Off).unwrap();
     }
-    let r = db.check_integrity().unwrap();
-    let bytes = r.entries as usize * (2 + 8 + 2 + 100 + 6);
-    let fill = bytes as f64 / (r.leaf_pages as usize * USABLE) as f64;
+    let fill = leaf_fill(&db, 8);
     eprintln!("ordered inserts: leaves {:.1}% full", fill * 100.0);
     assert!(fill > 0.95, "leaves {:.0}% full", fill * 100.0);
 }

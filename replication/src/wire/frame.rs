@@ -66,7 +66,8 @@ pub const VERSION: u32 = 6;
 /// they are, so both ends must share the page format: the version that changed it.
 pub const MIN_VERSION: u32 = 6;
 /// The version a hello names on a stream, seed or rewind connection — the oldest that speaks
-/// them, so that a node of either version accepts it; a control connection names `VERSION`.
+/// them (every version accepted today speaks them alike); a control connection names
+/// `VERSION`.
 pub const STREAM_VERSION: u32 = 6;
 /// Page ids in one `page_list` frame.
 pub const MAX_PAGE_LIST: usize = MAX_WAL_CHUNK / 8;
