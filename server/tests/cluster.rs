@@ -488,6 +488,19 @@ fn sentinel_clients_follow_a_failover() {
         );
         text.trim().to_string()
     };
+    // redis-py asks whichever member answers first and drops replicas flagged down, so wait
+    // until every member's view lists both replicas as up.
+    for n in nodes.iter().flatten() {
+        let mut c = n.client();
+        wait_for(30, "every member to report both replicas up", || {
+            let replicas: Vec<HashMap<String, String>> = cmd("SENTINEL")
+                .arg("replicas")
+                .arg(CLUSTER)
+                .query(&mut c)
+                .unwrap_or_default();
+            replicas.len() == 2 && replicas.iter().all(|r| r["flags"] == "slave")
+        });
+    }
     let before = py("before");
     assert_eq!(
         before,
