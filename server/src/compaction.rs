@@ -1,39 +1,59 @@
 //! Heap compaction on a primary (storage's `Db::compact`): the `COMPACT` command runs a
 //! whole pass and answers with what it did; the sweep runs passes by itself while the value
-//! heap holds more garbage than `AUTO_GARBAGE` of its bytes. Every step is an ordinary
+//! heap holds more garbage than `AUTO_GARBAGE_PCT` of its bytes. Every step is an ordinary
 //! logged commit, so replicas follow byte for byte; a node that stops being a writable
-//! primary stops compacting before its next step.
+//! primary stops compacting before its next step. One pass runs at a time.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-
-use anyhow::{bail, Context};
 
 use crate::shared::{role_refusal_message, Shared};
 
 /// `COMPACT` moves every long value on a heap page less than this percent live.
 pub const COMMAND_SPARSE_PCT: usize = 80;
-/// The sweep's passes move values off pages less than half live.
-pub const AUTO_SPARSE_PCT: usize = 50;
 /// The sweep starts a pass when dead bytes pass this share of the heap's pages (percent)…
 pub const AUTO_GARBAGE_PCT: u64 = 40;
 /// …and the heap has at least this many pages (4 MiB).
 pub const AUTO_MIN_PAGES: u64 = 1024;
+/// The sweep's passes move values off pages less than this percent live. With more than
+/// `AUTO_GARBAGE_PCT` of the heap dead, the pages average less than 100 - that live, so a
+/// pass that starts always finds pages to empty.
+pub const AUTO_SPARSE_PCT: usize = 100 - AUTO_GARBAGE_PCT as usize;
 
 /// Bytes of values a heap page holds at most.
 const HEAP_PAGE_BYTES: u64 = (storage::PAGE_SIZE - 40) as u64;
 
+/// Set while a pass runs (a process serves one node).
+static RUNNING: AtomicBool = AtomicBool::new(false);
+
+/// Dead bytes in the heap's pages.
+fn garbage(st: &storage::Stats) -> u64 {
+    (st.heap_pages * HEAP_PAGE_BYTES).saturating_sub(st.heap_live)
+}
+
 /// Whether the value heap holds enough garbage for the sweep to compact it.
 pub fn worth_compacting(st: &storage::Stats) -> bool {
     let capacity = st.heap_pages * HEAP_PAGE_BYTES;
-    st.heap_pages >= AUTO_MIN_PAGES
-        && capacity.saturating_sub(st.heap_live) * 100 > capacity * AUTO_GARBAGE_PCT
+    st.heap_pages >= AUTO_MIN_PAGES && garbage(st) * 100 > capacity * AUTO_GARBAGE_PCT
 }
 
-/// A whole compaction pass, off the event loop; the report as text.
-pub async fn run(sh: &Arc<Shared>, sparse_pct: usize) -> anyhow::Result<String> {
+/// A whole compaction pass, off the event loop: the report as text, or an error line for
+/// the client (`READONLY …` when this node is not a writable primary, `BUSY …` while
+/// another pass runs, `ERR …` when the pass failed).
+pub async fn run(sh: &Arc<Shared>, sparse_pct: usize) -> Result<String, String> {
     if let Some(r) = sh.node.write_refusal() {
-        bail!("{}", role_refusal_message(&r));
+        return Err(role_refusal_message(&r));
     }
+    if RUNNING.swap(true, Ordering::AcqRel) {
+        return Err("BUSY a compaction pass is already running on this node".into());
+    }
+    struct Running;
+    impl Drop for Running {
+        fn drop(&mut self) {
+            RUNNING.store(false, Ordering::Release);
+        }
+    }
+    let _running = Running;
     let sh2 = sh.clone();
     let report = tokio::task::spawn_blocking(move || {
         let db = sh2.db();
@@ -42,19 +62,22 @@ pub async fn run(sh: &Arc<Shared>, sparse_pct: usize) -> anyhow::Result<String> 
         })
     })
     .await
-    .context("the compaction task failed")?
-    .context("compaction")?;
+    .map_err(|e| format!("ERR the compaction task failed: {e}"))?
+    .map_err(|e| format!("ERR compaction: {e}"))?;
     tracing::info!(%report, "heap compaction");
     if !report.complete {
-        let why = sh
-            .node
-            .write_refusal()
-            .map(|r| role_refusal_message(&r))
-            .unwrap_or_else(|| "stopped".into());
-        bail!(
-            "compaction stopped after {} steps: {why} ({report})",
-            report.steps
-        );
+        return Err(match sh.node.write_refusal() {
+            // The role's own error, so clients that follow READONLY see it.
+            Some(r) => format!(
+                "{} (compaction stopped after {} steps: {report})",
+                role_refusal_message(&r),
+                report.steps
+            ),
+            None => format!(
+                "ERR compaction stopped after {} steps: the node is shutting down ({report})",
+                report.steps
+            ),
+        });
     }
     Ok(report.to_string())
 }
@@ -65,6 +88,8 @@ const AUTO_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 /// Runs a pass whenever this node is a writable primary and its heap is worth compacting.
 pub async fn auto(sh: Arc<Shared>) {
     let mut stop = sh.node.shutdown.subscribe();
+    // Dead heap bytes the last pass left behind.
+    let mut floor: Option<u64> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(AUTO_CHECK) => {}
@@ -73,11 +98,22 @@ pub async fn auto(sh: Arc<Shared>) {
         if *stop.borrow() {
             return;
         }
-        if sh.node.write_refusal().is_some() || !worth_compacting(&sh.db().stats()) {
+        let st = sh.db().stats();
+        if sh.node.write_refusal().is_some() || !worth_compacting(&st) {
             continue;
         }
-        if let Err(e) = run(&sh, AUTO_SPARSE_PCT).await {
-            tracing::warn!("automatic heap compaction: {e:#}");
+        // Hysteresis: after a pass, the next starts only once the garbage has grown by a
+        // quarter (and at least 1 MiB) past what that pass left, so a heap whose pages all
+        // sit just above the sparse limit is not walked again and again for nothing.
+        if let Some(left) = floor {
+            if garbage(&st) <= left + (left / 4).max(1 << 20) {
+                continue;
+            }
+        }
+        match run(&sh, AUTO_SPARSE_PCT).await {
+            Ok(_) => floor = Some(garbage(&sh.db().stats())),
+            Err(e) if e.starts_with("BUSY") => {}
+            Err(e) => tracing::warn!("automatic heap compaction: {e}"),
         }
     }
 }

@@ -532,9 +532,16 @@ pub(crate) async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut O
                         .await
                         .map(|r| r.to_string()),
                     Admin::Compact => {
-                        crate::compaction::run(&sh, crate::compaction::COMMAND_SPARSE_PCT)
+                        // Its errors carry their own code (READONLY, BUSY, ERR).
+                        match crate::compaction::run(&sh, crate::compaction::COMMAND_SPARSE_PCT)
                             .await
-                            .map_err(|e| replication::Error::State(format!("{e:#}")))
+                        {
+                            Ok(report) => Ok(report),
+                            Err(line) => {
+                                session.enc.error(&mut reply, &line);
+                                continue;
+                            }
+                        }
                     }
                 };
                 match r {

@@ -6,8 +6,11 @@
 //! (twice the bytes it holds). A pass walks the leaves in key order, a bounded number of
 //! entries per step (each step one write transaction, logged and replicated like any
 //! other), and rewrites each long value that touches a page less than `sparse_pct` live.
-//! The leaves are small beside the heap (a 16-byte reference per long value), so a pass
-//! reads little besides the values it moves.
+//! To decide, a pass follows each long value's chain of heap pages and reads their headers
+//! (only a value's first and last pages can hold other values, but the last is found by
+//! following the links): about one page header per 4 KiB of long values, besides the
+//! leaves and the values it moves. A step ends after `COMPACT_STEP_BYTES` moved, so a step
+//! stays far below the largest batch even when values are megabytes long.
 
 use crate::btree::{load_key, node_kind, search_branch, search_leaf, MAX_DEPTH};
 use crate::error::{Error, Result};
@@ -96,23 +99,39 @@ fn on_sparse_page(ctx: &WriteCtx<'_>, r: HeapRef, limit: usize) -> Result<bool> 
     Ok(false)
 }
 
-/// One step of a compaction pass: looks at up to `budget` entries after `after` and moves
-/// the long values that touch a heap page less than `sparse_pct` percent live.
+/// Bytes of values one step moves at most before it ends (it ends after the value that
+/// passes this): each step is one batch in the log.
+pub const COMPACT_STEP_BYTES: u64 = 16 << 20;
+
+/// One step of a compaction pass: looks at up to `budget` entries after `after` (none past
+/// `through`, if given) and moves the long values that touch a heap page less than
+/// `sparse_pct` percent live.
 pub(crate) fn step(
     ctx: &mut WriteCtx<'_>,
     after: Option<&[u8]>,
+    through: Option<&[u8]>,
     budget: usize,
     sparse_pct: usize,
 ) -> Result<CompactStep> {
     let mut entries = Vec::new();
     let root = ctx.meta.root;
-    let done = collect(ctx, root, after, budget.max(1), &mut entries, 0)?;
+    let mut done = collect(ctx, root, after, budget.max(1), &mut entries, 0)?;
+    if let Some(end) = through {
+        // Keys written behind the cursor after the pass began are the next pass's.
+        if let Some(past) = entries.iter().position(|(k, _)| k.as_slice() > end) {
+            entries.truncate(past);
+            done = true;
+        }
+    }
     let limit = USABLE * sparse_pct.min(100) / 100;
-    let mut s = CompactStep {
-        entries_seen: entries.len() as u64,
-        ..CompactStep::default()
-    };
-    for (key, r) in &entries {
+    let mut s = CompactStep::default();
+    for (i, (key, r)) in entries.iter().enumerate() {
+        if s.bytes_moved >= COMPACT_STEP_BYTES {
+            entries.truncate(i);
+            done = false;
+            break;
+        }
+        s.entries_seen += 1;
         let Some(r) = *r else { continue };
         if !on_sparse_page(ctx, r, limit)? {
             continue;

@@ -109,6 +109,10 @@ pub(crate) fn walk<'s, S: PageSource>(
 ) -> Result<()> {
     let mut remaining = r.len;
     let (mut id, mut at) = (r.page, r.off);
+    // A value's pages are distinct; a damaged link back to one already walked would make
+    // `release` free a page twice. Long chains are checked through a set.
+    let mut seen: Vec<PageId> = Vec::new();
+    let mut seen_set: std::collections::HashSet<PageId> = std::collections::HashSet::new();
     if !(HEADER_SIZE..PAGE_SIZE).contains(&at) {
         return Err(Error::corrupt(
             r.page,
@@ -120,6 +124,25 @@ pub(crate) fn walk<'s, S: PageSource>(
             return Err(Error::corrupt(
                 r.page,
                 format!("heap value ends {remaining} bytes early"),
+            ));
+        }
+        let revisited = if seen.len() < 16 {
+            let again = seen.contains(&id);
+            seen.push(id);
+            again
+        } else {
+            if seen_set.is_empty() {
+                seen_set.extend(seen.iter().copied());
+            }
+            !seen_set.insert(id)
+        };
+        if revisited {
+            return Err(Error::corrupt(
+                id,
+                format!(
+                    "heap value starting on page {} runs through page {id} twice (a damaged link)",
+                    r.page
+                ),
             ));
         }
         let p = src.page(id)?;

@@ -83,7 +83,7 @@ pub mod vfs;
 mod wal;
 
 pub use check::IntegrityReport;
-pub use compact::CompactStep;
+pub use compact::{CompactStep, COMPACT_STEP_BYTES};
 pub use control::{check_history, CONTROL_FILE, EPOCHS_FILE, MAX_EPOCHS};
 pub use db::{
     CompactReport, Db, Durability, Durable, Entry, Options, PageScrub, Range, ReadTxn,

@@ -272,3 +272,104 @@ fn compaction_gives_back_the_heap_pages_overwrites_left_sparse() {
     let stopped = db.compact(100, |last| last.is_none()).unwrap();
     assert!(!stopped.complete && stopped.steps == 1, "{stopped:?}");
 }
+
+/// A heap page whose link was damaged to point back at itself (checksum resealed): reading
+/// or deleting the value that runs through it is `Corrupt` naming the page, never the same
+/// bytes twice (and so never a page freed twice).
+#[test]
+fn a_heap_link_back_to_the_same_value_is_corrupt() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    // Three heap pages: 4,056 + 4,056 + 1,888 bytes.
+    db.put(b"long", &value(3, 10_000), Durability::Local)
+        .unwrap();
+    db.checkpoint().unwrap();
+    db.close().unwrap();
+    let path = dir.path().join(PAGE_FILE);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let heap = heap_pages_on_disk(&bytes);
+    assert_eq!(heap.len(), 3, "three heap pages hold the value");
+    let first = heap[0];
+    let at = first * PAGE_SIZE;
+    let p = &mut bytes[at..at + PAGE_SIZE];
+    // link at +24: the first page now says the value goes on in itself.
+    p[24..32].copy_from_slice(&(first as u64).to_le_bytes());
+    page::seal(p);
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.write_all_at(p, at as u64).unwrap();
+    drop(f);
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    match db.get(b"long") {
+        Err(Error::Corrupt { page, reason }) => {
+            assert_eq!(page.0, first as u64);
+            assert!(reason.contains("twice"), "{reason}");
+        }
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert!(matches!(
+        db.delete(b"long", Durability::Local),
+        Err(Error::Corrupt { .. })
+    ));
+}
+
+/// A pass ends at the last key it started with, however fast writers add keys past it.
+#[test]
+fn a_compaction_pass_does_not_chase_keys_added_behind_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    let mut b = WriteBatch::new();
+    for i in 0..3000u32 {
+        b.put(i.to_be_bytes().to_vec(), value(i as u64, 600));
+    }
+    db.commit(&b, Durability::Off).unwrap();
+    let mut next = 3000u32;
+    let mut asked = 0;
+    let r = db
+        .compact(100, |_| {
+            asked += 1;
+            // Each step, more keys than a step looks at land past the cursor.
+            let mut b = WriteBatch::new();
+            for _ in 0..3000 {
+                b.put(next.to_be_bytes().to_vec(), value(next as u64, 600));
+                next += 1;
+            }
+            db.commit(&b, Durability::Off).unwrap();
+            asked < 20
+        })
+        .unwrap();
+    assert!(r.complete, "the pass chased new keys: {r:?}");
+    assert_eq!(r.entries_seen, 3000, "{r:?}");
+}
+
+/// A step ends once it has moved `COMPACT_STEP_BYTES`, however few keys it looked at, so a
+/// step of multi-megabyte values stays one modest batch.
+#[test]
+fn a_compaction_step_is_bounded_by_bytes_moved() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    const MIB: usize = 1 << 20;
+    let n = (storage::COMPACT_STEP_BYTES as usize / MIB) * 3 / 2;
+    for i in 0..2 * n as u32 {
+        db.put(&i.to_be_bytes(), &value(i as u64, MIB + 7), Durability::Off)
+            .unwrap();
+    }
+    // Every other value gone: each survivor's first and last pages are partly live.
+    for i in (0..2 * n as u32).step_by(2) {
+        db.delete(&i.to_be_bytes(), Durability::Off).unwrap();
+    }
+    let mut moved = Vec::new();
+    let r = db
+        .compact(100, |last| {
+            if let Some(s) = last {
+                moved.push(s.bytes_moved);
+            }
+            true
+        })
+        .unwrap();
+    assert!(r.complete && r.steps >= 2, "{r:?}");
+    let cap = storage::COMPACT_STEP_BYTES + (MIB + 7) as u64;
+    assert!(moved.iter().all(|&b| b <= cap), "{moved:?}");
+    assert!(r.values_moved as usize >= n * 9 / 10, "{r:?}");
+    let live: usize = n * (MIB + 7);
+    assert_eq!(db.check_integrity().unwrap().heap_bytes as usize, live);
+}

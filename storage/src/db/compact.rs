@@ -44,16 +44,17 @@ impl std::fmt::Display for CompactReport {
 
 impl WriteTxn<'_> {
     /// One step of heap compaction: looks at up to `budget` entries after `after` (from the
-    /// first if `None`) and copies each long value that touches a heap page less than
+    /// first if `None`; none past `through`, if given) and copies each long value that touches a heap page less than
     /// `sparse_pct` percent live to the heap's tail. `next` in the result is where the next
     /// step starts (`None`: the pass is done).
     pub fn compact_heap(
         &mut self,
         after: Option<&[u8]>,
+        through: Option<&[u8]>,
         budget: usize,
         sparse_pct: usize,
     ) -> Result<CompactStep> {
-        compact::step(&mut self.ctx, after, budget, sparse_pct)
+        compact::step(&mut self.ctx, after, through, budget, sparse_pct)
     }
 
     /// Heap pages, and the bytes of live values in them.
@@ -77,6 +78,12 @@ impl Db {
             heap_pages_before: before.heap_pages,
             ..CompactReport::default()
         };
+        // The pass ends at the last key it started with: a pass never chases keys that
+        // writers keep adding past its cursor.
+        let through: Option<Vec<u8>> = match self.range::<std::ops::RangeFull>(..).next_back() {
+            Some(entry) => Some(entry?.0),
+            None => None,
+        };
         let mut after: Option<Vec<u8>> = None;
         let mut last: Option<CompactStep> = None;
         loop {
@@ -84,7 +91,12 @@ impl Db {
                 break;
             }
             let (s, _) = self.update(Durability::Local, |t| {
-                t.compact_heap(after.as_deref(), COMPACT_STEP_ENTRIES, sparse_pct)
+                t.compact_heap(
+                    after.as_deref(),
+                    through.as_deref(),
+                    COMPACT_STEP_ENTRIES,
+                    sparse_pct,
+                )
             })?;
             r.steps += 1;
             r.entries_seen += s.entries_seen;
