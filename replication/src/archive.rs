@@ -471,7 +471,7 @@ pub async fn stream(
         &Frame::Hello {
             version: frame::STREAM_VERSION,
             epoch: archive.epoch(),
-            node_id: 0,
+            node_id: config.node_id,
             flush_lsn: archive.end(),
             name: config.name.clone(),
             epochs: archive.epochs().to_vec(),

@@ -20,6 +20,15 @@ pub enum Error {
     /// The other node refused, said something out of turn, or went away.
     #[error("{0}")]
     Peer(String),
+    /// The node to follow is this node itself (`identity`).
+    #[error("{0}")]
+    SelfLink(String),
+    /// Following (or serving) the other node would close a cycle of replicas.
+    #[error("{0}")]
+    Cycle(String),
+    /// The other end is not a replidb node, or speaks another protocol version.
+    #[error("{0}")]
+    Incompatible(String),
     /// What was asked cannot be done in this node's state (its role, its consistency).
     #[error("{0}")]
     State(String),
@@ -37,6 +46,16 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// A wrong setup rather than a passing failure (this node itself, a cycle, a peer that
+    /// is not replidb): retrying soon cannot help, a person has to act. Its message.
+    pub fn setup_problem(&self) -> Option<&str> {
+        match self {
+            Error::SelfLink(m) | Error::Cycle(m) | Error::Incompatible(m) => Some(m),
+            Error::Context { source, .. } => source.setup_problem(),
+            _ => None,
+        }
+    }
+
     /// This error, explained by what was being done.
     pub fn context(self, message: impl Into<String>) -> Error {
         Error::Context {

@@ -16,6 +16,7 @@
 //! - [`node_dir`]: the data directory's role, gate and reseed files;
 //! - [`wire`]: frames (fuzzed), socket I/O, the handshake, and the transport seam (TCP, or an
 //!   in-process network for tests); [`accept`]: dispatching a connection to its role file;
+//! - [`identity`]: node ids and upstream chains: no node follows itself or closes a cycle;
 //! - [`quorum`], [`tracker`] (model-checked with loom), [`epochs`]: the pure decisions.
 
 pub mod epochs;
@@ -28,6 +29,8 @@ pub mod wire;
 pub mod accept;
 #[cfg(not(loom))]
 pub mod archive;
+#[cfg(not(loom))]
+pub mod identity;
 // The parts that move bytes over sockets. A `--cfg loom` build (the model checks of the
 // tracker, tests/loom.rs) leaves them out: tokio has no networking under loom.
 #[cfg(not(loom))]
@@ -66,7 +69,8 @@ pub mod fuzzing {
 
     /// `repl_handshake`: frames decoded one after another; every hello meets the verdict a
     /// primary gives (against a primary of epoch 1, and one with a history of its own), and
-    /// every snapshot frame the bounds a seeding node checks. Never a panic, whatever the
+    /// every snapshot frame the bounds a seeding node checks, every chain of upstreams the
+    /// self and cycle checks. Never a panic, whatever the
     /// peer says about its epochs, history and positions.
     pub fn handshake(mut data: &[u8]) {
         type Primary<'a> = (u32, &'a [(u32, Lsn)], Lsn);
@@ -90,6 +94,13 @@ pub mod fuzzing {
                 }
                 Frame::SnapshotBegin { page_count, .. } => {
                     pages = (page_count <= storage::MAX_PAGES).then_some(page_count);
+                }
+                // The self and cycle checks on whatever chain a peer claims.
+                #[cfg(not(loom))]
+                Frame::Welcome { chain, .. } | Frame::RoleReport { chain, .. } => {
+                    for own in [0, 1, 7, u64::MAX] {
+                        let _ = crate::identity::check_chain(own, "me", "peer", &chain);
+                    }
                 }
                 Frame::SnapshotPages { first_page, bytes } => {
                     if let Some(pages) = pages {

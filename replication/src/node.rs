@@ -34,6 +34,10 @@ pub struct NodeConfig {
     pub storage: storage::Options,
     /// How this node reaches the others (TCP for a server; an in-process network in tests).
     pub transport: crate::wire::transport::Transport,
+    /// This node's id in handshakes (`identity::new_node_id`): random per process, so a node
+    /// that reaches itself, or a replica that would close a cycle, is recognised whatever
+    /// address led there.
+    pub node_id: u64,
 }
 
 /// Microseconds since the Unix epoch.
@@ -104,6 +108,11 @@ pub struct Node {
     pub last_scrub: Mutex<String>,
     /// Primary: the retention floor last warned about.
     pub retention_warned: Mutex<Lsn>,
+    /// Replica: why the link to the primary last failed (empty while it is up).
+    pub link_error: Mutex<String>,
+    /// Replica: the primary and its upstreams, nearest first, as the primary's welcome said
+    /// (empty on a primary). A node refuses to serve a replica found in it (a cycle).
+    pub upstream: Mutex<Vec<crate::frame::ChainLink>>,
     /// Replica: whether the link to the primary is up, and the primary's flush LSN last heard.
     pub link_up: AtomicBool,
     pub primary_flush: AtomicU64,
@@ -168,6 +177,8 @@ impl Node {
             scrubs: AtomicU64::new(0),
             last_scrub: Mutex::new(String::new()),
             retention_warned: Mutex::new(Lsn(0)),
+            link_error: Mutex::new(String::new()),
+            upstream: Mutex::new(Vec::new()),
             link_up: AtomicBool::new(false),
             primary_flush: AtomicU64::new(0),
             last_heard_us: AtomicU64::new(0),
@@ -363,6 +374,7 @@ pub(crate) fn test_replica(dir: &std::path::Path, primary: &str) -> Arc<Node> {
         max_retained_wal: 1 << 30,
         storage: storage::Options::default(),
         transport: Default::default(),
+        node_id: crate::identity::new_node_id(),
     };
     let options = storage::Options {
         replica: true,

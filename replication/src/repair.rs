@@ -59,7 +59,7 @@ fn shares_history(db: &storage::Db, h: &Hello) -> bool {
 pub async fn serve_pages(node: Arc<Node>, sock: Conn, mut buf: BytesMut) -> Result<()> {
     let peer = sock.peer();
     let (mut rd, mut wr) = tokio::io::split(sock);
-    let hello = read_hello(&mut rd, &mut wr, &mut buf).await?;
+    let hello = read_hello(&node, false, &mut rd, &mut wr, &mut buf).await?;
     let name = hello.name.clone();
     let mut wanted: Vec<u64> = Vec::new();
     loop {
@@ -134,7 +134,7 @@ pub async fn fetch_page(node: &Arc<Node>, peer: &str, id: PageId, drifted: bool)
     let (mut rd, mut wr, mut buf) = connect_as_replica(&node.config, peer, PAGES_COMMAND).await?;
     write_frame(
         &mut wr,
-        &own_hello(&db, &node.config.name, frame::STREAM_VERSION),
+        &own_hello(&db, &node.config, frame::STREAM_VERSION),
     )
     .await?;
     write_frame(&mut wr, &Frame::PageList { pages: vec![id.0] }).await?;
@@ -226,7 +226,7 @@ pub fn drifted(first: u64, theirs: &[(u64, u32)], mine: &[(u64, u32)]) -> Vec<u6
 /// `page_list` of the pages that drifted (or an `error` frame).
 pub async fn serve_verify(node: Arc<Node>, sock: Conn, mut buf: BytesMut) -> Result<()> {
     let (mut rd, mut wr) = tokio::io::split(sock);
-    let hello = read_hello(&mut rd, &mut wr, &mut buf).await?;
+    let hello = read_hello(&node, false, &mut rd, &mut wr, &mut buf).await?;
     let Frame::PageVersions {
         first_page,
         versions,
@@ -278,7 +278,7 @@ pub async fn verify_range(node: &Arc<Node>, first: u64) -> Result<(u64, Vec<u64>
         connect_as_replica(&node.config, &primary, VERIFY_COMMAND).await?;
     write_frame(
         &mut wr,
-        &own_hello(&db, &node.config.name, frame::STREAM_VERSION),
+        &own_hello(&db, &node.config, frame::STREAM_VERSION),
     )
     .await?;
     let compared = versions.len() as u64;

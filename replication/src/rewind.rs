@@ -39,7 +39,7 @@ pub(crate) async fn rewind_pages(node: &Arc<Node>, primary: &str, fork: Lsn) -> 
         connect_as_replica(&node.config, primary, b"*1\r\n$10\r\nREPLREWIND\r\n").await?;
     write_frame(
         &mut wr,
-        &own_hello(&db, &node.config.name, frame::STREAM_VERSION),
+        &own_hello(&db, &node.config, frame::STREAM_VERSION),
     )
     .await?;
     for chunk in local.chunks(frame::MAX_PAGE_LIST) {
@@ -133,7 +133,7 @@ pub(crate) fn take_page_list(
 pub async fn serve_rewind(node: Arc<Node>, sock: Conn, mut buf: BytesMut) -> Result<()> {
     let peer = sock.peer();
     let (mut rd, mut wr) = tokio::io::split(sock);
-    let hello = read_hello(&mut rd, &mut wr, &mut buf).await?;
+    let hello = read_hello(&node, false, &mut rd, &mut wr, &mut buf).await?;
     let name = hello.name.clone();
     let pages_here = node.db().stats().page_count;
     let mut wanted: Vec<u64> = Vec::new();

@@ -18,6 +18,16 @@ fn seed_frames() -> Vec<Frame> {
             node_id: 9,
             start_lsn: Lsn(100),
             primary_flush_lsn: Lsn(200),
+            chain: vec![
+                replication::frame::ChainLink {
+                    node_id: 9,
+                    name: "p".into(),
+                },
+                replication::frame::ChainLink {
+                    node_id: 11,
+                    name: "upstream".into(),
+                },
+            ],
         },
         Frame::Wal {
             start_lsn: Lsn(100),
@@ -63,6 +73,11 @@ fn seed_frames() -> Vec<Frame> {
             primary: true,
             epoch: 2,
             apply_lsn: Lsn(900),
+            node_id: 5,
+            chain: vec![replication::frame::ChainLink {
+                node_id: 5,
+                name: "r2".into(),
+            }],
             message: "promoted: epoch 2 from LSN 900".into(),
         },
         Frame::Hello {

@@ -17,6 +17,7 @@ fn config(dir: &std::path::Path, name: &str, net: &LocalNet) -> NodeConfig {
         max_retained_wal: 1 << 30,
         storage: Options::default(),
         transport: Transport::Local(net.clone()),
+        node_id: replication::identity::new_node_id(),
     }
 }
 
@@ -31,7 +32,7 @@ async fn start(
     let config = config(dir, name, net);
     if let Some(p) = primary {
         let (_tx, mut stop) = tokio::sync::watch::channel(false);
-        replication::seed::seed_if_new(&config, p, &mut stop)
+        replication::seed::seed_if_new(&config, p, &mut stop, &Default::default())
             .await
             .expect("seed from the primary");
     }

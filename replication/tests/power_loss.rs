@@ -47,13 +47,14 @@ async fn start(
         max_retained_wal: 1 << 30,
         storage: options(fs),
         transport: Transport::Local(net.clone()),
+        node_id: replication::identity::new_node_id(),
     };
     let ndir = replication::node_dir::NodeDir::on(config.storage.vfs.clone(), config.dir.clone());
     ndir.finish_reseed()
         .map_err(|e| format!("finishing a reseed: {e}"))?;
     if let Some(p) = primary {
         let (_tx, mut stop) = tokio::sync::watch::channel(false);
-        replication::seed::seed_if_new(&config, p, &mut stop)
+        replication::seed::seed_if_new(&config, p, &mut stop, &Default::default())
             .await
             .map_err(|e| format!("seeding: {e}"))?;
     }

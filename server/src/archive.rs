@@ -101,6 +101,7 @@ pub fn run(args: ArchiveArgs) -> Result<()> {
             max_retained_wal: 0,
             storage: storage::Options::default(),
             transport: replication::wire::transport::Transport::Tcp,
+            node_id: replication::identity::new_node_id(),
         };
         let mut backoff = Duration::from_millis(50);
         loop {

@@ -125,7 +125,23 @@ pub fn render(sh: &Shared, section: Option<&str>) -> String {
                     sh.node.verified_pages.load(Ordering::Relaxed),
                     sh.node.drifted_pages.load(Ordering::Relaxed),
                 );
+                let _ = write!(o, "node_id:{:016x}\r\n", sh.node.config.node_id);
                 if let Some(p) = &sh.node.replicaof() {
+                    let err = sh.node.link_error.lock().clone();
+                    if !err.is_empty() && !sh.node.link_up.load(Ordering::Relaxed) {
+                        let _ =
+                            write!(o, "primary_link_error:{}\r\n", crate::early::one_line(&err));
+                    }
+                    let chain: Vec<String> = sh
+                        .node
+                        .upstream
+                        .lock()
+                        .iter()
+                        .map(|l| l.name.clone())
+                        .collect();
+                    if !chain.is_empty() {
+                        let _ = write!(o, "upstream_chain:{}\r\n", chain.join(","));
+                    }
                     let primary_flush = sh.node.primary_flush.load(Ordering::Relaxed);
                     let lag = primary_flush.saturating_sub(db.apply_lsn().0);
                     let _ =
@@ -233,24 +249,31 @@ fn cluster_section(sh: &Shared, o: &mut String) {
 
 fn params(sh: &Shared) -> Vec<(&'static str, String, bool)> {
     let set = sh.settings.read();
+    let standbys = sh
+        .node
+        .tracker
+        .config()
+        .map_or_else(String::new, |c| c.to_string());
+    params_of(&sh.config, &set, standbys)
+}
+
+/// `CONFIG GET`'s parameters (name, value, settable) from the configuration and settings.
+pub fn params_of(
+    config: &crate::config::Config,
+    set: &crate::shared::Settings,
+    sync_standbys: String,
+) -> Vec<(&'static str, String, bool)> {
     vec![
-        ("dir", sh.config.dir.display().to_string(), false),
-        ("bind", sh.config.bind.clone(), false),
-        ("port", sh.config.port.to_string(), false),
+        ("dir", config.dir.display().to_string(), false),
+        ("bind", config.bind.clone(), false),
+        ("port", config.port.to_string(), false),
         (
             "requirepass",
             set.requirepass.clone().unwrap_or_default(),
             true,
         ),
         ("sync-commit", set.sync_commit.name().to_string(), true),
-        (
-            "sync-standbys",
-            sh.node
-                .tracker
-                .config()
-                .map_or_else(String::new, |c| c.to_string()),
-            true,
-        ),
+        ("sync-standbys", sync_standbys, true),
         ("sync-timeout-ms", set.sync_timeout_ms.to_string(), true),
         // Asked by redis-benchmark and other tools; replidb always logs and fsyncs.
         ("appendonly", "yes".to_string(), false),
@@ -259,27 +282,34 @@ fn params(sh: &Shared) -> Vec<(&'static str, String, bool)> {
     ]
 }
 
+/// `CONFIG GET pattern...`'s reply: every parameter matching one of the patterns, once.
+pub fn config_get(
+    enc: crate::resp::Encoder,
+    buf: &mut bytes::BytesMut,
+    all: &[(&'static str, String, bool)],
+    patterns: &[Bytes],
+) {
+    let mut hits: Vec<(&str, String)> = Vec::new();
+    for pat in patterns {
+        let pat = pat.to_ascii_lowercase();
+        for (name, value, _) in all {
+            if glob::matches(&pat, name.as_bytes()) && !hits.iter().any(|(n, _)| n == name) {
+                hits.push((name, value.clone()));
+            }
+        }
+    }
+    enc.map(buf, hits.len());
+    for (n, v) in hits {
+        enc.bulk(buf, n.as_bytes());
+        enc.bulk(buf, v.as_bytes());
+    }
+}
+
 pub fn config(s: &mut Session, args: &[Bytes], out: &mut Out) {
     let sub = args.get(1).map(|a| upper(a)).unwrap_or_default();
     let enc = s.enc;
     match (sub.as_str(), args.len()) {
-        ("GET", n) if n >= 3 => {
-            let all = params(&s.shared);
-            let mut hits: Vec<(&str, String)> = Vec::new();
-            for pat in &args[2..] {
-                let pat = pat.to_ascii_lowercase();
-                for (name, value, _) in &all {
-                    if glob::matches(&pat, name.as_bytes()) && !hits.iter().any(|(n, _)| n == name) {
-                        hits.push((name, value.clone()));
-                    }
-                }
-            }
-            enc.map(&mut out.buf, hits.len());
-            for (n, v) in hits {
-                enc.bulk(&mut out.buf, n.as_bytes());
-                enc.bulk(&mut out.buf, v.as_bytes());
-            }
-        }
+        ("GET", n) if n >= 3 => config_get(enc, &mut out.buf, &params(&s.shared), &args[2..]),
         ("SET", n) if n >= 4 && n % 2 == 0 => {
             for pair in args[2..].chunks(2) {
                 let name = String::from_utf8_lossy(&pair[0]).to_ascii_lowercase();

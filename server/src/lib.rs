@@ -14,6 +14,7 @@ pub mod commands;
 pub mod compaction;
 pub mod config;
 pub mod cursor;
+pub mod early;
 pub mod glob;
 pub mod info;
 pub mod metrics;

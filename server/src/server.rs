@@ -37,6 +37,17 @@ impl Server {
     pub async fn start(config: Config) -> Result<Server> {
         std::fs::create_dir_all(&config.dir)
             .with_context(|| format!("creating {}", config.dir.display()))?;
+        let node_id = replication::identity::new_node_id();
+        // The port first: while the node waits for etcd, its primary or its recovery, it
+        // answers PING, INFO, ROLE and CONFIG, and data commands get -LOADING (`early`).
+        let listener = TcpListener::bind((config.bind.as_str(), config.port))
+            .await
+            .with_context(|| format!("binding {}:{}", config.bind, config.port))?;
+        let early = crate::early::Early::start(
+            listener,
+            crate::early::EarlyState::new(config.clone(), node_id),
+        );
+        let status = early.state().clone();
         let node_config = replication::NodeConfig {
             dir: config.dir.clone(),
             name: config.name.clone(),
@@ -47,6 +58,7 @@ impl Server {
                 ..Options::default()
             },
             transport: replication::wire::transport::Transport::Tcp,
+            node_id,
         };
         let dir = replication::node_dir::NodeDir::new(config.dir.clone());
         // The role: --replicaof, else what a REPLICAOF of an earlier run left in the data
@@ -59,6 +71,10 @@ impl Server {
             .clone()
             .map(|c| Arc::new(replication::cluster::ClusterView::new(c)));
         if let Some(view) = &cluster {
+            status.set_phase(format!(
+                "joining cluster {} (waiting for etcd)",
+                view.config.cluster
+            ));
             let (_tx, mut stop_rx) = watch::channel(false);
             let joined = replication::cluster::join(view, dir.has_database(), &mut stop_rx).await?;
             if joined.primary.is_some() {
@@ -70,11 +86,36 @@ impl Server {
         // whatever its role now (it may have been promoted since).
         dir.finish_reseed()
             .with_context(|| format!("finishing a reseed in {}", config.dir.display()))?;
+        *status.primary.lock() = role.clone();
+        if let (Some(primary), None) = (&role, &cluster) {
+            // Asked who it is before anything else: a primary address that leads back to
+            // this node (its own port, under whatever name) is a mistake to say at once.
+            status.set_phase(format!("asking {primary} who it is"));
+            if let Err(e) = replication::identity::check_follow(&node_config, primary).await {
+                if matches!(e, replication::Error::SelfLink(_)) {
+                    anyhow::bail!("refusing to start as a replica: {e}");
+                }
+                // Said once, by the seed or the stream that tries it next.
+                tracing::debug!(%primary, "{e}");
+                *status.last_error.lock() = format!("{e:#}");
+            }
+        }
         // A new replica lays down a base backup from its primary first.
         if let Some(primary) = &role {
+            status.set_phase(format!(
+                "seeding from {primary} (a new replica copies its primary's pages first)"
+            ));
             let (_tx, mut stop_rx) = watch::channel(false);
-            replication::seed::seed_if_new(&node_config, primary, &mut stop_rx).await?;
+            replication::seed::seed_if_new(&node_config, primary, &mut stop_rx, &status.last_error)
+                .await
+                .map_err(|e| match e {
+                    replication::Error::SelfLink(_) => {
+                        anyhow::anyhow!("refusing to start as a replica: {e}")
+                    }
+                    e => anyhow::Error::new(e),
+                })?;
         }
+        status.set_phase("opening the database (recovery replays the log)");
         let open = |replica: bool| {
             let options = Options {
                 replica,
@@ -116,9 +157,6 @@ impl Server {
                 e => anyhow::Error::new(e),
             })
             .with_context(|| format!("opening the database in {}", config.dir.display()))?;
-        let listener = TcpListener::bind((config.bind.as_str(), config.port))
-            .await
-            .with_context(|| format!("binding {}:{}", config.bind, config.port))?;
         let metrics = match &config.metrics_addr {
             Some(addr) => {
                 let l = crate::metrics::bind(addr).await?;
@@ -197,12 +235,15 @@ impl Server {
                 shared.config.scrub_rate,
             ));
         }
+        // What the node learnt while it started is where INFO looks from now on.
+        *node.link_error.lock() = status.last_error.lock().clone();
         if let Some(primary) = role {
             replication::replica::start_replica(&node, primary, 0);
         }
         if let Some(view) = cluster {
             tokio::spawn(replication::cluster::run(node.clone(), view));
         }
+        let listener = early.finish(shared.clone()).await?;
         Ok(Server { shared, listener })
     }
 
@@ -279,7 +320,8 @@ impl Server {
                         }
                         let slot = ClientSlot::take(sh.clone());
                         conns.spawn(async move {
-                            if let Err(e) = connection(slot.0.clone(), sock).await {
+                            let inbuf = BytesMut::with_capacity(16 * 1024);
+                            if let Err(e) = connection(slot.0.clone(), sock, inbuf, false).await {
                                 tracing::debug!(%peer, error = %e, "connection ended with an error");
                             }
                         });
@@ -338,10 +380,30 @@ impl Drop for ClientSlot {
     }
 }
 
-async fn connection(sh: Arc<Shared>, mut sock: TcpStream) -> Result<()> {
+/// Serves a connection taken before the server was ready (`early`): `inbuf` holds what it
+/// sent that was not answered yet; `authed`, whether it passed AUTH meanwhile.
+pub(crate) async fn serve_connection(
+    sh: Arc<Shared>,
+    sock: TcpStream,
+    inbuf: BytesMut,
+    authed: bool,
+) -> anyhow::Result<()> {
+    sh.stats.connections_total.fetch_add(1, Ordering::Relaxed);
+    let slot = ClientSlot::take(sh);
+    connection(slot.0.clone(), sock, inbuf, authed).await
+}
+
+async fn connection(
+    sh: Arc<Shared>,
+    mut sock: TcpStream,
+    mut inbuf: BytesMut,
+    authed: bool,
+) -> Result<()> {
     let mut stop = sh.node.shutdown.subscribe();
     let mut session = Session::new(sh.clone());
-    let mut inbuf = BytesMut::with_capacity(16 * 1024);
+    if authed {
+        session.authed = true;
+    }
     let mut need = 1usize;
     let mut out = Out::default();
     loop {
@@ -517,7 +579,7 @@ pub(crate) async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut O
                 let scrub = matches!(op, Admin::Scrub | Admin::Compact);
                 let r = match op {
                     Admin::Promote => replication::role::promote(&sh.node).await,
-                    Admin::Follow(addr) => replication::role::follow(&sh.node, addr)
+                    Admin::Follow(addr) => replication::role::follow_checked(&sh.node, addr)
                         .await
                         .map(|()| "OK".into()),
                     Admin::Failover(addr, ms) => {

@@ -27,7 +27,7 @@ pub const KEEPALIVE: Duration = Duration::from_millis(500);
 pub async fn serve_replica(node: Arc<Node>, sock: Conn, mut buf: BytesMut) -> Result<()> {
     let peer = sock.peer();
     let (mut rd, mut wr) = tokio::io::split(sock);
-    let hello = read_hello(&mut rd, &mut wr, &mut buf).await?;
+    let hello = read_hello(&node, true, &mut rd, &mut wr, &mut buf).await?;
     let (name, flush_lsn, epoch) = (hello.name.clone(), hello.flush_lsn, hello.epoch);
     // The log generation first, then the database: the verdict, the welcome and the stream
     // all use this one handle, and the stream ends if the log changes after this point.
@@ -84,9 +84,10 @@ pub async fn serve_replica(node: Arc<Node>, sock: Conn, mut buf: BytesMut) -> Re
         &mut wr,
         &Frame::Welcome {
             epoch: db.epoch(),
-            node_id: 0,
+            node_id: node.config.node_id,
             start_lsn: flush_lsn,
             primary_flush_lsn: db.flush_lsn(),
+            chain: crate::identity::own_chain(&node),
         },
     )
     .await?;

@@ -8,4 +8,4 @@ mod receiver;
 mod stream;
 
 pub use receiver::{run_replica, start_replica};
-pub(crate) use receiver::{stop_replica, BACKOFF_MAX};
+pub(crate) use receiver::{stop_replica, BACKOFF_MAX, SETUP_RETRY};

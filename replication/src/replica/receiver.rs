@@ -8,13 +8,19 @@ use std::time::Duration;
 use super::stream::{receive_loop, STOP_CHECK};
 use crate::error::{bail, Error, Result};
 use crate::frame::{self, Frame};
+use crate::identity::{check_chain, read_first_frame, refused, HANDSHAKE_TIMEOUT};
 use crate::node::Node;
 use crate::rewind::rewind_pages;
 use crate::seed::swap::reseed;
 use crate::wire::handshake::{connect_as_replica, own_hello, WalGone, WAL_GONE};
-use crate::wire::io::{read_frame, write_frame};
+use crate::wire::io::write_frame;
 
 pub(crate) const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Retry interval after a wrong setup (this node itself, a cycle, a peer that is not
+/// replidb): retrying cannot help until someone changes something, so the node asks again
+/// only this often, and logs the problem once, not at every try.
+pub(crate) const SETUP_RETRY: Duration = Duration::from_secs(30);
 
 /// Resolves when this node stops or its role changes away from generation `gen`.
 pub(crate) async fn role_ended(node: &Node, gen: u64) {
@@ -41,14 +47,32 @@ pub(crate) fn stream_over(node: &Node, gen: u64) -> bool {
 /// of this generation runs any more.
 pub async fn run_replica(node: Arc<Node>, primary: String, gen: u64) {
     let mut backoff = Duration::from_millis(50);
+    // The wrong setup last logged: said once, then quietly retried.
+    let mut said = String::new();
     while !stream_over(&node, gen) {
         let r = stream_from(&node, &primary, gen).await;
         node.link_up.store(false, Ordering::Relaxed);
         if stream_over(&node, gen) {
             return;
         }
+        if let Err(e) = &r {
+            *node.link_error.lock() = format!("{e:#}");
+        }
         match r {
-            Ok(()) => backoff = Duration::from_millis(50),
+            Ok(()) => {
+                backoff = Duration::from_millis(50);
+                said.clear();
+            }
+            Err(e) if e.setup_problem().is_some() => {
+                let why = e.setup_problem().unwrap_or_default().to_string();
+                if why != said {
+                    tracing::error!(primary = %primary, retry_in_s = SETUP_RETRY.as_secs(), "cannot replicate: {why}");
+                    said = why;
+                } else {
+                    tracing::debug!(primary = %primary, "still cannot replicate: {why}");
+                }
+                backoff = SETUP_RETRY;
+            }
             Err(Error::WalGone(why)) => {
                 let why = &why;
                 if let WalGone::Diverged { fork, .. } = why {
@@ -103,6 +127,15 @@ pub async fn run_replica(node: Arc<Node>, primary: String, gen: u64) {
                 tracing::warn!(primary = %primary, error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "replication link down")
             }
         }
+        if backoff >= SETUP_RETRY {
+            // Asked again after a wrong setup; a passing failure next backs off from the start.
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = role_ended(&node, gen) => return,
+            }
+            backoff = Duration::from_millis(50);
+            continue;
+        }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
             _ = role_ended(&node, gen) => return,
@@ -123,13 +156,40 @@ async fn stream_from(node: &Arc<Node>, primary: &str, gen: u64) -> Result<()> {
         tokio::task::spawn_blocking(move || db2.sync_wal()).await??;
         write_frame(
             &mut wr,
-            &own_hello(&db, &node.config.name, frame::STREAM_VERSION),
+            &own_hello(&db, &node.config, frame::STREAM_VERSION),
         )
         .await?;
-        match read_frame(&mut rd, &mut buf).await? {
+        let first = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            read_first_frame(&mut rd, &mut buf, primary),
+        )
+        .await
+        .map_err(|_| {
+            Error::Peer(format!(
+                "{primary} did not answer the replication handshake within {} s",
+                HANDSHAKE_TIMEOUT.as_secs()
+            ))
+        })??;
+        match first {
             Frame::Welcome {
-                primary_flush_lsn, ..
+                primary_flush_lsn,
+                chain,
+                ..
             } => {
+                // Not this node, no cycle: then the chain is this node's upstream.
+                check_chain(node.config.node_id, &node.config.name, primary, &chain)?;
+                let changed = {
+                    let mut up = node.upstream.lock();
+                    let changed = *up != chain;
+                    *up = chain;
+                    changed
+                };
+                if changed {
+                    // Replicas streaming from this one learn the new chain when they
+                    // reconnect: end their links (as a change of log does), so every node
+                    // down a cascade knows its upstreams and can refuse a cycle.
+                    node.log_gen.fetch_add(1, Ordering::SeqCst);
+                }
                 node.primary_flush
                     .store(primary_flush_lsn.0, Ordering::Relaxed);
                 // Just seeded: consistent once the primary's position now is applied (the
@@ -164,7 +224,7 @@ async fn stream_from(node: &Arc<Node>, primary: &str, gen: u64) -> Result<()> {
             Frame::Error { code, message } if code == WAL_GONE => {
                 return Err(WalGone::Removed(message).into())
             }
-            Frame::Error { message, .. } => bail!("the primary refused: {message}"),
+            Frame::Error { code, message } => return Err(refused(primary, code, message)),
             other => bail!("expected welcome, got {other:?}"),
         }
         Ok::<_, Error>((rd, wr, buf))
@@ -174,6 +234,7 @@ async fn stream_from(node: &Arc<Node>, primary: &str, gen: u64) -> Result<()> {
         _ = role_ended(node, gen) => return Ok(()),
     };
     node.link_up.store(true, Ordering::Relaxed);
+    node.link_error.lock().clear();
     node.role.verify(primary);
     node.applied.send_modify(|_| {});
     {

@@ -16,6 +16,20 @@ pub async fn follow(node: &Arc<Node>, primary: String) -> Result<()> {
     follow_locked(node, primary).await
 }
 
+/// `REPLICAOF host port` from a client: asks `primary` who it is first and refuses, keeping
+/// this node's role, when it is this node itself, when following it would close a cycle of
+/// replicas, or when it is not a replidb node of this protocol (`identity::check_follow`).
+/// A primary that cannot be reached is followed anyway: the link waits for it.
+pub async fn follow_checked(node: &Arc<Node>, primary: String) -> Result<()> {
+    if let Err(e) = crate::identity::check_follow(&node.config, &primary).await {
+        tracing::warn!(%primary, "REPLICAOF refused: {e}");
+        return Err(e.context(format!(
+            "REPLICAOF {primary} refused; this node keeps its role"
+        )));
+    }
+    follow(node, primary).await
+}
+
 /// `follow`, for a caller that holds `Node::role_change`.
 pub(crate) async fn follow_locked(node: &Arc<Node>, primary: String) -> Result<()> {
     // Writes are refused from here on (a write running now finishes first, in `demote`).
@@ -68,6 +82,8 @@ pub(crate) async fn follow_locked(node: &Arc<Node>, primary: String) -> Result<(
     }
     node.primary_flush.store(0, Ordering::Relaxed);
     node.last_join.lock().clear();
+    node.upstream.lock().clear();
+    node.link_error.lock().clear();
     tracing::info!(primary = %primary, "following a new primary");
     start_replica(node, primary, gen);
     Ok(())

@@ -14,7 +14,7 @@ mod follow;
 mod promote;
 mod switchover;
 
-pub use follow::follow;
+pub use follow::{follow, follow_checked};
 pub use promote::{promote, promote_at_least};
 pub use switchover::{failover, serve_control};
 

@@ -80,6 +80,8 @@ pub(crate) async fn promote_locked(node: &Arc<Node>, min_epoch: u32) -> Result<S
         tracing::error!(error = %e, "promoted, but could not remove the role file: remove DIR/replicaof before restarting");
     }
     node.last_join.lock().clear();
+    node.upstream.lock().clear();
+    node.link_error.lock().clear();
     // Writes are taken from here: the database is a primary's and the new epoch is durable.
     node.role.become_(Role::Primary).map_err(Error::State)?;
     tracing::info!(

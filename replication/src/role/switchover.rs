@@ -158,7 +158,7 @@ impl Control {
                 connect_as_replica(&node.config, addr, b"*1\r\n$11\r\nREPLCONTROL\r\n").await?;
             write_frame(
                 &mut wr,
-                &own_hello(&node.db(), &node.config.name, crate::frame::VERSION),
+                &own_hello(&node.db(), &node.config, crate::frame::VERSION),
             )
             .await?;
             Ok::<_, Error>(Control { rd, wr, buf })
@@ -185,7 +185,7 @@ impl Control {
 pub async fn serve_control(node: Arc<Node>, sock: Conn, mut buf: BytesMut) -> Result<()> {
     let peer = sock.peer();
     let (mut rd, mut wr) = tokio::io::split(sock);
-    let hello = read_hello(&mut rd, &mut wr, &mut buf).await?;
+    let hello = read_hello(&node, false, &mut rd, &mut wr, &mut buf).await?;
     loop {
         let ask = match read_frame(&mut rd, &mut buf).await {
             Ok(f) => f,
@@ -266,6 +266,8 @@ fn report(node: &Node, message: String) -> Frame {
         primary: matches!(&*node.role.read(), Role::Primary),
         epoch: db.epoch(),
         apply_lsn: db.apply_lsn(),
+        node_id: node.config.node_id,
+        chain: crate::identity::own_chain(node),
         message,
     }
 }

@@ -7,11 +7,11 @@ use bytes::BytesMut;
 use storage::Lsn;
 use tokio::io::AsyncReadExt;
 
-use crate::error::{bail, Result};
+use crate::error::{bail, Error, Result};
 use crate::frame::{self, Frame};
 use crate::node::NodeConfig;
 use crate::node_dir::NodeDir;
-use crate::replica::BACKOFF_MAX;
+use crate::replica::{BACKOFF_MAX, SETUP_RETRY};
 use crate::wire::handshake::connect_as_replica;
 use crate::wire::io::{read_frame, write_frame};
 
@@ -19,13 +19,21 @@ use crate::wire::io::{read_frame, write_frame};
 /// position beyond it from a peer is refused before it can overflow arithmetic on positions.
 const MAX_LSN: u64 = 1 << 62;
 
+/// A base backup's redo LSN, page count and epoch history (`snapshot_begin`).
+pub(crate) type BackupStart = (Lsn, u64, Vec<(u32, Lsn)>);
+
 /// Reads the `snapshot_begin` that opens a base backup: its redo LSN, page count and the
 /// primary's epoch history.
 pub(crate) async fn read_snapshot_begin<R: AsyncReadExt + Unpin>(
     rd: &mut R,
     buf: &mut BytesMut,
-) -> Result<(Lsn, u64, Vec<(u32, Lsn)>)> {
-    match read_frame(rd, buf).await? {
+) -> Result<BackupStart> {
+    snapshot_begin(read_frame(rd, buf).await?)
+}
+
+/// Checks a `snapshot_begin` frame: its redo LSN, page count and epoch history.
+fn snapshot_begin(f: Frame) -> Result<BackupStart> {
+    match f {
         Frame::SnapshotBegin { page_count, .. } if page_count > storage::MAX_PAGES => bail!(
             "the primary's backup claims {page_count} pages, more than a page file holds ({})",
             storage::MAX_PAGES
@@ -61,24 +69,43 @@ pub(crate) fn pages_within(first_page: u64, bytes: &[u8], pages: u64) -> Result<
 
 /// Replica side, before the database opens: when the data directory is new, fetch a base
 /// backup from the primary and lay it down (retrying until it succeeds or the node stops).
+/// Each failure is put in `last_error` (what INFO shows meanwhile). The primary turning out
+/// to be this node itself ends it with that error; another wrong setup (a peer that is not
+/// replidb) is logged once and asked again every `SETUP_RETRY`.
 pub async fn seed_if_new(
     config: &NodeConfig,
     primary: &str,
     stop: &mut tokio::sync::watch::Receiver<bool>,
+    last_error: &parking_lot::Mutex<String>,
 ) -> Result<()> {
     if NodeDir::on(config.storage.vfs.clone(), config.dir.clone()).has_database() {
         return Ok(());
     }
     let mut backoff = Duration::from_millis(50);
+    let mut said = String::new();
     loop {
-        match seed_once(config, primary, &config.dir).await {
+        let wait = match seed_once(config, primary, &config.dir).await {
             Ok(()) => return Ok(()),
+            Err(e @ Error::SelfLink(_)) => return Err(e),
             Err(e) => {
-                tracing::warn!(primary = %primary, error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "seeding from the primary failed")
+                *last_error.lock() = format!("{e:#}");
+                match e.setup_problem() {
+                    Some(why) => {
+                        if why != said {
+                            tracing::error!(primary = %primary, retry_in_s = SETUP_RETRY.as_secs(), "cannot seed: {why}");
+                            said = why.to_string();
+                        }
+                        SETUP_RETRY
+                    }
+                    None => {
+                        tracing::warn!(primary = %primary, error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "seeding from the primary failed");
+                        backoff
+                    }
+                }
             }
-        }
+        };
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => bail!("stopped while seeding"),
         }
         backoff = (backoff * 2).min(BACKOFF_MAX);
@@ -95,13 +122,18 @@ pub(crate) async fn seed_once(
     let hello = Frame::Hello {
         version: frame::STREAM_VERSION,
         epoch: 1,
-        node_id: 0,
+        node_id: config.node_id,
         flush_lsn: Lsn(0),
         name: config.name.clone(),
         epochs: Vec::new(),
     };
     write_frame(&mut wr, &hello).await?;
-    let (redo, pages, epochs) = read_snapshot_begin(&mut rd, &mut buf).await?;
+    // The first answer says whether the peer is a replidb node that will serve this one.
+    let first = crate::identity::read_first_frame(&mut rd, &mut buf, primary).await?;
+    if let Frame::Error { code, message } = first {
+        return Err(crate::identity::refused(primary, code, message));
+    }
+    let (redo, pages, epochs) = snapshot_begin(first)?;
     let dir_for_gate = dir;
     let dir = dir.to_path_buf();
     let options = config.storage.clone();

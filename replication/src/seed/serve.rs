@@ -84,7 +84,7 @@ const SNAPSHOT_CHUNK_PAGES: u64 = (frame::MAX_WAL_CHUNK / storage::PAGE_SIZE) as
 pub async fn serve_snapshot(node: Arc<Node>, sock: Conn, mut buf: BytesMut) -> Result<()> {
     let peer = sock.peer();
     let (mut rd, mut wr) = tokio::io::split(sock);
-    let Hello { name, .. } = read_hello(&mut rd, &mut wr, &mut buf).await?;
+    let Hello { name, .. } = read_hello(&node, true, &mut rd, &mut wr, &mut buf).await?;
     let db = node.db();
     let (redo, pages, _link) = begin_backup(&node, &db, &name, &peer).await?;
     tracing::info!(replica = %name, %peer, redo = redo.0, pages, "sending a base backup");

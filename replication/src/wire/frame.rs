@@ -17,7 +17,7 @@
 //! hello     (replica -> primary)  version u32 | epoch u32 | node_id u64 | flush_lsn u64 |
 //!                                 name_len u16 | name (UTF-8, at most 64 bytes)
 //! welcome   (primary -> replica)  epoch u32 | reserved u32 | node_id u64 | start_lsn u64 |
-//!                                 primary_flush_lsn u64
+//!                                 primary_flush_lsn u64 | chain
 //! wal       (primary -> replica)  start_lsn u64 | WAL bytes (at most MAX_WAL_CHUNK), exactly as
 //!                                 they lie in the primary's log from start_lsn
 //! feedback  (replica -> primary)  write_lsn u64 | flush_lsn u64 | apply_lsn u64 | time_us u64
@@ -32,10 +32,16 @@
 //! promote        (switching primary -> target)  (empty)
 //! role_query     (switching primary -> target)  (empty)
 //! role_report    (target -> switching primary)  primary u8 | reserved [u8; 3] | epoch u32 |
-//!                                               apply_lsn u64 | message (UTF-8)
+//!                                               apply_lsn u64 | node_id u64 | chain |
+//!                                               message (UTF-8)
 //! page_versions  (replica -> primary)  first_page u64 | count u32 | (page_lsn u64 | crc u32) ...
+//!
+//! chain: the sender and the nodes it replicates from, nearest first (at most MAX_CHAIN)
+//!   count u8 | (node_id u64 | name_len u8 | name (UTF-8, at most MAX_NAME bytes)) ...
 //! ```
-//! All integers little-endian.
+//! All integers little-endian. A node id is random per process (never 0); a hello's says
+//! who connects, a welcome's and a role report's who answers, so a node that reaches itself
+//! or would close a cycle of replicas finds out in the handshake.
 //!
 //! A wal frame with the sync flag carries (or follows) a commit that waits for replicas to
 //! sync it (`remote_flush`, `remote_apply`): the replica syncs before it acknowledges.
@@ -60,21 +66,31 @@ pub const MAX_MESSAGE: usize = 1024;
 /// carry the eager flag (bit 1), which version 3 replicas refuse. 5: a switchover asks its
 /// target over the replication protocol (catch_up, promote, role_query, role_report).
 /// 6: pages of format 2 (long values in the value heap): a node of format 1 cannot replay
-/// them, nor this one its pages, so older nodes are refused.
-pub const VERSION: u32 = 6;
+/// them, nor this one its pages, so older nodes are refused. 7: hellos carry the node id,
+/// welcomes and role reports the chain of upstream nodes (self and cycle checks).
+pub const VERSION: u32 = 7;
 /// The oldest version whose hello is accepted. Pages and WAL page records are replayed as
 /// they are, so both ends must share the page format: the version that changed it.
-pub const MIN_VERSION: u32 = 6;
+pub const MIN_VERSION: u32 = 7;
 /// The version a hello names on a stream, seed or rewind connection — the oldest that speaks
 /// them (every version accepted today speaks them alike); a control connection names
 /// `VERSION`.
-pub const STREAM_VERSION: u32 = 6;
+pub const STREAM_VERSION: u32 = 7;
 /// Page ids in one `page_list` frame.
 pub const MAX_PAGE_LIST: usize = MAX_WAL_CHUNK / 8;
 /// Entries in one `page_versions` frame.
 pub const MAX_PAGE_VERSIONS: usize = 4096;
+/// Nodes in one chain (a node and its upstreams); a longer cascade is cut to this.
+pub const MAX_CHAIN: usize = 16;
 /// Entries of an epoch history a frame may carry.
 pub const MAX_EPOCHS: usize = storage::MAX_EPOCHS;
+
+/// One node of a chain of replicas: its id and name.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainLink {
+    pub node_id: u64,
+    pub name: String,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Frame {
@@ -92,6 +108,8 @@ pub enum Frame {
         node_id: u64,
         start_lsn: Lsn,
         primary_flush_lsn: Lsn,
+        /// The primary and its own upstreams, nearest first.
+        chain: Vec<ChainLink>,
     },
     Wal {
         start_lsn: Lsn,
@@ -152,6 +170,9 @@ pub enum Frame {
         primary: bool,
         epoch: u32,
         apply_lsn: Lsn,
+        node_id: u64,
+        /// The reporting node and its upstreams, nearest first.
+        chain: Vec<ChainLink>,
         message: String,
     },
     /// A replica's pages `first_page ..` as it has them: each page's LSN and the crc32c of
@@ -241,12 +262,14 @@ impl Frame {
                 node_id,
                 start_lsn,
                 primary_flush_lsn,
+                chain,
             } => {
                 out.extend_from_slice(&epoch.to_le_bytes());
                 out.extend_from_slice(&0u32.to_le_bytes());
                 out.extend_from_slice(&node_id.to_le_bytes());
                 out.extend_from_slice(&start_lsn.0.to_le_bytes());
                 out.extend_from_slice(&primary_flush_lsn.0.to_le_bytes());
+                put_chain(out, chain);
             }
             Frame::Wal {
                 start_lsn,
@@ -316,11 +339,15 @@ impl Frame {
                 primary,
                 epoch,
                 apply_lsn,
+                node_id,
+                chain,
                 message,
             } => {
                 out.extend_from_slice(&[u8::from(*primary), 0, 0, 0]);
                 out.extend_from_slice(&epoch.to_le_bytes());
                 out.extend_from_slice(&apply_lsn.0.to_le_bytes());
+                out.extend_from_slice(&node_id.to_le_bytes());
+                put_chain(out, chain);
                 put_message(out, message);
             }
             Frame::PageVersions {
@@ -379,6 +406,57 @@ fn get_message(p: &[u8], from: usize, kind: &'static str) -> Result<String, Fram
             reason: "bad message length".into(),
         }),
     }
+}
+
+fn malformed(kind: &'static str, reason: &str) -> FrameError {
+    FrameError::Malformed {
+        kind,
+        reason: reason.into(),
+    }
+}
+
+fn put_chain(out: &mut Vec<u8>, chain: &[ChainLink]) {
+    assert!(chain.len() <= MAX_CHAIN, "chain too long");
+    out.push(chain.len() as u8);
+    for l in chain {
+        assert!(l.name.len() <= MAX_NAME, "node name too long");
+        out.extend_from_slice(&l.node_id.to_le_bytes());
+        out.push(l.name.len() as u8);
+        out.extend_from_slice(l.name.as_bytes());
+    }
+}
+
+/// A chain at `p[at..]`, and where it ends.
+fn get_chain(
+    p: &[u8],
+    at: usize,
+    kind: &'static str,
+) -> Result<(Vec<ChainLink>, usize), FrameError> {
+    let n = *p.get(at).ok_or_else(|| malformed(kind, "chain missing"))? as usize;
+    if n > MAX_CHAIN {
+        return Err(malformed(kind, "chain too long"));
+    }
+    let mut at = at + 1;
+    let mut chain = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = *p
+            .get(at + 8)
+            .ok_or_else(|| malformed(kind, "chain cut short"))? as usize;
+        if len > MAX_NAME {
+            return Err(malformed(kind, "chain name too long"));
+        }
+        let name = p
+            .get(at + 9..at + 9 + len)
+            .ok_or_else(|| malformed(kind, "chain cut short"))?;
+        let name =
+            std::str::from_utf8(name).map_err(|_| malformed(kind, "chain name is not UTF-8"))?;
+        chain.push(ChainLink {
+            node_id: u64_at(p, at),
+            name: name.to_string(),
+        });
+        at += 9 + len;
+    }
+    Ok((chain, at))
 }
 
 fn put_epochs(out: &mut Vec<u8>, epochs: &[(u32, Lsn)]) {
@@ -470,12 +548,19 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
             }
         }
         2 => {
-            exact("welcome", 32)?;
+            if p.len() < 32 {
+                return Err(bad("welcome", "payload cut short"));
+            }
+            let (chain, end) = get_chain(p, 32, "welcome")?;
+            if end != p.len() {
+                return Err(bad("welcome", "bytes after the chain"));
+            }
             Frame::Welcome {
                 epoch: u32_at(p, 0),
                 node_id: u64_at(p, 8),
                 start_lsn: Lsn(u64_at(p, 16)),
                 primary_flush_lsn: Lsn(u64_at(p, 24)),
+                chain,
             }
         }
         3 => {
@@ -573,14 +658,20 @@ pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
             Frame::RoleQuery
         }
         15 => {
-            let message = get_message(p, 16, "role_report")?;
+            if p.len() < 24 {
+                return Err(bad("role_report", "payload cut short"));
+            }
             if p[0] > 1 || p[1..4] != [0, 0, 0] {
                 return Err(bad("role_report", "bad role byte"));
             }
+            let (chain, end) = get_chain(p, 24, "role_report")?;
+            let message = get_message(p, end, "role_report")?;
             Frame::RoleReport {
                 primary: p[0] == 1,
                 epoch: u32_at(p, 4),
                 apply_lsn: Lsn(u64_at(p, 8)),
+                node_id: u64_at(p, 16),
+                chain,
                 message,
             }
         }
@@ -609,6 +700,14 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn arb_chain() -> impl Strategy<Value = Vec<ChainLink>> {
+        prop::collection::vec(
+            (any::<u64>(), "[a-z0-9_-]{0,64}")
+                .prop_map(|(node_id, name)| ChainLink { node_id, name }),
+            0..=MAX_CHAIN,
+        )
+    }
+
     fn arb_frame() -> impl Strategy<Value = Frame> {
         prop_oneof![
             (
@@ -627,14 +726,20 @@ mod tests {
                     name,
                     epochs: e.into_iter().map(|(e, l)| (e, Lsn(l))).collect(),
                 }),
-            (any::<u32>(), any::<u64>(), any::<u64>(), any::<u64>()).prop_map(
-                |(epoch, node_id, s, f)| Frame::Welcome {
+            (
+                any::<u32>(),
+                any::<u64>(),
+                any::<u64>(),
+                any::<u64>(),
+                arb_chain()
+            )
+                .prop_map(|(epoch, node_id, s, f, chain)| Frame::Welcome {
                     epoch,
                     node_id,
                     start_lsn: Lsn(s),
-                    primary_flush_lsn: Lsn(f)
-                }
-            ),
+                    primary_flush_lsn: Lsn(f),
+                    chain,
+                }),
             (
                 any::<u64>(),
                 prop::collection::vec(any::<u8>(), 0..3000),
@@ -667,14 +772,24 @@ mod tests {
             }),
             Just(Frame::Promote),
             Just(Frame::RoleQuery),
-            (any::<bool>(), any::<u32>(), any::<u64>(), "[ -~]{0,200}").prop_map(
-                |(primary, epoch, a, message)| Frame::RoleReport {
-                    primary,
-                    epoch,
-                    apply_lsn: Lsn(a),
-                    message
-                }
-            ),
+            (
+                any::<bool>(),
+                any::<u32>(),
+                any::<u64>(),
+                any::<u64>(),
+                arb_chain(),
+                "[ -~]{0,200}"
+            )
+                .prop_map(|(primary, epoch, a, node_id, chain, message)| {
+                    Frame::RoleReport {
+                        primary,
+                        epoch,
+                        apply_lsn: Lsn(a),
+                        node_id,
+                        chain,
+                        message,
+                    }
+                }),
             (
                 any::<u64>(),
                 prop::collection::vec((any::<u64>(), any::<u32>()), 0..50)

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use crate::epochs::Verdict;
 use crate::error::{bail, Error, Result};
 use crate::frame::{self, Frame};
-use crate::node::NodeConfig;
+use crate::node::{Node, NodeConfig};
 use crate::wire::io::{read_frame, write_frame};
 use crate::wire::transport::Conn;
 
@@ -57,14 +57,19 @@ pub(crate) async fn connect_as_replica(
 /// What a connecting node says about itself.
 pub(crate) struct Hello {
     pub(crate) name: String,
+    /// The connecting node's id (0 from a tool that has none).
+    pub(crate) node_id: u64,
     pub(crate) flush_lsn: Lsn,
     pub(crate) epoch: u32,
     pub(crate) epochs: Vec<(u32, Lsn)>,
 }
 
-/// Reads a node's hello; a node of a protocol version outside `MIN_VERSION..=VERSION` gets an
-/// error frame and the connection ends.
+/// Reads a node's hello. A node of a protocol version outside `MIN_VERSION..=VERSION`, this
+/// node itself, or (when `serving_wal`: a stream or base backup) a node upstream of this one
+/// gets an error frame saying so (`identity`), and the connection ends.
 pub(crate) async fn read_hello<R: AsyncReadExt + Unpin, W: AsyncWriteExt + Unpin>(
+    node: &Node,
+    serving_wal: bool,
     rd: &mut R,
     wr: &mut W,
     buf: &mut BytesMut,
@@ -72,10 +77,10 @@ pub(crate) async fn read_hello<R: AsyncReadExt + Unpin, W: AsyncWriteExt + Unpin
     let Frame::Hello {
         version,
         name,
+        node_id,
         flush_lsn,
         epoch,
         epochs,
-        ..
     } = read_frame(rd, buf).await?
     else {
         bail!("expected a hello frame");
@@ -84,7 +89,7 @@ pub(crate) async fn read_hello<R: AsyncReadExt + Unpin, W: AsyncWriteExt + Unpin
         write_frame(
             wr,
             &Frame::Error {
-                code: 1,
+                code: crate::identity::VERSION_MISMATCH,
                 message: format!(
                     "protocol version {version} not supported (this node speaks {} to {})",
                     frame::MIN_VERSION,
@@ -95,24 +100,45 @@ pub(crate) async fn read_hello<R: AsyncReadExt + Unpin, W: AsyncWriteExt + Unpin
         .await?;
         bail!("{name} speaks protocol version {version}");
     }
-    Ok(Hello {
+    let hello = Hello {
         name,
+        node_id,
         flush_lsn,
         epoch,
         epochs,
-    })
+    };
+    if let Some((code, message)) = crate::identity::refusal(node, &hello, serving_wal) {
+        // A node that reached itself says so on its own side; a cycle is worth saying here.
+        if code == crate::identity::CYCLE {
+            tracing::warn!(peer = %hello.name, reason = %message, "refusing a node");
+        }
+        write_frame(
+            wr,
+            &Frame::Error {
+                code,
+                message: message.clone(),
+            },
+        )
+        .await?;
+        return Err(crate::identity::refused(
+            "the connecting node",
+            code,
+            message,
+        ));
+    }
+    Ok(hello)
 }
 
 /// This node's hello to the node it follows: its epoch, history and flush LSN.
 /// `version`: `frame::STREAM_VERSION` on a stream or rewind, `frame::VERSION` on a control
 /// connection.
-pub(crate) fn own_hello(db: &storage::Db, name: &str, version: u32) -> Frame {
+pub(crate) fn own_hello(db: &storage::Db, config: &NodeConfig, version: u32) -> Frame {
     Frame::Hello {
         version,
         epoch: db.epoch(),
-        node_id: 0,
+        node_id: config.node_id,
         flush_lsn: db.flush_lsn(),
-        name: name.to_string(),
+        name: config.name.clone(),
         epochs: db.epoch_history(),
     }
 }
