@@ -22,11 +22,11 @@ use crate::wire::handshake::{connect_as_replica, Hello};
 use crate::wire::io::{take_frame, write_frame};
 
 /// Error code: the connecting node is this node (its own id came back).
-pub const SELF_LINK: u16 = 7;
+pub const SELF_LINK: u16 = 11;
 /// Error code: serving the connecting node would close a cycle of replicas.
-pub const CYCLE: u16 = 8;
+pub const CYCLE: u16 = 12;
 /// Error code: this node is not ready to serve (it is being seeded itself).
-pub const NOT_READY: u16 = 9;
+pub const NOT_READY: u16 = 13;
 /// Error code: the connecting node speaks a protocol version this one does not.
 pub const VERSION_MISMATCH: u16 = 1;
 
