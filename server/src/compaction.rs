@@ -1,8 +1,12 @@
-//! Heap compaction on a primary (storage's `Db::compact`): the `COMPACT` command runs a
-//! whole pass and answers with what it did; the sweep runs passes by itself while the value
-//! heap holds more garbage than `AUTO_GARBAGE_PCT` of its bytes. Every step is an ordinary
-//! logged commit, so replicas follow byte for byte; a node that stops being a writable
-//! primary stops compacting before its next step. One pass runs at a time.
+//! Giving space back on a primary: heap compaction (storage's `Db::compact`) empties sparse
+//! value-heap pages, and a shrink pass (`Db::shrink`) moves the pages at the end of the page
+//! file into the free pages below and cuts the file. The `COMPACT` command runs both and
+//! answers with what they did; the sweep runs a heap pass by itself while the value heap
+//! holds more garbage than `AUTO_GARBAGE_PCT` of its bytes, and a shrink pass while more
+//! than `AUTO_FREE_PCT` of the file's pages are free. Every step is an ordinary logged
+//! commit, so replicas follow byte for byte (and cut their own files at their checkpoints);
+//! a node that stops being a writable primary stops before its next step. One pass runs at
+//! a time.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,6 +23,11 @@ pub const AUTO_MIN_PAGES: u64 = 1024;
 /// `AUTO_GARBAGE_PCT` of the heap dead, the pages average less than 100 - that live, so a
 /// pass that starts always finds pages to empty.
 pub const AUTO_SPARSE_PCT: usize = 100 - AUTO_GARBAGE_PCT as usize;
+
+/// The sweep shrinks the page file when more than this percent of its pages are free…
+pub const AUTO_FREE_PCT: u64 = 50;
+/// …and at least this many (4 MiB).
+pub const AUTO_MIN_FREE_PAGES: u64 = 1024;
 
 /// Bytes of values a heap page holds at most.
 const HEAP_PAGE_BYTES: u64 = (storage::PAGE_SIZE - 40) as u64;
@@ -37,10 +46,26 @@ pub fn worth_compacting(st: &storage::Stats) -> bool {
     st.heap_pages >= AUTO_MIN_PAGES && garbage(st) * 100 > capacity * AUTO_GARBAGE_PCT
 }
 
-/// A whole compaction pass, off the event loop: the report as text, or an error line for
-/// the client (`READONLY …` when this node is not a writable primary, `BUSY …` while
-/// another pass runs, `ERR …` when the pass failed).
-pub async fn run(sh: &Arc<Shared>, sparse_pct: usize) -> Result<String, String> {
+/// Whether enough of the page file is free for the sweep to shrink it.
+pub fn worth_shrinking(st: &storage::Stats) -> bool {
+    st.free_pages >= AUTO_MIN_FREE_PAGES && st.free_pages * 100 > st.page_count * AUTO_FREE_PCT
+}
+
+/// What a pass does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    /// Heap compaction (values off pages less than this percent live), then a shrink.
+    Full(usize),
+    /// Heap compaction only.
+    Heap(usize),
+    /// A shrink only.
+    Shrink,
+}
+
+/// A whole pass, off the event loop: the report as text, or an error line for the client
+/// (`READONLY …` when this node is not a writable primary, `BUSY …` while another pass
+/// runs, `ERR …` when the pass failed).
+pub async fn run(sh: &Arc<Shared>, pass: Pass) -> Result<String, String> {
     if let Some(r) = sh.node.write_refusal() {
         return Err(role_refusal_message(&r));
     }
@@ -55,31 +80,51 @@ pub async fn run(sh: &Arc<Shared>, sparse_pct: usize) -> Result<String, String> 
     }
     let _running = Running;
     let sh2 = sh.clone();
-    let report = tokio::task::spawn_blocking(move || {
+    let (report, complete, steps) = tokio::task::spawn_blocking(move || {
         let db = sh2.db();
-        db.compact(sparse_pct, |_| {
-            sh2.node.write_refusal().is_none() && !*sh2.node.shutdown.borrow()
-        })
+        let go_on = || sh2.node.write_refusal().is_none() && !*sh2.node.shutdown.borrow();
+        let mut lines = Vec::new();
+        let mut steps = 0;
+        if let Pass::Full(pct) | Pass::Heap(pct) = pass {
+            let r = db
+                .compact(pct, |_| go_on())
+                .map_err(|e| format!("ERR compaction: {e}"))?;
+            tracing::info!(report = %r, "heap compaction");
+            steps += r.steps;
+            lines.push(format!("heap: {r}"));
+            if !r.complete {
+                return Ok((lines.join("\n"), false, steps));
+            }
+        }
+        if let Pass::Full(_) | Pass::Shrink = pass {
+            let r = db
+                .shrink(|_| go_on())
+                .map_err(|e| format!("ERR shrinking the page file: {e}"))?;
+            tracing::info!(report = %r, "page file shrink");
+            steps += r.steps;
+            lines.push(format!("file: {r}"));
+            if !r.complete {
+                return Ok((lines.join("\n"), false, steps));
+            }
+        }
+        Ok::<_, String>((lines.join("\n"), true, steps))
     })
     .await
-    .map_err(|e| format!("ERR the compaction task failed: {e}"))?
-    .map_err(|e| format!("ERR compaction: {e}"))?;
-    tracing::info!(%report, "heap compaction");
-    if !report.complete {
+    .map_err(|e| format!("ERR the compaction task failed: {e}"))??;
+    if !complete {
+        let report = report.replace('\n', "; ");
         return Err(match sh.node.write_refusal() {
             // The role's own error, so clients that follow READONLY see it.
             Some(r) => format!(
-                "{} (compaction stopped after {} steps: {report})",
+                "{} (compaction stopped after {steps} steps: {report})",
                 role_refusal_message(&r),
-                report.steps
             ),
             None => format!(
-                "ERR compaction stopped after {} steps: the node is shutting down ({report})",
-                report.steps
+                "ERR compaction stopped after {steps} steps: the node is shutting down ({report})",
             ),
         });
     }
-    Ok(report.to_string())
+    Ok(report)
 }
 
 /// How often the automatic compaction looks at the heap.
@@ -99,7 +144,18 @@ pub async fn auto(sh: Arc<Shared>) {
             return;
         }
         let st = sh.db().stats();
-        if sh.node.write_refusal().is_some() || !worth_compacting(&st) {
+        if sh.node.write_refusal().is_some() {
+            continue;
+        }
+        if worth_shrinking(&st) {
+            match run(&sh, Pass::Shrink).await {
+                Ok(report) => tracing::debug!(%report, "automatic shrink"),
+                Err(e) if e.starts_with("BUSY") => {}
+                Err(e) => tracing::warn!("automatic shrink of the page file: {e}"),
+            }
+            continue;
+        }
+        if !worth_compacting(&st) {
             continue;
         }
         // Hysteresis: after a pass, the next starts only once the garbage has grown by a
@@ -110,7 +166,7 @@ pub async fn auto(sh: Arc<Shared>) {
                 continue;
             }
         }
-        match run(&sh, AUTO_SPARSE_PCT).await {
+        match run(&sh, Pass::Heap(AUTO_SPARSE_PCT)).await {
             Ok(_) => floor = Some(garbage(&sh.db().stats())),
             Err(e) if e.starts_with("BUSY") => {}
             Err(e) => tracing::warn!("automatic heap compaction: {e}"),

@@ -595,7 +595,10 @@ pub(crate) async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut O
                         .map(|r| r.to_string()),
                     Admin::Compact => {
                         // Its errors carry their own code (READONLY, BUSY, ERR).
-                        match crate::compaction::run(&sh, crate::compaction::COMMAND_SPARSE_PCT)
+                        match crate::compaction::run(
+                            &sh,
+                            crate::compaction::Pass::Full(crate::compaction::COMMAND_SPARSE_PCT),
+                        )
                             .await
                         {
                             Ok(report) => Ok(report),

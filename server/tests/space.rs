@@ -1,6 +1,7 @@
 //! Storage space through the server: `COMPACT` gives the value heap's dead bytes back on a
-//! primary, replicated page for page (DIGEST agrees); a replica refuses it; and a primary
-//! whose heap is mostly garbage compacts it by itself.
+//! primary and shrinks the page file, replicated page for page (DIGEST agrees, the replica's
+//! file shrinks too); a replica refuses it; and a primary whose heap is mostly garbage, or
+//! whose page file is mostly free, compacts or shrinks it by itself.
 
 mod common;
 
@@ -57,15 +58,19 @@ fn compact_gives_heap_pages_back_and_replicas_follow_byte_for_byte() {
         before > needed * 13 / 10,
         "{before} heap pages for {needed}"
     );
+    let pages_before = num(&mut p, "page_count");
     let report: String = cmd("COMPACT").query(&mut p).unwrap();
-    assert!(report.contains("moved"), "{report}");
+    assert!(report.contains("heap: moved"), "{report}");
+    assert!(report.contains("file: moved"), "{report}");
     let after = num(&mut p, "heap_pages");
     assert!(
         after <= needed * 12 / 10 + 2,
         "{after} heap pages after COMPACT for {needed} pages of values: {report}"
     );
     assert_eq!(num(&mut p, "heap_live_bytes"), live, "nothing lost");
-    assert!(num(&mut p, "free_pages") >= before - after);
+    // The emptied pages were given back: none is left free inside the file.
+    assert_eq!(num(&mut p, "free_pages"), 0, "{report}");
+    assert!(num(&mut p, "page_count") <= pages_before - (before - after));
     // The replica took the same steps: same pages, same values.
     wait_for(30, "replica caught up", || caught_up(&mut p, &mut r));
     let digest = |c: &mut redis::Connection| cmd("DIGEST").query::<String>(c).unwrap();
@@ -105,9 +110,126 @@ fn a_heap_mostly_garbage_is_compacted_by_the_primary_itself() {
         let got: Vec<u8> = cmd("GET").arg(format!("k{i:06}")).query(&mut p).unwrap();
         assert_eq!(got, vals[i]);
     }
-    let logs = primary.log_lines().join("\n");
-    assert!(
-        logs.contains("heap compaction"),
-        "the pass is logged:\n{logs}"
+    // The heap can reach the mark in the middle of a pass; the line comes at its end.
+    let mut logs = Vec::new();
+    wait_for(30, "the pass logged", || {
+        logs.extend(primary.log_lines());
+        logs.iter().any(|l| l.contains("heap compaction"))
+    });
+}
+
+/// `n` keys `prefix{i}` with `len`-byte values, in MSETs of 100.
+fn load(c: &mut redis::Connection, prefix: &str, n: usize, len: usize, seed: u64) -> Vec<Vec<u8>> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let vals: Vec<Vec<u8>> = (0..n)
+        .map(|_| (0..len).map(|_| rng.gen()).collect())
+        .collect();
+    for (chunk_no, chunk) in vals.chunks(100).enumerate() {
+        let mut m = cmd("MSET");
+        for (j, v) in chunk.iter().enumerate() {
+            m.arg(format!("{prefix}{}", chunk_no * 100 + j)).arg(&v[..]);
+        }
+        let _: () = m.query(c).unwrap();
+    }
+    vals
+}
+
+/// Deletes all but every fifth key, so the survivors are spread over the whole file.
+fn delete_most(c: &mut redis::Connection, prefix: &str, n: usize) {
+    for chunk in (0..n)
+        .filter(|i| i % 5 != 0)
+        .collect::<Vec<_>>()
+        .chunks(200)
+    {
+        let mut d = cmd("DEL");
+        for i in chunk {
+            d.arg(format!("{prefix}{i}"));
+        }
+        let _: u64 = d.query(c).unwrap();
+    }
+}
+
+#[test]
+fn compact_shrinks_the_page_file_after_large_deletes_and_the_replica_follows() {
+    let (pd, rd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let primary = Node::start(pd.path(), &["--name", "p"]);
+    let addr = format!("127.0.0.1:{}", primary.port);
+    let replica = Node::start(rd.path(), &["--replicaof", &addr, "--name", "r"]);
+    let (mut p, mut r) = (primary.client(), replica.client());
+    wait_for(20, "link up", || info(&mut r)["primary_link"] == "up");
+    // Under the sweep's thresholds (4 MiB free, 4 MiB of heap): only COMPACT acts here.
+    let vals = load(&mut p, "s", 900, 3000, 2);
+    delete_most(&mut p, "s", vals.len());
+    wait_for(30, "replica caught up", || caught_up(&mut p, &mut r));
+    for c in [&mut p, &mut r] {
+        let _: () = cmd("CHECKPOINT").query(c).unwrap();
+    }
+    let (p_file, r_file) = (
+        num(&mut p, "page_file_bytes"),
+        num(&mut r, "page_file_bytes"),
     );
+    let (count, free) = (num(&mut p, "page_count"), num(&mut p, "free_pages"));
+    assert!(
+        free * 2 > count,
+        "{free} of {count} pages free after the deletes"
+    );
+    let report: String = cmd("COMPACT").query(&mut p).unwrap();
+    let after = num(&mut p, "page_count");
+    assert_eq!(num(&mut p, "free_pages"), 0, "{report}");
+    assert!(after * 2 < count, "page count {count} -> {after}: {report}");
+    let p_after = num(&mut p, "page_file_bytes");
+    assert_eq!(
+        p_after,
+        after * 4096,
+        "the primary's file is cut to its pages: {report}"
+    );
+    assert!(p_after * 2 < p_file, "{p_file} -> {p_after} bytes");
+    // The replica took the same steps: same pages, and its own checkpoint cuts its file.
+    wait_for(30, "replica caught up", || caught_up(&mut p, &mut r));
+    let digest = |c: &mut redis::Connection| cmd("DIGEST").query::<String>(c).unwrap();
+    assert_eq!(digest(&mut r), digest(&mut p));
+    assert_eq!(num(&mut r, "page_count"), after);
+    let _: () = cmd("CHECKPOINT").query(&mut r).unwrap();
+    let r_after = num(&mut r, "page_file_bytes");
+    assert!(
+        r_after * 2 < r_file,
+        "replica's file {r_file} -> {r_after} bytes"
+    );
+    for c in [&mut p, &mut r] {
+        for i in (0..vals.len()).step_by(5) {
+            let got: Vec<u8> = cmd("GET").arg(format!("s{i}")).query(c).unwrap();
+            assert_eq!(got, vals[i], "s{i}");
+        }
+        let gone: Option<Vec<u8>> = cmd("GET").arg("s1").query(c).unwrap();
+        assert_eq!(gone, None);
+    }
+    // A SIGKILL and a restart keep the smaller file and every value.
+    drop(replica);
+    let mut primary = primary;
+    primary.child.kill().unwrap();
+    primary.child.wait().unwrap();
+    drop(primary);
+    let primary = Node::start(pd.path(), &["--name", "p"]);
+    let mut p = primary.client();
+    assert_eq!(num(&mut p, "page_count"), after);
+    let got: Vec<u8> = cmd("GET").arg("s895").query(&mut p).unwrap();
+    assert_eq!(got, vals[895]);
+}
+
+#[test]
+fn a_page_file_mostly_free_is_shrunk_by_the_primary_itself() {
+    let pd = tempfile::tempdir().unwrap();
+    let primary = Node::start(pd.path(), &["--name", "p"]);
+    let mut p = primary.client();
+    // About 2,300 pages of values; four fifths deleted: past 1,024 free pages and half the file.
+    let vals = load(&mut p, "a", 3000, 3000, 3);
+    let count = num(&mut p, "page_count");
+    delete_most(&mut p, "a", vals.len());
+    wait_for(30, "the primary to shrink its page file", || {
+        num(&mut p, "page_count") * 2 < count && num(&mut p, "free_pages") < 64
+    });
+    for i in (0..vals.len()).step_by(5) {
+        let got: Vec<u8> = cmd("GET").arg(format!("a{i}")).query(&mut p).unwrap();
+        assert_eq!(got, vals[i], "a{i}");
+    }
 }

@@ -85,6 +85,30 @@ pub(crate) fn free(ctx: &mut WriteCtx<'_>, id: PageId) -> Result<()> {
     Ok(())
 }
 
+/// Replaces the free list by `ids` (ascending, all below the page count): trunks of
+/// `TRUNK_CAPACITY + 1` ids each, the lowest of each group the trunk, the rest stored so that
+/// allocation takes them lowest first: the file fills from its start.
+pub(crate) fn rebuild(ctx: &mut WriteCtx<'_>, ids: &[PageId]) {
+    debug_assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "free ids not ascending"
+    );
+    let groups: Vec<&[PageId]> = ids.chunks(TRUNK_CAPACITY + 1).collect();
+    for (g, group) in groups.iter().enumerate() {
+        let next = groups.get(g + 1).map_or(PageId::NONE, |n| n[0]);
+        let p = ctx.page_fresh(group[0], PageKind::FreeTrunk);
+        // Popped from the end: highest first in the page, lowest last.
+        for (i, id) in group[1..].iter().rev().enumerate() {
+            put_u64(p, HEADER_SIZE + 8 * i, id.0);
+        }
+        let h = page::header_mut(p);
+        h.count.set((group.len() - 1) as u16);
+        h.link.set(next.0);
+    }
+    ctx.meta.freelist_head = ids.first().copied().unwrap_or(PageId::NONE);
+    ctx.meta.free_count = ids.len() as u64;
+}
+
 /// Every page on the free list (trunks first in each step), for the integrity check.
 pub(crate) fn walk(src: &impl PageSource, head: PageId, page_count: u64) -> Result<Vec<PageId>> {
     let mut out = Vec::new();

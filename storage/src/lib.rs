@@ -76,6 +76,7 @@ mod page;
 mod pager;
 mod recovery;
 mod seed;
+mod shrink;
 mod tree_write;
 mod txn;
 mod types;
@@ -87,14 +88,15 @@ pub use compact::{CompactStep, COMPACT_STEP_BYTES};
 pub use control::{check_history, CONTROL_FILE, EPOCHS_FILE, MAX_EPOCHS};
 pub use db::{
     CompactReport, Db, Durability, Durable, Entry, Options, PageScrub, Range, ReadTxn,
-    ReplicaProgress, ReplicaSync, Stats, TxnRange, WalScrub, WriteBatch, WriteTxn,
-    COMPACT_STEP_ENTRIES, PAGE_FILE, WAL_DIR,
+    ReplicaProgress, ReplicaSync, ShrinkReport, Stats, TxnRange, WalScrub, WriteBatch, WriteTxn,
+    COMPACT_STEP_ENTRIES, PAGE_FILE, SHRINK_STEP_PAGES, WAL_DIR,
 };
 pub use error::{Error, Result};
 pub use inspect::{inspect, read_wal_at, DirInfo};
 pub use node::{MAX_KEY, MAX_VALUE};
 pub use page::{MAX_PAGES, PAGE_SIZE};
 pub use seed::Seeder;
+pub use shrink::ShrinkStep;
 pub use types::{Lsn, PageId};
 pub use wal::io::{FaultInjector, WalIo};
 pub use wal::verify::{check_wal, WalCheck, WalDamage};

@@ -96,6 +96,17 @@ impl Published {
             }
             *slot = Some(buf);
         }
+        if meta.page_count < self.meta.page_count {
+            // A shrink step lowered the count: frames of the pages cut off are gone (a
+            // checkpoint must not write them back past the end).
+            let keep = meta.page_count as usize;
+            for slot in self.frames.iter_mut().skip(keep) {
+                if slot.take().is_some() {
+                    self.frame_count -= 1;
+                }
+            }
+            self.frames.truncate(keep);
+        }
         self.meta = meta;
         self.last_lsn = last_lsn;
     }
@@ -194,6 +205,12 @@ impl Published {
             )));
         }
         self.map = Some(map);
+        if file_pages < self.mapped_pages {
+            // The file was cut: pages that come back later are new bytes, not verified yet.
+            if let Some(w) = self.verified.get_mut(file_pages as usize / 64) {
+                *w.get_mut() &= (1u64 << (file_pages % 64)) - 1;
+            }
+        }
         self.mapped_pages = file_pages;
         let words = (file_pages as usize).div_ceil(64);
         self.verified.resize_with(words, || AtomicU64::new(0));
@@ -222,8 +239,11 @@ pub(crate) struct PageFile {
     /// Holds the directory's lock (flock on `DIR/lock`) for as long as the page file is open.
     _lock: Box<dyn std::any::Any + Send + Sync>,
     path: PathBuf,
-    /// Current file length in pages (grown ahead of use, never shrunk).
+    /// Current file length in pages (grown ahead of use; cut by a checkpoint after a shrink
+    /// pass lowered the page count well below it).
     len_pages: u64,
+    /// The least the file grows by, and the slack past the page count a checkpoint leaves.
+    step_pages: u64,
 }
 
 impl PageFile {
@@ -257,7 +277,12 @@ impl PageFile {
             _lock: lock,
             path: path.to_path_buf(),
             len_pages: len / PAGE_SIZE as u64,
+            step_pages: 256,
         })
+    }
+
+    pub fn set_step_pages(&mut self, pages: u64) {
+        self.step_pages = pages.max(1);
     }
 
     pub fn len_pages(&self) -> u64 {
@@ -361,7 +386,7 @@ impl PageFile {
     ) -> Result<()> {
         if page_count > self.len_pages {
             // Grow in large steps so the map is not rebuilt at every checkpoint.
-            let grown = page_count.max(self.len_pages + (self.len_pages / 4).max(256));
+            let grown = page_count.max(self.len_pages + (self.len_pages / 4).max(self.step_pages));
             self.file.set_len(grown * PAGE_SIZE as u64)?;
             self.len_pages = grown;
         }
@@ -400,12 +425,26 @@ impl PageFile {
         Ok(())
     }
 
-    /// After a checkpoint: rebuild the map if the file grew, then drop the written frames.
+    /// After a checkpoint: cut the file if the page count fell well below its length, rebuild
+    /// the map if the file changed size, then drop the written frames. `page_count` is the
+    /// count the checkpoint wrote the pages of: every page below it is in the file now, and
+    /// pages added since are in frames.
     pub fn finish_checkpoint(
-        &self,
+        &mut self,
         published: &mut Published,
         written: &[(PageId, Arc<PageBuf>)],
+        page_count: u64,
     ) -> Result<()> {
+        let keep = page_count.max(published.meta.page_count);
+        if self.len_pages > keep + (keep / 4).max(self.step_pages) {
+            // Readers borrow the map only under the published state's lock, which the caller
+            // holds exclusively: no byte of the old map is in use while the file shrinks.
+            published.map = None;
+            published.mapped_pages = 0;
+            self.file.set_len(keep * PAGE_SIZE as u64)?;
+            self.len_pages = keep;
+            tracing::info!(pages = keep, "page file cut after a shrink");
+        }
         // A view that does not follow the file (a simulated file's copy) is taken again: the
         // evicted pages are read from it from now on.
         let live = published.map.as_ref().is_some_and(Mapping::is_live);

@@ -107,6 +107,8 @@ pub(crate) fn replay(
     let mut buf_start = pos;
     let mut batches = Assembler::new();
     let (mut records, mut commits) = (0u64, 0u64);
+    // The page count as the last batch that wrote the meta page left it.
+    let mut page_count: Option<u64> = None;
     let mut seg = segs.start_of(pos);
     let mut tail_is_clean = false;
     let reason = loop {
@@ -134,6 +136,9 @@ pub(crate) fn replay(
                             if let Some((file, _)) = file {
                                 for rec in &records {
                                     apply(file, &mut out.pages, rec)?;
+                                }
+                                if records.iter().any(|r| r.page.0 == 0) {
+                                    drop_cut_pages(&mut out.pages, &mut page_count);
                                 }
                             }
                             commits += 1;
@@ -326,6 +331,23 @@ fn read_stream(segs: &mut Segments, from: Lsn, buf: &mut [u8]) -> Result<usize> 
         done += n;
     }
     Ok(done)
+}
+
+/// After a batch that wrote the meta page: if it lowered the page count (a shrink step),
+/// the pages past the new end are no longer the database's, whatever earlier batches did to
+/// them. (A meta page that does not parse is left for `PageFile::publish` to report.)
+fn drop_cut_pages(pages: &mut HashMap<PageId, PageArc>, last: &mut Option<u64>) {
+    let Some(count) = pages
+        .get(&PageId(0))
+        .and_then(|p| page::Meta::read(&p[..]).ok())
+        .map(|m| m.page_count)
+    else {
+        return;
+    };
+    if last.is_none_or(|l| count < l) {
+        pages.retain(|id, _| id.0 < count);
+    }
+    *last = Some(count);
 }
 
 /// Applies one page record from the log to the page it names, loading the page from the

@@ -62,6 +62,25 @@ impl<'a> WriteCtx<'a> {
         self.dirty.remove(&id);
     }
 
+    /// Page `from`'s bytes as page `to` in the overlay (for moving a page: the caller
+    /// redirects every reference to it).
+    pub fn copy_page(&mut self, from: PageId, to: PageId) -> Result<()> {
+        let mut b = page::page_copy(self.page(from)?);
+        page::header_mut(page::page_mut(&mut b)).page_id.set(to.0);
+        self.dirty.insert(to, b);
+        Ok(())
+    }
+
+    /// Lowers the page count to `end`, dropping overlay copies of the pages past it.
+    pub fn cut(&mut self, end: u64) {
+        assert!(
+            end <= self.meta.page_count && end >= 1,
+            "cut to {end} pages"
+        );
+        self.dirty.retain(|id, _| id.0 < end);
+        self.meta.page_count = end;
+    }
+
     pub fn alloc(&mut self, kind: PageKind) -> Result<PageId> {
         freelist::alloc(self, kind)
     }

@@ -9,6 +9,9 @@
 //!   half there, nothing comes back out of order);
 //! - every reachable page passes the integrity check.
 //!
+//! Some commits are shrink steps (pages moved off the end of the file, the count lowered,
+//! the file cut at the next checkpoint), so cuts also land inside those.
+//!
 //! `REPLIDB_POWER_SEEDS` sets how many seeds run (default 300); `REPLIDB_POWER_SEED` runs one.
 //! A failure names its seed. (The WAL flusher and the checkpointer are threads of their own,
 //! so a seed fixes the operations and the cut point but not every interleaving.)
@@ -38,6 +41,8 @@ fn options(fs: &SimFs) -> Options {
         wal_segment_bytes: 64 << 10,
         checkpoint_wal_bytes: 48 << 10,
         checkpoint_interval: Duration::from_secs(3600),
+        // A file a few pages longer than its count is cut: shrink steps' cuts reach the disk.
+        page_file_step_pages: 4,
         ..Options::default()
     }
 }
@@ -95,6 +100,17 @@ fn run_seed(seed: u64) -> Result<(), String> {
         let mut acked = 0;
         if let Ok(db) = Db::open(dir, options(&fs)) {
             for _ in 0..rng.gen_range(1..120) {
+                if rng.gen_bool(0.08) {
+                    // A shrink step: pages move and the count falls; the contents stay.
+                    let moves = rng.gen_range(1..6);
+                    let r = db.update(Durability::Local, |t| t.shrink_step(moves));
+                    issued.push(Vec::new());
+                    match r {
+                        Ok(_) => acked = issued.len(),
+                        Err(_) => break,
+                    }
+                    continue;
+                }
                 let ops = random_batch(&mut rng);
                 let mut b = WriteBatch::new();
                 for op in &ops {

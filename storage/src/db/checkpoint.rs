@@ -72,7 +72,7 @@ impl Inner {
         // 5. Frames that did not change meanwhile are now clean: readers use the file again.
         {
             let mut g = self.state.write();
-            ck.file.finish_checkpoint(&mut g, &snapshot)?;
+            ck.file.finish_checkpoint(&mut g, &snapshot, page_count)?;
         }
         // 6. WAL before the redo point (and before what replication holds) is not needed.
         let keep = redo.0.min(self.retain_from.load(Ordering::SeqCst));

@@ -1,8 +1,10 @@
-//! `Db::compact`: a whole pass of heap compaction (compact.rs), step by step.
+//! `Db::compact`: a whole pass of heap compaction (compact.rs), step by step; `Db::shrink`:
+//! a whole pass moving pages off the end of the page file (shrink.rs).
 
 use super::{Db, WriteTxn};
 use crate::compact::{self, CompactStep};
 use crate::error::Result;
+use crate::shrink::{self, ShrinkStep};
 use crate::Durability;
 
 /// Entries one compaction step looks at: a step is one write transaction, so this bounds how
@@ -57,13 +59,98 @@ impl WriteTxn<'_> {
         compact::step(&mut self.ctx, after, through, budget, sparse_pct)
     }
 
+    /// One step of a shrink pass: moves up to `max_moves` live pages from the end of the page
+    /// file into free pages below and lowers the page count (`done`: nothing left to move).
+    pub fn shrink_step(&mut self, max_moves: usize) -> Result<ShrinkStep> {
+        shrink::step(&mut self.ctx, max_moves)
+    }
+
     /// Heap pages, and the bytes of live values in them.
     pub fn heap_usage(&self) -> (u64, u64) {
         (self.ctx.meta.heap_pages, self.ctx.meta.heap_live)
     }
 }
 
+/// Pages one shrink step moves at most (16 MiB): a step is one write transaction and one
+/// batch in the log.
+pub const SHRINK_STEP_PAGES: usize = 4096;
+
+/// What a shrink pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ShrinkReport {
+    pub steps: u64,
+    pub pages_moved: u64,
+    pub pages_before: u64,
+    pub pages_after: u64,
+    /// The page file's size before the pass and after the checkpoint that ends it.
+    pub file_bytes_before: u64,
+    pub file_bytes_after: u64,
+    /// Whether the pass reached the end (false: `go_on` stopped it).
+    pub complete: bool,
+}
+
+impl std::fmt::Display for ShrinkReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}moved {} pages in {} steps; pages {} -> {}; page file {} -> {} bytes",
+            if self.complete { "" } else { "stopped early: " },
+            self.pages_moved,
+            self.steps,
+            self.pages_before,
+            self.pages_after,
+            self.file_bytes_before,
+            self.file_bytes_after
+        )
+    }
+}
+
 impl Db {
+    /// A whole shrink pass: the live pages at the end of the page file move into free pages
+    /// below until no free page is left inside the file, the page count falls with each
+    /// step, and a checkpoint at the end cuts the file to it (one at the start, too, so the
+    /// report's sizes are the file's). Each step is its own durable
+    /// commit (writers go on between steps; replicas follow byte for byte). `go_on` is
+    /// asked before each step (with the step before, if any); false stops the pass there.
+    pub fn shrink(
+        &self,
+        mut go_on: impl FnMut(Option<&ShrinkStep>) -> bool,
+    ) -> Result<ShrinkReport> {
+        // The file as a checkpoint leaves it, so the report compares like with like.
+        self.checkpoint()?;
+        let before = self.stats();
+        let mut r = ShrinkReport {
+            pages_before: before.page_count,
+            file_bytes_before: before.file_bytes,
+            ..ShrinkReport::default()
+        };
+        // A pass gives back what was free when it started: pages writers free while it runs
+        // may be left to the next, so a pass ends however busy the writers are.
+        let most_steps = before.free_pages / SHRINK_STEP_PAGES as u64 + 2;
+        let mut last: Option<ShrinkStep> = None;
+        loop {
+            if !go_on(last.as_ref()) {
+                break;
+            }
+            let (s, _) = self.update(Durability::Local, |t| t.shrink_step(SHRINK_STEP_PAGES))?;
+            r.steps += 1;
+            r.pages_moved += s.pages_moved;
+            let done = s.done || r.steps >= most_steps;
+            last = Some(s);
+            if done {
+                r.complete = true;
+                break;
+            }
+        }
+        if r.steps > 0 {
+            self.checkpoint()?;
+        }
+        let now = self.stats();
+        r.pages_after = now.page_count;
+        r.file_bytes_after = now.file_bytes;
+        Ok(r)
+    }
+
     /// A whole compaction pass: every long value on a heap page less than `sparse_pct`
     /// percent live is moved to the heap's tail, so those pages empty and are freed. Each
     /// step is its own durable commit, so writers go on between steps. `go_on` is asked

@@ -37,7 +37,7 @@ mod replica_tests;
 mod scrub;
 mod stats;
 
-pub use compact::{CompactReport, COMPACT_STEP_ENTRIES};
+pub use compact::{CompactReport, ShrinkReport, COMPACT_STEP_ENTRIES, SHRINK_STEP_PAGES};
 pub use options::Options;
 pub use read::{Entry, Range, ReadTxn, TxnRange};
 pub use scrub::{PageScrub, WalScrub};
@@ -373,6 +373,7 @@ impl Db {
         };
         vfs.create_dir_all(&dir.join(WAL_DIR))?;
         let mut file = PageFile::open(&*vfs, &dir.join(PAGE_FILE))?;
+        file.set_step_pages(options.page_file_step_pages);
         let control = match Control::load(&*vfs, &dir)? {
             Some(c) => c,
             None if file.len_pages() <= 2 => {

@@ -29,6 +29,10 @@ pub struct Options {
     /// open, in the background or at close. A record appended here would fork this log from
     /// what its peers hold at the same LSNs without the history saying so.
     pub inspect: bool,
+    /// The page file grows in steps of at least this many pages (and at least a quarter of
+    /// its length); a checkpoint cuts it back to the page count once it is longer by more
+    /// than such a step (after a shrink pass, `Db::shrink`).
+    pub page_file_step_pages: u64,
     /// Fault injection for tests of I/O error handling.
     #[doc(hidden)]
     pub faults: Option<Arc<FaultInjector>>,
@@ -48,6 +52,7 @@ impl Default for Options {
             replica: false,
             truncate_damaged_wal: false,
             inspect: false,
+            page_file_step_pages: 256,
             faults: None,
             vfs: Arc::new(RealFs),
         }

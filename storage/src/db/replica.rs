@@ -580,7 +580,7 @@ impl Inner {
         }
         {
             let mut g = self.state.write();
-            ck.file.finish_checkpoint(&mut g, &snapshot)?;
+            ck.file.finish_checkpoint(&mut g, &snapshot, page_count)?;
         }
         let keep = redo.0.min(self.retain_from.load(Ordering::SeqCst));
         let end = self.wal.end().0;
@@ -645,9 +645,9 @@ impl Inner {
                 .map_err(|reason| Error::CorruptWal { lsn: end, reason })?,
             None => guard.meta,
         };
-        // A database never shrinks, and grows only by pages the batch writes or names (a
-        // new page's first record is its image): a count outside that is a peer's lie, and
-        // would leave reachable pages past the end or size memory by a number it chose.
+        // A database grows only by pages the batch writes or names (a new page's first
+        // record is its image): a count past that is a peer's lie, and would size memory by
+        // a number it chose. It shrinks only by a shrink step, never to nothing.
         // A page the batch took and freed again is not written, but its id is named in a
         // free-list page the batch does write (a trunk holds `TRUNK_CAPACITY` ids): so each
         // page written accounts for at most that many new ids, and itself.
@@ -656,7 +656,7 @@ impl Inner {
             .meta
             .page_count
             .saturating_add((pages.len() as u64).saturating_mul(per_page) + 16);
-        if meta.page_count < guard.meta.page_count || meta.page_count > most {
+        if meta.page_count < 2 || meta.page_count > most {
             return Err(Error::CorruptWal {
                 lsn: end,
                 reason: format!(

@@ -221,9 +221,11 @@ impl VFile for File {
         // (flock on its lock file) by this process for as long as the page file is open, so
         // no other replidb process changes it. This process writes only pages held in frames,
         // and readers read such pages from the frame, never through the map, until the write
-        // is complete and the frame is dropped; the file never shrinks. So no byte a reader
-        // borrows from the map changes under it. (Bytes seen through the map are still
-        // verified before use.)
+        // is complete and the frame is dropped; the file shrinks only after a shrink pass, by
+        // the checkpoint, which first drops this map while it holds the published state's
+        // lock exclusively (readers borrow map bytes only under that lock) and maps the file
+        // again after. So no byte a reader borrows from the map changes or vanishes under
+        // it. (Bytes seen through the map are still verified before use.)
         let m = unsafe { memmap2::Mmap::map(self)? };
         Ok(Mapping::Mmap(m))
     }
