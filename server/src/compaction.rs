@@ -1,7 +1,7 @@
 //! Giving space back on a primary: heap compaction (storage's `Db::compact`) empties sparse
-//! value-heap pages, and a shrink pass (`Db::shrink`) moves the pages at the end of the page
-//! file into the free pages below and cuts the file. The `COMPACT` command runs both and
-//! answers with what they did; the sweep runs a heap pass by itself while the value heap
+//! value-heap pages, a repack pass (`Db::repack`) regroups sparse leaves, and a shrink pass
+//! (`Db::shrink`) moves the pages at the end of the page file into the free pages below and
+//! cuts the file. The `COMPACT` command runs all three and answers with what they did; the sweep runs a heap pass by itself while the value heap
 //! holds more garbage than `AUTO_GARBAGE_PCT` of its bytes, and a shrink pass while more
 //! than `AUTO_FREE_PCT` of the file's pages are free. Every step is an ordinary logged
 //! commit, so replicas follow byte for byte (and cut their own files at their checkpoints);
@@ -54,7 +54,8 @@ pub fn worth_shrinking(st: &storage::Stats) -> bool {
 /// What a pass does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pass {
-    /// Heap compaction (values off pages less than this percent live), then a shrink.
+    /// Heap compaction (values off pages less than this percent live), a leaf repack, then
+    /// a shrink.
     Full(usize),
     /// Heap compaction only.
     Heap(usize),
@@ -92,6 +93,17 @@ pub async fn run(sh: &Arc<Shared>, pass: Pass) -> Result<String, String> {
             tracing::info!(report = %r, "heap compaction");
             steps += r.steps;
             lines.push(format!("heap: {r}"));
+            if !r.complete {
+                return Ok((lines.join("\n"), false, steps));
+            }
+        }
+        if let Pass::Full(_) = pass {
+            let r = db
+                .repack(|_| go_on())
+                .map_err(|e| format!("ERR repacking leaves: {e}"))?;
+            tracing::info!(report = %r, "leaf repack");
+            steps += r.steps;
+            lines.push(format!("leaves: {r}"));
             if !r.complete {
                 return Ok((lines.join("\n"), false, steps));
             }

@@ -61,6 +61,7 @@ fn compact_gives_heap_pages_back_and_replicas_follow_byte_for_byte() {
     let pages_before = num(&mut p, "page_count");
     let report: String = cmd("COMPACT").query(&mut p).unwrap();
     assert!(report.contains("heap: moved"), "{report}");
+    assert!(report.contains("leaves: regrouped"), "{report}");
     assert!(report.contains("file: moved"), "{report}");
     let after = num(&mut p, "heap_pages");
     assert!(

@@ -33,31 +33,31 @@ const NEIGHBOUR_FREE: usize = USABLE / 4;
 
 /// Cells copied out of pages, end to end in one buffer.
 #[derive(Default)]
-struct Cells {
+pub(crate) struct Cells {
     bytes: Vec<u8>,
     ends: Vec<usize>,
 }
 
 impl Cells {
-    fn push(&mut self, c: &[u8]) {
+    pub(crate) fn push(&mut self, c: &[u8]) {
         self.bytes.extend_from_slice(c);
         self.ends.push(self.bytes.len());
     }
 
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.ends.len()
     }
 
-    fn get(&self, i: usize) -> &[u8] {
+    pub(crate) fn get(&self, i: usize) -> &[u8] {
         let start = if i == 0 { 0 } else { self.ends[i - 1] };
         &self.bytes[start..self.ends[i]]
     }
 
-    fn costs(&self) -> Vec<usize> {
+    pub(crate) fn costs(&self) -> Vec<usize> {
         (0..self.len()).map(|i| self.get(i).len() + SLOT).collect()
     }
 
-    fn slices(&self, r: Range<usize>) -> Vec<&[u8]> {
+    pub(crate) fn slices(&self, r: Range<usize>) -> Vec<&[u8]> {
         r.map(|i| self.get(i)).collect()
     }
 }
@@ -240,7 +240,10 @@ fn partition(costs: &[usize]) -> Vec<usize> {
     loose.unwrap_or_else(|| (1..=costs.len()).collect())
 }
 
-fn group_sums<'a>(costs: &'a [usize], ends: &'a [usize]) -> impl Iterator<Item = usize> + 'a {
+pub(crate) fn group_sums<'a>(
+    costs: &'a [usize],
+    ends: &'a [usize],
+) -> impl Iterator<Item = usize> + 'a {
     ends.iter().scan(0, |start, &end| {
         let s: usize = costs[*start..end].iter().sum();
         *start = end;
@@ -277,7 +280,7 @@ fn packed(costs: &[usize]) -> Vec<usize> {
 
 /// `k` consecutive non-empty groups whose boundaries fall as near to `total * g / k` as the
 /// cells allow (a cell joins the group its middle lies in).
-fn even_ends(costs: &[usize], total: usize, k: usize) -> Vec<usize> {
+pub(crate) fn even_ends(costs: &[usize], total: usize, k: usize) -> Vec<usize> {
     let mut ends = Vec::with_capacity(k);
     let (mut i, mut acc) = (0, 0);
     for g in 1..k {

@@ -75,6 +75,7 @@ mod overflow;
 mod page;
 mod pager;
 mod recovery;
+mod repack;
 mod seed;
 mod shrink;
 mod tree_write;
@@ -88,13 +89,15 @@ pub use compact::{CompactStep, COMPACT_STEP_BYTES};
 pub use control::{check_history, CONTROL_FILE, EPOCHS_FILE, MAX_EPOCHS};
 pub use db::{
     CompactReport, Db, Durability, Durable, Entry, Options, PageScrub, Range, ReadTxn,
-    ReplicaProgress, ReplicaSync, ShrinkReport, Stats, TxnRange, WalScrub, WriteBatch, WriteTxn,
-    COMPACT_STEP_ENTRIES, PAGE_FILE, SHRINK_STEP_PAGES, WAL_DIR,
+    RepackReport, ReplicaProgress, ReplicaSync, ShrinkReport, Stats, TxnRange, WalScrub,
+    WriteBatch, WriteTxn, COMPACT_STEP_ENTRIES, PAGE_FILE, REPACK_STEP_PARENTS, SHRINK_STEP_PAGES,
+    WAL_DIR,
 };
 pub use error::{Error, Result};
 pub use inspect::{inspect, read_wal_at, DirInfo};
 pub use node::{MAX_KEY, MAX_VALUE};
 pub use page::{MAX_PAGES, PAGE_SIZE};
+pub use repack::{RepackStep, REPACK_FILL};
 pub use seed::Seeder;
 pub use shrink::ShrinkStep;
 pub use types::{Lsn, PageId};

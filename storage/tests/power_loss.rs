@@ -9,8 +9,9 @@
 //!   half there, nothing comes back out of order);
 //! - every reachable page passes the integrity check.
 //!
-//! Some commits are shrink steps (pages moved off the end of the file, the count lowered,
-//! the file cut at the next checkpoint), so cuts also land inside those.
+//! Some commits are repack steps (leaves regrouped) and shrink steps (pages moved off the end
+//! of the file, the count lowered, the file cut at the next checkpoint), so cuts also land
+//! inside those.
 //!
 //! `REPLIDB_POWER_SEEDS` sets how many seeds run (default 300); `REPLIDB_POWER_SEED` runs one.
 //! A failure names its seed. (The WAL flusher and the checkpointer are threads of their own,
@@ -100,10 +101,17 @@ fn run_seed(seed: u64) -> Result<(), String> {
         let mut acked = 0;
         if let Ok(db) = Db::open(dir, options(&fs)) {
             for _ in 0..rng.gen_range(1..120) {
-                if rng.gen_bool(0.08) {
-                    // A shrink step: pages move and the count falls; the contents stay.
-                    let moves = rng.gen_range(1..6);
-                    let r = db.update(Durability::Local, |t| t.shrink_step(moves));
+                if rng.gen_bool(0.12) {
+                    // A repack or a shrink step: leaves regrouped, or pages moved and the
+                    // count lowered; the contents stay.
+                    let (repack, n) = (rng.gen_bool(0.4), rng.gen_range(1..6));
+                    let r = db.update(Durability::Local, |t| {
+                        if repack {
+                            t.repack_leaves(None, None, n).map(|_| ())
+                        } else {
+                            t.shrink_step(n).map(|_| ())
+                        }
+                    });
                     issued.push(Vec::new());
                     match r {
                         Ok(_) => acked = issued.len(),

@@ -158,3 +158,87 @@ fn db_shrink_reports_the_pass_and_later_writes_reuse_the_lowest_pages() {
     let stopped = db.shrink(|last| last.is_none()).unwrap();
     assert_eq!(stopped.steps, 1);
 }
+
+/// After deleting most of many small entries, the leaves are left anywhere between the
+/// minimum fill and full: a repack pass regroups the leaves under each parent at ~94%, and
+/// the shrink then gives the freed leaves back. Long keys (overflow separators) included.
+#[test]
+fn a_repack_pass_packs_sparse_leaves_and_the_shrink_gives_them_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+    let mut want = BTreeMap::new();
+    for _ in 0..40 {
+        let mut b = WriteBatch::new();
+        for _ in 0..1000 {
+            let klen = if rng.gen_bool(0.01) { 500 } else { 16 };
+            let k: Vec<u8> = (0..klen).map(|_| rng.gen()).collect();
+            let v = value(rng.gen(), 100);
+            b.put(k.clone(), v.clone());
+            want.insert(k, v);
+        }
+        db.commit(&b, Durability::Off).unwrap();
+    }
+    let keys: Vec<Vec<u8>> = want.keys().cloned().collect();
+    let mut b = WriteBatch::new();
+    for k in keys {
+        if rng.gen_bool(0.8) {
+            b.delete(k.clone());
+            want.remove(&k);
+        }
+    }
+    db.commit(&b, Durability::Local).unwrap();
+    let before = db.check_integrity().unwrap();
+    let bytes: usize = want.iter().map(|(k, v)| k.len() + v.len() + 10).sum();
+    let fill_before = bytes as f64 / (before.leaf_pages as usize * (PAGE_SIZE - 40)) as f64;
+    assert!(
+        fill_before < 0.7,
+        "leaves {fill_before:.2} full after the deletes"
+    );
+    // Steps of two parents, the whole tree checked after each.
+    let mut after: Option<Vec<u8>> = None;
+    let mut steps = 0;
+    loop {
+        let (s, _) = db
+            .update(Durability::Local, |t| {
+                t.repack_leaves(after.as_deref(), None, 2)
+            })
+            .unwrap();
+        steps += 1;
+        db.check_integrity()
+            .unwrap_or_else(|e| panic!("after repack step {steps} ({s:?}): {e}"));
+        assert!(s.leaves_after <= s.leaves_before, "{s:?}");
+        after = s.next;
+        if after.is_none() {
+            break;
+        }
+        assert!(steps < 10_000, "the pass does not end");
+    }
+    let packed = db.check_integrity().unwrap();
+    let fill_after = bytes as f64 / (packed.leaf_pages as usize * (PAGE_SIZE - 40)) as f64;
+    assert!(
+        fill_after > 0.85,
+        "leaves {fill_before:.2} -> {fill_after:.2} full ({} -> {} leaves)",
+        before.leaf_pages,
+        packed.leaf_pages
+    );
+    assert_holds(&db, &want);
+    // A second pass finds nothing to regroup; the shrink gives the freed leaves back.
+    let again = db.repack(|_| true).unwrap();
+    assert!(
+        again.complete && again.leaves_after == again.leaves_before,
+        "{again:?}"
+    );
+    let r = db.shrink(|_| true).unwrap();
+    assert!(r.complete, "{r:?}");
+    let end = db.check_integrity().unwrap();
+    assert_eq!(end.free_pages, 0);
+    assert!(
+        end.page_count * 10 < before.page_count * 6,
+        "{before:?} -> {end:?}"
+    );
+    drop(db);
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    db.check_integrity().unwrap();
+    assert_holds(&db, &want);
+}

@@ -1,9 +1,11 @@
-//! `Db::compact`: a whole pass of heap compaction (compact.rs), step by step; `Db::shrink`:
-//! a whole pass moving pages off the end of the page file (shrink.rs).
+//! `Db::compact`: a whole pass of heap compaction (compact.rs), step by step; `Db::repack`:
+//! a whole pass regrouping leaves (repack.rs); `Db::shrink`: a whole pass moving pages off
+//! the end of the page file (shrink.rs).
 
 use super::{Db, WriteTxn};
 use crate::compact::{self, CompactStep};
 use crate::error::Result;
+use crate::repack::{self, RepackStep};
 use crate::shrink::{self, ShrinkStep};
 use crate::Durability;
 
@@ -65,9 +67,48 @@ impl WriteTxn<'_> {
         shrink::step(&mut self.ctx, max_moves)
     }
 
+    /// One step of a repack pass: regroups the leaves under up to `budget` parents after
+    /// `after` (none wholly past `through`). `next` is where the next step starts.
+    pub fn repack_leaves(
+        &mut self,
+        after: Option<&[u8]>,
+        through: Option<&[u8]>,
+        budget: usize,
+    ) -> Result<RepackStep> {
+        repack::step(&mut self.ctx, after, through, budget)
+    }
+
     /// Heap pages, and the bytes of live values in them.
     pub fn heap_usage(&self) -> (u64, u64) {
         (self.ctx.meta.heap_pages, self.ctx.meta.heap_live)
+    }
+}
+
+/// Parents one repack step regroups the leaves of (at most ~200 leaves each).
+pub const REPACK_STEP_PARENTS: usize = 16;
+
+/// What a repack pass did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RepackReport {
+    pub steps: u64,
+    pub parents_seen: u64,
+    pub leaves_before: u64,
+    pub leaves_after: u64,
+    /// Whether the pass reached the end (false: `go_on` stopped it).
+    pub complete: bool,
+}
+
+impl std::fmt::Display for RepackReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}regrouped the leaves of {} parents in {} steps: {} leaves -> {}",
+            if self.complete { "" } else { "stopped early: " },
+            self.parents_seen,
+            self.steps,
+            self.leaves_before,
+            self.leaves_after
+        )
     }
 }
 
@@ -106,6 +147,42 @@ impl std::fmt::Display for ShrinkReport {
 }
 
 impl Db {
+    /// A whole repack pass: the leaves under each parent are laid out again over as few
+    /// leaves as hold them at `REPACK_FILL` (the rest freed, for `shrink` to give back).
+    /// Each step is its own durable commit; `go_on` is asked before each step.
+    pub fn repack(
+        &self,
+        mut go_on: impl FnMut(Option<&RepackStep>) -> bool,
+    ) -> Result<RepackReport> {
+        let mut r = RepackReport::default();
+        let through: Option<Vec<u8>> = match self.range::<std::ops::RangeFull>(..).next_back() {
+            Some(entry) => Some(entry?.0),
+            None => None,
+        };
+        let mut after: Option<Vec<u8>> = None;
+        let mut last: Option<RepackStep> = None;
+        loop {
+            if !go_on(last.as_ref()) {
+                break;
+            }
+            let (s, _) = self.update(Durability::Local, |t| {
+                t.repack_leaves(after.as_deref(), through.as_deref(), REPACK_STEP_PARENTS)
+            })?;
+            r.steps += 1;
+            r.parents_seen += s.parents_seen;
+            r.leaves_before += s.leaves_before;
+            r.leaves_after += s.leaves_after;
+            after = s.next.clone();
+            let done = after.is_none();
+            last = Some(s);
+            if done {
+                r.complete = true;
+                break;
+            }
+        }
+        Ok(r)
+    }
+
     /// A whole shrink pass: the live pages at the end of the page file move into free pages
     /// below until no free page is left inside the file, the page count falls with each
     /// step, and a checkpoint at the end cuts the file to it (one at the start, too, so the

@@ -37,7 +37,10 @@ mod replica_tests;
 mod scrub;
 mod stats;
 
-pub use compact::{CompactReport, ShrinkReport, COMPACT_STEP_ENTRIES, SHRINK_STEP_PAGES};
+pub use compact::{
+    CompactReport, RepackReport, ShrinkReport, COMPACT_STEP_ENTRIES, REPACK_STEP_PARENTS,
+    SHRINK_STEP_PAGES,
+};
 pub use options::Options;
 pub use read::{Entry, Range, ReadTxn, TxnRange};
 pub use scrub::{PageScrub, WalScrub};
