@@ -1,6 +1,7 @@
 //! The B+tree against `BTreeMap`: random puts, overwrites, deletes and range scans, with
 //! keys short and long (overflowing), values small and large (multi-page), checking content
 //! and every tree invariant (order, fill bounds, free list, no leaked page) as it goes.
+//! Every third batch is followed by a leaf-repack step and a shrink step.
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
@@ -65,6 +66,7 @@ fn run(style: u8, keyspace: u32, batches: Vec<Vec<Op>>) {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path(), Options::default()).unwrap();
     let mut model: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+    let mut repack_after: Option<Vec<u8>> = None;
     for (bi, ops) in batches.iter().enumerate() {
         let mut batch = WriteBatch::new();
         let mut pending = model.clone();
@@ -144,6 +146,18 @@ fn run(style: u8, keyspace: u32, batches: Vec<Vec<Op>>) {
         };
         db.commit(&batch, durability).unwrap();
         model = pending;
+        if bi % 3 == 1 {
+            // Space given back between batches: leaves regrouped under a parent or two (a
+            // cursor going round the tree), pages moved off the end of the file.
+            let (s, _) = db
+                .update(Durability::Off, |t| {
+                    t.repack_leaves(repack_after.as_deref(), None, 1 + bi % 3)
+                })
+                .unwrap();
+            repack_after = s.next;
+            db.update(Durability::Off, |t| t.shrink_step(1 + bi % 40))
+                .unwrap();
+        }
         assert_eq!(db.len(), model.len() as u64);
         let report = db.check_integrity().unwrap();
         assert_eq!(report.entries, model.len() as u64);
