@@ -161,13 +161,11 @@ pub(crate) async fn read_first_frame<R: AsyncReadExt + Unpin>(
                     .next()
                     .unwrap_or_default()
                     .to_string();
-                return Err(Error::Incompatible(if looks_like_text(buf) {
-                    format!(
-                        "{addr} is not a replidb node: it answered the replication handshake with {shown:?}"
-                    )
+                return Err(if looks_like_text(buf) {
+                    text_answer(addr, &shown)
                 } else {
-                    format!("{addr} is not a replidb node: its answer to the replication handshake is not a replidb frame ({e})")
-                }));
+                    Error::Incompatible(format!("{addr} is not a replidb node: its answer to the replication handshake is not a replidb frame ({e})"))
+                });
             }
         }
         // A text line ends before a frame could: name the peer as soon as one is complete.
@@ -177,9 +175,7 @@ pub(crate) async fn read_first_frame<R: AsyncReadExt + Unpin>(
                 .next()
                 .unwrap_or_default()
                 .to_string();
-            return Err(Error::Incompatible(format!(
-                "{addr} is not a replidb node: it answered the replication handshake with {line:?}"
-            )));
+            return Err(text_answer(addr, &line));
         }
         if rd.read_buf(buf).await? == 0 {
             return Err(Error::Peer(format!(
@@ -187,6 +183,28 @@ pub(crate) async fn read_first_frame<R: AsyncReadExt + Unpin>(
             )));
         }
     }
+}
+
+/// The error for a text line a peer answered the handshake with. A RESP error that any
+/// Redis-protocol server gives before looking at the command — a password wanted, too many
+/// clients, still loading — says nothing of what the peer is: it is passed on as the
+/// peer's refusal (retried as usual). An unknown-command error, or text that is no RESP
+/// error at all (an HTTP status line, `+OK`…), names a peer that is not replidb.
+fn text_answer(addr: &str, line: &str) -> Error {
+    let upper = line.to_ascii_uppercase();
+    if upper.starts_with("-NOAUTH") || upper.starts_with("-WRONGPASS") {
+        return Error::Peer(format!(
+            "{addr} wants a password for the replication handshake ({line:?}): set --primary-password"
+        ));
+    }
+    if line.starts_with('-') && !upper.contains("UNKNOWN COMMAND") {
+        return Error::Peer(format!(
+            "{addr} refused the replication handshake: {line:?}"
+        ));
+    }
+    Error::Incompatible(format!(
+        "{addr} is not a replidb node: it answered the replication handshake with {line:?}"
+    ))
 }
 
 /// What a probed node says of itself.
@@ -327,5 +345,28 @@ mod tests {
             "{e}"
         );
         assert!(e.to_string().contains("-ERR unknown command"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn an_error_any_server_gives_is_not_taken_for_a_foreign_peer() {
+        for (answer, wanted) in [
+            (
+                &b"-NOAUTH Authentication required.\r\n"[..],
+                "--primary-password",
+            ),
+            (
+                b"-ERR max number of clients reached\r\n",
+                "max number of clients",
+            ),
+        ] {
+            let mut rd: &[u8] = answer;
+            let mut buf = BytesMut::new();
+            let e = read_first_frame(&mut rd, &mut buf, "h:1")
+                .await
+                .unwrap_err();
+            assert!(matches!(e, Error::Peer(_)), "{e}");
+            assert!(e.setup_problem().is_none(), "{e}");
+            assert!(e.to_string().contains(wanted), "{e}");
+        }
     }
 }

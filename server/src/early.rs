@@ -11,6 +11,7 @@
 //! (with the bytes it has sent that were not answered yet) to the server's own connection
 //! loop, so a client connected during a long seed just sees its reads start working.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -35,18 +36,25 @@ pub struct EarlyState {
     pub phase: Mutex<String>,
     /// Why the last attempt to reach the primary failed.
     pub last_error: Mutex<String>,
+    /// False while a cluster member waits for etcd to say whom it follows: it is no
+    /// primary then, and ROLE says it is loading rather than guess.
+    pub role_known: std::sync::atomic::AtomicBool,
     started: Instant,
+    /// Connections open here, held to `--maxclients` like the server's own.
+    open: std::sync::atomic::AtomicUsize,
 }
 
 impl EarlyState {
     pub fn new(config: Config, node_id: u64) -> Arc<EarlyState> {
         Arc::new(EarlyState {
+            role_known: std::sync::atomic::AtomicBool::new(config.cluster.is_none()),
             primary: Mutex::new(config.replicaof.clone()),
             config,
             node_id,
             phase: Mutex::new("starting".into()),
             last_error: Mutex::new(String::new()),
             started: Instant::now(),
+            open: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -63,6 +71,15 @@ impl EarlyState {
             format!("LOADING this node is not serving data yet: {phase} (last attempt: {err})")
         }
     }
+}
+
+/// What a client set up on its connection before the database was open; it goes with the
+/// connection to the server's own loop.
+#[derive(Clone, Debug, Default)]
+pub struct EarlyClient {
+    pub authed: bool,
+    pub resp3: bool,
+    pub name: Option<Bytes>,
 }
 
 /// The listener while the node starts, and the connections it took.
@@ -86,11 +103,21 @@ impl Early {
             loop {
                 tokio::select! {
                     r = listener.accept() => match r {
-                        Ok((sock, _)) => {
+                        Ok((mut sock, peer)) => {
                             let _ = sock.set_nodelay(true);
+                            if st.open.load(Ordering::Relaxed) >= st.config.maxclients {
+                                tracing::warn!(%peer, maxclients = st.config.maxclients, "connection refused: max number of clients reached");
+                                tokio::spawn(async move {
+                                    let _ = sock.write_all(b"-ERR max number of clients reached\r\n").await;
+                                });
+                                continue;
+                            }
+                            st.open.fetch_add(1, Ordering::Relaxed);
                             let (st, rx) = (st.clone(), hand.subscribe());
                             tokio::spawn(async move {
-                                if let Err(e) = early_connection(st, sock, rx).await {
+                                let r = early_connection(st.clone(), sock, rx).await;
+                                st.open.fetch_sub(1, Ordering::Relaxed);
+                                if let Err(e) = r {
                                     tracing::debug!(error = %e, "early connection ended");
                                 }
                             });
@@ -140,9 +167,11 @@ async fn early_connection(
     mut sock: TcpStream,
     mut handoff: watch::Receiver<Option<Arc<Shared>>>,
 ) -> anyhow::Result<()> {
-    let enc = Encoder { resp3: false };
+    let mut client = EarlyClient {
+        authed: st.config.requirepass.is_none(),
+        ..EarlyClient::default()
+    };
     let mut inbuf = BytesMut::with_capacity(4096);
-    let mut authed = st.config.requirepass.is_none();
     loop {
         // Every complete request is answered; the rest waits for more bytes.
         let mut out = BytesMut::new();
@@ -155,11 +184,11 @@ async fn early_connection(
                         .first()
                         .map(|a| String::from_utf8_lossy(a).to_ascii_uppercase())
                         .unwrap_or_default();
-                    if REPLICATION_COMMANDS.contains(&name.as_str()) {
+                    if client.authed && REPLICATION_COMMANDS.contains(&name.as_str()) {
                         sock.write_all(&out).await?;
                         return refuse_replication(&st, sock, inbuf).await;
                     }
-                    match answer(&st, enc, &mut authed, &name, &args, &mut out) {
+                    match answer(&st, &mut client, &name, &args, &mut out) {
                         Next::Go => {}
                         Next::Close => {
                             sock.write_all(&out).await?;
@@ -169,7 +198,10 @@ async fn early_connection(
                 }
                 Ok(Parsed::Incomplete { .. }) => break,
                 Err(e) => {
-                    enc.error(&mut out, &format!("ERR {e}"));
+                    Encoder {
+                        resp3: client.resp3,
+                    }
+                    .error(&mut out, &format!("ERR {e}"));
                     sock.write_all(&out).await?;
                     return Ok(());
                 }
@@ -183,7 +215,8 @@ async fn early_connection(
         }
         let ready = handoff.borrow_and_update().clone();
         if let Some(sh) = ready {
-            return crate::server::serve_connection(sh, sock, inbuf, authed).await;
+            // The open count here drops as the server's own slot is taken.
+            return crate::server::serve_connection(sh, sock, inbuf, client).await;
         }
         tokio::select! {
             n = sock.read_buf(&mut inbuf) => if n? == 0 { return Ok(()) },
@@ -199,13 +232,15 @@ enum Next {
 
 fn answer(
     st: &EarlyState,
-    enc: Encoder,
-    authed: &mut bool,
+    client: &mut EarlyClient,
     name: &str,
     args: &[Bytes],
     out: &mut BytesMut,
 ) -> Next {
-    if !*authed && !matches!(name, "AUTH" | "QUIT") {
+    let enc = Encoder {
+        resp3: client.resp3,
+    };
+    if !client.authed && !matches!(name, "AUTH" | "HELLO" | "QUIT") {
         enc.error(out, "NOAUTH Authentication required.");
         return Next::Go;
     }
@@ -218,26 +253,37 @@ fn answer(
             enc.simple(out, "OK");
             return Next::Close;
         }
-        "AUTH" => {
-            let given = args.last().map(|a| a.as_ref()).unwrap_or_default();
-            match &st.config.requirepass {
-                Some(pw) if args.len() >= 2 && given == pw.as_bytes() => {
-                    *authed = true;
+        "AUTH" => match args.len() {
+            2 | 3 => auth(st, client, enc, &args[1..], out),
+            _ => enc.error(out, "ERR wrong number of arguments for 'auth' command"),
+        },
+        "HELLO" => hello(st, client, args, out),
+        // Connection set-up that clients send before anything else.
+        "SELECT" => match args.get(1).map(|a| &a[..]) {
+            Some(b"0") if args.len() == 2 => enc.simple(out, "OK"),
+            Some(_) if args.len() == 2 => enc.error(
+                out,
+                "ERR DB index is out of range (replidb has one database, 0)",
+            ),
+            _ => enc.error(out, "ERR wrong number of arguments for 'select' command"),
+        },
+        "CLIENT" => {
+            let sub = args
+                .get(1)
+                .map(|s| s.to_ascii_uppercase())
+                .unwrap_or_default();
+            match (&sub[..], args.len()) {
+                (b"SETNAME", 3) if !args[2].iter().any(|&c| c == b' ' || c == b'\n') => {
+                    client.name = Some(args[2].clone());
                     enc.simple(out, "OK");
                 }
-                Some(_) => enc.error(
-                    out,
-                    "WRONGPASS invalid username-password pair or user is disabled.",
-                ),
-                None => enc.error(
-                    out,
-                    "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
-                ),
+                (b"SETINFO", 4) => enc.simple(out, "OK"),
+                (b"GETNAME", 2) => enc.opt_bulk(out, client.name.as_deref()),
+                _ => enc.error(out, &st.loading_message()),
             }
         }
-        // Connection set-up that clients send before anything else.
-        "CLIENT" | "SELECT" => enc.simple(out, "OK"),
         "INFO" => enc.bulk(out, info(st).as_bytes()),
+        "ROLE" if !st.role_known.load(Ordering::SeqCst) => enc.error(out, &st.loading_message()),
         "ROLE" => {
             let primary = st.primary.lock().clone();
             match primary {
@@ -277,6 +323,115 @@ fn answer(
     Next::Go
 }
 
+/// `AUTH [default] password`, as the server answers it.
+fn auth(
+    st: &EarlyState,
+    client: &mut EarlyClient,
+    enc: Encoder,
+    args: &[Bytes],
+    out: &mut BytesMut,
+) {
+    let pass = match args {
+        [p] => p,
+        [user, p] if &user[..] == b"default" => p,
+        _ => {
+            enc.error(
+                out,
+                "WRONGPASS invalid username-password pair or user is disabled.",
+            );
+            return;
+        }
+    };
+    match &st.config.requirepass {
+        Some(pw) if pass[..] == *pw.as_bytes() => {
+            client.authed = true;
+            enc.simple(out, "OK");
+        }
+        Some(_) => enc.error(
+            out,
+            "WRONGPASS invalid username-password pair or user is disabled.",
+        ),
+        None => enc.error(
+            out,
+            "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+        ),
+    }
+}
+
+/// `HELLO [protover [AUTH user pass] [SETNAME name]]`: the protocol is switched here and
+/// kept when the connection moves to the server's loop.
+fn hello(st: &EarlyState, client: &mut EarlyClient, args: &[Bytes], out: &mut BytesMut) {
+    let enc = Encoder {
+        resp3: client.resp3,
+    };
+    let mut proto = if client.resp3 { 3 } else { 2 };
+    let mut i = 1;
+    if let Some(v) = args.get(1) {
+        match &v[..] {
+            b"2" => proto = 2,
+            b"3" => proto = 3,
+            _ => {
+                enc.error(out, "NOPROTO unsupported protocol version");
+                return;
+            }
+        }
+        i = 2;
+    }
+    let mut name = None;
+    while i < args.len() {
+        match &args[i].to_ascii_uppercase()[..] {
+            b"AUTH" if i + 2 < args.len() => {
+                let mut refused = BytesMut::new();
+                auth(st, client, enc, &args[i + 1..i + 3], &mut refused);
+                if !client.authed {
+                    out.extend_from_slice(&refused);
+                    return;
+                }
+                i += 3;
+            }
+            b"SETNAME" if i + 1 < args.len() => {
+                name = Some(args[i + 1].clone());
+                i += 2;
+            }
+            _ => {
+                enc.error(out, "ERR syntax error in HELLO");
+                return;
+            }
+        }
+    }
+    if !client.authed {
+        enc.error(out, "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+        return;
+    }
+    if name.is_some() {
+        client.name = name;
+    }
+    client.resp3 = proto == 3;
+    let enc = Encoder {
+        resp3: client.resp3,
+    };
+    let role: &[u8] = if st.primary.lock().is_some() {
+        b"replica"
+    } else {
+        b"master"
+    };
+    enc.map(out, 7);
+    enc.bulk(out, b"server");
+    enc.bulk(out, b"replidb");
+    enc.bulk(out, b"version");
+    enc.bulk(out, env!("CARGO_PKG_VERSION").as_bytes());
+    enc.bulk(out, b"proto");
+    enc.int(out, proto);
+    enc.bulk(out, b"id");
+    enc.int(out, 0);
+    enc.bulk(out, b"mode");
+    enc.bulk(out, b"standalone");
+    enc.bulk(out, b"role");
+    enc.bulk(out, role);
+    enc.bulk(out, b"modules");
+    enc.array(out, 0);
+}
+
 /// INFO before the database is open: who the node is and what it waits for.
 fn info(st: &EarlyState) -> String {
     let primary = st.primary.lock().clone();
@@ -287,7 +442,11 @@ fn info(st: &EarlyState) -> String {
         st.config.port,
         st.started.elapsed().as_secs(),
         st.config.dir.display(),
-        if primary.is_some() { "replica" } else { "primary" },
+        if primary.is_some() || !st.role_known.load(Ordering::SeqCst) {
+            "replica"
+        } else {
+            "primary"
+        },
         st.config.name,
         st.node_id,
         st.phase.lock(),

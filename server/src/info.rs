@@ -137,7 +137,7 @@ pub fn render(sh: &Shared, section: Option<&str>) -> String {
                         .upstream
                         .lock()
                         .iter()
-                        .map(|l| l.name.clone())
+                        .map(|l| chain_name(&l.name))
                         .collect();
                     if !chain.is_empty() {
                         let _ = write!(o, "upstream_chain:{}\r\n", chain.join(","));
@@ -373,5 +373,25 @@ pub fn config(s: &mut Session, args: &[Bytes], out: &mut Out) {
             enc.simple(&mut out.buf, "OK");
         }
         _ => enc.error(&mut out.buf, "ERR unknown subcommand or wrong number of arguments for 'config'. Try CONFIG GET, SET, RESETSTAT."),
+    }
+}
+
+/// A node name as one item of `upstream_chain`: names come from peers, so anything that
+/// would break the field (line ends, other control bytes, the comma between items) is `_`.
+fn chain_name(name: &str) -> String {
+    name.chars()
+        .map(|c| if c.is_control() || c == ',' { '_' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod chain_name_tests {
+    #[test]
+    fn a_peer_name_cannot_break_the_info_field() {
+        assert_eq!(
+            super::chain_name("a,b\r\nrole:primary"),
+            "a_b__role:primary"
+        );
+        assert_eq!(super::chain_name("node-2"), "node-2");
     }
 }

@@ -87,6 +87,7 @@ impl Server {
         dir.finish_reseed()
             .with_context(|| format!("finishing a reseed in {}", config.dir.display()))?;
         *status.primary.lock() = role.clone();
+        status.role_known.store(true, Ordering::SeqCst);
         if let (Some(primary), None) = (&role, &cluster) {
             // Asked who it is before anything else: a primary address that leads back to
             // this node (its own port, under whatever name) is a mistake to say at once.
@@ -321,7 +322,7 @@ impl Server {
                         let slot = ClientSlot::take(sh.clone());
                         conns.spawn(async move {
                             let inbuf = BytesMut::with_capacity(16 * 1024);
-                            if let Err(e) = connection(slot.0.clone(), sock, inbuf, false).await {
+                            if let Err(e) = connection(slot.0.clone(), sock, inbuf, Default::default()).await {
                                 tracing::debug!(%peer, error = %e, "connection ended with an error");
                             }
                         });
@@ -386,23 +387,28 @@ pub(crate) async fn serve_connection(
     sh: Arc<Shared>,
     sock: TcpStream,
     inbuf: BytesMut,
-    authed: bool,
+    client: crate::early::EarlyClient,
 ) -> anyhow::Result<()> {
     sh.stats.connections_total.fetch_add(1, Ordering::Relaxed);
     let slot = ClientSlot::take(sh);
-    connection(slot.0.clone(), sock, inbuf, authed).await
+    connection(slot.0.clone(), sock, inbuf, client).await
 }
 
 async fn connection(
     sh: Arc<Shared>,
     mut sock: TcpStream,
     mut inbuf: BytesMut,
-    authed: bool,
+    client: crate::early::EarlyClient,
 ) -> Result<()> {
     let mut stop = sh.node.shutdown.subscribe();
     let mut session = Session::new(sh.clone());
-    if authed {
+    if client.authed {
         session.authed = true;
+    }
+    // Set up on the early port (HELLO 3, CLIENT SETNAME) before the database was open.
+    session.enc.resp3 |= client.resp3;
+    if client.name.is_some() {
+        session.name = client.name;
     }
     let mut need = 1usize;
     let mut out = Out::default();

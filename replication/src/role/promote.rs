@@ -73,15 +73,18 @@ pub(crate) async fn promote_locked(node: &Arc<Node>, min_epoch: u32) -> Result<S
             return Err(e.context("promotion failed"));
         }
     };
+    // The upstream chain goes before the log generation moves: a cascaded replica that
+    // connects after the bump must be welcomed with this node as the chain's end, or it
+    // would keep a stale chain and refuse links that close no cycle.
+    node.last_join.lock().clear();
+    node.upstream.lock().clear();
+    node.link_error.lock().clear();
     node.log_gen.fetch_add(1, Ordering::SeqCst);
     // On a primary, commits wake WAITLSN through the flusher: attach again as a primary.
     node.attach(&db);
     if let Err(e) = node.dir.store_role(None) {
         tracing::error!(error = %e, "promoted, but could not remove the role file: remove DIR/replicaof before restarting");
     }
-    node.last_join.lock().clear();
-    node.upstream.lock().clear();
-    node.link_error.lock().clear();
     // Writes are taken from here: the database is a primary's and the new epoch is durable.
     node.role.become_(Role::Primary).map_err(Error::State)?;
     tracing::info!(

@@ -85,7 +85,11 @@ pub async fn seed_if_new(
     let mut said = String::new();
     loop {
         let wait = match seed_once(config, primary, &config.dir).await {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                // Seeded: whatever failed before (the primary down, say) is over.
+                last_error.lock().clear();
+                return Ok(());
+            }
             Err(e @ Error::SelfLink(_)) => return Err(e),
             Err(e) => {
                 *last_error.lock() = format!("{e:#}");
