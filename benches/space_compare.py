@@ -4,7 +4,9 @@
 For each value size, every system loads the same N random 16-byte keys with values of that
 size, in batches of 1,000 (one MSET, one transaction, one write transaction), then:
 - replidb: CHECKPOINT, then the bytes the data directory less its WAL folder takes on disk
-  (allocated blocks, as `du` counts: the page file grows in steps, sparsely);
+  (allocated blocks, as `du` counts: the page file grows in steps, sparsely); then, once
+  the primary, quiet, has repacked its leaves by itself (INFO `leaf_repacks`; the load must
+  have written at least 8 MiB of WAL), CHECKPOINT and the same count again ("replidb idle");
 - SQLite: WAL mode, a WITHOUT ROWID table, then a truncating checkpoint, the database file
   (allocated blocks);
 - LMDB: the pages in use ((last_pgno + 1) x page size).
@@ -84,10 +86,19 @@ def run_replidb(binary, keys, vals, work):
         wal = int(c.info("persistence")["last_lsn"]) - lsn0
         c.execute_command("CHECKPOINT")
         size = dir_bytes(d, skip="wal")
+        # The idle repack starts after a quiet second (a few seconds at most).
+        t0 = time.perf_counter()
+        idle = None
+        while time.perf_counter() - t0 < 15:
+            if int(c.info("persistence")["leaf_repacks"]) > 0:
+                c.execute_command("CHECKPOINT")
+                idle = (dir_bytes(d, skip="wal"), time.perf_counter() - t0)
+                break
+            time.sleep(0.05)
     finally:
         proc.terminate()
         proc.wait()
-    return size, secs, wal
+    return size, secs, wal, idle
 
 
 def run_sqlite(keys, vals, work):
@@ -106,7 +117,7 @@ def run_sqlite(keys, vals, work):
     secs = time.perf_counter() - t
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     db.close()
-    return os.stat(path).st_blocks * 512, secs, None
+    return os.stat(path).st_blocks * 512, secs, None, None
 
 
 def run_lmdb(keys, vals, work):
@@ -121,7 +132,7 @@ def run_lmdb(keys, vals, work):
     info = env.info()
     size = (info["last_pgno"] + 1) * env.stat()["psize"]
     env.close()
-    return size, secs, None
+    return size, secs, None, None
 
 
 def main():
@@ -150,12 +161,21 @@ def main():
                     got = run_lmdb(keys, vals, work)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
-            size_b, secs, wal = got
+            size_b, secs, wal, idle = got
             walf = f"{wal / logical:8.2f}" if wal is not None else f"{'':>8}"
             print(
                 f"{size:>7} {s:>8} {size_b / logical:10.2f} {logical / secs / 1e6:9.1f} {walf}",
                 flush=True,
             )
+            if s == "replidb":
+                if idle is None:
+                    print(f"{size:>7} {'idle':>8} {'(no idle repack within 15 s)':>20}")
+                else:
+                    print(
+                        f"{size:>7} {'idle':>8} {idle[0] / logical:10.2f} "
+                        f"{'':>9} {'':>8}  repacked {idle[1]:.1f} s after the load",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

@@ -1,9 +1,13 @@
 //! Giving space back on a primary: heap compaction (storage's `Db::compact`) empties sparse
 //! value-heap pages, a repack pass (`Db::repack`) regroups sparse leaves, and a shrink pass
 //! (`Db::shrink`) moves the pages at the end of the page file into the free pages below and
-//! cuts the file. The `COMPACT` command runs all three and answers with what they did; the sweep runs a heap pass by itself while the value heap
-//! holds more garbage than `AUTO_GARBAGE_PCT` of its bytes, and a shrink pass while more
-//! than `AUTO_FREE_PCT` of the file's pages are free. Every step is an ordinary logged
+//! cuts the file. The `COMPACT` command runs all three and answers with what they did. By
+//! itself, a primary runs a heap pass while the value heap holds more garbage than
+//! `AUTO_GARBAGE_PCT` of its bytes, a shrink pass while more than `AUTO_FREE_PCT` of the
+//! file's pages are free, and a repack pass (then a shrink) when it goes quiet after
+//! writing a quarter of its tree's size in WAL: random inserts leave leaves ~77% full, a
+//! repack leaves them ~94% full, and doing it when writes pause costs the writers nothing
+//! (a load still running would split the packed leaves again). Every step is an ordinary logged
 //! commit, so replicas follow byte for byte (and cut their own files at their checkpoints);
 //! a node that stops being a writable primary stops before its next step. One pass runs at
 //! a time.
@@ -29,6 +33,16 @@ pub const AUTO_FREE_PCT: u64 = 50;
 /// …and at least this many (4 MiB).
 pub const AUTO_MIN_FREE_PAGES: u64 = 1024;
 
+/// The idle repack: WAL written since the last repack must reach this much…
+pub const AUTO_REPACK_MIN_WAL: u64 = 8 << 20;
+/// …and a quarter of the tree's bytes (leaves and branches)…
+pub const AUTO_REPACK_TREE_SHARE: u64 = 4;
+/// …and the last `AUTO_CHECK` must have written less than this (the node is quiet).
+pub const AUTO_QUIET_WAL: u64 = 64 << 10;
+
+/// Idle repacks run since start (INFO `leaf_repacks`).
+pub static IDLE_REPACKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Bytes of values a heap page holds at most.
 const HEAP_PAGE_BYTES: u64 = (storage::PAGE_SIZE - 40) as u64;
 
@@ -51,6 +65,18 @@ pub fn worth_shrinking(st: &storage::Stats) -> bool {
     st.free_pages >= AUTO_MIN_FREE_PAGES && st.free_pages * 100 > st.page_count * AUTO_FREE_PCT
 }
 
+/// Whether a quiet primary has written enough since its last repack (WAL from LSN
+/// `repacked_at`) for another: random inserts and deletes leave leaves part full.
+pub fn worth_repacking(st: &storage::Stats, repacked_at: u64) -> bool {
+    let tree_pages = st
+        .page_count
+        .saturating_sub(st.free_pages)
+        .saturating_sub(st.heap_pages);
+    let written = st.last_lsn.0.saturating_sub(repacked_at);
+    written >= AUTO_REPACK_MIN_WAL
+        && written >= tree_pages * storage::PAGE_SIZE as u64 / AUTO_REPACK_TREE_SHARE
+}
+
 /// What a pass does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pass {
@@ -61,6 +87,8 @@ pub enum Pass {
     Heap(usize),
     /// A shrink only.
     Shrink,
+    /// A leaf repack, then a shrink.
+    Leaves,
 }
 
 /// A whole pass, off the event loop: the report as text, or an error line for the client
@@ -97,7 +125,7 @@ pub async fn run(sh: &Arc<Shared>, pass: Pass) -> Result<String, String> {
                 return Ok((lines.join("\n"), false, steps));
             }
         }
-        if let Pass::Full(_) = pass {
+        if let Pass::Full(_) | Pass::Leaves = pass {
             let r = db
                 .repack(|_| go_on())
                 .map_err(|e| format!("ERR repacking leaves: {e}"))?;
@@ -108,7 +136,7 @@ pub async fn run(sh: &Arc<Shared>, pass: Pass) -> Result<String, String> {
                 return Ok((lines.join("\n"), false, steps));
             }
         }
-        if let Pass::Full(_) | Pass::Shrink = pass {
+        if let Pass::Full(_) | Pass::Shrink | Pass::Leaves = pass {
             let r = db
                 .shrink(|_| go_on())
                 .map_err(|e| format!("ERR shrinking the page file: {e}"))?;
@@ -147,6 +175,10 @@ pub async fn auto(sh: Arc<Shared>) {
     let mut stop = sh.node.shutdown.subscribe();
     // Dead heap bytes the last pass left behind.
     let mut floor: Option<u64> = None;
+    // The log's end at the last tick, and after the last repack (writes before this run
+    // do not count: a restart does not walk the whole tree).
+    let start = sh.db().stats().last_lsn.0;
+    let (mut prev_lsn, mut repacked_at) = (start, start);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(AUTO_CHECK) => {}
@@ -156,7 +188,27 @@ pub async fn auto(sh: Arc<Shared>) {
             return;
         }
         let st = sh.db().stats();
+        let quiet = st.last_lsn.0.saturating_sub(prev_lsn) < AUTO_QUIET_WAL;
+        prev_lsn = st.last_lsn.0;
         if sh.node.write_refusal().is_some() {
+            // A replica follows its primary's passes; when promoted, only its own writes count.
+            repacked_at = st.last_lsn.0;
+            continue;
+        }
+        if quiet && worth_repacking(&st, repacked_at) {
+            match run(&sh, Pass::Leaves).await {
+                Ok(report) => {
+                    IDLE_REPACKS.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(report = %report.replace('\n', "; "), "idle leaf repack");
+                    let now = sh.db().stats().last_lsn.0;
+                    (prev_lsn, repacked_at) = (now, now);
+                }
+                Err(e) if e.starts_with("BUSY") => {}
+                Err(e) => {
+                    tracing::warn!("automatic leaf repack: {e}");
+                    repacked_at = sh.db().stats().last_lsn.0;
+                }
+            }
             continue;
         }
         if worth_shrinking(&st) {

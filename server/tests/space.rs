@@ -1,7 +1,8 @@
 //! Storage space through the server: `COMPACT` gives the value heap's dead bytes back on a
 //! primary and shrinks the page file, replicated page for page (DIGEST agrees, the replica's
 //! file shrinks too); a replica refuses it; and a primary whose heap is mostly garbage, or
-//! whose page file is mostly free, compacts or shrinks it by itself.
+//! whose page file is mostly free, compacts or shrinks it by itself; and one that goes quiet
+//! after a random load repacks its leaves by itself.
 
 mod common;
 
@@ -232,5 +233,49 @@ fn a_page_file_mostly_free_is_shrunk_by_the_primary_itself() {
     for i in (0..vals.len()).step_by(5) {
         let got: Vec<u8> = cmd("GET").arg(format!("a{i}")).query(&mut p).unwrap();
         assert_eq!(got, vals[i], "a{i}");
+    }
+}
+
+/// Random inserts leave leaves ~77% full; when the load stops, the primary repacks them by
+/// itself (and gives the freed pages back), and the replica follows page for page.
+#[test]
+fn a_primary_gone_quiet_after_a_random_load_repacks_its_leaves() {
+    let (pd, rd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let primary = Node::start(pd.path(), &["--name", "p"]);
+    let addr = format!("127.0.0.1:{}", primary.port);
+    let replica = Node::start(rd.path(), &["--replicaof", &addr, "--name", "r"]);
+    let (mut p, mut r) = (primary.client(), replica.client());
+    wait_for(20, "link up", || info(&mut r)["primary_link"] == "up");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut kv: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut most_pages = 0;
+    for _ in 0..50 {
+        let mut m = cmd("MSET");
+        for _ in 0..1000 {
+            let k: [u8; 16] = rng.gen();
+            let v: Vec<u8> = (0..100).map(|_| rng.gen()).collect();
+            m.arg(&k[..]).arg(&v[..]);
+            kv.push((k.to_vec(), v));
+        }
+        let _: () = m.query(&mut p).unwrap();
+        most_pages = most_pages.max(num(&mut p, "page_count"));
+    }
+    wait_for(30, "the idle repack", || num(&mut p, "leaf_repacks") >= 1);
+    let after = num(&mut p, "page_count");
+    assert!(
+        after * 100 < most_pages * 88,
+        "page count {most_pages} -> {after} after the repack"
+    );
+    let _: () = cmd("CHECKPOINT").query(&mut p).unwrap();
+    assert_eq!(num(&mut p, "page_file_bytes"), after * 4096);
+    wait_for(30, "replica caught up", || caught_up(&mut p, &mut r));
+    let digest = |c: &mut redis::Connection| cmd("DIGEST").query::<String>(c).unwrap();
+    assert_eq!(digest(&mut r), digest(&mut p));
+    assert_eq!(num(&mut r, "page_count"), after);
+    for c in [&mut p, &mut r] {
+        for (k, v) in kv.iter().step_by(97) {
+            let got: Vec<u8> = cmd("GET").arg(&k[..]).query(c).unwrap();
+            assert_eq!(&got, v);
+        }
     }
 }

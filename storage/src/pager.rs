@@ -436,7 +436,9 @@ impl PageFile {
         page_count: u64,
     ) -> Result<()> {
         let keep = page_count.max(published.meta.page_count);
-        if self.len_pages > keep + (keep / 4).max(self.step_pages) {
+        // Cut when more than a growth step lies past the pages in use: growth is sparse
+        // (`set_len`), so a cut that a later growth undoes costs a remap, not disk.
+        if self.len_pages > keep + self.step_pages {
             // Readers borrow the map only under the published state's lock, which the caller
             // holds exclusively: no byte of the old map is in use while the file shrinks.
             published.map = None;
