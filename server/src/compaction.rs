@@ -199,8 +199,12 @@ pub async fn auto(sh: Arc<Shared>) {
             match run(&sh, Pass::Leaves).await {
                 Ok(report) => {
                     IDLE_REPACKS.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(report = %report.replace('\n', "; "), "idle leaf repack");
                     let now = sh.db().stats().last_lsn.0;
+                    tracing::info!(
+                        report = %report.replace('\n', "; "),
+                        wal_bytes = now.saturating_sub(st.last_lsn.0),
+                        "idle leaf repack"
+                    );
                     (prev_lsn, repacked_at) = (now, now);
                 }
                 Err(e) if e.starts_with("BUSY") => {}
