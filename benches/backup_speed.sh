@@ -18,7 +18,7 @@ bin=target/release/replidb
 work=$(mktemp -d -p "$PWD/target" backup.XXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "$work"' EXIT
 "$bin" serve --dir "$work/p" --port 6399 --log-level warn &
-for _ in $(seq 100); do redis-cli -p 6399 PING >/dev/null 2>&1 && break; sleep 0.1; done
+for _ in $(seq 100); do redis-cli -p 6399 INFO persistence 2>/dev/null | grep -q '^loading:0' && break; sleep 0.1; done
 echo "loading $keys keys of $size bytes..."
 redis-benchmark -p 6399 -t set -n "$keys" -r "$keys" -d "$size" -P 64 -c 8 -q >/dev/null 2>&1
 redis-cli -p 6399 CHECKPOINT >/dev/null

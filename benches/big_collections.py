@@ -52,11 +52,13 @@ def main():
     try:
         r = redis.Redis(port=a.port)
         for _ in range(100):
+            # Ready once INFO says loading:0 (the port answers PING while the node starts).
             try:
-                r.ping()
-                break
+                if r.info("persistence").get("loading") == 0:
+                    break
             except redis.ConnectionError:
-                time.sleep(0.1)
+                pass
+            time.sleep(0.1)
         n, batch = a.members, 1000
         base_rss = rss_mb(proc.pid)
         print(f"members per collection: {n:,}; server RSS at start {base_rss:.0f} MB")

@@ -16,7 +16,7 @@ bin=target/release/replidb
 work=$(mktemp -d -p "$PWD/target" metrics.XXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "$work"' EXIT
 "$bin" serve --dir "$work/d" --port 6398 --metrics-addr 127.0.0.1:9398 --log-level warn &
-for _ in $(seq 100); do redis-cli -p 6398 PING >/dev/null 2>&1 && break; sleep 0.1; done
+for _ in $(seq 100); do redis-cli -p 6398 INFO persistence 2>/dev/null | grep -q '^loading:0' && break; sleep 0.1; done
 : > "$work/rows"
 for round in $(seq "$rounds"); do
     for scrape in off on; do

@@ -19,7 +19,7 @@ restart_b() {
     "$bin" serve --dir "$work/b" --port 6793 --replicaof 127.0.0.1:6792 --name b \
         --log-level warn --scrub-interval 0 &
     pid_b=$!
-    until redis-cli -p 6793 PING >/dev/null 2>&1; do sleep 0.02; done
+    until redis-cli -p 6793 INFO persistence 2>/dev/null | grep -q '^loading:0'; do sleep 0.02; done
 }
 caught_up() {
     local end
@@ -88,7 +88,7 @@ kill "$pid_b"; wait "$pid_b" 2>/dev/null || true
 "$bin" serve --dir "$work/b" --port 6793 --replicaof 127.0.0.1:6792 --name b \
     --log-level warn --scrub-interval 0 --scrub-rate 0 &
 pid_b=$!
-until redis-cli -p 6793 PING >/dev/null 2>&1; do sleep 0.02; done
+until redis-cli -p 6793 INFO persistence 2>/dev/null | grep -q '^loading:0'; do sleep 0.02; done
 report=$(redis-cli -p 6793 SCRUB)
 echo "scrub: $report"
 echo "$report" | tr ' ' '\n' | awk -F= -v mb="$(stat -c %s "$work/b/pages.db")" \

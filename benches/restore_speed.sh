@@ -17,7 +17,7 @@ bin=target/release/replidb
 work=$(mktemp -d -p "$PWD/target" restore.XXXX)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null; rm -rf "$work"' EXIT
 "$bin" serve --dir "$work/p" --port 6400 --log-level warn &
-for _ in $(seq 100); do redis-cli -p 6400 PING >/dev/null 2>&1 && break; sleep 0.1; done
+for _ in $(seq 100); do redis-cli -p 6400 INFO persistence 2>/dev/null | grep -q '^loading:0' && break; sleep 0.1; done
 "$bin" archive --from 127.0.0.1:6400 --dir "$work/arch" --log-level warn > /dev/null &
 archiver=$!
 for _ in $(seq 100); do redis-cli -p 6400 INFO replication | grep -q "name=archive" && break; sleep 0.1; done

@@ -18,7 +18,7 @@ serve() {
     "$bin" serve --dir "$work/a" --port "$port" --name a --log-level warn \
         --scrub-interval 0 "$@" &
     pid=$!
-    until redis-cli -p "$port" PING >/dev/null 2>&1; do sleep 0.05; done
+    until redis-cli -p "$port" INFO persistence 2>/dev/null | grep -q '^loading:0'; do sleep 0.05; done
 }
 serve
 redis-benchmark -p "$port" -t set -n "$n" -c 32 -P 16 -r "$n" -d 1000 -q >/dev/null 2>&1

@@ -46,11 +46,13 @@ def run_replidb(binary, keys, vals, gone, work):
     try:
         c = redis.Redis(port=port)
         for _ in range(200):
+            # Ready once INFO says loading:0 (the port answers PING while the node starts).
             try:
-                c.ping()
-                break
+                if c.info("persistence").get("loading") == 0:
+                    break
             except redis.ConnectionError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         for i in range(0, len(keys), BATCH):
             c.mset(dict(zip(keys[i : i + BATCH], vals[i : i + BATCH])))
         c.execute_command("CHECKPOINT")

@@ -73,11 +73,13 @@ def run_replidb(binary, keys, vals, work):
     try:
         c = redis.Redis(port=port)
         for _ in range(200):
+            # Ready once INFO says loading:0 (the port answers PING while the node starts).
             try:
-                c.ping()
-                break
+                if c.info("persistence").get("loading") == 0:
+                    break
             except redis.ConnectionError:
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         lsn0 = int(c.info("persistence")["last_lsn"])
         t = time.perf_counter()
         for i in range(0, len(keys), BATCH):
