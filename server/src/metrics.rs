@@ -246,6 +246,11 @@ pub fn render(sh: &Shared) -> String {
         "Pages on the free list.",
         st.free_pages as f64,
     );
+    s.counter(
+        "replidb_leaf_repacks",
+        "Leaf repack passes a quiet primary ran by itself.",
+        crate::compaction::IDLE_REPACKS.load(Ordering::Relaxed),
+    );
     s.gauge(
         "replidb_heap_pages",
         "Pages of the value heap (long values).",
