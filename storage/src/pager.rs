@@ -244,6 +244,8 @@ pub(crate) struct PageFile {
     len_pages: u64,
     /// The least the file grows by, and the slack past the page count a checkpoint leaves.
     step_pages: u64,
+    /// The page count the last checkpoint saw (`u64::MAX` before the first).
+    last_count: u64,
 }
 
 impl PageFile {
@@ -278,6 +280,7 @@ impl PageFile {
             path: path.to_path_buf(),
             len_pages: len / PAGE_SIZE as u64,
             step_pages: 256,
+            last_count: u64::MAX,
         })
     }
 
@@ -436,9 +439,17 @@ impl PageFile {
         page_count: u64,
     ) -> Result<()> {
         let keep = page_count.max(published.meta.page_count);
-        // Cut when more than a growth step lies past the pages in use: growth is sparse
-        // (`set_len`), so a cut that a later growth undoes costs a remap, not disk.
-        if self.len_pages > keep + self.step_pages {
+        // After the page count fell (a shrink pass), cut once more than a growth step lies
+        // past the pages in use; otherwise only past the slack growth itself leaves, so a
+        // growing file is not cut back and remapped at every checkpoint.
+        let fell = keep < self.last_count;
+        self.last_count = keep;
+        let slack = if fell {
+            self.step_pages
+        } else {
+            (keep / 4).max(self.step_pages)
+        };
+        if self.len_pages > keep + slack {
             // Readers borrow the map only under the published state's lock, which the caller
             // holds exclusively: no byte of the old map is in use while the file shrinks.
             published.map = None;
