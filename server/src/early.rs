@@ -415,21 +415,7 @@ fn hello(st: &EarlyState, client: &mut EarlyClient, args: &[Bytes], out: &mut By
     } else {
         b"master"
     };
-    enc.map(out, 7);
-    enc.bulk(out, b"server");
-    enc.bulk(out, b"replidb");
-    enc.bulk(out, b"version");
-    enc.bulk(out, env!("CARGO_PKG_VERSION").as_bytes());
-    enc.bulk(out, b"proto");
-    enc.int(out, proto);
-    enc.bulk(out, b"id");
-    enc.int(out, 0);
-    enc.bulk(out, b"mode");
-    enc.bulk(out, b"standalone");
-    enc.bulk(out, b"role");
-    enc.bulk(out, role);
-    enc.bulk(out, b"modules");
-    enc.array(out, 0);
+    crate::commands::connection::hello_reply(enc, out, proto, 0, role);
 }
 
 /// INFO before the database is open: who the node is and what it waits for.

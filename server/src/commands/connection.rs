@@ -115,23 +115,7 @@ impl Session {
             return;
         }
         self.enc.resp3 = proto == 3;
-        let enc = self.enc;
-        let b = &mut out.buf;
-        enc.map(b, 7);
-        enc.bulk(b, b"server");
-        enc.bulk(b, b"replidb");
-        enc.bulk(b, b"version");
-        enc.bulk(b, env!("CARGO_PKG_VERSION").as_bytes());
-        enc.bulk(b, b"proto");
-        enc.int(b, proto);
-        enc.bulk(b, b"id");
-        enc.int(b, self.id as i64);
-        enc.bulk(b, b"mode");
-        enc.bulk(b, b"standalone");
-        enc.bulk(b, b"role");
-        enc.bulk(b, b"master");
-        enc.bulk(b, b"modules");
-        enc.array(b, 0);
+        hello_reply(self.enc, &mut out.buf, proto, self.id as i64, b"master");
     }
 
     fn client(&mut self, args: &[Bytes], out: &mut Out) {
@@ -190,4 +174,29 @@ pub(crate) fn apply(name: &str, args: &[Bytes]) -> Reply {
         ("ECHO", Some(m)) | ("PING", Some(m)) => Reply::Bulk(m.to_vec()),
         _ => Reply::Bulk(b"PONG".to_vec()),
     }
+}
+
+/// HELLO's answer: the server's properties as a map (RESP3) or a flat array (RESP2).
+pub(crate) fn hello_reply(
+    enc: crate::resp::Encoder,
+    b: &mut bytes::BytesMut,
+    proto: i64,
+    id: i64,
+    role: &[u8],
+) {
+    enc.map(b, 7);
+    enc.bulk(b, b"server");
+    enc.bulk(b, b"replidb");
+    enc.bulk(b, b"version");
+    enc.bulk(b, env!("CARGO_PKG_VERSION").as_bytes());
+    enc.bulk(b, b"proto");
+    enc.int(b, proto);
+    enc.bulk(b, b"id");
+    enc.int(b, id);
+    enc.bulk(b, b"mode");
+    enc.bulk(b, b"standalone");
+    enc.bulk(b, b"role");
+    enc.bulk(b, role);
+    enc.bulk(b, b"modules");
+    enc.array(b, 0);
 }
