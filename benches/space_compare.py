@@ -166,7 +166,7 @@ def main():
             size_b, secs, wal, idle = got
             walf = f"{wal / logical:8.2f}" if wal is not None else f"{'':>8}"
             print(
-                f"{size:>7} {s:>8} {size_b / logical:10.2f} {logical / secs / 1e6:9.1f} {walf}",
+                f"{size:>7} {s:>8} {size_b / logical:10.3f} {logical / secs / 1e6:9.1f} {walf}",
                 flush=True,
             )
             if s == "replidb":
@@ -174,7 +174,7 @@ def main():
                     print(f"{size:>7} {'idle':>8} {'(no idle repack within 15 s)':>20}")
                 else:
                     print(
-                        f"{size:>7} {'idle':>8} {idle[0] / logical:10.2f} "
+                        f"{size:>7} {'idle':>8} {idle[0] / logical:10.3f} "
                         f"{'':>9} {'':>8}  repacked {idle[1]:.1f} s after the load",
                         flush=True,
                     )

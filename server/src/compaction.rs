@@ -5,7 +5,7 @@
 //! itself, a primary runs a heap pass while the value heap holds more garbage than
 //! `AUTO_GARBAGE_PCT` of its bytes, a shrink pass while more than `AUTO_FREE_PCT` of the
 //! file's pages are free, and a repack pass (then a shrink) when it goes quiet after
-//! writing a quarter of its tree's size in WAL: random inserts leave leaves ~77% full, a
+//! writing a quarter of its tree's size in WAL: random inserts leave leaves ~69% full, a
 //! repack leaves them ~94% full, and doing it when writes pause costs the writers nothing
 //! (a load still running would split the packed leaves again). Every step is an ordinary logged
 //! commit, so replicas follow byte for byte (and cut their own files at their checkpoints);

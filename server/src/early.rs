@@ -36,8 +36,9 @@ pub struct EarlyState {
     pub phase: Mutex<String>,
     /// Why the last attempt to reach the primary failed.
     pub last_error: Mutex<String>,
-    /// False while a cluster member waits for etcd to say whom it follows: it is no
-    /// primary then, and ROLE says it is loading rather than guess.
+    /// False while a cluster member waits for etcd to say whom it follows, and while it is a
+    /// candidate with nobody to follow: it is no primary then, and ROLE says it is loading
+    /// rather than guess.
     pub role_known: std::sync::atomic::AtomicBool,
     started: Instant,
     /// Connections open here, held to `--maxclients` like the server's own.

@@ -87,7 +87,10 @@ impl Server {
         dir.finish_reseed()
             .with_context(|| format!("finishing a reseed in {}", config.dir.display()))?;
         *status.primary.lock() = role.clone();
-        status.role_known.store(true, Ordering::SeqCst);
+        // A cluster member with no primary yet is a candidate: not a master until it wins.
+        status
+            .role_known
+            .store(cluster.is_none() || role.is_some(), Ordering::SeqCst);
         if let (Some(primary), None) = (&role, &cluster) {
             // Asked who it is before anything else: a primary address that leads back to
             // this node (its own port, under whatever name) is a mistake to say at once.
