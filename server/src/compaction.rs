@@ -43,6 +43,10 @@ pub const AUTO_QUIET_WAL: u64 = 64 << 10;
 /// Idle repacks run since start (INFO `leaf_repacks`).
 pub static IDLE_REPACKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// The log's end after the last complete leaf repack, by `COMPACT` or the idle repack: the
+/// WAL the next idle repack waits for counts from here (0: none this run).
+static REPACKED_AT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// Bytes of values a heap page holds at most.
 const HEAP_PAGE_BYTES: u64 = (storage::PAGE_SIZE - 40) as u64;
 
@@ -135,6 +139,7 @@ pub async fn run(sh: &Arc<Shared>, pass: Pass) -> Result<String, String> {
             if !r.complete {
                 return Ok((lines.join("\n"), false, steps));
             }
+            REPACKED_AT.fetch_max(db.stats().last_lsn.0, Ordering::Relaxed);
         }
         if let Pass::Full(_) | Pass::Shrink | Pass::Leaves = pass {
             let r = db
@@ -190,11 +195,16 @@ pub async fn auto(sh: Arc<Shared>) {
         let st = sh.db().stats();
         let quiet = st.last_lsn.0.saturating_sub(prev_lsn) < AUTO_QUIET_WAL;
         prev_lsn = st.last_lsn.0;
-        if sh.node.write_refusal().is_some() {
-            // A replica follows its primary's passes; when promoted, only its own writes count.
-            repacked_at = st.last_lsn.0;
+        if let Some(refusal) = sh.node.write_refusal() {
+            // A replica follows its primary's passes; when promoted, only its own writes
+            // count. (A primary paused for a switchover or without its lease keeps its count.)
+            if refusal == replication::role::WriteRefusal::ReadOnly {
+                repacked_at = st.last_lsn.0;
+            }
             continue;
         }
+        // A repack `COMPACT` ran counts as one: its own WAL is no reason for another.
+        repacked_at = repacked_at.max(REPACKED_AT.load(Ordering::Relaxed));
         if quiet && worth_repacking(&st, repacked_at) {
             match run(&sh, Pass::Leaves).await {
                 Ok(report) => {
