@@ -44,7 +44,9 @@ pub const AUTO_QUIET_WAL: u64 = 64 << 10;
 pub static IDLE_REPACKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The log's end after the last complete leaf repack, by `COMPACT` or the idle repack: the
-/// WAL the next idle repack waits for counts from here (0: none this run).
+/// WAL the next idle repack waits for counts from here (0: none this run). Written only by a
+/// pass, which only a writable primary runs, so in a process holding several nodes (the
+/// demo) replicas' ticks never move it; each node's `auto` keeps its own mark beside it.
 static REPACKED_AT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Bytes of values a heap page holds at most.

@@ -283,7 +283,8 @@ pub fn insert_cell(p: &mut [u8], kind: PageKind, idx: usize, cell: &[u8]) -> boo
         if USABLE - used(p) < need {
             return false;
         }
-        if gap(p) >= SLOT {
+        // Dead bytes fewer than the cell's: no hole can hold it, no need to look.
+        if gap(p) >= SLOT && header(p).garbage.get() as usize >= cell.len() {
             hole = find_hole(p, kind, cell.len());
         }
         if hole.is_none() {
@@ -577,10 +578,7 @@ mod tests {
         let mut p = page::new_page_buf();
         page::init(&mut p[..], PageKind::Leaf, PageId(5));
         for (i, (k, v)) in cells.iter().enumerate() {
-            let mut c = Vec::new();
-            encode_key_field(k, PageId(0), &mut c);
-            encode_inline_value(v, &mut c);
-            assert!(insert_cell(&mut p[..], PageKind::Leaf, i, &c));
+            assert!(insert_cell(&mut p[..], PageKind::Leaf, i, &leaf_cell(k, v)));
         }
         p
     }
