@@ -216,7 +216,7 @@ impl Wal {
                 break;
             }
             if !st.flushing && st.disk_full.is_none() {
-                st = lead(&self.shared, st, true, false);
+                st = lead(&self.shared, st, true, Leader::Committer);
                 continue;
             }
             self.shared.done.wait(&mut st);
@@ -284,7 +284,7 @@ impl Wal {
                 !st.buf.is_empty()
             };
             if !st.flushing && work && st.disk_full.is_none() {
-                st = lead(&self.shared, st, sync, false);
+                st = lead(&self.shared, st, sync, Leader::Committer);
                 continue;
             }
             self.shared.done.wait(&mut st);
@@ -320,7 +320,7 @@ impl Wal {
             }
             if !st.flushing && self.has_unsynced(&st) && st.disk_full.is_none() {
                 if st.last_wakers < 2 || st.buf.is_empty() {
-                    st = lead(&self.shared, st, true, false);
+                    st = lead(&self.shared, st, true, Leader::Runtime);
                     continue;
                 }
                 // Commits arrive together: the background flusher runs this round, and this
@@ -388,6 +388,19 @@ impl Drop for Wal {
     }
 }
 
+/// Which thread leads a flush round: it decides how the round is written (see `lead`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Leader {
+    /// A committing thread that blocks until its bytes are durable (`wait_flushed`, a full
+    /// buffer).
+    Committer,
+    /// A task polling `poll_flushed` on an async runtime's thread: its whole event loop
+    /// waits for the round.
+    Runtime,
+    /// The background flusher.
+    Flusher,
+}
+
 /// Runs one flush round: takes everything buffered, writes it, and with `sync` syncs it
 /// together with anything earlier rounds wrote without a sync, publishes the result and wakes
 /// the waiters. Called with the state locked and no round running; returns with the state
@@ -396,7 +409,7 @@ fn lead<'a>(
     shared: &'a Shared,
     mut st: MutexGuard<'a, State>,
     sync: bool,
-    flusher_thread: bool,
+    leader: Leader,
 ) -> MutexGuard<'a, State> {
     debug_assert!(!st.flushing);
     st.flushing = true;
@@ -417,11 +430,17 @@ fn lead<'a>(
             direct,
             adaptive,
         } = &mut *io;
-        // A write without a sync gains nothing from the ring's hand-off, nor does the
-        // background flusher's thread, which exists to block in the sync (the ring would hand
-        // it to a kernel worker: one more thread switch per round).
+        // A write without a sync gains nothing from the ring's hand-off; neither does a
+        // thread that exists to block in the sync — the background flusher, or an async
+        // runtime's thread, whose event loop waits for the round either way (a server's
+        // rounds): the ring would hand the sync to a kernel worker, one more thread switch
+        // per round (docs/benchmarks.md: 10–20% fewer writes a second under
+        // `redis-benchmark`). Committing threads that block one by one gather larger rounds
+        // through it.
         let backend = match ring {
-            Some(r) if sync && (!*adaptive || (appends > 1 && !flusher_thread)) => r.as_mut(),
+            Some(r) if sync && (!*adaptive || (appends > 1 && leader == Leader::Committer)) => {
+                r.as_mut()
+            }
             _ => direct.as_mut(),
         };
         let r = write_range(
@@ -516,7 +535,7 @@ fn background_flusher(shared: &Shared) {
                 continue;
             }
         }
-        st = lead(shared, st, true, true);
+        st = lead(shared, st, true, Leader::Flusher);
     }
 }
 
