@@ -258,12 +258,14 @@ impl Shared {
                 // The failed group changed nothing: its pending counts go with it.
                 touched.keys_delta = 0;
                 touched.expires_delta = 0;
+                touched.metas.discard();
                 for q in &reqs {
                     let r = db
                         .update_deferred(|tx| {
                             // A request that failed part-way leaves no pending counts behind.
                             touched.keys_delta = 0;
                             touched.expires_delta = 0;
+                            touched.metas.discard();
                             let r = run(tx, q, &mut touched)?;
                             counts(tx, &mut touched)?;
                             Ok(r)

@@ -325,6 +325,7 @@ pub(crate) fn read<S: Store + ?Sized>(
 /// (the rest of an EXEC still runs, as in Redis); only engine errors abort the transaction.
 pub(crate) fn apply(w: &mut Writer<'_, '_>, args: &[Bytes]) -> storage::Result<Reply> {
     let r = if &args[0][..] == SWEEP {
+        w.cache_metas(false)?;
         model::sweep(w, SWEEP_BUDGET)
             .map(|(e, c)| Reply::Array(vec![Reply::Int(e as i64), Reply::Int(c as i64)]))
     } else {
@@ -332,6 +333,7 @@ pub(crate) fn apply(w: &mut Writer<'_, '_>, args: &[Bytes]) -> storage::Result<R
             return Ok(Reply::Error("ERR unknown command".into()));
         };
         let name = spec.name;
+        w.cache_metas(caches_meta(name))?;
         if name == "DBSIZE" {
             // The group's pending count changes first (they are written once per group).
             if let Err(e) = model::flush_counts(w.tx, w.touched) {
@@ -363,6 +365,64 @@ pub(crate) fn apply(w: &mut Writer<'_, '_>, args: &[Bytes]) -> storage::Result<R
         Err(model::Error::Storage(e)) => Err(e),
         Err(model::Error::BadMeta(e)) => Ok(Reply::Error(format!("CORRUPT {e}"))),
     }
+}
+
+/// Whether a write reaches metadata entries only through `Writer`'s methods (`lookup`, `put`,
+/// `delete`, `set_plain`; collections through `collection::get_w`/`get_or_new`/`save`), so
+/// that a group's commands may keep collections' metadata in the write-back cache
+/// (`model::cache`). Every other command — reads, which read the transaction, and writes
+/// that walk or write metadata entries themselves (FLUSHDB, the *STORE commands) — flushes
+/// the cache first. `model::tests::grouped_commands_match_one_by_one` checks the listed ones.
+fn caches_meta(name: &str) -> bool {
+    matches!(
+        name,
+        "SET"
+            | "SETNX"
+            | "SETEX"
+            | "PSETEX"
+            | "GETSET"
+            | "GETDEL"
+            | "GETEX"
+            | "APPEND"
+            | "SETRANGE"
+            | "MSET"
+            | "MSETNX"
+            | "INCR"
+            | "DECR"
+            | "INCRBY"
+            | "DECRBY"
+            | "INCRBYFLOAT"
+            | "DEL"
+            | "UNLINK"
+            | "RENAME"
+            | "RENAMENX"
+            | "EXPIRE"
+            | "PEXPIRE"
+            | "EXPIREAT"
+            | "PEXPIREAT"
+            | "PERSIST"
+            | "HSET"
+            | "HMSET"
+            | "HSETNX"
+            | "HDEL"
+            | "HINCRBY"
+            | "HINCRBYFLOAT"
+            | "SADD"
+            | "SREM"
+            | "SPOP"
+            | "SMOVE"
+            | "ZADD"
+            | "ZINCRBY"
+            | "ZREM"
+            | "ZPOPMIN"
+            | "ZPOPMAX"
+            | "LPUSH"
+            | "RPUSH"
+            | "LPUSHX"
+            | "RPUSHX"
+            | "LPOP"
+            | "RPOP"
+    )
 }
 
 /// The reply of a command routed to a transaction that cannot run it.

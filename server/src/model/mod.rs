@@ -8,6 +8,7 @@
 //! [`layout`] places the entries; this module reads and writes metadata; the commands in
 //! `commands/` build each type on it.
 
+mod cache;
 pub mod layout;
 pub mod number;
 #[cfg(test)]
@@ -332,6 +333,8 @@ pub const DELETE_INLINE: u64 = 64;
 /// counts not written yet (`flush_counts`: once per group, not once per key).
 #[derive(Default)]
 pub struct Touched {
+    /// Collections' metadata read or written by the group's commands (`cache`).
+    pub metas: cache::MetaCache,
     pub count: usize,
     pub keep: bool,
     pub keys: Vec<Vec<u8>>,
@@ -342,6 +345,7 @@ pub struct Touched {
 /// Writes the key counts' pending changes (at the end of a group's transaction, and before
 /// DBSIZE reads them inside one).
 pub fn flush_counts(tx: &mut WriteTxn<'_>, t: &mut Touched) -> Result<()> {
+    t.metas.flush(tx)?;
     for (counter, d) in [
         (COUNT_KEY, std::mem::take(&mut t.keys_delta)),
         (EXPIRES_KEY, std::mem::take(&mut t.expires_delta)),
@@ -377,21 +381,45 @@ impl Writer<'_, '_> {
     /// The key's metadata if it exists and has not expired; an expired key is deleted here
     /// (the lazy half of expiry: on a primary, through the WAL like any write).
     pub fn lookup(&mut self, key: &[u8]) -> Result<Option<(Meta, Vec<u8>)>> {
-        let Some(raw) = self.tx.get(&meta_key(key))? else {
-            return Ok(None);
+        let mk = meta_key(key);
+        let (meta, value) = match self.touched.metas.get(&mk) {
+            Some(None) => return Ok(None),
+            Some(Some(m)) => (m.clone(), Vec::new()),
+            None => {
+                let Some(raw) = self.tx.get(&mk)? else {
+                    self.touched.metas.note_clean(self.tx, &mk, None)?;
+                    return Ok(None);
+                };
+                let (meta, at) = Meta::decode(&raw)?;
+                self.touched.metas.note_clean(self.tx, &mk, Some(&meta))?;
+                (meta, raw[at..].to_vec())
+            }
         };
-        let (meta, at) = Meta::decode(&raw)?;
         if meta.expired(self.now_ms) {
             self.delete(key, &meta)?;
             return Ok(None);
         }
-        Ok(Some((meta, raw[at..].to_vec())))
+        Ok(Some((meta, value)))
+    }
+
+    /// Writes the group's cached metadata and stops caching until `cache_metas(true)`:
+    /// before a command that may read or write metadata entries in the transaction itself.
+    pub fn cache_metas(&mut self, on: bool) -> storage::Result<()> {
+        if !on && !self.touched.metas.is_empty() {
+            self.touched.metas.flush(self.tx)?;
+        }
+        self.touched.metas.active = on;
+        Ok(())
     }
 
     /// Writes a key's metadata (and a string's value). `old` is what the key had (None: a
     /// new key): the key count and the expiry index follow the change.
     pub fn put(&mut self, key: &[u8], old: Option<&Meta>, meta: &Meta, value: &[u8]) -> Result<()> {
-        self.tx.put(&meta_key(key), &meta.encode(value))?;
+        let mk = meta_key(key);
+        if !self.touched.metas.put(&mk, meta) {
+            self.touched.metas.take(self.tx, &mk)?;
+            self.tx.put(&mk, &meta.encode(value))?;
+        }
         if old.is_none() {
             self.touched.keys_delta += 1;
         }
@@ -435,7 +463,9 @@ impl Writer<'_, '_> {
     /// Deletes a key: its metadata and expiry entry at once; a collection's members at once
     /// when it is small, in the background (`collect_garbage`) otherwise.
     pub fn delete(&mut self, key: &[u8], meta: &Meta) -> Result<()> {
-        self.tx.delete(&meta_key(key))?;
+        let mk = meta_key(key);
+        self.touched.metas.take(self.tx, &mk)?;
+        self.tx.delete(&mk)?;
         if let Some(at) = meta.expire_at {
             self.tx.delete(&layout::expiry_key(at, key))?;
             self.touched.expires_delta -= 1;
@@ -450,7 +480,9 @@ impl Writer<'_, '_> {
     /// descent where a lookup and a put took two. The counts and the expiry index follow.
     pub fn set_plain(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
         let meta = Meta::new(Kind::String, 0);
-        match self.tx.replace(&meta_key(key), &meta.encode(value))? {
+        let mk = meta_key(key);
+        self.touched.metas.take(self.tx, &mk)?;
+        match self.tx.replace(&mk, &meta.encode(value))? {
             None => self.touched.keys_delta += 1,
             Some(raw) => {
                 let (old, _) = Meta::decode(&raw)?;

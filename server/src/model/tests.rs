@@ -709,3 +709,104 @@ fn a_plain_set_over_any_key_keeps_the_counts_the_expiry_index_and_no_orphans() {
     while h.sweep() > 0 {}
     assert_eq!(h.data_entries(), 5);
 }
+
+/// One command of a mixed group: collection writes that keep their metadata in the group's
+/// cache, and the commands around them that do not (strings, expiry, renames, reads).
+fn mixed_cmd() -> impl Strategy<Value = Vec<Vec<u8>>> {
+    let k = (0..3u8).prop_map(key);
+    let m = (0..4u8).prop_map(|i| format!("m{i}").into_bytes());
+    let n = (-3..4i8).prop_map(|i| i.to_string().into_bytes());
+    let c = |v: &[&[u8]]| v.iter().map(|a| a.to_vec()).collect::<Vec<_>>();
+    prop_oneof![
+        3 => (k.clone(), m.clone()).prop_map(move |(k, m)| c(&[b"SADD", &k, &m])),
+        1 => (k.clone(), m.clone()).prop_map(move |(k, m)| c(&[b"SREM", &k, &m])),
+        3 => (k.clone(), n.clone(), m.clone()).prop_map(move |(k, s, m)| c(&[b"ZADD", &k, &s, &m])),
+        1 => (k.clone(), m.clone()).prop_map(move |(k, m)| c(&[b"ZREM", &k, &m])),
+        1 => k.clone().prop_map(move |k| c(&[b"ZPOPMIN", &k])),
+        1 => (k.clone(), n.clone(), m.clone()).prop_map(move |(k, s, m)| c(&[b"ZINCRBY", &k, &s, &m])),
+        2 => (k.clone(), m.clone()).prop_map(move |(k, m)| c(&[b"LPUSH", &k, &m])),
+        1 => (k.clone(), m.clone()).prop_map(move |(k, m)| c(&[b"RPUSHX", &k, &m])),
+        1 => k.clone().prop_map(move |k| c(&[b"RPOP", &k])),
+        1 => k.clone().prop_map(move |k| c(&[b"LPOP", &k, b"2"])),
+        2 => (k.clone(), m.clone(), n.clone()).prop_map(move |(k, f, v)| c(&[b"HSET", &k, &f, &v])),
+        1 => (k.clone(), m.clone()).prop_map(move |(k, f)| c(&[b"HDEL", &k, &f])),
+        1 => (k.clone(), m.clone(), n.clone()).prop_map(move |(k, f, v)| c(&[b"HINCRBY", &k, &f, &v])),
+        1 => (k.clone(), m.clone()).prop_map(move |(k, v)| c(&[b"SET", &k, &v])),
+        1 => (k.clone(), m.clone()).prop_map(move |(k, v)| c(&[b"SET", &k, &v, b"PX", b"2"])),
+        1 => (k.clone(), m.clone()).prop_map(move |(k, v)| c(&[b"SETNX", &k, &v])),
+        1 => (k.clone(), m.clone()).prop_map(move |(k, v)| c(&[b"APPEND", &k, &v])),
+        1 => k.clone().prop_map(move |k| c(&[b"INCR", &k])),
+        1 => k.clone().prop_map(move |k| c(&[b"GETDEL", &k])),
+        1 => (k.clone(), k.clone(), m.clone()).prop_map(move |(a, b, v)| c(&[b"MSET", &a, &v, &b, &v])),
+        1 => Just(c(&[b"FLUSHDB"])),
+        1 => (k.clone(), k.clone()).prop_map(move |(a, b)| c(&[b"SUNIONSTORE", &a, &b, &a])),
+        1 => k.clone().prop_map(move |k| c(&[b"DEL", &k])),
+        1 => k.clone().prop_map(move |k| c(&[b"PEXPIRE", &k, b"5"])),
+        1 => k.clone().prop_map(move |k| c(&[b"EXPIRE", &k, b"100"])),
+        1 => k.clone().prop_map(move |k| c(&[b"PERSIST", &k])),
+        1 => (k.clone(), k.clone()).prop_map(move |(a, b)| c(&[b"RENAME", &a, &b])),
+        1 => (k.clone(), k.clone(), m.clone()).prop_map(move |(a, b, m)| c(&[b"SMOVE", &a, &b, &m])),
+        1 => k.clone().prop_map(move |k| c(&[b"TYPE", &k])),
+        1 => k.clone().prop_map(move |k| c(&[b"SCARD", &k])),
+        1 => k.clone().prop_map(move |k| c(&[b"ZCARD", &k])),
+        1 => k.clone().prop_map(move |k| c(&[b"LLEN", &k])),
+        1 => k.clone().prop_map(move |k| c(&[b"GET", &k])),
+        1 => k.prop_map(move |k| c(&[b"HLEN", &k])),
+        1 => Just(c(&[b"DBSIZE"])),
+    ]
+}
+
+impl Harness {
+    /// Every engine entry, internal records included.
+    fn dump(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let mut all = Vec::new();
+        self.db
+            .read()
+            .visit(Bound::Unbounded, Bound::Unbounded, false, &mut |k, v| {
+                all.push((k.to_vec(), v.to_vec()));
+                true
+            })
+            .unwrap();
+        all
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(96))]
+
+    /// The write-back cache of collections' metadata is invisible: any mix of commands
+    /// applied in groups (as concurrent connections' writes are) gives the replies and
+    /// leaves the very entries that the same commands give one transaction each — with the
+    /// clock moving between groups, so cached metadata also expires.
+    #[test]
+    fn grouped_commands_match_one_by_one(
+        cmds in prop::collection::vec(mixed_cmd(), 1..80),
+        cuts in prop::collection::vec(1..12usize, 1..20),
+    ) {
+        let mut alone = Harness::new();
+        let mut grouped = Harness::new();
+        let mut at = 0;
+        let mut cut = cuts.iter().cycle();
+        while at < cmds.len() {
+            let end = (at + cut.next().copied().unwrap_or(1)).min(cmds.len());
+            let group: Vec<Vec<&[u8]>> = cmds[at..end]
+                .iter()
+                .map(|c| c.iter().map(Vec::as_slice).collect())
+                .collect();
+            let refs: Vec<&[&[u8]]> = group.iter().map(Vec::as_slice).collect();
+            let want: Vec<Reply> = refs
+                .iter()
+                .map(|c| {
+                    let args: Vec<Bytes> = c.iter().map(|a| Bytes::copy_from_slice(a)).collect();
+                    alone.write(&args)
+                })
+                .collect();
+            let got = grouped.run_group(&refs);
+            prop_assert_eq!(&got, &want, "group {:?}", &cmds[at..end]);
+            alone.now += 3;
+            grouped.now += 3;
+            at = end;
+        }
+        prop_assert_eq!(grouped.dump(), alone.dump());
+    }
+}
