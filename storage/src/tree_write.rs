@@ -57,8 +57,24 @@ fn put_keeping(
 
 /// Deletes `key`. Returns true if it was present.
 pub(crate) fn delete(ctx: &mut WriteCtx<'_>, key: &[u8]) -> Result<bool> {
+    delete_keeping(ctx, key, None)
+}
+
+/// Deletes `key`; returns the value it held (`None`: absent).
+pub(crate) fn take(ctx: &mut WriteCtx<'_>, key: &[u8]) -> Result<Option<Vec<u8>>> {
+    let mut old = None;
+    delete_keeping(ctx, key, Some(&mut old))?;
+    Ok(old)
+}
+
+/// Deletes `key`, copying its value into `old` when asked. Returns true if it was present.
+fn delete_keeping(
+    ctx: &mut WriteCtx<'_>,
+    key: &[u8],
+    old: Option<&mut Option<Vec<u8>>>,
+) -> Result<bool> {
     let root = ctx.meta.root;
-    let (out, found) = del_rec(ctx, root, key, 0)?;
+    let (out, found) = del_rec(ctx, root, key, 0, old)?;
     if let Some(up) = out.split {
         grow_root(ctx, root, up)?;
     }
@@ -205,6 +221,7 @@ fn del_rec(
     id: PageId,
     key: &[u8],
     depth: usize,
+    keep: Option<&mut Option<Vec<u8>>>,
 ) -> Result<(Outcome, bool)> {
     check_depth(id, depth)?;
     let p = ctx.page(id)?;
@@ -212,11 +229,16 @@ fn del_rec(
         PageKind::Branch => {
             let ci = btree::search_branch(ctx, p, key)?;
             let c = node::child(p, ci);
-            let (out, found) = del_rec(ctx, c, key, depth + 1)?;
+            let (out, found) = del_rec(ctx, c, key, depth + 1, keep)?;
             Ok((fix_child(ctx, id, ci, out)?, found))
         }
         _ => match btree::search_leaf(ctx, p, key)? {
             Ok(i) => {
+                if let Some(keep) = keep {
+                    // Read before its heap bytes (if any) are released below.
+                    let (_, v) = node::leaf_entry(p, i);
+                    *keep = Some(btree::load_value(ctx, v)?.into_owned());
+                }
                 let old = node::cell(p, PageKind::Leaf, i).to_vec();
                 free_leaf_cell_chains(ctx, &old)?;
                 let pm = ctx.page_mut(id)?;

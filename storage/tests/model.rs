@@ -228,10 +228,11 @@ proptest! {
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
-    /// `WriteTxn::replace` hands back exactly what it overwrote (values in overflow pages
-    /// too: read before their chain is freed), and leaves the tree as a put would.
+    /// `WriteTxn::replace` and `WriteTxn::take` hand back exactly what they overwrote or
+    /// deleted (values in overflow pages too: read before their chain is freed), and leave
+    /// the tree as a put or a delete would.
     #[test]
-    fn replace_returns_the_value_it_overwrote(
+    fn replace_and_take_return_the_value_they_removed(
         style in 0u8..4,
         ops in prop::collection::vec((0u32..200, any::<u32>(), any::<bool>()), 1..400),
     ) {
@@ -242,8 +243,10 @@ proptest! {
             db.update(Durability::Off, |tx| {
                 for &(k, v, del) in chunk {
                     let k = key(style, k);
-                    if del {
+                    if del && v % 2 == 0 {
                         assert_eq!(tx.delete(&k)?, model.remove(&k).is_some());
+                    } else if del {
+                        assert_eq!(tx.take(&k)?, model.remove(&k));
                     } else {
                         let old = tx.replace(&k, &value(v))?;
                         assert_eq!(old, model.insert(k, value(v)));

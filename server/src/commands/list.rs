@@ -126,14 +126,7 @@ fn pop(
     if n == 0 {
         return Ok(Vec::new());
     }
-    let mut got = if left {
-        items(&*w.tx, key, m, 0, n - 1)?
-    } else {
-        let mut v = items(&*w.tx, key, m, m.size - n, m.size - 1)?;
-        v.reverse();
-        v
-    };
-    got.truncate(n as usize);
+    let mut got = Vec::with_capacity(n as usize);
     let mut new = m.clone();
     for _ in 0..n {
         let pos = if left {
@@ -142,7 +135,8 @@ fn pop(
         } else {
             new.head + new.size - 1
         };
-        w.tx.delete(&item_key(key, m, pos))?;
+        // The item is read and deleted in one descent.
+        got.extend(w.tx.take(&item_key(key, m, pos))?);
         new.size -= 1;
     }
     coll::save(w, key, Some(m), &new)?;

@@ -79,6 +79,13 @@ impl WriteTxn<'_> {
         tree_write::delete(&mut self.ctx, key)
     }
 
+    /// Deletes; returns the value the key held (`None`: it was absent). One descent where
+    /// `get` then `delete` take two.
+    pub fn take(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        check_sizes(key, None)?;
+        tree_write::take(&mut self.ctx, key)
+    }
+
     /// Applies a batch's operations in order.
     fn apply(&mut self, batch: &WriteBatch) -> Result<()> {
         for op in &batch.ops {
