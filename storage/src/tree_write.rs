@@ -55,6 +55,71 @@ fn put_keeping(
     Ok(inserted)
 }
 
+/// `modify`'s function: the value a key holds (None: absent) → the value to store (None:
+/// change nothing).
+pub(crate) type Derive<'f> = dyn FnMut(Option<&[u8]>) -> Option<Vec<u8>> + 'f;
+
+/// Read-modify-write of `key` in one descent: `f` gets the value it holds (None: absent)
+/// and returns the value to store, or None to leave the tree as it is. Returns None if `f`
+/// declined, else whether the key is new.
+pub(crate) fn modify(
+    ctx: &mut WriteCtx<'_>,
+    key: &[u8],
+    f: &mut Derive<'_>,
+) -> Result<Option<bool>> {
+    let root = ctx.meta.root;
+    let Some((mut out, inserted)) = modify_rec(ctx, root, key, f, 0)? else {
+        return Ok(None);
+    };
+    if let Some((idx, cell)) = out.full.take() {
+        out.split = split_with(ctx, root, PageKind::Leaf, idx, cell)?;
+    }
+    if let Some(up) = out.split {
+        grow_root(ctx, root, up)?;
+    }
+    shrink_root(ctx)?;
+    if inserted {
+        ctx.meta.entries += 1;
+    }
+    Ok(Some(inserted))
+}
+
+fn modify_rec(
+    ctx: &mut WriteCtx<'_>,
+    id: PageId,
+    key: &[u8],
+    f: &mut Derive<'_>,
+    depth: usize,
+) -> Result<Option<(Outcome, bool)>> {
+    check_depth(id, depth)?;
+    let p = ctx.page(id)?;
+    if node_kind(p, id)? == PageKind::Branch {
+        let ci = btree::search_branch(ctx, p, key)?;
+        let c = node::child(p, ci);
+        return match modify_rec(ctx, c, key, f, depth + 1)? {
+            Some((out, inserted)) => Ok(Some((fix_child(ctx, id, ci, out)?, inserted))),
+            None => Ok(None),
+        };
+    }
+    let at = btree::search_leaf(ctx, p, key)?;
+    let new = match at {
+        Ok(i) => {
+            let (_, v) = node::leaf_entry(p, i);
+            let old = btree::load_value(ctx, v)?;
+            f(Some(&old))
+        }
+        Err(_) => f(None),
+    };
+    let Some(new) = new else {
+        return Ok(None);
+    };
+    crate::db::check_sizes(key, Some(&new))?;
+    // The new cell's heap or overflow pages (if any) are other pages: the slot found above
+    // stays where it is.
+    let cell = build_leaf_cell(ctx, key, &new)?;
+    put_in_leaf(ctx, id, at, &cell, None).map(Some)
+}
+
 /// Deletes `key`. Returns true if it was present.
 pub(crate) fn delete(ctx: &mut WriteCtx<'_>, key: &[u8]) -> Result<bool> {
     delete_keeping(ctx, key, None)
@@ -137,43 +202,59 @@ fn put_rec(
             let (out, inserted) = put_rec(ctx, c, key, cell, depth + 1, keep)?;
             Ok((fix_child(ctx, id, ci, out)?, inserted))
         }
-        _ => match btree::search_leaf(ctx, p, key)? {
-            Ok(i) => {
-                if let Some(keep) = keep {
-                    // Read before its heap bytes (if any) are released below.
-                    let (_, v) = node::leaf_entry(p, i);
-                    *keep = Some(btree::load_value(ctx, v)?.into_owned());
-                }
-                let old = node::cell(p, PageKind::Leaf, i).to_vec();
-                free_leaf_cell_chains(ctx, &old)?;
-                let pm = ctx.page_mut(id)?;
-                let off = node::slot(pm, i);
-                if old.len() == cell.len() {
-                    pm[off..off + cell.len()].copy_from_slice(cell);
-                    return Ok((Outcome::default(), false));
-                }
-                node::remove_cell(pm, PageKind::Leaf, i);
-                if node::insert_cell(pm, PageKind::Leaf, i, cell) {
-                    // A shorter value can leave the leaf underfull.
-                    let underflow = node::used(pm) < MIN_FILL;
-                    return Ok((
-                        Outcome {
-                            underflow,
-                            ..Outcome::default()
-                        },
-                        false,
-                    ));
-                }
-                Ok((Outcome::full(i, cell), false))
+        _ => {
+            let at = btree::search_leaf(ctx, p, key)?;
+            put_in_leaf(ctx, id, at, cell, keep)
+        }
+    }
+}
+
+/// Puts `cell` into leaf `id` at the slot `search_leaf` found (`Ok`: over the key's cell,
+/// whose value goes to `keep` when asked; `Err`: a new key).
+fn put_in_leaf(
+    ctx: &mut WriteCtx<'_>,
+    id: PageId,
+    at: std::result::Result<usize, usize>,
+    cell: &[u8],
+    keep: Option<&mut Option<Vec<u8>>>,
+) -> Result<(Outcome, bool)> {
+    match at {
+        Ok(i) => {
+            let p = ctx.page(id)?;
+            if let Some(keep) = keep {
+                // Read before its heap bytes (if any) are released below.
+                let (_, v) = node::leaf_entry(p, i);
+                *keep = Some(btree::load_value(ctx, v)?.into_owned());
             }
-            Err(i) => {
-                let pm = ctx.page_mut(id)?;
-                if node::insert_cell(pm, PageKind::Leaf, i, cell) {
-                    return Ok((Outcome::default(), true));
-                }
-                Ok((Outcome::full(i, cell), true))
+            let old = node::cell(p, PageKind::Leaf, i).to_vec();
+            free_leaf_cell_chains(ctx, &old)?;
+            let pm = ctx.page_mut(id)?;
+            let off = node::slot(pm, i);
+            if old.len() == cell.len() {
+                pm[off..off + cell.len()].copy_from_slice(cell);
+                return Ok((Outcome::default(), false));
             }
-        },
+            node::remove_cell(pm, PageKind::Leaf, i);
+            if node::insert_cell(pm, PageKind::Leaf, i, cell) {
+                // A shorter value can leave the leaf underfull.
+                let underflow = node::used(pm) < MIN_FILL;
+                return Ok((
+                    Outcome {
+                        underflow,
+                        ..Outcome::default()
+                    },
+                    false,
+                ));
+            }
+            Ok((Outcome::full(i, cell), false))
+        }
+        Err(i) => {
+            let pm = ctx.page_mut(id)?;
+            if node::insert_cell(pm, PageKind::Leaf, i, cell) {
+                return Ok((Outcome::default(), true));
+            }
+            Ok((Outcome::full(i, cell), true))
+        }
     }
 }
 

@@ -228,11 +228,11 @@ proptest! {
 
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
-    /// `WriteTxn::replace` and `WriteTxn::take` hand back exactly what they overwrote or
-    /// deleted (values in overflow pages too: read before their chain is freed), and leave
-    /// the tree as a put or a delete would.
+    /// `WriteTxn::replace`, `take` and `modify` hand back (or see) exactly what the key
+    /// held (values in overflow pages too: read before their chain is freed), and leave the
+    /// tree as a put or a delete would; a declined `modify` changes nothing.
     #[test]
-    fn replace_and_take_return_the_value_they_removed(
+    fn replace_take_and_modify_see_the_value_they_replace(
         style in 0u8..4,
         ops in prop::collection::vec((0u32..200, any::<u32>(), any::<bool>()), 1..400),
     ) {
@@ -247,6 +247,30 @@ proptest! {
                         assert_eq!(tx.delete(&k)?, model.remove(&k).is_some());
                     } else if del {
                         assert_eq!(tx.take(&k)?, model.remove(&k));
+                    } else if v % 3 == 0 {
+                        // Read-modify-write: the new value is derived from the old one (a
+                        // value of another size each time), or declined when v % 9 == 0.
+                        let want_old = model.get(&k).cloned();
+                        let mut seen = None;
+                        let r = tx.modify(&k, |old| {
+                            seen = Some(old.map(<[u8]>::to_vec));
+                            (v % 9 != 0).then(|| {
+                                let mut n = value(v);
+                                n.extend_from_slice(old.unwrap_or(b"none").get(..7).unwrap_or(b"short"));
+                                n
+                            })
+                        })?;
+                        assert_eq!(seen, Some(want_old.clone()));
+                        if v % 9 == 0 {
+                            assert_eq!(r, None);
+                        } else {
+                            let mut n = value(v);
+                            n.extend_from_slice(
+                                want_old.as_deref().unwrap_or(b"none").get(..7).unwrap_or(b"short"),
+                            );
+                            assert_eq!(r, Some(want_old.is_none()));
+                            model.insert(k, n);
+                        }
                     } else {
                         let old = tx.replace(&k, &value(v))?;
                         assert_eq!(old, model.insert(k, value(v)));

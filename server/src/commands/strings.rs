@@ -83,6 +83,43 @@ fn string_of(w: &mut Writer<'_, '_>, key: &[u8]) -> model::Result<Result<StringV
     })
 }
 
+/// INCR's common cases in one descent (`WriteTxn::modify`): no key, or a live string that
+/// holds an integer the increment does not overflow; its expiry stays. Anything else —
+/// expired, another type, not an integer, an overflow — changes nothing here (None) and
+/// takes the general path, which answers it.
+fn incr_in_place(w: &mut Writer<'_, '_>, key: &[u8], by: i64) -> model::Result<Option<i64>> {
+    let mk = crate::model::layout::meta_key(key);
+    // The transaction's entry is what counts (a pending one in the group's cache first).
+    w.touched.metas.take(w.tx, &mk)?;
+    let now = w.now_ms;
+    let mut result = None;
+    let changed = w.tx.modify(&mk, |old| {
+        let (meta, n) = match old {
+            None => (Meta::new(Kind::String, 0), by),
+            Some(raw) => {
+                let (m, at) = Meta::decode(raw).ok()?;
+                if m.kind != Kind::String || m.expired(now) {
+                    return None;
+                }
+                let n = parse_i64(&raw[at..])?.checked_add(by)?;
+                (m, n)
+            }
+        };
+        result = Some(n);
+        Some(meta.encode(itoa::Buffer::new().format(n).as_bytes()))
+    })?;
+    match changed {
+        None => Ok(None),
+        Some(new_key) => {
+            if new_key {
+                w.touched.keys_delta += 1;
+            }
+            w.touch(key);
+            Ok(result)
+        }
+    }
+}
+
 /// Stores `value` as the string under `key`, replacing whatever is there (a collection's
 /// members go to the garbage collector). `expire_at`: the new expiry; a past one deletes.
 pub(crate) fn set_string(
@@ -239,6 +276,9 @@ pub(crate) fn write(w: &mut Writer<'_, '_>, name: &str, args: &[Bytes]) -> model
                     None => return Ok(Reply::err(NOT_INT)),
                 },
             };
+            if let Some(n) = incr_in_place(w, key, by)? {
+                return Ok(Reply::Int(n));
+            }
             let old = match string_of(w, key)? {
                 Err(r) => return Ok(r),
                 Ok(o) => o,

@@ -810,3 +810,41 @@ proptest! {
         prop_assert_eq!(grouped.dump(), alone.dump());
     }
 }
+
+#[test]
+fn incr_in_one_descent_keeps_redis_semantics() {
+    let mut h = Harness::new();
+    // A new key, a live integer with a TTL (kept), then the cases the one-descent path
+    // hands to the general one: an expired key, another type, not an integer, an overflow.
+    assert_eq!(h.run(&[b"INCR", b"n"]), Reply::Int(1));
+    h.run(&[b"SET", b"t", b"41", b"EX", b"100"]);
+    assert_eq!(h.run(&[b"INCRBY", b"t", b"1"]), Reply::Int(42));
+    assert_eq!(h.run(&[b"TTL", b"t"]), Reply::Int(100));
+    h.run(&[b"SET", b"gone", b"7", b"PX", b"10"]);
+    h.now += 20;
+    assert_eq!(h.run(&[b"INCR", b"gone"]), Reply::Int(1));
+    assert_eq!(h.run(&[b"TTL", b"gone"]), Reply::Int(-1));
+    h.run(&[b"SADD", b"s", b"a"]);
+    assert!(matches!(h.run(&[b"INCR", b"s"]), Reply::Error(e) if e.starts_with("WRONGTYPE")));
+    h.run(&[b"SET", b"x", b"abc"]);
+    assert!(matches!(h.run(&[b"INCR", b"x"]), Reply::Error(e) if e.contains("not an integer")));
+    h.run(&[b"SET", b"max", i64::MAX.to_string().as_bytes()]);
+    assert!(matches!(h.run(&[b"INCR", b"max"]), Reply::Error(e) if e.contains("overflow")));
+    assert_eq!(h.run(&[b"DBSIZE"]), Reply::Int(6));
+    assert_eq!(crate::model::expires_count(&h.db.read()).unwrap(), 1);
+    // In one group: a set made earlier in the group (its metadata still in the group's
+    // cache) is another type for INCR; a key INCR creates counts once.
+    let got = h.run_group(&[
+        &[b"SADD", b"fresh", b"a"],
+        &[b"INCR", b"fresh"],
+        &[b"INCR", b"c"],
+        &[b"INCR", b"c"],
+        &[b"DBSIZE"],
+    ]);
+    assert!(
+        matches!(&got[1], Reply::Error(e) if e.starts_with("WRONGTYPE")),
+        "{got:?}"
+    );
+    assert_eq!(got[2..], [Reply::Int(1), Reply::Int(2), Reply::Int(8)]);
+    assert_eq!(h.run(&[b"DBSIZE"]), Reply::Int(8));
+}

@@ -79,6 +79,18 @@ impl WriteTxn<'_> {
         tree_write::delete(&mut self.ctx, key)
     }
 
+    /// Read-modify-write in one descent: `f` gets the value under `key` (None: absent) and
+    /// returns the value to store, or None to change nothing. Returns None if `f` declined,
+    /// else whether the key is new.
+    pub fn modify(
+        &mut self,
+        key: &[u8],
+        mut f: impl FnMut(Option<&[u8]>) -> Option<Vec<u8>>,
+    ) -> Result<Option<bool>> {
+        check_sizes(key, None)?;
+        tree_write::modify(&mut self.ctx, key, &mut f)
+    }
+
     /// Deletes; returns the value the key held (`None`: it was absent). One descent where
     /// `get` then `delete` take two.
     pub fn take(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>> {
@@ -119,7 +131,7 @@ impl WriteTxn<'_> {
     }
 }
 
-fn check_sizes(k: &[u8], v: Option<&[u8]>) -> Result<()> {
+pub(crate) fn check_sizes(k: &[u8], v: Option<&[u8]>) -> Result<()> {
     if k.len() > MAX_KEY {
         return Err(Error::KeyTooLarge {
             len: k.len(),
