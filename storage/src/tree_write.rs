@@ -40,7 +40,19 @@ fn put_keeping(
 ) -> Result<bool> {
     let cell = build_leaf_cell(ctx, key, value)?;
     let root = ctx.meta.root;
-    let (mut out, inserted) = put_rec(ctx, root, key, &cell, 0, old)?;
+    let (out, inserted) = put_rec(ctx, root, key, &cell, 0, old)?;
+    finish_put(ctx, root, out, inserted)?;
+    Ok(inserted)
+}
+
+/// Completes a put at the root: splits a full root leaf, grows a new root over a split,
+/// hands the root down a branch left with one child, and counts a new key.
+fn finish_put(
+    ctx: &mut WriteCtx<'_>,
+    root: PageId,
+    mut out: Outcome,
+    inserted: bool,
+) -> Result<()> {
     if let Some((idx, cell)) = out.full.take() {
         // A root leaf has no siblings: it splits.
         out.split = split_with(ctx, root, PageKind::Leaf, idx, cell)?;
@@ -52,7 +64,7 @@ fn put_keeping(
     if inserted {
         ctx.meta.entries += 1;
     }
-    Ok(inserted)
+    Ok(())
 }
 
 /// `modify`'s function: the value a key holds (None: absent) → the value to store (None:
@@ -68,19 +80,10 @@ pub(crate) fn modify(
     f: &mut Derive<'_>,
 ) -> Result<Option<bool>> {
     let root = ctx.meta.root;
-    let Some((mut out, inserted)) = modify_rec(ctx, root, key, f, 0)? else {
+    let Some((out, inserted)) = modify_rec(ctx, root, key, f, 0)? else {
         return Ok(None);
     };
-    if let Some((idx, cell)) = out.full.take() {
-        out.split = split_with(ctx, root, PageKind::Leaf, idx, cell)?;
-    }
-    if let Some(up) = out.split {
-        grow_root(ctx, root, up)?;
-    }
-    shrink_root(ctx)?;
-    if inserted {
-        ctx.meta.entries += 1;
-    }
+    finish_put(ctx, root, out, inserted)?;
     Ok(Some(inserted))
 }
 
