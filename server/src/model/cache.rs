@@ -113,6 +113,14 @@ impl MetaCache {
         Ok(())
     }
 
+    /// Forgets the key, written or not: the caller is about to overwrite or delete its entry
+    /// in the transaction, so a pending newer version need not be written first.
+    pub fn forget(&mut self, mk: &[u8]) {
+        if let Some(i) = self.entries.iter().position(|e| e.key == mk) {
+            self.entries.swap_remove(i);
+        }
+    }
+
     /// Writes every pending entry to the transaction and empties the cache.
     pub fn flush(&mut self, tx: &mut WriteTxn<'_>) -> storage::Result<()> {
         for e in self.entries.drain(..) {

@@ -417,7 +417,7 @@ impl Writer<'_, '_> {
     pub fn put(&mut self, key: &[u8], old: Option<&Meta>, meta: &Meta, value: &[u8]) -> Result<()> {
         let mk = meta_key(key);
         if !self.touched.metas.put(&mk, meta) {
-            self.touched.metas.take(self.tx, &mk)?;
+            self.touched.metas.forget(&mk);
             self.tx.put(&mk, &meta.encode(value))?;
         }
         if old.is_none() {
@@ -464,7 +464,7 @@ impl Writer<'_, '_> {
     /// when it is small, in the background (`collect_garbage`) otherwise.
     pub fn delete(&mut self, key: &[u8], meta: &Meta) -> Result<()> {
         let mk = meta_key(key);
-        self.touched.metas.take(self.tx, &mk)?;
+        self.touched.metas.forget(&mk);
         self.tx.delete(&mk)?;
         if let Some(at) = meta.expire_at {
             self.tx.delete(&layout::expiry_key(at, key))?;

@@ -848,3 +848,46 @@ fn incr_in_one_descent_keeps_redis_semantics() {
     assert_eq!(got[2..], [Reply::Int(1), Reply::Int(2), Reply::Int(8)]);
     assert_eq!(h.run(&[b"DBSIZE"]), Reply::Int(8));
 }
+
+#[test]
+fn a_group_over_more_keys_than_the_cache_holds_matches_one_by_one() {
+    // 40 collections of four types, each written twice and read once in one group: the
+    // metadata cache (32 keys) fills, flushes and fills again mid-group.
+    let mut cmds: Vec<Vec<Vec<u8>>> = Vec::new();
+    for round in [&b"a"[..], b"b"] {
+        for i in 0..40u8 {
+            let k = format!("c{i}").into_bytes();
+            let c: Vec<&[u8]> = match i % 4 {
+                0 => vec![b"SADD", &k, round],
+                1 => vec![b"ZADD", &k, b"1", round],
+                2 => vec![b"RPUSH", &k, round],
+                _ => vec![b"HSET", &k, round, b"v"],
+            };
+            cmds.push(c.into_iter().map(<[u8]>::to_vec).collect());
+        }
+    }
+    for i in 0..40u8 {
+        cmds.push(vec![b"TYPE".to_vec(), format!("c{i}").into_bytes()]);
+    }
+    cmds.push(vec![b"DBSIZE".to_vec()]);
+    let alone = Harness::new();
+    let grouped = Harness::new();
+    let want: Vec<Reply> = cmds
+        .iter()
+        .map(|c| {
+            alone.write(
+                &c.iter()
+                    .map(|a| Bytes::copy_from_slice(a))
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    let refs: Vec<Vec<&[u8]>> = cmds
+        .iter()
+        .map(|c| c.iter().map(Vec::as_slice).collect())
+        .collect();
+    let group: Vec<&[&[u8]]> = refs.iter().map(Vec::as_slice).collect();
+    assert_eq!(grouped.run_group(&group), want);
+    assert_eq!(want.last(), Some(&Reply::Int(40)));
+    assert_eq!(grouped.dump(), alone.dump());
+}
