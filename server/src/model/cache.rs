@@ -24,8 +24,8 @@ const CAPACITY: usize = 32;
 struct Entry {
     /// The engine key of the metadata entry (`layout::meta_key`).
     key: Vec<u8>,
-    /// The metadata as of now (None: no such key).
-    meta: Option<Meta>,
+    /// The collection's metadata as of now.
+    meta: Meta,
     /// Newer than the transaction's entry: written at the next flush.
     dirty: bool,
 }
@@ -39,31 +39,28 @@ pub struct MetaCache {
 }
 
 impl MetaCache {
-    /// What the cache knows of the entry under engine key `mk`: None if it does not hold it,
-    /// `Some(None)` for a key known to be absent.
-    pub fn get(&self, mk: &[u8]) -> Option<Option<&Meta>> {
+    /// The collection metadata the cache holds under engine key `mk`, if any. (Absent keys
+    /// are not kept: a new collection enters with its first `put`.)
+    pub fn get(&self, mk: &[u8]) -> Option<&Meta> {
         if !self.active {
             return None;
         }
-        self.entries
-            .iter()
-            .find(|e| e.key == mk)
-            .map(|e| e.meta.as_ref())
+        self.entries.iter().find(|e| e.key == mk).map(|e| &e.meta)
     }
 
-    /// Remembers what the transaction holds under `mk` (a collection's metadata, or nothing);
-    /// strings are not kept (their value is in the entry).
+    /// Remembers what the transaction holds under `mk`: a collection's metadata (strings
+    /// are not kept: their value is in the entry).
     pub fn note_clean(
         &mut self,
         tx: &mut WriteTxn<'_>,
         mk: &[u8],
-        meta: Option<&Meta>,
+        meta: &Meta,
     ) -> storage::Result<()> {
-        if !self.active || meta.is_some_and(|m| m.kind == Kind::String) {
+        if !self.active || meta.kind == Kind::String {
             return Ok(());
         }
         if let Some(e) = self.entries.iter_mut().find(|e| e.key == mk) {
-            e.meta = meta.cloned();
+            e.meta = meta.clone();
             e.dirty = false;
             return Ok(());
         }
@@ -72,7 +69,7 @@ impl MetaCache {
         }
         self.entries.push(Entry {
             key: mk.to_vec(),
-            meta: meta.cloned(),
+            meta: meta.clone(),
             dirty: false,
         });
         Ok(())
@@ -85,7 +82,7 @@ impl MetaCache {
             return false;
         }
         if let Some(e) = self.entries.iter_mut().find(|e| e.key == mk) {
-            e.meta = Some(meta.clone());
+            e.meta = meta.clone();
             e.dirty = true;
             return true;
         }
@@ -94,7 +91,7 @@ impl MetaCache {
         }
         self.entries.push(Entry {
             key: mk.to_vec(),
-            meta: Some(meta.clone()),
+            meta: meta.clone(),
             dirty: true,
         });
         true
@@ -142,8 +139,5 @@ impl MetaCache {
 }
 
 fn write(tx: &mut WriteTxn<'_>, e: &Entry) -> storage::Result<()> {
-    match &e.meta {
-        Some(m) => tx.put(&e.key, &m.encode(b"")).map(|_| ()),
-        None => tx.delete(&e.key).map(|_| ()),
-    }
+    tx.put(&e.key, &e.meta.encode(b"")).map(|_| ())
 }

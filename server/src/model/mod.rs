@@ -383,15 +383,13 @@ impl Writer<'_, '_> {
     pub fn lookup(&mut self, key: &[u8]) -> Result<Option<(Meta, Vec<u8>)>> {
         let mk = meta_key(key);
         let (meta, value) = match self.touched.metas.get(&mk) {
-            Some(None) => return Ok(None),
-            Some(Some(m)) => (m.clone(), Vec::new()),
+            Some(m) => (m.clone(), Vec::new()),
             None => {
                 let Some(raw) = self.tx.get(&mk)? else {
-                    self.touched.metas.note_clean(self.tx, &mk, None)?;
                     return Ok(None);
                 };
                 let (meta, at) = Meta::decode(&raw)?;
-                self.touched.metas.note_clean(self.tx, &mk, Some(&meta))?;
+                self.touched.metas.note_clean(self.tx, &mk, &meta)?;
                 (meta, raw[at..].to_vec())
             }
         };
