@@ -40,15 +40,8 @@ for _ in $(seq "$rounds"); do
         else
             spec=${sys#*=}
             IFS=, read -r -a parts <<< "$spec"
-            bin=${parts[0]}
-            [ -x "$bin" ] || { echo "not an executable: $bin" >&2; exit 1; }
-            rm -rf "$work/r"
-            env "${parts[@]:1}" "$bin" serve --dir "$work/r" --port 6390 --log-level warn &
-            echo $! > "$work/r.pid"
-            for _ in $(seq 100); do
-                redis-cli -p 6390 INFO persistence 2>/dev/null | grep -q '^loading:0' && break
-                sleep 0.1
-            done
+            [ -x "${parts[0]}" ] || { echo "not an executable: ${parts[0]}" >&2; exit 1; }
+            start_replidb "${parts[@]}"
             port=6390
             pid="$work/r.pid"
         fi

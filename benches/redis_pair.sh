@@ -1,7 +1,9 @@
 # Shared by the scripts that compare replidb with redis-server (sourced): start either one
 # on its port in the work directory $work, and stop it.
+# start_replidb [BINARY [VAR=VALUE...]]: $bin unless another binary (and environment) is named.
 start_replidb() {
-    rm -rf "$work/r"; "$bin" serve --dir "$work/r" --port 6390 --log-level warn & echo $! > "$work/r.pid"
+    local b=${1:-$bin}; [ $# -gt 0 ] && shift
+    rm -rf "$work/r"; env "$@" "$b" serve --dir "$work/r" --port 6390 --log-level warn & echo $! > "$work/r.pid"
     for _ in $(seq 100); do redis-cli -p 6390 INFO persistence 2>/dev/null | grep -q '^loading:0' && return; sleep 0.1; done
     echo "replidb did not start" >&2; exit 1
 }
