@@ -91,10 +91,10 @@ impl Published {
         }
         for (id, buf) in pages {
             let slot = &mut self.frames[id.0 as usize];
-            if slot.is_none() {
-                self.frame_count += 1;
+            match slot.replace(buf) {
+                Some(old) => page::recycle(old),
+                None => self.frame_count += 1,
             }
-            *slot = Some(buf);
         }
         if meta.page_count < self.meta.page_count {
             // A shrink step lowered the count: frames of the pages cut off are gone (a

@@ -3,7 +3,8 @@
 //! batch that fails half-way is dropped without trace.
 
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 
 use crate::error::Result;
 use crate::freelist;
@@ -16,7 +17,9 @@ pub(crate) type ChangedPages = Vec<(PageId, PageArc)>;
 
 pub(crate) struct WriteCtx<'a> {
     base: &'a Published,
-    dirty: HashMap<PageId, PageArc>,
+    /// Keyed by page number: a fast integer hash, as every page a descent reads is looked
+    /// up here first.
+    dirty: FxHashMap<PageId, PageArc>,
     pub meta: Meta,
 }
 
@@ -34,7 +37,7 @@ impl<'a> WriteCtx<'a> {
     pub fn new(base: &'a Published) -> WriteCtx<'a> {
         WriteCtx {
             base,
-            dirty: HashMap::new(),
+            dirty: FxHashMap::default(),
             meta: base.meta,
         }
     }
