@@ -214,6 +214,12 @@ pub fn replica_apply(data: &[u8]) {
                     let off = input.u16() % PAGE_SIZE as u16;
                     let len = u16::from(input.u8());
                     runs.extend_from_slice(&off.to_le_bytes());
+                    if len & 1 == 1 {
+                        // A copy run: from another offset of the page before the record.
+                        runs.extend_from_slice(&(len | 0x8000).to_le_bytes());
+                        runs.extend_from_slice(&(input.u16() % PAGE_SIZE as u16).to_le_bytes());
+                        continue;
+                    }
                     runs.extend_from_slice(&len.to_le_bytes());
                     let b = input.take(usize::from(len)).to_vec();
                     runs.extend_from_slice(&b);
