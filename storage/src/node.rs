@@ -251,10 +251,6 @@ fn set_head_skip(p: &mut [u8], kind: PageKind, skip: usize) {
 }
 
 /// Length of the common prefix of `a` and `b`.
-fn common_prefix(a: &[u8], b: &[u8]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
-}
-
 #[inline]
 fn content_start(p: &[u8]) -> usize {
     header(p).content_start.get() as usize
@@ -301,7 +297,7 @@ pub fn insert_cell(p: &mut [u8], kind: PageKind, idx: usize, cell: &[u8]) -> boo
         let shared = if n == 0 {
             key.len()
         } else {
-            common_prefix(shared_prefix(p, kind), key)
+            page::common_prefix(shared_prefix(p, kind), key)
         };
         if shared < skip {
             set_head_skip(p, kind, shared);
@@ -408,7 +404,7 @@ pub fn rebuild<C: AsRef<[u8]>>(
     header_mut(p).link.set(link.0);
     // Keys are in order: the prefix of the first and the last is shared by all.
     if let (Some(first), Some(last)) = (cells.first(), cells.last()) {
-        let skip = common_prefix(
+        let skip = page::common_prefix(
             cell_key(kind, first.as_ref()),
             cell_key(kind, last.as_ref()),
         );

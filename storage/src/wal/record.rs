@@ -427,7 +427,7 @@ pub fn delta_runs(old: &[u8], new: &[u8], out: &mut Vec<u8>) -> Option<()> {
     let start = out.len();
     let mut i = 0;
     while i < PAGE_SIZE {
-        i = first_difference(old, new, i);
+        i += page::common_prefix(&old[i..], &new[i..]);
         if i == PAGE_SIZE {
             break;
         }
@@ -470,13 +470,13 @@ fn emit_run(old: &[u8], new: &[u8], a: usize, b: usize, out: &mut Vec<u8>) {
             }
             let from = |j: usize| (j as isize - d) as usize;
             if lo == a {
-                let n = common_prefix(&new[a..hi], &old[from(a)..from(hi)]);
+                let n = page::common_prefix(&new[a..hi], &old[from(a)..from(hi)]);
                 if n > len_of(&best) {
                     best = Some((a, a + n, d));
                 }
             }
             if hi == b {
-                let n = common_suffix(&new[lo..b], &old[from(lo)..from(b)]);
+                let n = page::common_suffix(&new[lo..b], &old[from(lo)..from(b)]);
                 if n > len_of(&best) {
                     best = Some((b - n, b, d));
                 }
@@ -500,45 +500,6 @@ fn emit_run(old: &[u8], new: &[u8], a: usize, b: usize, out: &mut Vec<u8>) {
         }
         _ => literal(out, a, b),
     }
-}
-
-/// How many bytes `x` and `y` share from their starts (compared a word at a time).
-fn common_prefix(x: &[u8], y: &[u8]) -> usize {
-    let n = x.len().min(y.len());
-    let mut i = 0;
-    while i + 8 <= n {
-        let a = u64::from_le_bytes(x[i..i + 8].try_into().expect("8 bytes"));
-        let b = u64::from_le_bytes(y[i..i + 8].try_into().expect("8 bytes"));
-        if a != b {
-            return i + ((a ^ b).trailing_zeros() / 8) as usize;
-        }
-        i += 8;
-    }
-    while i < n && x[i] == y[i] {
-        i += 1;
-    }
-    i
-}
-
-/// How many bytes `x` and `y` share at their ends (compared a word at a time).
-fn common_suffix(x: &[u8], y: &[u8]) -> usize {
-    let n = x.len().min(y.len());
-    let (x, y) = (&x[x.len() - n..], &y[y.len() - n..]);
-    let mut k = 0;
-    while k + 8 <= n {
-        let at = n - k - 8;
-        let a = u64::from_le_bytes(x[at..at + 8].try_into().expect("8 bytes"));
-        let b = u64::from_le_bytes(y[at..at + 8].try_into().expect("8 bytes"));
-        if a != b {
-            // Little-endian: the word's last byte is its most significant.
-            return k + ((a ^ b).leading_zeros() / 8) as usize;
-        }
-        k += 8;
-    }
-    while k < n && x[n - 1 - k] == y[n - 1 - k] {
-        k += 1;
-    }
-    k
 }
 
 /// The end (exclusive) of the run of differences that starts at `i` (where `old` and `new`
@@ -576,38 +537,6 @@ fn run_end(old: &[u8], new: &[u8], i: usize) -> usize {
         j += 8;
     }
     end
-}
-
-/// The first index at or after `i` where `old` and `new` (pages) differ, or `PAGE_SIZE`.
-/// Equal stretches are skipped 32 bytes at a time (fixed-size compares the compiler turns
-/// into vector instructions), and the differing byte is found from a word's XOR.
-fn first_difference(old: &[u8], new: &[u8], mut i: usize) -> usize {
-    let word = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
-    while !i.is_multiple_of(8) && i < PAGE_SIZE {
-        if old[i] != new[i] {
-            return i;
-        }
-        i += 1;
-    }
-    while i + 32 <= PAGE_SIZE {
-        let a: &[u8; 32] = old[i..i + 32].try_into().expect("32 bytes");
-        let b: &[u8; 32] = new[i..i + 32].try_into().expect("32 bytes");
-        if a != b {
-            break;
-        }
-        i += 32;
-    }
-    while i + 8 <= PAGE_SIZE {
-        let x = word(old, i) ^ word(new, i);
-        if x != 0 {
-            return i + (x.trailing_zeros() / 8) as usize;
-        }
-        i += 8;
-    }
-    while i < PAGE_SIZE && old[i] == new[i] {
-        i += 1;
-    }
-    i
 }
 
 pub fn encode_page_delta(
