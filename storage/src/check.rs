@@ -172,11 +172,16 @@ impl<S: PageSource> Checker<'_, S> {
                 "page {id}: cells take {cells_bytes} bytes, the header accounts {area}"
             )));
         }
-        if !root && node::used(p) < MIN_FILL {
+        // Deletes keep a branch at least `MIN_FILL` full; a leaf only non-empty (an empty one
+        // leaves the tree, a sparse one waits for a merge or the repack: tree_write.rs).
+        if !root && kind == PageKind::Branch && node::used(p) < MIN_FILL {
             return Err(fail(format!(
-                "page {id}: {} bytes used, below the minimum {MIN_FILL}",
+                "branch {id}: {} bytes used, below the minimum {MIN_FILL}",
                 node::used(p)
             )));
+        }
+        if !root && n == 0 {
+            return Err(fail(format!("page {id}: an empty page below the root")));
         }
         let in_bounds = |k: &[u8]| lo.is_none_or(|l| k >= l) && hi.is_none_or(|h| k < h);
         match kind {
