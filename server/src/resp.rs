@@ -258,14 +258,15 @@ impl Encoder {
 
     /// A double (a bulk string in RESP2), printed as Redis 7 prints scores.
     pub fn double(&self, out: &mut BytesMut, v: f64) {
-        let s = crate::model::number::fmt_score(v);
-        if self.resp3 {
-            out.put_u8(b',');
-            out.put_slice(s.as_bytes());
-            out.put_slice(b"\r\n");
-        } else {
-            self.bulk(out, s.as_bytes());
-        }
+        crate::model::number::with_score_text(v, |s| {
+            if self.resp3 {
+                out.put_u8(b',');
+                out.put_slice(s.as_bytes());
+                out.put_slice(b"\r\n");
+            } else {
+                self.bulk(out, s.as_bytes());
+            }
+        })
     }
 
     pub fn opt_bulk(&self, out: &mut BytesMut, b: Option<&[u8]>) {

@@ -14,6 +14,23 @@ pub fn parse_f64(b: &[u8]) -> Option<f64> {
 /// A score in a reply, as Redis 7 prints doubles: the shortest text that reads back as the
 /// same number, `%.17g`-style (an exponent below 1e-4 and from 1e17), `inf` / `-inf`.
 pub fn fmt_score(v: f64) -> String {
+    with_score_text(v, str::to_owned)
+}
+
+/// Below this an integral double's digits are exactly its integer's, and `%.17g` prints no
+/// exponent for them.
+const EXACT_INT: f64 = 9_007_199_254_740_992.0;
+
+/// Calls `f` with `fmt_score(v)`'s text; an integral score (what most applications store)
+/// is printed as its integer, without the float formatting or an allocation.
+pub fn with_score_text<R>(v: f64, f: impl FnOnce(&str) -> R) -> R {
+    if v.fract() == 0.0 && v.abs() < EXACT_INT {
+        return f(itoa::Buffer::new().format(v as i64));
+    }
+    f(&fmt_score_slow(v))
+}
+
+fn fmt_score_slow(v: f64) -> String {
     if v.is_infinite() {
         return if v > 0.0 { "inf".into() } else { "-inf".into() };
     }
@@ -160,6 +177,21 @@ mod tests {
         assert_eq!(fmt_score(0.0001), "0.0001");
         assert_eq!(fmt_score(f64::INFINITY), "inf");
         assert_eq!(fmt_score(f64::NEG_INFINITY), "-inf");
+        // The integral fast path prints what the general one does.
+        for v in [
+            0.0,
+            -0.0,
+            7.0,
+            -7.0,
+            58_327.0,
+            1e15,
+            -1e15,
+            EXACT_INT - 1.0,
+            -(EXACT_INT - 1.0),
+        ] {
+            assert_eq!(fmt_score(v), fmt_score_slow(v), "{v}");
+        }
+        assert_eq!(fmt_score(1e17), "1e+17");
         assert_eq!(fmt_score(123456789.0), "123456789");
     }
 
