@@ -193,13 +193,8 @@ fn random_inserts_split_and_a_repack_packs_the_leaves() {
     assert_eq!(db.check_integrity().unwrap().entries, n);
 }
 
-/// An ordered load packs leaves full: appends after a parent's last key fill the pages to
-/// the left and leave room only in the last (a split in two would leave them half full).
-#[test]
-fn ordered_inserts_pack_leaves_full() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = Db::open(dir.path(), Options::default()).unwrap();
-    let n = 30_000u64;
+/// Keys 0..n (8 bytes, big-endian) in key order with 100-byte values, 1,000 a commit.
+fn load_in_order(db: &Db, n: u64) {
     for chunk in 0..n / 1000 {
         let mut b = WriteBatch::new();
         for i in chunk * 1000..(chunk + 1) * 1000 {
@@ -207,6 +202,15 @@ fn ordered_inserts_pack_leaves_full() {
         }
         db.commit(&b, Durability::Off).unwrap();
     }
+}
+
+/// An ordered load packs leaves full: appends after a parent's last key fill the pages to
+/// the left and leave room only in the last (a split in two would leave them half full).
+#[test]
+fn ordered_inserts_pack_leaves_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path(), Options::default()).unwrap();
+    load_in_order(&db, 30_000);
     let fill = leaf_fill(&db, 8);
     eprintln!("ordered inserts: leaves {:.1}% full", fill * 100.0);
     assert!(fill > 0.95, "leaves {:.0}% full", fill * 100.0);
@@ -223,13 +227,7 @@ fn pops_at_either_end_rewrite_only_the_end_leaf() {
         let dir = tempfile::tempdir().unwrap();
         let db = Db::open(dir.path(), Options::default()).unwrap();
         let n = 20_000u64;
-        for chunk in 0..n / 1000 {
-            let mut b = WriteBatch::new();
-            for i in chunk * 1000..(chunk + 1) * 1000 {
-                b.put(i.to_be_bytes().to_vec(), vec![b'v'; 100]);
-            }
-            db.commit(&b, Durability::Off).unwrap();
-        }
+        load_in_order(&db, n);
         let packed = leaf_fill(&db, 8);
         let leaves = db.check_integrity().unwrap().leaf_pages;
         let mut lowest = packed;
