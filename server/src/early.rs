@@ -1,8 +1,8 @@
 //! The node's port before its database is open: a new replica waiting for its primary, or
 //! laying down a base backup, or a cluster member waiting for etcd. The port is bound first
 //! thing, so a health check or a person can always ask the node what it is doing: `PING`,
-//! `INFO`, `ROLE`, `CONFIG GET`, `AUTH` and `CLIENT` are answered, and everything else gets
-//! `-LOADING` with what the node waits for (as Redis answers during a sync). A replication
+//! `ECHO`, `INFO`, `ROLE`, `CONFIG GET`, `AUTH` and `CLIENT` are answered, and everything
+//! else gets `-LOADING` with what the node waits for (as Redis answers during a sync). A replication
 //! connection gets an error frame: "this is the node itself" when its hello carries this
 //! node's own id (how `--replicaof` at its own address is found out, whatever the address),
 //! otherwise "not serving yet".
@@ -250,6 +250,10 @@ fn answer(
             Some(m) => enc.bulk(out, m),
             None => enc.simple(out, "PONG"),
         },
+        "ECHO" => match args {
+            [_, m] => enc.bulk(out, m),
+            _ => enc.error(out, "ERR wrong number of arguments for 'echo' command"),
+        },
         "QUIT" => {
             enc.simple(out, "OK");
             return Next::Close;
@@ -274,7 +278,11 @@ fn answer(
                 .map(|s| s.to_ascii_uppercase())
                 .unwrap_or_default();
             match (&sub[..], args.len()) {
-                (b"SETNAME", 3) if !args[2].iter().any(|&c| c == b' ' || c == b'\n') => {
+                (b"SETNAME", 3) if args[2].iter().any(|&c| c == b' ' || c == b'\n') => enc.error(
+                    out,
+                    "ERR Client names cannot contain spaces, newlines or special characters.",
+                ),
+                (b"SETNAME", 3) => {
                     client.name = Some(args[2].clone());
                     enc.simple(out, "OK");
                 }

@@ -192,6 +192,14 @@ fn a_new_replica_waiting_for_its_primary_answers_and_reads_get_loading() {
         .arg("early")
         .query(&mut c)
         .unwrap();
+    let err = cmd("CLIENT")
+        .arg("SETNAME")
+        .arg("two words")
+        .query::<()>(&mut c)
+        .unwrap_err();
+    assert!(format!("{err}").contains("cannot contain spaces"), "{err}");
+    let echo: String = cmd("ECHO").arg("still here").query(&mut c).unwrap();
+    assert_eq!(echo, "still here");
     let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let hello = raw_request(&mut raw, b"*2\r\n$5\r\nHELLO\r\n$1\r\n3\r\n", b"modules");
