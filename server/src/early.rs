@@ -278,14 +278,13 @@ fn answer(
                 .map(|s| s.to_ascii_uppercase())
                 .unwrap_or_default();
             match (&sub[..], args.len()) {
-                (b"SETNAME", 3) if args[2].iter().any(|&c| c == b' ' || c == b'\n') => enc.error(
-                    out,
-                    "ERR Client names cannot contain spaces, newlines or special characters.",
-                ),
-                (b"SETNAME", 3) => {
-                    client.name = Some(args[2].clone());
-                    enc.simple(out, "OK");
-                }
+                (b"SETNAME", 3) => match crate::commands::connection::bad_client_name(&args[2]) {
+                    Some(e) => enc.error(out, e),
+                    None => {
+                        client.name = Some(args[2].clone());
+                        enc.simple(out, "OK");
+                    }
+                },
                 (b"SETINFO", 4) => enc.simple(out, "OK"),
                 (b"GETNAME", 2) => enc.opt_bulk(out, client.name.as_deref()),
                 _ => enc.error(out, &st.loading_message()),

@@ -250,7 +250,7 @@ fn set_head_skip(p: &mut [u8], kind: PageKind, skip: usize) {
     }
 }
 
-/// Length of the common prefix of `a` and `b`.
+/// Where the cell area begins.
 #[inline]
 fn content_start(p: &[u8]) -> usize {
     header(p).content_start.get() as usize

@@ -530,9 +530,9 @@ fn rebalance(ctx: &mut WriteCtx<'_>, pid: PageId, ci: usize) -> Result<Option<Ce
     insert_branch_cell(ctx, pid, li, new_sep)
 }
 
-/// Leaf `ci` of branch `pid` is underfull after a delete. An empty one leaves the tree; one
-/// with cells goes into a sibling (the left one first) that has room for them all; one
-/// whose siblings have no room stays as it is: each of them is then more than three
+/// Leaf `ci` of branch `pid` is underfull after a delete. It goes into a sibling (the left
+/// one first) that has room for all its cells — an empty one into either, its neighbour
+/// untouched, as nothing moves; one whose siblings have no room stays as it is: each of them is then more than three
 /// quarters full, so the pair is still over half full on average, and a sibling that later
 /// falls under the minimum itself finds room here.
 ///
@@ -548,9 +548,6 @@ fn merge_leaf(ctx: &mut WriteCtx<'_>, pid: PageId, ci: usize) -> Result<()> {
     let n = node::count(p);
     let child = node::child(p, ci);
     let used = node::used(ctx.page(child)?);
-    if node::count(ctx.page(child)?) == 0 {
-        return drop_child(ctx, pid, ci);
-    }
     let mut pair = None;
     for li in [ci.checked_sub(1), (ci < n).then_some(ci)]
         .into_iter()
@@ -585,17 +582,20 @@ fn merge_leaf(ctx: &mut WriteCtx<'_>, pid: PageId, ci: usize) -> Result<()> {
     } else {
         0
     };
-    let kp = ctx.page_mut(keep)?;
-    for i in 0..k {
-        if !node::insert_cell(
-            kp,
-            PageKind::Leaf,
-            at + i,
-            node::cell(&moved, PageKind::Leaf, i),
-        ) {
-            return Err(Error::Invariant(format!(
-                "merging leaf {gone} into {keep}: the cells did not fit"
-            )));
+    // An empty leaf moves nothing: the page kept is not even copied.
+    if k > 0 {
+        let kp = ctx.page_mut(keep)?;
+        for i in 0..k {
+            if !node::insert_cell(
+                kp,
+                PageKind::Leaf,
+                at + i,
+                node::cell(&moved, PageKind::Leaf, i),
+            ) {
+                return Err(Error::Invariant(format!(
+                    "merging leaf {gone} into {keep}: the cells did not fit"
+                )));
+            }
         }
     }
     ctx.free(gone)?;
@@ -613,25 +613,6 @@ fn merge_leaf(ctx: &mut WriteCtx<'_>, pid: PageId, ci: usize) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Removes empty child `ci` of branch `pid` (which has other children): its separator goes
-/// (for the leftmost child, the next child's, which becomes the leftmost) and its page is
-/// freed. Keys of the dropped range now route to a neighbour, which holds none of them.
-fn drop_child(ctx: &mut WriteCtx<'_>, pid: PageId, ci: usize) -> Result<()> {
-    let p = ctx.page(pid)?;
-    let child = node::child(p, ci);
-    let si = ci.saturating_sub(1);
-    let sep_cell = node::cell(p, PageKind::Branch, si).to_vec();
-    let pm = ctx.page_mut(pid)?;
-    node::remove_cell(pm, PageKind::Branch, si);
-    if ci == 0 {
-        page::header_mut(pm)
-            .link
-            .set(node::branch_cell_child(&sep_cell).0);
-    }
-    free_branch_cell_chain(ctx, &sep_cell)?;
-    ctx.free(child)
 }
 
 /// The shortest key `s` with `left_last < s <= right_first` (suffix truncation), so branch

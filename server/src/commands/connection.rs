@@ -122,8 +122,8 @@ impl Session {
         let sub = args.get(1).map(|s| upper(s)).unwrap_or_default();
         match (sub.as_str(), args.len()) {
             ("SETNAME", 3) => {
-                if args[2].iter().any(|&c| c == b' ' || c == b'\n') {
-                    self.err(out, "ERR Client names cannot contain spaces, newlines or special characters.");
+                if let Some(e) = bad_client_name(&args[2]) {
+                    self.err(out, e);
                 } else {
                     self.name = Some(args[2].clone());
                     self.enc.simple(&mut out.buf, "OK");
@@ -199,4 +199,11 @@ pub(crate) fn hello_reply(
     enc.bulk(b, role);
     enc.bulk(b, b"modules");
     enc.array(b, 0);
+}
+
+/// Why `CLIENT SETNAME` refuses `name`, if it does (the server's loop and the early port).
+pub(crate) fn bad_client_name(name: &[u8]) -> Option<&'static str> {
+    name.iter()
+        .any(|&c| c == b' ' || c == b'\n')
+        .then_some("ERR Client names cannot contain spaces, newlines or special characters.")
 }
