@@ -7,7 +7,7 @@ use std::ops::Bound;
 use crate::btree::{self, node_kind, MAX_DEPTH};
 use crate::error::{Error, Result};
 use crate::node::{self, KeyRef, ValRef};
-use crate::page::PageKind;
+use crate::page::{self, PageKind};
 use crate::pager::PageSource;
 use crate::types::PageId;
 
@@ -130,7 +130,7 @@ impl<'a> Cursor<'a> {
     #[inline]
     fn prefetch_cell(&self, i: usize) {
         if i < self.count {
-            prefetch(&self.leaf[node::slot(self.leaf, i)..]);
+            page::prefetch(&self.leaf[node::slot(self.leaf, i)..]);
         }
     }
 
@@ -236,17 +236,3 @@ impl<'a> Cursor<'a> {
 /// order, so the hardware prefetcher cannot follow a scan; asking a few cells ahead overlaps
 /// their cache misses instead of taking them one at a time.
 const PREFETCH_DISTANCE: usize = 8;
-
-/// A hint to start loading the cache line at the start of `b`.
-#[inline]
-fn prefetch(b: &[u8]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        // SAFETY: the pointer comes from a live slice; a prefetch is only a hint: it never
-        // faults and changes no memory, whatever the address.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(b.as_ptr().cast()) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = b;
-}

@@ -270,14 +270,24 @@ pub fn used(p: &[u8]) -> usize {
 
 /// Inserts `cell` at slot `idx`, compacting if needed. Returns false if it does not fit.
 pub fn insert_cell(p: &mut [u8], kind: PageKind, idx: usize, cell: &[u8]) -> bool {
+    insert_cell_where(p, kind, idx, cell).is_some()
+}
+
+/// The stretches of a page a change wrote (`a..b` each; an empty one is `b == a`): every
+/// byte it may have changed lies in one of them.
+pub type Wrote = [(usize, usize); 2];
+
+/// `insert_cell`, telling where it wrote: `None` (nothing written) if the cell does not fit.
+pub fn insert_cell_where(p: &mut [u8], kind: PageKind, idx: usize, cell: &[u8]) -> Option<Wrote> {
     let need = cell.len() + SLOT;
     // A cell that does not fit the gap goes into a dead cell's hole if one is big enough
     // (only its bytes change, so the page's WAL delta stays small); otherwise the cell area
     // is compacted, which moves every cell.
     let mut hole = None;
+    let mut compacted = false;
     if gap(p) < need {
         if USABLE - used(p) < need {
-            return false;
+            return None;
         }
         // Dead bytes fewer than the cell's: no hole can hold it, no need to look.
         if gap(p) >= SLOT && header(p).garbage.get() as usize >= cell.len() {
@@ -285,6 +295,7 @@ pub fn insert_cell(p: &mut [u8], kind: PageKind, idx: usize, cell: &[u8]) -> boo
         }
         if hole.is_none() {
             compact(p, kind);
+            compacted = true;
         }
     }
     let n = count(p);
@@ -318,7 +329,16 @@ pub fn insert_cell(p: &mut [u8], kind: PageKind, idx: usize, cell: &[u8]) -> boo
     } else {
         h.content_start.set(start as u16);
     }
-    true
+    if compacted {
+        // Every cell moved.
+        return Some([(0, PAGE_SIZE), (0, 0)]);
+    }
+    // The header, the slots (all of them: a shorter shared prefix rewrites every head) and
+    // the cell.
+    Some([
+        (0, HEADER_SIZE + SLOT * (n + 1)),
+        (start, start + cell.len()),
+    ])
 }
 
 /// Most cells a page can hold (each costs at least a slot and two length fields).
@@ -355,7 +375,8 @@ fn find_hole(p: &[u8], kind: PageKind, len: usize) -> Option<usize> {
     best.map(|(start, _)| start)
 }
 
-/// Removes the cell at slot `idx` (its overflow pages are the caller's business).
+/// Removes the cell at slot `idx` (its overflow pages are the caller's business). Writes
+/// only the header and the slots, `..HEADER_SIZE + SLOT * count` as they were before.
 pub fn remove_cell(p: &mut [u8], kind: PageKind, idx: usize) {
     let n = count(p);
     let off = slot(p, idx);

@@ -206,6 +206,9 @@ fn put_rec(
             Ok((fix_child(ctx, id, ci, out)?, inserted))
         }
         _ => {
+            // The leaf is about to be copied into the overlay: all of it, not only the
+            // lines the search reads.
+            page::prefetch_range(p, 0, PAGE_SIZE);
             let at = btree::search_leaf(ctx, p, key)?;
             put_in_leaf(ctx, id, at, cell, keep)
         }
@@ -230,17 +233,16 @@ fn put_in_leaf(
                 *keep = Some(btree::load_value(ctx, v)?.into_owned());
             }
             let old = node::cell(p, PageKind::Leaf, i).to_vec();
+            let off = node::slot(p, i);
             free_leaf_cell_chains(ctx, &old)?;
-            let pm = ctx.page_mut(id)?;
-            let off = node::slot(pm, i);
             if old.len() == cell.len() {
-                pm[off..off + cell.len()].copy_from_slice(cell);
+                ctx.overwrite(id, off, cell)?;
                 return Ok((Outcome::default(), false));
             }
-            node::remove_cell(pm, PageKind::Leaf, i);
-            if node::insert_cell(pm, PageKind::Leaf, i, cell) {
+            ctx.leaf_remove(id, i)?;
+            if ctx.leaf_insert(id, i, cell)? {
                 // A shorter value can leave the leaf underfull.
-                let underflow = node::used(pm) < MIN_FILL;
+                let underflow = node::used(ctx.page(id)?) < MIN_FILL;
                 return Ok((
                     Outcome {
                         underflow,
@@ -252,8 +254,7 @@ fn put_in_leaf(
             Ok((Outcome::full(i, cell), false))
         }
         Err(i) => {
-            let pm = ctx.page_mut(id)?;
-            if node::insert_cell(pm, PageKind::Leaf, i, cell) {
+            if ctx.leaf_insert(id, i, cell)? {
                 return Ok((Outcome::default(), true));
             }
             Ok((Outcome::full(i, cell), true))
@@ -318,6 +319,7 @@ fn del_rec(
         }
         _ => match btree::search_leaf(ctx, p, key)? {
             Ok(i) => {
+                page::prefetch_range(p, 0, PAGE_SIZE);
                 if let Some(keep) = keep {
                     // Read before its heap bytes (if any) are released below.
                     let (_, v) = node::leaf_entry(p, i);
@@ -325,9 +327,8 @@ fn del_rec(
                 }
                 let old = node::cell(p, PageKind::Leaf, i).to_vec();
                 free_leaf_cell_chains(ctx, &old)?;
-                let pm = ctx.page_mut(id)?;
-                node::remove_cell(pm, PageKind::Leaf, i);
-                let underflow = node::used(pm) < MIN_FILL;
+                ctx.leaf_remove(id, i)?;
+                let underflow = node::used(ctx.page(id)?) < MIN_FILL;
                 Ok((
                     Outcome {
                         underflow,

@@ -888,13 +888,13 @@ impl Inner {
             return Err(Error::PreviousIo(why));
         }
         let guard = self.state.upgradable_read();
-        let (out, mut pages, meta) = {
+        let (out, mut pages, touched, meta) = {
             let mut tx = WriteTxn {
                 ctx: WriteCtx::new(&guard),
             };
             let out = f(&mut tx)?;
-            let (pages, meta) = tx.ctx.finish()?;
-            (out, pages, meta)
+            let (pages, touched, meta) = tx.ctx.finish()?;
+            (out, pages, touched, meta)
         };
         if pages.is_empty() {
             return Ok((out, guard.last_lsn));
@@ -918,7 +918,7 @@ impl Inner {
         } = &mut *w;
         scratch.clear();
         let mut lsn = start.0;
-        for (id, p) in pages.iter_mut() {
+        for ((id, p), touched) in pages.iter_mut().zip(&touched) {
             {
                 let h = page::header_mut(page::page_mut(p));
                 h.page_lsn.set(lsn);
@@ -932,7 +932,18 @@ impl Inner {
             let len = match base {
                 Some(b) if page::header(b).page_lsn.get() > redo_lsn.0 => {
                     runs.clear();
-                    match record::delta_runs(b, &p[..], runs) {
+                    // Only where the batch wrote, and the header just set.
+                    let mut scan = *touched;
+                    scan.add(0, page::HEADER_SIZE);
+                    let found = match scan.ranges() {
+                        Some(r) => record::delta_runs_within(b, &p[..], r, runs),
+                        None => record::delta_runs(b, &p[..], runs),
+                    };
+                    debug_assert!(
+                        found.is_none() || record::runs_rebuild(b, runs, &p[..]),
+                        "page {id}: the bytes written outside the ranges reported ({touched:?})"
+                    );
+                    match found {
                         Some(()) => record::encode_page_delta(scratch, Lsn(lsn), *epoch, *id, runs),
                         None => record::encode_page_image(scratch, Lsn(lsn), *epoch, *id, &p[..]),
                     }

@@ -422,23 +422,36 @@ pub fn encode_epoch_change(out: &mut Vec<u8>, lsn: Lsn, epoch: u32, new_epoch: u
 /// The byte ranges in which `new` differs from `old`, as delta runs. `None` if the delta
 /// would not be smaller than a page image.
 pub fn delta_runs(old: &[u8], new: &[u8], out: &mut Vec<u8>) -> Option<()> {
+    delta_runs_within(old, new, &[(0, PAGE_SIZE as u16)], out)
+}
+
+/// `delta_runs` when `new` is known to differ from `old` only inside `ranges` (sorted,
+/// disjoint): only their bytes are compared.
+pub fn delta_runs_within(
+    old: &[u8],
+    new: &[u8],
+    ranges: &[(u16, u16)],
+    out: &mut Vec<u8>,
+) -> Option<()> {
     debug_assert_eq!(old.len(), PAGE_SIZE);
     debug_assert_eq!(new.len(), PAGE_SIZE);
     let start = out.len();
-    let mut i = 0;
-    while i < PAGE_SIZE {
-        i += page::common_prefix(&old[i..], &new[i..]);
-        if i == PAGE_SIZE {
-            break;
+    for &(a, b) in ranges {
+        let (mut i, limit) = (a as usize, (b as usize).min(PAGE_SIZE));
+        while i < limit {
+            i += page::common_prefix(&old[i..limit], &new[i..limit]);
+            if i == limit {
+                break;
+            }
+            let run_start = i;
+            let run_end = run_end(old, new, i, limit);
+            emit_run(old, new, run_start, run_end, out);
+            if out.len() - start >= PAGE_SIZE {
+                out.truncate(start);
+                return None;
+            }
+            i = run_end;
         }
-        let run_start = i;
-        let run_end = run_end(old, new, i);
-        emit_run(old, new, run_start, run_end, out);
-        if out.len() - start >= PAGE_SIZE {
-            out.truncate(start);
-            return None;
-        }
-        i = run_end;
     }
     Some(())
 }
@@ -507,12 +520,12 @@ fn emit_run(old: &[u8], new: &[u8], a: usize, b: usize, out: &mut Vec<u8>) {
 /// them is at most `DELTA_MERGE_GAP` bytes. Whole words are compared once `i` is aligned: a
 /// page whose cell pointers shifted differs almost everywhere, byte by byte that was the
 /// hottest loop of a commit.
-fn run_end(old: &[u8], new: &[u8], i: usize) -> usize {
+fn run_end(old: &[u8], new: &[u8], i: usize, limit: usize) -> usize {
     let word = |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"));
     let mut end = i + 1;
     let mut j = i + 1;
-    while j < PAGE_SIZE {
-        if !j.is_multiple_of(8) || j + 8 > PAGE_SIZE {
+    while j < limit {
+        if !j.is_multiple_of(8) || j + 8 > limit {
             if old[j] != new[j] {
                 end = j + 1;
             } else if j - end >= DELTA_MERGE_GAP {
@@ -571,6 +584,15 @@ pub fn redo(p: &mut [u8], rec: &Record<'_>) -> bool {
     h.page_lsn.set(rec.lsn.0);
     h.checksum.set(0);
     true
+}
+
+/// Whether `runs` turn `old` into `new`: a check that a delta found in part of a page
+/// (`delta_runs_within`) missed no change.
+pub fn runs_rebuild(old: &[u8], runs: &[u8], new: &[u8]) -> bool {
+    let mut p = [0u8; PAGE_SIZE];
+    p.copy_from_slice(old);
+    apply_runs(&mut p, runs);
+    p[..] == *new
 }
 
 /// Applies validated delta runs to page `p`. Copy runs read the page as it was before the
@@ -710,24 +732,35 @@ mod tests {
                 p
             };
             // Insert: the page lacks cell i, which then goes in; delete: it has it and loses it.
-            let (old, new) = if insert {
+            // With the stretches the change says it wrote.
+            let (old, new, wrote) = if insert {
                 let without: Vec<&Vec<u8>> =
                     cells.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, c)| c).collect();
                 let old = leaf(&without);
                 let mut new = old.clone();
-                prop_assert!(node::insert_cell(&mut new, PageKind::Leaf, i, &cells[i]));
-                (old, new)
+                let wrote = node::insert_cell_where(&mut new, PageKind::Leaf, i, &cells[i]);
+                prop_assert!(wrote.is_some());
+                (old, new, wrote.unwrap_or_default())
             } else {
                 let old = leaf(&cells.iter().collect::<Vec<_>>());
                 let mut new = old.clone();
                 node::remove_cell(&mut new, PageKind::Leaf, i);
-                (old, new)
+                (old, new, [(0, HEADER_SIZE + node::SLOT * cells.len()), (0, 0)])
             };
             let mut runs = Vec::new();
             prop_assert!(delta_runs(&old, &new, &mut runs).is_some());
             let mut p = old.clone();
             apply_runs(&mut p, &runs);
             prop_assert_eq!(&p, &new);
+            // Compared only where it wrote, the delta is the same.
+            let ranges: Vec<(u16, u16)> =
+                wrote.iter().filter(|(a, b)| a < b).map(|&(a, b)| (a as u16, b as u16)).collect();
+            let mut within = Vec::new();
+            prop_assert!(delta_runs_within(&old, &new, &ranges, &mut within).is_some());
+            prop_assert!(runs_rebuild(&old, &within, &new));
+            // (A run the whole-page scan joins across the equal bytes between two stretches
+            // is two runs here: one more run header at most.)
+            prop_assert!(within.len() <= runs.len() + 4, "{} against {}", within.len(), runs.len());
             let literal = reference(&old, &new).map_or(PAGE_SIZE, |r| r.len());
             let moved = node::SLOT * (cells.len() - 1 - i);
             // Of the slots moved, all but a few bytes at the ends are left out of the log.
