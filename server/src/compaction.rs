@@ -12,6 +12,7 @@
 //! a node that stops being a writable primary stops before its next step. One pass runs at
 //! a time.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -42,6 +43,8 @@ pub const AUTO_QUIET_WAL: u64 = 64 << 10;
 
 /// Idle repacks run since start (INFO `leaf_repacks`).
 pub static IDLE_REPACKS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Idle repacks that gave way to writes before their end (INFO `leaf_repacks_paused`).
+pub static IDLE_REPACKS_PAUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The log's end after the last complete leaf repack, by `COMPACT` or the idle repack: the
 /// WAL the next idle repack waits for counts from here (0: none this run). Written only by a
@@ -93,13 +96,47 @@ pub enum Pass {
     Heap(usize),
     /// A shrink only.
     Shrink,
-    /// A leaf repack, then a shrink.
+    /// A leaf repack, then a shrink, that give way to clients: the idle repack, which stops
+    /// after its step if a batch other than its own committed meanwhile.
     Leaves,
 }
 
+/// Whether a pass goes on to its next step: not once the node is no longer a writable
+/// primary or is shutting down, nor, for a pass that gives way (`Pass::Leaves`), once a
+/// client asked for a write since its last step (committed, or waiting for the writer the
+/// step holds: the next step would take it again first). A pass that started in a quiet
+/// moment must not hold the writer and the log's syncs against the clients that come back
+/// (nor against a process that was only paused: its timer fires the moment it runs again,
+/// and finds the log quiet).
+struct Gate<'a> {
+    sh: &'a Shared,
+    gives_way: bool,
+    /// `Stats::writes_asked` when the pass started.
+    at_start: u64,
+    gave_way: Cell<bool>,
+}
+
+impl Gate<'_> {
+    /// Asked before each step.
+    fn go_on(&self) -> bool {
+        if self.sh.node.write_refusal().is_some() || *self.sh.node.shutdown.borrow() {
+            return false;
+        }
+        if self.gives_way && self.sh.stats.writes_asked.load(Ordering::Relaxed) != self.at_start {
+            self.gave_way.set(true);
+            return false;
+        }
+        true
+    }
+}
+
+/// Where the last idle repack that gave way stopped: the next one goes on from there, so
+/// a node that is never quiet for long still gets through its whole tree.
+static IDLE_RESUME: parking_lot::Mutex<Option<Vec<u8>>> = parking_lot::Mutex::new(None);
+
 /// A whole pass, off the event loop: the report as text, or an error line for the client
 /// (`READONLY …` when this node is not a writable primary, `BUSY …` while another pass
-/// runs, `ERR …` when the pass failed).
+/// runs, `ERR …` when the pass failed, `PAUSED …` when a pass that gives way did).
 pub async fn run(sh: &Arc<Shared>, pass: Pass) -> Result<String, String> {
     if let Some(r) = sh.node.write_refusal() {
         return Err(role_refusal_message(&r));
@@ -115,9 +152,16 @@ pub async fn run(sh: &Arc<Shared>, pass: Pass) -> Result<String, String> {
     }
     let _running = Running;
     let sh2 = sh.clone();
-    let (report, complete, steps) = tokio::task::spawn_blocking(move || {
+    let (report, complete, steps, gave_way) = tokio::task::spawn_blocking(move || {
         let db = sh2.db();
-        let go_on = || sh2.node.write_refusal().is_none() && !*sh2.node.shutdown.borrow();
+        let gives_way = pass == Pass::Leaves;
+        let gate = Gate {
+            sh: &sh2,
+            gives_way,
+            at_start: sh2.stats.writes_asked.load(Ordering::Relaxed),
+            gave_way: Cell::new(false),
+        };
+        let (go_on, gave_way) = (|| gate.go_on(), || gate.gave_way.get());
         let mut lines = Vec::new();
         let mut steps = 0;
         if let Pass::Full(pct) | Pass::Heap(pct) = pass {
@@ -128,18 +172,26 @@ pub async fn run(sh: &Arc<Shared>, pass: Pass) -> Result<String, String> {
             steps += r.steps;
             lines.push(format!("heap: {r}"));
             if !r.complete {
-                return Ok((lines.join("\n"), false, steps));
+                return Ok((lines.join("\n"), false, steps, gave_way()));
             }
         }
         if let Pass::Full(_) | Pass::Leaves = pass {
+            let from = if gives_way {
+                IDLE_RESUME.lock().take()
+            } else {
+                None
+            };
             let r = db
-                .repack(|_| go_on())
+                .repack_from(from, |_| go_on())
                 .map_err(|e| format!("ERR repacking leaves: {e}"))?;
+            if gives_way && gave_way() {
+                IDLE_RESUME.lock().clone_from(&r.resume);
+            }
             tracing::info!(report = %r, "leaf repack");
             steps += r.steps;
             lines.push(format!("leaves: {r}"));
             if !r.complete {
-                return Ok((lines.join("\n"), false, steps));
+                return Ok((lines.join("\n"), false, steps, gave_way()));
             }
             REPACKED_AT.fetch_max(db.stats().last_lsn.0, Ordering::Relaxed);
         }
@@ -151,15 +203,20 @@ pub async fn run(sh: &Arc<Shared>, pass: Pass) -> Result<String, String> {
             steps += r.steps;
             lines.push(format!("file: {r}"));
             if !r.complete {
-                return Ok((lines.join("\n"), false, steps));
+                return Ok((lines.join("\n"), false, steps, gave_way()));
             }
         }
-        Ok::<_, String>((lines.join("\n"), true, steps))
+        Ok::<_, String>((lines.join("\n"), true, steps, false))
     })
     .await
     .map_err(|e| format!("ERR the compaction task failed: {e}"))??;
     if !complete {
         let report = report.replace('\n', "; ");
+        if gave_way {
+            return Err(format!(
+                "PAUSED the pass gave way to writes after {steps} steps ({report})"
+            ));
+        }
         return Err(match sh.node.write_refusal() {
             // The role's own error, so clients that follow READONLY see it.
             Some(r) => format!(
@@ -220,6 +277,12 @@ pub async fn auto(sh: Arc<Shared>) {
                     (prev_lsn, repacked_at) = (now, now);
                 }
                 Err(e) if e.starts_with("BUSY") => {}
+                // Tried again at the next quiet moment (its own steps' log is not activity).
+                Err(e) if e.starts_with("PAUSED") => {
+                    IDLE_REPACKS_PAUSED.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("idle leaf repack: {e}");
+                    prev_lsn = sh.db().stats().last_lsn.0;
+                }
                 Err(e) => {
                     tracing::warn!("automatic leaf repack: {e}");
                     repacked_at = sh.db().stats().last_lsn.0;

@@ -57,9 +57,10 @@ pub fn render(sh: &Shared, section: Option<&str>) -> String {
                 let st = db.stats();
                 let _ = write!(
                     o,
-                    "# Persistence\r\nwal_io:{}\r\nlast_lsn:{}\r\nflush_lsn:{}\r\nredo_lsn:{}\r\ncheckpoints:{}\r\nwal_flushes:{}\r\ndirty_pages:{}\r\npage_count:{}\r\nfree_pages:{}\r\nheap_pages:{}\r\nheap_live_bytes:{}\r\npage_file_bytes:{}\r\nleaf_repacks:{}\r\nscrubs:{}\r\nlast_scrub:{}\r\nloading:{}\r\n",
+                    "# Persistence\r\nwal_io:{}\r\nlast_lsn:{}\r\nflush_lsn:{}\r\nredo_lsn:{}\r\ncheckpoints:{}\r\nwal_flushes:{}\r\ndirty_pages:{}\r\npage_count:{}\r\nfree_pages:{}\r\nheap_pages:{}\r\nheap_live_bytes:{}\r\npage_file_bytes:{}\r\nleaf_repacks:{}\r\nleaf_repacks_paused:{}\r\nscrubs:{}\r\nlast_scrub:{}\r\nloading:{}\r\n",
                     st.wal_io, st.last_lsn, st.flush_lsn, st.redo_lsn, st.checkpoints, st.wal_flushes, st.dirty_pages, st.page_count, st.free_pages, st.heap_pages, st.heap_live, st.file_bytes,
                     crate::compaction::IDLE_REPACKS.load(Ordering::Relaxed),
+                    crate::compaction::IDLE_REPACKS_PAUSED.load(Ordering::Relaxed),
                     sh.node.scrubs.load(Ordering::Relaxed),
                     sh.node.last_scrub.lock(),
                     // As Redis has it: 1 while the data is not served yet (a replica that

@@ -251,6 +251,11 @@ pub fn render(sh: &Shared) -> String {
         "Leaf repack passes a quiet primary ran by itself.",
         crate::compaction::IDLE_REPACKS.load(Ordering::Relaxed),
     );
+    s.counter(
+        "replidb_leaf_repacks_paused",
+        "Idle leaf repack passes that gave way to writes before their end.",
+        crate::compaction::IDLE_REPACKS_PAUSED.load(Ordering::Relaxed),
+    );
     s.gauge(
         "replidb_heap_pages",
         "Pages of the value heap (long values).",

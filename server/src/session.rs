@@ -515,6 +515,10 @@ impl Session {
                 return;
             }
         }
+        self.shared
+            .stats
+            .writes_asked
+            .fetch_add(1, Ordering::Relaxed);
         let since = Instant::now();
         let level = self.level();
         // The registry keeps flagging the watch until the EXEC is applied (`run_queued`).

@@ -30,6 +30,9 @@ pub struct Stats {
     /// Connections refused at `--maxclients`.
     pub rejected_connections: AtomicU64,
     pub commits: AtomicU64,
+    /// Client write transactions submitted, counted before they wait for the writer:
+    /// background passes that give way to clients watch it (`compaction::Gate`).
+    pub writes_asked: AtomicU64,
     /// Keys the background sweep deleted at their expiry.
     pub expired_keys: AtomicU64,
     /// Members of deleted collections the background sweep removed.
@@ -49,6 +52,7 @@ impl Stats {
             connections_total: AtomicU64::new(0),
             connections_now: AtomicU64::new(0),
             rejected_connections: AtomicU64::new(0),
+            writes_asked: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             expired_keys: AtomicU64::new(0),
             collected_members: AtomicU64::new(0),

@@ -118,6 +118,7 @@ fn metrics_are_scraped_parsed_and_move_with_load() {
         ("replidb_pages_repaired_total", "counter"),
         ("replidb_failovers_total", "counter"),
         ("replidb_leaf_repacks_total", "counter"),
+        ("replidb_leaf_repacks_paused_total", "counter"),
     ] {
         assert_eq!(
             before.types.get(name).map(String::as_str),

@@ -283,3 +283,52 @@ fn a_primary_gone_quiet_after_a_random_load_repacks_its_leaves() {
         }
     }
 }
+
+/// A repack that started in a quiet moment gives way to the writes that come back: under a
+/// trickle of writes too slow to count as load (a SET every 10 ms), the pass that starts
+/// stops after its first step (which regroups 16 parents' leaves: far longer than 10 ms);
+/// once the trickle stops, a pass goes on from there to the end, and the replica still
+/// matches byte for byte.
+#[test]
+fn an_idle_repack_gives_way_to_writes() {
+    let (pd, rd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let primary = Node::start(pd.path(), &["--name", "p"]);
+    let addr = format!("127.0.0.1:{}", primary.port);
+    let replica = Node::start(rd.path(), &["--replicaof", &addr, "--name", "r"]);
+    let (mut p, mut r) = (primary.client(), replica.client());
+    wait_for(20, "link up", || info(&mut r)["primary_link"] == "up");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    for _ in 0..50 {
+        let mut m = cmd("MSET");
+        for _ in 0..1000 {
+            let k: [u8; 16] = rng.gen();
+            let v: Vec<u8> = (0..100).map(|_| rng.gen()).collect();
+            m.arg(&k[..]).arg(&v[..]);
+        }
+        let _: () = m.query(&mut p).unwrap();
+    }
+    // (A stall of the client mid-load may have started a pass already.)
+    let done_before = num(&mut p, "leaf_repacks");
+    let paused_before = num(&mut p, "leaf_repacks_paused");
+    let started = std::time::Instant::now();
+    let mut i = 0u64;
+    while num(&mut p, "leaf_repacks_paused") == paused_before {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "no idle repack gave way to the trickle of writes"
+        );
+        let _: () = cmd("SET")
+            .arg(format!("t{}", i % 100))
+            .arg(i)
+            .query(&mut p)
+            .unwrap();
+        i += 1;
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    wait_for(30, "a pass to the end once the writes stop", || {
+        num(&mut p, "leaf_repacks") > done_before
+    });
+    wait_for(30, "replica caught up", || caught_up(&mut p, &mut r));
+    let digest = |c: &mut redis::Connection| cmd("DIGEST").query::<String>(c).unwrap();
+    assert_eq!(digest(&mut r), digest(&mut p));
+}

@@ -36,6 +36,7 @@ impl Inner {
                 return Ok(());
             }
             w.redo_lsn = redo;
+            self.redo_lsn.store(redo.0, Ordering::Relaxed);
             w.wal_at_checkpoint = redo.0;
             let g = self.state.read();
             (redo, g.frames_snapshot(), g.meta.page_count)

@@ -26,6 +26,9 @@ pub struct CompactReport {
     pub free_pages: u64,
     /// Whether the pass reached the end (false: `go_on` stopped it).
     pub complete: bool,
+    /// Where a pass `go_on` stopped can go on: the key to give `repack_from` (the last one
+    /// its steps covered).
+    pub resume: Option<Vec<u8>>,
 }
 
 impl std::fmt::Display for CompactReport {
@@ -96,6 +99,9 @@ pub struct RepackReport {
     pub leaves_after: u64,
     /// Whether the pass reached the end (false: `go_on` stopped it).
     pub complete: bool,
+    /// Where a pass `go_on` stopped can go on: the key to give `repack_from` (the last one
+    /// its steps covered).
+    pub resume: Option<Vec<u8>>,
 }
 
 impl std::fmt::Display for RepackReport {
@@ -128,6 +134,9 @@ pub struct ShrinkReport {
     pub file_bytes_after: u64,
     /// Whether the pass reached the end (false: `go_on` stopped it).
     pub complete: bool,
+    /// Where a pass `go_on` stopped can go on: the key to give `repack_from` (the last one
+    /// its steps covered).
+    pub resume: Option<Vec<u8>>,
 }
 
 impl std::fmt::Display for ShrinkReport {
@@ -150,8 +159,15 @@ impl Db {
     /// A whole repack pass: the leaves under each parent are laid out again over as few
     /// leaves as hold them at `REPACK_FILL` (the rest freed, for `shrink` to give back).
     /// Each step is its own durable commit; `go_on` is asked before each step.
-    pub fn repack(
+    pub fn repack(&self, go_on: impl FnMut(Option<&RepackStep>) -> bool) -> Result<RepackReport> {
+        self.repack_from(None, go_on)
+    }
+
+    /// `repack` over the keys after `after` only (all if `None`): the rest of a pass that
+    /// stopped there (`RepackReport::resume`).
+    pub fn repack_from(
         &self,
+        mut after: Option<Vec<u8>>,
         mut go_on: impl FnMut(Option<&RepackStep>) -> bool,
     ) -> Result<RepackReport> {
         let mut r = RepackReport::default();
@@ -159,10 +175,10 @@ impl Db {
             Some(entry) => Some(entry?.0),
             None => None,
         };
-        let mut after: Option<Vec<u8>> = None;
         let mut last: Option<RepackStep> = None;
         loop {
             if !go_on(last.as_ref()) {
+                r.resume = after;
                 break;
             }
             let (s, _) = self.update(Durability::Local, |t| {

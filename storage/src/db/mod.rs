@@ -331,6 +331,9 @@ struct Inner {
     last_checkpoint_us: AtomicU64,
     /// The first LSN the WAL files still hold (what the last checkpoint kept).
     wal_kept_from: AtomicU64,
+    /// `Writer::redo_lsn` as last set, for `stats`, which must not wait for the writer (a
+    /// long batch, a compaction step) to read it.
+    redo_lsn: AtomicU64,
     file_bytes: AtomicU64,
     checkpoint_io: &'static str,
 }
@@ -498,6 +501,7 @@ impl Db {
             primary,
             epochs: Mutex::new(epochs),
             checkpoints: AtomicU64::new(0),
+            redo_lsn: AtomicU64::new(control.redo_lsn.0),
             checkpoint_us: AtomicU64::new(0),
             last_checkpoint_us: AtomicU64::new(0),
             wal_kept_from: AtomicU64::new(

@@ -414,6 +414,7 @@ impl Db {
         // Pages last written before the point recovery starts from get a full image at their
         // next change (see `checkpoint`): that point is the replica's restartpoint.
         w.redo_lsn = ck.control.redo_lsn;
+        inner.redo_lsn.store(w.redo_lsn.0, Ordering::Relaxed);
         w.wal_at_checkpoint = at.0;
         w.epoch = epoch;
         let mut buf = Vec::with_capacity(64);
@@ -589,6 +590,7 @@ impl Inner {
         self.file_bytes
             .store(ck.file.len_bytes(), Ordering::Relaxed);
         self.writer.lock().redo_lsn = redo;
+        self.redo_lsn.store(redo.0, Ordering::Relaxed);
         Ok(())
     }
 

@@ -42,7 +42,7 @@ pub struct Stats {
 
 impl Db {
     pub fn stats(&self) -> Stats {
-        let redo = self.inner.writer.lock().redo_lsn;
+        let redo = Lsn(self.inner.redo_lsn.load(Ordering::Relaxed));
         let g = self.inner.state.read();
         Stats {
             entries: g.meta.entries,
