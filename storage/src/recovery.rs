@@ -78,18 +78,21 @@ pub(crate) fn recover(
     file: &PageFile,
     segs: &mut Segments,
     redo: Lsn,
+    closed_cleanly: bool,
     on_damage: OnDamage,
 ) -> Result<Recovered> {
-    replay(Some((file, on_damage)), segs, redo).map(|(r, _)| r)
+    replay(Some((file, on_damage)), segs, redo, closed_cleanly).map(|(r, _)| r)
 }
 
 /// Replays the log from `redo`: with `file`, applies it and truncates what follows the last
 /// complete record (recovery) unless that is damage to refuse; without, only reads
-/// (`check_wal`), changing nothing.
+/// (`check_wal`), changing nothing. `closed_cleanly`: the control file says the node was
+/// closed, not stopped by a crash.
 pub(crate) fn replay(
     file: Option<(&PageFile, OnDamage)>,
     segs: &mut Segments,
     redo: Lsn,
+    closed_cleanly: bool,
 ) -> Result<(Recovered, Stopped)> {
     let t0 = Instant::now();
     let mut out = Recovered {
@@ -172,6 +175,16 @@ pub(crate) fn replay(
         buf_start = pos;
         seg += segs.segment_bytes;
     };
+    // A close ends the log with its checkpoint, the one record from the redo point the
+    // control file names: whatever follows is not log (zeros, or, in a segment recycled from
+    // an older one, that segment's records) and neither damage nor a torn tail. Taking it
+    // for one made every restart of a node that had recycled segments resume its epoch.
+    let closed_tail = closed_cleanly
+        && records == 1
+        && commits == 0
+        && out.last_checkpoint_redo == Some(redo)
+        && out.end.0 == pos;
+    let tail_is_clean = tail_is_clean || closed_tail;
     // Zeroes to the end of the segment and no later segment: nothing can follow.
     let later_segments = present.iter().any(|&s| s > segs.start_of(pos));
     let (damage, unproven_after) = if tail_is_clean && !later_segments {
@@ -204,7 +217,8 @@ pub(crate) fn replay(
     }
     out.discarded = !tail_is_clean || out.end.0 != pos;
     let later_segments = present.iter().any(|&s| s > segs.start_of(out.end.0));
-    if !tail_is_clean || out.end.0 != pos || later_segments {
+    // (After a close, later segments are the spares recycled ahead: kept.)
+    if !closed_tail && (!tail_is_clean || out.end.0 != pos || later_segments) {
         segs.truncate_after(out.end.0)?;
     }
     // What recovery kept may never have been synced (a process crash leaves it in the page

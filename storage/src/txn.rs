@@ -12,6 +12,7 @@ use crate::node;
 use crate::page::{self, Meta, PageArc, PageKind};
 use crate::pager::{PageSource, Published};
 use crate::types::PageId;
+use crate::wal::record;
 
 /// Pages a batch changed, in page order.
 pub(crate) type ChangedPages = Vec<(PageId, PageArc)>;
@@ -28,6 +29,16 @@ pub(crate) struct Touched {
     len: u8,
     /// Sorted, disjoint and not adjacent: `[a, b)` with `a < b`.
     ranges: [(u16, u16); MAX_RANGES],
+    /// The page's only change, if it had one and it was a cell inserted or removed: the
+    /// commit then writes its delta without comparing at all (`record::slot_change_runs`).
+    only: Only,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Only {
+    Nothing,
+    One(record::SlotChange),
+    More,
 }
 
 const MAX_RANGES: usize = 6;
@@ -37,15 +48,33 @@ impl Touched {
     const NOWHERE: Touched = Touched {
         len: 0,
         ranges: [(0, 0); MAX_RANGES],
+        only: Only::Nothing,
     };
     const ANYWHERE: Touched = Touched {
         len: ANYWHERE,
         ranges: [(0, 0); MAX_RANGES],
+        only: Only::More,
     };
 
     /// The ranges, sorted and disjoint; `None` for anywhere.
     pub fn ranges(&self) -> Option<&[(u16, u16)]> {
         (self.len != ANYWHERE).then(|| &self.ranges[..self.len as usize])
+    }
+
+    /// The page's one change, if that is all it had and it was a cell inserted or removed.
+    pub fn only_change(&self) -> Option<record::SlotChange> {
+        match self.only {
+            Only::One(c) if self.len != ANYWHERE => Some(c),
+            _ => None,
+        }
+    }
+
+    /// Notes one more change (`None`: not a `SlotChange`).
+    fn note(&mut self, change: Option<record::SlotChange>) {
+        self.only = match (self.only, change) {
+            (Only::Nothing, Some(c)) => Only::One(c),
+            _ => Only::More,
+        };
     }
 
     /// Adds `[a, b)`, merging it with the ranges it overlaps or touches; past
@@ -147,21 +176,27 @@ impl<'a> WriteCtx<'a> {
     /// fit, and then the page is unchanged.
     pub fn leaf_insert(&mut self, id: PageId, idx: usize, cell: &[u8]) -> Result<bool> {
         let (p, t) = self.page_mut_tracked(id)?;
-        Ok(
-            match node::insert_cell_where(p, PageKind::Leaf, idx, cell) {
-                Some(wrote) => {
-                    t.add_all(wrote);
-                    true
-                }
-                None => false,
-            },
-        )
+        let n = node::count(p);
+        let Some(wrote) = node::insert_cell_where(p, PageKind::Leaf, idx, cell) else {
+            return Ok(false);
+        };
+        // (A compaction reports the whole page: every cell moved.)
+        let compacted = wrote[0] == (0, page::PAGE_SIZE);
+        t.note((!compacted).then_some(record::SlotChange::Insert {
+            idx,
+            n,
+            cell: wrote[1],
+        }));
+        t.add_all(wrote);
+        Ok(true)
     }
 
     /// Removes the cell at slot `idx` of leaf `id` (`node::remove_cell`).
     pub fn leaf_remove(&mut self, id: PageId, idx: usize) -> Result<()> {
         let (p, t) = self.page_mut_tracked(id)?;
-        t.add(0, page::HEADER_SIZE + node::SLOT * node::count(p));
+        let n = node::count(p);
+        t.note(Some(record::SlotChange::Remove { idx, n }));
+        t.add(0, page::HEADER_SIZE + node::SLOT * n);
         node::remove_cell(p, PageKind::Leaf, idx);
         Ok(())
     }
@@ -170,6 +205,7 @@ impl<'a> WriteCtx<'a> {
     pub fn overwrite(&mut self, id: PageId, at: usize, bytes: &[u8]) -> Result<()> {
         let (p, t) = self.page_mut_tracked(id)?;
         p[at..at + bytes.len()].copy_from_slice(bytes);
+        t.note(None);
         t.add(at, at + bytes.len());
         Ok(())
     }

@@ -389,3 +389,27 @@ fn a_log_cut_at_open_after_a_clean_close_resumes_the_epoch() {
     );
     assert_eq!(db.get(&key(19)).unwrap(), Some(value(19)));
 }
+
+/// A node that ran long enough to recycle segments ends its log inside a recycled one: the
+/// bytes after its last record are an older segment's records. A clean stop there is not a
+/// torn tail: nothing is discarded, and reopening keeps the epoch.
+#[test]
+fn a_clean_stop_inside_a_recycled_segment_discards_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = || Options {
+        wal_segment_bytes: SEG,
+        checkpoint_wal_bytes: 2 * SEG,
+        ..options()
+    };
+    let db = Db::open(dir.path(), opts()).unwrap();
+    for i in 0..2000 {
+        db.put(&key(i % 500), &value(i), Durability::Local).unwrap();
+    }
+    let epoch = db.epoch();
+    db.close().unwrap();
+    let w = check_wal(dir.path(), &opts()).unwrap();
+    assert!(w.damage.is_none() && !w.discarded, "{w:?}");
+    let db = Db::open(dir.path(), opts()).unwrap();
+    assert_eq!(db.epoch(), epoch, "a clean stop resumed its epoch");
+    assert_eq!(db.get(&key(7)).unwrap(), Some(value(1507)));
+}

@@ -435,7 +435,8 @@ impl Db {
         } else {
             recovery::OnDamage::Refuse
         };
-        let rec = recovery::recover(&file, &mut segs, control.redo_lsn, on_damage)?;
+        let closed = control.flags & crate::control::FLAG_OPEN == 0;
+        let rec = recovery::recover(&file, &mut segs, control.redo_lsn, closed, on_damage)?;
         let wal_damage_cut = rec.damage_cut.clone();
         let discarded = rec.discarded;
         let replayed = !rec.pages.is_empty();
@@ -939,9 +940,12 @@ impl Inner {
                     // Only where the batch wrote, and the header just set.
                     let mut scan = *touched;
                     scan.add(0, page::HEADER_SIZE);
-                    let found = match scan.ranges() {
-                        Some(r) => record::delta_runs_within(b, &p[..], r, runs),
-                        None => record::delta_runs(b, &p[..], runs),
+                    let same_skip = page::header(b).head_skip == page::header(&p[..]).head_skip;
+                    let found = match (touched.only_change(), scan.ranges()) {
+                        // One cell in or out: the delta is known without comparing.
+                        (Some(c), _) if same_skip => record::slot_change_runs(b, &p[..], c, runs),
+                        (_, Some(r)) => record::delta_runs_within(b, &p[..], r, runs),
+                        (_, None) => record::delta_runs(b, &p[..], runs),
                     };
                     debug_assert!(
                         found.is_none() || record::runs_rebuild(b, runs, &p[..]),

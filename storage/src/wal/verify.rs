@@ -81,7 +81,8 @@ pub fn check_wal(dir: &Path, options: &Options) -> Result<WalCheck> {
         reason: "no control file: not a replidb data directory".into(),
     })?;
     let mut segs = Segments::new(vfs, &dir.join(WAL_DIR), control.segment_bytes, None);
-    let (rec, stopped) = crate::recovery::replay(None, &mut segs, control.redo_lsn)?;
+    let closed = control.flags & crate::control::FLAG_OPEN == 0;
+    let (rec, stopped) = crate::recovery::replay(None, &mut segs, control.redo_lsn, closed)?;
     let discarded = !stopped.clean || rec.end != stopped.at;
     Ok(WalCheck {
         redo: control.redo_lsn,
