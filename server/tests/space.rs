@@ -42,14 +42,22 @@ fn churn(c: &mut redis::Connection, keys: usize, rounds: usize, seed: u64) -> Ve
     vals
 }
 
-#[test]
-fn compact_gives_heap_pages_back_and_replicas_follow_byte_for_byte() {
+/// A primary and its replica, each in a directory of its own, the link up.
+fn primary_and_replica() -> (tempfile::TempDir, tempfile::TempDir, Node, Node) {
     let (pd, rd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let primary = Node::start(pd.path(), &["--name", "p"]);
     let addr = format!("127.0.0.1:{}", primary.port);
     let replica = Node::start(rd.path(), &["--replicaof", &addr, "--name", "r"]);
+    wait_for(20, "link up", || {
+        info(&mut replica.client())["primary_link"] == "up"
+    });
+    (pd, rd, primary, replica)
+}
+
+#[test]
+fn compact_gives_heap_pages_back_and_replicas_follow_byte_for_byte() {
+    let (_pd, _rd, primary, replica) = primary_and_replica();
     let (mut p, mut r) = (primary.client(), replica.client());
-    wait_for(20, "link up", || info(&mut r)["primary_link"] == "up");
     // Below the automatic threshold (4 MiB of heap): only COMPACT compacts here.
     let vals = churn(&mut p, 2000, 8, 1);
     let live = num(&mut p, "heap_live_bytes");
@@ -153,12 +161,8 @@ fn delete_most(c: &mut redis::Connection, prefix: &str, n: usize) {
 
 #[test]
 fn compact_shrinks_the_page_file_after_large_deletes_and_the_replica_follows() {
-    let (pd, rd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let primary = Node::start(pd.path(), &["--name", "p"]);
-    let addr = format!("127.0.0.1:{}", primary.port);
-    let replica = Node::start(rd.path(), &["--replicaof", &addr, "--name", "r"]);
+    let (pd, _rd, primary, replica) = primary_and_replica();
     let (mut p, mut r) = (primary.client(), replica.client());
-    wait_for(20, "link up", || info(&mut r)["primary_link"] == "up");
     // Under the sweep's thresholds (4 MiB free, 4 MiB of heap): only COMPACT acts here.
     let vals = load(&mut p, "s", 900, 3000, 2);
     delete_most(&mut p, "s", vals.len());
@@ -236,17 +240,10 @@ fn a_page_file_mostly_free_is_shrunk_by_the_primary_itself() {
     }
 }
 
-/// Random inserts leave leaves ~77% full; when the load stops, the primary repacks them by
-/// itself (and gives the freed pages back), and the replica follows page for page.
-#[test]
-fn a_primary_gone_quiet_after_a_random_load_repacks_its_leaves() {
-    let (pd, rd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let primary = Node::start(pd.path(), &["--name", "p"]);
-    let addr = format!("127.0.0.1:{}", primary.port);
-    let replica = Node::start(rd.path(), &["--replicaof", &addr, "--name", "r"]);
-    let (mut p, mut r) = (primary.client(), replica.client());
-    wait_for(20, "link up", || info(&mut r)["primary_link"] == "up");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+/// 50,000 random 16-byte keys with 100-byte values, 1,000 to an MSET: the pairs, and the
+/// most pages the file had meanwhile.
+fn random_load(p: &mut redis::Connection, seed: u64) -> (Vec<(Vec<u8>, Vec<u8>)>, u64) {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let mut kv: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
     let mut most_pages = 0;
     for _ in 0..50 {
@@ -257,9 +254,19 @@ fn a_primary_gone_quiet_after_a_random_load_repacks_its_leaves() {
             m.arg(&k[..]).arg(&v[..]);
             kv.push((k.to_vec(), v));
         }
-        let _: () = m.query(&mut p).unwrap();
-        most_pages = most_pages.max(num(&mut p, "page_count"));
+        let _: () = m.query(p).unwrap();
+        most_pages = most_pages.max(num(p, "page_count"));
     }
+    (kv, most_pages)
+}
+
+/// Random inserts leave leaves ~77% full; when the load stops, the primary repacks them by
+/// itself (and gives the freed pages back), and the replica follows page for page.
+#[test]
+fn a_primary_gone_quiet_after_a_random_load_repacks_its_leaves() {
+    let (_pd, _rd, primary, replica) = primary_and_replica();
+    let (mut p, mut r) = (primary.client(), replica.client());
+    let (kv, most_pages) = random_load(&mut p, 7);
     // (A stall of the client mid-load can start a repack early; the one after the load is
     // the one waited for.)
     wait_for(30, "the idle repack", || {
@@ -291,22 +298,9 @@ fn a_primary_gone_quiet_after_a_random_load_repacks_its_leaves() {
 /// matches byte for byte.
 #[test]
 fn an_idle_repack_gives_way_to_writes() {
-    let (pd, rd) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let primary = Node::start(pd.path(), &["--name", "p"]);
-    let addr = format!("127.0.0.1:{}", primary.port);
-    let replica = Node::start(rd.path(), &["--replicaof", &addr, "--name", "r"]);
+    let (_pd, _rd, primary, replica) = primary_and_replica();
     let (mut p, mut r) = (primary.client(), replica.client());
-    wait_for(20, "link up", || info(&mut r)["primary_link"] == "up");
-    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
-    for _ in 0..50 {
-        let mut m = cmd("MSET");
-        for _ in 0..1000 {
-            let k: [u8; 16] = rng.gen();
-            let v: Vec<u8> = (0..100).map(|_| rng.gen()).collect();
-            m.arg(&k[..]).arg(&v[..]);
-        }
-        let _: () = m.query(&mut p).unwrap();
-    }
+    random_load(&mut p, 11);
     // (A stall of the client mid-load may have started a pass already.)
     let done_before = num(&mut p, "leaf_repacks");
     let paused_before = num(&mut p, "leaf_repacks_paused");
