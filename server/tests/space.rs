@@ -240,11 +240,14 @@ fn a_page_file_mostly_free_is_shrunk_by_the_primary_itself() {
     }
 }
 
+/// A key and its value.
+type Pair = (Vec<u8>, Vec<u8>);
+
 /// 50,000 random 16-byte keys with 100-byte values, 1,000 to an MSET: the pairs, and the
 /// most pages the file had meanwhile.
-fn random_load(p: &mut redis::Connection, seed: u64) -> (Vec<(Vec<u8>, Vec<u8>)>, u64) {
+fn random_load(p: &mut redis::Connection, seed: u64) -> (Vec<Pair>, u64) {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let mut kv: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut kv: Vec<Pair> = Vec::new();
     let mut most_pages = 0;
     for _ in 0..50 {
         let mut m = cmd("MSET");
