@@ -74,6 +74,15 @@ pub fn worth_shrinking(st: &storage::Stats) -> bool {
     st.free_pages >= AUTO_MIN_FREE_PAGES && st.free_pages * 100 > st.page_count * AUTO_FREE_PCT
 }
 
+/// Whether the tick that slept `slept` (meant to be `AUTO_CHECK`) after the last one, with
+/// `written` bytes of WAL between them, found the node quiet. A tick that comes late (the
+/// process was stopped, the machine paused, or the loop starved) says nothing of the
+/// clients: nothing was written while this node could not take writes, and they come back
+/// the moment it runs again.
+pub fn is_quiet(slept: std::time::Duration, written: u64) -> bool {
+    slept <= AUTO_CHECK * 2 && written < AUTO_QUIET_WAL
+}
+
 /// Whether a quiet primary has written enough since its last repack (WAL from LSN
 /// `repacked_at`) for another: random inserts and deletes leave leaves part full.
 pub fn worth_repacking(st: &storage::Stats, repacked_at: u64) -> bool {
@@ -244,6 +253,7 @@ pub async fn auto(sh: Arc<Shared>) {
     let start = sh.db().stats().last_lsn.0;
     let (mut prev_lsn, mut repacked_at) = (start, start);
     loop {
+        let slept_from = std::time::Instant::now();
         tokio::select! {
             _ = tokio::time::sleep(AUTO_CHECK) => {}
             _ = stop.changed() => return,
@@ -252,7 +262,7 @@ pub async fn auto(sh: Arc<Shared>) {
             return;
         }
         let st = sh.db().stats();
-        let quiet = st.last_lsn.0.saturating_sub(prev_lsn) < AUTO_QUIET_WAL;
+        let quiet = is_quiet(slept_from.elapsed(), st.last_lsn.0.saturating_sub(prev_lsn));
         prev_lsn = st.last_lsn.0;
         if let Some(refusal) = sh.node.write_refusal() {
             // A replica follows its primary's passes; when promoted, only its own writes
@@ -314,5 +324,23 @@ pub async fn auto(sh: Arc<Shared>) {
             Err(e) if e.starts_with("BUSY") => {}
             Err(e) => tracing::warn!("automatic heap compaction: {e}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_tick_is_quiet_only_on_time_and_with_little_written() {
+        assert!(is_quiet(AUTO_CHECK, 0));
+        assert!(is_quiet(
+            AUTO_CHECK + Duration::from_millis(300),
+            AUTO_QUIET_WAL - 1
+        ));
+        assert!(!is_quiet(AUTO_CHECK, AUTO_QUIET_WAL));
+        // Woken after a stop (SIGSTOP, a paused machine): nothing written, yet not quiet.
+        assert!(!is_quiet(AUTO_CHECK * 3, 0));
     }
 }
