@@ -57,14 +57,15 @@ impl Touched {
     };
 
     /// The ranges, sorted and disjoint; `None` for anywhere.
-    pub fn ranges(&self) -> Option<&[(u16, u16)]> {
+    fn ranges(&self) -> Option<&[(u16, u16)]> {
         (self.len != ANYWHERE).then(|| &self.ranges[..self.len as usize])
     }
 
     /// The page's one change, if that is all it had and it was a cell inserted or removed.
-    pub fn only_change(&self) -> Option<record::SlotChange> {
+    fn only_change(&self) -> Option<record::SlotChange> {
+        // (Anywhere is always `Only::More`.)
         match self.only {
-            Only::One(c) if self.len != ANYWHERE => Some(c),
+            Only::One(c) => Some(c),
             _ => None,
         }
     }
@@ -79,7 +80,7 @@ impl Touched {
 
     /// Adds `[a, b)`, merging it with the ranges it overlaps or touches; past
     /// `MAX_RANGES` ranges the page becomes anywhere.
-    pub fn add(&mut self, a: usize, b: usize) {
+    fn add(&mut self, a: usize, b: usize) {
         let (a, b) = (a.min(page::PAGE_SIZE), b.min(page::PAGE_SIZE));
         if self.len == ANYWHERE || a >= b {
             return;
@@ -116,6 +117,28 @@ impl Touched {
         }
         self.ranges[..n].copy_from_slice(&kept[..n]);
         self.len = n as u8;
+    }
+
+    /// The delta runs that turn `old` (the published page) into `new` (this batch's copy,
+    /// its header already sealed) into `runs`, found from what the batch said it wrote:
+    /// written from its one cell change, or compared only in its ranges and the header, or
+    /// compared whole. `None` if they would not be smaller than a page image.
+    pub fn delta(&self, old: &[u8], new: &[u8], runs: &mut Vec<u8>) -> Option<()> {
+        let mut scan = *self;
+        scan.add(0, page::HEADER_SIZE);
+        let same_skip = page::header(old).head_skip == page::header(new).head_skip;
+        let found = match (self.only_change(), scan.ranges()) {
+            // One cell in or out: the delta is known without comparing.
+            (Some(c), _) if same_skip => record::slot_change_runs(old, new, c, runs),
+            (_, Some(r)) => record::delta_runs_within(old, new, r, runs),
+            (_, None) => record::delta_runs(old, new, runs),
+        };
+        debug_assert!(
+            found.is_none() || record::runs_rebuild(old, runs, new),
+            "page {}: bytes written outside what was reported ({self:?})",
+            page::header(new).page_id.get()
+        );
+        found
     }
 
     fn add_all(&mut self, wrote: node::Wrote) {

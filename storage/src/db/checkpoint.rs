@@ -35,7 +35,6 @@ impl Inner {
             if redo.0 == w.wal_at_checkpoint && self.state.read().dirty_pages() == 0 {
                 return Ok(());
             }
-            w.redo_lsn = redo;
             self.redo_lsn.store(redo.0, Ordering::Relaxed);
             w.wal_at_checkpoint = redo.0;
             let g = self.state.read();

@@ -280,9 +280,6 @@ impl WriteBatch {
 
 /// State of the one writer.
 struct Writer {
-    /// Pages whose LSN is at or below this get a full image at their next change: it is the
-    /// start of the last (or running) checkpoint, from which recovery would replay.
-    redo_lsn: Lsn,
     /// WAL end when the last checkpoint started.
     wal_at_checkpoint: u64,
     epoch: u32,
@@ -331,8 +328,10 @@ struct Inner {
     last_checkpoint_us: AtomicU64,
     /// The first LSN the WAL files still hold (what the last checkpoint kept).
     wal_kept_from: AtomicU64,
-    /// `Writer::redo_lsn` as last set, for `stats`, which must not wait for the writer (a
-    /// long batch, a compaction step) to read it.
+    /// Pages whose LSN is at or below this get a full image at their next change: it is the
+    /// start of the last (or running) checkpoint, from which recovery would replay. Set
+    /// only under the writer lock, so a commit reads one value throughout; an atomic so
+    /// that `stats` need not wait for the writer (a long batch, a compaction step).
     redo_lsn: AtomicU64,
     file_bytes: AtomicU64,
     checkpoint_io: &'static str,
@@ -477,7 +476,6 @@ impl Db {
         let inner = Arc::new(Inner {
             state: RwLock::new(published),
             writer: Mutex::new(Writer {
-                redo_lsn: control.redo_lsn,
                 wal_at_checkpoint: control.redo_lsn.0,
                 epoch: control.epoch,
                 scratch: Vec::with_capacity(1 << 16),
@@ -914,8 +912,8 @@ impl Inner {
         // Log every changed page: a full image the first time a page changes after the
         // checkpoint recovery would start from (it may be torn on disk), a delta after that.
         let start = self.wal.end();
+        let redo_lsn = Lsn(self.redo_lsn.load(Ordering::Relaxed));
         let Writer {
-            redo_lsn,
             epoch,
             scratch,
             runs,
@@ -937,20 +935,7 @@ impl Inner {
             let len = match base {
                 Some(b) if page::header(b).page_lsn.get() > redo_lsn.0 => {
                     runs.clear();
-                    // Only where the batch wrote, and the header just set.
-                    let mut scan = *touched;
-                    scan.add(0, page::HEADER_SIZE);
-                    let same_skip = page::header(b).head_skip == page::header(&p[..]).head_skip;
-                    let found = match (touched.only_change(), scan.ranges()) {
-                        // One cell in or out: the delta is known without comparing.
-                        (Some(c), _) if same_skip => record::slot_change_runs(b, &p[..], c, runs),
-                        (_, Some(r)) => record::delta_runs_within(b, &p[..], r, runs),
-                        (_, None) => record::delta_runs(b, &p[..], runs),
-                    };
-                    debug_assert!(
-                        found.is_none() || record::runs_rebuild(b, runs, &p[..]),
-                        "page {id}: the bytes written outside the ranges reported ({touched:?})"
-                    );
+                    let found = touched.delta(b, &p[..], runs);
                     match found {
                         Some(()) => record::encode_page_delta(scratch, Lsn(lsn), *epoch, *id, runs),
                         None => record::encode_page_image(scratch, Lsn(lsn), *epoch, *id, &p[..]),

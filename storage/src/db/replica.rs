@@ -413,8 +413,9 @@ impl Db {
         let mut w = inner.writer.lock();
         // Pages last written before the point recovery starts from get a full image at their
         // next change (see `checkpoint`): that point is the replica's restartpoint.
-        w.redo_lsn = ck.control.redo_lsn;
-        inner.redo_lsn.store(w.redo_lsn.0, Ordering::Relaxed);
+        inner
+            .redo_lsn
+            .store(ck.control.redo_lsn.0, Ordering::Relaxed);
         w.wal_at_checkpoint = at.0;
         w.epoch = epoch;
         let mut buf = Vec::with_capacity(64);
@@ -589,7 +590,8 @@ impl Inner {
         self.note_checkpoint(t0, ck.segs.start_of(keep.min(end)));
         self.file_bytes
             .store(ck.file.len_bytes(), Ordering::Relaxed);
-        self.writer.lock().redo_lsn = redo;
+        // Under the writer lock: a running commit reads one redo point throughout.
+        let _w = self.writer.lock();
         self.redo_lsn.store(redo.0, Ordering::Relaxed);
         Ok(())
     }
