@@ -551,7 +551,7 @@ fn a_replica_beyond_the_retention_cap_is_reseeded_and_the_primary_wal_stays_boun
         cmd("DIGEST").query::<String>(&mut c1).unwrap() == d
     });
     assert!(
-        r1.log_lines()
+        r1.log_since_start()
             .iter()
             .any(|l| l.contains("reseeding from a base backup")),
         "the replica's log says it reseeded"

@@ -116,6 +116,14 @@ impl Node {
         self.log.try_iter().collect()
     }
 
+    /// The lines printed before it was ready, then those printed since (drained): for what
+    /// may happen on either side of "ready" (a replica can start seeding before it listens).
+    pub fn log_since_start(&self) -> Vec<String> {
+        let mut lines = self.early_log.clone();
+        lines.extend(self.log_lines());
+        lines
+    }
+
     /// Waits for the process to exit on its own (after SHUTDOWN or a signal).
     pub fn wait_exit(mut self) -> ExitStatus {
         for _ in 0..600 {
