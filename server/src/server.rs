@@ -530,6 +530,9 @@ async fn next_event(
 /// connection's), waits until they are durable at their level — locally, then at the
 /// sync-standbys quorum for the remote levels — and encodes their replies, or for writes that
 /// did not reach their level the error. Answers `WAIT`s. Returns the bytes to send.
+/// The room a batch's reply buffer starts with.
+const REPLY_START: usize = 256;
+
 pub(crate) async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut Out) -> BytesMut {
     if !out.has_pending() {
         return out.buf.split();
@@ -579,7 +582,8 @@ pub(crate) async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut O
         quorum = wait_quorum(sh, remote, level, lsn).await;
     }
     let now = Instant::now();
-    let mut reply = BytesMut::new();
+    // Sized for the usual short replies, so encoding them does not grow it step by step.
+    let mut reply = BytesMut::with_capacity(REPLY_START + out.buf.len());
     for (p, r) in out.parts.drain(..).zip(results) {
         match p {
             Part::Bytes(b) => reply.extend_from_slice(&b),

@@ -65,6 +65,14 @@ pub struct Deferred {
 }
 
 impl Out {
+    /// Queues a reply that is known only later, behind the replies before it.
+    pub fn defer(&mut self, part: Part) {
+        if !self.buf.is_empty() {
+            self.parts.push(Part::Bytes(self.buf.split().freeze()));
+        }
+        self.parts.push(part);
+    }
+
     /// Some reply waits for a write or for replicas.
     pub fn has_pending(&self) -> bool {
         !self.parts.is_empty()
@@ -373,8 +381,7 @@ impl Session {
             if self.shared.node.repair_gate.load(Ordering::Acquire) > self.db.apply_lsn().0
                 && self.repairs()
             {
-                out.parts.push(Part::Bytes(out.buf.split().freeze()));
-                out.parts.push(Part::Retry { args, page: None });
+                out.defer(Part::Retry { args, page: None });
                 return After::Continue;
             }
         }
@@ -384,8 +391,7 @@ impl Session {
             (_, Access::Write) if commands::is_blocking(name) => {
                 match crate::commands::list::block_deadline(&args[args.len() - 1]) {
                     Ok(deadline) => {
-                        out.parts.push(Part::Bytes(out.buf.split().freeze()));
-                        out.parts.push(Part::Block { args, deadline });
+                        out.defer(Part::Block { args, deadline });
                     }
                     Err(msg) => self.err(out, msg),
                 }
@@ -411,8 +417,7 @@ impl Session {
                 return After::Continue;
             }
             out.buf.truncate(mark);
-            out.parts.push(Part::Bytes(out.buf.split().freeze()));
-            out.parts.push(Part::Retry {
+            out.defer(Part::Retry {
                 args,
                 page: Some(page),
             });
@@ -534,8 +539,7 @@ impl Session {
                 slot: slot.clone(),
                 exec,
             });
-            out.parts.push(Part::Bytes(out.buf.split().freeze()));
-            out.parts.push(Part::Write(Deferred {
+            out.defer(Part::Write(Deferred {
                 slot: slot.clone(),
                 level,
                 since,

@@ -42,6 +42,8 @@ enum Only {
 }
 
 const MAX_RANGES: usize = 6;
+/// The pages a batch's overlay has room for before it grows.
+const DIRTY_START: usize = 32;
 const ANYWHERE: u8 = u8::MAX;
 
 impl Touched {
@@ -170,7 +172,9 @@ impl<'a> WriteCtx<'a> {
     pub fn new(base: &'a Published) -> WriteCtx<'a> {
         WriteCtx {
             base,
-            dirty: FxHashMap::default(),
+            // A group of commits changes tens of pages: room for them from the start
+            // instead of growing the map through its small sizes.
+            dirty: FxHashMap::with_capacity_and_hasher(DIRTY_START, Default::default()),
             meta: base.meta,
         }
     }

@@ -45,10 +45,7 @@ impl Session {
             }
             "SCRUB" => {
                 // Reads the whole page file and the WAL at --scrub-rate: answered when done.
-                out.parts
-                    .push(crate::session::Part::Bytes(out.buf.split().freeze()));
-                out.parts
-                    .push(crate::session::Part::Admin(crate::session::Admin::Scrub));
+                out.defer(crate::session::Part::Admin(crate::session::Admin::Scrub));
             }
             "COMPACT" => {
                 // A primary's write (logged, replicated): refused at once where writes are.
@@ -56,10 +53,7 @@ impl Session {
                     self.err(out, &crate::shared::role_refusal_message(&r));
                 } else {
                     // Runs step by step off the event loop: answered when the pass is done.
-                    out.parts
-                        .push(crate::session::Part::Bytes(out.buf.split().freeze()));
-                    out.parts
-                        .push(crate::session::Part::Admin(crate::session::Admin::Compact));
+                    out.defer(crate::session::Part::Admin(crate::session::Admin::Compact));
                 }
             }
             "SHUTDOWN" => {

@@ -45,8 +45,7 @@ impl Session {
                 };
                 match op {
                     Some(op) => {
-                        out.parts.push(Part::Bytes(out.buf.split().freeze()));
-                        out.parts.push(Part::Admin(op));
+                        out.defer(Part::Admin(op));
                     }
                     None => self.err(out, "ERR REPLICAOF host port, or REPLICAOF NO ONE"),
                 }
@@ -65,17 +64,14 @@ impl Session {
                 match (args[1].eq_ignore_ascii_case(b"to"), port, timeout) {
                     (true, Some(port), Some(ms)) if port > 0 => {
                         let host = String::from_utf8_lossy(&args[2]).to_string();
-                        out.parts.push(Part::Bytes(out.buf.split().freeze()));
-                        out.parts
-                            .push(Part::Admin(Admin::Failover(format!("{host}:{port}"), ms)));
+                        out.defer(Part::Admin(Admin::Failover(format!("{host}:{port}"), ms)));
                     }
                     _ => self.err(out, "ERR FAILOVER TO host port [TIMEOUT ms]"),
                 }
             }
             "WAITLSN" => match (parse_i64(&args[1]), parse_i64(&args[2])) {
                 (Some(lsn), Some(ms)) if lsn >= 0 && ms >= 0 => {
-                    out.parts.push(Part::Bytes(out.buf.split().freeze()));
-                    out.parts.push(Part::WaitLsn {
+                    out.defer(Part::WaitLsn {
                         lsn: Lsn(lsn as u64),
                         timeout_ms: ms as u64,
                     });
@@ -109,8 +105,7 @@ impl Session {
                 } else if self.shared.node.is_replica_role() {
                     self.err(out, "ERR WAIT cannot be used with replica instances");
                 } else {
-                    out.parts.push(Part::Bytes(out.buf.split().freeze()));
-                    out.parts.push(Part::Wait {
+                    out.defer(Part::Wait {
                         replicas: n as usize,
                         timeout_ms: ms as u64,
                     });

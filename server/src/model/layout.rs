@@ -58,7 +58,13 @@ pub fn meta_bounds(after: Option<&[u8]>) -> (Bound<Vec<u8>>, Bound<Vec<u8>>) {
 
 /// `space klen key version`: the prefix of every member of one collection version.
 pub fn prefix(space: u8, key: &[u8], version: u64) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + 2 + key.len() + 8 + 16);
+    prefix_and_room(space, key, version, 16)
+}
+
+/// The prefix in a vector with room for `more` bytes after it (a whole key in one
+/// allocation).
+fn prefix_and_room(space: u8, key: &[u8], version: u64, more: usize) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + 2 + key.len() + 8 + more);
     k.push(space);
     // User keys are at most MAX_USER_KEY bytes: the length fits a u16.
     k.extend_from_slice(&(key.len() as u16).to_be_bytes());
@@ -68,13 +74,13 @@ pub fn prefix(space: u8, key: &[u8], version: u64) -> Vec<u8> {
 }
 
 pub fn sub_key(key: &[u8], version: u64, sub: &[u8]) -> Vec<u8> {
-    let mut k = prefix(SUB, key, version);
+    let mut k = prefix_and_room(SUB, key, version, sub.len());
     k.extend_from_slice(sub);
     k
 }
 
 pub fn score_key(key: &[u8], version: u64, score: f64, member: &[u8]) -> Vec<u8> {
-    let mut k = prefix(SCORE, key, version);
+    let mut k = prefix_and_room(SCORE, key, version, 8 + member.len());
     k.extend_from_slice(&score_bytes(score));
     k.extend_from_slice(member);
     k
