@@ -62,6 +62,10 @@ struct State {
     /// an async waiter hands the next round to the background flusher instead of leading it
     /// on its own (runtime) thread.
     last_wakers: usize,
+    /// The next segment, for the preparer to create before the log reaches it.
+    prepare: Option<u64>,
+    /// Segments up to this start exist or were asked for already.
+    prepared: u64,
 }
 
 /// What a flush round needs exclusively; only the round's leader touches it.
@@ -94,9 +98,20 @@ struct Shared {
     listener: parking_lot::RwLock<Option<WalListener>>,
     /// Completed write+sync rounds (each may carry many commits).
     flushes: AtomicU64,
+    /// Segment size, for the preparer's requests.
+    segment_bytes: u64,
+    /// The preparer runs (real files only: a simulated file system's crash tests count
+    /// every operation, and a thread of its own would make them depend on timing).
+    prepares: bool,
+    /// The preparer waits here for a segment to create.
+    prep_work: Condvar,
 }
 
 /// The log's appender and flusher.
+///
+/// A third thread, the preparer, creates each segment (16 MiB of zeros and a sync: tens of
+/// milliseconds) once the log is half-way through the one before, so no flush round waits
+/// for it, unless a checkpoint recycled an old segment into that name already.
 ///
 /// Group commit is leader/follower: a committer that needs its bytes durable and finds no
 /// flush running becomes the leader — it takes everything buffered, writes and syncs it on
@@ -107,6 +122,7 @@ struct Shared {
 pub(crate) struct Wal {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    preparer: Mutex<Option<JoinHandle<()>>>,
     backend_name: &'static str,
 }
 
@@ -134,6 +150,9 @@ impl Wal {
         };
         // Lay down the segment the next record goes to now, not in the first commit's flush
         // (a new segment is 16 MiB of zeros: tens of milliseconds).
+        let prep = vfs
+            .is_real()
+            .then(|| Segments::new(vfs.clone(), dir, segment_bytes, faults.clone()));
         let mut segs = Segments::new(vfs, dir, segment_bytes, faults);
         if let Err(e) = segs.ensure(segs.start_of(end.0)) {
             tracing::warn!(error = %e, "could not prepare the current WAL segment; the first flush will retry");
@@ -152,6 +171,8 @@ impl Wal {
                 wakers: Vec::new(),
                 appends: 0,
                 last_wakers: 0,
+                prepare: None,
+                prepared: segs.start_of(end.0),
             }),
             io: Mutex::new(Io {
                 segs,
@@ -165,14 +186,29 @@ impl Wal {
             written: AtomicU64::new(end.0),
             listener: parking_lot::RwLock::new(None),
             flushes: AtomicU64::new(0),
+            segment_bytes,
+            prepares: prep.is_some(),
+            prep_work: Condvar::new(),
         });
         let s2 = shared.clone();
         let thread = std::thread::Builder::new()
             .name("replidb-wal-flusher".into())
             .spawn(move || background_flusher(&s2))?;
+        let preparer = match prep {
+            Some(segs) => {
+                let s3 = shared.clone();
+                Some(
+                    std::thread::Builder::new()
+                        .name("replidb-wal-prep".into())
+                        .spawn(move || preparer(&s3, &segs))?,
+                )
+            }
+            None => None,
+        };
         Ok(Wal {
             shared,
             thread: Mutex::new(Some(thread)),
+            preparer: Mutex::new(preparer),
             backend_name,
         })
     }
@@ -375,7 +411,11 @@ impl Wal {
         let r = self.wait_flushed(end);
         self.shared.st.lock().shutdown = true;
         self.shared.work.notify_all();
+        self.shared.prep_work.notify_all();
         if let Some(t) = self.thread.lock().take() {
+            let _ = t.join();
+        }
+        if let Some(t) = self.preparer.lock().take() {
             let _ = t.join();
         }
         r
@@ -475,6 +515,10 @@ fn lead<'a>(
             if st.disk_full.take().is_some() {
                 tracing::info!("WAL writes succeed again");
             }
+            // A round that wrote nothing (a sync only; an inspecting open) changes no file.
+            if !data.is_empty() {
+                ask_for_next_segment(shared, &mut st, end);
+            }
             data.clear();
             if st.spare.capacity() < data.capacity() {
                 st.spare = data;
@@ -514,6 +558,41 @@ fn lead<'a>(
         w.wake();
     }
     st
+}
+
+/// Past half of the segment that `end` is in, asks the preparer for the next one (once).
+fn ask_for_next_segment(shared: &Shared, st: &mut State, end: u64) {
+    let size = shared.segment_bytes;
+    let seg = end - end % size;
+    let Some(next) = seg.checked_add(size) else {
+        return;
+    };
+    if shared.prepares && end - seg >= size / 2 && next > st.prepared && st.prepare.is_none() {
+        st.prepare = Some(next);
+        shared.prep_work.notify_one();
+    }
+}
+
+/// Creates the segments the flush rounds ask for ahead (`ask_for_next_segment`). A failure
+/// (a full disk) only leaves the segment to the flush round that reaches it, which then
+/// reports it.
+fn preparer(shared: &Shared, segs: &Segments) {
+    let mut st = shared.st.lock();
+    loop {
+        if st.shutdown || st.fatal.is_some() {
+            return;
+        }
+        let Some(start) = st.prepare else {
+            shared.prep_work.wait(&mut st);
+            continue;
+        };
+        let r = MutexGuard::unlocked(&mut st, || segs.prepare(start));
+        if let Err(e) = r {
+            tracing::warn!(error = %e, segment = %segment::segment_name(start), "could not create the next WAL segment ahead; the flush that reaches it will try again");
+        }
+        st.prepared = st.prepared.max(start);
+        st.prepare = None;
+    }
 }
 
 /// Flushes bytes nobody waits for, and retries after a full disk.

@@ -212,15 +212,7 @@ impl Segments {
         let tmp = self.dir.join(format!("{}.tmp", segment_name(start)));
         let f = self.vfs.open(&tmp, OpenMode::Truncate)?;
         let r = (|| {
-            f.write_all_at(&header_bytes(start, self.segment_bytes), 0)?;
-            let zeros = vec![0u8; 1 << 20];
-            let mut off = 0;
-            while off < self.segment_bytes {
-                let n = (self.segment_bytes - off).min(zeros.len() as u64) as usize;
-                f.write_all_at(&zeros[..n], SEGMENT_HEADER + off)?;
-                off += n as u64;
-            }
-            f.sync_all()?;
+            self.fill(&*f, start)?;
             self.vfs.rename(&tmp, &self.path(start))?;
             self.vfs.sync_dir(&self.dir)
         })();
@@ -230,6 +222,57 @@ impl Segments {
         }
         tracing::debug!(segment = %segment_name(start), "created WAL segment");
         Ok(f)
+    }
+
+    /// Writes segment `start`'s header and zeros over all its stream bytes, and syncs them.
+    fn fill(&self, f: &dyn VFile, start: u64) -> io::Result<()> {
+        f.write_all_at(&header_bytes(start, self.segment_bytes), 0)?;
+        let zeros = vec![0u8; 1 << 20];
+        let mut off = 0;
+        while off < self.segment_bytes {
+            let n = (self.segment_bytes - off).min(zeros.len() as u64) as usize;
+            f.write_all_at(&zeros[..n], SEGMENT_HEADER + off)?;
+            off += n as u64;
+        }
+        f.sync_all()
+    }
+
+    /// Creates segment `start` ahead of the log, unless it exists: as `create`, but under a
+    /// temporary name of its own and without the naming lock until the rename (which it
+    /// skips if a flush or a checkpoint's recycling put a segment there meanwhile), so a
+    /// flush round that needs a segment never waits for this one's zeros. Returns whether
+    /// it created the file.
+    pub fn prepare(&self, start: u64) -> io::Result<bool> {
+        let to = self.path(start);
+        if self.vfs.exists(&to) {
+            return Ok(false);
+        }
+        if let Some(f) = &self.faults {
+            f.check_segment()?;
+        }
+        // Ends in ".wal.tmp": a crash leaves it to `remove_leftovers`.
+        let tmp = self
+            .dir
+            .join(format!("{}.prep.wal.tmp", segment_name(start)));
+        let f = self.vfs.open(&tmp, OpenMode::Truncate)?;
+        let r = (|| {
+            self.fill(&*f, start)?;
+            let names = self.names.clone();
+            let _naming = names.lock();
+            if self.vfs.exists(&to) {
+                return Ok(false);
+            }
+            self.vfs.rename(&tmp, &to)?;
+            self.vfs.sync_dir(&self.dir)?;
+            Ok(true)
+        })();
+        if !matches!(r, Ok(true)) {
+            let _ = self.vfs.remove_file(&tmp);
+        }
+        if let Ok(true) = r {
+            tracing::debug!(segment = %segment_name(start), "prepared WAL segment ahead of the log");
+        }
+        r
     }
 
     /// Reads stream bytes [from, from + buf.len()) of segment `start` (which must hold them).
