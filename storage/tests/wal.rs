@@ -461,3 +461,42 @@ fn every_level_but_off_is_durable_when_commit_returns() {
     }
     assert_eq!(Durability::parse("sync"), None);
 }
+
+/// Once the log is half-way through a segment, the next one is created ahead (whole, zeros
+/// after its header) by the WAL's preparer, before any record needs it: a flush round that
+/// crosses into it then only opens it, instead of writing the segment's zeros and syncing
+/// them while every commit waits.
+#[test]
+fn the_next_segment_is_created_before_the_log_reaches_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let seg = 128 * 1024u64;
+    let db = Db::open(dir.path(), opts(WalIo::Auto)).unwrap();
+    let next = dir.path().join(WAL_DIR).join(format!("{seg:016x}.wal"));
+    let mut i = 0;
+    while db.flush_lsn().0 < seg * 5 / 8 {
+        commit_n(&db, i, 1);
+        i += 1;
+    }
+    assert!(db.flush_lsn().0 < seg, "still in the first segment");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !next.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the next segment was not prepared while the log was at {}",
+            db.flush_lsn().0
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(db.flush_lsn().0 < seg, "prepared before the log reached it");
+    let bytes = std::fs::read(&next).unwrap();
+    assert_eq!(bytes.len() as u64, 512 + seg);
+    assert!(bytes[512..].iter().all(|&b| b == 0));
+    // The log then runs on into it, and everything reads back after a restart.
+    while db.flush_lsn().0 < seg + seg / 4 {
+        commit_n(&db, i, 1);
+        i += 1;
+    }
+    drop(db);
+    let db = Db::open(dir.path(), opts(WalIo::Auto)).unwrap();
+    assert_present(&db, 0..i);
+}
