@@ -526,13 +526,13 @@ async fn next_event(
     }
 }
 
+/// The room a batch's reply buffer starts with.
+const REPLY_START: usize = 256;
+
 /// Completes a batch of replies: applies the connection's queued writes (with every other
 /// connection's), waits until they are durable at their level — locally, then at the
 /// sync-standbys quorum for the remote levels — and encodes their replies, or for writes that
 /// did not reach their level the error. Answers `WAIT`s. Returns the bytes to send.
-/// The room a batch's reply buffer starts with.
-const REPLY_START: usize = 256;
-
 pub(crate) async fn finish_batch(sh: &Shared, session: &mut Session, out: &mut Out) -> BytesMut {
     if !out.has_pending() {
         return out.buf.split();

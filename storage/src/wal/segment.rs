@@ -266,11 +266,13 @@ impl Segments {
             self.vfs.sync_dir(&self.dir)?;
             Ok(true)
         })();
-        if !matches!(r, Ok(true)) {
-            let _ = self.vfs.remove_file(&tmp);
-        }
-        if let Ok(true) = r {
-            tracing::debug!(segment = %segment_name(start), "prepared WAL segment ahead of the log");
+        match r {
+            Ok(true) => {
+                tracing::debug!(segment = %segment_name(start), "prepared WAL segment ahead of the log")
+            }
+            _ => {
+                let _ = self.vfs.remove_file(&tmp);
+            }
         }
         r
     }
