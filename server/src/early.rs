@@ -281,7 +281,7 @@ fn answer(
                 (b"SETNAME", 3) => match crate::commands::connection::bad_client_name(&args[2]) {
                     Some(e) => enc.error(out, e),
                     None => {
-                        client.name = Some(args[2].clone());
+                        client.name = crate::commands::connection::client_name(args[2].clone());
                         enc.simple(out, "OK");
                     }
                 },
@@ -372,48 +372,29 @@ fn hello(st: &EarlyState, client: &mut EarlyClient, args: &[Bytes], out: &mut By
     let enc = Encoder {
         resp3: client.resp3,
     };
-    let mut proto = if client.resp3 { 3 } else { 2 };
-    let mut i = 1;
-    if let Some(v) = args.get(1) {
-        match &v[..] {
-            b"2" => proto = 2,
-            b"3" => proto = 3,
-            _ => {
-                enc.error(out, "NOPROTO unsupported protocol version");
-                return;
-            }
+    let h = match crate::commands::connection::parse_hello(args) {
+        Ok(h) => h,
+        Err(e) => {
+            enc.error(out, &e);
+            return;
         }
-        i = 2;
-    }
-    let mut name = None;
-    while i < args.len() {
-        match &args[i].to_ascii_uppercase()[..] {
-            b"AUTH" if i + 2 < args.len() => {
-                let mut refused = BytesMut::new();
-                auth(st, client, enc, &args[i + 1..i + 3], &mut refused);
-                if !client.authed {
-                    out.extend_from_slice(&refused);
-                    return;
-                }
-                i += 3;
-            }
-            b"SETNAME" if i + 1 < args.len() => {
-                name = Some(args[i + 1].clone());
-                i += 2;
-            }
-            _ => {
-                enc.error(out, "ERR syntax error in HELLO");
-                return;
-            }
+    };
+    if let Some(creds) = &h.auth {
+        let mut refused = BytesMut::new();
+        auth(st, client, enc, creds, &mut refused);
+        if !client.authed {
+            out.extend_from_slice(&refused);
+            return;
         }
     }
     if !client.authed {
-        enc.error(out, "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+        enc.error(out, crate::commands::connection::NOAUTH_HELLO);
         return;
     }
-    if name.is_some() {
-        client.name = name;
+    if let Some(name) = h.name {
+        client.name = crate::commands::connection::client_name(name);
     }
+    let proto = h.proto.unwrap_or(if client.resp3 { 3 } else { 2 });
     client.resp3 = proto == 3;
     let enc = Encoder {
         resp3: client.resp3,
@@ -423,7 +404,7 @@ fn hello(st: &EarlyState, client: &mut EarlyClient, args: &[Bytes], out: &mut By
     } else {
         b"master"
     };
-    crate::commands::connection::hello_reply(enc, out, proto, 0, role);
+    crate::commands::connection::hello_reply(enc, out, proto.into(), 0, role);
 }
 
 /// INFO before the database is open: who the node is and what it waits for.

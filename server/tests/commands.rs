@@ -515,3 +515,79 @@ fn requirepass_needs_auth() {
         .unwrap();
     assert_eq!(cmd("GET").arg("a").query::<String>(&mut c2).unwrap(), "1");
 }
+
+/// HELLO reads all of its options before any takes effect, as Redis 7 does: a syntax error
+/// or a bad name is the answer even with good credentials (which are then not used), and a
+/// name or protocol asked for without authentication is not taken.
+#[test]
+fn hello_checks_its_options_before_it_authenticates() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::start(dir.path(), &["--requirepass", "s3cret"]);
+    let mut c = node.client();
+    let getname =
+        |c: &mut redis::Connection| cmd("CLIENT").arg("GETNAME").query::<Option<String>>(c);
+    // A bad option after good credentials: a syntax error, and the connection stays locked.
+    let e = err_of(q(
+        &mut c,
+        &[b"HELLO", b"3", b"AUTH", b"default", b"s3cret", b"LOUDLY"],
+    ));
+    assert!(e.contains("Syntax error in HELLO option 'LOUDLY'"), "{e}");
+    assert!(err_of(cmd("GET").arg("a").query(&mut c)).contains("NOAUTH"));
+    // A bad name: its error, not a login.
+    let e = err_of(q(
+        &mut c,
+        &[
+            b"HELLO",
+            b"2",
+            b"AUTH",
+            b"default",
+            b"s3cret",
+            b"SETNAME",
+            b"two words",
+        ],
+    ));
+    assert!(e.contains("Client names cannot contain spaces"), "{e}");
+    assert!(err_of(cmd("GET").arg("a").query(&mut c)).contains("NOAUTH"));
+    // Wrong credentials with a name: WRONGPASS, and the name is not taken.
+    let e = err_of(q(
+        &mut c,
+        &[
+            b"HELLO", b"2", b"AUTH", b"default", b"wrong", b"SETNAME", b"first",
+        ],
+    ));
+    assert!(e.contains("WRONGPASS"), "{e}");
+    // No credentials: NOAUTH, and neither the name nor RESP3 is taken.
+    let e = err_of(q(&mut c, &[b"HELLO", b"3", b"SETNAME", b"second"]));
+    assert!(
+        e.contains("NOAUTH") && e.contains("HELLO must be called"),
+        "{e}"
+    );
+    let e = err_of(q(&mut c, &[b"HELLO", b"three"]));
+    assert!(e.contains("Protocol version is not an integer"), "{e}");
+    assert!(err_of(q(&mut c, &[b"HELLO", b"4"])).contains("NOPROTO"));
+    let _: () = cmd("AUTH").arg("s3cret").query(&mut c).unwrap();
+    assert_eq!(
+        getname(&mut c).unwrap(),
+        None,
+        "a refused HELLO named the connection"
+    );
+    let empty: Value = cmd("HGETALL").arg("none").query(&mut c).unwrap();
+    assert_eq!(
+        empty,
+        Value::Array(vec![]),
+        "a refused HELLO switched to RESP3"
+    );
+    // A good HELLO takes everything at once; an empty name removes it, as in Redis.
+    let _: Value = q(
+        &mut c,
+        &[
+            b"HELLO", b"2", b"AUTH", b"default", b"s3cret", b"SETNAME", b"third",
+        ],
+    )
+    .unwrap();
+    assert_eq!(getname(&mut c).unwrap().as_deref(), Some("third"));
+    let _: () = q(&mut c, &[b"CLIENT", b"SETNAME", b""]).unwrap();
+    assert_eq!(getname(&mut c).unwrap(), None);
+    let e = err_of(q(&mut c, &[b"CLIENT", b"SETNAME", "caf\u{e9}".as_bytes()]));
+    assert!(e.contains("special characters"), "{e}");
+}

@@ -198,6 +198,23 @@ fn a_new_replica_waiting_for_its_primary_answers_and_reads_get_loading() {
         .query::<()>(&mut c)
         .unwrap_err();
     assert!(format!("{err}").contains("cannot contain spaces"), "{err}");
+    // HELLO checks all of its options first, here as on the server's loop.
+    let err = cmd("HELLO")
+        .arg(2)
+        .arg("SETNAME")
+        .arg("two words")
+        .query::<redis::Value>(&mut c)
+        .unwrap_err();
+    assert!(format!("{err}").contains("cannot contain spaces"), "{err}");
+    let err = cmd("HELLO")
+        .arg(2)
+        .arg("LOUDLY")
+        .query::<redis::Value>(&mut c)
+        .unwrap_err();
+    assert!(
+        format!("{err}").contains("Syntax error in HELLO option 'LOUDLY'"),
+        "{err}"
+    );
     let echo: String = cmd("ECHO").arg("still here").query(&mut c).unwrap();
     assert_eq!(echo, "still here");
     let mut raw = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();

@@ -76,46 +76,37 @@ impl Session {
     }
 
     fn hello(&mut self, args: &[Bytes], out: &mut Out) {
-        let mut proto = if self.enc.resp3 { 3 } else { 2 };
-        let mut i = 1;
-        if let Some(v) = args.get(1) {
-            match parse_i64(v) {
-                Some(2) => proto = 2,
-                Some(3) => proto = 3,
-                _ => {
-                    self.err(out, "NOPROTO unsupported protocol version");
-                    return;
-                }
+        let h = match parse_hello(args) {
+            Ok(h) => h,
+            Err(e) => {
+                self.err(out, &e);
+                return;
             }
-            i = 2;
-        }
-        while i < args.len() {
-            match upper(&args[i]).as_str() {
-                "AUTH" if i + 2 < args.len() => {
-                    let mut tmp = Out::default();
-                    self.auth(&args[i + 1..i + 3], &mut tmp);
-                    if !self.authed {
-                        out.buf.extend_from_slice(&tmp.buf);
-                        return;
-                    }
-                    i += 3;
-                }
-                "SETNAME" if i + 1 < args.len() => {
-                    self.name = Some(args[i + 1].clone());
-                    i += 2;
-                }
-                _ => {
-                    self.err(out, "ERR syntax error in HELLO");
-                    return;
-                }
+        };
+        if let Some(creds) = &h.auth {
+            let mut refused = Out::default();
+            self.auth(creds, &mut refused);
+            if !self.authed {
+                out.buf.extend_from_slice(&refused.buf);
+                return;
             }
         }
         if !self.authed {
-            self.err(out, "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+            self.err(out, NOAUTH_HELLO);
             return;
         }
+        if let Some(name) = h.name {
+            self.name = client_name(name);
+        }
+        let proto = h.proto.unwrap_or(if self.enc.resp3 { 3 } else { 2 });
         self.enc.resp3 = proto == 3;
-        hello_reply(self.enc, &mut out.buf, proto, self.id as i64, b"master");
+        hello_reply(
+            self.enc,
+            &mut out.buf,
+            proto.into(),
+            self.id as i64,
+            b"master",
+        );
     }
 
     fn client(&mut self, args: &[Bytes], out: &mut Out) {
@@ -125,7 +116,7 @@ impl Session {
                 if let Some(e) = bad_client_name(&args[2]) {
                     self.err(out, e);
                 } else {
-                    self.name = Some(args[2].clone());
+                    self.name = client_name(args[2].clone());
                     self.enc.simple(&mut out.buf, "OK");
                 }
             }
@@ -203,7 +194,68 @@ pub(crate) fn hello_reply(
 
 /// Why `CLIENT SETNAME` refuses `name`, if it does (the server's loop and the early port).
 pub(crate) fn bad_client_name(name: &[u8]) -> Option<&'static str> {
+    // Redis allows printable ASCII but the space: CLIENT LIST splits its fields by spaces.
     name.iter()
-        .any(|&c| c == b' ' || c == b'\n')
+        .any(|&c| !(b'!'..=b'~').contains(&c))
         .then_some("ERR Client names cannot contain spaces, newlines or special characters.")
+}
+
+/// The name a client is known by after `CLIENT SETNAME` / `HELLO ... SETNAME`: an empty
+/// name removes it, as in Redis.
+pub(crate) fn client_name(name: Bytes) -> Option<Bytes> {
+    (!name.is_empty()).then_some(name)
+}
+
+/// HELLO's refusal for a connection that has not authenticated.
+pub(crate) const NOAUTH_HELLO: &str = "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time";
+
+/// `HELLO [protover [AUTH username password] [SETNAME clientname]]`, read whole.
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Hello {
+    /// The protocol asked for; `None` keeps the connection's.
+    pub proto: Option<u8>,
+    /// `[username, password]`.
+    pub auth: Option<[Bytes; 2]>,
+    pub name: Option<Bytes>,
+}
+
+/// Reads HELLO's arguments in full before any takes effect, as Redis 7 does: a bad version,
+/// an unknown option or a bad name is the answer even when credentials come with it, and
+/// the credentials are tried only then (by the caller, which also sets the name and the
+/// protocol only once the connection is authenticated).
+pub(crate) fn parse_hello(args: &[Bytes]) -> Result<Hello, String> {
+    let mut h = Hello::default();
+    let mut i = 1;
+    if let Some(v) = args.get(1) {
+        h.proto = Some(match parse_i64(v) {
+            Some(2) => 2,
+            Some(3) => 3,
+            Some(_) => return Err("NOPROTO unsupported protocol version".into()),
+            None => return Err("ERR Protocol version is not an integer or out of range".into()),
+        });
+        i = 2;
+    }
+    while i < args.len() {
+        let more = args.len() - 1 - i;
+        match upper(&args[i]).as_str() {
+            "AUTH" if more >= 2 => {
+                h.auth = Some([args[i + 1].clone(), args[i + 2].clone()]);
+                i += 3;
+            }
+            "SETNAME" if more >= 1 => {
+                if let Some(e) = bad_client_name(&args[i + 1]) {
+                    return Err(e.into());
+                }
+                h.name = Some(args[i + 1].clone());
+                i += 2;
+            }
+            _ => {
+                return Err(format!(
+                    "ERR Syntax error in HELLO option '{}'",
+                    String::from_utf8_lossy(&args[i])
+                ))
+            }
+        }
+    }
+    Ok(h)
 }
