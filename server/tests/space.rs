@@ -6,15 +6,9 @@
 
 mod common;
 
-use common::{info, info_section, wait_for, Node};
+use common::{caught_up, info, info_section, wait_for, Node};
 use rand::{Rng, SeedableRng};
 use redis::cmd;
-
-fn caught_up(primary: &mut redis::Connection, replica: &mut redis::Connection) -> bool {
-    let p = info(primary);
-    let r = info(replica);
-    r["apply_lsn"] == p["flush_lsn"] && r["flush_lsn"] == p["flush_lsn"]
-}
 
 fn num(c: &mut redis::Connection, field: &str) -> u64 {
     info_section(c, "persistence")[field].parse().unwrap()

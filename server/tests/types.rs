@@ -8,14 +8,8 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use common::{info, info_section, wait_for, Node};
+use common::{caught_up, info, info_section, wait_for, Node};
 use redis::{cmd, Commands};
-
-fn caught_up(primary: &mut redis::Connection, replica: &mut redis::Connection) -> bool {
-    let p = info(primary);
-    let r = info(replica);
-    r["apply_lsn"] == p["flush_lsn"] && r["flush_lsn"] == p["flush_lsn"]
-}
 
 fn digest(c: &mut redis::Connection) -> String {
     cmd("DIGEST").query(c).unwrap()

@@ -179,6 +179,18 @@ impl Drop for Node {
     }
 }
 
+/// Whether `replica` has applied and synced everything `primary` has synced.
+pub fn caught_up(primary: &mut redis::Connection, replica: &mut redis::Connection) -> bool {
+    let p = info(primary);
+    let r = info(replica);
+    r["apply_lsn"] == p["flush_lsn"] && r["flush_lsn"] == p["flush_lsn"]
+}
+
+/// Every key and value (`RANGE - +`), in key order.
+pub fn everything(c: &mut redis::Connection) -> Vec<Vec<u8>> {
+    redis::cmd("RANGE").arg("-").arg("+").query(c).unwrap()
+}
+
 /// `INFO replication` as a map.
 pub fn info(c: &mut redis::Connection) -> std::collections::HashMap<String, String> {
     info_section(c, "replication")
