@@ -243,6 +243,59 @@ fn lsn_field(c: &mut redis::Connection, field: &str) -> u64 {
     info(c)[field].parse().unwrap()
 }
 
+/// A key's value in the tests below: padded, so every value has the same length.
+fn value(i: usize) -> String {
+    format!("value {i:05}")
+}
+
+const KEYS: usize = 3000;
+
+/// A primary started with `primary_args` and a replica `r1` (its `--replicaof` and name
+/// given here, more arguments in `replica_args`), linked; then `KEYS` keys written on the
+/// primary, a checkpoint there (so a restarted replica replays no page over damage made
+/// later), and the replica caught up.
+fn loaded_pair(
+    pd: &std::path::Path,
+    d1: &std::path::Path,
+    primary_args: &[&str],
+    replica_args: &[&str],
+) -> (Node, Node, redis::Connection, redis::Connection) {
+    let primary = Node::start(pd, primary_args);
+    let addr = format!("127.0.0.1:{}", primary.port);
+    let mut args = vec!["--replicaof", &addr, "--name", "r1"];
+    args.extend_from_slice(replica_args);
+    let r1 = Node::start(d1, &args);
+    let mut p = primary.client();
+    let mut c1 = r1.client();
+    wait_for(20, "link up", || info(&mut c1)["primary_link"] == "up");
+    let mut pipe = redis::pipe();
+    for i in 0..KEYS {
+        pipe.cmd("SET")
+            .arg(format!("key:{i:05}"))
+            .arg(value(i))
+            .ignore();
+    }
+    let _: () = pipe.query(&mut p).unwrap();
+    let _: () = cmd("CHECKPOINT").query(&mut p).unwrap();
+    wait_for(30, "r1 caught up", || caught_up(&mut p, &mut c1));
+    (primary, r1, p, c1)
+}
+
+/// Every `step`-th key of `loaded_pair` reads back with its value on `c`.
+fn assert_keys(c: &mut redis::Connection, step: usize) {
+    for i in (0..KEYS).step_by(step) {
+        let v: Option<String> = cmd("GET").arg(format!("key:{i:05}")).query(c).unwrap();
+        assert_eq!(v, Some(value(i)), "key {i}");
+    }
+}
+
+/// Both nodes' DIGESTs are equal.
+fn assert_same_pages(p: &mut redis::Connection, c1: &mut redis::Connection) {
+    let pdig: String = cmd("DIGEST").query(p).unwrap();
+    let rdig: String = cmd("DIGEST").query(c1).unwrap();
+    assert_eq!(pdig, rdig, "the replica's pages differ from its primary's");
+}
+
 /// SPEC: a page that fails its checksum on a node with a peer is refetched from it, counted
 /// as `pages_repaired`, and reads that hit it wait for the repair rather than fail. A
 /// stopped replica gets one byte-flipped leaf page; restarted, every key reads back with its
@@ -250,23 +303,7 @@ fn lsn_field(c: &mut redis::Connection, field: &str) -> u64 {
 #[test]
 fn a_replica_repairs_a_damaged_page_from_its_primary_and_reads_wait_for_it() {
     let (pd, d1) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let primary = Node::start(pd.path(), &[]);
-    let addr = format!("127.0.0.1:{}", primary.port);
-    let r1 = Node::start(d1.path(), &["--replicaof", &addr, "--name", "r1"]);
-    let mut p = primary.client();
-    let mut c1 = r1.client();
-    wait_for(20, "link up", || info(&mut c1)["primary_link"] == "up");
-    let mut pipe = redis::pipe();
-    for i in 0..3000 {
-        pipe.cmd("SET")
-            .arg(format!("key:{i:05}"))
-            .arg(format!("value {i}"))
-            .ignore();
-    }
-    let _: () = pipe.query(&mut p).unwrap();
-    // A checkpoint last: the replica's restart replays no page over the damage.
-    let _: () = cmd("CHECKPOINT").query(&mut p).unwrap();
-    wait_for(30, "r1 caught up", || caught_up(&mut p, &mut c1));
+    let (primary, r1, mut p, _) = loaded_pair(pd.path(), d1.path(), &[], &[]);
     r1.signal("TERM");
     assert!(r1.wait_exit().success());
     let path = d1.path().join("pages.db");
@@ -277,28 +314,19 @@ fn a_replica_repairs_a_damaged_page_from_its_primary_and_reads_wait_for_it() {
     bytes[leaf * 4096 + 2000] ^= 0x10;
     std::fs::write(&path, &bytes).unwrap();
 
+    let addr = format!("127.0.0.1:{}", primary.port);
     let r1 = Node::start(d1.path(), &["--replicaof", &addr, "--name", "r1"]);
     let mut c1 = r1.client();
     wait_for(20, "link up again", || {
         info(&mut c1)["primary_link"] == "up"
     });
-    for i in 0..3000 {
-        let v: Option<String> = cmd("GET")
-            .arg(format!("key:{i:05}"))
-            .query(&mut c1)
-            .unwrap();
-        assert_eq!(v, Some(format!("value {i}")), "key {i}");
-    }
+    assert_keys(&mut c1, 1);
     assert_eq!(info(&mut c1)["pages_repaired"], "1");
     let _: () = cmd("SET").arg("after").arg("repair").query(&mut p).unwrap();
     wait_for(30, "r1 caught up after the repair", || {
         caught_up(&mut p, &mut c1)
     });
-    let (pdig, rdig): (String, String) = (
-        cmd("DIGEST").query(&mut p).unwrap(),
-        cmd("DIGEST").query(&mut c1).unwrap(),
-    );
-    assert_eq!(pdig, rdig, "the replica's pages differ from its primary's");
+    assert_same_pages(&mut p, &mut c1);
 }
 
 /// SCRUB reads the page file from disk: bit rot in a page of a running replica that no
@@ -308,32 +336,12 @@ fn a_replica_repairs_a_damaged_page_from_its_primary_and_reads_wait_for_it() {
 #[test]
 fn scrub_finds_bit_rot_on_a_running_replica_and_repairs_it() {
     let (pd, d1) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let primary = Node::start(pd.path(), &["--scrub-rate", "0"]);
-    let addr = format!("127.0.0.1:{}", primary.port);
-    let r1 = Node::start(
+    let (_primary, _r1, mut p, mut c1) = loaded_pair(
+        pd.path(),
         d1.path(),
-        &[
-            "--replicaof",
-            &addr,
-            "--name",
-            "r1",
-            "--scrub-interval",
-            "1s",
-        ],
+        &["--scrub-rate", "0"],
+        &["--scrub-interval", "1s"],
     );
-    let mut p = primary.client();
-    let mut c1 = r1.client();
-    wait_for(20, "link up", || info(&mut c1)["primary_link"] == "up");
-    let mut pipe = redis::pipe();
-    for i in 0..3000 {
-        pipe.cmd("SET")
-            .arg(format!("key:{i:05}"))
-            .arg(format!("value {i}"))
-            .ignore();
-    }
-    let _: () = pipe.query(&mut p).unwrap();
-    let _: () = cmd("CHECKPOINT").query(&mut p).unwrap();
-    wait_for(30, "r1 caught up", || caught_up(&mut p, &mut c1));
     // The background scrub runs every second on r1.
     wait_for(20, "a background scrub", || {
         persistence(&mut c1)["scrubs"] != "0"
@@ -351,18 +359,8 @@ fn scrub_finds_bit_rot_on_a_running_replica_and_repairs_it() {
     wait_for(30, "r1 caught up after the scrub", || {
         caught_up(&mut p, &mut c1)
     });
-    let (pdig, rdig): (String, String) = (
-        cmd("DIGEST").query(&mut p).unwrap(),
-        cmd("DIGEST").query(&mut c1).unwrap(),
-    );
-    assert_eq!(pdig, rdig);
-    for i in (0..3000).step_by(7) {
-        let v: Option<String> = cmd("GET")
-            .arg(format!("key:{i:05}"))
-            .query(&mut c1)
-            .unwrap();
-        assert_eq!(v, Some(format!("value {i}")));
-    }
+    assert_same_pages(&mut p, &mut c1);
+    assert_keys(&mut c1, 7);
     // The primary has no peer to repair from: it finds and reports.
     common::faults::rot_leaf(pd.path());
     let report: String = cmd("SCRUB").query(&mut p).unwrap();
@@ -385,32 +383,8 @@ fn persistence(c: &mut redis::Connection) -> std::collections::HashMap<String, S
 #[test]
 fn a_drifted_replica_page_is_found_by_the_background_check_and_replaced() {
     let (pd, d1) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let primary = Node::start(pd.path(), &[]);
-    let addr = format!("127.0.0.1:{}", primary.port);
-    let r1 = Node::start(
-        d1.path(),
-        &[
-            "--replicaof",
-            &addr,
-            "--name",
-            "r1",
-            "--verify-interval",
-            "200ms",
-        ],
-    );
-    let mut p = primary.client();
-    let mut c1 = r1.client();
-    wait_for(20, "link up", || info(&mut c1)["primary_link"] == "up");
-    let mut pipe = redis::pipe();
-    for i in 0..3000 {
-        pipe.cmd("SET")
-            .arg(format!("key:{i:05}"))
-            .arg(format!("value {i:05}"))
-            .ignore();
-    }
-    let _: () = pipe.query(&mut p).unwrap();
-    let _: () = cmd("CHECKPOINT").query(&mut p).unwrap();
-    wait_for(30, "r1 caught up", || caught_up(&mut p, &mut c1));
+    let (_primary, _r1, mut p, mut c1) =
+        loaded_pair(pd.path(), d1.path(), &[], &["--verify-interval", "200ms"]);
     let _: () = cmd("CHECKPOINT").query(&mut c1).unwrap();
     let before = info(&mut c1)["drifted_pages"].clone();
     assert_eq!(before, "0");
@@ -439,12 +413,6 @@ fn a_drifted_replica_page_is_found_by_the_background_check_and_replaced() {
     wait_for(30, "equal digests", || {
         cmd("DIGEST").query::<String>(&mut c1).unwrap() == pdig
     });
-    for i in 0..3000 {
-        let v: Option<String> = cmd("GET")
-            .arg(format!("key:{i:05}"))
-            .query(&mut c1)
-            .unwrap();
-        assert_eq!(v, Some(format!("value {i:05}")), "key {i}");
-    }
+    assert_keys(&mut c1, 1);
     assert_ne!(info(&mut c1)["verified_pages"], "0");
 }
