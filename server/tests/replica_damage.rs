@@ -100,6 +100,30 @@ fn a_corrupted_frame_is_rejected_and_the_replica_reconnects() {
     );
 }
 
+/// Replica `r1` in `d1` of the primary on `port`, with `more` arguments.
+fn start_r1(d1: &std::path::Path, port: u16, more: &[&str]) -> Node {
+    let addr = format!("127.0.0.1:{port}");
+    let mut args = vec!["--replicaof", &addr, "--name", "r1"];
+    args.extend_from_slice(more);
+    Node::start(d1, &args)
+}
+
+/// A primary started with `primary_args` and its replica `r1` (`start_r1`), linked; with a
+/// client of each.
+fn linked_pair(
+    pd: &std::path::Path,
+    d1: &std::path::Path,
+    primary_args: &[&str],
+    replica_args: &[&str],
+) -> (Node, Node, redis::Connection, redis::Connection) {
+    let primary = Node::start(pd, primary_args);
+    let r1 = start_r1(d1, primary.port, replica_args);
+    let p = primary.client();
+    let mut c1 = r1.client();
+    wait_for(20, "link up", || info(&mut c1)["primary_link"] == "up");
+    (primary, r1, p, c1)
+}
+
 /// Issue-17's trial: a replica is killed, one byte in the middle of its WAL is flipped, and it
 /// restarts. Its recovery stops at the damage; it must then get the rest again from its
 /// primary and end byte-identical (same DIGEST), with every key — never rejoin with pages
@@ -108,12 +132,8 @@ fn a_corrupted_frame_is_rejected_and_the_replica_reconnects() {
 fn a_replica_whose_wal_was_damaged_rejoins_byte_identical() {
     for round in 0..3 {
         let (pd, d1) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-        let primary = Node::start(pd.path(), &["--wal-segment-size", "1MiB"]);
-        let addr = format!("127.0.0.1:{}", primary.port);
-        let r1 = Node::start(d1.path(), &["--replicaof", &addr, "--name", "r1"]);
-        let mut p = primary.client();
-        let mut c1 = r1.client();
-        wait_for(20, "link up", || info(&mut c1)["primary_link"] == "up");
+        let (primary, r1, mut p, mut c1) =
+            linked_pair(pd.path(), d1.path(), &["--wal-segment-size", "1MiB"], &[]);
         let mut pipe = redis::pipe();
         for i in 0..4000 {
             pipe.cmd("SET")
@@ -140,7 +160,7 @@ fn a_replica_whose_wal_was_damaged_rejoins_byte_identical() {
             !out.status.success() && err.contains("damaged WAL"),
             "round {round}: {err}"
         );
-        let r1 = Node::start(d1.path(), &["--replicaof", &addr, "--name", "r1"]);
+        let r1 = start_r1(d1.path(), primary.port, &[]);
         let mut c1 = r1.client();
         // Its recovery cut the log at the damage (said in INFO); the rest comes again.
         assert_eq!(info(&mut c1)["wal_repairs"], "1", "round {round}");
@@ -169,12 +189,8 @@ fn a_replica_whose_wal_was_damaged_rejoins_byte_identical() {
 #[test]
 fn a_replica_holding_log_its_primary_lost_is_rewound_not_mixed() {
     let (pd, d1) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let primary = Node::start(pd.path(), &["--wal-segment-size", "1MiB"]);
-    let addr = format!("127.0.0.1:{}", primary.port);
-    let r1 = Node::start(d1.path(), &["--replicaof", &addr, "--name", "r1"]);
-    let mut p = primary.client();
-    let mut c1 = r1.client();
-    wait_for(20, "link up", || info(&mut c1)["primary_link"] == "up");
+    let (primary, _r1, mut p, mut c1) =
+        linked_pair(pd.path(), d1.path(), &["--wal-segment-size", "1MiB"], &[]);
     for i in 0..300 {
         let _: () = cmd("SET")
             .arg(format!("a:{i:04}"))
@@ -260,14 +276,7 @@ fn loaded_pair(
     primary_args: &[&str],
     replica_args: &[&str],
 ) -> (Node, Node, redis::Connection, redis::Connection) {
-    let primary = Node::start(pd, primary_args);
-    let addr = format!("127.0.0.1:{}", primary.port);
-    let mut args = vec!["--replicaof", &addr, "--name", "r1"];
-    args.extend_from_slice(replica_args);
-    let r1 = Node::start(d1, &args);
-    let mut p = primary.client();
-    let mut c1 = r1.client();
-    wait_for(20, "link up", || info(&mut c1)["primary_link"] == "up");
+    let (primary, r1, mut p, mut c1) = linked_pair(pd, d1, primary_args, replica_args);
     let mut pipe = redis::pipe();
     for i in 0..KEYS {
         pipe.cmd("SET")
@@ -314,8 +323,7 @@ fn a_replica_repairs_a_damaged_page_from_its_primary_and_reads_wait_for_it() {
     bytes[leaf * 4096 + 2000] ^= 0x10;
     std::fs::write(&path, &bytes).unwrap();
 
-    let addr = format!("127.0.0.1:{}", primary.port);
-    let r1 = Node::start(d1.path(), &["--replicaof", &addr, "--name", "r1"]);
+    let r1 = start_r1(d1.path(), primary.port, &[]);
     let mut c1 = r1.client();
     wait_for(20, "link up again", || {
         info(&mut c1)["primary_link"] == "up"

@@ -210,7 +210,7 @@ pub(crate) fn client_name(name: Bytes) -> Option<Bytes> {
 pub(crate) const NOAUTH_HELLO: &str = "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time";
 
 /// `HELLO [protover [AUTH username password] [SETNAME clientname]]`, read whole.
-#[derive(Debug, Default, PartialEq)]
+#[derive(Default)]
 pub(crate) struct Hello {
     /// The protocol asked for; `None` keeps the connection's.
     pub proto: Option<u8>,
